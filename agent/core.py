@@ -1,0 +1,166 @@
+"""The agent core: spool, sensors, heartbeats and the stream, tied together.
+
+Order of duties at start: open the spool (refusing a corrupt one), record an unclean
+previous stop as a tamper event, then start sensors, heartbeats and the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from baomi.v1 import events_pb2
+
+from agent import __version__
+from agent.identity import load_identity
+from agent.sensors import REGISTRY, Health, Sensor
+from agent.spool import DEFAULT_MAX_BYTES, Spool
+from agent.stream import StreamClient, StreamConfig
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig:
+    """How the agent runs."""
+
+    state_dir: Path
+    heartbeat_seconds: float = 30.0  # between agent_status events
+    spool_max_bytes: int = DEFAULT_MAX_BYTES
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    sensors: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> settings
+
+
+class Agent:
+    """One running agent."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.identity = load_identity(config.state_dir)
+        self.spool = Spool(config.state_dir / "spool.db", max_bytes=config.spool_max_bytes)
+        self.spool.on_full = self._spool_full
+        self.stream = StreamClient(self.identity, self.spool, config.stream)
+        self.sensors: list[Sensor] = []
+        self.policy_version = ""
+        self.state = "starting"
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def emit(self, event: events_pb2.Event) -> None:
+        """Spool one event durably, then wake the stream. Safe from any thread."""
+        self.spool.append([event])
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.stream.notify)
+
+    def _spool_full(self, size: int) -> None:
+        self.state = "spool_full"
+        _logger.error(
+            "spool %s holds %d bytes, over its limit of %d: the collector has not "
+            "acknowledged events for a while; nothing is dropped, but check the link",
+            self.spool.path, size, self.spool.max_bytes,
+        )
+        # Called with the spool lock held: spool the alarm once the lock is free.
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.emit, self._status("spool_full",
+                                                                     events_pb2.SEVERITY_HIGH))
+
+    def _status(self, state: str, severity: int = events_pb2.SEVERITY_INFO) -> events_pb2.Event:
+        health = {s.name: s.health() for s in self.sensors}
+        if self.stream.last_error and not self.stream.connected:
+            health["stream"] = Health("degraded", self.stream.last_error)
+        return events_pb2.Event(
+            severity=severity,  # type: ignore[arg-type]
+            agent_status=events_pb2.AgentStatus(
+                version=__version__,
+                policy_version=self.policy_version,
+                sensors=[
+                    events_pb2.SensorHealth(name=n, state=h.state, detail=h.detail[:500])
+                    for n, h in sorted(health.items())
+                ],
+                spool_events=self.spool.pending(),
+                spool_bytes=self.spool.size_bytes(),
+                state=state,
+            ),
+        )
+
+    def _record_unclean_stop(self) -> None:
+        unclean, last_alive_us = self.spool.mark_running()
+        if not unclean:
+            return
+        event = events_pb2.Event(
+            severity=events_pb2.SEVERITY_HIGH,
+            tamper=events_pb2.Tamper(
+                kind="unclean_stop",
+                detail="the agent did not stop cleanly; nothing was enforced in the gap",
+            ),
+        )
+        event.tamper.gap_start.FromMicroseconds(last_alive_us)
+        event.tamper.gap_end.GetCurrentTime()
+        _logger.warning("previous run ended uncleanly; recorded the gap as a tamper event")
+        self.emit(event)
+
+    def _start_sensors(self) -> None:
+        for name, settings in self.config.sensors.items():
+            factory = REGISTRY.get(name)
+            if factory is None:
+                _logger.error("unknown sensor %r in configuration; known: %s",
+                              name, ", ".join(sorted(REGISTRY)) or "none")
+                continue
+            sensor = factory(settings, self.emit)
+            sensor.start()
+            self.sensors.append(sensor)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set."""
+        self._loop = asyncio.get_running_loop()
+        self._record_unclean_stop()
+        self._start_sensors()
+        self.state = "running"
+        self.emit(self._status("started"))
+        streaming = asyncio.create_task(self.stream.run())
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.config.heartbeat_seconds)
+                if not stop.is_set():
+                    self.spool.touch_alive()
+                    self.emit(self._status(self.state))
+        finally:
+            for sensor in self.sensors:
+                sensor.stop()
+            self.emit(self._status("stopping"))
+            await self._drain(streaming)
+            self.spool.mark_stopped()
+            self.spool.close()
+
+    async def _drain(self, streaming: asyncio.Task[None], seconds: float = 3.0) -> None:
+        """Give the stream a moment to deliver the last events, then stop it."""
+        head, _ = self.spool.head
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                while self.stream.acked_seq < head and not streaming.done():
+                    await asyncio.sleep(0.05)
+        streaming.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await streaming
+
+
+def run_agent(config: AgentConfig) -> None:
+    """Run an agent until SIGINT or SIGTERM."""
+
+    async def main() -> None:
+        agent = Agent(config)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        _logger.info("agent %s streaming to %s", agent.identity.host_id,
+                     agent.identity.collector)
+        await agent.run(stop)
+
+    asyncio.run(main())

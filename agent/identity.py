@@ -1,0 +1,133 @@
+"""The agent's identity: enrolment with a single-use token, and the files it keeps.
+
+State directory (keys 0600):
+    host.key, host.pem   this host's TLS identity, issued by the collector's CA
+    ca.pem               the collector's CA; the only one the agent trusts
+    signing.pub          the collector's key for policy bundles
+    agent.json           host id and collector addresses
+    spool.db             the durable spool
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from baomi.v1 import collector_pb2
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from agent.errors import ConfigError, EnrollError
+from agent.spool import Spool
+
+ENROLL_TIMEOUT = 30.0  # seconds
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What the agent needs to reach the collector as itself."""
+
+    host_id: str
+    collector: str  # host:port of the mTLS port
+    key_pem: bytes
+    cert_pem: bytes
+    ca_pem: bytes
+    signing_pub_pem: bytes
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """mTLS credentials: this host's certificate, trusting only the collector's CA."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca_pem,
+            private_key=self.key_pem,
+            certificate_chain=self.cert_pem,
+        )
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    path.chmod(mode)
+
+
+def default_enroll_address(collector: str) -> str:
+    """The collector serves enrolment on the port after the agents' port."""
+    host, _, port = collector.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"collector address {collector!r} must be HOST:PORT")
+    return f"{host}:{int(port) + 1}"
+
+
+def enroll(
+    state_dir: Path, collector: str, token: str, ca_pem: bytes,
+    enroll_address: str | None = None,
+) -> Identity:
+    """Send a CSR with ``token``; store the certificate, key and a fresh spool."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "baomi-agent")]))
+        .sign(key, hashes.SHA256())
+    )
+    request = collector_pb2.EnrollRequest(
+        token=token, csr_pem=csr.public_bytes(serialization.Encoding.PEM)
+    )
+    address = enroll_address or default_enroll_address(collector)
+    channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=ca_pem))
+    try:
+        call = channel.unary_unary(
+            "/baomi.v1.Collector/Enroll",
+            request_serializer=collector_pb2.EnrollRequest.SerializeToString,
+            response_deserializer=collector_pb2.EnrollResponse.FromString,
+        )
+        response: collector_pb2.EnrollResponse = call(request, timeout=ENROLL_TIMEOUT)
+    except grpc.RpcError as e:
+        raise EnrollError(f"enrolment at {address} failed: {e.details()}") from e
+    finally:
+        channel.close()
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _write(
+        state_dir / "host.key",
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        0o600,
+    )
+    _write(state_dir / "host.pem", response.certificate_pem, 0o644)
+    _write(state_dir / "ca.pem", response.ca_pem, 0o644)
+    _write(state_dir / "signing.pub", response.signing_key_pem, 0o644)
+    _write(
+        state_dir / "agent.json",
+        json.dumps({"host_id": response.host_id, "collector": collector}).encode(),
+        0o644,
+    )
+    spool = state_dir / "spool.db"
+    if not spool.exists():
+        Spool.create(spool, response.host_id, response.head.seq, response.head.hash).close()
+    return load_identity(state_dir)
+
+
+def load_identity(state_dir: Path) -> Identity:
+    """Load what ``enroll`` stored."""
+    try:
+        info = json.loads((state_dir / "agent.json").read_text())
+        return Identity(
+            host_id=info["host_id"],
+            collector=info["collector"],
+            key_pem=(state_dir / "host.key").read_bytes(),
+            cert_pem=(state_dir / "host.pem").read_bytes(),
+            ca_pem=(state_dir / "ca.pem").read_bytes(),
+            signing_pub_pem=(state_dir / "signing.pub").read_bytes(),
+        )
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(
+            f"this host is not enrolled ({e}); run 'baomi-agent enroll --collector ADDR "
+            f"--token TOKEN --ca CA.pem --state-dir {state_dir}'"
+        ) from e

@@ -1,0 +1,154 @@
+"""The stream to the collector: batches out, acknowledgements back, replay after faults.
+
+Batches are bounded by count and by time. At most ``window`` batches are in flight
+without an Ack. Events leave the spool only when the collector acknowledged them. After
+any fault the client waits (exponential backoff with full jitter) and reconnects; the
+collector's first Ack says where its copy of the chain stands, and sending resumes
+right after it, so nothing is lost and nothing is stored twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+from dataclasses import dataclass
+
+import grpc
+from baomi.v1 import events_pb2
+
+from agent.identity import Identity
+from agent.spool import Spool
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamConfig:
+    """Limits of the stream."""
+
+    batch_events: int = 500  # events per batch at most
+    batch_seconds: float = 0.2  # how long a partial batch may wait
+    window: int = 8  # batches in flight without an Ack
+    backoff_initial: float = 0.5  # seconds
+    backoff_max: float = 30.0  # seconds
+
+
+class StreamClient:
+    """Sends the spool to the collector for as long as it runs."""
+
+    def __init__(self, identity: Identity, spool: Spool, config: StreamConfig) -> None:
+        self._identity = identity
+        self._spool = spool
+        self._config = config
+        self._wake = asyncio.Event()
+        self.connected = False
+        self.last_error = ""
+        self.acked_seq = 0
+
+    def notify(self) -> None:
+        """New events are in the spool (call on the event loop)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Stream until cancelled, reconnecting after every fault."""
+        attempt = 0
+        channel = grpc.aio.secure_channel(
+            self._identity.collector,
+            self._identity.credentials(),
+            options=[("grpc.keepalive_time_ms", 30_000)],
+        )
+        try:
+            while True:
+                try:
+                    if await self._session(channel):
+                        attempt = 0
+                except grpc.aio.AioRpcError as e:
+                    self.last_error = f"{e.code().name}: {e.details()}"
+                    _logger.warning("stream to %s ended: %s", self._identity.collector,
+                                    self.last_error)
+                except RejectedError as e:
+                    self.last_error = str(e)
+                    _logger.error("collector rejected a batch: %s", e)
+                self.connected = False
+                cap = min(self._config.backoff_max, self._config.backoff_initial * 2**attempt)
+                attempt = min(attempt + 1, 16)
+                await asyncio.sleep(random.uniform(0, cap))  # noqa: S311 - jitter, not crypto
+        finally:
+            await channel.close(grace=None)
+
+    async def _session(self, channel: grpc.aio.Channel) -> bool:
+        """One connection's life. Returns True if the collector acknowledged anything."""
+        call = channel.stream_stream(
+            "/baomi.v1.Collector/Stream",
+            request_serializer=None,
+            response_deserializer=events_pb2.Ack.FromString,
+        )()
+        first = await call.read()
+        if first is grpc.aio.EOF:
+            return False
+        assert isinstance(first, events_pb2.Ack)
+        self.connected = True
+        self._acknowledge(first.up_to_seq)
+        in_flight: collections.deque[int] = collections.deque()
+        slots = asyncio.Semaphore(self._config.window)
+        progressed = False
+
+        async def receive() -> None:
+            nonlocal progressed
+            while True:
+                ack = await call.read()
+                if ack is grpc.aio.EOF:
+                    return
+                assert isinstance(ack, events_pb2.Ack)
+                if ack.HasField("rejection"):
+                    raise RejectedError(ack.rejection.reason)
+                self._acknowledge(ack.up_to_seq)
+                progressed = True
+                while in_flight and in_flight[0] <= ack.up_to_seq:
+                    in_flight.popleft()
+                    slots.release()
+
+        receiver = asyncio.create_task(receive())
+        try:
+            sent = first.up_to_seq
+            while not receiver.done():
+                rows = self._spool.read_after(sent, self._config.batch_events)
+                if len(rows) < self._config.batch_events:
+                    # Let a partial batch fill for a moment before sending it.
+                    self._wake.clear()
+                    waiter = asyncio.create_task(self._wake.wait())
+                    await asyncio.wait(
+                        {waiter, receiver}, timeout=self._config.batch_seconds,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    waiter.cancel()
+                    rows = self._spool.read_after(sent, self._config.batch_events)
+                    if not rows:
+                        continue
+                batch = events_pb2.EventBatch()
+                for _, body in rows:
+                    batch.events.add().MergeFromString(body)
+                acquire = asyncio.create_task(slots.acquire())
+                await asyncio.wait({acquire, receiver}, return_when=asyncio.FIRST_COMPLETED)
+                if not acquire.done():
+                    acquire.cancel()
+                    break
+                await call.write(batch.SerializeToString())
+                sent = rows[-1][0]
+                in_flight.append(sent)
+            await receiver  # raises what ended it
+        finally:
+            receiver.cancel()
+            call.cancel()
+        return progressed
+
+    def _acknowledge(self, up_to_seq: int) -> None:
+        if up_to_seq > self.acked_seq:
+            self.acked_seq = up_to_seq
+        self._spool.acknowledge(up_to_seq)
+
+
+class RejectedError(Exception):
+    """The collector refused a batch; the events stay in the spool."""

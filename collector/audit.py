@@ -1,0 +1,190 @@
+"""``audit verify``: recompute every chain and checkpoint and name any damage.
+
+What is checked, and what it catches:
+- each stored event's body re-hashes to its stored hash, and its indexed columns say
+  what the body says (a changed row, in the body or in a column);
+- each event's prev_hash is the hash of the event before it, seq runs without gaps from 1
+  (a removed row; a changed row whose hash column was rewritten to match);
+- every checkpoint's Ed25519 signature verifies, each names the one before it, heads
+  never move backwards, and the newest checkpoint's heads are stored with those hashes
+  (a rewritten or truncated chain);
+- an event beyond the newest checkpoint that the collector received well before that
+  checkpoint was signed cannot be genuine: the checkpoint would name it (an inserted row).
+
+Breaks that the collector itself saw and recorded at ingest (alerts of kind
+``chain_break`` in its own chain) are listed but are not damage to the record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from baomi import chain
+from baomi.v1 import events_pb2
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from google.protobuf.message import DecodeError
+
+from collector import checkpoint
+from collector.ingest import COLLECTOR_HOST
+from collector.store.base import EventRow, Store
+
+#: An event received this long before the newest checkpoint must be covered by it.
+#: Allows for a batch that arrived, then waited for its commit while the checkpoint ran.
+INSERT_MARGIN_US = 60 * 1_000_000
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One thing in the record that does not add up."""
+
+    host_id: str
+    seq: int
+    kind: str  # altered, deleted, inserted, checkpoint
+    detail: str
+
+    def __str__(self) -> str:
+        return f"host {self.host_id} seq {self.seq}: {self.kind}: {self.detail}"
+
+
+@dataclass
+class AuditReport:
+    """What ``verify`` found."""
+
+    hosts: int = 0
+    events: int = 0
+    checkpoints: int = 0
+    damage: list[Damage] = field(default_factory=list)
+    recorded_breaks: list[tuple[str, int]] = field(default_factory=list)
+    unanchored: int = 0  # events beyond the newest checkpoint
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing was altered, deleted or inserted."""
+        return not self.damage
+
+
+def _check_columns(row: EventRow, ev: events_pb2.Event) -> str | None:
+    time_us = ev.time.seconds * 1_000_000 + ev.time.nanos // 1000
+    mismatches = [
+        name
+        for name, column, body in (
+            ("host_id", row.host_id, ev.host_id),
+            ("seq", row.seq, ev.seq),
+            ("kind", row.kind, ev.WhichOneof("kind")),
+            ("severity", row.severity, ev.severity),
+            ("event_time", row.event_time_us, time_us),
+        )
+        if column != body
+    ]
+    return f"column {', '.join(mismatches)} differs from the event body" if mismatches else None
+
+
+def _verify_checkpoints(
+    store: Store, key: ed25519.Ed25519PublicKey, report: AuditReport
+) -> tuple[dict[str, tuple[int, bytes]], int]:
+    """Check signatures and links; return the newest checkpoint's heads and time."""
+    prev = checkpoint.FIRST_PREV
+    last_heads: dict[str, tuple[int, bytes]] = {}
+    last_time = 0
+    for row in store.checkpoints():
+        report.checkpoints += 1
+        doc: dict[str, Any] | None = checkpoint.parse_verified(row, key)
+        if doc is None:
+            report.damage.append(
+                Damage("-", 0, "checkpoint", f"checkpoint {row.id}: signature does not verify")
+            )
+            prev = checkpoint.digest(row)
+            continue
+        if doc["prev"] != prev:
+            report.damage.append(
+                Damage("-", 0, "checkpoint",
+                       f"checkpoint {row.id} does not follow the one before it "
+                       "(a checkpoint was removed or inserted)")
+            )
+        heads = {h: (int(s), bytes.fromhex(x)) for h, (s, x) in doc["heads"].items()}
+        for host, (seq, digest) in last_heads.items():
+            now = heads.get(host)
+            if now is None or now[0] < seq or (now[0] == seq and now[1] != digest):
+                report.damage.append(
+                    Damage(host, seq, "checkpoint",
+                           f"checkpoint {row.id} moves this host's head backwards")
+                )
+        prev = checkpoint.digest(row)
+        last_heads, last_time = heads, int(doc["created_us"])
+    return last_heads, last_time
+
+
+def _recorded_breaks(store: Store) -> set[tuple[str, int]]:
+    breaks: set[tuple[str, int]] = set()
+    for row in store.chain(COLLECTOR_HOST):
+        if row.kind != "tamper":
+            continue
+        ev = events_pb2.Event.FromString(row.body)
+        if ev.tamper.kind == "chain_break":
+            breaks.add((ev.tamper.subject_host, ev.tamper.subject_seq))
+    return breaks
+
+
+def _verify_chain(
+    store: Store, host: str, anchor: tuple[int, bytes] | None, anchor_time: int,
+    breaks: set[tuple[str, int]], report: AuditReport,
+) -> None:
+    def damage(seq: int, kind: str, detail: str) -> None:
+        report.damage.append(Damage(host, seq, kind, detail))
+
+    expected_seq, prev_hash = 1, chain.GENESIS
+    seen_anchor = anchor is None
+    for row in store.chain(host):
+        report.events += 1
+        recorded = (host, row.seq) in breaks
+        if recorded:
+            report.recorded_breaks.append((host, row.seq))
+        if row.seq != expected_seq and not recorded:
+            damage(expected_seq, "deleted",
+                   f"seq {expected_seq}..{row.seq - 1} missing from the chain")
+        try:
+            ev = events_pb2.Event.FromString(row.body)
+        except DecodeError:
+            damage(row.seq, "altered", "the stored body does not parse")
+            expected_seq, prev_hash = row.seq + 1, row.hash
+            continue
+        actual = chain.bytes_hash(row.body)
+        if actual != row.hash:
+            damage(row.seq, "altered", "the body does not match its stored hash")
+        elif (problem := _check_columns(row, ev)) is not None:
+            damage(row.seq, "altered", problem)
+        elif ev.prev_hash != prev_hash and not recorded and row.seq == expected_seq:
+            damage(row.seq - 1, "altered",
+                   f"the hash of seq {row.seq - 1} is not what seq {row.seq} names as prev_hash")
+        if anchor is not None and row.seq == anchor[0]:
+            seen_anchor = True
+            if actual != anchor[1]:
+                damage(row.seq, "altered", "differs from the hash the newest checkpoint signed")
+        if anchor is None or row.seq > anchor[0]:
+            report.unanchored += 1
+            if row.received_us < anchor_time - INSERT_MARGIN_US:
+                damage(row.seq, "inserted",
+                       "received before the newest checkpoint, which does not cover it")
+        expected_seq, prev_hash = row.seq + 1, actual
+    if not seen_anchor and anchor is not None:
+        damage(anchor[0], "deleted",
+               f"the newest checkpoint names seq {anchor[0]}, which is no longer stored")
+
+
+def verify(
+    store: Store, key: ed25519.Ed25519PublicKey,
+    progress: Callable[[str], None] | None = None,
+) -> AuditReport:
+    """Verify every chain and checkpoint in ``store`` against the collector's key."""
+    report = AuditReport()
+    heads, anchor_time = _verify_checkpoints(store, key, report)
+    breaks = _recorded_breaks(store)
+    hosts = sorted(set(store.hosts()) | set(heads))
+    for host in hosts:
+        if progress is not None:
+            progress(host)
+        report.hosts += 1
+        _verify_chain(store, host, heads.get(host), anchor_time, breaks, report)
+    return report

@@ -1,0 +1,195 @@
+"""``baomi-collector``: run the collector and work with its record."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import logging
+import sys
+from pathlib import Path
+
+from baomi.v1 import events_pb2
+from google.protobuf import json_format
+
+from collector import audit, pki
+from collector.errors import CollectorError
+from collector.server import TOKEN_SECONDS, ServerConfig, create_token, serve
+from collector.store import EventQuery, EventRow, open_store
+
+_logger = logging.getLogger("collector")
+
+DEFAULT_STORE = "sqlite:///var/collector.db"
+DEFAULT_PKI = Path("var/pki")
+
+
+def _parse_time(text: str) -> int:
+    """An ISO 8601 date or time (UTC when no zone is given) in microseconds."""
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError as e:
+        raise CollectorError(
+            f"cannot read time {text!r}: use ISO 8601, e.g. 2026-11-27 or 2026-11-27T08:00+08:00"
+        ) from e
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp() * 1_000_000)
+
+
+def event_dict(row: EventRow) -> dict[str, object]:
+    """A stored event as JSON-ready data, the body decoded."""
+    ev = events_pb2.Event.FromString(row.body)
+    doc: dict[str, object] = json_format.MessageToDict(ev, preserving_proto_field_name=True)
+    doc["received_at"] = dt.datetime.fromtimestamp(row.received_us / 1e6, dt.UTC).isoformat()
+    doc["hash"] = row.hash.hex()
+    doc.pop("prev_hash", None)
+    doc["prev_hash"] = ev.prev_hash.hex()
+    return doc
+
+
+def _print_events(rows: list[EventRow], as_json: bool) -> None:
+    for row in rows:
+        doc = event_dict(row)
+        if as_json:
+            print(json.dumps(doc, ensure_ascii=False))
+            continue
+        when = dt.datetime.fromtimestamp(row.event_time_us / 1e6, dt.UTC).isoformat(
+            timespec="seconds"
+        )
+        severity = events_pb2.Severity.Name(row.severity).removeprefix("SEVERITY_").lower()  # type: ignore[arg-type]
+        # json.dumps escapes control characters, so device strings cannot drive the terminal.
+        detail = json.dumps(doc.get(row.kind, {}), ensure_ascii=False)
+        print(f"{when}  {row.host_id}  #{row.seq}  {severity:<8} {row.kind:<14} {detail}")
+
+
+def _cmd_pki_init(args: argparse.Namespace) -> int:
+    pki.init_authority(args.dir, args.name or ["localhost", "127.0.0.1"])
+    print(f"created CA, server certificate and signing key in {args.dir}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    store = open_store(args.store)
+    config = ServerConfig(
+        listen=args.listen, enroll_listen=args.enroll_listen, pki_dir=args.pki,
+        policies_dir=args.policies, checkpoint_seconds=args.checkpoint_seconds,
+    )
+    try:
+        asyncio.run(serve(store, config))
+    finally:
+        store.close()
+    return 0
+
+
+def _cmd_token_create(args: argparse.Namespace) -> int:
+    store = open_store(args.store)
+    try:
+        print(create_token(store, args.host, args.ttl))
+    finally:
+        store.close()
+    return 0
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    store = open_store(args.store)
+    try:
+        rows = store.query(
+            EventQuery(
+                host_id=args.host, kind=args.kind,
+                since_us=_parse_time(args.since) if args.since else None,
+                limit=args.limit,
+            )
+        )
+    finally:
+        store.close()
+    _print_events(rows, args.json)
+    return 0
+
+
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    key = pki.load_verify_key(args.pki / "signing.pub")
+    store = open_store(args.store)
+    try:
+        report = audit.verify(store, key)
+    finally:
+        store.close()
+    for damage in report.damage:
+        print(f"DAMAGE {damage}")
+    for host, seq in report.recorded_breaks:
+        print(f"note: host {host} seq {seq}: chain break recorded by the collector at ingest")
+    verdict = "OK" if report.ok else "FAILED"
+    print(
+        f"{verdict}: {report.hosts} hosts, {report.events} events, "
+        f"{report.checkpoints} checkpoints; {len(report.damage)} problems; "
+        f"{report.unanchored} events newer than the last checkpoint"
+    )
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line grammar."""
+    p = argparse.ArgumentParser(prog="baomi-collector", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_store(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--store", default=DEFAULT_STORE,
+                        help=f"sqlite:///PATH or postgresql://... (default {DEFAULT_STORE})")
+        return sp
+
+    pki_p = sub.add_parser("pki", help="the collector's certificate authority")
+    pki_sub = pki_p.add_subparsers(dest="pki_command", required=True)
+    init = pki_sub.add_parser("init", help="create a CA, server certificate and signing key")
+    init.add_argument("--dir", type=Path, default=DEFAULT_PKI)
+    init.add_argument("--name", action="append",
+                      help="server DNS name or IP address (repeatable; default localhost, 127.0.0.1)")
+    init.set_defaults(func=_cmd_pki_init)
+
+    s = with_store(sub.add_parser("serve", help="run the collector"))
+    s.add_argument("--pki", type=Path, default=DEFAULT_PKI)
+    s.add_argument("--listen", default="127.0.0.1:7443", help="mTLS address for agents")
+    s.add_argument("--enroll-listen", default="127.0.0.1:7444", help="TLS address for enrolment")
+    s.add_argument("--policies", type=Path, default=None, help="policy directory to distribute")
+    s.add_argument("--checkpoint-seconds", type=float, default=10.0)
+    s.set_defaults(func=_cmd_serve)
+
+    tok = sub.add_parser("token", help="enrolment tokens")
+    tok_sub = tok.add_subparsers(dest="token_command", required=True)
+    create = with_store(tok_sub.add_parser("create", help="print a single-use token for a host"))
+    create.add_argument("--host", required=True)
+    create.add_argument("--ttl", type=int, default=TOKEN_SECONDS, help="seconds (default 1 day)")
+    create.set_defaults(func=_cmd_token_create)
+
+    ev = with_store(sub.add_parser("events", help="print stored events, newest first"))
+    ev.add_argument("--host")
+    ev.add_argument("--kind")
+    ev.add_argument("--since", help="ISO 8601 date or time")
+    ev.add_argument("--limit", type=int, default=100)
+    ev.add_argument("--json", action="store_true", help="one JSON object per line")
+    ev.set_defaults(func=_cmd_events)
+
+    au = sub.add_parser("audit", help="check the record")
+    au_sub = au.add_subparsers(dest="audit_command", required=True)
+    ver = with_store(au_sub.add_parser("verify", help="recompute every chain and checkpoint"))
+    ver.add_argument("--pki", type=Path, default=DEFAULT_PKI)
+    ver.set_defaults(func=_cmd_audit_verify)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``baomi-collector``."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except CollectorError as e:
+        print(f"baomi-collector: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""The collector's gRPC servers: mTLS for agents, server-only TLS for enrolment.
+
+Two ports, because a host that has no certificate yet cannot pass a handshake that
+requires one. Both serve the same ``baomi.v1.Collector`` service; on the enrolment port
+only ``Enroll`` succeeds, since the others need a client certificate to name the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from baomi.v1 import collector_pb2, events_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from collector import pki
+from collector.errors import EnrollmentError
+from collector.ingest import MAX_MESSAGE_BYTES, Ingest, now_us
+from collector.policy import PolicyService
+from collector.store import Store, TokenRow
+
+_logger = logging.getLogger(__name__)
+
+SERVICE = "baomi.v1.Collector"
+TOKEN_SECONDS = 24 * 3600  # default lifetime of an enrolment token
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """Where the collector listens and what it serves."""
+
+    listen: str = "127.0.0.1:7443"  # mTLS, agents
+    enroll_listen: str = "127.0.0.1:7444"  # TLS, enrolment only
+    pki_dir: Path
+    policies_dir: Path | None = None
+    checkpoint_seconds: float = 10.0
+
+
+def create_token(store: Store, host_id: str, seconds: int = TOKEN_SECONDS) -> str:
+    """A new single-use enrolment token for ``host_id``; only its hash is stored."""
+    pki.check_host_id(host_id)
+    token = secrets.token_urlsafe(24)
+    store.add_token(
+        TokenRow(
+            token_hash=hashlib.sha256(token.encode()).digest(),
+            host_id=host_id,
+            expires_us=now_us() + seconds * 1_000_000,
+            used_us=None,
+        )
+    )
+    return token
+
+
+def peer_identity(context: grpc.aio.ServicerContext) -> tuple[str, bytes] | None:
+    """The host id and certificate fingerprint from the verified peer certificate."""
+    auth = context.auth_context()
+    names = auth.get("x509_common_name") or []
+    pems = auth.get("x509_pem_cert") or []
+    if len(names) != 1 or len(pems) != 1:
+        return None
+    return names[0].decode(), pki.fingerprint(pems[0])
+
+
+class CollectorService:
+    """Handlers of the ``baomi.v1.Collector`` RPCs."""
+
+    def __init__(
+        self, store: Store, authority: pki.Authority, ingest: Ingest, policy: PolicyService
+    ) -> None:
+        self._store = store
+        self._authority = authority
+        self._ingest = ingest
+        self._policy = policy
+
+    async def enroll(
+        self, request: collector_pb2.EnrollRequest, context: grpc.aio.ServicerContext
+    ) -> collector_pb2.EnrollResponse:
+        """Trade a single-use token and a CSR for a host certificate."""
+        token_hash = hashlib.sha256(request.token.encode()).digest()
+        host_id = await asyncio.to_thread(self._store.use_token, token_hash, now_us())
+        if host_id is None:
+            await self._ingest.alerts.alert(
+                "enrollment_refused", "an unknown, used or expired enrolment token was presented",
+                severity=events_pb2.SEVERITY_MEDIUM,
+            )
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "the enrolment token is unknown, already used or expired; "
+                "ask for a new one with 'baomi-collector token create --host HOST'",
+            )
+        try:
+            cert = self._authority.issue_host_certificate(request.csr_pem, host_id)
+        except EnrollmentError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        await asyncio.to_thread(self._store.add_host, host_id, pki.fingerprint(cert), now_us())
+        head = await asyncio.to_thread(self._store.head, host_id)
+        seq, last = head or (0, b"\0" * 32)
+        _logger.info("enrolled host %s", host_id)
+        return collector_pb2.EnrollResponse(
+            host_id=host_id, certificate_pem=cert, ca_pem=self._authority.ca_pem,
+            signing_key_pem=self._authority.signing_public_pem,
+            head=collector_pb2.ChainHead(seq=seq, hash=last),
+        )
+
+    async def _host(self, context: grpc.aio.ServicerContext) -> str:
+        identity = peer_identity(context)
+        if identity is None:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "a client certificate is required; enrol with 'baomi-agent enroll'",
+            )
+        host_id, fp = identity
+        known = await asyncio.to_thread(self._store.host_certificates, host_id)
+        if fp not in known:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"certificate for {host_id!r} was not issued by enrolment here",
+            )
+        return host_id
+
+    async def stream(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[events_pb2.Ack]:
+        """Authenticate the host, then hand its batches to ingest."""
+        host_id = await self._host(context)
+        async for ack in self._ingest.stream(host_id, requests, context):
+            yield ack
+
+    async def watch_policy(
+        self, request: collector_pb2.WatchPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[collector_pb2.PolicyBundle]:
+        """Send the current bundle whenever it differs from what the agent enforces."""
+        await self._host(context)
+        version = request.current_version
+        while True:
+            bundle = await self._policy.next_after(version)
+            version = bundle.version
+            yield bundle
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The service's method table. Stream takes raw bytes so that a batch that
+        does not parse is answered with a rejection rather than ending the stream."""
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Enroll": grpc.unary_unary_rpc_method_handler(
+                    self.enroll,
+                    request_deserializer=collector_pb2.EnrollRequest.FromString,
+                    response_serializer=collector_pb2.EnrollResponse.SerializeToString,
+                ),
+                "Stream": grpc.stream_stream_rpc_method_handler(
+                    self.stream,
+                    request_deserializer=None,
+                    response_serializer=events_pb2.Ack.SerializeToString,
+                ),
+                "WatchPolicy": grpc.unary_stream_rpc_method_handler(
+                    self.watch_policy,
+                    request_deserializer=collector_pb2.WatchPolicyRequest.FromString,
+                    response_serializer=collector_pb2.PolicyBundle.SerializeToString,
+                ),
+            },
+        )
+
+
+def _server_options() -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
+
+
+class Collector:
+    """A running collector: servers, ingest and policy over one store."""
+
+    def __init__(self, store: Store, config: ServerConfig) -> None:
+        self.store = store
+        self.config = config
+        self.authority = pki.load_authority(config.pki_dir)
+        self.ingest = Ingest(
+            store, self.authority.signing_key, checkpoint_seconds=config.checkpoint_seconds
+        )
+        self.policy = PolicyService(self.authority.signing_key)
+        if config.policies_dir is not None:
+            self.policy.load_directory(config.policies_dir)
+        self.service = CollectorService(store, self.authority, self.ingest, self.policy)
+        self._servers: list[grpc.aio.Server] = []
+        self._checkpoints: asyncio.Task[None] | None = None
+        self.ports: dict[str, int] = {}
+
+    async def start(self) -> None:
+        """Bind both ports and start serving."""
+        d = self.config.pki_dir
+        key, cert, ca = (d / "server.key").read_bytes(), (d / "server.pem").read_bytes(), (
+            d / "ca.pem"
+        ).read_bytes()
+        for name, address, require in (
+            ("agents", self.config.listen, True),
+            ("enroll", self.config.enroll_listen, False),
+        ):
+            server = grpc.aio.server(options=_server_options())
+            server.add_generic_rpc_handlers((self.service.handler(),))
+            health_servicer = health.aio.HealthServicer()
+            await health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+            await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+            reflection.enable_server_reflection(
+                (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            )
+            creds = grpc.ssl_server_credentials(
+                [(key, cert)], root_certificates=ca if require else None,
+                require_client_auth=require,
+            )
+            self.ports[name] = server.add_secure_port(address, creds)
+            await server.start()
+            self._servers.append(server)
+        self._checkpoints = asyncio.create_task(self.ingest.run_checkpoints())
+        _logger.info("collector serving agents on port %d, enrolment on port %d",
+                     self.ports["agents"], self.ports["enroll"])
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop taking RPCs, commit what is queued and sign a final checkpoint."""
+        await asyncio.gather(*(s.stop(grace) for s in self._servers))
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+        await self.ingest.close()
+
+
+async def serve(store: Store, config: ServerConfig) -> None:
+    """Run a collector until SIGINT or SIGTERM."""
+    collector = Collector(store, config)
+    await collector.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    _logger.info("stopping")
+    await collector.stop()

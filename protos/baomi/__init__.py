@@ -1,0 +1,1 @@
+"""Baomi's wire protocol: generated protobuf code (``baomi.v1``) and the chain rule."""

@@ -1,0 +1,294 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Severity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEVERITY_UNSPECIFIED: _ClassVar[Severity]
+    SEVERITY_INFO: _ClassVar[Severity]
+    SEVERITY_LOW: _ClassVar[Severity]
+    SEVERITY_MEDIUM: _ClassVar[Severity]
+    SEVERITY_HIGH: _ClassVar[Severity]
+    SEVERITY_CRITICAL: _ClassVar[Severity]
+
+class Level(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LEVEL_UNCLASSIFIED: _ClassVar[Level]
+    LEVEL_CONFIDENTIAL: _ClassVar[Level]
+    LEVEL_SECRET: _ClassVar[Level]
+    LEVEL_TOP_SECRET: _ClassVar[Level]
+
+class Decision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DECISION_UNSPECIFIED: _ClassVar[Decision]
+    DECISION_ALLOW: _ClassVar[Decision]
+    DECISION_DENY: _ClassVar[Decision]
+SEVERITY_UNSPECIFIED: Severity
+SEVERITY_INFO: Severity
+SEVERITY_LOW: Severity
+SEVERITY_MEDIUM: Severity
+SEVERITY_HIGH: Severity
+SEVERITY_CRITICAL: Severity
+LEVEL_UNCLASSIFIED: Level
+LEVEL_CONFIDENTIAL: Level
+LEVEL_SECRET: Level
+LEVEL_TOP_SECRET: Level
+DECISION_UNSPECIFIED: Decision
+DECISION_ALLOW: Decision
+DECISION_DENY: Decision
+
+class FileAccess(_message.Message):
+    __slots__ = ("path", "action", "uid", "user", "pid", "executable", "level", "label_id", "decision", "reason")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    EXECUTABLE_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    LABEL_ID_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    action: str
+    uid: int
+    user: str
+    pid: int
+    executable: str
+    level: Level
+    label_id: str
+    decision: Decision
+    reason: str
+    def __init__(self, path: _Optional[str] = ..., action: _Optional[str] = ..., uid: _Optional[int] = ..., user: _Optional[str] = ..., pid: _Optional[int] = ..., executable: _Optional[str] = ..., level: _Optional[_Union[Level, str]] = ..., label_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class FileChange(_message.Message):
+    __slots__ = ("path", "change", "old_path", "uid", "pid", "level", "label_id")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    OLD_PATH_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    LABEL_ID_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    change: str
+    old_path: str
+    uid: int
+    pid: int
+    level: Level
+    label_id: str
+    def __init__(self, path: _Optional[str] = ..., change: _Optional[str] = ..., old_path: _Optional[str] = ..., uid: _Optional[int] = ..., pid: _Optional[int] = ..., level: _Optional[_Union[Level, str]] = ..., label_id: _Optional[str] = ...) -> None: ...
+
+class Device(_message.Message):
+    __slots__ = ("action", "device_class", "vendor_id", "product_id", "serial", "name", "descriptor_hash", "port", "interfaces", "decision", "rule")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    VENDOR_ID_FIELD_NUMBER: _ClassVar[int]
+    PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTOR_HASH_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    INTERFACES_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    action: str
+    device_class: str
+    vendor_id: str
+    product_id: str
+    serial: str
+    name: str
+    descriptor_hash: str
+    port: str
+    interfaces: str
+    decision: Decision
+    rule: str
+    def __init__(self, action: _Optional[str] = ..., device_class: _Optional[str] = ..., vendor_id: _Optional[str] = ..., product_id: _Optional[str] = ..., serial: _Optional[str] = ..., name: _Optional[str] = ..., descriptor_hash: _Optional[str] = ..., port: _Optional[str] = ..., interfaces: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., rule: _Optional[str] = ...) -> None: ...
+
+class Network(_message.Message):
+    __slots__ = ("action", "interface", "link_kind", "address", "gateway", "violation", "reason")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    LINK_KIND_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    VIOLATION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    action: str
+    interface: str
+    link_kind: str
+    address: str
+    gateway: str
+    violation: bool
+    reason: str
+    def __init__(self, action: _Optional[str] = ..., interface: _Optional[str] = ..., link_kind: _Optional[str] = ..., address: _Optional[str] = ..., gateway: _Optional[str] = ..., violation: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Process(_message.Message):
+    __slots__ = ("pid", "name", "executable", "cmdline", "uid", "reason")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EXECUTABLE_FIELD_NUMBER: _ClassVar[int]
+    CMDLINE_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    name: str
+    executable: str
+    cmdline: str
+    uid: int
+    reason: str
+    def __init__(self, pid: _Optional[int] = ..., name: _Optional[str] = ..., executable: _Optional[str] = ..., cmdline: _Optional[str] = ..., uid: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CheckItem(_message.Message):
+    __slots__ = ("id", "title", "result", "evidence", "mandatory")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    MANDATORY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    title: str
+    result: str
+    evidence: str
+    mandatory: bool
+    def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., result: _Optional[str] = ..., evidence: _Optional[str] = ..., mandatory: _Optional[bool] = ...) -> None: ...
+
+class MeetingCheck(_message.Message):
+    __slots__ = ("room", "meeting", "phase", "cleared", "items", "inspector", "signature")
+    ROOM_FIELD_NUMBER: _ClassVar[int]
+    MEETING_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    CLEARED_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    INSPECTOR_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    room: str
+    meeting: str
+    phase: str
+    cleared: bool
+    items: _containers.RepeatedCompositeFieldContainer[CheckItem]
+    inspector: str
+    signature: bytes
+    def __init__(self, room: _Optional[str] = ..., meeting: _Optional[str] = ..., phase: _Optional[str] = ..., cleared: _Optional[bool] = ..., items: _Optional[_Iterable[_Union[CheckItem, _Mapping]]] = ..., inspector: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class SensorHealth(_message.Message):
+    __slots__ = ("name", "state", "detail")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    state: str
+    detail: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class AgentStatus(_message.Message):
+    __slots__ = ("version", "policy_version", "sensors", "spool_events", "spool_bytes", "state")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SENSORS_FIELD_NUMBER: _ClassVar[int]
+    SPOOL_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    SPOOL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    policy_version: str
+    sensors: _containers.RepeatedCompositeFieldContainer[SensorHealth]
+    spool_events: int
+    spool_bytes: int
+    state: str
+    def __init__(self, version: _Optional[str] = ..., policy_version: _Optional[str] = ..., sensors: _Optional[_Iterable[_Union[SensorHealth, _Mapping]]] = ..., spool_events: _Optional[int] = ..., spool_bytes: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+
+class PolicyApplied(_message.Message):
+    __slots__ = ("version", "ok", "error")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    ok: bool
+    error: str
+    def __init__(self, version: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class Tamper(_message.Message):
+    __slots__ = ("kind", "detail", "gap_start", "gap_end", "subject_host", "subject_seq")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    GAP_START_FIELD_NUMBER: _ClassVar[int]
+    GAP_END_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_HOST_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    detail: str
+    gap_start: _timestamp_pb2.Timestamp
+    gap_end: _timestamp_pb2.Timestamp
+    subject_host: str
+    subject_seq: int
+    def __init__(self, kind: _Optional[str] = ..., detail: _Optional[str] = ..., gap_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., gap_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subject_host: _Optional[str] = ..., subject_seq: _Optional[int] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("host_id", "seq", "time", "prev_hash", "severity", "file_access", "file_change", "device", "network", "process", "meeting_check", "agent_status", "policy_applied", "tamper")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    PREV_HASH_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    FILE_ACCESS_FIELD_NUMBER: _ClassVar[int]
+    FILE_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
+    MEETING_CHECK_FIELD_NUMBER: _ClassVar[int]
+    AGENT_STATUS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    TAMPER_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    seq: int
+    time: _timestamp_pb2.Timestamp
+    prev_hash: bytes
+    severity: Severity
+    file_access: FileAccess
+    file_change: FileChange
+    device: Device
+    network: Network
+    process: Process
+    meeting_check: MeetingCheck
+    agent_status: AgentStatus
+    policy_applied: PolicyApplied
+    tamper: Tamper
+    def __init__(self, host_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prev_hash: _Optional[bytes] = ..., severity: _Optional[_Union[Severity, str]] = ..., file_access: _Optional[_Union[FileAccess, _Mapping]] = ..., file_change: _Optional[_Union[FileChange, _Mapping]] = ..., device: _Optional[_Union[Device, _Mapping]] = ..., network: _Optional[_Union[Network, _Mapping]] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., meeting_check: _Optional[_Union[MeetingCheck, _Mapping]] = ..., agent_status: _Optional[_Union[AgentStatus, _Mapping]] = ..., policy_applied: _Optional[_Union[PolicyApplied, _Mapping]] = ..., tamper: _Optional[_Union[Tamper, _Mapping]] = ...) -> None: ...
+
+class EventBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
+class Rejection(_message.Message):
+    __slots__ = ("code", "reason", "first_seq", "last_seq")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    reason: str
+    first_seq: int
+    last_seq: int
+    def __init__(self, code: _Optional[int] = ..., reason: _Optional[str] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("host_id", "up_to_seq", "head_hash", "rejection")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    UP_TO_SEQ_FIELD_NUMBER: _ClassVar[int]
+    HEAD_HASH_FIELD_NUMBER: _ClassVar[int]
+    REJECTION_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    up_to_seq: int
+    head_hash: bytes
+    rejection: Rejection
+    def __init__(self, host_id: _Optional[str] = ..., up_to_seq: _Optional[int] = ..., head_hash: _Optional[bytes] = ..., rejection: _Optional[_Union[Rejection, _Mapping]] = ...) -> None: ...
