@@ -64,10 +64,11 @@ class Agent:
             "acknowledged events for a while; nothing is dropped, but check the link",
             self.spool.path, size, self.spool.max_bytes,
         )
-        # Called with the spool lock held: spool the alarm once the lock is free.
+        # Called with the spool lock held: build and spool the alarm once it is free.
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.emit, self._status("spool_full",
-                                                                     events_pb2.SEVERITY_HIGH))
+            self._loop.call_soon_threadsafe(
+                lambda: self.emit(self._status("spool_full", events_pb2.SEVERITY_HIGH))
+            )
 
     def _status(self, state: str, severity: int = events_pb2.SEVERITY_INFO) -> events_pb2.Event:
         health = {s.name: s.health() for s in self.sensors}

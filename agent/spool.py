@@ -51,8 +51,7 @@ class Spool:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             self.host_id = self._meta("host_id").decode()
-            self._seq = int(self._meta("head_seq"))
-            self._hash = self._meta("head_hash")
+            int(self._meta("head_seq")), self._meta("head_hash")  # present and well formed
         except (sqlite3.DatabaseError, KeyError, ValueError) as e:
             raise SpoolError(
                 f"the spool {path} is corrupt ({e}). The agent will not start over it, since "
@@ -61,7 +60,7 @@ class Spool:
                 "what it can), then re-enrol with a new token: the new spool continues the "
                 "chain where the collector has it."
             ) from e
-        self._appended_since_size_check = 0
+        self._appended_since_size_check = 100  # check on the first append
         self.full = False
         self.on_full: Callable[[int], None] | None = None
 
@@ -99,35 +98,40 @@ class Spool:
 
     @property
     def head(self) -> tuple[int, bytes]:
-        """The last assigned seq and its hash."""
+        """The last assigned seq and its hash (by any writer of this file)."""
         with self._lock:
-            return self._seq, self._hash
+            return int(self._meta("head_seq")), self._meta("head_hash")
 
     def append(self, events: list[events_pb2.Event]) -> list[events_pb2.Event]:
         """Chain and durably store ``events`` (host, seq, prev_hash and time filled in)."""
         with self._lock:
             rows = []
-            seq, head = self._seq, self._hash
             now = time.time_ns()
-            for ev in events:
-                seq += 1
-                ev.host_id = self.host_id
-                ev.seq = seq
-                ev.prev_hash = head
-                if not ev.HasField("time"):
-                    ev.time.FromNanoseconds(now)
-                body = chain.canonical_bytes(ev)
-                head = chain.bytes_hash(body)
-                rows.append((seq, body))
             try:
                 self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise SpoolError(f"cannot write the spool {self.path}: {e}") from e
+            try:
+                # Read the head under the write lock: another process (a second agent
+                # instance, an import tool) may have appended since we last looked, and
+                # a cached head would hand out its seqs again and fork the chain.
+                seq, head = int(self._meta("head_seq")), self._meta("head_hash")
+                for ev in events:
+                    seq += 1
+                    ev.host_id = self.host_id
+                    ev.seq = seq
+                    ev.prev_hash = head
+                    if not ev.HasField("time"):
+                        ev.time.FromNanoseconds(now)
+                    body = chain.canonical_bytes(ev)
+                    head = chain.bytes_hash(body)
+                    rows.append((seq, body))
                 self._db.executemany("INSERT INTO events VALUES (?, ?)", rows)
                 self._set_meta(head_seq=str(seq).encode(), head_hash=head)
                 self._db.execute("COMMIT")
-            except sqlite3.Error as e:
+            except (sqlite3.Error, KeyError, ValueError) as e:
                 self._db.execute("ROLLBACK")
                 raise SpoolError(f"cannot write the spool {self.path}: {e}") from e
-            self._seq, self._hash = seq, head
             self._appended_since_size_check += len(rows)
             if self._appended_since_size_check >= 100 or self.full:
                 self._check_size()

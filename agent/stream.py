@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import random
 from dataclasses import dataclass
@@ -118,22 +119,15 @@ class StreamClient:
                 if len(rows) < self._config.batch_events:
                     # Let a partial batch fill for a moment before sending it.
                     self._wake.clear()
-                    waiter = asyncio.create_task(self._wake.wait())
-                    await asyncio.wait(
-                        {waiter, receiver}, timeout=self._config.batch_seconds,
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                    waiter.cancel()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._config.batch_seconds)
                     rows = self._spool.read_after(sent, self._config.batch_events)
                     if not rows:
                         continue
                 batch = events_pb2.EventBatch()
                 for _, body in rows:
                     batch.events.add().MergeFromString(body)
-                acquire = asyncio.create_task(slots.acquire())
-                await asyncio.wait({acquire, receiver}, return_when=asyncio.FIRST_COMPLETED)
-                if not acquire.done():
-                    acquire.cancel()
+                if not await self._take_slot(slots, receiver):
                     break
                 await call.write(batch.SerializeToString())
                 sent = rows[-1][0]
@@ -143,6 +137,15 @@ class StreamClient:
             receiver.cancel()
             call.cancel()
         return progressed
+
+    @staticmethod
+    async def _take_slot(slots: asyncio.Semaphore, receiver: asyncio.Task[None]) -> bool:
+        """Wait for room in the window; False if the stream ended meanwhile."""
+        while not receiver.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(slots.acquire(), 0.5)
+                return True
+        return False
 
     def _acknowledge(self, up_to_seq: int) -> None:
         if up_to_seq > self.acked_seq:

@@ -280,29 +280,30 @@ class Ingest:
                 asyncio.Queue(maxsize=16)
             )
             reader = asyncio.create_task(self._read(state, requests, pending, context))
+            waiter: asyncio.Task[tuple[asyncio.Task[None] | None, events_pb2.Ack]] | None = None
+            stop = asyncio.create_task(superseded.wait())
             try:
                 while True:
                     waiter = asyncio.create_task(pending.get())
-                    stop = asyncio.create_task(superseded.wait())
                     done, _ = await asyncio.wait(
                         {waiter, reader, stop}, return_when=asyncio.FIRST_COMPLETED
                     )
-                    if waiter not in done:
-                        waiter.cancel()
-                        stop.cancel()
-                        if stop in done:
-                            await context.abort(
-                                grpc.StatusCode.ABORTED, "a newer stream of this host took over"
-                            )
-                        reader.result()  # raises what ended the reader, if anything
-                        # The reader finished cleanly: flush what it queued, then end.
-                        while not pending.empty():
-                            yield await self._settle(*pending.get_nowait())
-                        return
-                    stop.cancel()
-                    yield await self._settle(*waiter.result())
+                    if waiter in done:
+                        yield await self._settle(*waiter.result())
+                        continue
+                    if stop in done:
+                        await context.abort(
+                            grpc.StatusCode.ABORTED, "a newer stream of this host took over"
+                        )
+                    reader.result()  # raises what ended the reader, if anything
+                    # The reader finished cleanly: flush what it queued, then end.
+                    while not pending.empty():
+                        yield await self._settle(*pending.get_nowait())
+                    return
             finally:
-                reader.cancel()
+                for task in (reader, waiter, stop):
+                    if task is not None:
+                        task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await reader
         finally:

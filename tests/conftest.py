@@ -31,8 +31,7 @@ def _pg_bin_dir() -> Path | None:
         return int(m.group()) if m else -1
 
     dirs = [
-        p for p in PG_ROOT.glob("*/bin")
-        if (p / "initdb").is_file() and (p / "pg_ctl").is_file()
+        p for p in PG_ROOT.glob("*/bin") if (p / "initdb").is_file() and (p / "pg_ctl").is_file()
     ]
     return max(dirs, key=major) if dirs else None
 
@@ -76,8 +75,15 @@ def postgres_server() -> Iterator[str]:
     try:
         _as_cluster_owner(
             [
-                str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                "--encoding=UTF8", "--locale=C", "--no-sync",  # throwaway: skip initdb fsyncs
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",  # throwaway: skip initdb fsyncs
             ],
             base,
         )
@@ -87,8 +93,17 @@ def postgres_server() -> Iterator[str]:
             # -l: the server must not inherit our pipes, or capturing output never ends.
             result = _as_cluster_owner(
                 [
-                    str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log),
-                    "-o", options, "-w", "-t", str(PG_START_TIMEOUT_S), "start",
+                    str(bin_dir / "pg_ctl"),
+                    "-D",
+                    str(data),
+                    "-l",
+                    str(log),
+                    "-o",
+                    options,
+                    "-w",
+                    "-t",
+                    str(PG_START_TIMEOUT_S),
+                    "start",
                 ],
                 base,
                 check=False,

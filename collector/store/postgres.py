@@ -144,11 +144,13 @@ class PostgresStore:
         self._shown = _redacted(url)
         try:
             params = conninfo_to_dict(url)
-        except psycopg.Error as e:
+        except psycopg.Error:
+            # libpq's parse error quotes the URL, password included: keep it (and the
+            # chained traceback) out of the message and the logs.
             raise StoreError(
-                f"cannot parse PostgreSQL store URL {self._shown}: {e}; "
-                "use postgresql://USER@HOST:PORT/DB"
-            ) from e
+                "cannot parse the PostgreSQL store URL (not shown, it may hold a password); "
+                "use postgresql://USER[:PASSWORD]@HOST:PORT/DB"
+            ) from None
         extra = {} if params.get("connect_timeout") else {"connect_timeout": CONNECT_TIMEOUT_S}
         self._conninfo = make_conninfo(url, **extra)
         self._local = threading.local()
@@ -243,8 +245,16 @@ class PostgresStore:
                 copy.set_types(list(_COPY_TYPES))
                 for r in rows:
                     copy.write_row(
-                        (r.host_id, r.seq, r.kind, r.severity,
-                         r.event_time_us, r.received_us, r.hash, r.body)
+                        (
+                            r.host_id,
+                            r.seq,
+                            r.kind,
+                            r.severity,
+                            r.event_time_us,
+                            r.received_us,
+                            r.hash,
+                            r.body,
+                        )
                     )
             cur.execute(_MOVE_IN)
             return cur.rowcount
@@ -309,8 +319,7 @@ class PostgresStore:
     def add_token(self, token: TokenRow) -> None:
         """Store an enrolment token."""
         self._db.execute(
-            "INSERT INTO tokens (token_hash, host_id, expires_at, used_at) "
-            "VALUES (%s, %s, %s, %s)",
+            "INSERT INTO tokens (token_hash, host_id, expires_at, used_at) VALUES (%s, %s, %s, %s)",
             (token.token_hash, token.host_id, token.expires_us, token.used_us),
         )
 

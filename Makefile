@@ -1,0 +1,64 @@
+# Baomi: `make demo` runs it, `make test` tests it. See README.md.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Debian packages the tests need (PostgreSQL server for the store suite).
+DEB_PACKAGES := postgresql sqlite3
+PROTOS := protos/baomi/v1/events.proto protos/baomi/v1/collector.proto
+
+.PHONY: demo test bench lint protos protos-check deb venv clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+deb:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+# Generate protobuf and gRPC code into protos/ (committed; never edited by hand).
+protos: venv
+	$(PY) -m grpc_tools.protoc -I protos --python_out=protos --pyi_out=protos \
+	  --grpc_python_out=protos $(PROTOS)
+	rm -f protos/baomi/v1/events_pb2_grpc.py
+
+# Fail when the committed generated code differs from what the .proto files give.
+protos-check: venv
+	@tmp=$$(mktemp -d); \
+	$(PY) -m grpc_tools.protoc -I protos --python_out=$$tmp --pyi_out=$$tmp \
+	  --grpc_python_out=$$tmp $(PROTOS) && rm -f $$tmp/baomi/v1/events_pb2_grpc.py; \
+	if diff -r -x __init__.py -x '*.proto' -x __pycache__ -x '*.pyc' $$tmp/baomi/v1 protos/baomi/v1 >/dev/null \
+	   && [ "$$(ls protos/baomi/v1 | grep -c _pb2)" = "$$(ls $$tmp/baomi/v1 | grep -c _pb2)" ]; then \
+	  echo "generated protobuf code is current"; rm -rf $$tmp; \
+	else \
+	  echo "generated protobuf code is stale: run 'make protos' and commit"; \
+	  diff -r -x __init__.py -x '*.proto' -x __pycache__ $$tmp/baomi/v1 protos/baomi/v1 | head -20; \
+	  rm -rf $$tmp; exit 1; \
+	fi
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: deb venv protos-check
+	$(PY) -m pytest
+
+bench: deb venv
+	$(PY) -m bench
+
+demo: venv
+	$(PY) -m deploy.demo
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

@@ -1,0 +1,168 @@
+"""``python -m bench``: ingest rate, raw SQLite rate and idle agent footprint, one run.
+
+1. The collector's durable ingest rate over concurrent mTLS agent streams with chain
+   checking, driven from a separate load-generator process, measured from the first
+   send until every stream's last Ack says its last event is committed.
+2. ``SQLiteStore.append`` of the same rows in group-commit-sized transactions, and the
+   ratio of the two. The store is then checked to hold exactly the events sent, with
+   every host's chain head equal to the hash of its last event.
+3. The RSS and CPU of an idle agent, enrolled and run with the ``baomi-agent`` CLI.
+
+Exit status: 0 when everything ran (a missed target is a finding, not a failure), 1
+when a step failed or the store does not hold exactly what was sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import agent_rss, events, ingest
+from bench.proc import BenchError, Child
+
+INGEST_TARGET = 100_000  # events/s end to end
+AGENT_RSS_TARGET_MB = 60.0
+SPIKE_RATIO = 0.65  # bare grpc.aio + SQLite spike, ingest/raw
+
+
+@dataclass
+class Row:
+    """One line of the result table."""
+
+    figure: str
+    value: str
+    target: str = "-"
+    ratio: str = "-"
+    verdict: str = "info"
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hosts", type=int, default=10, help="concurrent agent streams")
+    p.add_argument("--events", type=int, default=400_000, help="events in all (split by host)")
+    p.add_argument("--batch", type=int, default=1000, help="events per batch")
+    p.add_argument("--window", type=int, default=4, help="batches in flight per stream")
+    p.add_argument("--settle", type=float, default=10.0, help="seconds before reading agent RSS")
+    p.add_argument("--cpu-window", type=float, default=5.0, help="seconds of agent CPU sampling")
+    p.add_argument("--skip-agent", action="store_true", help="measure ingest only")
+    p.add_argument("--dir", type=Path, default=None,
+                   help="where the temporary store goes (default: the system temp dir); "
+                   "the filesystem decides what a durable commit costs")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    return p.parse_args(argv)
+
+
+def _print_table(rows: list[Row]) -> None:
+    head = Row("figure", "value", "target", "ratio", "result")
+    cols = [(r.figure, r.value, r.target, r.ratio, r.verdict) for r in [head, *rows]]
+    widths = [max(len(c[i]) for c in cols) for i in range(5)]
+    print()
+    for n, c in enumerate(cols):
+        print("  ".join(
+            c[i].ljust(widths[i]) if i in (0, 2, 4) else c[i].rjust(widths[i]) for i in range(5)
+        ))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _run(args: argparse.Namespace, workdir: Path, table: list[Row]) -> bool:
+    """Run every measurement; False when a check failed. Raises when a step cannot run."""
+    ok = True
+    per_host = args.events // args.hosts
+    sent = per_host * args.hosts
+    print(f"work directory {workdir}; {args.hosts} hosts x {per_host:,} events, "
+          f"batches of {args.batch}, window {args.window}", flush=True)
+    s = ingest.setup(workdir, args.hosts)
+
+    rows = events.rows(args.hosts, per_host, args.batch, ingest.now_us())
+    heads = ingest.expected_heads(rows)
+    body = sum(len(r.body) for r in rows) / len(rows)
+    raw = ingest.raw_sqlite(workdir / "raw.db", rows)
+    del rows
+    for f in workdir.glob("raw.db*"):
+        f.unlink()
+    print(f"raw SQLite: {raw:,.0f} events/s (bodies of {body:.0f} bytes)", flush=True)
+
+    collector, ports = ingest.start_collector(s)
+    try:
+        load = ingest.run_load(s, collector, ports["agents"], hosts=args.hosts,
+                               events_per_host=per_host, batch=args.batch, window=args.window)
+        print(f"ingest: {load.events:,} events in {load.seconds:.2f} s = {load.rate:,.0f} "
+              f"events/s ({load.wire_mb_per_s:.1f} MB/s on the wire); CPU during the run: "
+              f"collector {load.collector_cpu_s / load.seconds:.2f} cores, load generator "
+              f"{load.loadgen_cpu_s / load.seconds:.2f} cores; "
+              f"{args.hosts} mTLS handshakes took {load.connect_s:.2f} s", flush=True)
+        stored, wrong = ingest.check_stored(s.store_path, heads)
+        print(f"store: {stored:,} events stored, {sent:,} sent", flush=True)
+        table.append(Row(f"durable ingest, {args.hosts} mTLS streams", f"{load.rate:,.0f} ev/s",
+                         f">= {INGEST_TARGET:,} ev/s", f"{load.rate / INGEST_TARGET:.2f}",
+                         "PASS" if load.rate >= INGEST_TARGET else "MISS"))
+        table.append(Row("raw SQLite append (same rows)", f"{raw:,.0f} ev/s"))
+        table.append(Row("ingest / raw SQLite", f"{load.rate / raw:.2f}",
+                         f"(spike: {SPIKE_RATIO})"))
+        exact = stored == sent and not wrong
+        table.append(Row("events stored / sent", f"{stored:,} / {sent:,}", "exactly",
+                         f"{stored / sent:.3f}", "PASS" if exact else "FAIL"))
+        if wrong:
+            print(f"FAIL: stored chain heads differ from those sent for {', '.join(wrong)}")
+        ok = ok and exact
+
+        if not args.skip_agent:
+            agent = agent_rss.measure(
+                workdir, s.store_path, s.pki_dir / "ca.pem", ports, ingest.AGENT_HOST,
+                s.agent_token, settle=args.settle, window=args.cpu_window,
+            )
+            print(f"idle agent: RSS {agent.rss_mb:.1f} MB (USS {agent.uss_mb:.1f} MB) in "
+                  f"{agent.processes} process(es), {agent.threads} threads; CPU "
+                  f"{agent.cpu_percent:.2f} % over {args.cpu_window:.0f} s; "
+                  f"{agent.delivered} of its events stored", flush=True)
+            if agent.delivered == 0:
+                raise BenchError("the agent ran but none of its events reached the collector")
+            table.append(Row("idle agent RSS", f"{agent.rss_mb:.1f} MB",
+                             f"<= {AGENT_RSS_TARGET_MB:.0f} MB",
+                             f"{agent.rss_mb / AGENT_RSS_TARGET_MB:.2f}",
+                             "PASS" if agent.rss_mb <= AGENT_RSS_TARGET_MB else "MISS"))
+            table.append(Row("idle agent CPU", f"{agent.cpu_percent:.2f} %"))
+    finally:
+        code = collector.stop()
+    if code != 0:
+        raise BenchError(f"the collector exited with {code}{collector.tail()}")
+    final = collector.expect(timeout=5)
+    print(f"collector stopped: {json.dumps(final)}")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; the exit status says whether everything ran."""
+    args = _parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="baomi-bench-", dir=args.dir))
+    table: list[Row] = []
+    started = time.perf_counter()
+    try:
+        ok = _run(args, workdir, table)
+    except (BenchError, OSError) as e:
+        print(f"\nbench: FAILED: {e}", file=sys.stderr)
+        ok = False
+    except Exception:  # noqa: BLE001 - report any failure, keep the logs
+        traceback.print_exc()
+        ok = False
+    _print_table(table)
+    print(f"\n{time.perf_counter() - started:.0f} s in all", end="")
+    if args.keep or not ok:
+        print(f"; logs and store kept in {workdir}")
+    else:
+        print()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The idle agent's footprint: enrol one with the CLI, run it, read RSS and CPU."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from bench.proc import BenchError
+from collector.store.sqlite import SQLiteStore
+
+
+@dataclass
+class AgentResult:
+    """What the idle agent used."""
+
+    rss_mb: float
+    uss_mb: float
+    processes: int
+    threads: int
+    cpu_percent: float
+    delivered: int  # events of the agent stored by the collector
+
+
+def _agent_command() -> str:
+    local = Path(sys.executable).parent / "baomi-agent"
+    found = str(local) if local.exists() else shutil.which("baomi-agent")
+    if found is None:
+        raise BenchError("no baomi-agent command; install the package (make venv)")
+    return found
+
+
+def _tree(root: psutil.Process) -> list[psutil.Process]:
+    return [root, *root.children(recursive=True)]
+
+
+def measure(
+    workdir: Path, store_path: Path, ca: Path, ports: dict[str, int], host_id: str,
+    token: str, *, settle: float = 10.0, window: float = 5.0,
+) -> AgentResult:
+    """Enrol ``host_id`` with ``token``, run the agent, measure it after ``settle`` s."""
+    agent = _agent_command()
+    state = workdir / "agent"
+    log = workdir / "agent.log"
+    enrolled = subprocess.run(
+        [
+            agent, "--state-dir", str(state), "enroll",
+            "--collector", f"127.0.0.1:{ports['agents']}", "--token", token, "--ca", str(ca),
+            "--enroll-address", f"127.0.0.1:{ports['enroll']}",
+        ],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    if enrolled.returncode != 0:
+        raise BenchError(f"baomi-agent enroll failed: {enrolled.stderr.strip()}")
+    with log.open("wb") as out:
+        proc = subprocess.Popen([agent, "--state-dir", str(state), "run"], stdout=out, stderr=out)
+    try:
+        time.sleep(settle)
+        if proc.poll() is not None:
+            raise BenchError(f"baomi-agent run exited with {proc.returncode}; see {log}")
+        procs = _tree(psutil.Process(proc.pid))
+        infos = [p.memory_full_info() for p in procs]
+        threads = sum(p.num_threads() for p in procs)
+        cpu0 = sum(sum(p.cpu_times()[:2]) for p in procs)
+        t0 = time.perf_counter()
+        time.sleep(window)
+        cpu1 = sum(sum(p.cpu_times()[:2]) for p in procs)
+        cpu = (cpu1 - cpu0) / (time.perf_counter() - t0) * 100
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    store = SQLiteStore(store_path)
+    try:
+        delivered = len(list(store.chain(host_id)))
+    finally:
+        store.close()
+    return AgentResult(
+        rss_mb=sum(i.rss for i in infos) / 2**20,
+        uss_mb=sum(i.uss for i in infos) / 2**20,
+        processes=len(procs),
+        threads=threads,
+        cpu_percent=cpu,
+        delivered=delivered,
+    )

@@ -1,0 +1,146 @@
+"""The real agent core against an in-process collector: heartbeats, gaps, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import pytest
+from baomi.v1 import collector_pb2, events_pb2
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from agent.core import Agent, AgentConfig
+from agent.identity import enroll
+from agent.spool import Spool
+from agent.stream import StreamConfig
+from collector.policy import signed_bytes
+from collector.server import create_token
+from collector.store import Store
+from tests.collector_harness import RunningCollector
+
+FAST = StreamConfig(batch_seconds=0.05, backoff_initial=0.05, backoff_max=0.3)
+
+
+class AgentThread:
+    """Runs ``Agent.run`` on its own loop until ``stop``."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.agent = Agent(config)
+        self._loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+        self._thread = threading.Thread(
+            target=self._loop.run_until_complete, args=(self.agent.run(self._stop),), daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=20)
+        assert not self._thread.is_alive()
+        self._loop.close()
+
+
+def wait_for(what: Callable[[], bool], seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not what():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def host_events(store: Store, host: str) -> list[events_pb2.Event]:
+    return [events_pb2.Event.FromString(r.body) for r in store.chain(host)]
+
+
+@pytest.fixture
+def config(collector: RunningCollector, tmp_path: Path) -> Iterator[AgentConfig]:
+    token = create_token(collector.store, "ws-01")
+    state = tmp_path / "agent"
+    ca = (collector.pki_dir / "ca.pem").read_bytes()
+    enroll(state, collector.address, token, ca, collector.enroll_address)
+    yield AgentConfig(state_dir=state, heartbeat_seconds=0.2, stream=FAST)
+
+
+def test_agent_streams_heartbeats_and_stops_clean(
+    collector: RunningCollector, config: AgentConfig
+) -> None:
+    running = AgentThread(config)
+    wait_for(lambda: len(host_events(collector.store, "ws-01")) >= 3)
+    running.stop()
+    events = host_events(collector.store, "ws-01")
+    states = [e.agent_status.state for e in events]
+    assert states[0] == "started" and states[-1] == "stopping"
+    assert all(e.WhichOneof("kind") == "agent_status" for e in events)
+    assert Spool(config.state_dir / "spool.db").pending() == 0
+
+
+def test_unclean_stop_is_reported_as_tamper(
+    collector: RunningCollector, config: AgentConfig
+) -> None:
+    spool = Spool(config.state_dir / "spool.db")
+    spool.mark_running()
+    spool.close()  # as if killed: never marked stopped
+    running = AgentThread(config)
+    wait_for(lambda: any(e.HasField("tamper") for e in host_events(collector.store, "ws-01")))
+    running.stop()
+    tamper = next(e for e in host_events(collector.store, "ws-01") if e.HasField("tamper"))
+    assert tamper.tamper.kind == "unclean_stop"
+    assert tamper.severity == events_pb2.SEVERITY_HIGH
+    assert tamper.tamper.gap_end.ToMicroseconds() >= tamper.tamper.gap_start.ToMicroseconds()
+
+
+def test_events_wait_out_a_collector_outage(
+    collector: RunningCollector, config: AgentConfig, tmp_path: Path
+) -> None:
+    """With the collector unreachable, events stay in the spool; they arrive later."""
+    dead = replace(config, heartbeat_seconds=0.05)
+    # Point the agent at a closed port first.
+    info = (config.state_dir / "agent.json").read_text()
+    (config.state_dir / "agent.json").write_text(info.replace(collector.address, "127.0.0.1:1"))
+    running = AgentThread(dead)
+    wait_for(lambda: running.agent.spool.pending() >= 10)
+    running.stop()
+    assert collector.store.head("ws-01") is None
+    (config.state_dir / "agent.json").write_text(info)
+    running = AgentThread(config)
+    spooled = Spool(config.state_dir / "spool.db").head[0]
+    wait_for(lambda: (collector.store.head("ws-01") or (0, b""))[0] >= spooled)
+    running.stop()
+    seqs = [e.seq for e in host_events(collector.store, "ws-01")]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_spool_over_its_limit_raises_a_loud_event(
+    collector: RunningCollector, config: AgentConfig
+) -> None:
+    small = replace(config, spool_max_bytes=1)
+    running = AgentThread(small)
+    wait_for(lambda: any(e.agent_status.state == "spool_full"
+                         for e in host_events(collector.store, "ws-01")))
+    running.stop()
+    alarm = next(e for e in host_events(collector.store, "ws-01")
+                 if e.agent_status.state == "spool_full")
+    assert alarm.severity == events_pb2.SEVERITY_HIGH
+
+
+def test_watch_policy_sends_a_signed_bundle(collector: RunningCollector, config: AgentConfig,
+                                            tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "policy.csv").write_text("p, secadmin, *, read\n")
+    collector.collector.policy.load_directory(policies)
+    identity = Agent(config).identity
+    with grpc.secure_channel(identity.collector, identity.credentials()) as ch:
+        watch = ch.unary_stream(
+            "/baomi.v1.Collector/WatchPolicy",
+            request_serializer=collector_pb2.WatchPolicyRequest.SerializeToString,
+            response_deserializer=collector_pb2.PolicyBundle.FromString,
+        )
+        bundle = next(watch(collector_pb2.WatchPolicyRequest(current_version=""), timeout=10))
+    assert bundle.files["policy.csv"] == b"p, secadmin, *, read\n"
+    key = load_pem_public_key(identity.signing_pub_pem)
+    key.verify(bundle.signature, signed_bytes(bundle))  # type: ignore[union-attr]

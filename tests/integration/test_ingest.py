@@ -1,0 +1,103 @@
+"""Ingest: exactly once, chain checks, bad batches answered without ending the stream."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from baomi.v1 import events_pb2
+
+from collector.ingest import MAX_BATCH_EVENTS, MAX_MESSAGE_BYTES
+from tests.collector_harness import RunningCollector, batch, enroll_host, send_batches
+
+
+def test_replay_stores_nothing_twice(collector: RunningCollector) -> None:
+    host = enroll_host(collector, "ws-01")
+    events = host.events(50)
+    send_batches(host, collector.address, [batch(events[:30])])
+    # The agent did not see the ack and resends everything, then continues.
+    acks = send_batches(host, collector.address, [batch(events), batch(host.events(5))])
+    assert acks[0].up_to_seq == 30
+    assert acks[-1].up_to_seq == 55
+    assert collector.store.count() == 55
+    assert [r.seq for r in collector.store.chain("ws-01")] == list(range(1, 56))
+
+
+def test_malformed_batch_is_rejected_and_stream_goes_on(collector: RunningCollector) -> None:
+    host = enroll_host(collector, "ws-01")
+    good = host.events(2)
+    acks = send_batches(host, collector.address, [b"\xff\xff\xff garbage", batch(good)])
+    assert acks[1].rejection.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "does not parse" in acks[1].rejection.reason
+    assert acks[2].up_to_seq == 2 and not acks[2].HasField("rejection")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda e: e.ClearField("kind"), "no known kind"),
+        (lambda e: e.ClearField("time"), "time is missing"),
+        (lambda e: setattr(e, "prev_hash", b"short"), "prev_hash must be 32 bytes"),
+    ],
+)
+def test_invalid_event_rejects_its_batch_only(
+    collector: RunningCollector, mutate: object, reason: str
+) -> None:
+    host = enroll_host(collector, "ws-01")
+    bad = host.events(3)
+    mutate(bad[1])  # type: ignore[operator]
+    acks = send_batches(host, collector.address, [batch(bad)])
+    assert acks[1].rejection.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert reason in acks[1].rejection.reason
+    assert collector.store.head("ws-01") is None  # nothing of the batch was stored
+
+
+def test_unknown_kind_from_a_newer_agent_is_rejected(collector: RunningCollector) -> None:
+    host = enroll_host(collector, "ws-01")
+    ev = host.events(1)[0]
+    ev.ClearField("kind")
+    raw = ev.SerializeToString() + b"\xfa\x06\x00"  # field 111, a kind this collector lacks
+    acks = send_batches(host, collector.address, [b"\x0a" + bytes([len(raw)]) + raw])
+    assert acks[1].rejection.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "no known kind" in acks[1].rejection.reason
+
+
+def test_too_many_events_is_resource_exhausted(collector: RunningCollector) -> None:
+    host = enroll_host(collector, "ws-01")
+    small = host.events(MAX_BATCH_EVENTS + 1, agent_status=events_pb2.AgentStatus())
+    acks = send_batches(host, collector.address, [batch(small)])
+    assert acks[1].rejection.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+
+
+def test_oversized_message_is_resource_exhausted(collector: RunningCollector) -> None:
+    host = enroll_host(collector, "ws-01")
+    big = host.events(1, process=events_pb2.Process(cmdline="x" * (MAX_MESSAGE_BYTES + 10)))
+    with pytest.raises(grpc.RpcError) as err:
+        send_batches(host, collector.address, [batch(big)])
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert collector.store.head("ws-01") is None
+
+
+def test_chain_break_is_stored_and_alerted(collector: RunningCollector) -> None:
+    host = enroll_host(collector, "ws-01")
+    first = host.events(3)
+    host.head = b"\x01" * 32  # seq 4 will not name the hash of seq 3
+    later = host.events(3)
+    acks = send_batches(host, collector.address, [batch(first), batch(later)])
+    assert acks[-1].up_to_seq == 6
+    assert collector.store.count() == 6 + 1  # six events and one alert
+    alert = events_pb2.Event.FromString(next(collector.store.chain("_collector")).body)
+    assert alert.tamper.kind == "chain_break"
+    assert (alert.tamper.subject_host, alert.tamper.subject_seq) == ("ws-01", 4)
+
+
+def test_conflicting_replay_is_alerted(collector: RunningCollector) -> None:
+    host = enroll_host(collector, "ws-01")
+    events = host.events(2)
+    send_batches(host, collector.address, [batch(events)])
+    events[1].file_access.path = "/srv/secret/other.docx"
+    send_batches(host, collector.address, [batch(events)])
+    kinds = [events_pb2.Event.FromString(r.body).tamper.kind
+             for r in collector.store.chain("_collector")]
+    assert kinds == ["conflicting_replay"]
+    stored = events_pb2.Event.FromString(list(collector.store.chain("ws-01"))[1].body)
+    assert stored.file_access.path != "/srv/secret/other.docx"  # the first copy stands

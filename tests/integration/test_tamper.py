@@ -1,0 +1,170 @@
+"""Tamper evidence: edits, deletions and insertions in the store are found by audit verify.
+
+The attacker here has write access to the database and disables the append-only
+triggers first, as a DBA or a thief with the file would.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from baomi import chain
+from baomi.v1 import events_pb2
+
+from collector import audit, pki
+from tests.collector_harness import RunningCollector, batch, enroll_host, send_batches
+
+N = 100
+
+
+def raw_sql(url: str, sql: str, *params: Any) -> None:
+    """Run one statement as the attacker, append-only triggers disabled."""
+    if url.startswith("sqlite:///"):
+        db = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            db.execute("DROP TRIGGER IF EXISTS events_no_update")
+            db.execute("DROP TRIGGER IF EXISTS events_no_delete")
+            db.execute(sql, params)
+        finally:
+            db.close()
+    else:
+        with psycopg.connect(url, autocommit=True) as db:
+            db.execute("ALTER TABLE events DISABLE TRIGGER USER")
+            db.execute(sql.replace("?", "%s"), params)
+
+
+@pytest.fixture
+def recorded(collector: RunningCollector) -> RunningCollector:
+    """A record of N events of one host, checkpointed, then the collector stopped."""
+    host = enroll_host(collector, "ws-01")
+    send_batches(host, collector.address, [batch(host.events(N // 2)),
+                                           batch(host.events(N // 2))])
+    collector.checkpoint()
+    return collector
+
+
+def _verify(running: RunningCollector) -> audit.AuditReport:
+    key = pki.load_verify_key(running.pki_dir / "signing.pub")
+    return audit.verify(running.store, key)
+
+
+def _body(running: RunningCollector, seq: int) -> events_pb2.Event:
+    row = next(r for r in running.store.chain("ws-01") if r.seq == seq)
+    return events_pb2.Event.FromString(row.body)
+
+
+def test_untouched_record_verifies(recorded: RunningCollector) -> None:
+    report = _verify(recorded)
+    assert report.ok, report.damage
+    assert report.events == N
+    assert report.checkpoints == 1
+
+
+def _edit_body(running: RunningCollector, url: str) -> None:
+    ev = _body(running, 50)
+    ev.file_access.path = "/srv/secret/innocent.txt"
+    raw_sql(url, "UPDATE events SET body = ? WHERE host_id = 'ws-01' AND seq = 50",
+            chain.canonical_bytes(ev))
+
+
+def _edit_body_and_hash(running: RunningCollector, url: str) -> None:
+    ev = _body(running, 50)
+    ev.file_access.decision = events_pb2.DECISION_ALLOW
+    ev.file_access.user = "someone-else"
+    body = chain.canonical_bytes(ev)
+    raw_sql(url, "UPDATE events SET body = ?, hash = ? WHERE host_id = 'ws-01' AND seq = 50",
+            body, chain.bytes_hash(body))
+
+
+def _edit_column(running: RunningCollector, url: str) -> None:
+    raw_sql(url, "UPDATE events SET severity = 1, kind = 'device' "
+                 "WHERE host_id = 'ws-01' AND seq = 50")
+
+
+def _delete_middle(running: RunningCollector, url: str) -> None:
+    raw_sql(url, "DELETE FROM events WHERE host_id = 'ws-01' AND seq = 50")
+
+
+def _delete_tail(running: RunningCollector, url: str) -> None:
+    raw_sql(url, "DELETE FROM events WHERE host_id = 'ws-01' AND seq >= 98")
+
+
+def _insert(running: RunningCollector, url: str, *, seq: int = N + 1,
+            host: str = "ws-01", prev: bytes | None = None) -> None:
+    ev = events_pb2.Event(
+        host_id=host, seq=seq, severity=events_pb2.SEVERITY_INFO,
+        prev_hash=prev if prev is not None else running.store.head("ws-01")[1],  # type: ignore[index]
+        file_access=events_pb2.FileAccess(path="/srv/secret/alibi.docx", action="read"),
+    )
+    old = _body(running, 10)
+    ev.time.CopyFrom(old.time)
+    body = chain.canonical_bytes(ev)
+    # Claimed to have arrived an hour before the checkpoint that does not name it.
+    received = running.store.checkpoints()[-1].created_us - 3600 * 1_000_000
+    event_us = old.time.seconds * 1_000_000 + old.time.nanos // 1000
+    raw_sql(url, "INSERT INTO events VALUES (?,?,?,?,?,?,?,?)", host, seq, "file_access",
+            1, event_us, received, chain.bytes_hash(body), body)
+
+
+def _insert_other_host(running: RunningCollector, url: str) -> None:
+    _insert(running, url, seq=1, host="ws-ghost", prev=chain.GENESIS)
+
+
+CASES: list[tuple[str, Callable[[RunningCollector, str], None], int, str]] = [
+    ("edit body", _edit_body, 50, "altered"),
+    ("edit body and rewrite its hash", _edit_body_and_hash, 50, "altered"),
+    ("edit indexed columns", _edit_column, 50, "altered"),
+    ("delete a middle row", _delete_middle, 50, "deleted"),
+    ("delete the newest rows", _delete_tail, N, "deleted"),
+    ("insert a row after the head", _insert, N + 1, "inserted"),
+    ("insert a row for a host that never sent it", _insert_other_host, 1, "inserted"),
+]
+
+
+@pytest.mark.parametrize(("what", "tamper", "seq", "kind"), CASES, ids=[c[0] for c in CASES])
+def test_tampering_is_found(
+    recorded: RunningCollector, store_url: str, what: str,
+    tamper: Callable[[RunningCollector, str], None], seq: int, kind: str,
+) -> None:
+    tamper(recorded, store_url)
+    report = _verify(recorded)
+    assert not report.ok, what
+    assert any(d.seq == seq and d.kind == kind for d in report.damage), report.damage
+
+
+def test_cli_names_host_seq_and_damage(recorded: RunningCollector, store_url: str) -> None:
+    cli = [sys.executable, "-m", "collector.cli", "audit", "verify", "--store", store_url,
+           "--pki", str(recorded.pki_dir)]
+    ok = subprocess.run(cli, capture_output=True, text=True, timeout=60, check=False)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith("OK:")
+    _edit_body(recorded, store_url)
+    bad = subprocess.run(cli, capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 1
+    assert "DAMAGE host ws-01 seq 50: altered" in bad.stdout
+
+
+def test_forged_checkpoint_is_found(recorded: RunningCollector, store_url: str) -> None:
+    cp = recorded.store.checkpoints()[-1]
+    raw_sql(store_url, "UPDATE checkpoints SET body = ? WHERE id = ?",
+            cp.body.replace(b'"v":1', b'"v":1 '), cp.id)
+    report = _verify(recorded)
+    assert any(d.kind == "checkpoint" for d in report.damage)
+
+
+def test_recorded_break_is_not_damage(collector: RunningCollector, tmp_path: Path) -> None:
+    host = enroll_host(collector, "ws-01")
+    first = host.events(3)
+    host.head = b"\x02" * 32
+    send_batches(host, collector.address, [batch(first), batch(host.events(2))])
+    collector.checkpoint()
+    report = _verify(collector)
+    assert report.ok, report.damage
+    assert report.recorded_breaks == [("ws-01", 4)]
