@@ -41,8 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line grammar."""
     p = argparse.ArgumentParser(prog="baomi-agent", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
-    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE,
-                   help=f"certificates, spool and policy (default {DEFAULT_STATE})")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE,
+        help=f"certificates, spool and policy (default {DEFAULT_STATE})",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("enroll", help="enrol this host with a single-use token")

@@ -62,7 +62,9 @@ class Agent:
         _logger.error(
             "spool %s holds %d bytes, over its limit of %d: the collector has not "
             "acknowledged events for a while; nothing is dropped, but check the link",
-            self.spool.path, size, self.spool.max_bytes,
+            self.spool.path,
+            size,
+            self.spool.max_bytes,
         )
         # Called with the spool lock held: build and spool the alarm once it is free.
         if self._loop is not None:
@@ -109,8 +111,11 @@ class Agent:
         for name, settings in self.config.sensors.items():
             factory = REGISTRY.get(name)
             if factory is None:
-                _logger.error("unknown sensor %r in configuration; known: %s",
-                              name, ", ".join(sorted(REGISTRY)) or "none")
+                _logger.error(
+                    "unknown sensor %r in configuration; known: %s",
+                    name,
+                    ", ".join(sorted(REGISTRY)) or "none",
+                )
                 continue
             sensor = factory(settings, self.emit)
             sensor.start()
@@ -144,7 +149,8 @@ class Agent:
         head, _ = self.spool.head
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
-                while self.stream.acked_seq < head and not streaming.done():
+                # Polls another task's progress; nothing else waits on it.
+                while self.stream.acked_seq < head and not streaming.done():  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
         streaming.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -160,8 +166,7 @@ def run_agent(config: AgentConfig) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        _logger.info("agent %s streaming to %s", agent.identity.host_id,
-                     agent.identity.collector)
+        _logger.info("agent %s streaming to %s", agent.identity.host_id, agent.identity.collector)
         await agent.run(stop)
 
     asyncio.run(main())

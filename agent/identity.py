@@ -64,7 +64,10 @@ def default_enroll_address(collector: str) -> str:
 
 
 def enroll(
-    state_dir: Path, collector: str, token: str, ca_pem: bytes,
+    state_dir: Path,
+    collector: str,
+    token: str,
+    ca_pem: bytes,
     enroll_address: str | None = None,
 ) -> Identity:
     """Send a CSR with ``token``; store the certificate, key and a fresh spool."""

@@ -67,11 +67,12 @@ class StreamClient:
                         attempt = 0
                 except grpc.aio.AioRpcError as e:
                     self.last_error = f"{e.code().name}: {e.details()}"
-                    _logger.warning("stream to %s ended: %s", self._identity.collector,
-                                    self.last_error)
+                    _logger.warning(
+                        "stream to %s ended: %s", self._identity.collector, self.last_error
+                    )
                 except RejectedError as e:
                     self.last_error = str(e)
-                    _logger.error("collector rejected a batch: %s", e)
+                    _logger.error("collector rejected a batch: %s", e)  # noqa: TRY400 - not a crash
                 self.connected = False
                 cap = min(self._config.backoff_max, self._config.backoff_initial * 2**attempt)
                 attempt = min(attempt + 1, 16)
@@ -87,9 +88,8 @@ class StreamClient:
             response_deserializer=events_pb2.Ack.FromString,
         )()
         first = await call.read()
-        if first is grpc.aio.EOF:
+        if not isinstance(first, events_pb2.Ack):  # EOF before the head
             return False
-        assert isinstance(first, events_pb2.Ack)
         self.connected = True
         self._acknowledge(first.up_to_seq)
         in_flight: collections.deque[int] = collections.deque()
@@ -100,9 +100,8 @@ class StreamClient:
             nonlocal progressed
             while True:
                 ack = await call.read()
-                if ack is grpc.aio.EOF:
+                if not isinstance(ack, events_pb2.Ack):  # EOF: the collector ended the stream
                     return
-                assert isinstance(ack, events_pb2.Ack)
                 if ack.HasField("rejection"):
                     raise RejectedError(ack.rejection.reason)
                 self._acknowledge(ack.up_to_seq)
@@ -148,8 +147,7 @@ class StreamClient:
         return False
 
     def _acknowledge(self, up_to_seq: int) -> None:
-        if up_to_seq > self.acked_seq:
-            self.acked_seq = up_to_seq
+        self.acked_seq = max(self.acked_seq, up_to_seq)
         self._spool.acknowledge(up_to_seq)
 
 

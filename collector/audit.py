@@ -99,17 +99,25 @@ def _verify_checkpoints(
             continue
         if doc["prev"] != prev:
             report.damage.append(
-                Damage("-", 0, "checkpoint",
-                       f"checkpoint {row.id} does not follow the one before it "
-                       "(a checkpoint was removed or inserted)")
+                Damage(
+                    "-",
+                    0,
+                    "checkpoint",
+                    f"checkpoint {row.id} does not follow the one before it "
+                    "(a checkpoint was removed or inserted)",
+                )
             )
         heads = {h: (int(s), bytes.fromhex(x)) for h, (s, x) in doc["heads"].items()}
         for host, (seq, digest) in last_heads.items():
             now = heads.get(host)
             if now is None or now[0] < seq or (now[0] == seq and now[1] != digest):
                 report.damage.append(
-                    Damage(host, seq, "checkpoint",
-                           f"checkpoint {row.id} moves this host's head backwards")
+                    Damage(
+                        host,
+                        seq,
+                        "checkpoint",
+                        f"checkpoint {row.id} moves this host's head backwards",
+                    )
                 )
         prev = checkpoint.digest(row)
         last_heads, last_time = heads, int(doc["created_us"])
@@ -128,8 +136,13 @@ def _recorded_breaks(store: Store) -> set[tuple[str, int]]:
 
 
 def _verify_chain(
-    store: Store, host: str, anchor: tuple[int, bytes] | None, anchor_time: int,
-    breaks: set[tuple[str, int]], report: AuditReport,
+    store: Store,
+    *,
+    host: str,
+    anchor: tuple[int, bytes] | None,
+    anchor_time: int,
+    breaks: set[tuple[str, int]],
+    report: AuditReport,
 ) -> None:
     def damage(seq: int, kind: str, detail: str) -> None:
         report.damage.append(Damage(host, seq, kind, detail))
@@ -142,8 +155,9 @@ def _verify_chain(
         if recorded:
             report.recorded_breaks.append((host, row.seq))
         if row.seq != expected_seq and not recorded:
-            damage(expected_seq, "deleted",
-                   f"seq {expected_seq}..{row.seq - 1} missing from the chain")
+            damage(
+                expected_seq, "deleted", f"seq {expected_seq}..{row.seq - 1} missing from the chain"
+            )
         try:
             ev = events_pb2.Event.FromString(row.body)
         except DecodeError:
@@ -156,8 +170,11 @@ def _verify_chain(
         elif (problem := _check_columns(row, ev)) is not None:
             damage(row.seq, "altered", problem)
         elif ev.prev_hash != prev_hash and not recorded and row.seq == expected_seq:
-            damage(row.seq - 1, "altered",
-                   f"the hash of seq {row.seq - 1} is not what seq {row.seq} names as prev_hash")
+            damage(
+                row.seq - 1,
+                "altered",
+                f"the hash of seq {row.seq - 1} is not what seq {row.seq} names as prev_hash",
+            )
         if anchor is not None and row.seq == anchor[0]:
             seen_anchor = True
             if actual != anchor[1]:
@@ -165,16 +182,23 @@ def _verify_chain(
         if anchor is None or row.seq > anchor[0]:
             report.unanchored += 1
             if row.received_us < anchor_time - INSERT_MARGIN_US:
-                damage(row.seq, "inserted",
-                       "received before the newest checkpoint, which does not cover it")
+                damage(
+                    row.seq,
+                    "inserted",
+                    "received before the newest checkpoint, which does not cover it",
+                )
         expected_seq, prev_hash = row.seq + 1, actual
     if not seen_anchor and anchor is not None:
-        damage(anchor[0], "deleted",
-               f"the newest checkpoint names seq {anchor[0]}, which is no longer stored")
+        damage(
+            anchor[0],
+            "deleted",
+            f"the newest checkpoint names seq {anchor[0]}, which is no longer stored",
+        )
 
 
 def verify(
-    store: Store, key: ed25519.Ed25519PublicKey,
+    store: Store,
+    key: ed25519.Ed25519PublicKey,
     progress: Callable[[str], None] | None = None,
 ) -> AuditReport:
     """Verify every chain and checkpoint in ``store`` against the collector's key."""
@@ -186,5 +210,12 @@ def verify(
         if progress is not None:
             progress(host)
         report.hosts += 1
-        _verify_chain(store, host, heads.get(host), anchor_time, breaks, report)
+        _verify_chain(
+            store,
+            host=host,
+            anchor=heads.get(host),
+            anchor_time=anchor_time,
+            breaks=breaks,
+            report=report,
+        )
     return report

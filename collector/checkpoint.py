@@ -45,9 +45,7 @@ def sign(key: ed25519.Ed25519PrivateKey, body: bytes) -> bytes:
     return key.sign(body)
 
 
-def parse_verified(
-    row: CheckpointRow, key: ed25519.Ed25519PublicKey
-) -> dict[str, Any] | None:
+def parse_verified(row: CheckpointRow, key: ed25519.Ed25519PublicKey) -> dict[str, Any] | None:
     """The checkpoint's content if its signature verifies, else None."""
     try:
         key.verify(row.signature, row.body)

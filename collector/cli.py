@@ -57,7 +57,7 @@ def _print_events(rows: list[EventRow], as_json: bool) -> None:
         when = dt.datetime.fromtimestamp(row.event_time_us / 1e6, dt.UTC).isoformat(
             timespec="seconds"
         )
-        severity = events_pb2.Severity.Name(row.severity).removeprefix("SEVERITY_").lower()  # type: ignore[arg-type]
+        severity = events_pb2.Severity.Name(row.severity).removeprefix("SEVERITY_").lower()
         # json.dumps escapes control characters, so device strings cannot drive the terminal.
         detail = json.dumps(doc.get(row.kind, {}), ensure_ascii=False)
         print(f"{when}  {row.host_id}  #{row.seq}  {severity:<8} {row.kind:<14} {detail}")
@@ -72,8 +72,11 @@ def _cmd_pki_init(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     config = ServerConfig(
-        listen=args.listen, enroll_listen=args.enroll_listen, pki_dir=args.pki,
-        policies_dir=args.policies, checkpoint_seconds=args.checkpoint_seconds,
+        listen=args.listen,
+        enroll_listen=args.enroll_listen,
+        pki_dir=args.pki,
+        policies_dir=args.policies,
+        checkpoint_seconds=args.checkpoint_seconds,
     )
     try:
         asyncio.run(serve(store, config))
@@ -96,7 +99,8 @@ def _cmd_events(args: argparse.Namespace) -> int:
     try:
         rows = store.query(
             EventQuery(
-                host_id=args.host, kind=args.kind,
+                host_id=args.host,
+                kind=args.kind,
                 since_us=_parse_time(args.since) if args.since else None,
                 limit=args.limit,
             )
@@ -134,16 +138,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_store(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--store", default=DEFAULT_STORE,
-                        help=f"sqlite:///PATH or postgresql://... (default {DEFAULT_STORE})")
+        sp.add_argument(
+            "--store",
+            default=DEFAULT_STORE,
+            help=f"sqlite:///PATH or postgresql://... (default {DEFAULT_STORE})",
+        )
         return sp
 
     pki_p = sub.add_parser("pki", help="the collector's certificate authority")
     pki_sub = pki_p.add_subparsers(dest="pki_command", required=True)
     init = pki_sub.add_parser("init", help="create a CA, server certificate and signing key")
     init.add_argument("--dir", type=Path, default=DEFAULT_PKI)
-    init.add_argument("--name", action="append",
-                      help="server DNS name or IP address (repeatable; default localhost, 127.0.0.1)")
+    init.add_argument(
+        "--name",
+        action="append",
+        help="server DNS name or IP address (repeatable; default localhost, 127.0.0.1)",
+    )
     init.set_defaults(func=_cmd_pki_init)
 
     s = with_store(sub.add_parser("serve", help="run the collector"))

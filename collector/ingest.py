@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf.message import DecodeError
 
 from collector import checkpoint
+from collector.rpc import abort
 from collector.store.base import CheckpointRow, EventRow, Store
 
 _logger = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class Writer:
                 for r in rows:
                     if r.seq > self.heads.get(r.host_id, (0, b""))[0]:
                         self.heads[r.host_id] = (r.seq, r.hash)
-            except Exception as e:  # noqa: BLE001 - handed to every waiting stream
+            except Exception as e:
                 _logger.exception("commit of %d rows failed", len(rows))
                 error = e
             for _, fut, loop in group:
@@ -136,17 +137,26 @@ class CollectorChain:
         self._lock = asyncio.Lock()
 
     async def alert(
-        self, kind: str, detail: str, *, subject_host: str = "", subject_seq: int = 0,
+        self,
+        kind: str,
+        detail: str,
+        *,
+        subject_host: str = "",
+        subject_seq: int = 0,
         severity: int = events_pb2.SEVERITY_HIGH,
     ) -> None:
         """Record an alert durably in the collector's chain."""
         _logger.warning("alert %s: %s", kind, detail)
         async with self._lock:
             event = events_pb2.Event(
-                host_id=COLLECTOR_HOST, seq=self._seq + 1, prev_hash=self._hash,
+                host_id=COLLECTOR_HOST,
+                seq=self._seq + 1,
+                prev_hash=self._hash,
                 severity=severity,  # type: ignore[arg-type]
                 tamper=events_pb2.Tamper(
-                    kind=kind, detail=detail[:2000], subject_host=subject_host[:200],
+                    kind=kind,
+                    detail=detail[:2000],
+                    subject_host=subject_host[:200],
                     subject_seq=subject_seq,
                 ),
             )
@@ -207,9 +217,7 @@ class HostChain:
             kind = ev.WhichOneof("kind")
             where = f"event {i} (seq {ev.seq})"
             if kind is None:
-                raise Rejected(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"{where}: no known kind is set"
-                )
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"{where}: no known kind is set")
             if ev.seq <= last:
                 raise Rejected(
                     grpc.StatusCode.INVALID_ARGUMENT, f"{where}: seq must increase in a batch"
@@ -248,8 +256,11 @@ class Ingest:
     """The Stream RPC and the checkpoint task, over one store."""
 
     def __init__(
-        self, store: Store, signing_key: ed25519.Ed25519PrivateKey,
-        *, checkpoint_seconds: float = CHECKPOINT_SECONDS,
+        self,
+        store: Store,
+        signing_key: ed25519.Ed25519PrivateKey,
+        *,
+        checkpoint_seconds: float = CHECKPOINT_SECONDS,
     ) -> None:
         self.store = store
         self.writer = Writer(store)
@@ -292,8 +303,10 @@ class Ingest:
                         yield await self._settle(*waiter.result())
                         continue
                     if stop in done:
-                        await context.abort(
-                            grpc.StatusCode.ABORTED, "a newer stream of this host took over"
+                        await abort(
+                            context,
+                            grpc.StatusCode.ABORTED,
+                            "a newer stream of this host took over",
                         )
                     reader.result()  # raises what ended the reader, if anything
                     # The reader finished cleanly: flush what it queued, then end.
@@ -311,15 +324,15 @@ class Ingest:
                 del self._live[host_id]
 
     @staticmethod
-    async def _settle(
-        commit: asyncio.Task[None] | None, ack: events_pb2.Ack
-    ) -> events_pb2.Ack:
+    async def _settle(commit: asyncio.Task[None] | None, ack: events_pb2.Ack) -> events_pb2.Ack:
         if commit is not None:
             await commit  # a failed commit raises and ends the stream: the agent replays
         return ack
 
     async def _read(
-        self, state: HostChain, requests: AsyncIterator[bytes],
+        self,
+        state: HostChain,
+        requests: AsyncIterator[bytes],
         pending: asyncio.Queue[tuple[asyncio.Task[None] | None, events_pb2.Ack]],
         context: grpc.aio.ServicerContext,
     ) -> None:
@@ -330,8 +343,13 @@ class Ingest:
             try:
                 batch.ParseFromString(raw)
             except DecodeError as e:
-                await self._reject(state, pending, grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"batch does not parse: {e}", batch)
+                await self._reject(
+                    state,
+                    pending,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"batch does not parse: {e}",
+                    batch,
+                )
                 continue
             try:
                 rows = state.check(batch, received)
@@ -345,7 +363,8 @@ class Ingest:
                     f"host {state.host_id} sent an event claiming host {claimed[:200]!r}",
                     subject_host=state.host_id,
                 )
-                await context.abort(
+                await abort(
+                    context,
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"this certificate is for host {state.host_id}; events must carry it",
                 )
@@ -353,8 +372,10 @@ class Ingest:
             await self._check_replays(state, batch, len(rows))
             for seq, why in state.breaks:
                 await self.alerts.alert(
-                    "chain_break", f"host {state.host_id} seq {seq}: {why}",
-                    subject_host=state.host_id, subject_seq=seq,
+                    "chain_break",
+                    f"host {state.host_id} seq {seq}: {why}",
+                    subject_host=state.host_id,
+                    subject_seq=seq,
                 )
             state.breaks.clear()
             commit = asyncio.ensure_future(self.writer.write(rows)) if rows else None
@@ -363,9 +384,12 @@ class Ingest:
             await pending.put((commit, ack))
 
     async def _reject(
-        self, state: HostChain,
+        self,
+        state: HostChain,
         pending: asyncio.Queue[tuple[asyncio.Task[None] | None, events_pb2.Ack]],
-        code: grpc.StatusCode, reason: str, batch: events_pb2.EventBatch,
+        code: grpc.StatusCode,
+        reason: str,
+        batch: events_pb2.EventBatch,
     ) -> None:
         self.stats.rejected += 1
         _logger.warning("host %s: batch rejected: %s", state.host_id, reason)
@@ -374,7 +398,9 @@ class Ingest:
             code=code.value[0], reason=reason[:1000], first_seq=min(seqs), last_seq=max(seqs)
         )
         ack = events_pb2.Ack(
-            host_id=state.host_id, up_to_seq=state.seq, head_hash=state.hash,
+            host_id=state.host_id,
+            up_to_seq=state.seq,
+            head_hash=state.hash,
             rejection=rejection,
         )
         await pending.put((None, ack))
@@ -395,7 +421,8 @@ class Ingest:
                 await self.alerts.alert(
                     "conflicting_replay",
                     f"host {state.host_id} resent seq {ev.seq} with different content",
-                    subject_host=state.host_id, subject_seq=ev.seq,
+                    subject_host=state.host_id,
+                    subject_seq=ev.seq,
                 )
 
     async def checkpoint_once(self) -> bool:

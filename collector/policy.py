@@ -70,5 +70,4 @@ class PolicyService:
             await self._changed.wait_for(
                 lambda: self.current is not None and self.current.version != version
             )
-            assert self.current is not None
-            return self.current
+            return self.current  # type: ignore[return-value]  # wait_for saw it set

@@ -25,6 +25,7 @@ from collector import pki
 from collector.errors import EnrollmentError
 from collector.ingest import MAX_MESSAGE_BYTES, Ingest, now_us
 from collector.policy import PolicyService
+from collector.rpc import abort
 from collector.store import Store, TokenRow
 
 _logger = logging.getLogger(__name__)
@@ -88,10 +89,12 @@ class CollectorService:
         host_id = await asyncio.to_thread(self._store.use_token, token_hash, now_us())
         if host_id is None:
             await self._ingest.alerts.alert(
-                "enrollment_refused", "an unknown, used or expired enrolment token was presented",
+                "enrollment_refused",
+                "an unknown, used or expired enrolment token was presented",
                 severity=events_pb2.SEVERITY_MEDIUM,
             )
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.PERMISSION_DENIED,
                 "the enrolment token is unknown, already used or expired; "
                 "ask for a new one with 'baomi-collector token create --host HOST'",
@@ -99,13 +102,15 @@ class CollectorService:
         try:
             cert = self._authority.issue_host_certificate(request.csr_pem, host_id)
         except EnrollmentError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
         await asyncio.to_thread(self._store.add_host, host_id, pki.fingerprint(cert), now_us())
         head = await asyncio.to_thread(self._store.head, host_id)
         seq, last = head or (0, b"\0" * 32)
         _logger.info("enrolled host %s", host_id)
         return collector_pb2.EnrollResponse(
-            host_id=host_id, certificate_pem=cert, ca_pem=self._authority.ca_pem,
+            host_id=host_id,
+            certificate_pem=cert,
+            ca_pem=self._authority.ca_pem,
             signing_key_pem=self._authority.signing_public_pem,
             head=collector_pb2.ChainHead(seq=seq, hash=last),
         )
@@ -113,14 +118,16 @@ class CollectorService:
     async def _host(self, context: grpc.aio.ServicerContext) -> str:
         identity = peer_identity(context)
         if identity is None:
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.UNAUTHENTICATED,
                 "a client certificate is required; enrol with 'baomi-agent enroll'",
             )
         host_id, fp = identity
         known = await asyncio.to_thread(self._store.host_certificates, host_id)
         if fp not in known:
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"certificate for {host_id!r} was not issued by enrolment here",
             )
@@ -200,9 +207,11 @@ class Collector:
     async def start(self) -> None:
         """Bind both ports and start serving."""
         d = self.config.pki_dir
-        key, cert, ca = (d / "server.key").read_bytes(), (d / "server.pem").read_bytes(), (
-            d / "ca.pem"
-        ).read_bytes()
+        key, cert, ca = (
+            (d / "server.key").read_bytes(),
+            (d / "server.pem").read_bytes(),
+            (d / "ca.pem").read_bytes(),
+        )
         for name, address, require in (
             ("agents", self.config.listen, True),
             ("enroll", self.config.enroll_listen, False),
@@ -217,15 +226,19 @@ class Collector:
                 (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
             )
             creds = grpc.ssl_server_credentials(
-                [(key, cert)], root_certificates=ca if require else None,
+                [(key, cert)],
+                root_certificates=ca if require else None,
                 require_client_auth=require,
             )
             self.ports[name] = server.add_secure_port(address, creds)
             await server.start()
             self._servers.append(server)
         self._checkpoints = asyncio.create_task(self.ingest.run_checkpoints())
-        _logger.info("collector serving agents on port %d, enrolment on port %d",
-                     self.ports["agents"], self.ports["enroll"])
+        _logger.info(
+            "collector serving agents on port %d, enrolment on port %d",
+            self.ports["agents"],
+            self.ports["enroll"],
+        )
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop taking RPCs, commit what is queued and sign a final checkpoint."""

@@ -32,8 +32,20 @@ def main() -> int:
         _run(collector_cli, "pki", "init", "--dir", str(PKI))
         print(f"created a development PKI in {PKI}")
     collector = subprocess.Popen(
-        [collector_cli, "serve", "--store", STORE, "--pki", str(PKI),
-         "--listen", LISTEN, "--enroll-listen", ENROLL, "--policies", "policies"]
+        [
+            collector_cli,
+            "serve",
+            "--store",
+            STORE,
+            "--pki",
+            str(PKI),
+            "--listen",
+            LISTEN,
+            "--enroll-listen",
+            ENROLL,
+            "--policies",
+            "policies",
+        ]
     )
     agent: subprocess.Popen[bytes] | None = None
     try:
@@ -42,10 +54,21 @@ def main() -> int:
             print("the collector did not start; see its log above", file=sys.stderr)
             return 1
         if not (AGENT_STATE / "agent.json").exists():
-            token = _run(collector_cli, "token", "create", "--host", "demo-host",
-                         "--store", STORE).strip()
-            _run(agent_cli, "--state-dir", str(AGENT_STATE), "enroll", "--collector", LISTEN,
-                 "--token", token, "--ca", str(PKI / "ca.pem"))
+            token = _run(
+                collector_cli, "token", "create", "--host", "demo-host", "--store", STORE
+            ).strip()
+            _run(
+                agent_cli,
+                "--state-dir",
+                str(AGENT_STATE),
+                "enroll",
+                "--collector",
+                LISTEN,
+                "--token",
+                token,
+                "--ca",
+                str(PKI / "ca.pem"),
+            )
             print("enrolled the local agent as demo-host")
         agent = subprocess.Popen(
             [agent_cli, "--state-dir", str(AGENT_STATE), "run", "--heartbeat", "10"]

@@ -82,7 +82,8 @@ class Host:
     def channel(self, address: str) -> grpc.Channel:
         """An mTLS channel as this host."""
         creds = grpc.ssl_channel_credentials(
-            root_certificates=self.ca_pem, private_key=self.key_pem,
+            root_certificates=self.ca_pem,
+            private_key=self.key_pem,
             certificate_chain=self.cert_pem,
         )
         return grpc.secure_channel(address, creds)
@@ -93,11 +94,21 @@ class Host:
         for i in range(n):
             self.seq += 1
             ev = events_pb2.Event(
-                host_id=self.host_id, seq=self.seq, prev_hash=self.head,
+                host_id=self.host_id,
+                seq=self.seq,
+                prev_hash=self.head,
                 severity=events_pb2.SEVERITY_INFO,
-                **(kind or {"file_access": events_pb2.FileAccess(
-                    path=f"/srv/secret/{self.seq}-{i}.docx", action="read", uid=1000,
-                    decision=events_pb2.DECISION_ALLOW)}),
+                **(
+                    kind
+                    or {
+                        "file_access": events_pb2.FileAccess(
+                            path=f"/srv/secret/{self.seq}-{i}.docx",
+                            action="read",
+                            uid=1000,
+                            decision=events_pb2.DECISION_ALLOW,
+                        )
+                    }
+                ),
             )
             ev.time.FromNanoseconds(time.time_ns())
             self.head = chain.event_hash(ev)
@@ -114,13 +125,16 @@ def new_csr() -> tuple[bytes, bytes]:
         .sign(key, hashes.SHA256())
     )
     key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
     return key_pem, csr.public_bytes(serialization.Encoding.PEM)
 
 
-def enroll_call(address: str, ca_pem: bytes, token: str, csr_pem: bytes) -> collector_pb2.EnrollResponse:
+def enroll_call(
+    address: str, ca_pem: bytes, token: str, csr_pem: bytes
+) -> collector_pb2.EnrollResponse:
     """Call Enroll over server-authenticated TLS."""
     with grpc.secure_channel(address, grpc.ssl_channel_credentials(ca_pem)) as ch:
         rpc = ch.unary_unary(

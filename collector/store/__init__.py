@@ -9,11 +9,11 @@ from collector.store.base import CheckpointRow, EventQuery, EventRow, Store, Tok
 def open_store(url: str) -> Store:
     """Open the store named by ``url``: ``sqlite:///PATH`` or ``postgresql://...``."""
     if url.startswith("sqlite:///"):
-        from collector.store.sqlite import SQLiteStore
+        from collector.store.sqlite import SQLiteStore  # noqa: PLC0415 - load drivers on use
 
         return SQLiteStore(url.removeprefix("sqlite:///"))
     if url.startswith(("postgresql://", "postgres://")):
-        from collector.store.postgres import PostgresStore
+        from collector.store.postgres import PostgresStore  # noqa: PLC0415 - load drivers on use
 
         return PostgresStore(url)
     raise ConfigError(

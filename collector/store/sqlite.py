@@ -6,6 +6,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from collector.errors import StoreError
 from collector.store.base import CheckpointRow, EventQuery, EventRow, TokenRow
@@ -97,8 +98,14 @@ class SQLiteStore:
                 "ON CONFLICT (host_id, seq) DO NOTHING",
                 [
                     (
-                        r.host_id, r.seq, r.kind, r.severity,
-                        r.event_time_us, r.received_us, r.hash, r.body,
+                        r.host_id,
+                        r.seq,
+                        r.kind,
+                        r.severity,
+                        r.event_time_us,
+                        r.received_us,
+                        r.hash,
+                        r.body,
                     )
                     for r in rows
                 ],
@@ -200,15 +207,15 @@ class SQLiteStore:
 
     def checkpoints(self) -> list[CheckpointRow]:
         """All checkpoints, oldest first."""
-        cur = self._db.execute("SELECT id, created_at, body, signature FROM checkpoints ORDER BY id")
+        cur = self._db.execute(
+            "SELECT id, created_at, body, signature FROM checkpoints ORDER BY id"
+        )
         return [CheckpointRow(i, c, bytes(b), bytes(s)) for i, c, b, s in cur]
 
 
-def _event_row(row: tuple[object, ...]) -> EventRow:
+def _event_row(row: tuple[Any, ...]) -> EventRow:
     h, s, k, sev, t, r, x, b = row
-    return EventRow(
-        str(h), int(s), str(k), int(sev), int(t), int(r), bytes(x), bytes(b)  # type: ignore[call-overload,arg-type]
-    )
+    return EventRow(str(h), int(s), str(k), int(sev), int(t), int(r), bytes(x), bytes(b))
 
 
 def _where(q: EventQuery) -> tuple[str, list[object]]:

@@ -119,16 +119,21 @@ def test_spool_over_its_limit_raises_a_loud_event(
 ) -> None:
     small = replace(config, spool_max_bytes=1)
     running = AgentThread(small)
-    wait_for(lambda: any(e.agent_status.state == "spool_full"
-                         for e in host_events(collector.store, "ws-01")))
+    wait_for(
+        lambda: any(
+            e.agent_status.state == "spool_full" for e in host_events(collector.store, "ws-01")
+        )
+    )
     running.stop()
-    alarm = next(e for e in host_events(collector.store, "ws-01")
-                 if e.agent_status.state == "spool_full")
+    alarm = next(
+        e for e in host_events(collector.store, "ws-01") if e.agent_status.state == "spool_full"
+    )
     assert alarm.severity == events_pb2.SEVERITY_HIGH
 
 
-def test_watch_policy_sends_a_signed_bundle(collector: RunningCollector, config: AgentConfig,
-                                            tmp_path: Path) -> None:
+def test_watch_policy_sends_a_signed_bundle(
+    collector: RunningCollector, config: AgentConfig, tmp_path: Path
+) -> None:
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "policy.csv").write_text("p, secadmin, *, read\n")

@@ -11,7 +11,13 @@ from baomi.v1 import events_pb2
 
 from collector.server import create_token
 from tests.collector_harness import (
-    RunningCollector, batch, enroll_call, enroll_host, init_pki, new_csr, send_batches,
+    RunningCollector,
+    batch,
+    enroll_call,
+    enroll_host,
+    init_pki,
+    new_csr,
+    send_batches,
     stream_rpc,
 )
 
@@ -39,8 +45,10 @@ def test_certificate_from_another_ca_fails_handshake(
     from cryptography import x509
 
     forged = other.issue_host_certificate(csr_pem, "ws-01")
-    assert x509.load_pem_x509_certificate(forged).subject == x509.load_pem_x509_certificate(
-        host.cert_pem).subject
+    assert (
+        x509.load_pem_x509_certificate(forged).subject
+        == x509.load_pem_x509_certificate(host.cert_pem).subject
+    )
     host.key_pem, host.cert_pem = key_pem, forged
     with pytest.raises(grpc.RpcError) as err:
         send_batches(host, collector.address, [batch(host.events(1))])

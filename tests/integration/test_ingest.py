@@ -96,8 +96,9 @@ def test_conflicting_replay_is_alerted(collector: RunningCollector) -> None:
     send_batches(host, collector.address, [batch(events)])
     events[1].file_access.path = "/srv/secret/other.docx"
     send_batches(host, collector.address, [batch(events)])
-    kinds = [events_pb2.Event.FromString(r.body).tamper.kind
-             for r in collector.store.chain("_collector")]
+    kinds = [
+        events_pb2.Event.FromString(r.body).tamper.kind for r in collector.store.chain("_collector")
+    ]
     assert kinds == ["conflicting_replay"]
     stored = events_pb2.Event.FromString(list(collector.store.chain("ws-01"))[1].body)
     assert stored.file_access.path != "/srv/secret/other.docx"  # the first copy stands

@@ -44,8 +44,7 @@ def raw_sql(url: str, sql: str, *params: Any) -> None:
 def recorded(collector: RunningCollector) -> RunningCollector:
     """A record of N events of one host, checkpointed, then the collector stopped."""
     host = enroll_host(collector, "ws-01")
-    send_batches(host, collector.address, [batch(host.events(N // 2)),
-                                           batch(host.events(N // 2))])
+    send_batches(host, collector.address, [batch(host.events(N // 2)), batch(host.events(N // 2))])
     collector.checkpoint()
     return collector
 
@@ -70,8 +69,11 @@ def test_untouched_record_verifies(recorded: RunningCollector) -> None:
 def _edit_body(running: RunningCollector, url: str) -> None:
     ev = _body(running, 50)
     ev.file_access.path = "/srv/secret/innocent.txt"
-    raw_sql(url, "UPDATE events SET body = ? WHERE host_id = 'ws-01' AND seq = 50",
-            chain.canonical_bytes(ev))
+    raw_sql(
+        url,
+        "UPDATE events SET body = ? WHERE host_id = 'ws-01' AND seq = 50",
+        chain.canonical_bytes(ev),
+    )
 
 
 def _edit_body_and_hash(running: RunningCollector, url: str) -> None:
@@ -79,13 +81,18 @@ def _edit_body_and_hash(running: RunningCollector, url: str) -> None:
     ev.file_access.decision = events_pb2.DECISION_ALLOW
     ev.file_access.user = "someone-else"
     body = chain.canonical_bytes(ev)
-    raw_sql(url, "UPDATE events SET body = ?, hash = ? WHERE host_id = 'ws-01' AND seq = 50",
-            body, chain.bytes_hash(body))
+    raw_sql(
+        url,
+        "UPDATE events SET body = ?, hash = ? WHERE host_id = 'ws-01' AND seq = 50",
+        body,
+        chain.bytes_hash(body),
+    )
 
 
 def _edit_column(running: RunningCollector, url: str) -> None:
-    raw_sql(url, "UPDATE events SET severity = 1, kind = 'device' "
-                 "WHERE host_id = 'ws-01' AND seq = 50")
+    raw_sql(
+        url, "UPDATE events SET severity = 1, kind = 'device' WHERE host_id = 'ws-01' AND seq = 50"
+    )
 
 
 def _delete_middle(running: RunningCollector, url: str) -> None:
@@ -96,10 +103,18 @@ def _delete_tail(running: RunningCollector, url: str) -> None:
     raw_sql(url, "DELETE FROM events WHERE host_id = 'ws-01' AND seq >= 98")
 
 
-def _insert(running: RunningCollector, url: str, *, seq: int = N + 1,
-            host: str = "ws-01", prev: bytes | None = None) -> None:
+def _insert(
+    running: RunningCollector,
+    url: str,
+    *,
+    seq: int = N + 1,
+    host: str = "ws-01",
+    prev: bytes | None = None,
+) -> None:
     ev = events_pb2.Event(
-        host_id=host, seq=seq, severity=events_pb2.SEVERITY_INFO,
+        host_id=host,
+        seq=seq,
+        severity=events_pb2.SEVERITY_INFO,
         prev_hash=prev if prev is not None else running.store.head("ws-01")[1],  # type: ignore[index]
         file_access=events_pb2.FileAccess(path="/srv/secret/alibi.docx", action="read"),
     )
@@ -109,8 +124,18 @@ def _insert(running: RunningCollector, url: str, *, seq: int = N + 1,
     # Claimed to have arrived an hour before the checkpoint that does not name it.
     received = running.store.checkpoints()[-1].created_us - 3600 * 1_000_000
     event_us = old.time.seconds * 1_000_000 + old.time.nanos // 1000
-    raw_sql(url, "INSERT INTO events VALUES (?,?,?,?,?,?,?,?)", host, seq, "file_access",
-            1, event_us, received, chain.bytes_hash(body), body)
+    raw_sql(
+        url,
+        "INSERT INTO events VALUES (?,?,?,?,?,?,?,?)",
+        host,
+        seq,
+        "file_access",
+        1,
+        event_us,
+        received,
+        chain.bytes_hash(body),
+        body,
+    )
 
 
 def _insert_other_host(running: RunningCollector, url: str) -> None:
@@ -130,8 +155,12 @@ CASES: list[tuple[str, Callable[[RunningCollector, str], None], int, str]] = [
 
 @pytest.mark.parametrize(("what", "tamper", "seq", "kind"), CASES, ids=[c[0] for c in CASES])
 def test_tampering_is_found(
-    recorded: RunningCollector, store_url: str, what: str,
-    tamper: Callable[[RunningCollector, str], None], seq: int, kind: str,
+    recorded: RunningCollector,
+    store_url: str,
+    what: str,
+    tamper: Callable[[RunningCollector, str], None],
+    seq: int,
+    kind: str,
 ) -> None:
     tamper(recorded, store_url)
     report = _verify(recorded)
@@ -140,8 +169,17 @@ def test_tampering_is_found(
 
 
 def test_cli_names_host_seq_and_damage(recorded: RunningCollector, store_url: str) -> None:
-    cli = [sys.executable, "-m", "collector.cli", "audit", "verify", "--store", store_url,
-           "--pki", str(recorded.pki_dir)]
+    cli = [
+        sys.executable,
+        "-m",
+        "collector.cli",
+        "audit",
+        "verify",
+        "--store",
+        store_url,
+        "--pki",
+        str(recorded.pki_dir),
+    ]
     ok = subprocess.run(cli, capture_output=True, text=True, timeout=60, check=False)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert ok.stdout.startswith("OK:")
@@ -153,8 +191,12 @@ def test_cli_names_host_seq_and_damage(recorded: RunningCollector, store_url: st
 
 def test_forged_checkpoint_is_found(recorded: RunningCollector, store_url: str) -> None:
     cp = recorded.store.checkpoints()[-1]
-    raw_sql(store_url, "UPDATE checkpoints SET body = ? WHERE id = ?",
-            cp.body.replace(b'"v":1', b'"v":1 '), cp.id)
+    raw_sql(
+        store_url,
+        "UPDATE checkpoints SET body = ? WHERE id = ?",
+        cp.body.replace(b'"v":1', b'"v":1 '),
+        cp.id,
+    )
     report = _verify(recorded)
     assert any(d.kind == "checkpoint" for d in report.damage)
 

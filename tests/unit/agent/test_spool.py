@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ def test_events_are_chained_from_genesis(tmp_path: Path) -> None:
     events = spool.append([_status() for _ in range(5)])
     assert [e.seq for e in events] == [1, 2, 3, 4, 5]
     assert events[0].prev_hash == chain.GENESIS
-    for before, after in zip(events, events[1:], strict=False):
+    for before, after in itertools.pairwise(events):
         assert after.prev_hash == chain.event_hash(before)
     assert all(e.host_id == "ws-01" and e.HasField("time") for e in events)
     stored = spool.read_after(0, 10)
