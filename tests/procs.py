@@ -156,7 +156,7 @@ class Processes:
         with log.open("ab") as out:
             out.write(f"==== {time.strftime('%H:%M:%S')} start {' '.join(args)}\n".encode())
             out.flush()
-            popen = subprocess.Popen(  # noqa: S603 - our own CLIs, arguments from the test
+            popen = subprocess.Popen(
                 list(args),
                 stdin=subprocess.DEVNULL,
                 stdout=out,

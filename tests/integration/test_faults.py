@@ -2,7 +2,8 @@
 
 The collector and agent run as subprocesses (``tests/procs.py``) on loopback with mTLS
 and a SQLite store. The test itself fills the agent's spool through ``agent.spool.Spool``
-while the agent streams it, as a sensor would, from another process.
+at a steady pace while the agent streams it, so every kill falls into a live stream and
+the spool is written by two processes at once.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import collections
 import json
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +41,10 @@ from tests.procs import (
 HOST = "fault-host"
 EVENTS = 100_000  # file_access events the test spools
 KILLS = 20  # SIGKILLs of each process
-CHUNK = EVENTS // (2 * KILLS)  # events spooled (one transaction) before each kill
-KILL_DELAY_S = (0.05, 1.5)  # seconds from spooling a chunk to the kill, drawn uniformly
+KILL_DELAY_S = (0.05, 1.5)  # seconds before each kill (after the last restart), uniform
+FILL_CHUNK = 500  # events per spool transaction of the test's writer
+FILL_INTERVAL_S = 0.17  # seconds between them: the spool fills over the whole kill plan
+FILL_TIMEOUT_S = 120.0  # seconds the writer may still need once the kills are done
 SEED = 20_260_527  # fixes the kill plan; printed so a failure can be replayed
 HEARTBEAT_S = 0.5  # agent heartbeats also write the spool, concurrently with the test
 CHECKPOINT_S = 1.0  # collector checkpoint interval
@@ -114,6 +119,16 @@ def stored_events(store_path: Path, host: str) -> list[tuple[int, str, events_pb
     return [(int(s), str(k), events_pb2.Event.FromString(b)) for s, k, b in rows]
 
 
+def fill(spool: Spool, lock: threading.Lock, stop: threading.Event) -> None:
+    """Spool the EVENTS file accesses in FILL_CHUNK transactions at a steady pace,
+    holding ``lock`` around each append."""
+    for i in range(EVENTS // FILL_CHUNK):
+        if stop.wait(FILL_INTERVAL_S):
+            return
+        with lock:
+            spool.append(file_events(i * FILL_CHUNK, (i + 1) * FILL_CHUNK))
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_sigkill_collector_and_agent_mid_stream_stores_every_event_once(
@@ -130,30 +145,39 @@ def test_sigkill_collector_and_agent_mid_stream_stores_every_event_once(
     spool = Spool(d.state_dir / "spool.db")
     collector = d.collector
     agent = start_agent(procs, d.state_dir, heartbeat=HEARTBEAT_S, ready_at_seq=1)
-    # (target, events spooled but not yet acknowledged at the moment of the kill)
-    kills: list[tuple[str, int]] = []
+    kills: list[int] = []  # events spooled but not yet acknowledged at each kill
+    filling_lock, stop_filling = threading.Lock(), threading.Event()
     try:
-        for i, target in enumerate(plan):
-            spool.append(file_events(i * CHUNK, (i + 1) * CHUNK))
-            time.sleep(rng.uniform(*KILL_DELAY_S))
-            kills.append((target, spool.pending()))
-            if target == "collector":
-                collector.kill()
-                collector = start_collector(
-                    procs,
-                    store_url=d.store_url,
-                    pki_dir=d.pki_dir,
-                    port=d.port,
-                    checkpoint_seconds=CHECKPOINT_S,
-                )
-            else:
-                agent.kill()
-                # Ready once it has spooled its unclean_stop tamper event and its status;
-                # killing it earlier would fold two kills into one gap.
-                head, _ = spool.head
-                agent = start_agent(
-                    procs, d.state_dir, heartbeat=HEARTBEAT_S, ready_at_seq=head + 2
-                )
+        with ThreadPoolExecutor(1, thread_name_prefix="filler") as pool:
+            filling = pool.submit(fill, spool, filling_lock, stop_filling)
+            try:
+                for target in plan:
+                    time.sleep(rng.uniform(*KILL_DELAY_S))
+                    if filling.done():
+                        filling.result()  # raises what stopped the filler early
+                    kills.append(spool.pending())
+                    if target == "collector":
+                        collector.kill()
+                        collector = start_collector(
+                            procs,
+                            store_url=d.store_url,
+                            pki_dir=d.pki_dir,
+                            port=d.port,
+                            checkpoint_seconds=CHECKPOINT_S,
+                        )
+                        continue
+                    agent.kill()
+                    # Ready once it has spooled its unclean_stop tamper event and its
+                    # status (killing it earlier would fold two kills into one gap); the
+                    # filler waits meanwhile so that the head moves only by the agent.
+                    with filling_lock:
+                        head, _ = spool.head
+                        agent = start_agent(
+                            procs, d.state_dir, heartbeat=HEARTBEAT_S, ready_at_seq=head + 2
+                        )
+                filling.result(timeout=FILL_TIMEOUT_S)
+            finally:
+                stop_filling.set()
         killed_at = time.monotonic()
 
         def all_stored() -> bool:
@@ -176,10 +200,12 @@ def test_sigkill_collector_and_agent_mid_stream_stores_every_event_once(
     finally:
         spool.close()
     print(
-        f"\nseed {SEED}: kills {plan.count('collector')} collector + {plan.count('agent')} "
-        f"agent in {killed_at - started:.1f} s, drained in {drained_at - killed_at:.1f} s; "
-        f"unacknowledged events at each kill: {[n for _, n in kills]}"
+        f"\nseed {SEED}: {KILLS} collector + {KILLS} agent kills in "
+        f"{killed_at - started:.1f} s, drained in {drained_at - killed_at:.1f} s; "
+        f"unacknowledged events at each kill: {kills}"
     )
+    # The kills fell while events were on their way, not into an idle stream.
+    assert sum(n > 0 for n in kills) > len(kills) // 4, kills
 
     # Exactly seq 1..head, no gaps, no duplicates, every body naming its own row.
     events = stored_events(d.store_path, HOST)
@@ -195,7 +221,9 @@ def test_sigkill_collector_and_agent_mid_stream_stores_every_event_once(
     tampers = [ev.tamper for _, k, ev in events if k == "tamper"]
     assert [t.kind for t in tampers] == ["unclean_stop"] * KILLS
     assert all(t.gap_end.ToMicroseconds() >= t.gap_start.ToMicroseconds() > 0 for t in tampers)
-    statuses = collections.Counter(ev.agent_status.state for _, k, ev in events if k == "agent_status")
+    statuses = collections.Counter(
+        ev.agent_status.state for _, k, ev in events if k == "agent_status"
+    )
     assert statuses["started"] == KILLS + 1
     assert statuses["stopping"] == 1
     # The collector saw no break in the chain and no replay that differed from the record.
