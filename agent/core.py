@@ -18,6 +18,7 @@ from baomi.v1 import events_pb2
 
 from agent import __version__
 from agent.identity import load_identity
+from agent.recorder import Recorder
 from agent.sensors import REGISTRY, Health, Sensor
 from agent.spool import DEFAULT_MAX_BYTES, Spool
 from agent.stream import StreamClient, StreamConfig
@@ -45,14 +46,17 @@ class Agent:
         self.spool = Spool(config.state_dir / "spool.db", max_bytes=config.spool_max_bytes)
         self.spool.on_full = self._spool_full
         self.stream = StreamClient(self.identity, self.spool, config.stream)
+        self.recorder = Recorder(self.spool, self._wake_stream)
         self.sensors: list[Sensor] = []
         self.policy_version = ""
         self.state = "starting"
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def emit(self, event: events_pb2.Event) -> None:
-        """Spool one event durably, then wake the stream. Safe from any thread."""
-        self.spool.append([event])
+        """Hand one event to the recorder, which spools it. Safe from any thread."""
+        self.recorder.record(event)
+
+    def _wake_stream(self) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self.stream.notify)
@@ -124,6 +128,7 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set."""
         self._loop = asyncio.get_running_loop()
+        self.recorder.start()
         self._record_unclean_stop()
         self._start_sensors()
         self.state = "running"
@@ -140,6 +145,7 @@ class Agent:
             for sensor in self.sensors:
                 sensor.stop()
             self.emit(self._status("stopping"))
+            await asyncio.to_thread(self.recorder.stop)
             await self._drain(streaming)
             self.spool.mark_stopped()
             self.spool.close()

@@ -46,7 +46,7 @@ DECISION_ALLOW: Decision
 DECISION_DENY: Decision
 
 class FileAccess(_message.Message):
-    __slots__ = ("path", "action", "uid", "user", "pid", "executable", "level", "label_id", "decision", "reason")
+    __slots__ = ("path", "action", "uid", "user", "pid", "executable", "level", "label_id", "decision", "reason", "rule", "cmdline", "label_until", "label_scope", "count", "first", "last")
     PATH_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,13 @@ class FileAccess(_message.Message):
     LABEL_ID_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    CMDLINE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
     path: str
     action: str
     uid: int
@@ -67,7 +74,14 @@ class FileAccess(_message.Message):
     label_id: str
     decision: Decision
     reason: str
-    def __init__(self, path: _Optional[str] = ..., action: _Optional[str] = ..., uid: _Optional[int] = ..., user: _Optional[str] = ..., pid: _Optional[int] = ..., executable: _Optional[str] = ..., level: _Optional[_Union[Level, str]] = ..., label_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+    rule: str
+    cmdline: str
+    label_until: str
+    label_scope: _containers.RepeatedScalarFieldContainer[str]
+    count: int
+    first: _timestamp_pb2.Timestamp
+    last: _timestamp_pb2.Timestamp
+    def __init__(self, path: _Optional[str] = ..., action: _Optional[str] = ..., uid: _Optional[int] = ..., user: _Optional[str] = ..., pid: _Optional[int] = ..., executable: _Optional[str] = ..., level: _Optional[_Union[Level, str]] = ..., label_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., reason: _Optional[str] = ..., rule: _Optional[str] = ..., cmdline: _Optional[str] = ..., label_until: _Optional[str] = ..., label_scope: _Optional[_Iterable[str]] = ..., count: _Optional[int] = ..., first: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class FileChange(_message.Message):
     __slots__ = ("path", "change", "old_path", "uid", "pid", "level", "label_id")
