@@ -1,0 +1,1 @@
+"""The secret-file guard: fanotify enforcement of Casbin decisions on labelled files."""
