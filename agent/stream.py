@@ -72,7 +72,7 @@ class StreamClient:
                     )
                 except RejectedError as e:
                     self.last_error = str(e)
-                    _logger.error("collector rejected a batch: %s", e)  # noqa: TRY400 - not a crash
+                    _logger.error("collector rejected a batch: %s", e)
                 self.connected = False
                 cap = min(self._config.backoff_max, self._config.backoff_initial * 2**attempt)
                 attempt = min(attempt + 1, 16)
