@@ -3,9 +3,10 @@
 1. The collector's durable ingest rate over concurrent mTLS agent streams with chain
    checking, driven from a separate load-generator process, measured from the first
    send until every stream's last Ack says its last event is committed.
-2. ``SQLiteStore.append`` of the same rows in group-commit-sized transactions, and the
-   ratio of the two. The store is then checked to hold exactly the events sent, with
-   every host's chain head equal to the hash of its last event.
+2. A plain ``executemany`` of the same rows into the same schema with the same PRAGMAs,
+   one transaction per group commit's worth of rows, and the ratio ingest / raw; also
+   ``SQLiteStore.append`` alone, the store's own ceiling. After the ingest run the store
+   must hold exactly the events sent, each host's chain head the hash of its last event.
 3. The RSS and CPU of an idle agent, enrolled and run with the ``baomi-agent`` CLI.
 
 Exit status: 0 when everything ran (a missed target is a finding, not a failure), 1
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import agent_rss, events, ingest
-from bench.proc import BenchError, Child
+from bench.proc import BenchError
 
 INGEST_TARGET = 100_000  # events/s end to end
 AGENT_RSS_TARGET_MB = 60.0
@@ -44,8 +45,11 @@ class Row:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--hosts", type=int, default=10, help="concurrent agent streams")
     p.add_argument("--events", type=int, default=400_000, help="events in all (split by host)")
     p.add_argument("--batch", type=int, default=1000, help="events per batch")
@@ -53,9 +57,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=10.0, help="seconds before reading agent RSS")
     p.add_argument("--cpu-window", type=float, default=5.0, help="seconds of agent CPU sampling")
     p.add_argument("--skip-agent", action="store_true", help="measure ingest only")
-    p.add_argument("--dir", type=Path, default=None,
-                   help="where the temporary store goes (default: the system temp dir); "
-                   "the filesystem decides what a durable commit costs")
+    p.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="where the temporary store goes (default: the system temp dir); "
+        "the filesystem decides what a durable commit costs",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     return p.parse_args(argv)
 
@@ -66,78 +74,131 @@ def _print_table(rows: list[Row]) -> None:
     widths = [max(len(c[i]) for c in cols) for i in range(5)]
     print()
     for n, c in enumerate(cols):
-        print("  ".join(
-            c[i].ljust(widths[i]) if i in (0, 2, 4) else c[i].rjust(widths[i]) for i in range(5)
-        ))
+        print(
+            "  ".join(
+                c[i].ljust(widths[i]) if i in (0, 2, 4) else c[i].rjust(widths[i]) for i in range(5)
+            )
+        )
         if n == 0:
             print("  ".join("-" * w for w in widths))
 
 
-def _run(args: argparse.Namespace, workdir: Path, table: list[Row]) -> bool:
-    """Run every measurement; False when a check failed. Raises when a step cannot run."""
-    ok = True
-    per_host = args.events // args.hosts
-    sent = per_host * args.hosts
-    print(f"work directory {workdir}; {args.hosts} hosts x {per_host:,} events, "
-          f"batches of {args.batch}, window {args.window}", flush=True)
-    s = ingest.setup(workdir, args.hosts)
-
+def _sqlite_baselines(
+    args: argparse.Namespace, workdir: Path, per_host: int
+) -> tuple[float, float, dict[str, tuple[int, bytes]]]:
+    """Raw executemany and ``SQLiteStore.append`` rates of the rows the collector will
+    store, and each host's expected chain head."""
     rows = events.rows(args.hosts, per_host, args.batch, ingest.now_us())
     heads = ingest.expected_heads(rows)
     body = sum(len(r.body) for r in rows) / len(rows)
     raw = ingest.raw_sqlite(workdir / "raw.db", rows)
-    del rows
-    for f in workdir.glob("raw.db*"):
+    append = ingest.store_append(workdir / "append.db", rows)
+    for f in [*workdir.glob("raw.db*"), *workdir.glob("append.db*")]:
         f.unlink()
-    print(f"raw SQLite: {raw:,.0f} events/s (bodies of {body:.0f} bytes)", flush=True)
+    print(
+        f"raw SQLite executemany: {raw:,.0f} events/s; SQLiteStore.append alone: "
+        f"{append:,.0f} events/s (event bodies of {body:.0f} bytes)",
+        flush=True,
+    )
+    return raw, append, heads
+
+
+def _agent(args: argparse.Namespace, s: ingest.Setup, ports: dict[str, int]) -> list[Row]:
+    agent = agent_rss.measure(
+        s.workdir,
+        store_path=s.store_path,
+        ca=s.pki_dir / "ca.pem",
+        ports=ports,
+        host_id=ingest.AGENT_HOST,
+        token=s.agent_token,
+        settle=args.settle,
+        window=args.cpu_window,
+    )
+    print(
+        f"idle agent: RSS {agent.rss_mb:.1f} MB (USS {agent.uss_mb:.1f} MB) in "
+        f"{agent.processes} process(es), {agent.threads} threads; CPU "
+        f"{agent.cpu_percent:.2f} % over {args.cpu_window:.0f} s; "
+        f"{agent.delivered} of its events stored",
+        flush=True,
+    )
+    if agent.delivered == 0:
+        raise BenchError("the agent ran but none of its events reached the collector")
+    return [
+        Row(
+            "idle agent RSS",
+            f"{agent.rss_mb:.1f} MB",
+            f"<= {AGENT_RSS_TARGET_MB:.0f} MB",
+            f"{agent.rss_mb / AGENT_RSS_TARGET_MB:.2f}",
+            "PASS" if agent.rss_mb <= AGENT_RSS_TARGET_MB else "MISS",
+        ),
+        Row("idle agent CPU", f"{agent.cpu_percent:.2f} %"),
+    ]
+
+
+def _run(args: argparse.Namespace, workdir: Path, table: list[Row]) -> bool:
+    """Run every measurement into ``table``; False when the store does not hold exactly
+    what was sent. Raises when a step cannot run."""
+    per_host = args.events // args.hosts
+    sent = per_host * args.hosts
+    print(
+        f"work directory {workdir}; {args.hosts} hosts x {per_host:,} events, "
+        f"batches of {args.batch}, window {args.window}",
+        flush=True,
+    )
+    s = ingest.setup(workdir, args.hosts)
+    raw, append, heads = _sqlite_baselines(args, workdir, per_host)
 
     collector, ports = ingest.start_collector(s)
     try:
-        load = ingest.run_load(s, collector, ports["agents"], hosts=args.hosts,
-                               events_per_host=per_host, batch=args.batch, window=args.window)
-        print(f"ingest: {load.events:,} events in {load.seconds:.2f} s = {load.rate:,.0f} "
-              f"events/s ({load.wire_mb_per_s:.1f} MB/s on the wire); CPU during the run: "
-              f"collector {load.collector_cpu_s / load.seconds:.2f} cores, load generator "
-              f"{load.loadgen_cpu_s / load.seconds:.2f} cores; "
-              f"{args.hosts} mTLS handshakes took {load.connect_s:.2f} s", flush=True)
+        load = ingest.run_load(
+            s,
+            collector,
+            ports["agents"],
+            hosts=args.hosts,
+            events_per_host=per_host,
+            batch=args.batch,
+            window=args.window,
+        )
+        print(
+            f"ingest: {load.events:,} events in {load.seconds:.2f} s = {load.rate:,.0f} "
+            f"events/s ({load.wire_mb_per_s:.1f} MB/s on the wire); CPU during the run: "
+            f"collector {load.collector_cpu_s / load.seconds:.2f} cores, load generator "
+            f"{load.loadgen_cpu_s / load.seconds:.2f} cores; "
+            f"{args.hosts} mTLS handshakes took {load.connect_s:.2f} s",
+            flush=True,
+        )
         stored, wrong = ingest.check_stored(s.store_path, heads)
-        print(f"store: {stored:,} events stored, {sent:,} sent", flush=True)
-        table.append(Row(f"durable ingest, {args.hosts} mTLS streams", f"{load.rate:,.0f} ev/s",
-                         f">= {INGEST_TARGET:,} ev/s", f"{load.rate / INGEST_TARGET:.2f}",
-                         "PASS" if load.rate >= INGEST_TARGET else "MISS"))
-        table.append(Row("raw SQLite append (same rows)", f"{raw:,.0f} ev/s"))
-        table.append(Row("ingest / raw SQLite", f"{load.rate / raw:.2f}",
-                         f"(spike: {SPIKE_RATIO})"))
         exact = stored == sent and not wrong
-        table.append(Row("events stored / sent", f"{stored:,} / {sent:,}", "exactly",
-                         f"{stored / sent:.3f}", "PASS" if exact else "FAIL"))
+        print(f"store: {stored:,} events stored, {sent:,} sent", flush=True)
         if wrong:
             print(f"FAIL: stored chain heads differ from those sent for {', '.join(wrong)}")
-        ok = ok and exact
-
+        table += [
+            Row(
+                f"durable ingest, {args.hosts} mTLS streams",
+                f"{load.rate:,.0f} ev/s",
+                f">= {INGEST_TARGET:,} ev/s",
+                f"{load.rate / INGEST_TARGET:.2f}",
+                "PASS" if load.rate >= INGEST_TARGET else "MISS",
+            ),
+            Row("raw SQLite executemany, same rows", f"{raw:,.0f} ev/s"),
+            Row("ingest / raw SQLite", f"{load.rate / raw:.2f}", f"(spike: {SPIKE_RATIO})"),
+            Row("SQLiteStore.append alone, same rows", f"{append:,.0f} ev/s"),
+            Row(
+                "events stored / sent",
+                f"{stored:,} / {sent:,}",
+                "exactly, same heads",
+                f"{stored / sent:.3f}",
+                "PASS" if exact else "FAIL",
+            ),
+        ]
         if not args.skip_agent:
-            agent = agent_rss.measure(
-                workdir, s.store_path, s.pki_dir / "ca.pem", ports, ingest.AGENT_HOST,
-                s.agent_token, settle=args.settle, window=args.cpu_window,
-            )
-            print(f"idle agent: RSS {agent.rss_mb:.1f} MB (USS {agent.uss_mb:.1f} MB) in "
-                  f"{agent.processes} process(es), {agent.threads} threads; CPU "
-                  f"{agent.cpu_percent:.2f} % over {args.cpu_window:.0f} s; "
-                  f"{agent.delivered} of its events stored", flush=True)
-            if agent.delivered == 0:
-                raise BenchError("the agent ran but none of its events reached the collector")
-            table.append(Row("idle agent RSS", f"{agent.rss_mb:.1f} MB",
-                             f"<= {AGENT_RSS_TARGET_MB:.0f} MB",
-                             f"{agent.rss_mb / AGENT_RSS_TARGET_MB:.2f}",
-                             "PASS" if agent.rss_mb <= AGENT_RSS_TARGET_MB else "MISS"))
-            table.append(Row("idle agent CPU", f"{agent.cpu_percent:.2f} %"))
+            table += _agent(args, s, ports)
     finally:
         code = collector.stop()
     if code != 0:
         raise BenchError(f"the collector exited with {code}{collector.tail()}")
-    final = collector.expect(timeout=5)
-    print(f"collector stopped: {json.dumps(final)}")
-    return ok
+    print(f"collector stopped: {json.dumps(collector.expect(timeout=5))}")
+    return exact
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,20 +41,40 @@ def _tree(root: psutil.Process) -> list[psutil.Process]:
 
 
 def measure(
-    workdir: Path, store_path: Path, ca: Path, ports: dict[str, int], host_id: str,
-    token: str, *, settle: float = 10.0, window: float = 5.0,
+    workdir: Path,
+    *,
+    store_path: Path,
+    ca: Path,
+    ports: dict[str, int],
+    host_id: str,
+    token: str,
+    settle: float = 10.0,
+    window: float = 5.0,
 ) -> AgentResult:
-    """Enrol ``host_id`` with ``token``, run the agent, measure it after ``settle`` s."""
+    """Enrol ``host_id`` with ``token`` and run the agent with the ``baomi-agent`` CLI;
+    after ``settle`` seconds read its RSS (with any child processes) and its CPU use
+    over ``window`` seconds."""
     agent = _agent_command()
     state = workdir / "agent"
     log = workdir / "agent.log"
     enrolled = subprocess.run(
         [
-            agent, "--state-dir", str(state), "enroll",
-            "--collector", f"127.0.0.1:{ports['agents']}", "--token", token, "--ca", str(ca),
-            "--enroll-address", f"127.0.0.1:{ports['enroll']}",
+            agent,
+            "--state-dir",
+            str(state),
+            "enroll",
+            "--collector",
+            f"127.0.0.1:{ports['agents']}",
+            f"--token={token}",  # a token may begin with '-'
+            "--ca",
+            str(ca),
+            "--enroll-address",
+            f"127.0.0.1:{ports['enroll']}",
         ],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     if enrolled.returncode != 0:
         raise BenchError(f"baomi-agent enroll failed: {enrolled.stderr.strip()}")
@@ -65,13 +85,14 @@ def measure(
         if proc.poll() is not None:
             raise BenchError(f"baomi-agent run exited with {proc.returncode}; see {log}")
         procs = _tree(psutil.Process(proc.pid))
-        infos = [p.memory_full_info() for p in procs]
-        threads = sum(p.num_threads() for p in procs)
+        before = [p.memory_full_info() for p in procs]
         cpu0 = sum(sum(p.cpu_times()[:2]) for p in procs)
         t0 = time.perf_counter()
         time.sleep(window)
         cpu1 = sum(sum(p.cpu_times()[:2]) for p in procs)
         cpu = (cpu1 - cpu0) / (time.perf_counter() - t0) * 100
+        after = [p.memory_full_info() for p in procs]
+        threads = sum(p.num_threads() for p in procs)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -84,9 +105,10 @@ def measure(
         delivered = len(list(store.chain(host_id)))
     finally:
         store.close()
+    # The larger of the readings before and after the CPU window.
     return AgentResult(
-        rss_mb=sum(i.rss for i in infos) / 2**20,
-        uss_mb=sum(i.uss for i in infos) / 2**20,
+        rss_mb=max(sum(i.rss for i in m) for m in (before, after)) / 2**20,
+        uss_mb=max(sum(i.uss for i in m) for m in (before, after)) / 2**20,
         processes=len(procs),
         threads=threads,
         cpu_percent=cpu,

@@ -14,7 +14,6 @@ import asyncio
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -25,107 +24,106 @@ from bench import events
 METHOD = "/baomi.v1.Collector/Stream"
 
 
-@dataclass
-class HostLoad:
-    """One host's prepared stream."""
-
-    host_id: str
-    batches: list[bytes]
-    last_seq: int
-    last_hash: bytes
-    channel: grpc.aio.Channel | None = None
-    call: grpc.aio.StreamStreamCall | None = None
-    done_at: float = 0.0
-    acks: int = 0
+class LoadError(Exception):
+    """A stream did not go as an agent's would."""
 
 
-async def _open(load: HostLoad, address: str, creds: grpc.ChannelCredentials) -> None:
-    load.channel = grpc.aio.secure_channel(address, creds)
-    load.call = load.channel.stream_stream(
-        METHOD, request_serializer=None, response_deserializer=events_pb2.Ack.FromString
-    )()
-    head = await load.call.read()
-    if not isinstance(head, events_pb2.Ack):
-        raise RuntimeError(f"{load.host_id}: the stream ended before its first Ack")
-    if head.up_to_seq != 0:
-        raise RuntimeError(f"{load.host_id}: the store is not fresh (head seq {head.up_to_seq})")
+class HostStream:
+    """One host's prepared batches and its stream to the collector."""
 
+    def __init__(self, host_id: str, events_per_host: int, batch_events: int) -> None:
+        self.host_id = host_id
+        self.batches, self.last_hash = events.serialized_batches(
+            host_id, events_per_host, batch_events
+        )
+        self.last_seq = events_per_host
+        self.done_at = 0.0
+        self._channel: grpc.aio.Channel | None = None
+        self._call: grpc.aio.StreamStreamCall | None = None
 
-async def _send(load: HostLoad, window: int) -> None:
-    call = load.call
-    assert call is not None
-    slots = asyncio.Semaphore(window)
+    async def open(self, address: str, creds: grpc.ChannelCredentials) -> None:
+        """Connect (mTLS handshake) and read the first Ack, which must be a fresh chain."""
+        self._channel = grpc.aio.secure_channel(address, creds)
+        self._call = self._channel.stream_stream(
+            METHOD, request_serializer=None, response_deserializer=events_pb2.Ack.FromString
+        )()
+        head = await self._call.read()
+        if head is grpc.aio.EOF:
+            raise LoadError(f"{self.host_id}: the stream ended before its first Ack")
+        if head.up_to_seq != 0:
+            raise LoadError(f"{self.host_id}: the store is not fresh (head {head.up_to_seq})")
 
-    async def receive() -> None:
-        while True:
-            ack = await call.read()
-            if not isinstance(ack, events_pb2.Ack):
-                raise RuntimeError(f"{load.host_id}: the stream ended before every Ack")
-            if ack.HasField("rejection"):
-                raise RuntimeError(f"{load.host_id}: batch rejected: {ack.rejection.reason}")
-            load.acks += 1
-            slots.release()
-            if ack.up_to_seq >= load.last_seq:
-                load.done_at = time.perf_counter()
-                if ack.up_to_seq != load.last_seq or ack.head_hash != load.last_hash:
-                    raise RuntimeError(f"{load.host_id}: final Ack names another head")
-                return
+    async def send(self, window: int) -> None:
+        """Send every batch, at most ``window`` unacknowledged; return on the last Ack."""
+        call = self._call
+        if call is None:
+            raise LoadError(f"{self.host_id}: send before open")
+        slots = asyncio.Semaphore(window)
 
-    receiver = asyncio.create_task(receive())
-    try:
-        for batch in load.batches:
-            await slots.acquire()
-            if receiver.done():
-                break
-            await call.write(batch)
-        await receiver
+        async def write() -> None:
+            for batch in self.batches:
+                await slots.acquire()
+                await call.write(batch)
+
+        async def receive() -> None:
+            while True:
+                ack = await call.read()
+                if ack is grpc.aio.EOF:
+                    raise LoadError(f"{self.host_id}: the stream ended before every Ack")
+                if ack.HasField("rejection"):
+                    raise LoadError(f"{self.host_id}: batch rejected: {ack.rejection.reason}")
+                slots.release()
+                if ack.up_to_seq >= self.last_seq:
+                    self.done_at = time.perf_counter()
+                    if ack.up_to_seq != self.last_seq or ack.head_hash != self.last_hash:
+                        raise LoadError(f"{self.host_id}: the last Ack names another head")
+                    return
+
+        await asyncio.gather(write(), receive())
         await call.done_writing()
-    finally:
-        receiver.cancel()
+
+    async def close(self) -> None:
+        """Close the channel."""
+        if self._channel is not None:
+            await self._channel.close()
 
 
 async def _run(args: argparse.Namespace) -> dict[str, object]:
     t = time.perf_counter()
-    loads = []
-    for h in range(args.hosts):
-        host_id = events.host_name(h)
-        batches, last_hash = events.serialized_batches(host_id, args.events, args.batch)
-        loads.append(HostLoad(host_id, batches, args.events, last_hash))
+    streams = [HostStream(events.host_name(h), args.events, args.batch) for h in range(args.hosts)]
     prebuild = time.perf_counter() - t
+    wire_bytes = sum(len(b) for s in streams for b in s.batches)
     ca = args.ca.read_bytes()
     t = time.perf_counter()
     await asyncio.gather(
         *(
-            _open(
-                load, args.address,
+            s.open(
+                args.address,
                 grpc.ssl_channel_credentials(
                     root_certificates=ca,
-                    private_key=(args.hosts_dir / f"{load.host_id}.key").read_bytes(),
-                    certificate_chain=(args.hosts_dir / f"{load.host_id}.pem").read_bytes(),
+                    private_key=(args.hosts_dir / f"{s.host_id}.key").read_bytes(),
+                    certificate_chain=(args.hosts_dir / f"{s.host_id}.pem").read_bytes(),
                 ),
             )
-            for load in loads
+            for s in streams
         )
     )
     connect = time.perf_counter() - t
-    wire_bytes = sum(len(b) for load in loads for b in load.batches)
     print(json.dumps({"ready": True, "prebuild_s": prebuild, "connect_s": connect}), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     cpu0 = time.process_time()
     start = time.perf_counter()
-    await asyncio.gather(*(_send(load, args.window) for load in loads))
-    elapsed = max(load.done_at for load in loads) - start
+    await asyncio.gather(*(s.send(args.window) for s in streams))
+    elapsed = max(s.done_at for s in streams) - start
     cpu = time.process_time() - cpu0
-    for load in loads:
-        if load.channel is not None:
-            await load.channel.close()
+    for s in streams:
+        await s.close()
     total = args.hosts * args.events
     return {
         "events": total,
         "seconds": elapsed,
         "events_per_s": total / elapsed,
         "wire_mb_per_s": wire_bytes / elapsed / 1e6,
-        "acks": sum(load.acks for load in loads),
         "cpu_s": cpu,
     }
 
@@ -143,7 +141,7 @@ def main() -> int:
     args = p.parse_args()
     try:
         result = asyncio.run(_run(args))
-    except (grpc.RpcError, RuntimeError, OSError) as e:
+    except (grpc.RpcError, LoadError, OSError) as e:
         print(json.dumps({"error": f"{type(e).__name__}: {e}"}), flush=True)
         return 1
     print(json.dumps(result), flush=True)

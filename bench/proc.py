@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 class BenchError(Exception):
@@ -26,13 +26,20 @@ class Child:
         with self.log.open("wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", module, *args],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
             )
-        threading.Thread(target=self._pump, name=f"{name}-stdout", daemon=True).start()
+        if self.proc.stdin is None or self.proc.stdout is None:  # both are pipes
+            raise BenchError(f"{name}: no pipes to the child")
+        self._stdin = self.proc.stdin
+        threading.Thread(
+            target=self._pump, args=(self.proc.stdout,), name=f"{name}-stdout", daemon=True
+        ).start()
 
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+    def _pump(self, stdout: IO[str]) -> None:
+        for line in stdout:
             self._lines.put(line)
         self._lines.put(None)
 
@@ -57,9 +64,8 @@ class Child:
 
     def send(self, line: str) -> None:
         """Write one line to the child's stdin."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
+        self._stdin.write(line + "\n")
+        self._stdin.flush()
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, wait, SIGKILL if it will not end; the exit status."""

@@ -116,12 +116,13 @@ def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
 def to_row(event: events_pb2.Event, kind: str, received_us: int) -> EventRow:
     """The stored form of an event."""
     body = chain.canonical_bytes(event)
+    stamp = event.time  # each read of a submessage field makes a new Python object
     return EventRow(
         host_id=event.host_id,
         seq=event.seq,
         kind=kind,
         severity=event.severity,
-        event_time_us=event.time.seconds * 1_000_000 + event.time.nanos // 1000,
+        event_time_us=stamp.seconds * 1_000_000 + stamp.nanos // 1000,
         received_us=received_us,
         hash=hashlib.sha256(body).digest(),
         body=body,
@@ -184,6 +185,10 @@ class ForeignHost(Exception):  # noqa: N818
     """A batch names a host other than the peer certificate's."""
 
 
+def _malformed(index: int, seq: int, problem: str) -> Rejected:
+    return Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"event {index} (seq {seq}): {problem}")
+
+
 @dataclass
 class HostChain:
     """Where one host's chain stands as its stream is checked."""
@@ -211,32 +216,30 @@ class HostChain:
         rows: list[EventRow] = []
         seq, head = self.seq, self.hash
         last = 0
+        # This loop runs for every event the collector takes: each field is read once,
+        # into a local, since every read of a protobuf field makes a new Python object.
         for i, ev in enumerate(events):
             if ev.host_id != self.host_id:
                 raise ForeignHost(ev.host_id)
+            ev_seq, prev_hash = ev.seq, ev.prev_hash
             kind = ev.WhichOneof("kind")
-            where = f"event {i} (seq {ev.seq})"
             if kind is None:
-                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"{where}: no known kind is set")
-            if ev.seq <= last:
-                raise Rejected(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"{where}: seq must increase in a batch"
-                )
-            if len(ev.prev_hash) != chain.HASH_BYTES:
-                raise Rejected(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"{where}: prev_hash must be 32 bytes"
-                )
+                raise _malformed(i, ev_seq, "no known kind is set")
+            if ev_seq <= last:
+                raise _malformed(i, ev_seq, "seq must increase in a batch")
+            if len(prev_hash) != chain.HASH_BYTES:
+                raise _malformed(i, ev_seq, "prev_hash must be 32 bytes")
             if not ev.HasField("time"):
-                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"{where}: time is missing")
-            last = ev.seq
-            if ev.seq <= seq:
+                raise _malformed(i, ev_seq, "time is missing")
+            last = ev_seq
+            if ev_seq <= seq:
                 continue  # a replay of what is stored; checked against it by the caller
             row = to_row(ev, kind, received_us)
-            if ev.seq != seq + 1:
-                self.breaks.append((ev.seq, f"seq gap: {seq} then {ev.seq}"))
-            elif ev.prev_hash != head:
-                self.breaks.append((ev.seq, "prev_hash does not match the stored chain"))
-            seq, head = row.seq, row.hash
+            if ev_seq != seq + 1:
+                self.breaks.append((ev_seq, f"seq gap: {seq} then {ev_seq}"))
+            elif prev_hash != head:
+                self.breaks.append((ev_seq, "prev_hash does not match the stored chain"))
+            seq, head = ev_seq, row.hash
             rows.append(row)
         self.seq, self.hash = seq, head
         return rows

@@ -48,7 +48,8 @@ class ServerConfig:
 def create_token(store: Store, host_id: str, seconds: int = TOKEN_SECONDS) -> str:
     """A new single-use enrolment token for ``host_id``; only its hash is stored."""
     pki.check_host_id(host_id)
-    token = secrets.token_urlsafe(24)
+    # A fixed prefix: a token starting with "-" would read as an option on a command line.
+    token = "bmt-" + secrets.token_urlsafe(24)
     store.add_token(
         TokenRow(
             token_hash=hashlib.sha256(token.encode()).digest(),

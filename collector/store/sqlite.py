@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,37 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 """
 
 _EVENT_COLUMNS = "host_id, seq, kind, severity, event_time, received_at, hash, body"
+_EVENT_FIELDS = 8
+#: Most rows per INSERT statement in ``append`` (a power of two; fewer if SQLite allows
+#: fewer variables per statement).
+INSERT_ROWS = 2048
+
+
+def _floor_pow2(n: int) -> int:
+    return 1 << (n.bit_length() - 1)
+
+
+@functools.lru_cache(maxsize=16)
+def _insert_sql(rows: int) -> str:
+    values = ",".join(["(" + ",".join("?" * _EVENT_FIELDS) + ")"] * rows)
+    return (
+        f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES {values} "
+        "ON CONFLICT (host_id, seq) DO NOTHING"
+    )
+
+
+def _enable_wal(db: sqlite3.Connection, attempts: int = 50) -> None:
+    # Switching a new database to WAL takes an exclusive lock, and SQLite does not wait on
+    # the busy handler for it: several collectors opening one new file at once retry.
+    for attempt in range(attempts):
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(0.02 * (attempt + 1))
+        else:
+            return
 
 
 class SQLiteStore:
@@ -69,8 +102,10 @@ class SQLiteStore:
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
+            db = sqlite3.connect(
+                self._path, isolation_level=None, check_same_thread=False, timeout=10
+            )
+            _enable_wal(db)
             # FULL: an acknowledged batch survives a power cut, not only a crash.
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=10000")  # ms
@@ -90,26 +125,37 @@ class SQLiteStore:
     def append(self, rows: Sequence[EventRow]) -> int:
         """Insert rows in one transaction; rows already stored are skipped."""
         db = self._db
+        # Many rows per statement, not executemany: the sqlite3 module releases the GIL
+        # around every statement step, and with one row per step the writer thread waits
+        # for the GIL once per row (up to the 5 ms switch interval) whenever the event
+        # loop is busy, so a group commit of 20,000 rows could take seconds. Statements
+        # of 2**k rows keep SQLite's statement cache to a dozen shapes.
+        limit = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _EVENT_FIELDS
+        most = _floor_pow2(min(INSERT_ROWS, limit))
         before = db.total_changes
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(
-                f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?) "
-                "ON CONFLICT (host_id, seq) DO NOTHING",
-                [
-                    (
-                        r.host_id,
-                        r.seq,
-                        r.kind,
-                        r.severity,
-                        r.event_time_us,
-                        r.received_us,
-                        r.hash,
-                        r.body,
-                    )
-                    for r in rows
-                ],
-            )
+            i = 0
+            while i < len(rows):
+                n = min(most, _floor_pow2(len(rows) - i))
+                db.execute(
+                    _insert_sql(n),
+                    [
+                        value
+                        for r in rows[i : i + n]
+                        for value in (
+                            r.host_id,
+                            r.seq,
+                            r.kind,
+                            r.severity,
+                            r.event_time_us,
+                            r.received_us,
+                            r.hash,
+                            r.body,
+                        )
+                    ],
+                )
+                i += n
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
