@@ -1,4 +1,4 @@
-"""``baomi-agent``: enrol this host and run the agent."""
+"""``baomi-agent``: enrol this host, run the agent, label files and check the file policy."""
 
 from __future__ import annotations
 
@@ -7,12 +7,16 @@ import logging
 import sys
 from pathlib import Path
 
+from agent import labels
 from agent.core import AgentConfig, run_agent
+from agent.decision.policy import PolicySet
+from agent.decision.tools import explain, policy_test
 from agent.errors import AgentError
 from agent.identity import enroll
 from agent.stream import StreamConfig
 
 DEFAULT_STATE = Path("/var/lib/baomi")
+DEFAULT_POLICIES = Path("policies")  # relative to the working directory, for now
 
 
 def _cmd_enroll(args: argparse.Namespace) -> int:
@@ -35,6 +39,59 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _cmd_label_set(args: argparse.Namespace) -> int:
+    label = labels.set_label(
+        args.path, args.level, until=args.until, scope=args.scope or (), label_id=args.id
+    )
+    print(f"{args.path}: {label.describe()}")
+    return 0
+
+
+def _cmd_label_show(args: argparse.Namespace) -> int:
+    try:
+        label = labels.read_label(args.path)
+    except OSError as e:
+        raise AgentError(f"cannot read the label of {args.path}: {e.strerror}") from e
+    print(f"{args.path}: {'unlabelled (unclassified)' if label is None else label.describe()}")
+    return 0
+
+
+def _cmd_label_clear(args: argparse.Namespace) -> int:
+    try:
+        had = labels.clear_label(args.path)
+    except OSError as e:
+        raise AgentError(f"cannot clear the label of {args.path}: {e.strerror}") from e
+    print(f"{args.path}: {'label removed' if had else 'was not labelled'}")
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    policyset = PolicySet.load(args.policies)
+    print(explain(policyset, args.user, args.path, args.action, args.exe))
+    return 0
+
+
+def _cmd_policy_test(args: argparse.Namespace) -> int:
+    policyset = PolicySet.load(args.policies)
+    mismatches = policy_test(policyset, args.table)
+    for m in mismatches:
+        print(m)
+    if mismatches:
+        print(f"{len(mismatches)} row(s) of {args.table} do not decide as expected")
+        return 1
+    print(f"{args.table}: every row decides as expected (policy {policyset.version[:12]})")
+    return 0
+
+
+def _add_policies_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--policies",
+        type=Path,
+        default=DEFAULT_POLICIES,
+        help=f"directory of model.conf, policy.csv, subjects.toml (default ./{DEFAULT_POLICIES})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +118,39 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--spool-max-mb", type=int, default=1024, help="spool size that raises an alarm")
     r.add_argument("--batch-events", type=int, default=500)
     r.set_defaults(func=_cmd_run)
+
+    lab = sub.add_parser("label", help="classification labels on files (user.baomi.* xattrs)")
+    lsub = lab.add_subparsers(dest="label_command", required=True)
+    ls = lsub.add_parser("set", help="label a file (attributes not given are removed)")
+    ls.add_argument("path")
+    ls.add_argument("--level", required=True, help="绝密/机密/秘密/内部 or top-secret/...")
+    ls.add_argument("--until", help="保密期限, YYYY-MM-DD; declassified after it")
+    ls.add_argument("--scope", help="need-to-know: dept:NAME,user:NAME,role:NAME")
+    ls.add_argument("--id", help="classification record the label comes from")
+    ls.set_defaults(func=_cmd_label_set)
+    lshow = lsub.add_parser("show", help="print a file's label")
+    lshow.add_argument("path")
+    lshow.set_defaults(func=_cmd_label_show)
+    lclear = lsub.add_parser("clear", help="remove a file's label")
+    lclear.add_argument("path")
+    lclear.set_defaults(func=_cmd_label_clear)
+
+    x = sub.add_parser("explain", help="what the file guard decides for one access, and why")
+    x.add_argument("--user", required=True, help="login name, uid or uid:N")
+    x.add_argument("--path", required=True)
+    x.add_argument("--action", required=True, help="read, write, execute, delete or export")
+    x.add_argument("--exe", help="executable that opens the file")
+    _add_policies_option(x)
+    x.set_defaults(func=_cmd_explain)
+
+    pol = sub.add_parser("policy", help="check the file policy")
+    psub = pol.add_subparsers(dest="policy_command", required=True)
+    pt = psub.add_parser("test", help="run a table of expected decisions; exit 1 on mismatch")
+    pt.add_argument(
+        "table", type=Path, help="CSV: user, path-or-label-spec, action, allow|deny[, exe[, date]]"
+    )
+    _add_policies_option(pt)
+    pt.set_defaults(func=_cmd_policy_test)
     return p
 
 

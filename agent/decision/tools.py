@@ -1,0 +1,236 @@
+"""Operator tools over a policy set: explain one decision, run a table of expected ones.
+
+Both decide with the engine and also ask reference Casbin, so a disagreement between the
+two (which the differential tests rule out) could never go unnoticed in the field.
+"""
+
+from __future__ import annotations
+
+import csv
+import pwd
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from agent.decision.engine import Engine, Verdict
+from agent.decision.errors import PolicyError
+from agent.decision.policy import ACTIONS, PolicySet
+from agent.decision.predicates import Resource, level
+from agent.decision.subjects import CLEARANCE_NAMES
+from agent.labels import (
+    Label,
+    invalid_label,
+    parse_label_id,
+    parse_level,
+    parse_scope,
+    parse_until,
+    read_label,
+)
+
+_SPEC_KEYS = frozenset({"path", "level", "until", "scope", "id", "problem"})
+
+
+def resolve_uid(policyset: PolicySet, user: str) -> int:
+    """The uid of a login name (subjects.toml first, then the system), ``N`` or ``uid:N``."""
+    person = policyset.subjects.find(user)
+    if person is not None:
+        return person.uid
+    text = user.strip().removeprefix("uid:")
+    if text.isdigit():
+        return int(text)
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except KeyError:
+        raise PolicyError(
+            policyset.subjects.path,
+            0,
+            f"no person or system user {user!r}: give a login name or a uid",
+        ) from None
+
+
+def _casbin_verdict(enforcer: Any, policyset: PolicySet, request: tuple[Any, ...]) -> Verdict:
+    uid, exe, path, label, action, today = request
+    allowed, explain = enforcer.enforce_ex(
+        *policyset.request(uid=uid, exe=exe, path=path, label=label, action=action, today=today)
+    )
+    rule = ", ".join(["p", *explain]) if explain else ""
+    return Verdict(bool(allowed), rule, "")
+
+
+def explain(
+    policyset: PolicySet,
+    user: str,
+    path: str,
+    action: str,
+    exe: str | None = None,
+    *,
+    today: date | None = None,
+) -> str:
+    """A few lines saying what the agent decides for this access, and why.
+
+    The label is read from ``path`` when the file exists; otherwise the file counts as
+    unlabelled (unclassified).
+    """
+    day = today or date.today()
+    uid = resolve_uid(policyset, user)
+    label: Label | None = None
+    label_note = ""
+    try:
+        label = read_label(path)
+    except OSError as e:
+        label_note = f" (no file: {e.strerror}; decided as unlabelled)"
+    engine = Engine(policyset)
+    verdict = engine.decide_cold(
+        uid=uid, exe=exe or "", path=path, label=label, action=action, today=day
+    )
+    reference = _casbin_verdict(
+        policyset.reference_enforcer(), policyset, (uid, exe or "", path, label, action, day)
+    )
+
+    person = policyset.subjects.by_uid.get(uid)
+    if person is None:
+        who = f"uid {uid}: not in subjects.toml (unknown user; root is not exempt)"
+    else:
+        trained = person.trained_until.isoformat() if person.trained_until else "never"
+        display = f" {person.display}" if person.display else ""
+        who = (
+            f"{person.name}{display} (uid {uid}), dept {person.department}, "
+            f"roles {', '.join(person.roles) or '-'}; clearance "
+            f"{CLEARANCE_NAMES[person.clearance]} ({person.clearance}), trained until "
+            f"{trained}, status {person.status}"
+        )
+    if label is None:
+        what = "unlabelled: unclassified" + label_note
+    else:
+        what = f"{label.describe()}; level today {level(Resource.of(path, label), day)}"
+    agree = (reference.allow, reference.rule) == (verdict.allow, verdict.rule)
+    casbin = "allow" if reference.allow else "deny"
+    lines = [
+        f"{'ALLOW' if verdict.allow else 'DENY'}  {action} {path}",
+        f"  who:     {who}",
+        f"  with:    {exe or '(executable not given)'}",
+        f"  label:   {what}",
+        f"  reason:  {verdict.reason}",
+        f"  rule:    {verdict.rule or '(none)'}",
+        f"  casbin:  {casbin}, {'agrees' if agree else 'DISAGREES: ' + (reference.rule or '')}",
+        f"  policy:  {policyset.version[:12]} from {policyset.directory}, day {day}",
+    ]
+    if action not in ACTIONS:
+        lines.insert(1, f"  note:    {action!r} is not an action ({', '.join(ACTIONS)})")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """A row of a policy test table whose decision is not the expected one."""
+
+    file: str
+    line: int
+    row: str
+    expected: str
+    verdict: Verdict
+    note: str = ""
+
+    def __str__(self) -> str:
+        got = "allow" if self.verdict.allow else "deny"
+        rule = f"; rule {self.verdict.rule}" if self.verdict.rule else ""
+        note = f" [{self.note}]" if self.note else ""
+        return (
+            f"{self.file}:{self.line}: {self.row}: expected {self.expected}, got {got} "
+            f"({self.verdict.reason}{rule}){note}"
+        )
+
+
+def parse_target(spec: str) -> tuple[str, Label | None, bool]:
+    """``PATH`` or ``PATH;level=机密;scope=dept:a|user:b;until=2030-01-01;id=X``.
+
+    Returns (path, label, whether the label was given). ``path=`` may be one of the
+    ``key=value`` items instead of the first item; ``problem=TEXT`` gives an invalid
+    (fail-closed) label; scope entries may be separated by ``|`` to avoid CSV quoting.
+    """
+    items = [s.strip() for s in spec.split(";") if s.strip()]
+    values: dict[str, str] = {}
+    path = ""
+    for n, item in enumerate(items):
+        if n == 0 and item.startswith("/"):
+            path = item
+            continue
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in _SPEC_KEYS:
+            raise ValueError(f"{item!r} is not KEY=VALUE with KEY one of {sorted(_SPEC_KEYS)}")
+        values[key] = value.strip()
+    path = values.pop("path", path)
+    if not path.startswith("/"):
+        raise ValueError("the target needs an absolute path (first item or path=...)")
+    if not values:
+        return path, None, False
+    if "problem" in values:
+        return path, invalid_label(values["problem"] or "invalid"), True
+    if "level" not in values:
+        raise ValueError("a label spec needs level=...")
+    label = Label(
+        level=parse_level(values["level"]),
+        until=parse_until(values["until"]) if "until" in values else None,
+        scope=parse_scope(values.get("scope", "").replace("|", ",")),
+        label_id=parse_label_id(values["id"]) if "id" in values else None,
+    )
+    return path, label, True
+
+
+def policy_test(
+    policyset: PolicySet, table_csv_path: str | Path, *, today: date | None = None
+) -> list[Mismatch]:
+    """Decide every row of a test table; the rows whose decision differs from expected.
+
+    Rows: ``user, path-or-label-spec, action, allow|deny[, exe[, YYYY-MM-DD]]``; ``#``
+    comments, blank lines and a header row starting with ``user`` are skipped. A row
+    where the engine and reference Casbin disagree is a mismatch too. A malformed row
+    raises PolicyError with its line.
+    """
+    table = Path(table_csv_path)
+    try:
+        text = table.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PolicyError(table, 0, f"cannot read the test table: {e}") from e
+    engine = Engine(policyset)
+    enforcer = policyset.reference_enforcer()
+    out: list[Mismatch] = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip() or raw.lstrip().startswith("#"):
+            continue
+        row = [c.strip() for c in next(csv.reader([raw], skipinitialspace=True))]
+        if row[0].lower() == "user":
+            continue
+        if not 4 <= len(row) <= 6:
+            raise PolicyError(
+                table, n, "a row is: user, path-or-label-spec, action, allow|deny[, exe[, date]]"
+            )
+        user, target, action, expected = row[:4]
+        exe = row[4] if len(row) > 4 else ""
+        if expected not in ("allow", "deny"):
+            raise PolicyError(table, n, f"expected {expected!r} must be allow or deny")
+        if action not in ACTIONS:
+            raise PolicyError(table, n, f"action {action!r} must be one of {', '.join(ACTIONS)}")
+        try:
+            day = parse_until(row[5]) if len(row) > 5 and row[5] else (today or date.today())
+            path, label, given = parse_target(target)
+        except ValueError as e:
+            raise PolicyError(table, n, str(e)) from e
+        if not given:
+            try:
+                label = read_label(path)
+            except OSError:
+                label = None  # no such file: unlabelled
+        uid = resolve_uid(policyset, user)
+        verdict = engine.decide_cold(
+            uid=uid, exe=exe, path=path, label=label, action=action, today=day
+        )
+        reference = _casbin_verdict(enforcer, policyset, (uid, exe, path, label, action, day))
+        note = ""
+        if (reference.allow, reference.rule) != (verdict.allow, verdict.rule):
+            note = f"engine and Casbin disagree: Casbin {reference.allow} {reference.rule}"
+        if (verdict.allow != (expected == "allow")) or note:
+            out.append(Mismatch(str(table), n, raw.strip(), expected, verdict, note))
+    return out

@@ -1,0 +1,260 @@
+"""Labels live in user.baomi.* xattrs; anything malformed reads as a fail-closed label."""
+
+from __future__ import annotations
+
+import errno
+import os
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from agent import labels
+from agent.decision.errors import LabelError
+from agent.labels import (
+    XATTR_ID,
+    XATTR_LEVEL,
+    XATTR_SCOPE,
+    XATTR_UNTIL,
+    Label,
+    clear_label,
+    effective_level,
+    inherit_label,
+    read_label,
+    set_label,
+)
+
+TODAY = date(2026, 11, 27)
+
+
+@pytest.fixture
+def doc(tmp_path: Path) -> Path:
+    """A file on a filesystem that takes user xattrs (skip the test otherwise)."""
+    path = tmp_path / "report.docx"
+    path.write_bytes(b"secret")
+    try:
+        os.setxattr(path, "user.baomi.probe", b"1")
+        os.removexattr(path, "user.baomi.probe")
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            pytest.skip(f"{tmp_path} does not support user extended attributes")
+        raise
+    return path
+
+
+def _raw(path: Path, **attrs: bytes) -> None:
+    for name, value in attrs.items():
+        os.setxattr(path, f"user.baomi.{name}", value)
+
+
+def test_unlabelled_file_has_no_label(doc: Path) -> None:
+    os.setxattr(doc, "user.other", b"x")  # other namespaces are not ours
+    assert read_label(doc) is None
+    assert effective_level(None, TODAY) == 0
+
+
+def test_set_and_read_round_trip(doc: Path) -> None:
+    written = set_label(
+        doc, "机密", until="2031-06-30", scope="dept:finance,user:wang", label_id="BM-2026-7"
+    )
+    got = read_label(doc)
+    assert got == written == Label(2, date(2031, 6, 30), ("dept:finance", "user:wang"), "BM-2026-7")
+    assert got.valid
+    assert os.getxattr(doc, XATTR_LEVEL) == "机密".encode()
+    assert os.getxattr(doc, XATTR_UNTIL) == b"2031-06-30"
+    assert os.getxattr(doc, XATTR_SCOPE) == b"dept:finance,user:wang"
+    assert os.getxattr(doc, XATTR_ID) == b"BM-2026-7"
+
+
+@pytest.mark.parametrize(
+    ("word", "level"),
+    [
+        ("绝密", 3), ("机密", 2), ("秘密", 1), ("内部", 0),
+        ("top-secret", 3), ("secret", 2), ("confidential", 1), ("internal", 0),
+        ("TOP_SECRET", 3), ("3", 3), ("2", 2), ("1", 1), ("0", 0), (3, 3),
+    ],
+)  # fmt: skip
+def test_level_words(doc: Path, word: str | int, level: int) -> None:
+    assert set_label(doc, word).level == level
+    label = read_label(doc)
+    assert label is not None
+    assert label.level == level
+
+
+def test_attributes_not_given_are_removed(doc: Path) -> None:
+    set_label(doc, "绝密", until="2030-01-01", scope="user:wang", label_id="X")
+    set_label(doc, "秘密")
+    assert read_label(doc) == Label(1)
+    assert sorted(os.listxattr(doc)) == [XATTR_LEVEL]
+
+
+def test_set_label_by_fd(doc: Path) -> None:
+    fd = os.open(doc, os.O_RDONLY)
+    try:
+        set_label(fd, "secret", scope=["role:analyst"])
+        assert read_label(fd) == Label(2, scope=("role:analyst",))
+    finally:
+        os.close(fd)
+    assert read_label(doc) == Label(2, scope=("role:analyst",))
+
+
+def test_expiry_declassifies(doc: Path) -> None:
+    set_label(doc, "绝密", until="2026-11-26")
+    label = read_label(doc)
+    assert label is not None
+    assert effective_level(label, date(2026, 11, 26)) == 3  # the last day is still secret
+    assert effective_level(label, TODAY) == 0  # 自行解密
+    assert effective_level(Label(2), TODAY) == 2
+
+
+@pytest.mark.parametrize(
+    ("attrs", "problem"),
+    [
+        ({"level": "五".encode()}, "is not a level"),
+        ({"level": b"\xff\xfe"}, "not UTF-8"),
+        ({"level": b"x" * 100}, "at most 32"),
+        ({"level": b"secret\x00"}, "control characters"),
+        ({"level": b"updating"}, "update in progress"),
+        ({"level": b"2", "until": b"2030-13-01"}, "not a calendar date"),
+        ({"level": b"2", "until": b"2030-W01-1"}, "YYYY-MM-DD"),
+        ({"level": b"2", "until": b"31/12/2030"}, "YYYY-MM-DD"),
+        ({"level": b"2", "scope": b"finance"}, "not user:NAME"),
+        ({"level": b"2", "scope": b"dept:a,,dept:b"}, "not user:NAME"),
+        ({"level": b"2", "scope": b"user:" + b"a" * 65}, "not user:NAME"),
+        ({"level": b"2", "scope": b"user:a b"}, "not user:NAME"),
+        ({"level": b"2", "scope": b",".join(b"user:u%d" % i for i in range(65))}, "at most 64"),
+        ({"level": b"2", "label_id": b"a b"}, "label id"),
+        ({"level": b"2", "label_id": b"x" * 200}, "at most 128"),
+        ({"until": b"2030-01-01"}, "user.baomi.level is missing"),
+        ({"level": b"2", "levle": b"0"}, "unknown attribute user.baomi.levle"),
+    ],
+)
+def test_malformed_labels_fail_closed(doc: Path, attrs: dict[str, bytes], problem: str) -> None:
+    _raw(doc, **attrs)
+    label = read_label(doc)
+    assert label is not None
+    assert not label.valid
+    assert label.level == 3
+    assert label.problem is not None and problem in label.problem
+    assert effective_level(label, TODAY) == 3
+    assert "invalid label" in label.describe()
+
+
+def test_oversized_values_are_not_believed() -> None:
+    """ext4 cannot even store values this big; other filesystems (tmpfs, xfs) can."""
+    raw = {XATTR_LEVEL: b"2", XATTR_SCOPE: b"dept:" + b"x," * 3000}
+    label = labels.parse_label(raw)
+    assert label is not None
+    assert label.problem is not None and "at most 4096" in label.problem
+
+
+def test_invalid_label_with_past_until_stays_closed(doc: Path) -> None:
+    _raw(doc, level=b"nonsense", until=b"2000-01-01")
+    label = read_label(doc)
+    assert label is not None
+    assert effective_level(label, TODAY) == 3
+
+
+def test_set_label_refuses_bad_values(doc: Path) -> None:
+    with pytest.raises(LabelError, match="not a level"):
+        set_label(doc, "very secret")
+    with pytest.raises(LabelError, match="YYYY-MM-DD"):
+        set_label(doc, "机密", until="next year")
+    with pytest.raises(LabelError, match="user:NAME"):
+        set_label(doc, "机密", scope="finance")
+    assert read_label(doc) is None  # nothing was written
+
+
+def test_missing_file_raises(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        read_label(tmp_path / "nope")
+    with pytest.raises(LabelError, match="cannot write"):
+        set_label(tmp_path / "nope", "机密")
+
+
+def test_unreadable_attributes_fail_closed(doc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    set_label(doc, "秘密")
+
+    def eio(*_: object) -> bytes:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(labels.os, "getxattr", eio)
+    label = read_label(doc)
+    assert label is not None
+    assert label.level == 3
+    assert label.problem is not None and "Input/output error" in label.problem
+
+
+def test_filesystem_without_xattrs_reads_unlabelled(
+    doc: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def enotsup(*_: object) -> list[str]:
+        raise OSError(errno.ENOTSUP, "Operation not supported")
+
+    monkeypatch.setattr(labels.os, "listxattr", enotsup)
+    assert read_label(doc) is None
+    with pytest.raises(LabelError, match="does not support user extended attributes"):
+        set_label(doc, "机密")
+
+
+def test_clear_label(doc: Path) -> None:
+    assert clear_label(doc) is False
+    set_label(doc, "绝密", scope="user:wang", until="2030-01-01")
+    os.setxattr(doc, "user.baomi.stray", b"1")
+    os.setxattr(doc, "user.keep", b"1")
+    assert clear_label(doc) is True
+    assert read_label(doc) is None
+    assert os.listxattr(doc) == ["user.keep"]
+
+
+def test_interrupted_update_reads_fail_closed(doc: Path) -> None:
+    """The marker a rewrite starts with is what a crash in the middle leaves behind."""
+    set_label(doc, "秘密", scope="dept:finance")
+    os.setxattr(doc, XATTR_LEVEL, b"updating")
+    os.removexattr(doc, XATTR_SCOPE)
+    label = read_label(doc)
+    assert label is not None
+    assert label.level == 3
+    assert not label.valid
+
+
+def test_inherit_label(tmp_path: Path, doc: Path) -> None:
+    folder = tmp_path / "finance"
+    folder.mkdir()
+    set_label(folder, "机密", until="2031-06-30", scope="dept:finance", label_id="BM-1")
+    new = folder / "draft.docx"
+    new.write_bytes(b"")
+    got = inherit_label(folder, new)
+    assert got == Label(2, date(2031, 6, 30), ("dept:finance",), "BM-1")
+    assert read_label(new) == got
+
+
+def test_inherit_keeps_an_existing_label(tmp_path: Path, doc: Path) -> None:
+    folder = tmp_path / "d"
+    folder.mkdir()
+    set_label(folder, "秘密")
+    new = folder / "moved-in.docx"
+    new.write_bytes(b"")
+    set_label(new, "绝密")
+    assert inherit_label(folder, new) == Label(3)
+
+
+def test_inherit_from_unlabelled_directory(tmp_path: Path, doc: Path) -> None:
+    assert inherit_label(tmp_path, doc) is None
+    assert read_label(doc) is None
+
+
+def test_inherit_copies_an_invalid_label_as_invalid(tmp_path: Path, doc: Path) -> None:
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    os.setxattr(folder, XATTR_LEVEL, b"nonsense")
+    new = folder / "x"
+    new.write_bytes(b"")
+    fd = os.open(new, os.O_RDONLY)
+    try:
+        got = inherit_label(folder, fd)
+    finally:
+        os.close(fd)
+    assert got is not None
+    assert not got.valid
+    assert got.level == 3

@@ -1,0 +1,277 @@
+"""``explain``, ``policy test`` and the ``baomi-agent label/explain/policy`` commands."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from agent.decision.errors import PolicyError
+from agent.decision.policy import MODEL_TEXT, PolicySet
+from agent.decision.tools import explain, parse_target, policy_test
+from agent.labels import Label, read_label, set_label
+
+REPO = Path(__file__).resolve().parents[3]
+TODAY = date(2026, 11, 27)
+CLI_TIMEOUT_S = 60  # the CLI imports grpc; generous for slow CI machines
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A policy directory whose rules protect ``tmp_path/secret`` (user xattrs needed)."""
+    secret = tmp_path / "secret"
+    (secret / "finance").mkdir(parents=True)
+    probe = secret / "probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, "user.baomi.probe", b"1")
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            pytest.skip(f"{tmp_path} does not support user extended attributes")
+        raise
+    probe.unlink()
+    d = tmp_path / "policies"
+    d.mkdir()
+    (d / "model.conf").write_text(MODEL_TEXT, encoding="utf-8")
+    (d / "policy.csv").write_text(
+        f"g, role:head, role:analyst\n"
+        f"p, role:analyst, {secret}/finance/**, read, allow\n"
+        f"p, role:head, {secret}/finance/**, export, allow\n"
+        f"p, role:analyst, {secret}/finance/keys/**, export, deny\n",
+        encoding="utf-8",
+    )
+    (d / "subjects.toml").write_text(
+        """\
+[people.wang]
+display = "王芳"
+uid = 1003
+department = "finance"
+roles = ["analyst"]
+clearance = "重要"
+trained_until = 2099-01-01
+
+[people.li]
+uid = 1002
+department = "finance"
+roles = ["head"]
+clearance = "核心"
+trained_until = 2099-01-01
+apps = { "绝密" = ["/usr/bin/wps"] }
+""",
+        encoding="utf-8",
+    )
+    return d
+
+
+def _secret(site: Path) -> Path:
+    return site.parent / "secret"
+
+
+def test_explain_reads_the_label_and_names_the_rule(site: Path) -> None:
+    doc = _secret(site) / "finance" / "q3.xlsx"
+    doc.write_bytes(b"")
+    set_label(doc, "绝密", scope="dept:finance")
+    ps = PolicySet.load(site)
+    text = explain(ps, "wang", str(doc), "read", "/usr/bin/wps", today=TODAY)
+    assert text.splitlines()[0] == f"DENY  read {doc}"
+    assert "reason:  read up: clearance 2 < level 3" in text
+    assert "label:   绝密 (3); scope dept:finance; level today 3" in text
+    assert "wang 王芳 (uid 1003)" in text
+    assert "casbin:  deny, agrees" in text
+    assert ps.version[:12] in text
+
+    text = explain(ps, "li", str(doc), "read", "/usr/bin/wps", today=TODAY)
+    assert text.startswith("ALLOW")
+    assert f"rule:    p, role:analyst, {_secret(site)}/finance/**, read, allow" in text
+    assert "casbin:  allow, agrees" in text
+
+
+def test_explain_missing_file_and_unknown_users(site: Path) -> None:
+    ps = PolicySet.load(site)
+    path = str(_secret(site) / "finance" / "nope")
+    text = explain(ps, "wang", path, "read", today=TODAY)
+    assert "ALLOW" in text
+    assert "unlabelled: unclassified (no file" in text
+    text = explain(ps, "root", path, "read", today=TODAY)
+    assert "uid 0: not in subjects.toml" in text
+    assert "reason:  unknown user uid 0" in text
+    assert "unknown user uid 31337" in explain(ps, "31337", path, "read", today=TODAY)
+    with pytest.raises(PolicyError, match="no person or system user 'no-such-user-x'"):
+        explain(ps, "no-such-user-x", path, "read")
+
+
+def test_parse_target() -> None:
+    assert parse_target("/a/b") == ("/a/b", None, False)
+    assert parse_target("/a;level=机密;scope=dept:finance|user:wang;until=2030-01-01;id=X") == (
+        "/a",
+        Label(2, date(2030, 1, 1), ("dept:finance", "user:wang"), "X"),
+        True,
+    )
+    assert parse_target("level=secret;path=/a;scope=dept:a,user:b")[1] == Label(
+        2, scope=("dept:a", "user:b")
+    )
+    _, label, given = parse_target("/a;problem=bad level")
+    assert given and label is not None and not label.valid
+    for bad, msg in [
+        ("level=机密", "absolute path"),
+        ("/a;scope=dept:a", "needs level"),
+        ("/a;colour=red", "KEY=VALUE"),
+        ("/a;level=high", "not a level"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            parse_target(bad)
+
+
+def _table(site: Path, rows: list[str]) -> Path:
+    t = site.parent / "cases.csv"
+    t.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return t
+
+
+def test_policy_test_lists_mismatches(site: Path) -> None:
+    s = _secret(site)
+    labelled = s / "finance" / "plan.doc"
+    labelled.write_bytes(b"")
+    set_label(labelled, "机密")
+    table = _table(
+        site,
+        [
+            "user, target, action, expected, exe, date",
+            "# comments and blank lines are skipped",
+            "",
+            f"wang, {s}/finance/a.doc;level=机密;scope=dept:finance, read, allow",
+            f"wang, {s}/finance/a.doc;level=绝密, read, deny",
+            f'wang, "{s}/finance/a.doc;level=机密;scope=dept:rd,user:li", read, deny',
+            f"wang, {s}/finance/a.doc;level=秘密;until=2020-01-01, read, allow, /usr/bin/cat",
+            f"li, {s}/finance/a.doc;level=绝密, read, allow, /usr/bin/wps",
+            f"li, {s}/finance/a.doc;level=绝密, read, deny, /usr/bin/cat",
+            f"li, {s}/finance/keys/k;level=秘密, export, deny",
+            f"wang, {labelled}, read, allow",
+            f"wang, {s}/finance/a.doc;level=机密, read, deny, , 2100-01-01",
+            f"0, {s}/finance/a.doc, read, deny",
+            # the two wrong expectations:
+            f"wang, {s}/finance/a.doc;level=绝密, read, allow",
+            f"li, {s}/finance/b.doc, export, deny",
+        ],
+    )
+    mismatches = policy_test(PolicySet.load(site), table, today=TODAY)
+    assert [m.line for m in mismatches] == [14, 15]
+    first = str(mismatches[0])
+    assert first.startswith(f"{table}:14: wang, ")
+    assert "expected allow, got deny (read up: clearance 2 < level 3)" in first
+    assert f"got allow (allowed: unclassified; rule p, role:head, {s}" in str(mismatches[1])
+    assert all(not m.note for m in mismatches)  # the engine and Casbin agree
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        ("wang, /x, read", "a row is"),
+        ("wang, /x, read, maybe", "must be allow or deny"),
+        ("wang, /x, peek, allow", "action 'peek'"),
+        ("wang, /x;level=high, read, allow", "not a level"),
+        ("wang, /x, read, allow, /usr/bin/wps, tomorrow", "YYYY-MM-DD"),
+    ],
+)
+def test_policy_test_bad_rows(site: Path, row: str, reason: str) -> None:
+    table = _table(site, ["# header-less", row])
+    with pytest.raises(PolicyError) as err:
+        policy_test(PolicySet.load(site), table)
+    assert err.value.line == 2
+    assert reason in err.value.reason
+
+
+def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
+
+
+def test_cli_label_set_show_clear(site: Path) -> None:
+    doc = _secret(site) / "finance" / "q3.xlsx"
+    doc.write_bytes(b"")
+    r = _cli(
+        "label", "set", str(doc), "--level", "机密", "--until", "2031-06-30",
+        "--scope", "dept:finance,user:wang", "--id", "BM-2026-7",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "机密 (2) until 2031-06-30; scope dept:finance,user:wang; id BM-2026-7" in r.stdout
+    assert read_label(doc) == Label(
+        2, date(2031, 6, 30), ("dept:finance", "user:wang"), "BM-2026-7"
+    )
+    r = _cli("label", "show", str(doc))
+    assert r.returncode == 0
+    assert (
+        r.stdout.strip()
+        == f"{doc}: 机密 (2) until 2031-06-30; scope dept:finance,user:wang; id BM-2026-7"
+    )
+    r = _cli("label", "clear", str(doc))
+    assert (r.returncode, r.stdout.strip()) == (0, f"{doc}: label removed")
+    r = _cli("label", "show", str(doc))
+    assert r.stdout.strip() == f"{doc}: unlabelled (unclassified)"
+
+
+def test_cli_label_errors(site: Path) -> None:
+    doc = _secret(site) / "finance" / "q3.xlsx"
+    doc.write_bytes(b"")
+    r = _cli("label", "set", str(doc), "--level", "very-secret")
+    assert r.returncode == 2
+    assert "not a level: use 绝密/机密/秘密/内部" in r.stderr
+    r = _cli("label", "show", str(doc.parent / "missing"))
+    assert r.returncode == 2
+    assert "No such file" in r.stderr
+
+
+def test_cli_explain(site: Path) -> None:
+    doc = _secret(site) / "finance" / "q3.xlsx"
+    doc.write_bytes(b"")
+    set_label(doc, "绝密")
+    args = ["explain", "--user", "li", "--path", str(doc), "--action", "read"]
+    r = _cli(*args, "--exe", "/usr/bin/cat", "--policies", str(site))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("DENY  read")
+    assert "application /usr/bin/cat not approved for 绝密" in r.stdout
+    r = _cli(*args, "--exe", "/usr/bin/wps", cwd=site.parent)  # default: ./policies
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ALLOW  read")
+
+
+def test_cli_policy_test(site: Path) -> None:
+    s = _secret(site)
+    good = _table(site, [f"wang, {s}/finance/a;level=机密, read, allow"])
+    r = _cli("policy", "test", str(good), "--policies", str(site))
+    assert r.returncode == 0, r.stderr
+    assert "every row decides as expected" in r.stdout
+    bad = _table(site, [f"wang, {s}/finance/a;level=绝密, read, allow"])
+    r = _cli("policy", "test", str(bad), "--policies", str(site))
+    assert r.returncode == 1
+    assert f"{bad}:1: " in r.stdout
+    assert "1 row(s) of" in r.stdout
+
+
+def test_cli_shipped_policies_and_errors(site: Path) -> None:
+    r = _cli("explain", "--user", "wang", "--path", "/srv/secret/finance/x", "--action", "read")
+    assert r.returncode == 0, r.stderr  # ./policies of the repository
+    assert "casbin:  allow, agrees" in r.stdout
+    (site / "policy.csv").write_text("p, role:analyst, /x/**, read, sometimes\n")
+    r = _cli("policy", "test", str(_table(site, [])), "--policies", str(site))
+    assert r.returncode == 2
+    assert f"{site / 'policy.csv'}:1: effect 'sometimes' must be allow or deny" in r.stderr
+
+
+def test_cli_shipped_cases() -> None:
+    """The expected decisions shipped next to the policy hold (the rows carry their day)."""
+    r = _cli("policy", "test", "policies/cases.csv")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "every row decides as expected" in r.stdout
+    assert "casbin" not in r.stderr  # Casbin's own logging is silenced
