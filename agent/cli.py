@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from agent import labels
 from agent.core import AgentConfig, run_agent
@@ -36,9 +37,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
             heartbeat_seconds=args.heartbeat,
             spool_max_bytes=args.spool_max_mb * 1024 * 1024,
             stream=StreamConfig(batch_events=args.batch_events),
+            sensors=_sensor_settings(args),
         )
     )
     return 0
+
+
+def _sensor_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Which sensors to start, from the command line."""
+    sensors: dict[str, dict[str, Any]] = {}
+    if args.protect:
+        sensors["files"] = {
+            "roots": [str(p) for p in args.protect],
+            "policies": str(args.policies) if args.policies else None,
+            "deadline": args.deadline_ms / 1000,
+        }
+    return sensors
 
 
 def _cmd_label_set(args: argparse.Namespace) -> int:
@@ -117,6 +131,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--heartbeat", type=float, default=30.0, help="seconds between heartbeats")
     r.add_argument("--spool-max-mb", type=int, default=1024, help="spool size that raises an alarm")
     r.add_argument("--batch-events", type=int, default=500)
+    r.add_argument(
+        "--protect",
+        type=Path,
+        action="append",
+        default=[],
+        help="a directory of classified files to guard (repeatable)",
+    )
+    r.add_argument(
+        "--policies",
+        type=Path,
+        default=None,
+        help="local policy directory (model.conf, policy.csv, subjects.toml); "
+        "a signed bundle from the collector takes precedence",
+    )
+    r.add_argument(
+        "--deadline-ms",
+        type=float,
+        default=50.0,
+        help="longest a decision may take before the open is denied",
+    )
     r.set_defaults(func=_cmd_run)
 
     lab = sub.add_parser("label", help="classification labels on files (user.baomi.* xattrs)")

@@ -17,9 +17,11 @@ from typing import Any
 from baomi.v1 import events_pb2
 
 from agent import __version__
+from agent.errors import AgentError
 from agent.identity import load_identity
+from agent.policy import PolicyKeeper
 from agent.recorder import Recorder
-from agent.sensors import REGISTRY, Health, Sensor
+from agent.sensors import REGISTRY, Health, PolicyAware, Sensor
 from agent.spool import DEFAULT_MAX_BYTES, Spool
 from agent.stream import StreamClient, StreamConfig
 
@@ -47,8 +49,8 @@ class Agent:
         self.spool.on_full = self._spool_full
         self.stream = StreamClient(self.identity, self.spool, config.stream)
         self.recorder = Recorder(self.spool, self._wake_stream)
+        self.policy = PolicyKeeper(config.state_dir, self.identity, self._apply_policy, self.emit)
         self.sensors: list[Sensor] = []
-        self.policy_version = ""
         self.state = "starting"
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -84,7 +86,7 @@ class Agent:
             severity=severity,  # type: ignore[arg-type]
             agent_status=events_pb2.AgentStatus(
                 version=__version__,
-                policy_version=self.policy_version,
+                policy_version=self.policy.version,
                 sensors=[
                     events_pb2.SensorHealth(name=n, state=h.state, detail=h.detail[:500])
                     for n, h in sorted(health.items())
@@ -111,6 +113,17 @@ class Agent:
         _logger.warning("previous run ended uncleanly; recorded the gap as a tamper event")
         self.emit(event)
 
+    def _apply_policy(self, directory: Path) -> None:
+        """Put a policy bundle in force in every sensor that enforces policy.
+
+        Each sensor loads and checks the files before it switches, so a bundle it
+        refuses leaves it on its last good policy. (Only the file guard enforces policy
+        so far; with more such sensors this must become load-all-then-switch-all.)
+        """
+        for sensor in self.sensors:
+            if isinstance(sensor, PolicyAware):
+                sensor.apply_policy(directory)
+
     def _start_sensors(self) -> None:
         for name, settings in self.config.sensors.items():
             factory = REGISTRY.get(name)
@@ -121,7 +134,11 @@ class Agent:
                     ", ".join(sorted(REGISTRY)) or "none",
                 )
                 continue
-            sensor = factory(settings, self.emit)
+            try:
+                sensor = factory(settings, self.emit)
+            except AgentError as e:
+                _logger.error("sensor %s not started: %s", name, e)
+                continue
             sensor.start()
             self.sensors.append(sensor)
 
@@ -131,9 +148,11 @@ class Agent:
         self.recorder.start()
         self._record_unclean_stop()
         self._start_sensors()
+        self.policy.load_last_good()
         self.state = "running"
         self.emit(self._status("started"))
         streaming = asyncio.create_task(self.stream.run())
+        watching = asyncio.create_task(self.policy.watch())
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -142,6 +161,9 @@ class Agent:
                     self.spool.touch_alive()
                     self.emit(self._status(self.state))
         finally:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
             for sensor in self.sensors:
                 sensor.stop()
             self.emit(self._status("stopping"))

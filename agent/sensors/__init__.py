@@ -1,11 +1,35 @@
 """Sensors: each watches one part of the machine and hands events to the agent core.
 
 The core knows sensors only through ``base.Sensor`` and the ``REGISTRY`` table below;
-it never imports fanotify, pyudev or pyroute2 itself.
+it never imports fanotify, pyudev or pyroute2 itself. Factories import their sensor
+when called, so a sensor the configuration does not name costs nothing.
 """
 
 from __future__ import annotations
 
-from agent.sensors.base import REGISTRY, EventSink, Health, Sensor
+from pathlib import Path
+from typing import Any
 
-__all__ = ["REGISTRY", "EventSink", "Health", "Sensor"]
+from agent.sensors.base import EventSink, Health, PolicyAware, Sensor, SensorFactory
+
+
+def _files(settings: dict[str, Any], sink: EventSink) -> Sensor:
+    from agent.sensors.files.sensor import FileGuard, FileGuardConfig  # noqa: PLC0415
+
+    policies = settings.get("policies")
+    return FileGuard(
+        FileGuardConfig(
+            roots=tuple(Path(r) for r in settings.get("roots", ())),
+            policies=Path(policies) if policies else None,
+            deadline=float(settings.get("deadline", 0.050)),
+        ),
+        sink,
+    )
+
+
+#: Sensor name -> factory(settings, sink). The agent starts what its configuration names.
+REGISTRY: dict[str, SensorFactory] = {
+    "files": _files,
+}
+
+__all__ = ["REGISTRY", "EventSink", "Health", "PolicyAware", "Sensor", "SensorFactory"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 from baomi.v1 import events_pb2
 
@@ -36,7 +37,12 @@ class Sensor(Protocol):
         """Current state, for heartbeats."""
 
 
-#: name -> factory(config mapping, sink) -> Sensor. Filled by the sensors of later
-#: issues (files, usb, network, process, meeting); the agent starts what its
-#: configuration names.
-REGISTRY: dict[str, Callable[[dict[str, Any], EventSink], Sensor]] = {}
+@runtime_checkable
+class PolicyAware(Protocol):
+    """A sensor that enforces part of the policy bundle."""
+
+    def apply_policy(self, directory: Path) -> None:
+        """Load the policy files in ``directory``; raise AgentError to refuse them."""
+
+
+SensorFactory = Callable[[dict[str, Any], EventSink], Sensor]

@@ -1,0 +1,292 @@
+"""The file-guard sensor: every open under the protected roots decided and recorded.
+
+It joins three parts: the kernel edge (``fanotify``: PermissionGuard answers opens,
+ChangeWatcher reports writes, creations, renames and deletions), the labels on files
+(``agent.labels``) and the decision engine (``agent.decision``). Each open becomes a
+``file_access`` event with the label, the person, the process and the rule that
+decided; each change a ``file_change`` event.
+
+Without a loaded policy every open under the roots is denied: an empty policy is an
+error, never "allow all".
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from baomi.v1 import events_pb2
+
+from agent.decision.engine import Engine, Verdict
+from agent.decision.errors import PolicyError
+from agent.decision.policy import PolicySet
+from agent.errors import ConfigError
+from agent.labels import Label, effective_level, inherit_label, read_label
+from agent.sensors.base import EventSink, Health
+from agent.sensors.files.fanotify import Access, Change, ChangeWatcher, PermissionGuard
+
+_logger = logging.getLogger(__name__)
+
+CMDLINE_BYTES = 256  # of /proc/PID/cmdline kept in an event
+LABEL_CACHE = 65_536  # labels remembered by (dev, ino, ctime_ns)
+SEVERITY_OF = {
+    (True, False): events_pb2.SEVERITY_INFO,  # allowed, label fine
+    (False, False): events_pb2.SEVERITY_MEDIUM,  # denied
+    (True, True): events_pb2.SEVERITY_HIGH,  # cannot happen: invalid labels deny
+    (False, True): events_pb2.SEVERITY_HIGH,  # denied over an invalid label
+}
+_MISSING = object()
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileGuardConfig:
+    """Where the guard watches and how long a decision may take."""
+
+    roots: tuple[Path, ...]
+    policies: Path | None = None  # a local policy directory, loaded at start
+    deadline: float = 0.050  # seconds; past it the open is denied
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with Path(f"/proc/{pid}/cmdline").open("rb") as f:
+            raw = f.read(CMDLINE_BYTES)
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
+
+
+class FileGuard:
+    """Sensor ``files``: enforce and record access to labelled files."""
+
+    name = "files"
+
+    def __init__(self, config: FileGuardConfig, sink: EventSink) -> None:
+        if not config.roots:
+            raise ConfigError("the files sensor needs at least one protected root (--protect DIR)")
+        self._config = config
+        self._sink = sink
+        self._engine: Engine | None = None
+        self._labels: dict[tuple[int, int, int], Label | None] = {}
+        self._declassified: set[tuple[int, int, str]] = set()
+        self._lock = threading.Lock()
+        self._guard = PermissionGuard(
+            config.roots,
+            self._decide,
+            deadline=config.deadline,
+            on_timeout=self._timed_out,
+            on_overflow=self._overflow,
+            on_error=self._error,
+        )
+        self._changes = ChangeWatcher(config.roots, self._changed, on_overflow=self._overflow)
+
+    # -- policy --------------------------------------------------------------------------
+    def apply_policy(self, directory: Path) -> None:
+        """Load and enforce the policy in ``directory``; PolicyError keeps the old one."""
+        policyset = PolicySet.load(directory)
+        with self._lock:
+            if self._engine is None:
+                self._engine = Engine(policyset)
+            else:
+                self._engine.reload(policyset)
+        _logger.info("file policy %s in force", policyset.version)
+
+    @property
+    def policy_version(self) -> str:
+        """The version of the policy in force, "" when none is."""
+        engine = self._engine
+        return engine.version if engine is not None else ""
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the local policy if one is configured, then start guarding."""
+        if self._config.policies is not None:
+            try:
+                self.apply_policy(self._config.policies)
+            except PolicyError as e:
+                _logger.error("%s; every open under the protected roots is denied", e)
+        self._guard.start()
+        self._changes.start()
+
+    def stop(self) -> None:
+        """Stop both fanotify groups."""
+        self._guard.stop()
+        self._changes.stop()
+
+    def health(self) -> Health:
+        """The worse of the guard's and the watcher's health; degraded without policy."""
+        guard, changes = self._guard.health(), self._changes.health()
+        if self._engine is None and guard.state == "ok":
+            return Health("degraded", "no policy loaded: every protected open is denied")
+        order = ("ok", "degraded", "disabled", "failed")
+        return max((guard, changes), key=lambda h: order.index(h.state))
+
+    # -- the decision path -----------------------------------------------------------------
+    def _label(self, access: Access) -> Label | None:
+        key = (access.dev, access.ino, access.ctime_ns)
+        label: Any = self._labels.get(key, _MISSING)
+        if label is _MISSING:
+            label = read_label(access.fd)
+            if label is None:
+                # A file just created in a labelled directory (this may be its creating
+                # open): give it the directory's label before anyone reads it.
+                label = inherit_label(str(Path(access.path).parent), access.fd)
+            if len(self._labels) >= LABEL_CACHE:
+                self._labels.clear()
+            self._labels[key] = label
+        return label  # type: ignore[no-any-return]
+
+    def _decide(self, access: Access) -> bool:
+        engine = self._engine
+        label = self._label(access)
+        if engine is None:
+            verdict = Verdict(False, "", "no policy loaded")
+        else:
+            verdict = engine.decide(
+                uid=access.uid,
+                exe=access.executable,
+                path=access.path,
+                file_key=(access.dev, access.ino, access.ctime_ns),
+                label=label,
+                action=access.action,
+            )
+        self._record(access, label, verdict)
+        return verdict.allow
+
+    def _record(self, access: Access, label: Label | None, verdict: Verdict) -> None:
+        today = date.today()
+        invalid = label is not None and not label.valid
+        person = self._engine.policyset.subjects.by_uid.get(access.uid) if self._engine else None
+        event = events_pb2.Event(
+            severity=SEVERITY_OF[(verdict.allow, invalid)],
+            file_access=events_pb2.FileAccess(
+                path=access.path,
+                action=access.action,
+                uid=max(access.uid, 0),
+                user=person.name if person else "",
+                pid=access.pid,
+                executable=access.executable,
+                cmdline=_cmdline(access.pid),
+                level=effective_level(label, today),  # type: ignore[arg-type]
+                label_id=(label.label_id or "") if label else "",
+                label_until=label.until.isoformat() if label and label.until else "",
+                label_scope=list(label.scope) if label else [],
+                decision=events_pb2.DECISION_ALLOW if verdict.allow else events_pb2.DECISION_DENY,
+                reason=verdict.reason[:500],
+                rule=verdict.rule[:500],
+            ),
+        )
+        self._sink(event)
+        if (
+            label is not None
+            and label.valid
+            and label.level > 0
+            and label.until is not None
+            and label.until < today
+        ):
+            self._report_declassified(access, label)
+
+    def _report_declassified(self, access: Access, label: Label) -> None:
+        """The first open after a label's period ran out says so, once per file label."""
+        key = (access.dev, access.ino, f"{label.label_id}:{label.until}")
+        with self._lock:
+            if key in self._declassified:
+                return
+            self._declassified.add(key)
+        self._sink(
+            events_pb2.Event(
+                severity=events_pb2.SEVERITY_INFO,
+                file_change=events_pb2.FileChange(
+                    path=access.path,
+                    change="declassified",
+                    uid=max(access.uid, 0),
+                    pid=access.pid,
+                    level=events_pb2.LEVEL_UNCLASSIFIED,
+                    label_id=label.label_id or "",
+                ),
+            )
+        )
+
+    def _timed_out(self, access: Access) -> None:
+        self._sink(
+            events_pb2.Event(
+                severity=events_pb2.SEVERITY_HIGH,
+                file_access=events_pb2.FileAccess(
+                    path=access.path,
+                    action=access.action,
+                    uid=max(access.uid, 0),
+                    pid=access.pid,
+                    executable=access.executable,
+                    decision=events_pb2.DECISION_DENY,
+                    reason=f"no decision within {self._config.deadline * 1000:.0f} ms; denied",
+                ),
+            )
+        )
+
+    def _error(self, access: Access | None, error: BaseException) -> None:
+        where = access.path if access is not None else "the guard"
+        _logger.error("decision for %s failed: %s; denied", where, error)
+        if access is None:
+            self._sink(
+                events_pb2.Event(
+                    severity=events_pb2.SEVERITY_HIGH,
+                    tamper=events_pb2.Tamper(kind="file_guard_error", detail=str(error)[:500]),
+                )
+            )
+            return
+        self._sink(
+            events_pb2.Event(
+                severity=events_pb2.SEVERITY_HIGH,
+                file_access=events_pb2.FileAccess(
+                    path=access.path,
+                    action=access.action,
+                    uid=max(access.uid, 0),
+                    pid=access.pid,
+                    executable=access.executable,
+                    decision=events_pb2.DECISION_DENY,
+                    reason=f"decision failed ({type(error).__name__}); denied",
+                ),
+            )
+        )
+
+    def _overflow(self) -> None:
+        self._sink(
+            events_pb2.Event(
+                severity=events_pb2.SEVERITY_HIGH,
+                tamper=events_pb2.Tamper(
+                    kind="fanotify_overflow",
+                    detail="the kernel's change queue overflowed; the trees were re-marked",
+                ),
+            )
+        )
+
+    # -- changes ------------------------------------------------------------------------
+    def _changed(self, change: Change) -> None:
+        level = 0
+        label_id = ""
+        if change.kind == "create" and change.path:
+            path = Path(change.path)
+            try:
+                label = inherit_label(path.parent, path)
+            except OSError:
+                label = None
+            if label is not None:
+                level, label_id = label.level, label.label_id or ""
+        self._sink(
+            events_pb2.Event(
+                severity=events_pb2.SEVERITY_INFO,
+                file_change=events_pb2.FileChange(
+                    path=change.path,
+                    change=change.kind,
+                    old_path=change.old_path,
+                    uid=max(change.uid, 0),
+                    pid=max(change.pid, 0),
+                    level=level,  # type: ignore[arg-type]
+                    label_id=label_id,
+                ),
+            )
+        )

@@ -1,0 +1,292 @@
+"""The file guard end to end: the kernel's answer to real opens, and the record of them.
+
+Child processes open labelled files as other uids and through other executables; the
+agent decides in the fanotify path and streams what happened to a real collector.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from baomi.v1 import events_pb2
+
+from agent.core import AgentConfig
+from agent.identity import enroll
+from agent.labels import set_label
+from collector.server import create_token
+from collector.store.sqlite import SQLiteStore
+from tests.collector_harness import RunningCollector, init_pki
+from tests.integration.test_agent import FAST, AgentThread, host_events, wait_for
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (fanotify, setuid children)"),
+]
+
+MODEL = Path(__file__).resolve().parents[2] / "policies" / "model.conf"
+
+SUBJECTS = """
+[people.alice]
+uid = 2001
+department = "finance"
+roles = ["staff"]
+clearance = "核心"
+trained_until = 2099-12-31
+status = "active"
+apps = {{ "绝密" = ["{viewer}"] }}
+
+[people.bob]
+uid = 2002
+department = "finance"
+roles = ["staff"]
+clearance = "一般"
+trained_until = 2099-12-31
+status = "active"
+
+[people.carol]
+uid = 2003
+department = "hr"
+roles = ["staff"]
+clearance = "重要"
+trained_until = 2099-12-31
+status = "active"
+
+[people.dave]
+uid = 2004
+department = "finance"
+roles = ["staff"]
+clearance = "核心"
+trained_until = 2020-01-01
+status = "active"
+
+[people.erin]
+uid = 2005
+department = "finance"
+roles = ["staff"]
+clearance = "核心"
+trained_until = 2099-12-31
+status = "{erin_status}"
+"""
+
+
+@dataclass
+class Site:
+    """A protected tree, a policy for it, and executables to open files with."""
+
+    base: Path
+    root: Path
+    policies: Path
+    cat: str
+    viewer: str
+
+    def write_policy(self, *, erin_status: str = "leaving", deny_bob: bool = False) -> None:
+        self.policies.mkdir(exist_ok=True)
+        shutil.copy(MODEL, self.policies / "model.conf")
+        rules = f"p, role:staff, {self.root}/**, read, allow\n"
+        if deny_bob:
+            rules += f"p, bob, {self.root}/s1.txt, read, deny\n"
+        (self.policies / "policy.csv").write_text(rules)
+        (self.policies / "subjects.toml").write_text(
+            SUBJECTS.format(viewer=self.viewer, erin_status=erin_status)
+        )
+
+    def open_as(self, uid: int, name: str, exe: str | None = None) -> bool:
+        """Read a protected file as ``uid`` through ``exe``; True if the kernel allowed it."""
+        done = subprocess.run(
+            [exe or self.cat, str(self.root / name)],
+            user=uid,
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+        if done.returncode != 0:
+            assert b"Operation not permitted" in done.stderr, done.stderr
+        return done.returncode == 0
+
+
+@pytest.fixture
+def site() -> Iterator[Site]:
+    # Not under pytest's tmp_path: other uids must be able to reach these files.
+    base = Path(tempfile.mkdtemp(prefix="baomi-guard-"))
+    base.chmod(0o755)
+    root = base / "secret"
+    root.mkdir(mode=0o755)
+    (base / "bin").mkdir(mode=0o755)
+    viewer = base / "bin" / "viewer"
+    shutil.copy("/usr/bin/cat", viewer)
+    s = Site(base, root, base / "policies", "/usr/bin/cat", str(viewer))
+    labels = {
+        "s1.txt": {"level": "秘密", "scope": "dept:finance"},
+        "s2.txt": {"level": "机密"},
+        "top.txt": {"level": "绝密"},
+        "old.txt": {"level": "机密", "until": "2020-01-01"},
+    }
+    for name in [*labels, "bad.txt"]:
+        (root / name).write_text(f"content of {name}\n")
+        (root / name).chmod(0o644)
+    for name, label in labels.items():
+        set_label(root / name, **label)  # type: ignore[arg-type]
+    os.setxattr(root / "bad.txt", "user.baomi.level", b"ultra-secret")
+    s.write_policy()
+    try:
+        yield s
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def guarded(site: Site, tmp_path: Path) -> Iterator[tuple[AgentThread, RunningCollector]]:
+    store = SQLiteStore(tmp_path / "c.db")
+    init_pki(tmp_path / "pki")
+    collector = RunningCollector(store, tmp_path / "pki", checkpoint_seconds=3600)
+    state = tmp_path / "agent"
+    enroll(
+        state,
+        collector.address,
+        create_token(store, "ws-01"),
+        (tmp_path / "pki" / "ca.pem").read_bytes(),
+        collector.enroll_address,
+    )
+    config = AgentConfig(
+        state_dir=state,
+        heartbeat_seconds=3600,
+        stream=FAST,
+        sensors={
+            "files": {"roots": [str(site.root)], "policies": str(site.policies), "deadline": 0.5}
+        },
+    )
+    agent = AgentThread(config)
+    wait_for(lambda: any(s.name == "files" for s in agent.agent.sensors))
+    try:
+        yield agent, collector
+    finally:
+        agent.stop()
+        collector.stop()
+        store.close()
+
+
+def _accesses(collector: RunningCollector) -> list[events_pb2.FileAccess]:
+    return [
+        e.file_access for e in host_events(collector.store, "ws-01") if e.HasField("file_access")
+    ]
+
+
+CASES = [
+    # (what, uid, file, through the approved viewer, allowed, reason in the event)
+    ("equal level allowed", 2002, "s1.txt", False, True, ""),
+    ("read up denied", 2002, "s2.txt", False, False, "read up"),
+    ("outside scope denied", 2003, "s1.txt", False, False, "scope"),
+    ("expired training denied", 2004, "s1.txt", False, False, "training"),
+    ("leaver denied", 2005, "s1.txt", False, False, "leaving"),
+    ("unapproved application denied for 绝密", 2001, "top.txt", False, False, "not approved"),
+    ("approved application allowed for 绝密", 2001, "top.txt", True, True, ""),
+    ("expired label allowed as declassified", 2002, "old.txt", False, True, ""),
+    ("invalid label denied", 2001, "bad.txt", False, False, "invalid label"),
+    ("unknown user denied", 2999, "s1.txt", False, False, "unknown user"),
+    ("root is not exempt", 0, "s1.txt", False, False, "unknown user"),
+]
+
+
+def test_kernel_answers_and_every_access_is_recorded(
+    site: Site, guarded: tuple[AgentThread, RunningCollector]
+) -> None:
+    agent, collector = guarded
+    for what, uid, name, viewer, allowed, _ in CASES:
+        got = site.open_as(uid, name, site.viewer if viewer else None)
+        assert got is allowed, what
+    assert agent.agent.recorder.flush()
+    wait_for(lambda: len(_accesses(collector)) >= len(CASES))
+    time.sleep(0.3)  # anything more would be an extra event
+    accesses = _accesses(collector)
+    assert len(accesses) == len(CASES)
+    for (what, uid, name, viewer, allowed, reason), a in zip(CASES, accesses, strict=True):
+        assert a.path == str(site.root / name), what
+        assert a.uid == uid and a.action == "read", what
+        assert a.executable == (site.viewer if viewer else site.cat), what
+        want = events_pb2.DECISION_ALLOW if allowed else events_pb2.DECISION_DENY
+        assert a.decision == want, (what, a.reason)
+        assert reason in a.reason, (what, a.reason)
+        assert a.count == 1
+    declassified = [
+        e.file_change
+        for e in host_events(collector.store, "ws-01")
+        if e.file_change.change == "declassified"
+    ]
+    assert [d.path for d in declassified] == [str(site.root / "old.txt")]
+    assert a.user == "" and accesses[0].user == "bob"
+    assert accesses[0].label_scope == ["dept:finance"] and accesses[0].level == 1
+
+
+def test_changes_take_effect_on_the_next_open(
+    site: Site, guarded: tuple[AgentThread, RunningCollector]
+) -> None:
+    agent, collector = guarded
+    assert not site.open_as(2002, "s2.txt")  # 机密, bob is 一般
+    set_label(site.root / "s2.txt", level="秘密")
+    assert site.open_as(2002, "s2.txt")  # label change: no stale verdict
+
+    assert site.open_as(2002, "s1.txt")
+    site.write_policy(deny_bob=True)
+    collector.call(
+        lambda: collector.collector.policy.publish(
+            {p.name: p.read_bytes() for p in site.policies.iterdir()}, "secadmin"
+        )
+    )
+    wait_for(lambda: any(e.policy_applied.ok for e in host_events(collector.store, "ws-01")))
+    assert not site.open_as(2002, "s1.txt")  # policy change: no stale verdict
+
+    site.write_policy()
+    collector.call(
+        lambda: collector.collector.policy.publish(
+            {p.name: p.read_bytes() for p in site.policies.iterdir()}, "secadmin"
+        )
+    )
+    wait_for(lambda: sum(e.policy_applied.ok for e in host_events(collector.store, "ws-01")) >= 2)
+    assert site.open_as(2002, "s1.txt")  # the deny rule is gone
+    assert agent.agent.policy.version == collector.collector.policy.current.version  # type: ignore[union-attr]
+
+
+def test_new_file_in_labelled_directory_inherits_its_label(
+    site: Site, guarded: tuple[AgentThread, RunningCollector]
+) -> None:
+    sub = site.root / "finance"
+    sub.mkdir()
+    sub.chmod(0o777)
+    set_label(sub, level="机密", scope="dept:finance")
+    time.sleep(0.1)
+    subprocess.run(
+        ["/bin/sh", "-c", f"echo new > {sub}/made.txt"], user=2001, timeout=10, check=True
+    )
+    assert os.getxattr(sub / "made.txt", "user.baomi.level") == os.getxattr(sub, "user.baomi.level")
+    assert not site.open_as(2002, "finance/made.txt")  # bob: 一般 < 机密
+
+
+def test_bad_policy_is_refused_and_last_good_stays(
+    site: Site, guarded: tuple[AgentThread, RunningCollector]
+) -> None:
+    _, collector = guarded
+    site.write_policy()
+    (site.policies / "policy.csv").write_text("p, role:staff, /x/**, fly, allow\n")
+    collector.call(
+        lambda: collector.collector.policy.publish(
+            {p.name: p.read_bytes() for p in site.policies.iterdir()}, "secadmin"
+        )
+    )
+    wait_for(
+        lambda: any(e.HasField("policy_applied") for e in host_events(collector.store, "ws-01"))
+    )
+    refused = next(
+        e.policy_applied
+        for e in host_events(collector.store, "ws-01")
+        if e.HasField("policy_applied")
+    )
+    assert not refused.ok and "policy.csv:1" in refused.error
+    assert site.open_as(2002, "s1.txt")  # the local policy is still in force
