@@ -1,7 +1,9 @@
 """``make demo``: a collector on SQLite and one local agent enrolled to it, on this machine.
 
 Everything lives under ``var/``: the development PKI (var/pki), the store
-(var/collector.db) and the agent's state (var/agent). Ctrl-C stops both cleanly.
+(var/collector.db), the agent's state (var/agent) and a small protected tree of
+labelled files (var/demo/secret) guarded with the shipped policy, its paths moved from
+/srv/secret to that tree (var/demo/policies). Ctrl-C stops both cleanly.
 """
 
 from __future__ import annotations
@@ -19,6 +21,33 @@ AGENT_STATE = VAR / "agent"
 LISTEN = "127.0.0.1:7443"
 ENROLL = "127.0.0.1:7444"
 BIN = Path(sys.executable).parent
+DEMO = VAR / "demo"
+SECRET = DEMO / "secret"
+DEMO_FILES = {  # path under SECRET: (level, until, scope)
+    "finance/budget-2027.xlsx": ("机密", "2031-06-30", "dept:finance"),
+    "shared/notice.txt": ("秘密", None, None),
+    "archive/1998-plan.txt": ("绝密", "2020-01-01", None),  # period over: declassified
+}
+
+
+def _prepare_demo_tree(agent_cli: str) -> None:
+    """Labelled files and a policy whose paths point at them."""
+    policies = DEMO / "policies"
+    policies.mkdir(parents=True, exist_ok=True)
+    root = SECRET.resolve()
+    for name in ("model.conf", "subjects.toml"):
+        (policies / name).write_bytes((Path("policies") / name).read_bytes())
+    shipped = (Path("policies") / "policy.csv").read_text(encoding="utf-8")
+    (policies / "policy.csv").write_text(shipped.replace("/srv/secret", str(root)), "utf-8")
+    for name, (level, until, scope) in DEMO_FILES.items():
+        path = SECRET / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            path.write_text(f"demo content of {name}\n", encoding="utf-8")
+        args = [agent_cli, "label", "set", str(path), "--level", level]
+        args += ["--until", until] if until else []
+        args += ["--scope", scope] if scope else []
+        _run(*args)
 
 
 def _run(*args: str) -> str:
@@ -28,6 +57,7 @@ def _run(*args: str) -> str:
 def main() -> int:
     """Start collector and agent; wait for Ctrl-C."""
     collector_cli, agent_cli = str(BIN / "baomi-collector"), str(BIN / "baomi-agent")
+    _prepare_demo_tree(agent_cli)
     if not (PKI / "ca.key").exists():
         _run(collector_cli, "pki", "init", "--dir", str(PKI))
         print(f"created a development PKI in {PKI}")
@@ -44,7 +74,7 @@ def main() -> int:
             "--enroll-listen",
             ENROLL,
             "--policies",
-            "policies",
+            str(DEMO / "policies"),
         ]
     )
     agent: subprocess.Popen[bytes] | None = None
@@ -71,13 +101,28 @@ def main() -> int:
             )
             print("enrolled the local agent as demo-host")
         agent = subprocess.Popen(
-            [agent_cli, "--state-dir", str(AGENT_STATE), "run", "--heartbeat", "10"]
+            [
+                agent_cli,
+                "--state-dir",
+                str(AGENT_STATE),
+                "run",
+                "--heartbeat",
+                "10",
+                "--protect",
+                str(SECRET.resolve()),
+                "--policies",
+                str(DEMO / "policies"),
+            ]
         )
         print(
             "\nBaomi demo is running: collector on "
             f"{LISTEN} (mTLS; enrolment on {ENROLL}), one agent 'demo-host'.\n"
             f"  events:  .venv/bin/baomi-collector events --store {STORE}\n"
             f"  verify:  .venv/bin/baomi-collector audit verify --store {STORE} --pki {PKI}\n"
+            f"  guarded: cat {SECRET}/finance/budget-2027.xlsx   (root is not in subjects.toml:"
+            " denied)\n"
+            f"  why:     .venv/bin/baomi-agent explain --user wang --action read --path "
+            f"{SECRET.resolve()}/finance/budget-2027.xlsx --policies {DEMO / 'policies'}\n"
             "Ctrl-C stops both.\n",
             flush=True,
         )
