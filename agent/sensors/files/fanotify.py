@@ -161,7 +161,7 @@ _EVENT_F_FLAGS = os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC
 
 # --- libc binding ---------------------------------------------------------------------
 class _Libc:
-    """The three libc calls fanotify needs, bound once with their C signatures."""
+    """The libc calls fanotify needs (and file handles), bound once with C signatures."""
 
     def __init__(self) -> None:
         lib = ctypes.CDLL(None, use_errno=True)
