@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the tests need (PostgreSQL server for the store suite).
-DEB_PACKAGES := postgresql sqlite3
+DEB_PACKAGES := postgresql sqlite3 python3
 PROTOS := protos/baomi/v1/events.proto protos/baomi/v1/collector.proto
 
 .PHONY: demo test bench lint protos protos-check deb venv clean

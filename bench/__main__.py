@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -25,7 +26,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import agent_rss, events, ingest
+from bench import agent_rss, decision, events, fanotify, ingest
 from bench.proc import BenchError
 
 INGEST_TARGET = 100_000  # events/s end to end
@@ -65,6 +66,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the filesystem decides what a durable commit costs",
     )
     p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--skip-files", action="store_true", help="skip decision and fanotify figures")
+    p.add_argument("--opens", type=int, default=20000, help="opens per fanotify measurement")
     return p.parse_args(argv)
 
 
@@ -198,7 +201,44 @@ def _run(args: argparse.Namespace, workdir: Path, table: list[Row]) -> bool:
     if code != 0:
         raise BenchError(f"the collector exited with {code}{collector.tail()}")
     print(f"collector stopped: {json.dumps(collector.expect(timeout=5))}")
+    if not args.skip_files:
+        table += _file_guard(args)
     return exact
+
+
+def _target_row(name: str, value: float, unit: str, target: float) -> Row:
+    return Row(
+        name,
+        f"{value:.2f} {unit}",
+        f"<= {target:g}",
+        f"{value / target:.2f}",
+        "PASS" if value <= target else "MISS",
+    )
+
+
+def _file_guard(args: argparse.Namespace) -> list[Row]:
+    """Decision speed (engine vs pycasbin) and protected-open latency (agent vs C)."""
+    rows: list[Row] = []
+    figures = {name: (value, unit) for name, value, unit in decision.run()}
+    for name, (value, unit) in figures.items():
+        if name == "decision: engine cold":
+            rows.append(_target_row(name, value, "µs", decision.ENGINE_TARGET_US))
+        elif name == "decision: engine != pycasbin":
+            rows.append(Row(name, f"{value:.0f}", unit, "-", "PASS" if value == 0 else "FAIL"))
+        else:
+            rows.append(Row(name, f"{value:,.2f} {unit}"))
+    if os.geteuid() != 0:
+        rows.append(Row("fanotify opens", "not measured", "needs root", "-", "SKIP"))
+        return rows
+    for name, value, unit in fanotify.run(args.opens):
+        if (
+            name in ("fanotify: agent / C, same CPU", "fanotify: guard / C, same CPU")
+            or name == "fanotify: agent / C, free CPUs"
+        ):
+            rows.append(_target_row(name, value, "x", fanotify.RATIO_TARGET))
+        else:
+            rows.append(Row(name, f"{value:,.2f} {unit}"))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

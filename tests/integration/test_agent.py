@@ -39,6 +39,8 @@ class AgentThread:
         self._thread.start()
 
     def stop(self) -> None:
+        if self._loop.is_closed():
+            return
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout=20)
         assert not self._thread.is_alive()

@@ -290,3 +290,19 @@ def test_bad_policy_is_refused_and_last_good_stays(
     )
     assert not refused.ok and "policy.csv:1" in refused.error
     assert site.open_as(2002, "s1.txt")  # the local policy is still in force
+
+
+def test_repeated_opens_are_folded_never_dropped(
+    site: Site, guarded: tuple[AgentThread, RunningCollector]
+) -> None:
+    agent, collector = guarded
+    script = f"for _ in range(50): open({str(site.root / 's1.txt')!r}).close()"
+    # Debian's python3: the test's own interpreter may sit where uid 2002 cannot reach.
+    subprocess.run(["/usr/bin/python3", "-c", script], user=2002, timeout=30, check=True)
+    agent.stop()
+    accesses = [a for a in _accesses(collector) if a.path.endswith("s1.txt")]
+    assert sum(a.count for a in accesses) == 50
+    assert len(accesses) == 2  # the first at once, the 49 repeats counted and folded
+    assert accesses[1].count == 49 and accesses[1].first.ToNanoseconds() <= (
+        accesses[1].last.ToNanoseconds()
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -40,6 +41,20 @@ SEVERITY_OF = {
     (False, True): events_pb2.SEVERITY_HIGH,  # denied over an invalid label
 }
 _MISSING = object()
+FOLD_SECONDS = 1.0  # repeated identical accesses are counted and recorded this often
+
+
+class _Repeats:
+    """Accesses that repeated one already recorded: counted, then recorded as one event."""
+
+    __slots__ = ("allow", "count", "event", "first_ns", "last_ns")
+
+    def __init__(self, event: events_pb2.Event, allow: bool) -> None:
+        self.event = event
+        self.allow = allow
+        self.count = 0
+        self.first_ns = 0
+        self.last_ns = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +89,10 @@ class FileGuard:
         self._labels: dict[tuple[int, int, int], Label | None] = {}
         self._declassified: set[tuple[int, int, str]] = set()
         self._lock = threading.Lock()
+        self._fold_lock = threading.Lock()
+        self._folds: dict[tuple[object, ...], _Repeats] = {}
+        self._flusher = threading.Thread(target=self._flush_loop, name="files-fold", daemon=True)
+        self._stopping = threading.Event()
         self._guard = PermissionGuard(
             config.roots,
             self._decide,
@@ -89,10 +108,10 @@ class FileGuard:
         """Load and enforce the policy in ``directory``; PolicyError keeps the old one."""
         policyset = PolicySet.load(directory)
         with self._lock:
-            if self._engine is None:
-                self._engine = Engine(policyset)
-            else:
-                self._engine.reload(policyset)
+            # A new Engine, not a reload in place: the fold table is keyed by the engine
+            # that decided, so no answer of the old policy is given after this returns.
+            self._engine = Engine(policyset)
+        self.flush()
         _logger.info("file policy %s in force", policyset.version)
 
     @property
@@ -111,11 +130,36 @@ class FileGuard:
                 _logger.error("%s; every open under the protected roots is denied", e)
         self._guard.start()
         self._changes.start()
+        self._flusher.start()
 
     def stop(self) -> None:
-        """Stop both fanotify groups."""
+        """Stop both fanotify groups, then record the repeats still counted."""
         self._guard.stop()
         self._changes.stop()
+        self._stopping.set()
+        if self._flusher.is_alive():
+            self._flusher.join()
+        self.flush()
+
+    def flush(self) -> None:
+        """Record every counted repeat and forget the answers they reused."""
+        with self._fold_lock:
+            folds, self._folds = self._folds, {}
+        for repeats in folds.values():
+            if repeats.count == 0:
+                continue
+            event = events_pb2.Event()
+            event.CopyFrom(repeats.event)
+            event.time.FromNanoseconds(repeats.last_ns)
+            access = event.file_access
+            access.count = repeats.count
+            access.first.FromNanoseconds(repeats.first_ns)
+            access.last.FromNanoseconds(repeats.last_ns)
+            self._sink(event)
+
+    def _flush_loop(self) -> None:
+        while not self._stopping.wait(FOLD_SECONDS):
+            self.flush()
 
     def health(self) -> Health:
         """The worse of the guard's and the watcher's health; degraded without policy."""
@@ -141,6 +185,26 @@ class FileGuard:
         return label  # type: ignore[no-any-return]
 
     def _decide(self, access: Access) -> bool:
+        # The same process opening the same file version again, under the same policy:
+        # the answer is the one just given, and the access is counted, not re-recorded.
+        key = (
+            access.pid,
+            access.uid,
+            access.executable,
+            access.dev,
+            access.ino,
+            access.ctime_ns,
+            access.action,
+        )
+        with self._fold_lock:
+            repeat = self._folds.get(key)
+            if repeat is not None:
+                now = time.time_ns()
+                if repeat.count == 0:
+                    repeat.first_ns = now
+                repeat.count += 1
+                repeat.last_ns = now
+                return repeat.allow
         engine = self._engine
         label = self._label(access)
         if engine is None:
@@ -154,10 +218,15 @@ class FileGuard:
                 label=label,
                 action=access.action,
             )
-        self._record(access, label, verdict)
+        event = self._record(access, label, verdict)
+        with self._fold_lock:
+            if engine is self._engine:  # not decided under a policy replaced meanwhile
+                first = events_pb2.Event()
+                first.CopyFrom(event)  # the recorder's thread fills in the original
+                self._folds[key] = _Repeats(first, verdict.allow)
         return verdict.allow
 
-    def _record(self, access: Access, label: Label | None, verdict: Verdict) -> None:
+    def _record(self, access: Access, label: Label | None, verdict: Verdict) -> events_pb2.Event:
         today = date.today()
         invalid = label is not None and not label.valid
         person = self._engine.policyset.subjects.by_uid.get(access.uid) if self._engine else None
@@ -189,6 +258,7 @@ class FileGuard:
             and label.until < today
         ):
             self._report_declassified(access, label)
+        return event
 
     def _report_declassified(self, access: Access, label: Label) -> None:
         """The first open after a label's period ran out says so, once per file label."""
