@@ -206,6 +206,13 @@ def _run(args: argparse.Namespace, workdir: Path, table: list[Row]) -> bool:
     return exact
 
 
+RATIO_FIGURES = (
+    "fanotify: guard / C, same CPU",
+    "fanotify: agent / C, same CPU",
+    "fanotify: agent / C, free CPUs",
+)
+
+
 def _target_row(name: str, value: float, unit: str, target: float) -> Row:
     return Row(
         name,
