@@ -305,8 +305,8 @@ def test_repeated_opens_are_folded_never_dropped(
     agent.stop()
     accesses = [a for a in _accesses(collector) if a.path.endswith("s1.txt")]
     assert sum(a.count for a in accesses) == 50
-    # The first at once; the 49 repeats counted and recorded as one event per second of
-    # folding (one, unless a flush fell inside the loop).
-    assert accesses[0].count == 1 and 2 <= len(accesses) <= 3
+    # The first is recorded at once, the 49 repeats counted and recorded each second of
+    # folding; the recorder may merge those that meet in one of its batches.
+    assert 1 <= len(accesses) <= 3
     for a in accesses[1:]:
         assert a.first.ToNanoseconds() <= a.last.ToNanoseconds()
