@@ -3,13 +3,18 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Debian packages the tests need (PostgreSQL server for the store suite).
-DEB_PACKAGES := postgresql sqlite3 python3
+# Debian packages the tests need: PostgreSQL server (store suite), umockdev and the
+# GObject build deps of PyGObject (USB tests), Chromium (console), Pango, CJK fonts and
+# poppler (PDF reports), iproute2 (network namespaces).
+DEB_PACKAGES := postgresql sqlite3 python3 \
+	umockdev gir1.2-umockdev-1.0 libgirepository1.0-dev libcairo2-dev pkg-config \
+	chromium fonts-noto-cjk poppler-utils libpango-1.0-0 libpangoft2-1.0-0 iproute2
 PROTOS := protos/baomi/v1/events.proto protos/baomi/v1/collector.proto
 
 .PHONY: demo test bench lint protos protos-check deb venv clean
 
-$(VENV)/.installed: pyproject.toml
+# The venv builds PyGObject, which needs the Debian GObject headers first.
+$(VENV)/.installed: pyproject.toml | deb
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
