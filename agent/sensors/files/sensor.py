@@ -281,7 +281,8 @@ class FileGuard:
             )
         )
 
-    def _timed_out(self, access: Access) -> None:
+    def _denied_without_decision(self, access: Access, reason: str) -> None:
+        """Record an open the guard denied because no decision could be made."""
         self._sink(
             events_pb2.Event(
                 severity=events_pb2.SEVERITY_HIGH,
@@ -292,34 +293,27 @@ class FileGuard:
                     pid=access.pid,
                     executable=access.executable,
                     decision=events_pb2.DECISION_DENY,
-                    reason=f"no decision within {self._config.deadline * 1000:.0f} ms; denied",
+                    reason=reason,
                 ),
             )
         )
 
+    def _timed_out(self, access: Access) -> None:
+        deadline_ms = self._config.deadline * 1000
+        self._denied_without_decision(access, f"no decision within {deadline_ms:.0f} ms; denied")
+
     def _error(self, access: Access | None, error: BaseException) -> None:
         where = access.path if access is not None else "the guard"
         _logger.error("decision for %s failed: %s; denied", where, error)
-        if access is None:
-            self._sink(
-                events_pb2.Event(
-                    severity=events_pb2.SEVERITY_HIGH,
-                    tamper=events_pb2.Tamper(kind="file_guard_error", detail=str(error)[:500]),
-                )
+        if access is not None:
+            self._denied_without_decision(
+                access, f"decision failed ({type(error).__name__}); denied"
             )
             return
         self._sink(
             events_pb2.Event(
                 severity=events_pb2.SEVERITY_HIGH,
-                file_access=events_pb2.FileAccess(
-                    path=access.path,
-                    action=access.action,
-                    uid=max(access.uid, 0),
-                    pid=access.pid,
-                    executable=access.executable,
-                    decision=events_pb2.DECISION_DENY,
-                    reason=f"decision failed ({type(error).__name__}); denied",
-                ),
+                tamper=events_pb2.Tamper(kind="file_guard_error", detail=str(error)[:500]),
             )
         )
 
