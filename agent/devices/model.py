@@ -44,6 +44,8 @@ class UsbDevice:
     descriptor_hash: str = ""  # USBGuard-compatible "hash" (base64 SHA-256)
     parent_hash: str = ""
     device_class: int = 0  # bDeviceClass (0: per interface)
+    connect_type: str = ""  # port/connect_type: hotplug, hardwired, ... (with-connect-type)
+    mtp: bool = False  # udev ID_MTP_DEVICE=1 or an interface string "MTP": a phone, not a camera
 
     @property
     def usb_id(self) -> str:
