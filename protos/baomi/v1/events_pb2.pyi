@@ -128,7 +128,7 @@ class Device(_message.Message):
     def __init__(self, action: _Optional[str] = ..., device_class: _Optional[str] = ..., vendor_id: _Optional[str] = ..., product_id: _Optional[str] = ..., serial: _Optional[str] = ..., name: _Optional[str] = ..., descriptor_hash: _Optional[str] = ..., port: _Optional[str] = ..., interfaces: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., rule: _Optional[str] = ...) -> None: ...
 
 class Network(_message.Message):
-    __slots__ = ("action", "interface", "link_kind", "address", "gateway", "violation", "reason")
+    __slots__ = ("action", "interface", "link_kind", "address", "gateway", "violation", "reason", "enforced")
     ACTION_FIELD_NUMBER: _ClassVar[int]
     INTERFACE_FIELD_NUMBER: _ClassVar[int]
     LINK_KIND_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +136,7 @@ class Network(_message.Message):
     GATEWAY_FIELD_NUMBER: _ClassVar[int]
     VIOLATION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    ENFORCED_FIELD_NUMBER: _ClassVar[int]
     action: str
     interface: str
     link_kind: str
@@ -143,23 +144,28 @@ class Network(_message.Message):
     gateway: str
     violation: bool
     reason: str
-    def __init__(self, action: _Optional[str] = ..., interface: _Optional[str] = ..., link_kind: _Optional[str] = ..., address: _Optional[str] = ..., gateway: _Optional[str] = ..., violation: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    enforced: bool
+    def __init__(self, action: _Optional[str] = ..., interface: _Optional[str] = ..., link_kind: _Optional[str] = ..., address: _Optional[str] = ..., gateway: _Optional[str] = ..., violation: _Optional[bool] = ..., reason: _Optional[str] = ..., enforced: _Optional[bool] = ...) -> None: ...
 
 class Process(_message.Message):
-    __slots__ = ("pid", "name", "executable", "cmdline", "uid", "reason")
+    __slots__ = ("pid", "name", "executable", "cmdline", "uid", "reason", "started", "devices")
     PID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     EXECUTABLE_FIELD_NUMBER: _ClassVar[int]
     CMDLINE_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
     pid: int
     name: str
     executable: str
     cmdline: str
     uid: int
     reason: str
-    def __init__(self, pid: _Optional[int] = ..., name: _Optional[str] = ..., executable: _Optional[str] = ..., cmdline: _Optional[str] = ..., uid: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    started: _timestamp_pb2.Timestamp
+    devices: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, pid: _Optional[int] = ..., name: _Optional[str] = ..., executable: _Optional[str] = ..., cmdline: _Optional[str] = ..., uid: _Optional[int] = ..., reason: _Optional[str] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., devices: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CheckItem(_message.Message):
     __slots__ = ("id", "title", "result", "evidence", "mandatory")
@@ -245,8 +251,24 @@ class Tamper(_message.Message):
     subject_seq: int
     def __init__(self, kind: _Optional[str] = ..., detail: _Optional[str] = ..., gap_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., gap_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subject_host: _Optional[str] = ..., subject_seq: _Optional[int] = ...) -> None: ...
 
+class ConsoleAction(_message.Message):
+    __slots__ = ("actor", "role", "action", "target", "detail", "ok")
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    actor: str
+    role: str
+    action: str
+    target: str
+    detail: str
+    ok: bool
+    def __init__(self, actor: _Optional[str] = ..., role: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[str] = ..., detail: _Optional[str] = ..., ok: _Optional[bool] = ...) -> None: ...
+
 class Event(_message.Message):
-    __slots__ = ("host_id", "seq", "time", "prev_hash", "severity", "file_access", "file_change", "device", "network", "process", "meeting_check", "agent_status", "policy_applied", "tamper")
+    __slots__ = ("host_id", "seq", "time", "prev_hash", "severity", "file_access", "file_change", "device", "network", "process", "meeting_check", "agent_status", "policy_applied", "tamper", "console_action")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +283,7 @@ class Event(_message.Message):
     AGENT_STATUS_FIELD_NUMBER: _ClassVar[int]
     POLICY_APPLIED_FIELD_NUMBER: _ClassVar[int]
     TAMPER_FIELD_NUMBER: _ClassVar[int]
+    CONSOLE_ACTION_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     seq: int
     time: _timestamp_pb2.Timestamp
@@ -275,7 +298,8 @@ class Event(_message.Message):
     agent_status: AgentStatus
     policy_applied: PolicyApplied
     tamper: Tamper
-    def __init__(self, host_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prev_hash: _Optional[bytes] = ..., severity: _Optional[_Union[Severity, str]] = ..., file_access: _Optional[_Union[FileAccess, _Mapping]] = ..., file_change: _Optional[_Union[FileChange, _Mapping]] = ..., device: _Optional[_Union[Device, _Mapping]] = ..., network: _Optional[_Union[Network, _Mapping]] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., meeting_check: _Optional[_Union[MeetingCheck, _Mapping]] = ..., agent_status: _Optional[_Union[AgentStatus, _Mapping]] = ..., policy_applied: _Optional[_Union[PolicyApplied, _Mapping]] = ..., tamper: _Optional[_Union[Tamper, _Mapping]] = ...) -> None: ...
+    console_action: ConsoleAction
+    def __init__(self, host_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prev_hash: _Optional[bytes] = ..., severity: _Optional[_Union[Severity, str]] = ..., file_access: _Optional[_Union[FileAccess, _Mapping]] = ..., file_change: _Optional[_Union[FileChange, _Mapping]] = ..., device: _Optional[_Union[Device, _Mapping]] = ..., network: _Optional[_Union[Network, _Mapping]] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., meeting_check: _Optional[_Union[MeetingCheck, _Mapping]] = ..., agent_status: _Optional[_Union[AgentStatus, _Mapping]] = ..., policy_applied: _Optional[_Union[PolicyApplied, _Mapping]] = ..., tamper: _Optional[_Union[Tamper, _Mapping]] = ..., console_action: _Optional[_Union[ConsoleAction, _Mapping]] = ...) -> None: ...
 
 class EventBatch(_message.Message):
     __slots__ = ("events",)
