@@ -12,6 +12,7 @@ from agent import labels
 from agent.core import AgentConfig, run_agent
 from agent.decision.policy import PolicySet
 from agent.decision.tools import explain, policy_test
+from agent.devices import cli as devices_cli
 from agent.errors import AgentError
 from agent.identity import enroll
 from agent.stream import StreamConfig
@@ -52,6 +53,10 @@ def _sensor_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "policies": str(args.policies) if args.policies else None,
             "deadline": args.deadline_ms / 1000,
         }
+    if args.network:
+        sensors["network"] = {"gateways": args.gateway, "enforce": args.enforce_network}
+    if args.process:
+        sensors["process"] = {}
     return sensors
 
 
@@ -146,6 +151,27 @@ def build_parser() -> argparse.ArgumentParser:
         "a signed bundle from the collector takes precedence",
     )
     r.add_argument(
+        "--network",
+        action="store_true",
+        help="watch links, addresses and routes for illicit outbound links",
+    )
+    r.add_argument(
+        "--gateway",
+        action="append",
+        default=[],
+        help="a gateway a default route may use (repeatable; none: no default route)",
+    )
+    r.add_argument(
+        "--enforce-network",
+        action="store_true",
+        help="bring offending links down and delete offending default routes",
+    )
+    r.add_argument(
+        "--process",
+        action="store_true",
+        help="watch for recording software and processes holding capture devices",
+    )
+    r.add_argument(
         "--deadline-ms",
         type=float,
         default=50.0,
@@ -185,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_policies_option(pt)
     pt.set_defaults(func=_cmd_policy_test)
+    devices_cli.add_parser(sub)
     return p
 
 

@@ -27,9 +27,37 @@ def _files(settings: dict[str, Any], sink: EventSink) -> Sensor:
     )
 
 
+def _network(settings: dict[str, Any], sink: EventSink) -> Sensor:
+    from agent.sensors.network import NetworkConfig, NetworkSensor  # noqa: PLC0415
+
+    return NetworkSensor(
+        NetworkConfig(
+            gateways=tuple(str(g) for g in settings.get("gateways", ())),
+            enforce=bool(settings.get("enforce", False)),
+            netns=settings.get("netns"),
+            sysfs=Path(settings.get("sysfs", "/sys")),
+        ),
+        sink,
+    )
+
+
+def _process(settings: dict[str, Any], sink: EventSink) -> Sensor:
+    from agent.sensors.process import CAPTURE_DEVICES, ProcessConfig, ProcessSensor  # noqa: PLC0415
+
+    return ProcessSensor(
+        ProcessConfig(
+            interval=float(settings.get("interval", 5.0)),
+            capture_devices=tuple(settings.get("capture_devices", CAPTURE_DEVICES)),
+        ),
+        sink,
+    )
+
+
 #: Sensor name -> factory(settings, sink). The agent starts what its configuration names.
 REGISTRY: dict[str, SensorFactory] = {
     "files": _files,
+    "network": _network,
+    "process": _process,
 }
 
 __all__ = ["REGISTRY", "EventSink", "Health", "PolicyAware", "Sensor", "SensorFactory"]
