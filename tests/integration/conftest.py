@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,3 +29,25 @@ def collector(store: Store, pki_dir: Path) -> Iterator[RunningCollector]:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+def ns() -> Iterator[str]:
+    """A fresh network namespace, removed afterwards."""
+    from pyroute2 import netns
+
+    name = f"baomi-test-{uuid.uuid4().hex[:8]}"
+    netns.create(name)
+    try:
+        yield name
+    finally:
+        netns.remove(name)
+
+
+@pytest.fixture
+def ipr(ns: str) -> Iterator[Any]:
+    """A pyroute2 IPRoute in the test's namespace, for making changes."""
+    from pyroute2 import IPRoute
+
+    with IPRoute(netns=ns, flags=0) as ipr:
+        yield ipr

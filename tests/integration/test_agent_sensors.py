@@ -6,6 +6,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from baomi.v1 import events_pb2
@@ -16,7 +17,6 @@ from collector.server import create_token
 from collector.store.sqlite import SQLiteStore
 from tests.collector_harness import RunningCollector, init_pki
 from tests.integration.test_agent import FAST, AgentThread, host_events, wait_for
-from tests.integration.test_network import ipr, ns  # noqa: F401 - fixtures
 
 pytestmark = [
     pytest.mark.root,
@@ -60,15 +60,15 @@ def test_link_and_default_route_reach_the_collector(
     collector: RunningCollector,
     tmp_path: Path,
     ns: str,
-    ipr: object,  # noqa: F811
+    ipr: Any,
 ) -> None:
     agent = _agent(collector, tmp_path, {"network": {"netns": ns, "gateways": ["10.9.0.1"]}})
     try:
-        ipr.link("add", ifname="uplink0", kind="veth", peer="uplink1")  # type: ignore[attr-defined]
-        idx = ipr.link_lookup(ifname="uplink0")[0]  # type: ignore[attr-defined]
-        ipr.link("set", index=idx, state="up")  # type: ignore[attr-defined]
-        ipr.addr("add", index=idx, address="10.8.0.2", prefixlen=24)  # type: ignore[attr-defined]
-        ipr.route("add", dst="0.0.0.0/0", gateway="10.8.0.1")  # type: ignore[attr-defined]
+        ipr.link("add", ifname="uplink0", kind="veth", peer="uplink1")
+        idx = ipr.link_lookup(ifname="uplink0")[0]
+        ipr.link("set", index=idx, state="up")
+        ipr.addr("add", index=idx, address="10.8.0.2", prefixlen=24)
+        ipr.route("add", dst="0.0.0.0/0", gateway="10.8.0.1")
         wait_for(lambda: any(e.network.action == "default_route_add" for e in _network(collector)))
     finally:
         agent.stop()

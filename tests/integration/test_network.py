@@ -113,28 +113,6 @@ def _brief(event: events_pb2.Event) -> str:
     return str(kind)
 
 
-@pytest.fixture
-def ns() -> Iterator[str]:
-    """A fresh network namespace, removed afterwards."""
-    from pyroute2 import netns
-
-    name = f"baomi-test-{uuid.uuid4().hex[:8]}"
-    netns.create(name)
-    try:
-        yield name
-    finally:
-        netns.remove(name)
-
-
-@pytest.fixture
-def ipr(ns: str) -> Iterator[Any]:
-    """A pyroute2 IPRoute in the test's namespace, for making changes."""
-    from pyroute2 import IPRoute
-
-    with IPRoute(netns=ns, flags=0) as ipr:
-        yield ipr
-
-
 Start = Callable[..., tuple[NetworkSensor, Sink]]
 
 
