@@ -1,0 +1,198 @@
+"""``baomi-agent devices``: the USB devices present and how the policy decides them.
+
+``devices list`` prints every ``usb_device`` with its classes, its decision and the
+rule that made it; ``devices generate-policy`` writes USBGuard rules pinning what is
+present, to review and install as ``devices.rules``. Device strings are chosen by
+whoever built the device, so everything printed is escaped: no product name can move
+the cursor, clear the screen, retitle the terminal or reorder text (bidi overrides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Final
+
+from agent.devices.classes import BADUSB, RECORDING_OR_PHONE, STORAGE, WIRELESS_HID
+from agent.devices.policy import DevicePolicy, generate_rules
+from agent.devices.rules import device_bytes, quote
+from agent.errors import AgentError, ConfigError
+from agent.sensors.usb import Observed, decide, list_devices
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_POLICIES = Path("policies")  # relative to the working directory, as the agent's
+CELL_CHARS = 40  # widest a device string is printed in the table (escaped characters)
+RULE_CHARS = 60  # of the deciding rule printed in the table; --json has all of it
+#: Classes generate-policy does not pin: an allow rule would override Baomi's defaults
+#: for them (sticks belong in usb-registry.toml, the rest must stay blocked).
+NOT_PINNED: Final = RECORDING_OR_PHONE | {BADUSB, WIRELESS_HID, STORAGE}
+
+
+def escape(text: str) -> str:
+    """``text`` safe for a terminal: printable characters (CJK included) as they are,
+    backslash and every control, escape, bidi override or undecodable byte as
+    ``\\xNN``, ``\\uNNNN`` or ``\\UNNNNNNNN``."""
+    out = []
+    for char in text:
+        point = ord(char)
+        if char == "\\":
+            out.append("\\\\")
+        elif char.isprintable():
+            out.append(char)
+        elif 0xDC80 <= point <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+            out.append(f"\\x{point - 0xDC00:02x}")
+        elif point <= 0xFF:
+            out.append(f"\\x{point:02x}")
+        elif point <= 0xFFFF:
+            out.append(f"\\u{point:04x}")
+        else:
+            out.append(f"\\U{point:08x}")
+    return "".join(out)
+
+
+def _cell(text: str, width: int = CELL_CHARS) -> str:
+    shown = escape(text)
+    return shown if len(shown) <= width else shown[: width - 1] + "…"
+
+
+def _present() -> list[Observed]:
+    try:
+        return list_devices()
+    except (ImportError, OSError) as e:
+        raise AgentError(
+            f"cannot list USB devices: udev is unavailable ({e}); "
+            "install libudev1 and run on the host itself, not in a container without /sys"
+        ) from e
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    policy = DevicePolicy.load(args.policies)
+    rows = []
+    for observed in _present():
+        device = observed.device
+        decision = decide(policy, observed)
+        rows.append(
+            {
+                "port": device.port,
+                "id": device.usb_id,
+                "authorized": observed.authorized,
+                "decision": decision.target,
+                "classes": sorted(decision.classes),
+                "rule": decision.rule,
+                "reason": decision.reason,
+                "name": device.name,
+                "manufacturer": device.manufacturer,
+                "serial": device.serial,
+                "interfaces": [str(i) for i in device.interfaces],
+                "hash": device.descriptor_hash,
+                "suspicious": observed.problem,
+            }
+        )
+    if args.json:
+        # ensure_ascii: every control character and non-ASCII byte is a \u escape.
+        print(json.dumps(rows, ensure_ascii=True, indent=2))
+        return 0
+    header = ("PORT", "ID", "AUTH", "DECISION", "CLASS", "NAME", "SERIAL", "RULE")
+    table = [header] + [
+        (
+            _cell(str(r["port"]), 16),
+            str(r["id"]),
+            _cell(str(r["authorized"]), 4),
+            str(r["decision"]),
+            _cell(",".join(r["classes"]) or "-", 24),
+            _cell(str(r["name"])),
+            _cell(str(r["serial"]), 24),
+            _cell(str(r["rule"]), RULE_CHARS),
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if not rows:
+        print("(no USB devices)")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    policy = DevicePolicy.load(args.policies)
+    pinned, left_out = [], []
+    for observed in _present():
+        device = observed.device
+        classes = policy.evaluate(device, mtp=device.mtp).classes
+        risky = sorted(classes & NOT_PINNED)
+        why = f"suspicious: {observed.problem}" if observed.problem else ", ".join(risky)
+        if why and not args.unsafe_include_all:
+            where = quote(device_bytes(device.port))
+            what = quote(device_bytes(device.usb_id))
+            left_out.append(f"# left out: {what} at {where}: {quote(device_bytes(why))[1:-1]}")
+            continue
+        if why:
+            _logger.warning("pinning %s at %s although it is %s", device.usb_id, device.port, why)
+        pinned.append(device)
+    text = generate_rules(pinned)
+    if left_out:
+        text += (
+            "# Not pinned: storage (register sticks in usb-registry.toml instead), recording\n"
+            "# devices, phones, network links, wireless input, BadUSB and suspicious devices\n"
+            "# (pass --unsafe-include-all to pin them anyway):\n" + "\n".join(left_out) + "\n"
+        )
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    _write_new(args.out, text, force=args.force)
+    print(
+        f"wrote rules for {len(pinned)} device(s) to {args.out} ({len(left_out)} left out); "
+        f"review it, then install it as {args.policies / 'devices.rules'}"
+    )
+    return 0
+
+
+def _write_new(path: Path, text: str, *, force: bool) -> None:
+    """Write ``path`` whole or not at all; an existing file only with ``force``."""
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists; pass --force to replace it")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        Path(tmp).replace(path)
+    except OSError as e:
+        raise ConfigError(f"cannot write {path}: {e.strerror}") from e
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``devices list`` and ``devices generate-policy`` to ``baomi-agent``."""
+    devices = subparsers.add_parser("devices", help="USB devices present and the device policy")
+    sub = devices.add_subparsers(dest="devices_command", required=True)
+
+    def policies_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--policies",
+            type=Path,
+            default=DEFAULT_POLICIES,
+            help=f"directory of devices.rules and usb-registry.toml (default ./{DEFAULT_POLICIES})",
+        )
+
+    ls = sub.add_parser("list", help="every USB device present, its classes and decision")
+    ls.add_argument("--json", action="store_true", help="all fields as JSON (ASCII-escaped)")
+    policies_option(ls)
+    ls.set_defaults(func=_cmd_list)
+
+    gen = sub.add_parser("generate-policy", help="USBGuard rules pinning the devices present")
+    gen.add_argument("--out", type=Path, help="write the rules to this file (default: stdout)")
+    gen.add_argument("--force", action="store_true", help="replace --out if it exists")
+    gen.add_argument(
+        "--unsafe-include-all",
+        action="store_true",
+        help="also pin storage, recording devices, phones, network links, wireless input, "
+        "BadUSB and suspicious devices (each overrides a default that blocks it)",
+    )
+    policies_option(gen)
+    gen.set_defaults(func=_cmd_generate)
