@@ -57,6 +57,12 @@ def _sensor_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         sensors["network"] = {"gateways": args.gateway, "enforce": args.enforce_network}
     if args.process:
         sensors["process"] = {}
+    if args.usb:
+        policies = args.policies or args.state_dir / "policy"
+        sensors["usb"] = {
+            "policies": str(policies),
+            "unsafe_report_only": args.unsafe_usb_report_only,
+        }
     return sensors
 
 
@@ -165,6 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--enforce-network",
         action="store_true",
         help="bring offending links down and delete offending default routes",
+    )
+    r.add_argument(
+        "--usb",
+        action="store_true",
+        help="decide every USB device: registered sticks only, no recorders or phones",
+    )
+    r.add_argument(
+        "--unsafe-usb-report-only",
+        action="store_true",
+        help="record USB decisions without enforcing them (weakens enforcement)",
     )
     r.add_argument(
         "--process",

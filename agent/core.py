@@ -139,8 +139,14 @@ class Agent:
             except AgentError as e:
                 _logger.error("sensor %s not started: %s", name, e)
                 continue
-            sensor.start()
             self.sensors.append(sensor)
+        by_name = {s.name: s for s in self.sensors}
+        usb, process = by_name.get("usb"), by_name.get("process")
+        if usb is not None and process is not None:
+            # A camera or microphone just plugged in: look for who records with it now.
+            usb.on_device_event = process.check_now  # type: ignore[attr-defined]
+        for sensor in self.sensors:
+            sensor.start()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set."""

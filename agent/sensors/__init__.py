@@ -53,11 +53,24 @@ def _process(settings: dict[str, Any], sink: EventSink) -> Sensor:
     )
 
 
+def _usb(settings: dict[str, Any], sink: EventSink) -> Sensor:
+    from agent.sensors.usb import UsbConfig, UsbSensor  # noqa: PLC0415
+
+    return UsbSensor(
+        UsbConfig(
+            policies=Path(settings["policies"]),
+            unsafe_report_only=bool(settings.get("unsafe_report_only", False)),
+        ),
+        sink,
+    )
+
+
 #: Sensor name -> factory(settings, sink). The agent starts what its configuration names.
 REGISTRY: dict[str, SensorFactory] = {
     "files": _files,
     "network": _network,
     "process": _process,
+    "usb": _usb,
 }
 
 __all__ = ["REGISTRY", "EventSink", "Health", "PolicyAware", "Sensor", "SensorFactory"]

@@ -453,15 +453,10 @@ def severity(decision: DeviceDecision, note: str = "") -> events_pb2.Severity:
 
 
 def device_event(action: str, outcome: Outcome) -> events_pb2.Event:
-    """The ``device`` event of an outcome.
-
-    ``rule`` carries the deciding rule, then the reason and any enforcement failure as
-    ``#`` comments (the event has no field of its own for them).
-    """
+    """The ``device`` event of an outcome: the deciding rule, and the reason with any
+    enforcement failure appended."""
     device, decision = outcome.observed.device, outcome.decision
-    rule = f"{decision.rule}  # {decision.reason}" if decision.reason else decision.rule
-    if outcome.note:
-        rule = f"{rule}  # {outcome.note}"
+    reason = f"{decision.reason}; {outcome.note}" if outcome.note else decision.reason
     return events_pb2.Event(
         severity=(
             events_pb2.SEVERITY_INFO if action == "remove" else severity(decision, outcome.note)
@@ -481,7 +476,8 @@ def device_event(action: str, outcome: Outcome) -> events_pb2.Event:
                 if decision.target == "allow"
                 else events_pb2.DECISION_DENY
             ),
-            rule=_utf8(rule, RULE_MAX_CHARS),
+            rule=_utf8(decision.rule, RULE_MAX_CHARS),
+            reason=_utf8(reason, RULE_MAX_CHARS),
         ),
     )
 
@@ -505,7 +501,7 @@ class UsbSensor:
         self._config = config
         self._sink = sink
         self._policy_loader = policy_loader
-        self._on_device_event = on_device_event
+        self.on_device_event = on_device_event
         self._policy: DevicePolicy | None = None
         self._policy_problem = ""
         # One device decided at a time: the monitor thread and a policy change both
@@ -747,15 +743,15 @@ class UsbSensor:
                     action=action,
                     port=_utf8(port),
                     decision=events_pb2.DECISION_DENY,
-                    rule=f"# evaluation failed ({type(error).__name__}){note}",
+                    reason=f"evaluation failed ({type(error).__name__}){note}",
                 ),
             )
         )
 
     def _notify(self) -> None:
-        if self._on_device_event is None:
+        if self.on_device_event is None:
             return
         try:
-            self._on_device_event()
+            self.on_device_event()
         except Exception:  # another sensor's failure must not stop this one
             _logger.exception("usb: on_device_event callback failed")

@@ -102,7 +102,7 @@ class FileChange(_message.Message):
     def __init__(self, path: _Optional[str] = ..., change: _Optional[str] = ..., old_path: _Optional[str] = ..., uid: _Optional[int] = ..., pid: _Optional[int] = ..., level: _Optional[_Union[Level, str]] = ..., label_id: _Optional[str] = ...) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("action", "device_class", "vendor_id", "product_id", "serial", "name", "descriptor_hash", "port", "interfaces", "decision", "rule")
+    __slots__ = ("action", "device_class", "vendor_id", "product_id", "serial", "name", "descriptor_hash", "port", "interfaces", "decision", "rule", "reason")
     ACTION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_CLASS_FIELD_NUMBER: _ClassVar[int]
     VENDOR_ID_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +114,7 @@ class Device(_message.Message):
     INTERFACES_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     action: str
     device_class: str
     vendor_id: str
@@ -125,7 +126,8 @@ class Device(_message.Message):
     interfaces: str
     decision: Decision
     rule: str
-    def __init__(self, action: _Optional[str] = ..., device_class: _Optional[str] = ..., vendor_id: _Optional[str] = ..., product_id: _Optional[str] = ..., serial: _Optional[str] = ..., name: _Optional[str] = ..., descriptor_hash: _Optional[str] = ..., port: _Optional[str] = ..., interfaces: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., rule: _Optional[str] = ...) -> None: ...
+    reason: str
+    def __init__(self, action: _Optional[str] = ..., device_class: _Optional[str] = ..., vendor_id: _Optional[str] = ..., product_id: _Optional[str] = ..., serial: _Optional[str] = ..., name: _Optional[str] = ..., descriptor_hash: _Optional[str] = ..., port: _Optional[str] = ..., interfaces: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., rule: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Network(_message.Message):
     __slots__ = ("action", "interface", "link_kind", "address", "gateway", "violation", "reason", "enforced")

@@ -61,7 +61,7 @@ def test_registered_stick_is_allowed(
     path, event = _added(testbed, events, "stick-registered.umockdev")
     assert event.device.decision == ALLOW
     assert event.device.rule.startswith("baomi:registered-stick")
-    assert "BM-U-TEST-001" in event.device.rule
+    assert "BM-U-TEST-001" in event.device.reason
     assert event.severity == events_pb2.SEVERITY_INFO
     assert testbed.attribute(path, "authorized") == "1"
     assert event.device.vendor_id == "0781" and event.device.product_id == "5567"
@@ -79,7 +79,7 @@ def test_unregistered_stick_is_blocked(
     path, event = _added(testbed, events, "stick-unregistered.umockdev")
     assert event.device.decision == DENY
     assert event.device.rule.startswith("baomi:storage")
-    assert "not in the register" in event.device.rule
+    assert "not in the register" in event.device.reason
     assert event.severity == events_pb2.SEVERITY_MEDIUM
     assert testbed.attribute(path, "authorized") == "0"
 
@@ -96,7 +96,7 @@ def test_stick_with_registered_serial_but_other_descriptors_is_blocked(
     testbed.add_text(text)
     event = events.device("3-1")
     assert event.device.decision == DENY
-    assert "descriptor hash differs" in event.device.rule
+    assert "descriptor hash differs" in event.device.reason
     assert testbed.attribute(f"{ROOT}/3-1", "authorized") == "0"
 
 
@@ -255,7 +255,7 @@ def test_imported_usbguard_rule_allows_webcam_by_id_and_hash(
     path, event = _added(testbed, events, "webcam.umockdev")
     assert event.device.decision == ALLOW
     assert event.device.rule.startswith('allow id 046d:0825 hash "eVWBB1xn')
-    assert "devices.rules:2" in event.device.rule
+    assert "devices.rules:2" in event.device.reason
     assert testbed.attribute(path, "authorized") == "1"
     # Another webcam of the same model (another serial, so another hash) stays blocked.
     testbed.add_text(
@@ -318,7 +318,7 @@ def test_malformed_descriptors_block_and_the_sensor_goes_on(
     path, event = _added(testbed, events, "malformed.umockdev")
     assert event.device.decision == DENY
     assert event.device.rule.startswith("baomi:suspicious")
-    assert "descriptor length 0" in event.device.rule
+    assert "descriptor length 0" in event.device.reason
     assert testbed.attribute(path, "authorized") == "0"
     _, after = _added(testbed, events, "stick-registered.umockdev")
     assert after.device.decision == ALLOW
@@ -335,7 +335,7 @@ def test_attacker_strings_are_stored_bounded(
     assert "\\xff\\xfe" in name  # invalid UTF-8 kept visible, the event stays valid
     event.SerializeToString()  # protobuf accepts it
     assert event.device.decision == DENY
-    assert "more than USB allows" in event.device.rule
+    assert "more than USB allows" in event.device.reason
     assert testbed.attribute(path, "authorized") == "0"
 
 
@@ -349,7 +349,7 @@ def test_reject_without_remove_attribute_says_so(
     text = asset("badusb.umockdev").read_text().replace("A: remove=\n", "")
     testbed.add_text(text)
     event = events.device("3-8")
-    assert "writing 1 to remove failed: ENOENT" in event.device.rule
+    assert "writing 1 to remove failed: ENOENT" in event.device.reason
     assert event.severity == events_pb2.SEVERITY_HIGH
     assert testbed.attribute(f"{ROOT}/3-8", "authorized") == "0"  # still deauthorized
 
@@ -362,7 +362,7 @@ def test_block_without_authorized_attribute_says_so(
     testbed.add_text(text)
     event = events.device("3-3")
     assert event.device.decision == DENY
-    assert "not enforced: writing 0 to authorized failed: ENOENT" in event.device.rule
+    assert "not enforced: writing 0 to authorized failed: ENOENT" in event.device.reason
     assert event.severity == events_pb2.SEVERITY_HIGH
 
 
@@ -386,7 +386,7 @@ def test_report_only_writes_nothing(
     make_sensor(unsafe_report_only=True)
     path, event = _added(testbed, events, "webcam.umockdev")
     assert event.device.decision == DENY
-    assert "not enforced: unsafe_report_only" in event.device.rule
+    assert "not enforced: unsafe_report_only" in event.device.reason
     assert testbed.attribute(path, "authorized") == "1"
 
 
@@ -439,7 +439,7 @@ def test_failed_evaluation_blocks_and_the_sensor_goes_on(
     try:
         path, event = _added(testbed, events, "stick-registered.umockdev")
         assert event.device.decision == DENY
-        assert event.device.rule == "# evaluation failed (MemoryError)"
+        assert event.device.reason == "evaluation failed (MemoryError)"
         assert event.severity == events_pb2.SEVERITY_HIGH
         assert testbed.attribute(path, "authorized") == "0"
         _, second = _added(testbed, events, "webcam.umockdev")

@@ -191,7 +191,8 @@ def test_event_keeps_strings_verbatim_but_valid() -> None:
     event = device_event("add", Outcome(observed, decide(None, observed), "not enforced: x"))
     assert event.device.name == "\x1b[31mred\\xff\n"
     assert event.device.serial == "S\x00N"
-    assert event.device.rule == "baomi:no-policy  # no device policy loaded  # not enforced: x"
+    assert event.device.rule == "baomi:no-policy"
+    assert event.device.reason == "no device policy loaded; not enforced: x"
     assert event.severity == events_pb2.SEVERITY_HIGH
     event.SerializeToString()
 
