@@ -26,7 +26,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import agent_rss, decision, events, fanotify, ingest
+from bench import agent_rss, decision, events, fanotify, ingest, netlink, usb
 from bench.proc import BenchError
 
 INGEST_TARGET = 100_000  # events/s end to end
@@ -67,6 +67,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--skip-files", action="store_true", help="skip decision and fanotify figures")
+    p.add_argument("--skip-devices", action="store_true", help="skip USB and netlink figures")
     p.add_argument("--opens", type=int, default=20000, help="opens per fanotify measurement")
     return p.parse_args(argv)
 
@@ -203,7 +204,27 @@ def _run(args: argparse.Namespace, workdir: Path, table: list[Row]) -> bool:
     print(f"collector stopped: {json.dumps(collector.expect(timeout=5))}")
     if not args.skip_files:
         table += _file_guard(args)
+    if not args.skip_devices:
+        table += _devices_and_links()
     return exact
+
+
+USB_TARGET_MS = 50.0  # add -> authorized=0, p99
+
+
+def _devices_and_links() -> list[Row]:
+    """USB add -> authorized=0 latency (umockdev) and netlink change -> event latency."""
+    rows: list[Row] = []
+    for name, value, unit in usb.run():
+        if name.endswith("p99"):
+            rows.append(_target_row(name, value, "ms", USB_TARGET_MS))
+        else:
+            rows.append(Row(name, f"{value:,.2f} {unit}"))
+    if os.geteuid() != 0:
+        rows.append(Row("netlink latency", "not measured", "needs root", "-", "SKIP"))
+        return rows
+    rows += [Row(name, f"{value:,.2f} {unit}") for name, value, unit in netlink.run()]
+    return rows
 
 
 RATIO_FIGURES = (
