@@ -3,7 +3,7 @@ and a device rule pushed from the collector changes what the agent allows."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ from collector.store.sqlite import SQLiteStore
 from tests.collector_harness import RunningCollector, init_pki
 from tests.integration.test_agent import FAST, AgentThread, host_events, wait_for
 from tests.integration.usb.conftest import Policies, Testbed, asset, shared
-from tests.integration.usb.test_usb_sensor import SONY_PHONE
+from tests.integration.usb.test_usb_sensor import KEYBOARD, SONY_PHONE
 
 pytestmark = pytest.mark.umockdev
 
@@ -36,27 +36,33 @@ def collector(tmp_path: Path) -> Iterator[RunningCollector]:
 
 
 @pytest.fixture
-def agent(collector: RunningCollector, policies: Policies, tmp_path: Path) -> Iterator[AgentThread]:
-    state = tmp_path / "agent"
-    enroll(
-        state,
-        collector.address,
-        create_token(collector.store, "ws-01"),
-        (collector.pki_dir / "ca.pem").read_bytes(),
-        collector.enroll_address,
-    )
-    running = AgentThread(
-        AgentConfig(
-            state_dir=state,
-            heartbeat_seconds=3600,
-            stream=FAST,
-            sensors={"usb": {"policies": str(policies.path)}},
-        )
-    )
-    try:
-        yield running
-    finally:
+def start_agent(
+    collector: RunningCollector, policies: Policies, tmp_path: Path
+) -> Iterator[Callable[[], AgentThread]]:
+    """Start the agent with the USB sensor (after what the test set up first)."""
+    started: list[AgentThread] = []
+
+    def start() -> AgentThread:
+        state = tmp_path / "agent"
+        token = create_token(collector.store, "ws-01")
+        ca = (collector.pki_dir / "ca.pem").read_bytes()
+        enroll(state, collector.address, token, ca, collector.enroll_address)
+        sensors = {"usb": {"policies": str(policies.path)}}
+        config = AgentConfig(state_dir=state, heartbeat_seconds=3600, stream=FAST, sensors=sensors)
+        running = AgentThread(config)
+        started.append(running)
+        wait_for(lambda: any(s.name == "usb" for s in running.agent.sensors))
+        return running
+
+    yield start
+    for running in started:
         running.stop()
+
+
+@pytest.fixture
+def agent(start_agent: Callable[[], AgentThread]) -> AgentThread:
+    """The agent, started before the test adds devices."""
+    return start_agent()
 
 
 def _device_events(collector: RunningCollector) -> list[events_pb2.Device]:
@@ -103,3 +109,37 @@ def test_phone_recording_is_blocked_and_recorded(
     wait_for(lambda: any(d.port == port for d in _device_events(collector)))
     event = next(d for d in _device_events(collector) if d.port == port)
     assert event.decision == DENY and testbed.attribute(sys_path, "authorized") == "0"
+
+
+def _event_for(collector: RunningCollector, sys_path: str) -> events_pb2.Device:
+    port = sys_path.rsplit("/", 1)[1]
+    wait_for(lambda: any(d.port == port for d in _device_events(collector)))
+    return next(d for d in _device_events(collector) if d.port == port)
+
+
+def test_keyboard_present_before_start_is_evaluated_and_allowed(
+    testbed: Testbed, collector: RunningCollector, start_agent: Callable[[], AgentThread]
+) -> None:
+    testbed.add_file(shared("umockdev/usbkbd.umockdev"))
+    start_agent()
+    event = _event_for(collector, KEYBOARD)
+    assert event.decision == ALLOW and "hid" in event.device_class.split(",")
+    assert testbed.attribute(KEYBOARD, "authorized") == "1"
+
+
+def test_imported_usbguard_rules_are_honoured(
+    testbed: Testbed,
+    collector: RunningCollector,
+    policies: Policies,
+    start_agent: Callable[[], AgentThread],
+) -> None:
+    policies.rules(
+        "# /etc/usbguard/rules.conf of this host\n"
+        'allow id 046d:0825 hash "eVWBB1xn5qxtw/2xQZcwnLr7NPzOSaShlkQk90suSsE=" '
+        "with-interface equals { 0e:01:00 0e:02:00 }\n"
+    )
+    start_agent()
+    (sys_path,) = testbed.add_file(asset("webcam.umockdev"))
+    event = _event_for(collector, sys_path)
+    assert event.decision == ALLOW and event.rule.startswith("allow id 046d:0825")
+    assert testbed.attribute(sys_path, "authorized") == "1"
