@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import getpass
 import json
 import logging
 import sys
@@ -15,6 +16,7 @@ from google.protobuf import json_format
 
 from collector import audit, pki
 from collector.errors import CollectorError
+from collector.reports.cli import add_report_commands
 from collector.server import TOKEN_SECONDS, ServerConfig, create_token, serve
 from collector.store import EventQuery, EventRow, open_store
 
@@ -70,6 +72,13 @@ def _cmd_pki_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    console = None
+    if args.console:
+        from collector.console import ConsoleConfig  # noqa: PLC0415 - web stack on use
+
+        console = ConsoleConfig(listen=args.console, cert=args.console_cert, key=args.console_key)
+    elif args.console_cert or args.console_key:
+        raise CollectorError("--console-cert and --console-key need --console HOST:PORT")
     store = open_store(args.store)
     config = ServerConfig(
         listen=args.listen,
@@ -77,6 +86,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         pki_dir=args.pki,
         policies_dir=args.policies,
         checkpoint_seconds=args.checkpoint_seconds,
+        console=console,
     )
     try:
         asyncio.run(serve(store, config))
@@ -108,6 +118,28 @@ def _cmd_events(args: argparse.Namespace) -> int:
     finally:
         store.close()
     _print_events(rows, args.json)
+    return 0
+
+
+def _cmd_user_add(args: argparse.Namespace) -> int:
+    from collector.console.auth import create_account  # noqa: PLC0415 - argon2 on use
+
+    password = None
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    store = open_store(args.store)
+    try:
+        # "cli:" marks it for the running collector, which records it in the audit log.
+        by = f"cli:{getpass.getuser()}"
+        account, password = create_account(
+            store, args.name, role=args.role, by=by, password=password
+        )
+    finally:
+        store.close()
+    if args.password_stdin:
+        print(f"created {account.name} ({account.role})")
+    else:
+        print(f"created {account.name} ({account.role}); password: {password}")
     return 0
 
 
@@ -162,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--enroll-listen", default="127.0.0.1:7444", help="TLS address for enrolment")
     s.add_argument("--policies", type=Path, default=None, help="policy directory to distribute")
     s.add_argument("--checkpoint-seconds", type=float, default=10.0)
+    s.add_argument("--console", metavar="HOST:PORT", help="serve the web console here")
+    s.add_argument("--console-cert", type=Path, help="PEM certificate: the console speaks TLS")
+    s.add_argument("--console-key", type=Path, help="PEM private key of --console-cert")
     s.set_defaults(func=_cmd_serve)
 
     tok = sub.add_parser("token", help="enrolment tokens")
@@ -179,11 +214,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="one JSON object per line")
     ev.set_defaults(func=_cmd_events)
 
+    us = sub.add_parser("user", help="console accounts")
+    us_sub = us.add_subparsers(dest="user_command", required=True)
+    add = with_store(us_sub.add_parser("add", help="create a console account with its role"))
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=["sysadmin", "secadmin", "auditor"])
+    add.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of stdin (else one is generated)",
+    )
+    add.set_defaults(func=_cmd_user_add)
+
     au = sub.add_parser("audit", help="check the record")
     au_sub = au.add_subparsers(dest="audit_command", required=True)
     ver = with_store(au_sub.add_parser("verify", help="recompute every chain and checkpoint"))
     ver.add_argument("--pki", type=Path, default=DEFAULT_PKI)
     ver.set_defaults(func=_cmd_audit_verify)
+
+    add_report_commands(sub, with_store)  # -- reports --
     return p
 
 

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from baomi import chain
@@ -148,28 +149,61 @@ class CollectorChain:
     ) -> None:
         """Record an alert durably in the collector's chain."""
         _logger.warning("alert %s: %s", kind, detail)
+        await self.record(
+            severity,
+            tamper=events_pb2.Tamper(
+                kind=kind,
+                detail=detail[:2000],
+                subject_host=subject_host[:200],
+                subject_seq=subject_seq,
+            ),
+        )
+
+    async def console_action(
+        self,
+        *,
+        actor: str,
+        role: str,
+        action: str,
+        target: str = "",
+        detail: str = "",
+        ok: bool = True,
+        severity: int = events_pb2.SEVERITY_INFO,
+    ) -> EventRow:
+        """Record what someone did in the web console, durably, before it is answered."""
+        return await self.record(
+            severity,
+            console_action=events_pb2.ConsoleAction(
+                # actor and target may be what an anonymous user typed: bounded.
+                actor=actor[:200],
+                role=role,
+                action=action,
+                target=target[:500],
+                detail=detail[:2000],
+                ok=ok,
+            ),
+        )
+
+    async def record(self, severity: int, **kind: Any) -> EventRow:
+        """Append one event of the collector's own (``kind``: one oneof field) to its chain."""
         async with self._lock:
             event = events_pb2.Event(
                 host_id=COLLECTOR_HOST,
                 seq=self._seq + 1,
                 prev_hash=self._hash,
                 severity=severity,  # type: ignore[arg-type]
-                tamper=events_pb2.Tamper(
-                    kind=kind,
-                    detail=detail[:2000],
-                    subject_host=subject_host[:200],
-                    subject_seq=subject_seq,
-                ),
+                **kind,
             )
             event.time.FromNanoseconds(time.time_ns())
-            row = to_row(event, "tamper", now_us())
+            row = to_row(event, str(event.WhichOneof("kind")), now_us())
             try:
                 await self._writer.write([row])
             except Exception:
-                # Reload so the next alert continues from what is really stored.
+                # Reload so the next event continues from what is really stored.
                 self._seq, self._hash = self._writer.heads.get(COLLECTOR_HOST, (0, chain.GENESIS))
                 raise
             self._seq, self._hash = row.seq, row.hash
+            return row
 
 
 class Rejected(Exception):  # noqa: N818 - a batch outcome, not a failure of ours
@@ -274,6 +308,11 @@ class Ingest:
         self._signed_heads: dict[str, tuple[int, bytes]] | None = None
         self._last_checkpoint: str | None = None  # digest of the newest checkpoint
         self._live: dict[str, asyncio.Event] = {}
+
+    @property
+    def connected(self) -> int:
+        """How many hosts have a stream open now."""
+        return len(self._live)
 
     async def stream(
         self, host_id: str, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext

@@ -1,19 +1,33 @@
 """Policy distribution: the current signed bundle and the agents watching for it.
 
-This holds one current bundle built from a policy directory; the console (a later
-issue) adds versioned editing on top of ``publish``.
+The current bundle comes from the newest policy version stored by the console (see
+``collector.console``), or from a policy directory when the store holds none. Before a
+change is published, :func:`validate` loads the files exactly as an agent would, so a
+policy that an agent would refuse is never pushed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib
+import re
+import tempfile
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 from baomi.v1 import collector_pb2
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from agent.decision.errors import PolicyError
+from agent.decision.policy import PolicySet
+from agent.errors import ConfigError
+from agent.policy import SAFE_NAME
+
 MAX_POLICY_FILE_BYTES = 1024 * 1024  # bytes per policy file
+MAX_POLICY_FILES = 64  # files per bundle
+DEVICE_RULES = "devices.rules"  # USBGuard rule syntax, parsed by agent.devices.rules
 
 
 def bundle_digest(files: dict[str, bytes]) -> str:
@@ -40,14 +54,15 @@ class PolicyService:
         self._changed = asyncio.Condition()
         self.current: collector_pb2.PolicyBundle | None = None
 
-    def load_directory(self, directory: Path, author: str = "collector") -> None:
+    def load_directory(
+        self, directory: Path, author: str = "collector"
+    ) -> collector_pb2.PolicyBundle:
         """Publish every regular file directly in ``directory`` as the current bundle."""
-        files = {
-            p.name: p.read_bytes()
-            for p in sorted(directory.iterdir())
-            if p.is_file() and p.stat().st_size <= MAX_POLICY_FILE_BYTES
-        }
-        self._set(files, author)
+        return self._set(read_directory(directory), author)
+
+    def load_files(self, files: dict[str, bytes], author: str) -> collector_pb2.PolicyBundle:
+        """Make ``files`` the current bundle without waking watchers (at start)."""
+        return self._set(files, author)
 
     async def publish(self, files: dict[str, bytes], author: str) -> collector_pb2.PolicyBundle:
         """Make ``files`` the current bundle and wake every watching agent."""
@@ -71,3 +86,118 @@ class PolicyService:
                 lambda: self.current is not None and self.current.version != version
             )
             return self.current  # type: ignore[return-value]  # wait_for saw it set
+
+
+def read_directory(directory: Path) -> dict[str, bytes]:
+    """Every regular file directly in ``directory`` (up to the size limit), by name."""
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.stat().st_size <= MAX_POLICY_FILE_BYTES
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyProblem:
+    """Why a policy would be refused: which file, which line (0: the whole file), why."""
+
+    file: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.file}:{self.line}: {self.reason}"
+            if self.line
+            else f"{self.file}: {self.reason}"
+        )
+
+
+_TOML_LINE = re.compile(r"at line (\d+)")
+
+
+def validate(files: dict[str, bytes]) -> list[PolicyProblem]:
+    """Load ``files`` the way an agent will; what is wrong with them (empty: nothing).
+
+    The file guard's model, rules and register are loaded by the agent's own
+    ``PolicySet.load``; device rules by the agent's USBGuard rule parser (and its device
+    policy loader, when it exists); any other ``.toml`` file must at least parse.
+    """
+    problems: list[PolicyProblem] = []
+    if len(files) > MAX_POLICY_FILES:
+        problems.append(PolicyProblem("-", 0, f"{len(files)} files; at most {MAX_POLICY_FILES}"))
+    for name, data in sorted(files.items()):
+        if not name or set(name) - SAFE_NAME or name.startswith("."):
+            problems.append(
+                PolicyProblem(
+                    name[:100],
+                    0,
+                    "a file name may hold only letters, digits, '.', '_' and "
+                    "'-', and may not start with '.'",
+                )
+            )
+        elif len(data) > MAX_POLICY_FILE_BYTES:
+            problems.append(PolicyProblem(name, 0, f"larger than {MAX_POLICY_FILE_BYTES} bytes"))
+    if problems:
+        return problems
+    with tempfile.TemporaryDirectory(prefix="baomi-policy-") as tmp:
+        root = Path(tmp)
+        for name, data in files.items():
+            (root / name).write_bytes(data)
+        problems.extend(_check_file_guard(root))
+        problems.extend(_check_devices(root, files))
+    for name, data in sorted(files.items()):
+        if name.endswith(".toml"):
+            try:
+                tomllib.loads(data.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                problems.append(PolicyProblem(name, 0, f"not UTF-8 text: {e}"))
+            except tomllib.TOMLDecodeError as e:
+                m = _TOML_LINE.search(str(e))
+                problems.append(PolicyProblem(name, int(m.group(1)) if m else 0, str(e)))
+    # The file guard and the TOML check may both name one broken subjects.toml.
+    return list(dict.fromkeys(problems))
+
+
+def _where(root: Path, file: str) -> str:
+    """A problem's file as the bundle names it, not the temporary path."""
+    path = Path(file)
+    return path.name if root in (path.parent, path) else file
+
+
+def _check_file_guard(root: Path) -> list[PolicyProblem]:
+    try:
+        PolicySet.load(root)
+    except PolicyError as e:
+        return [PolicyProblem(_where(root, e.file), e.line, e.reason)]
+    return []
+
+
+def _check_devices(root: Path, files: dict[str, bytes]) -> list[PolicyProblem]:
+    """Device rules through the agent's parser; the whole device policy when it exists."""
+    problems: list[PolicyProblem] = []
+    if DEVICE_RULES in files:
+        from agent.devices.rules import RuleError, RuleSet  # noqa: PLC0415 - agent side
+
+        try:
+            RuleSet.parse(files[DEVICE_RULES].decode("utf-8"), path=DEVICE_RULES)
+        except UnicodeDecodeError as e:
+            problems.append(PolicyProblem(DEVICE_RULES, 0, f"not UTF-8 text: {e}"))
+        except RuleError as e:
+            problems.append(PolicyProblem(DEVICE_RULES, e.line, e.reason))
+    # The device sensor's loader (rules and the registered-stick registry together) is
+    # used when the agent has one, so the collector refuses exactly what agents refuse.
+    try:
+        module = importlib.import_module("agent.devices.policy")
+    except ImportError:
+        return problems
+    loader = getattr(module, "DevicePolicy", None)
+    if problems or loader is None or DEVICE_RULES not in files:
+        return problems
+    try:
+        loader.load(root)
+    except ConfigError as e:
+        file, line = getattr(e, "file", DEVICE_RULES), getattr(e, "line", 0)
+        reason = getattr(e, "reason", str(e))
+        problems.append(PolicyProblem(_where(root, str(file)), int(line), str(reason)))
+    return problems

@@ -15,6 +15,7 @@ import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from baomi.v1 import collector_pb2, events_pb2
@@ -24,9 +25,12 @@ from grpc_reflection.v1alpha import reflection
 from collector import pki
 from collector.errors import EnrollmentError
 from collector.ingest import MAX_MESSAGE_BYTES, Ingest, now_us
-from collector.policy import PolicyService
+from collector.policy import PolicyService, read_directory
 from collector.rpc import abort
 from collector.store import Store, TokenRow
+
+if TYPE_CHECKING:
+    from collector.console import ConsoleConfig, ConsoleServer
 
 _logger = logging.getLogger(__name__)
 
@@ -43,6 +47,7 @@ class ServerConfig:
     pki_dir: Path
     policies_dir: Path | None = None
     checkpoint_seconds: float = 10.0
+    console: ConsoleConfig | None = None  # the web console; None: not served
 
 
 def create_token(store: Store, host_id: str, seconds: int = TOKEN_SECONDS) -> str:
@@ -198,9 +203,9 @@ class Collector:
             store, self.authority.signing_key, checkpoint_seconds=config.checkpoint_seconds
         )
         self.policy = PolicyService(self.authority.signing_key)
-        if config.policies_dir is not None:
-            self.policy.load_directory(config.policies_dir)
+        self._load_policy()
         self.service = CollectorService(store, self.authority, self.ingest, self.policy)
+        self.console: ConsoleServer | None = None
         self._servers: list[grpc.aio.Server] = []
         self._checkpoints: asyncio.Task[None] | None = None
         self.ports: dict[str, int] = {}
@@ -240,9 +245,38 @@ class Collector:
             self.ports["agents"],
             self.ports["enroll"],
         )
+        if self.config.console is not None:
+            from collector.console import ConsoleServer  # noqa: PLC0415 - web stack on use
+
+            self.console = ConsoleServer(self, self.config.console)
+            self.ports["console"] = await self.console.start()
+
+    def _load_policy(self) -> None:
+        """The newest stored policy version, else the policy directory (stored as the first
+        version, so that the console's history starts with what agents got)."""
+        latest = self.store.policy_version()
+        directory = self.config.policies_dir
+        if latest is not None:
+            self.policy.load_files(latest.files, latest.author)
+            if directory is not None and read_directory(directory) != latest.files:
+                _logger.warning(
+                    "policy version %d from the store is in force; %s differs and is not "
+                    "used (a policy directory seeds an empty store only; edit the policy "
+                    "in the console)",
+                    latest.number,
+                    directory,
+                )
+            return
+        if directory is not None:
+            bundle = self.policy.load_directory(directory)
+            self.store.add_policy_version(
+                bundle.version, "collector", now_us(), f"from {directory}", dict(bundle.files)
+            )
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop taking RPCs, commit what is queued and sign a final checkpoint."""
+        if self.console is not None:
+            await self.console.stop()
         await asyncio.gather(*(s.stop(grace) for s in self._servers))
         if self._checkpoints is not None:
             self._checkpoints.cancel()

@@ -3,7 +3,10 @@
 Everything lives under ``var/``: the development PKI (var/pki), the store
 (var/collector.db), the agent's state (var/agent) and a small protected tree of
 labelled files (var/demo/secret) guarded with the shipped policy, its paths moved from
-/srv/secret to that tree (var/demo/policies). Ctrl-C stops both cleanly.
+/srv/secret to that tree (var/demo/policies). The web console is on
+http://127.0.0.1:8080 with one account per role, made on the first run; their
+passwords are kept in var/console-accounts.txt (mode 0600, a demo convenience).
+Ctrl-C stops both cleanly.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ STORE = f"sqlite:///{VAR / 'collector.db'}"
 AGENT_STATE = VAR / "agent"
 LISTEN = "127.0.0.1:7443"
 ENROLL = "127.0.0.1:7444"
+CONSOLE = "127.0.0.1:8080"
+ACCOUNTS_FILE = VAR / "console-accounts.txt"
+DEMO_ACCOUNTS = (("admin", "sysadmin"), ("secofficer", "secadmin"), ("auditor", "auditor"))
 BIN = Path(sys.executable).parent
 DEMO = VAR / "demo"
 SECRET = DEMO / "secret"
@@ -50,6 +56,26 @@ def _prepare_demo_tree(agent_cli: str) -> None:
         _run(*args)
 
 
+def _console_accounts(collector_cli: str) -> str:
+    """One console account per role, made once; their logins, for the banner."""
+    if not ACCOUNTS_FILE.exists():
+        lines = []
+        for name, role in DEMO_ACCOUNTS:
+            try:
+                out = _run(collector_cli, "user", "add", name, "--role", role, "--store", STORE)
+            except subprocess.CalledProcessError as e:
+                # Made by an earlier run whose password file is gone: say so, go on.
+                print(e.stderr.strip(), file=sys.stderr)
+                lines.append(f"  {role:<9} {name:<11} (password unknown: remove var/ to redo)")
+                continue
+            password = out.strip().rsplit("password: ", 1)[-1]
+            lines.append(f"  {role:<9} {name:<11} {password}")
+        ACCOUNTS_FILE.parent.mkdir(parents=True, exist_ok=True)
+        ACCOUNTS_FILE.touch(mode=0o600)
+        ACCOUNTS_FILE.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return ACCOUNTS_FILE.read_text(encoding="utf-8")
+
+
 def _run(*args: str) -> str:
     return subprocess.run(args, check=True, capture_output=True, text=True, timeout=60).stdout
 
@@ -61,6 +87,7 @@ def main() -> int:
     if not (PKI / "ca.key").exists():
         _run(collector_cli, "pki", "init", "--dir", str(PKI))
         print(f"created a development PKI in {PKI}")
+    logins = _console_accounts(collector_cli)
     collector = subprocess.Popen(
         [
             collector_cli,
@@ -75,6 +102,8 @@ def main() -> int:
             ENROLL,
             "--policies",
             str(DEMO / "policies"),
+            "--console",
+            CONSOLE,
         ]
     )
     agent: subprocess.Popen[bytes] | None = None
@@ -123,6 +152,8 @@ def main() -> int:
             " denied)\n"
             f"  why:     .venv/bin/baomi-agent explain --user wang --action read --path "
             f"{SECRET.resolve()}/finance/budget-2027.xlsx --policies {DEMO / 'policies'}\n"
+            f"  console: http://{CONSOLE}/  (first logins; each role sees only its pages)\n"
+            f"{logins}"
             "Ctrl-C stops both.\n",
             flush=True,
         )

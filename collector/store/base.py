@@ -56,6 +56,23 @@ class EventQuery:
     limit: int | None = 1000
 
 
+# -- reports ---------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportRow:
+    """A generated report kept at the collector; the document bytes are stored beside it."""
+
+    id: int = 0  # assigned by the store
+    kind: str  # inspection, leaver, host
+    subject: str  # the period (2026-H2), the login name, or HOST@PERIOD
+    fmt: str  # pdf, html
+    lang: str  # zh, en
+    created_us: int
+    digest: str  # SHA-256 hex of the canonical figures, as printed on every page
+    size: int  # bytes of the document
+    path: str = ""  # where the file was also written, "" when only stored
+    scheduled: bool = False  # made by the scheduler rather than on request
+
+
 class Store(Protocol):
     """What the collector needs from a database."""
 
@@ -109,3 +126,201 @@ class Store(Protocol):
 
     def checkpoints(self) -> list[CheckpointRow]:
         """Every checkpoint, oldest first."""
+
+    # -- reports ---------------------------------------------------------------------
+    def scan(self, q: EventQuery) -> Iterator[EventRow]:
+        """Events matching ``q`` oldest first (event_time, host_id, seq), streamed.
+
+        Rows are read in chunks, never all at once, so a report can pass over millions
+        of events in bounded memory. ``q.limit`` applies when it is not None.
+        """
+
+    def add_report(self, row: ReportRow, document: bytes) -> int:
+        """Store a generated report and its document; return the new id."""
+
+    def reports(self, kind: str | None = None) -> list[ReportRow]:
+        """Stored reports (of ``kind``, or all), newest first, without their documents."""
+
+    def report_document(self, report_id: int) -> bytes | None:
+        """The document of one stored report, or None when there is no such report."""
+
+    # -- console -------------------------------------------------------------------
+    # Accounts, sessions, policy versions, findings and settings of the web console
+    # (collector/console), and the event reads its pages need.
+
+    def add_account(self, account: AccountRow) -> bool:
+        """Store a new account; False when the name is taken."""
+
+    def account(self, name: str) -> AccountRow | None:
+        """One account, or None."""
+
+    def accounts(self) -> list[AccountRow]:
+        """Every account, by name."""
+
+    def grant_role(self, name: str, role: str, by: str, now_us: int) -> bool:
+        """Give ``role`` to an account that has none yet; False otherwise (one role each)."""
+
+    def set_password(self, name: str, password_hash: str, *, must_change: bool) -> None:
+        """Replace an account's password hash."""
+
+    def login_failed(self, name: str, now_us: int, limit: int, lock_us: int) -> AccountRow | None:
+        """Count a failed login; at ``limit`` failures lock the account until now + lock_us
+        (and start counting again). Returns the account after, or None if unknown."""
+
+    def login_ok(self, name: str) -> None:
+        """Forget an account's failed logins."""
+
+    def add_session(self, session: SessionRow) -> None:
+        """Store a new login session (by the SHA-256 of its token)."""
+
+    def session(self, token_hash: bytes) -> SessionRow | None:
+        """A session by its token hash, or None."""
+
+    def touch_session(self, token_hash: bytes, now_us: int) -> None:
+        """Note that a session was used now (for its idle timeout)."""
+
+    def end_sessions(self, *, token_hash: bytes | None = None, name: str | None = None) -> None:
+        """Remove one session, or every session of an account."""
+
+    def add_policy_version(
+        self, version: str, author: str, created_us: int, note: str, files: dict[str, bytes]
+    ) -> int:
+        """Store a published policy and return its number (1, 2, ...)."""
+
+    def policy_versions(self, limit: int = 100) -> list[PolicyVersionRow]:
+        """Published policies, newest first, without their files."""
+
+    def policy_version(self, number: int | None = None) -> PolicyVersionRow | None:
+        """One published policy with its files; the newest when ``number`` is None."""
+
+    def add_finding(self, finding: FindingRow) -> int:
+        """Store a new finding (its id is assigned) and return the id."""
+
+    def update_finding(
+        self, finding_id: int, *, owner: str, due: str, status: str, note: str, by: str, now_us: int
+    ) -> bool:
+        """Change a finding's owner, due date, status and note; False if unknown."""
+
+    def findings(self, status: str | None = None) -> list[FindingRow]:
+        """Findings, newest first, optionally of one status."""
+
+    def finding(self, finding_id: int) -> FindingRow | None:
+        """One finding, or None."""
+
+    def settings(self) -> dict[str, str]:
+        """The console's stored settings."""
+
+    def set_setting(self, key: str, value: str) -> None:
+        """Store one setting."""
+
+    def decommission(self, host_id: str, by: str, now_us: int) -> None:
+        """Forget a host's certificates (its agent can no longer connect) and mark it."""
+
+    def recommission(self, host_id: str) -> None:
+        """Clear a host's decommissioned mark (a new enrolment token was made for it)."""
+
+    def decommissioned(self) -> dict[str, int]:
+        """Decommissioned hosts and when."""
+
+    def console_events(self, q: ConsoleQuery) -> list[EventRow]:
+        """Events matching ``q``, newest first (event time, then host, then seq)."""
+
+    def event(self, host_id: str, seq: int) -> EventRow | None:
+        """One stored event, or None."""
+
+    def events_after(self, host_id: str, after_seq: int, limit: int) -> list[EventRow]:
+        """Up to ``limit`` events of ``host_id`` with seq > ``after_seq``, in seq order."""
+
+    def severity_counts(
+        self, since_us: int, bucket_us: int, min_severity: int
+    ) -> list[tuple[int, int, int]]:
+        """(bucket start, severity, count) of events since ``since_us`` with severity at
+        least ``min_severity``, bucketed by event time."""
+
+
+# -- console ----------------------------------------------------------------------------
+ROLES = ("sysadmin", "secadmin", "auditor")
+#: Kinds that make up most of the record. The console's kind index leaves them out, so
+#: it stays small and cheap to keep up at ingest (their pages find rows by time).
+BULK_KINDS = ("file_access", "agent_status", "file_change")
+#: The SQL terms that define the console's two partial indexes. A query names the term
+#: itself, verbatim, so that both databases see that the index applies.
+RARE_KIND_TERM = "kind NOT IN ('file_access', 'agent_status', 'file_change')"
+VIOLATION_SEVERITY = 3  # SEVERITY_MEDIUM: from here on an event is a violation
+VIOLATION_TERM = "severity >= 3"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRow:
+    """A console login. One role each; None until a security administrator grants one."""
+
+    name: str
+    role: str | None
+    password_hash: str  # argon2id, PHC string
+    must_change: bool  # set by an administrator: the owner must choose a new one
+    failed: int  # failed logins since the last success or lockout
+    locked_until_us: int
+    created_us: int
+    created_by: str
+    granted_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """A console session, stored only as the SHA-256 of its cookie token."""
+
+    token_hash: bytes
+    name: str
+    csrf: str  # the token every form and state-changing request must carry
+    created_us: int
+    seen_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyVersionRow:
+    """A published policy: who, when, why, and (when asked for) the files."""
+
+    number: int
+    version: str  # content digest, the bundle's version
+    author: str
+    created_us: int
+    note: str
+    files: dict[str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class FindingRow:
+    """A violation followed to closure (整改): owner, due date, status."""
+
+    id: int
+    host_id: str
+    seq: int
+    title: str
+    severity: int
+    owner: str
+    due: str  # ISO date, empty when none
+    status: str  # open, rectifying, closed
+    note: str
+    created_us: int
+    created_by: str
+    updated_us: int
+    updated_by: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsoleQuery:
+    """Filters of the console's events page; ``None`` means any.
+
+    ``contains`` is a byte string the stored body must contain: a cheap pre-filter the
+    console refines by decoding (a user or path is stored verbatim in the body).
+    ``before`` pages backwards: only events ordered after (event_time, host_id, seq).
+    """
+
+    host_id: str | None = None
+    kind: str | None = None
+    min_severity: int | None = None
+    since_us: int | None = None
+    until_us: int | None = None
+    contains: bytes | None = None
+    before: tuple[int, str, int] | None = None
+    limit: int = 100

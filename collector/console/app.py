@@ -1,0 +1,390 @@
+"""The console's web application: request context, the role guard, security headers.
+
+Every page is a row of the route table in :mod:`collector.console.pages` naming the roles
+that may use it; :func:`guard` checks the session, the role and (for anything but GET)
+the CSRF token on the server before the handler runs, and records refusals in the
+audit log. Nothing about access is decided in the browser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import jinja2
+from baomi.v1 import events_pb2
+from starlette.applications import Starlette
+from starlette.datastructures import FormData
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from collector.console import auth
+from collector.console.alerts import AlertSender
+from collector.console.errors import ConsoleError
+from collector.console.feed import LiveFeed
+from collector.console.i18n import LANGS, translate
+from collector.store.base import AccountRow, SessionRow
+
+if TYPE_CHECKING:
+    from collector.server import Collector
+
+_logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+HERE = Path(__file__).parent
+MAX_BODY_BYTES = 8 * 1024 * 1024  # a request body; policy files are at most 1 MiB each
+MAX_FORM_FIELDS = 200
+STORE_THREADS = 4  # threads (and so database connections) for the console's store calls
+DEFAULT_TZ = "Asia/Shanghai"
+CSRF_FIELD = "csrf"
+CSRF_HEADER = "x-csrf-token"
+LANG_COOKIE = "baomi_lang"
+LOGIN_COOKIE = "baomi_login"  # double-submit CSRF token of the login form
+
+# script-src 'self' and no 'unsafe-inline': markup injected through event data cannot
+# run, even if escaping were ever missed. The SVG charts use attributes, not style.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """The logged-in account and its session."""
+
+    account: AccountRow
+    session: SessionRow
+
+    @property
+    def name(self) -> str:
+        """Account name."""
+        return self.account.name
+
+    @property
+    def role(self) -> str:
+        """Its one role (sessions exist only for accounts with one)."""
+        return self.account.role or ""
+
+
+class Console:
+    """Everything the pages share: the collector, the feed, alerts, templates, settings."""
+
+    def __init__(self, collector: Collector, *, tls: bool) -> None:
+        self.collector = collector
+        self.store = collector.store
+        self.tls = tls
+        # Store calls run on a few threads of their own: each thread holds a database
+        # connection, so a busy console must not open one per request.
+        self.executor = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="console-store")
+        self.feed = LiveFeed(
+            collector.store,
+            lambda: dict(collector.ingest.writer.heads),
+            collector.ingest.alerts,
+            self.run,
+        )
+        self.alerts = AlertSender()
+        self.feed.sinks.append(self.alerts.offer)
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(HERE / "templates"),
+            autoescape=True,  # every template, whatever its name
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.settings: dict[str, str] = {}
+        self.tz = ZoneInfo(DEFAULT_TZ)
+        # __Host-: the browser sends it only to this origin over TLS, never set by a
+        # sibling domain; without TLS the prefix is not allowed.
+        self.session_cookie = "__Host-baomi_session" if tls else "baomi_session"
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` on the console's store threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+    def load_settings(self) -> None:
+        """Read stored settings and apply them (time zone, alert targets)."""
+        self.settings = self.store.settings()
+        try:
+            self.tz = ZoneInfo(self.settings.get("timezone") or DEFAULT_TZ)
+        except (ZoneInfoNotFoundError, ValueError):
+            _logger.warning("unknown time zone %r; using %s", self.settings["timezone"], DEFAULT_TZ)
+            self.tz = ZoneInfo(DEFAULT_TZ)
+        try:
+            self.alerts.configure(
+                self.settings.get("webhooks", "").splitlines(), self.settings.get("syslog")
+            )
+        except ConsoleError as e:
+            _logger.error("alert settings not applied: %s", e)
+
+    def cookie(self, response: Response, name: str, value: str, max_age: int | None) -> None:
+        """Set a cookie the way every console cookie is set."""
+        response.set_cookie(
+            name,
+            value,
+            max_age=max_age,
+            path="/",
+            secure=self.tls,
+            httponly=True,
+            samesite="strict",
+        )
+
+
+@dataclass
+class Ctx:
+    """One request as a handler sees it."""
+
+    console: Console
+    request: Request
+    user: User | None
+    lang: str
+    _form: FormData | None = field(default=None, repr=False)
+
+    @property
+    def store(self) -> Any:
+        """The collector's store."""
+        return self.console.store
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` on the console's store threads."""
+        return await self.console.run(fn, *args, **kwargs)
+
+    def t(self, key: str, **values: object) -> str:
+        """A message in the request's language."""
+        return translate(self.lang, key, **values)
+
+    async def form(self) -> FormData:
+        """The posted form (read once, bounded)."""
+        if self._form is None:
+            self._form = await self.request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
+        return self._form
+
+    async def field(self, name: str, limit: int = 200) -> str:
+        """One text field of the posted form, at most ``limit`` characters."""
+        value = (await self.form()).get(name, "")
+        if not isinstance(value, str):
+            raise ConsoleError(f"field {name!r} must be text")
+        if len(value) > limit:
+            raise ConsoleError(f"field {name!r} is longer than {limit} characters")
+        return value
+
+    async def audit(
+        self,
+        action: str,
+        target: str = "",
+        detail: str = "",
+        *,
+        ok: bool = True,
+        severity: int = events_pb2.SEVERITY_INFO,
+        actor: str | None = None,
+        role: str | None = None,
+    ) -> None:
+        """Record a console action in the collector's chain before answering."""
+        await self.console.collector.ingest.alerts.console_action(
+            actor=actor if actor is not None else (self.user.name if self.user else ""),
+            role=role if role is not None else (self.user.role if self.user else ""),
+            action=action,
+            target=target,
+            detail=detail,
+            ok=ok,
+            severity=severity,
+        )
+
+    def render(self, template: str, status: int = 200, **values: object) -> HTMLResponse:
+        """A page from ``template`` with the common values."""
+        from collector.console.pages import nav_for  # noqa: PLC0415 - pages import this module
+
+        page = self.console.env.get_template(template).render(
+            t=self.t,
+            lang=self.lang,
+            user=self.user,
+            csrf=self.user.session.csrf if self.user else "",
+            nav=nav_for(self.user.role) if self.user else [],
+            path=self.request.url.path,
+            here=_local(str(self.request.url.path) + _query(self.request)),
+            **values,
+        )
+        return HTMLResponse(page, status_code=status)
+
+    def error(self, status: int, message: str) -> HTMLResponse:
+        """An error page."""
+        return self.render("error.html", status=status, status_code=status, message=message)
+
+
+def _query(request: Request) -> str:
+    q = request.url.query
+    return f"?{q}" if q else ""
+
+
+def _local(target: str) -> str:
+    """``target`` if it is a path on this site, else "/" (no open redirect)."""
+    if target.startswith("/") and not target.startswith(("//", "/\\")):
+        return target
+    return "/"
+
+
+def lang_of(request: Request) -> str:
+    """The language chosen by cookie; Chinese by default."""
+    lang = request.cookies.get(LANG_COOKIE, "zh")
+    return lang if lang in LANGS else "zh"
+
+
+Handler = Callable[[Ctx], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A row of the route table: path, handler, who may use it, and its menu entry."""
+
+    path: str
+    handler: Handler
+    roles: frozenset[str]
+    methods: tuple[str, ...] = ("GET",)
+    nav: str = ""  # message key of its menu entry; "" when it has none
+
+
+async def current_user(console: Console, request: Request) -> User | None:
+    """The user whose session cookie came with ``request``, if it is live."""
+    token = request.cookies.get(console.session_cookie, "")
+    if not token:
+        return None
+    found = await console.run(auth.resume_session, console.store, token)
+    return User(found[1], found[0]) if found else None
+
+
+def guard(console: Console, page: Page) -> Callable[[Request], Awaitable[Response]]:
+    """The endpoint for ``page``: session, role and CSRF checks, then the handler."""
+
+    async def endpoint(request: Request) -> Response:
+        user = await current_user(console, request)
+        ctx = Ctx(console, request, user, lang_of(request))
+        refused = await _refusal(ctx, page)
+        if refused is not None:
+            return refused
+        try:
+            return await page.handler(ctx)
+        except ConsoleError as e:
+            return ctx.error(400, str(e))
+
+    return endpoint
+
+
+async def _refusal(ctx: Ctx, page: Page) -> Response | None:
+    """Why ``ctx`` may not reach ``page`` (a response), or None when it may."""
+    request, user = ctx.request, ctx.user
+    if user is None:
+        if request.method == "GET" and not request.url.path.startswith("/events/stream"):
+            target = quote(_local(request.url.path + _query(request)), safe="/")
+            return RedirectResponse(f"/login?next={target}", status_code=303)
+        return PlainTextResponse("log in first", status_code=401)
+    what = f"{request.method} {request.url.path}"[:300]
+    if user.role not in page.roles:
+        await ctx.audit("forbidden", what, ok=False, severity=events_pb2.SEVERITY_LOW)
+        return ctx.error(403, ctx.t("forbidden"))
+    if request.method != "GET":
+        given = request.headers.get(CSRF_HEADER)
+        if given is None:
+            value = (await ctx.form()).get(CSRF_FIELD)
+            given = value if isinstance(value, str) else None
+        if not auth.same_token(user.session.csrf, given):
+            await ctx.audit("csrf_refused", what, ok=False, severity=events_pb2.SEVERITY_MEDIUM)
+            return ctx.error(403, ctx.t("csrf_refused"))
+    if user.account.must_change and request.url.path not in ("/password", "/logout"):
+        return RedirectResponse("/password", status_code=303)
+    return None
+
+
+class SecurityHeaders:
+    """ASGI middleware: security headers on every response, and a request body limit."""
+
+    def __init__(self, app: ASGIApp, *, tls: bool) -> None:
+        self.app = app
+        self.headers = [
+            (b"content-security-policy", CSP.encode()),
+            (b"x-content-type-options", b"nosniff"),
+            (b"x-frame-options", b"DENY"),
+            (b"referrer-policy", b"no-referrer"),
+            (b"cross-origin-opener-policy", b"same-origin"),
+            (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), usb=()"),
+        ]
+        if tls:
+            self.headers.append((b"strict-transport-security", b"max-age=31536000"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Wrap ``send`` to add headers; refuse oversized bodies before reading them."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY_BYTES):
+                response = PlainTextResponse("request body too large", status_code=413)
+                await response(scope, receive, self._sender(send, scope))
+                return
+        await self.app(scope, self._limited(receive), self._sender(send, scope))
+
+    def _sender(self, send: Send, scope: Scope) -> Send:
+        static = scope.get("path", "").startswith("/static/")
+
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.extend(self.headers)
+                if not static:
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
+            await send(message)
+
+        return wrapped
+
+    @staticmethod
+    def _limited(receive: Receive) -> Receive:
+        # A chunked body has no Content-Length: count what arrives instead.
+        seen = 0
+
+        async def wrapped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > MAX_BODY_BYTES:
+                    raise ConsoleError("request body too large")
+            return message
+
+        return wrapped
+
+
+def create_app(console: Console) -> Starlette:
+    """The Starlette application of ``console``."""
+    from collector.console import pages  # noqa: PLC0415 - pages import this module
+
+    routes: list[Route | Mount] = [
+        Route(p.path, guard(console, p), methods=list(p.methods)) for p in pages.ROUTES
+    ]
+    routes += [
+        Route(path, pages.public(console, handler), methods=list(methods))
+        for path, handler, methods in pages.PUBLIC
+    ]
+    routes.append(Mount("/static", StaticFiles(directory=HERE / "static"), name="static"))
+    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders, tls=console.tls)])
+    app.state.console = console
+    return app
+
+
+def new_token() -> str:
+    """A random token for a login form's double-submit cookie."""
+    return secrets.token_urlsafe(32)

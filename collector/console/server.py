@@ -1,0 +1,150 @@
+"""The console's HTTP server: uvicorn on the collector's own event loop.
+
+The collector owns the process's signals, so uvicorn's signal handling is turned off;
+``stop`` asks uvicorn to finish instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import uvicorn
+
+from collector.console.app import Console, create_app
+from collector.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collector.server import Collector
+
+_logger = logging.getLogger(__name__)
+
+HOUSEKEEPING_SECONDS = 2.0  # between silence checks and audits of accounts made by the CLI
+SHUTDOWN_SECONDS = 2  # open requests (live views) get this long when the collector stops
+CLI_AUDITED = "cli_accounts_audited_us"  # setting: newest CLI-made account already audited
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsoleConfig:
+    """Where the console listens and whether it speaks TLS."""
+
+    listen: str = "127.0.0.1:8080"
+    cert: Path | None = None  # PEM certificate chain; with key, the console serves HTTPS
+    key: Path | None = None
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: the collector owns SIGINT and SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Leave signals alone."""
+        yield
+
+
+def _bind(listen: str) -> socket.socket:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"console address {listen!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {listen} for the console: {e.strerror}") from e
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class ConsoleServer:
+    """The web console of one collector."""
+
+    def __init__(self, collector: Collector, config: ConsoleConfig) -> None:
+        if (config.cert is None) != (config.key is None):
+            raise ConfigError("give both --console-cert and --console-key, or neither")
+        self.config = config
+        self.console = Console(collector, tls=config.cert is not None)
+        self._server: _Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> int:
+        """Listen and serve; return the port (useful with port 0)."""
+        self.console.load_settings()
+        await self.console.feed.start()
+        sock = _bind(self.config.listen)
+        config = uvicorn.Config(
+            create_app(self.console),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            proxy_headers=False,  # no proxy is trusted to say who the client is
+            server_header=False,
+            timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+            ssl_certfile=str(self.config.cert) if self.config.cert else None,
+            ssl_keyfile=str(self.config.key) if self.config.key else None,
+        )
+        self._server = _Server(config)
+        self._tasks = [
+            asyncio.create_task(self._server.serve(sockets=[sock])),
+            asyncio.create_task(self._housekeeping()),
+        ]
+        port = int(sock.getsockname()[1])
+        scheme = "https" if self.console.tls else "http"
+        _logger.info("console on %s://%s:%d/", scheme, sock.getsockname()[0], port)
+        return port
+
+    async def stop(self) -> None:
+        """End live views, stop serving, deliver queued alerts."""
+        await self.console.feed.stop()
+        if self._server is not None:
+            self._server.should_exit = True
+        for task in self._tasks[1:]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.to_thread(self.console.alerts.close)
+        self.console.executor.shutdown(wait=True, cancel_futures=True)
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            try:
+                await self.console.feed.check_silence()
+                await self.audit_cli_accounts()
+            except Exception:
+                _logger.exception("console housekeeping failed; retrying")
+
+    async def audit_cli_accounts(self) -> int:
+        """Record accounts made with ``baomi-collector user add`` in the audit log.
+
+        The command line cannot append to the collector's chain while the collector
+        runs (it would fork the chain), so the collector records them when it sees them.
+        """
+        store = self.console.store
+        run = self.console.run
+        accounts, settings = await asyncio.gather(run(store.accounts), run(store.settings))
+        done = int(settings.get(CLI_AUDITED, "0"))
+        new = sorted(
+            (a for a in accounts if a.created_by.startswith("cli") and a.created_us > done),
+            key=lambda a: a.created_us,
+        )
+        chain = self.console.collector.ingest.alerts
+        for a in new:
+            await chain.console_action(
+                actor=a.created_by,
+                role="",
+                action="account_create",
+                target=a.name,
+                detail=f"role {a.role or '-'} (command line)",
+            )
+            await run(store.set_setting, CLI_AUDITED, str(a.created_us))
+        return len(new)

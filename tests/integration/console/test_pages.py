@@ -1,0 +1,135 @@
+"""Findings, meeting checks, the message catalogue and the security headers."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from baomi import chain
+from baomi.v1 import events_pb2
+
+from collector.console import app, i18n
+from collector.console.eventview import KINDS, SEVERITIES
+from tests.collector_harness import batch, enroll_host, send_batches
+from tests.integration.console.conftest import Console
+
+TEMPLATES = Path(app.__file__).parent / "templates"
+
+
+def test_a_violation_becomes_a_finding_followed_to_closure(console: Console) -> None:
+    host = enroll_host(console.running, "ws-01")
+    events = host.events(
+        1,
+        file_access=events_pb2.FileAccess(
+            path="/srv/secret/plan.docx",
+            user="wang",
+            action="read",
+            decision=events_pb2.DECISION_DENY,
+        ),
+    )
+    events[0].severity = events_pb2.SEVERITY_MEDIUM
+    host.head = chain.event_hash(events[0])
+    send_batches(host, console.running.address, [batch(events)])
+    sue, aud = console.as_role("secadmin"), console.as_role("auditor")
+    assert 'action="/findings/new"' in sue.get("/events/ws-01/1").text
+    assert 'action="/findings/new"' not in aud.get("/events/ws-01/1").text
+    resp = sue.post(
+        "/findings/new", {"host": "ws-01", "seq": "1", "owner": "李强", "due": "2027-01-31"}
+    )
+    assert resp.status == 303
+    finding = console.store.findings()[0]
+    assert (finding.status, finding.owner, finding.due, finding.host_id) == (
+        "open",
+        "李强",
+        "2027-01-31",
+        "ws-01",
+    )
+    assert "/srv/secret/plan.docx" in finding.title
+    for status in ("rectifying", "closed"):
+        resp = sue.post(
+            f"/findings/{finding.id}", {"owner": "李强", "due": "2027-01-31", "status": status}
+        )
+        assert resp.status == 303
+    assert console.store.finding(finding.id).status == "closed"  # type: ignore[union-attr]
+    assert (
+        sue.post(f"/findings/{finding.id}", {"status": "forgotten", "owner": "", "due": ""}).status
+        == 400
+    )
+    assert sue.post("/findings/999", {"status": "open", "owner": "", "due": ""}).status == 404
+    page = aud.get("/findings?status=closed").text
+    assert "李强" in page and 'action="/findings/' not in page  # the auditor only reads
+    assert aud.post(f"/findings/{finding.id}", {"status": "open"}).status == 403
+
+
+def test_meeting_checks_are_listed(console: Console) -> None:
+    host = enroll_host(console.running, "room-301")
+    check = events_pb2.MeetingCheck(
+        room="301",
+        meeting="2026-Q4 保密工作会",
+        phase="check",
+        cleared=False,
+        inspector="zhang",
+        items=[
+            events_pb2.CheckItem(id="C7", title="cabinet", result="fail", evidence="door open"),
+            events_pb2.CheckItem(id="C1", title="venue", result="pass"),
+        ],
+    )
+    send_batches(host, console.running.address, [batch(host.events(1, meeting_check=check))])
+    page = console.as_role("secadmin").get("/meetings").text
+    assert "2026-Q4 保密工作会" in page and "C7 fail" in page and "不准召开" in page
+    assert "C1 pass" not in page
+
+
+def test_every_message_exists_in_both_languages() -> None:
+    assert set(i18n.MESSAGES["zh"]) == set(i18n.MESSAGES["en"])
+    used: set[str] = set()
+    for template in TEMPLATES.glob("*.html"):
+        used |= set(re.findall(r"""(?<![\w.])t\(["']([a-z_]+)["']\s*[,)]""", template.read_text()))
+    missing = used - set(i18n.MESSAGES["en"])
+    assert not missing, missing
+    families = {
+        "kind_": KINDS,
+        "severity_": SEVERITIES.values(),
+        "role_": ("sysadmin", "secadmin", "auditor"),
+        "state_": ("online", "silent", "stopped", "unknown", "decommissioned"),
+        "status_": ("open", "rectifying", "closed"),
+        "decision_": ("allow", "block", "reject", "none"),
+        "phase_": ("check", "sweep"),
+    }
+    for prefix, names in families.items():
+        for name in names:
+            assert prefix + name in i18n.MESSAGES["zh"], prefix + name
+    # A key built from event data is shown as it is, never used as a format string.
+    assert i18n.translate("zh", "phase_{0.__class__}", x=1) == "phase_{0.__class__}"
+
+
+def test_security_headers_on_every_response(console: Console) -> None:
+    c = console.client()
+    for path in ("/login", "/static/console.js", "/metrics", "/nonexistent"):
+        resp = c.get(path)
+        csp = resp.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert "unsafe-inline" not in csp
+        assert resp.headers["x-content-type-options"] == "nosniff"
+        assert resp.headers["x-frame-options"] == "DENY"
+    assert c.get("/login").headers["cache-control"] == "no-store"
+    for template in TEMPLATES.glob("*.html"):
+        text = template.read_text()
+        assert "|safe" not in text.replace(" ", "")
+        assert "<script>" not in text and " style=" not in text and "onclick" not in text
+
+
+def test_oversized_body_is_refused_before_it_is_read(console: Console) -> None:
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(console.base)
+    conn = http.client.HTTPConnection(url.hostname or "", url.port, timeout=10)
+    try:
+        conn.putrequest("POST", "/policy/preview")
+        conn.putheader("Content-Type", "application/x-www-form-urlencoded")
+        conn.putheader("Content-Length", str(app.MAX_BODY_BYTES + 1))
+        conn.endheaders()  # and no body: the answer must not wait for it
+        assert conn.getresponse().status == 413
+    finally:
+        conn.close()
