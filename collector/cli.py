@@ -79,6 +79,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         console = ConsoleConfig(listen=args.console, cert=args.console_cert, key=args.console_key)
     elif args.console_cert or args.console_key:
         raise CollectorError("--console-cert and --console-key need --console HOST:PORT")
+    reports = None
+    if args.reports_dir is not None:
+        from collector.reports.schedule import ScheduleConfig  # noqa: PLC0415 - on use
+
+        reports = ScheduleConfig(
+            out_dir=args.reports_dir,
+            policies_dir=args.policies or Path("policies"),
+            verify_key_path=args.pki / "signing.pub",
+            unit=args.unit,
+            store_url=args.store,
+        )
     store = open_store(args.store)
     config = ServerConfig(
         listen=args.listen,
@@ -87,6 +98,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         policies_dir=args.policies,
         checkpoint_seconds=args.checkpoint_seconds,
         console=console,
+        reports=reports,
     )
     try:
         asyncio.run(serve(store, config))
@@ -195,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--policies", type=Path, default=None, help="policy directory to distribute")
     s.add_argument("--checkpoint-seconds", type=float, default=10.0)
     s.add_argument("--console", metavar="HOST:PORT", help="serve the web console here")
+    s.add_argument(
+        "--reports-dir",
+        type=Path,
+        default=None,
+        help="make the monthly and half-yearly inspection reports here when due",
+    )
+    s.add_argument("--unit", default="", help="the organisation named on report covers")
     s.add_argument("--console-cert", type=Path, help="PEM certificate: the console speaks TLS")
     s.add_argument("--console-key", type=Path, help="PEM private key of --console-cert")
     s.set_defaults(func=_cmd_serve)

@@ -31,6 +31,7 @@ from collector.store import Store, TokenRow
 
 if TYPE_CHECKING:
     from collector.console import ConsoleConfig, ConsoleServer
+    from collector.reports.schedule import ScheduleConfig
 
 _logger = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class ServerConfig:
     policies_dir: Path | None = None
     checkpoint_seconds: float = 10.0
     console: ConsoleConfig | None = None  # the web console; None: not served
+    reports: ScheduleConfig | None = None  # scheduled inspection reports; None: none made
 
 
 def create_token(store: Store, host_id: str, seconds: int = TOKEN_SECONDS) -> str:
@@ -208,6 +210,7 @@ class Collector:
         self.console: ConsoleServer | None = None
         self._servers: list[grpc.aio.Server] = []
         self._checkpoints: asyncio.Task[None] | None = None
+        self._reports: asyncio.Task[None] | None = None
         self.ports: dict[str, int] = {}
 
     async def start(self) -> None:
@@ -250,6 +253,10 @@ class Collector:
 
             self.console = ConsoleServer(self, self.config.console)
             self.ports["console"] = await self.console.start()
+        if self.config.reports is not None:
+            from collector.reports.schedule import run_scheduler  # noqa: PLC0415 - on use
+
+            self._reports = asyncio.create_task(run_scheduler(self.store, self.config.reports))
 
     def _load_policy(self) -> None:
         """The newest stored policy version, else the policy directory (stored as the first
@@ -278,8 +285,9 @@ class Collector:
         if self.console is not None:
             await self.console.stop()
         await asyncio.gather(*(s.stop(grace) for s in self._servers))
-        if self._checkpoints is not None:
-            self._checkpoints.cancel()
+        for task in (self._checkpoints, self._reports):
+            if task is not None:
+                task.cancel()
         await self.ingest.close()
 
 

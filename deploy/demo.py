@@ -104,6 +104,10 @@ def main() -> int:
             str(DEMO / "policies"),
             "--console",
             CONSOLE,
+            "--reports-dir",
+            str(VAR / "reports"),
+            "--unit",
+            "演示单位",
         ]
     )
     agent: subprocess.Popen[bytes] | None = None

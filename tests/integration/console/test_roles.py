@@ -8,11 +8,17 @@ from baomi.v1 import events_pb2
 
 from collector.console.pages import ROUTES
 from collector.ingest import now_us
-from collector.store.base import ROLES, FindingRow
+from collector.store.base import ROLES, FindingRow, ReportRow
 from tests.collector_harness import batch, enroll_host, send_batches
 from tests.integration.console.conftest import Console
 
-SAMPLE = {"{host}": "ws-01", "{seq:int}": "1", "{number:int}": "1", "{fid:int}": "1"}
+SAMPLE = {
+    "{host}": "ws-01",
+    "{seq:int}": "1",
+    "{number:int}": "1",
+    "{fid:int}": "1",
+    "{rid:int}": "1",
+}
 
 
 def _path(template: str) -> str:
@@ -28,6 +34,16 @@ def _seed(console: Console) -> None:
     console.store.add_finding(
         FindingRow(0, "ws-01", 1, "t", 3, "o", "", "open", "", now, "sue", now, "sue")
     )
+    report = ReportRow(
+        kind="inspection",
+        subject="2026-11",
+        fmt="pdf",
+        lang="zh",
+        created_us=now,
+        digest="0" * 64,
+        size=8,
+    )
+    console.store.add_report(report, b"%PDF-1.7")
 
 
 def test_every_route_checks_the_role_on_the_server(console: Console) -> None:
