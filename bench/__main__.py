@@ -26,7 +26,17 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import agent_rss, decision, events, fanotify, ingest, netlink, reports, usb
+from bench import (
+    agent_rss,
+    console,
+    decision,
+    events,
+    fanotify,
+    ingest,
+    netlink,
+    reports,
+    usb,
+)
 from bench.proc import BenchError
 
 INGEST_TARGET = 100_000  # events/s end to end
@@ -69,6 +79,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-files", action="store_true", help="skip decision and fanotify figures")
     p.add_argument("--skip-devices", action="store_true", help="skip USB and netlink figures")
     p.add_argument("--skip-reports", action="store_true", help="skip the report build time")
+    p.add_argument("--skip-console", action="store_true", help="skip the events-page query time")
     p.add_argument("--opens", type=int, default=20000, help="opens per fanotify measurement")
     return p.parse_args(argv)
 
@@ -209,7 +220,20 @@ def _run(args: argparse.Namespace, workdir: Path, table: list[Row]) -> bool:
         table += _devices_and_links()
     if not args.skip_reports:
         table += _reports()
+    if not args.skip_console:
+        table += _console()
     return exact
+
+
+def _console() -> list[Row]:
+    """Events-page query time over 1,000,000 stored events."""
+    rows: list[Row] = []
+    for name, value, unit in console.run():
+        if name == "console: events page p95":
+            rows.append(_target_row(name, value, "ms", console.P95_TARGET_MS))
+        else:
+            rows.append(Row(name, f"{value:,.2f} {unit}"))
+    return rows
 
 
 def _reports() -> list[Row]:
