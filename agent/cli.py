@@ -15,6 +15,7 @@ from agent.decision.tools import explain, policy_test
 from agent.devices import cli as devices_cli
 from agent.errors import AgentError
 from agent.identity import enroll
+from agent.meeting import cli as meeting_cli
 from agent.stream import StreamConfig
 
 DEFAULT_STATE = Path("/var/lib/baomi")
@@ -228,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_policies_option(pt)
     pt.set_defaults(func=_cmd_policy_test)
     devices_cli.add_parser(sub)
+    meeting_cli.add_parser(sub)
     return p
 
 

@@ -1,0 +1,175 @@
+"""``baomi-agent meeting check`` and ``meeting sweep``: run, print, sign and spool.
+
+Exit codes: 0 cleared (every mandatory item passes), 1 not cleared, 2 bad input (the
+error says which file, line and why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from baomi.v1 import events_pb2
+
+from agent.decision.errors import PolicyError
+from agent.decision.subjects import Subjects
+from agent.errors import AgentError, ConfigError
+from agent.identity import load_identity
+from agent.meeting.check import (
+    Inputs,
+    Item,
+    cleared,
+    meeting_message,
+    run_check,
+    run_sweep,
+    sign_meeting_check,
+)
+from agent.meeting.rooms import Meeting, load_meetings, load_rooms
+from agent.meeting.sdr import SweepError
+from agent.spool import Spool
+
+DEFAULT_ROOMS = Path("policies/rooms.toml")
+DEFAULT_MEETINGS = Path("policies/meetings.toml")
+DEFAULT_SUBJECTS = Path("policies/subjects.toml")
+EVIDENCE_WIDTH = 100  # characters of evidence per table row
+
+
+def _meeting(args: argparse.Namespace, room: str | None) -> Meeting | None:
+    if not args.meeting:
+        return None
+    meetings = load_meetings(args.meetings)
+    meeting = meetings.get(args.meeting)
+    if meeting is None:
+        raise ConfigError(f"{args.meetings}: no meeting {args.meeting!r}")
+    if room is not None and meeting.room != room:
+        raise ConfigError(f"meeting {meeting.id} is in room {meeting.room}, not {room}")
+    return meeting
+
+
+def _print(items: list[Item], *, as_json: bool, header: str, signed: str) -> None:
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "header": header,
+                    "cleared": cleared(items),
+                    "signed": signed,
+                    "items": [
+                        {
+                            "id": i.id,
+                            "title": i.title,
+                            "result": i.result,
+                            "evidence": i.evidence,
+                            "mandatory": i.mandatory,
+                        }
+                        for i in items
+                    ],
+                },
+                ensure_ascii=False,
+            )
+        )
+        return
+    print(header)
+    print(f"{'ID':<4} {'RESULT':<8} {'M':<1} {'ITEM':<46} EVIDENCE")
+    for i in items:
+        evidence = i.evidence if len(i.evidence) <= EVIDENCE_WIDTH else i.evidence[:99] + "…"
+        print(f"{i.id:<4} {i.result:<8} {'*' if i.mandatory else ' '} {i.title:<46} {evidence}")
+    print(f"{'CLEARED' if cleared(items) else 'NOT CLEARED'} (* mandatory); {signed}")
+
+
+def _emit(check: events_pb2.MeetingCheck, state_dir: Path | None, severity: int) -> str:
+    """Sign and spool ``check`` when the host is enrolled; say what was done."""
+    if state_dir is None:
+        return "not signed or sent (no --state-dir)"
+    identity = load_identity(state_dir)
+    sign_meeting_check(check, identity.key_pem)
+    spool = Spool(state_dir / "spool.db")
+    try:
+        event = events_pb2.Event(severity=severity, meeting_check=check)  # type: ignore[arg-type]
+        spool.append([event])
+    finally:
+        spool.close()
+    return f"signed by {identity.host_id}, spooled as event {event.seq}"
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    try:
+        rooms = load_rooms(args.rooms)
+        room = rooms.get(args.room)
+        if room is None:
+            raise ConfigError(f"{args.rooms}: no room {args.room!r} (rooms: {', '.join(rooms)})")
+        meeting = _meeting(args, room.name)
+        subjects = Subjects.load(args.subjects) if meeting is not None else None
+        items = run_check(Inputs(room=room, meeting=meeting, subjects=subjects, sweep=args.sweep))
+    except (PolicyError, SweepError) as e:
+        raise ConfigError(str(e)) from e
+    check = meeting_message(room.name, meeting.id if meeting else "", "check", items)
+    failed = any(i.result == "fail" for i in items if i.mandatory)
+    severity = (
+        events_pb2.SEVERITY_INFO
+        if check.cleared
+        else events_pb2.SEVERITY_HIGH
+        if failed
+        else events_pb2.SEVERITY_MEDIUM
+    )
+    signed = _emit(check, args.meeting_state_dir, severity)
+    header = f"room {room.name}" + (f", meeting {meeting.id}" if meeting else "")
+    _print(items, as_json=args.json, header=header, signed=signed)
+    return 0 if check.cleared else 1
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    meeting = _meeting(args, None)
+    if meeting is None:  # argparse requires --meeting; this keeps mypy and a bad caller honest
+        raise ConfigError("meeting sweep needs --meeting M")
+    items = run_sweep(meeting, args.returned.split(","), room_checked=args.room_checked)
+    check = meeting_message(meeting.room, meeting.id, "sweep", items, args.inspector)
+    missing = items[0].result == "fail"
+    # A document not returned is a possible leak of classified material: HIGH.
+    severity = (
+        events_pb2.SEVERITY_HIGH
+        if missing
+        else (events_pb2.SEVERITY_INFO if check.cleared else events_pb2.SEVERITY_MEDIUM)
+    )
+    signed = _emit(check, args.meeting_state_dir, severity)
+    header = f"sweep of meeting {meeting.id} in {meeting.room} by {args.inspector}"
+    _print(items, as_json=args.json, header=header, signed=signed)
+    return 0 if check.cleared else 1
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``meeting check`` and ``meeting sweep`` to ``baomi-agent``."""
+    meeting = subparsers.add_parser("meeting", help="pre-meeting check and post-meeting sweep")
+    sub = meeting.add_subparsers(dest="meeting_command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--meetings", type=Path, default=DEFAULT_MEETINGS)
+        p.add_argument("--json", action="store_true", help="the result as JSON")
+        p.add_argument(
+            "--state-dir",
+            dest="meeting_state_dir",
+            type=Path,
+            help="enrolled agent state: sign the result and spool it (default: print only)",
+        )
+
+    check = sub.add_parser("check", help="run C1-C12; exit 0 only when cleared to start")
+    check.add_argument("--room", required=True)
+    check.add_argument("--meeting", help="meeting id in --meetings (C11, C12 need it)")
+    check.add_argument("--rooms", type=Path, default=DEFAULT_ROOMS)
+    check.add_argument("--subjects", type=Path, default=DEFAULT_SUBJECTS)
+    check.add_argument("--sweep", type=Path, help="rtl_power CSV taken now (C5, C10)")
+    common(check)
+    check.set_defaults(func=_cmd_check)
+
+    sweep = sub.add_parser("sweep", help="C13: materials returned and room checked (清场)")
+    sweep.add_argument("--meeting", required=True)
+    sweep.add_argument("--inspector", required=True, help="who swept the room")
+    sweep.add_argument("--returned", default="", help="document numbers returned, DOC1,DOC2")
+    sweep.add_argument("--room-checked", action="store_true", help="room and seats checked")
+    common(sweep)
+    sweep.set_defaults(func=_cmd_sweep)
+
+
+__all__ = ["AgentError", "add_parser"]

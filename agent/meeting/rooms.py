@@ -1,0 +1,343 @@
+"""Meeting rooms (``policies/rooms.toml``) and meetings (``policies/meetings.toml``).
+
+A room lists what is approved in it: the wired PA devices (USB ``vid:pid`` and serial),
+the software allowed to hold capture devices, the shielding-cabinet adapter, the jammer's
+approval record, the thresholds calibrated on site and the baseline sweep. A meeting
+names its room, level, start, attendees (login names of ``subjects.toml``), approved
+recordings and the documents issued. See the shipped files for the layout.
+
+Every error names the file, the line and the reason: these files are edited by hand by
+the secrecy office, and "invalid config" alone sends nobody to the right place.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from agent.errors import ConfigError
+
+ADAPTERS = ("modbus", "http", "manual")
+LEVELS: Mapping[str, int] = {"绝密": 3, "机密": 2, "秘密": 1}
+DEFAULT_TIMEOUT = 2.0  # seconds a cabinet adapter may take before the item is unknown
+DEFAULT_MARGIN_DB = 10.0  # dB above baseline that counts as a carrier / a working jammer
+DEFAULT_RSSI_DBM = -70.0  # BLE advertisers weaker than this are outside the room
+#: Items that need hardware most rooms lack (BT adapter plus reference beacon); a room
+#: makes them mandatory by listing them in ``mandatory_extra``.
+OPTIONAL_BY_DEFAULT = ("C8", "C9")
+_USB_ID_RE = re.compile(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{4}")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+class RoomsError(ConfigError):
+    """A rooms or meetings file that cannot be used: file, line and reason."""
+
+    def __init__(self, file: str | Path, line: int, reason: str) -> None:
+        self.file, self.line, self.reason = str(file), line, reason
+        super().__init__(f"{file}:{line}: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class PaDevice:
+    """An approved wired-PA USB device."""
+
+    usb_id: str  # vvvv:pppp, lowercase
+    serial: str  # "" matches any serial (a device without one)
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CabinetConfig:
+    """How to reach the shielding cabinet (手机屏蔽柜)."""
+
+    adapter: str  # modbus, http or manual
+    host: str = ""
+    port: int = 0
+    unit: int = 1
+    url: str = ""
+    attestation: Path | None = None  # manual: the signed attestation file
+    key: Path | None = None  # manual: PEM public key of the inspectors' office
+    timeout: float = DEFAULT_TIMEOUT
+
+
+@dataclass(frozen=True, slots=True)
+class JammerApproval:
+    """The jammer's approval record (型号核准 and radio licence)."""
+
+    type_approval: str
+    licence: str
+    expires: date
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """One classified meeting room."""
+
+    name: str
+    pa: tuple[PaDevice, ...]
+    allowed_software: tuple[str, ...]
+    cabinet: CabinetConfig | None
+    jammer: JammerApproval | None
+    margin_db: float
+    rssi_dbm: float
+    baseline: Path | None  # rtl_power CSV taken with the jammer off and the room empty
+    jammer_bands: tuple[tuple[float, float], ...]  # MHz the jammer must raise
+    capture_devices: tuple[str, ...]  # globs; empty: the process sensor's defaults
+    mandatory: frozenset[str]
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class Meeting:
+    """One classified meeting (涉密会议)."""
+
+    id: str
+    room: str
+    level: int  # 3 绝密, 2 机密, 1 秘密
+    start: datetime | None
+    attendees: tuple[str, ...]
+    recordings: tuple[str, ...]  # approved recorder programs or USB ids
+    materials: tuple[str, ...]  # document numbers issued
+    line: int
+
+
+class _Lines:
+    """Finds the line of a table or key, for error messages (tomllib gives none)."""
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+
+    def of(self, needle: str, start: int = 0) -> int:
+        for i in range(start, len(self.lines)):
+            if needle in self.lines[i]:
+                return i + 1
+        return start + 1 if start else 1
+
+    def key(self, header: int, key: str) -> int:
+        pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+        for i in range(header, len(self.lines)):
+            if pattern.match(self.lines[i]):
+                return i + 1
+        return header
+
+
+def _read_toml(path: Path) -> tuple[dict[str, Any], _Lines]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RoomsError(path, 0, f"cannot read: {e}") from e
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        match = re.search(r"at line (\d+)", str(e))
+        raise RoomsError(path, int(match.group(1)) if match else 0, str(e)) from e
+    return data, _Lines(text)
+
+
+def _strings(value: Any, fail: Any, key: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise fail(key, f"{key} must be a list of strings")
+    return tuple(value)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``host:port`` with an IP address or a host name; ValueError saying what is wrong."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"address {text!r} is not HOST:PORT")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is outside 1-65535")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", host):
+            raise ValueError(f"host {host!r} is neither an IP address nor a host name") from None
+    return host, port
+
+
+def load_rooms(path: Path) -> dict[str, Room]:
+    """Read and check a rooms file; RoomsError (file, line, reason) when wrong."""
+    from agent.meeting.sdr import SweepError, parse_sweep  # noqa: PLC0415 (sdr imports us)
+
+    data, lines = _read_toml(path)
+    tables = data.get("rooms")
+    if not isinstance(tables, dict) or not tables:
+        raise RoomsError(path, 1, "no [rooms.NAME] table: an empty rooms file is an error")
+    rooms: dict[str, Room] = {}
+    for name, entry in tables.items():
+        header = lines.of(f"[rooms.{name}")
+
+        def fail(key: str | None, reason: str, *, _h: int = header, _n: str = name) -> RoomsError:
+            return RoomsError(path, lines.key(_h, key) if key else _h, f"room {_n}: {reason}")
+
+        if not isinstance(entry, dict):
+            raise fail(None, "must be a table")
+        room = _room(path, name, entry, header=header, fail=fail, lines=lines)
+        if room.baseline is not None:
+            try:
+                parse_sweep(room.baseline)
+            except SweepError as e:
+                raise RoomsError(e.file, e.line, f"room {name}: baseline: {e.reason}") from e
+        rooms[name] = room
+    return rooms
+
+
+def _room(
+    path: Path, name: str, entry: dict[str, Any], *, header: int, fail: Any, lines: _Lines
+) -> Room:
+    known = {
+        "pa", "allowed_software", "cabinet", "jammer", "margin_db", "rssi_dbm", "baseline",
+        "jammer_bands", "capture_devices", "mandatory_extra",
+    }  # fmt: skip
+    for key in entry:
+        if key not in known:
+            raise fail(key, f"unknown key {key!r} (known: {', '.join(sorted(known))})")
+    pa = []
+    for item in entry.get("pa", []):
+        usb_id = str(item.get("id", "")) if isinstance(item, dict) else ""
+        if not _USB_ID_RE.fullmatch(usb_id):
+            raise fail("id", f"PA device id {usb_id!r} is not vvvv:pppp (four hex digits each)")
+        pa.append(PaDevice(usb_id.lower(), str(item.get("serial", "")), str(item.get("name", ""))))
+    cabinet = None
+    if "cabinet" in entry:
+        cabinet = _cabinet(path, entry["cabinet"], lines.of(f"[rooms.{name}.cabinet]"), lines)
+    jammer = None
+    if "jammer" in entry:
+        j = entry["jammer"]
+        jheader = lines.of(f"[rooms.{name}.jammer]")
+        if not isinstance(j, dict) or not isinstance(j.get("expires"), date):
+            raise RoomsError(
+                path, lines.key(jheader, "expires"), f"room {name}: jammer.expires must be a date"
+            )
+        jammer = JammerApproval(
+            str(j.get("type_approval", "")), str(j.get("licence", "")), j["expires"]
+        )
+    bands = []
+    for band in entry.get("jammer_bands", []):
+        if (
+            not isinstance(band, list)
+            or len(band) != 2
+            or not all(isinstance(v, int | float) for v in band)
+            or band[0] >= band[1]
+        ):
+            raise fail("jammer_bands", f"jammer band {band!r} is not [low_MHz, high_MHz]")
+        bands.append((float(band[0]), float(band[1])))
+    numbers = {}
+    for key, default in (("margin_db", DEFAULT_MARGIN_DB), ("rssi_dbm", DEFAULT_RSSI_DBM)):
+        value = entry.get(key, default)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise fail(key, f"{key} must be a number")
+        numbers[key] = float(value)
+    if numbers["margin_db"] <= 0:
+        raise fail("margin_db", "margin_db must be positive")
+    baseline = None
+    if "baseline" in entry:
+        if not isinstance(entry["baseline"], str):
+            raise fail("baseline", "baseline must be a file path")
+        baseline = (path.parent / entry["baseline"]).resolve()
+        if not baseline.is_file():
+            raise fail("baseline", f"baseline file {baseline} does not exist")
+    extra = _strings(entry.get("mandatory_extra"), fail, "mandatory_extra")
+    mandatory = frozenset(f"C{n}" for n in range(1, 13)) - set(OPTIONAL_BY_DEFAULT) | set(extra)
+    return Room(
+        name=name,
+        pa=tuple(pa),
+        allowed_software=_strings(entry.get("allowed_software"), fail, "allowed_software"),
+        cabinet=cabinet,
+        jammer=jammer,
+        margin_db=numbers["margin_db"],
+        rssi_dbm=numbers["rssi_dbm"],
+        baseline=baseline,
+        jammer_bands=tuple(bands),
+        capture_devices=_strings(entry.get("capture_devices"), fail, "capture_devices"),
+        mandatory=mandatory,
+        line=header,
+    )
+
+
+def _cabinet(path: Path, entry: Any, header: int, lines: _Lines) -> CabinetConfig:
+    def fail(key: str, reason: str) -> RoomsError:
+        return RoomsError(path, lines.key(header, key), f"cabinet: {reason}")
+
+    if not isinstance(entry, dict):
+        raise fail("adapter", "must be a table")
+    adapter = entry.get("adapter")
+    if adapter not in ADAPTERS:
+        raise fail("adapter", f"unknown adapter {adapter!r} (known: {', '.join(ADAPTERS)})")
+    timeout = entry.get("timeout", DEFAULT_TIMEOUT)
+    if not isinstance(timeout, int | float) or not 0 < timeout <= 60:
+        raise fail("timeout", "timeout must be 0-60 seconds")
+    if adapter == "modbus":
+        try:
+            host, port = parse_address(str(entry.get("address", "")))
+        except ValueError as e:
+            raise fail("address", f"bad address: {e}") from e
+        unit = entry.get("unit", 1)
+        if not isinstance(unit, int) or not 0 <= unit <= 247:
+            raise fail("unit", "unit must be a Modbus device id 0-247")
+        return CabinetConfig("modbus", host=host, port=port, unit=unit, timeout=float(timeout))
+    if adapter == "http":
+        url = str(entry.get("url", ""))
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise fail("url", f"bad address: {url!r} is not an http(s) URL")
+        return CabinetConfig("http", url=url, timeout=float(timeout))
+    attestation = entry.get("attestation")
+    key = entry.get("key")
+    if not isinstance(attestation, str):
+        raise fail("attestation", "a manual cabinet needs attestation = FILE")
+    if not isinstance(key, str):
+        raise fail("key", "a manual cabinet needs key = PEM public key that signs attestations")
+    return CabinetConfig(
+        "manual",
+        attestation=(path.parent / attestation).resolve(),
+        key=(path.parent / key).resolve(),
+        timeout=float(timeout),
+    )
+
+
+def load_meetings(path: Path) -> dict[str, Meeting]:
+    """Read and check a meetings file; RoomsError (file, line, reason) when wrong."""
+    data, lines = _read_toml(path)
+    tables = data.get("meetings")
+    if not isinstance(tables, dict) or not tables:
+        raise RoomsError(path, 1, "no [meetings.ID] table")
+    meetings = {}
+    for mid, entry in tables.items():
+        header = lines.of(f"[meetings.{mid}")
+
+        def fail(key: str | None, reason: str, *, _h: int = header, _m: str = mid) -> RoomsError:
+            return RoomsError(path, lines.key(_h, key) if key else _h, f"meeting {_m}: {reason}")
+
+        if not isinstance(entry, dict) or not _NAME_RE.fullmatch(mid):
+            raise fail(None, "must be a table named with letters, digits, '.', '_' or '-'")
+        level = LEVELS.get(str(entry.get("level", "")))
+        if level is None:
+            raise fail("level", f"level must be one of {', '.join(LEVELS)}")
+        start = entry.get("start")
+        if start is not None and not isinstance(start, datetime):
+            raise fail("start", "start must be a TOML date-time (2026-12-01T09:00:00+08:00)")
+        meetings[mid] = Meeting(
+            id=mid,
+            room=str(entry.get("room", "")),
+            level=level,
+            start=start,
+            attendees=_strings(entry.get("attendees"), fail, "attendees"),
+            recordings=_strings(entry.get("recordings"), fail, "recordings"),
+            materials=_strings(entry.get("materials"), fail, "materials"),
+            line=header,
+        )
+        if not meetings[mid].room:
+            raise fail("room", "room is required")
+    return meetings
