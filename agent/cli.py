@@ -58,6 +58,16 @@ def _sensor_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         sensors["network"] = {"gateways": args.gateway, "enforce": args.enforce_network}
     if args.process:
         sensors["process"] = {}
+    if args.meeting_room:
+        sensors["meeting"] = {
+            "room": args.meeting_room,
+            "rooms": str(args.rooms),
+            "meetings": str(args.meetings),
+            "subjects": str(args.subjects),
+            "state_dir": str(args.state_dir),
+            "sweep": str(args.meeting_sweep) if args.meeting_sweep else None,
+            "lead_minutes": args.meeting_lead_min,
+        }
     if args.usb:
         policies = args.policies or args.state_dir / "policy"
         sensors["usb"] = {
@@ -172,6 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--enforce-network",
         action="store_true",
         help="bring offending links down and delete offending default routes",
+    )
+    r.add_argument("--meeting-room", help="run the pre-meeting check of this room by itself")
+    r.add_argument("--rooms", type=Path, default=Path("policies/rooms.toml"))
+    r.add_argument("--meetings", type=Path, default=Path("policies/meetings.toml"))
+    r.add_argument("--subjects", type=Path, default=Path("policies/subjects.toml"))
+    r.add_argument("--meeting-sweep", type=Path, help="the room's latest rtl_power sweep")
+    r.add_argument(
+        "--meeting-lead-min",
+        type=float,
+        default=30.0,
+        help="minutes before each meeting's start the check runs",
     )
     r.add_argument(
         "--usb",

@@ -404,3 +404,12 @@ def verify_meeting_check(check: events_pb2.MeetingCheck, cert_pem: bytes) -> boo
 
 
 __all__ = ["Inputs", "Item", "SweepError", "run_check", "run_sweep", "verify_meeting_check"]
+
+
+def check_severity(check: events_pb2.MeetingCheck) -> int:
+    """INFO when cleared; HIGH when a mandatory item failed; MEDIUM when only unknowns
+    keep the meeting from starting."""
+    if check.cleared:
+        return int(events_pb2.SEVERITY_INFO)
+    failed = any(i.result == "fail" for i in check.items if i.mandatory)
+    return int(events_pb2.SEVERITY_HIGH if failed else events_pb2.SEVERITY_MEDIUM)

@@ -20,6 +20,7 @@ from agent.identity import load_identity
 from agent.meeting.check import (
     Inputs,
     Item,
+    check_severity,
     cleared,
     meeting_message,
     run_check,
@@ -106,15 +107,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except (PolicyError, SweepError) as e:
         raise ConfigError(str(e)) from e
     check = meeting_message(room.name, meeting.id if meeting else "", "check", items)
-    failed = any(i.result == "fail" for i in items if i.mandatory)
-    severity = (
-        events_pb2.SEVERITY_INFO
-        if check.cleared
-        else events_pb2.SEVERITY_HIGH
-        if failed
-        else events_pb2.SEVERITY_MEDIUM
-    )
-    signed = _emit(check, args.meeting_state_dir, severity)
+    signed = _emit(check, args.meeting_state_dir, check_severity(check))
     header = f"room {room.name}" + (f", meeting {meeting.id}" if meeting else "")
     _print(items, as_json=args.json, header=header, signed=signed)
     return 0 if check.cleared else 1

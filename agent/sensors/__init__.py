@@ -65,12 +65,34 @@ def _usb(settings: dict[str, Any], sink: EventSink) -> Sensor:
     )
 
 
+def _meeting(settings: dict[str, Any], sink: EventSink) -> Sensor:
+    from datetime import timedelta  # noqa: PLC0415
+
+    from agent.identity import load_identity  # noqa: PLC0415
+    from agent.sensors.meeting import MeetingScheduleConfig, MeetingScheduler  # noqa: PLC0415
+
+    sweep = settings.get("sweep")
+    return MeetingScheduler(
+        MeetingScheduleConfig(
+            room=str(settings["room"]),
+            rooms=Path(settings["rooms"]),
+            meetings=Path(settings["meetings"]),
+            subjects=Path(settings["subjects"]),
+            key_pem=load_identity(Path(settings["state_dir"])).key_pem,
+            sweep=Path(sweep) if sweep else None,
+            lead=timedelta(minutes=float(settings.get("lead_minutes", 30))),
+        ),
+        sink,
+    )
+
+
 #: Sensor name -> factory(settings, sink). The agent starts what its configuration names.
 REGISTRY: dict[str, SensorFactory] = {
     "files": _files,
     "network": _network,
     "process": _process,
     "usb": _usb,
+    "meeting": _meeting,
 }
 
 __all__ = ["REGISTRY", "EventSink", "Health", "PolicyAware", "Sensor", "SensorFactory"]
