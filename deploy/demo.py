@@ -111,6 +111,7 @@ def main() -> int:
         ]
     )
     agent: subprocess.Popen[bytes] | None = None
+    cabinet: subprocess.Popen[bytes] | None = None
     try:
         time.sleep(1.5)
         if collector.poll() is not None:
@@ -133,6 +134,11 @@ def main() -> int:
                 str(PKI / "ca.pem"),
             )
             print("enrolled the local agent as demo-host")
+        # The meeting room's shielding cabinet, simulated on the address policies/rooms.toml
+        # gives room r301 (a powered, closed cabinet holding two phones).
+        cabinet = subprocess.Popen(
+            [str(BIN / "baomi-cabinet-sim"), "--listen", "127.0.0.1:5020", "--slots", "2"]
+        )
         agent = subprocess.Popen(
             [
                 agent_cli,
@@ -145,6 +151,8 @@ def main() -> int:
                 str(SECRET.resolve()),
                 "--policies",
                 str(DEMO / "policies"),
+                "--meeting-room",
+                "r301",
             ]
         )
         print(
@@ -156,6 +164,8 @@ def main() -> int:
             " denied)\n"
             f"  why:     .venv/bin/baomi-agent explain --user wang --action read --path "
             f"{SECRET.resolve()}/finance/budget-2027.xlsx --policies {DEMO / 'policies'}\n"
+            f"  meeting: .venv/bin/baomi-agent meeting check --room r301 --meeting "
+            "m-2026-12-01 --state-dir var/agent   (cabinet simulated on 127.0.0.1:5020)\n"
             f"  console: http://{CONSOLE}/  (first logins; each role sees only its pages)\n"
             f"{logins}"
             "Ctrl-C stops both.\n",
@@ -167,7 +177,7 @@ def main() -> int:
     except KeyboardInterrupt:
         pass  # Ctrl-C reaches the children too; each stops cleanly on its own
     finally:
-        for proc in (agent, collector):
+        for proc in (agent, cabinet, collector):
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
