@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from agent.core import Agent, AgentConfig
+from agent.core import AgentConfig
 from agent.identity import enroll
 from agent.stream import StreamConfig
 from collector.console import ConsoleConfig
@@ -19,6 +17,7 @@ from collector.console.auth import create_account
 from collector.server import create_token
 from collector.store import open_store
 from tests.collector_harness import RunningCollector, init_pki
+from tests.integration.test_agent import AgentThread
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[2]
@@ -34,24 +33,6 @@ CHROMIUM_ARGS = [
     "--disable-quic",
     "--disable-sync",
 ]
-
-
-class AgentThread:
-    """The real agent core on its own loop until ``stop``."""
-
-    def __init__(self, config: AgentConfig) -> None:
-        self.agent = Agent(config)
-        self._loop = asyncio.new_event_loop()
-        self._stop = asyncio.Event()
-        self._thread = threading.Thread(
-            target=self._loop.run_until_complete, args=(self.agent.run(self._stop),), daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=20)
-        self._loop.close()
 
 
 @dataclass
