@@ -94,6 +94,7 @@ class Agent:
                 spool_events=self.spool.pending(),
                 spool_bytes=self.spool.size_bytes(),
                 state=state,
+                heartbeat_seconds=max(1, round(self.config.heartbeat_seconds)),
             ),
         )
 

@@ -58,7 +58,10 @@ class HostState:
         self.lag_s = max(0.0, (row.received_us - row.event_time_us) / 1e6)
         self.alerted = False
         if row.kind == "agent_status":
-            if self.status is not None and row.event_time_us > self.status_us:
+            declared = event.agent_status.heartbeat_seconds
+            if declared:  # the agent says how often it reports
+                self.interval_s = min(max(declared, HEARTBEAT_BOUNDS[0]), HEARTBEAT_BOUNDS[1])
+            elif self.status is not None and row.event_time_us > self.status_us:
                 gap = (row.event_time_us - self.status_us) / 1e6
                 self.interval_s = min(max(gap, HEARTBEAT_BOUNDS[0]), HEARTBEAT_BOUNDS[1])
             self.status, self.status_us = event.agent_status, row.event_time_us

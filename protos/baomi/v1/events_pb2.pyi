@@ -212,20 +212,22 @@ class SensorHealth(_message.Message):
     def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("version", "policy_version", "sensors", "spool_events", "spool_bytes", "state")
+    __slots__ = ("version", "policy_version", "sensors", "spool_events", "spool_bytes", "state", "heartbeat_seconds")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     SENSORS_FIELD_NUMBER: _ClassVar[int]
     SPOOL_EVENTS_FIELD_NUMBER: _ClassVar[int]
     SPOOL_BYTES_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     version: str
     policy_version: str
     sensors: _containers.RepeatedCompositeFieldContainer[SensorHealth]
     spool_events: int
     spool_bytes: int
     state: str
-    def __init__(self, version: _Optional[str] = ..., policy_version: _Optional[str] = ..., sensors: _Optional[_Iterable[_Union[SensorHealth, _Mapping]]] = ..., spool_events: _Optional[int] = ..., spool_bytes: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+    heartbeat_seconds: int
+    def __init__(self, version: _Optional[str] = ..., policy_version: _Optional[str] = ..., sensors: _Optional[_Iterable[_Union[SensorHealth, _Mapping]]] = ..., spool_events: _Optional[int] = ..., spool_bytes: _Optional[int] = ..., state: _Optional[str] = ..., heartbeat_seconds: _Optional[int] = ...) -> None: ...
 
 class PolicyApplied(_message.Message):
     __slots__ = ("version", "ok", "error")
