@@ -98,7 +98,10 @@ def test_recorder_holding_a_capture_device_reaches_the_collector(
         },
     )
     holder = subprocess.Popen(
-        ["arecord", "-c", f"import time; f = open({str(pcm)!r}); time.sleep(30)"],
+        # Not a known recorder's name: found only because it holds the capture device,
+        # so the event must name the device (a known name could be reported before the
+        # device is open).
+        ["voice-memo", "-c", f"import time; f = open({str(pcm)!r}); time.sleep(30)"],
         executable="/usr/bin/python3",
     )
     try:
