@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from collector.store import Store, open_store
+from tests.command_child import children  # noqa: F401 - a fixture for every test
 
 PG_ROOT = Path("/usr/lib/postgresql")  # Debian/Ubuntu layout: PG_ROOT/<major>/bin
 PG_START_TIMEOUT_S = 60  # seconds pg_ctl waits for the server to accept connections

@@ -25,6 +25,7 @@ import pytest
 import agent
 from agent.sensors.files import fanotify as fan
 from agent.sensors.files.fanotify import Access, Change, ChangeWatcher, PermissionGuard
+from tests.command_child import CommandChild
 
 UID, OTHER_UID, NOBODY = 1001, 1002, 65534
 CHILD_TIMEOUT = 10  # seconds any child process may run
@@ -287,6 +288,110 @@ os.execv("/bin/cat", ["cat", p])
         (UID, cat),
     ]
     assert len({a.pid for a in rec.seen}) == 1
+
+
+class Repeating(Recorder):
+    """A Recorder whose answers the guard repeats (as the file guard's are)."""
+
+    def __init__(self, deny: Callable[[Access], bool] | None = None) -> None:
+        super().__init__(deny)
+        self.guard: PermissionGuard | None = None
+        self.kept: list[bool] = []
+
+    def decide(self, a: Access) -> bool:
+        allowed = super().decide(a)
+        assert self.guard is not None
+        self.kept.append(self.guard.repeat(a, allowed, (a.path, a.uid, a.executable)))
+        return allowed
+
+
+def _counts(g: PermissionGuard) -> dict[object, int]:
+    return {token: count for token, count, _, _ in g.take_repeats()}
+
+
+def test_repeats_are_answered_without_asking_and_counted(
+    tree: Path,
+    guarded: Callable[..., PermissionGuard],
+    children: Callable[..., CommandChild],
+    child_python: str,
+) -> None:
+    rec = Repeating()
+    rec.guard = guarded([tree], rec)
+    before = time.time_ns()
+    child = children(child_python, UID)
+    py = os.path.realpath(child_python)
+    assert child.opens(tree / "public", 5) == ["ok"] * 5
+    assert child.opens(tree / "secret", 3) == ["EPERM"] * 3  # a denial repeats as one
+    assert rec.paths() == [str(tree / "public"), str(tree / "secret")]
+    assert rec.kept == [True, True]
+
+    rows = rec.guard.take_repeats()
+    assert {t: c for t, c, _, _ in rows} == {
+        (str(tree / "public"), UID, py): 4,
+        (str(tree / "secret"), UID, py): 2,
+    }
+    assert all(before <= first <= last <= time.time_ns() for _, _, first, last in rows)
+    # take_repeats() forgets every answer: the next open is asked again.
+    assert child.opens(tree / "public", 2) == ["ok", "ok"]
+    assert rec.paths()[2:] == [str(tree / "public")]
+    assert _counts(rec.guard) == {(str(tree / "public"), UID, py): 1}
+
+
+def test_repeats_follow_setuid_exec_and_relabel(
+    tree: Path, guarded: Callable[..., PermissionGuard], children: Callable[..., CommandChild]
+) -> None:
+    """A repeated answer is only for the same euid, executable and file version: a
+    setuid without exec, a change of the file's xattrs (a label) and an exec are each
+    asked again, in the same process."""
+    rec = Repeating(deny=lambda a: a.uid == UID and a.executable.endswith("cat"))
+    rec.guard = guarded([tree], rec)
+    child = children(sys.executable)  # root, then UID
+    public = tree / "public"
+    assert child.opens(public, 2) == ["ok", "ok"]
+    assert child.ask(f"setuid {UID}") == "done"
+    assert child.opens(public, 2) == ["ok", "ok"]
+    os.setxattr(public, "user.baomi.level", "秘密".encode())  # a new file version
+    assert child.opens(public, 2) == ["ok", "ok"]
+    child.ask(f"exec {public}")  # cat, as UID: denied, so cat says so and exits
+    child.proc.wait(CHILD_TIMEOUT)
+    assert child.proc.returncode != 0
+    py, cat = os.path.realpath(sys.executable), os.path.realpath("/bin/cat")
+    assert [(a.uid, a.executable) for a in rec.seen] == [(0, py), (UID, py), (UID, py), (UID, cat)]
+    assert len({a.pid for a in rec.seen}) == 1
+    assert len({a.ctime_ns for a in rec.seen}) == 2
+
+
+def test_a_full_answer_table_asks_again(
+    tree: Path,
+    guarded: Callable[..., PermissionGuard],
+    children: Callable[..., CommandChild],
+    child_python: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fan, "ANSWERS_KEPT", 1)
+    rec = Repeating(deny=lambda a: False)
+    rec.guard = guarded([tree], rec)
+    child = children(child_python, UID)
+    assert child.opens(tree / "public", 3) == ["ok"] * 3
+    assert child.opens(tree / "secret", 3) == ["ok"] * 3
+    assert rec.kept == [True, False, False, False]
+    assert rec.paths() == [str(tree / "public")] + [str(tree / "secret")] * 3
+
+
+def test_repeats_counted_before_stop_are_kept(
+    tree: Path, children: Callable[..., CommandChild], child_python: str
+) -> None:
+    rec = Repeating(deny=lambda a: False)
+    g = rec.guard = PermissionGuard([tree], rec.decide)
+    g.start()
+    child = children(child_python, UID)
+    try:
+        assert child.opens(tree / "public", 4) == ["ok"] * 4
+    finally:
+        g.stop()
+    assert [c for _, c, _, _ in g.take_repeats()] == [3]
+    assert g.take_repeats() == []
+    assert not g.repeat(rec.seen[0], True, "after stop")
 
 
 def test_execute_is_asked_as_execute(

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from agent.labels import set_label
 from collector.server import create_token
 from collector.store.sqlite import SQLiteStore
 from tests.collector_harness import RunningCollector, init_pki
+from tests.command_child import CommandChild
 from tests.integration.test_agent import FAST, AgentThread, host_events, wait_for
 
 pytestmark = [
@@ -227,20 +228,24 @@ def test_kernel_answers_and_every_access_is_recorded(
     assert accesses[0].label_scope == ["dept:finance"] and accesses[0].level == 1
 
 
+def _publish(site: Site, collector: RunningCollector, applied: int, **policy: object) -> None:
+    """Publish the site's policy (rewritten with ``policy``) through the collector and
+    wait until the agent has applied ``applied`` bundles in all."""
+    site.write_policy(**policy)  # type: ignore[arg-type]
+    files = {p.name: p.read_bytes() for p in site.policies.iterdir()}
+    collector.call(lambda: collector.collector.policy.publish(files, "secadmin"))
+    wait_for(
+        lambda: sum(e.policy_applied.ok for e in host_events(collector.store, "ws-01")) >= applied
+    )
+
+
 def test_changes_take_effect_on_the_next_open(
     site: Site, guarded: tuple[AgentThread, RunningCollector]
 ) -> None:
     agent, collector = guarded
 
     def publish(applied: int, **policy: object) -> None:
-        site.write_policy(**policy)  # type: ignore[arg-type]
-        files = {p.name: p.read_bytes() for p in site.policies.iterdir()}
-        collector.call(lambda: collector.collector.policy.publish(files, "secadmin"))
-        wait_for(
-            lambda: (
-                sum(e.policy_applied.ok for e in host_events(collector.store, "ws-01")) >= applied
-            )
-        )
+        _publish(site, collector, applied, **policy)
 
     assert not site.open_as(2002, "s2.txt")  # 机密, bob is 一般
     set_label(site.root / "s2.txt", level="秘密")
@@ -255,6 +260,35 @@ def test_changes_take_effect_on_the_next_open(
     assert not site.open_as(2002, "s1.txt")  # subject change: no stale verdict
     current = collector.collector.policy.current
     assert current is not None and agent.agent.policy.version == current.version
+
+
+def test_changes_reach_a_process_that_opened_before(
+    site: Site,
+    guarded: tuple[AgentThread, RunningCollector],
+    children: Callable[..., CommandChild],
+) -> None:
+    """One process keeps opening the same file while the label, the policy and the
+    subjects change: the answer it got before is never given again after a change."""
+    _, collector = guarded
+    applied = 0
+
+    def publish(**policy: object) -> None:
+        nonlocal applied
+        applied += 1
+        _publish(site, collector, applied, **policy)
+
+    bob = children("/usr/bin/python3", 2002)  # Debian's: uid 2002 can run it
+    s1, s2 = site.root / "s1.txt", site.root / "s2.txt"
+    assert bob.opens(s1, 3) == ["ok"] * 3
+    assert bob.opens(s2, 2) == ["EPERM"] * 2  # 机密, bob is 一般
+    set_label(s2, level="秘密")
+    assert bob.opens(s2, 2) == ["ok"] * 2  # label change
+    publish(deny_bob=True)
+    assert bob.opens(s1, 2) == ["EPERM"] * 2  # policy change
+    publish()
+    assert bob.opens(s1, 2) == ["ok"] * 2
+    publish(bob_status="leaving")
+    assert bob.opens(s1, 2) == ["EPERM"] * 2  # subject change
 
 
 def test_new_file_in_labelled_directory_inherits_its_label(

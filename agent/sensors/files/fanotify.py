@@ -8,7 +8,9 @@ readers built on it:
     A permission group (``FAN_CLASS_CONTENT``) with ``FAN_OPEN_PERM |
     FAN_OPEN_EXEC_PERM`` marks on every directory under the protected roots. Every
     open of a file (or directory) in them blocks in the kernel until the guard answers
-    allow or deny; ``decide(Access)`` gives the answer, within a deadline.
+    allow or deny; ``decide(Access)`` gives the answer, within a deadline. Its read
+    loop is in C (``_answers.c``): repeats of an answer ``decide()`` asked it to
+    ``repeat()`` are answered there without the GIL, and counted.
 ``ChangeWatcher``
     A notification group (``FAN_REPORT_DFID_NAME``) on the same trees that reports
     writes, creations, renames and deletions as ``Change`` records.
@@ -23,15 +25,16 @@ Every reader runs in its own thread and every handle is closed on ``stop()``.
 fanotify needs ``CAP_SYS_ADMIN``: without it ``start()`` logs one line and
 ``health()`` says ``disabled``, so the agent keeps its other sensors.
 
-Latency: the readers are Python threads, so they wait for the GIL like any other.
-One CPU-bound Python thread elsewhere in the same process makes every guarded open
-wait up to ``sys.getswitchinterval()`` (5 ms by default; measured 7 ms per open
-against 45 us without it). Run the guard in a process that does nothing else.
+Latency: a repeat answered in C costs three system calls more than the kernel round
+trip (~2.4 us against ~8.5 us; ``make bench``). Everything else -- the first open of
+a file by a process, the agent's own opens, the change watcher -- runs in Python
+threads, which wait for the GIL like any other: one CPU-bound Python thread elsewhere
+in the same process makes such an open wait up to ``sys.getswitchinterval()`` (5 ms
+by default). Run the guard in a process that does nothing else.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import ctypes
 import errno
@@ -47,6 +50,7 @@ from pathlib import Path
 
 from agent.errors import ConfigError
 from agent.sensors.base import Health
+from agent.sensors.files._answers import Answers
 
 _logger = logging.getLogger(__name__)
 
@@ -144,14 +148,12 @@ _NAMED_RECORD_TYPES = frozenset(
 # --- limits -------------------------------------------------------------------------
 DEFAULT_DEADLINE = 0.050  # seconds a decision may take before the open is denied
 DEFAULT_MAX_STUCK = 4  # decisions past their deadline still running before decide() is skipped
-_PERM_READ_BYTES = 24 * 256  # one read() takes up to 256 permission events
 _NOTIF_READ_BYTES = 64 * 1024  # one read() of a FID group; records are ~50-300 bytes
 _STOP_TIMEOUT = 5.0  # seconds stop() waits for a reader thread to finish
 _DIRTY_MAX = 10_000  # files with a reported, unclosed write that ChangeWatcher remembers
 _AT_FDCWD = -100
 _AT_EMPTY_PATH = 0x1000
-_OPENERS_KEPT = 64  # busy openers whose /proc handles stay open (two fds each)
-_OPENERS_SEEN = 4096  # pids remembered as seen once, before the memory is cleared
+ANSWERS_KEPT = 65_536  # remembered answers (repeats answered in C) between take()s
 
 # Directories are opened without following a final symlink: a symlink in a protected
 # tree points outside it, and its target is not ours to mark.
@@ -269,84 +271,6 @@ def _proc_uid(pid: int) -> int:
         return os.stat(f"/proc/{pid}").st_uid  # noqa: PTH116 - hot path: no Path object
     except OSError:
         return -1
-
-
-def _proc_exe(pid: int) -> str:
-    """The executable of ``pid`` ("" when it is gone or is a kernel thread)."""
-    try:
-        return os.readlink(f"/proc/{pid}/exe")  # noqa: PTH115 - hot path: no Path object
-    except OSError:
-        return ""
-
-
-class _Openers:
-    """uid and executable of openers, with /proc handles kept open for busy ones.
-
-    On a pid's second event its ``/proc/<pid>`` directory and ``exe`` link are opened
-    ``O_PATH`` and kept. Such an fd is bound to that process (its ``struct pid``), not
-    to the number: once the process is gone, readlink through it fails with ENOENT --
-    also when the number has been reused -- and the entry is replaced. The kernel
-    still answers afresh on every event: readlink of the kept ``exe`` link follows an
-    exec, fstat of the kept directory gives the current euid (a setuid without exec).
-    Only the path walks are saved (about 4.3 -> 2.5 us per event). A pid seen once is
-    not kept, so a one-open process costs no extra opens and closes.
-
-    Used by one reader thread at a time.
-    """
-
-    def __init__(self, size: int = _OPENERS_KEPT) -> None:
-        self._size = size
-        self._kept: dict[int, tuple[int, int]] = {}  # pid -> (/proc/<pid> fd, exe link fd)
-        self._seen: set[int] = set()
-
-    def subject(self, pid: int) -> tuple[int, str]:
-        """(euid, executable) of live process ``pid``: (-1, "") when it is gone."""
-        fds = self._kept.get(pid)
-        if fds is not None:
-            try:
-                # readlink first: it fails for a dead process, which makes the fstat
-                # below (root-owned for a dead one) trustworthy.
-                exe = os.readlink("", dir_fd=fds[1])
-                return os.fstat(fds[0]).st_uid, exe
-            except OSError:
-                self._forget(pid)
-        if pid not in self._seen:
-            if len(self._seen) >= _OPENERS_SEEN:
-                self._seen.clear()
-            self._seen.add(pid)
-            return _proc_uid(pid), _proc_exe(pid)
-        return self._keep(pid)
-
-    def _keep(self, pid: int) -> tuple[int, str]:
-        try:
-            d = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            return -1, ""
-        try:
-            link = os.open("exe", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
-        except OSError:
-            os.close(d)
-            return _proc_uid(pid), ""
-        if len(self._kept) >= self._size:
-            self._forget(next(iter(self._kept)))  # the oldest
-        self._kept[pid] = (d, link)
-        try:
-            exe = os.readlink("", dir_fd=link)
-            return os.fstat(d).st_uid, exe
-        except OSError:
-            self._forget(pid)
-            return _proc_uid(pid), _proc_exe(pid)
-
-    def _forget(self, pid: int) -> None:
-        for fd in self._kept.pop(pid, ()):
-            _close_quietly(fd)
-        self._seen.discard(pid)
-
-    def close(self) -> None:
-        """Close every kept fd."""
-        for pid in list(self._kept):
-            self._forget(pid)
-        self._seen.clear()
 
 
 def _close_quietly(fd: int) -> None:
@@ -894,14 +818,20 @@ class PermissionGuard:
       open. A permission event blocks its opener, so the queue is bounded anyway by
       the number of tasks waiting on it. ``FAN_UNLIMITED_MARKS`` because every
       directory of a protected tree carries a mark.
-    * **Warm path on the reader thread.** ``decide()`` runs inline, with no thread
+    * **Repeats in C, the rest on the reader thread.** An access that repeats one
+      ``decide()`` passed to ``repeat()`` (same process, euid, executable, file
+      version and action; all looked up again for every event) is answered by the C
+      read loop, which never takes the GIL; ``take_repeats()`` hands over the counts
+      and forgets the answers. Every other event comes back to Python with the
+      opener and the file already looked up. ``decide()`` runs inline, with no thread
       hand-off; a watchdog thread answers DENY when a decision passes the deadline,
       calls ``on_timeout(access)``, and starts a fresh reader, so a slow decision
       never holds up the opens behind it. The late result is discarded (a result
       that arrives after the deadline is treated the same way even if the watchdog
       had no chance to run). When ``max_stuck`` such decisions are still running,
       ``decide()`` is not called at all: every open is denied and ``on_timeout``
-      called, until they return (health ``degraded``).
+      called, until they return (health ``degraded``); repeats of answers already
+      given are still answered from C.
     * **Errors deny.** ``decide()`` raising denies the open and calls ``on_error``.
       The agent's own opens (its own pid) are allowed without asking ``decide()``.
     * **New directories** are marked by a notification group of our own
@@ -956,8 +886,7 @@ class PermissionGuard:
         self._fan_fd = -1
         self._wake_memfd = -1
         self._tree: _TreeWatcher | None = None
-        self._backlog: collections.deque[tuple[int, int, int]] = collections.deque()
-        self._openers = _Openers()
+        self._answers: Answers | None = None  # the read loop, answering repeats in C
         self._lock = threading.Lock()  # who answers an in-flight event: reader or watchdog
         self._inflight: tuple[Access, float] | None = None  # (access, monotonic start)
         self._handled = 0  # events decided so far; the watchdog parks when it stops moving
@@ -1020,6 +949,7 @@ class PermissionGuard:
             self._health = Health("failed", detail)
             return
         self._own_pid = os.getpid()  # here, not in __init__: the agent may have forked since
+        self._answers = Answers(self._fan_fd, self._own_pid, ANSWERS_KEPT)
         self._running = True
         self._tree = tree
         self._stopping = self._wd_exit = False
@@ -1083,7 +1013,8 @@ class PermissionGuard:
             _close_quietly(fan)
         _close_quietly(self._wake_memfd)
         self._wake_memfd = -1
-        self._openers.close()
+        if self._answers is not None:
+            self._answers.close()  # its counts stay for take_repeats()
         self._running = False
         self._health = Health("disabled", "stopped")
 
@@ -1111,6 +1042,43 @@ class PermissionGuard:
         if not self._drained.wait(_STOP_TIMEOUT):
             _logger.error("file guard reader did not drain within %.0f s; closing", _STOP_TIMEOUT)
         poker.join(_STOP_TIMEOUT)
+
+    # -- repeats ---------------------------------------------------------------------------
+    def repeat(self, access: Access, allow: bool, token: object) -> bool:
+        """Give ``allow`` to every repeat of ``access`` without calling ``decide()``.
+
+        A repeat is an open by the same process, with the same euid and executable,
+        of the same file version (dev, inode, ctime: a label change makes a new
+        version) for the same action; it is answered in C and counted against
+        ``token`` until ``take_repeats()``. Call it from ``decide()``. False when the
+        answer cannot be kept (table full, guard stopped): repeats are then decided
+        afresh.
+        """
+        answers = self._answers
+        if answers is None or not self._running:
+            return False
+        return answers.remember(
+            access.pid,
+            access.uid,
+            access.executable,
+            access.dev,
+            access.ino,
+            access.ctime_ns,
+            access.action == "execute",
+            allow,
+            token,
+        )
+
+    def take_repeats(self) -> list[tuple[object, int, int, int]]:
+        """(token, count, first_ns, last_ns) of the repeats answered since the last call.
+
+        Every remembered answer is forgotten: the next open of each is decided
+        afresh. Call it when what decisions depend on changes (policy, subjects) and
+        periodically, so that no answer outlives the period the caller reports in.
+        Works after ``stop()`` too, for the repeats counted before it.
+        """
+        answers = self._answers
+        return [] if answers is None else answers.take()
 
     def health(self) -> Health:
         """ok, degraded (decisions stuck past the deadline), disabled or failed."""
@@ -1147,72 +1115,51 @@ class PermissionGuard:
         t.start()
 
     def _serve(self) -> None:
-        """Read permission events and answer each; returns when drained or replaced."""
-        fan = self._fan_fd
-        backlog = self._backlog
-        buf = bytearray(_PERM_READ_BYTES)
-        bufs = [buf]
-        readv = os.readv
-        unpack_from = _METADATA.unpack_from
+        """Read permission events and answer each; returns when drained or replaced.
+
+        ``Answers.next()`` (C, without the GIL) answers repeats of remembered
+        decisions itself and returns only the events that need ``decide()``.
+        """
+        answers = self._answers
+        assert answers is not None  # noqa: S101 - start() made it before any reader
         handle = self._handle
         try:
             while not self._drained_flag:
-                if backlog:
-                    if not handle(*backlog.popleft()):
-                        return  # the watchdog answered for us and started another reader
-                    continue
-                n = readv(fan, bufs)
-                if n == _METADATA.size:  # one event per read: the common case, no queueing
-                    _, vers, _, _, mask, fd, pid = unpack_from(buf)
-                    if vers == FANOTIFY_METADATA_VERSION and fd >= 0:
-                        if not handle(fd, pid, mask):
-                            return
-                        continue
-                self._parse(buf, n)  # several events (or one to complain about)
+                if not handle(*answers.next()):
+                    return  # the watchdog answered for us and started another reader
         except Exception as e:  # noqa: BLE001 - any failure ends the reader: fail loudly
             if self._stopping and isinstance(e, OSError) and e.errno == errno.EBADF:
                 return
             self._fail(f"file guard reader failed: {e}")
 
-    def _parse(self, buf: bytearray, n: int) -> None:
-        off = 0
-        unpack = _METADATA.unpack_from
-        append = self._backlog.append
-        while off + _METADATA.size <= n:
-            event_len, vers, _, _, mask, fd, pid = unpack(buf, off)
-            if vers != FANOTIFY_METADATA_VERSION or event_len < _METADATA.size:
-                raise OSError(errno.EPROTO, f"unexpected fanotify metadata v{vers} len {event_len}")
-            if fd >= 0:
-                append((fd, pid, mask))
-            off += event_len
+    def _handle(  # noqa: PLR0917 - the fields of one event, as Answers.next() gives them
+        self,
+        fd: int,
+        pid: int,
+        mask: int,
+        uid: int,
+        exe: str,
+        dev: int,
+        ino: int,
+        ctime_ns: int,
+        stat_errno: int,
+    ) -> bool:
+        """Decide one event; False when this reader was replaced and must end.
 
-    def _handle(self, fd: int, pid: int, mask: int) -> bool:
-        """Answer one event; False when this reader was replaced and must end.
-
-        The warm path: one fstat of the event fd, the opener's uid and executable
-        (``_Openers``), ``decide()``, one write, one close -- and no thread hand-off.
+        The opener's uid and executable and the file's identity come looked up
+        (``Answers.next()``); here: ``decide()``, one write, one close, on the reader
+        thread (no hand-off).
         """
         if pid == self._own_pid:
             return self._handle_own(fd)
-        try:
-            st = os.fstat(fd)
-            uid, exe = self._openers.subject(pid)
-        except OSError as e:
+        if stat_errno:
             self._answer(fd, FAN_DENY)
-            self._report_error(None, e)
+            self._report_error(None, OSError(stat_errno, os.strerror(stat_errno)))
             return True
         # Callbacks other than decide() get an Access whose path is already resolved:
         # the fd is closed by the time they might read it.
-        access = Access(
-            pid,
-            uid,
-            exe,
-            fd,
-            st.st_dev,
-            st.st_ino,
-            st.st_ctime_ns,
-            "execute" if mask & FAN_OPEN_EXEC_PERM else "read",
-        )
+        action = "execute" if mask & FAN_OPEN_EXEC_PERM else "read"
+        access = Access(pid, uid, exe, fd, dev, ino, ctime_ns, action)
         if self._stuck >= self._max_stuck:
             _ = access.path
             self._answer(fd, FAN_DENY)

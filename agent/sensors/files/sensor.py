@@ -4,7 +4,10 @@ It joins three parts: the kernel edge (``fanotify``: PermissionGuard answers ope
 ChangeWatcher reports writes, creations, renames and deletions), the labels on files
 (``agent.labels``) and the decision engine (``agent.decision``). Each open becomes a
 ``file_access`` event with the label, the person, the process and the rule that
-decided; each change a ``file_change`` event.
+decided; each change a ``file_change`` event. A process opening the same file again
+gets the same answer from the guard's C read loop, counted; every ``FOLD_SECONDS``
+(and whenever the policy changes) the counts become one event per repeated access and
+every such answer is forgotten, so the next open is decided afresh.
 
 Without a loaded policy every open under the roots is denied: an empty policy is an
 error, never "allow all".
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -42,19 +44,6 @@ SEVERITY_OF = {
 }
 _MISSING = object()
 FOLD_SECONDS = 1.0  # repeated identical accesses are counted and recorded this often
-
-
-class _Repeats:
-    """Accesses that repeated one already recorded: counted, then recorded as one event."""
-
-    __slots__ = ("allow", "count", "event", "first_ns", "last_ns")
-
-    def __init__(self, event: events_pb2.Event, allow: bool) -> None:
-        self.event = event
-        self.allow = allow
-        self.count = 0
-        self.first_ns = 0
-        self.last_ns = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,8 +78,9 @@ class FileGuard:
         self._labels: dict[tuple[int, int, int], Label | None] = {}
         self._declassified: set[tuple[int, int, str]] = set()
         self._lock = threading.Lock()
+        # Held while an answer is handed to the guard to repeat and while repeats are
+        # taken, so no answer of a replaced policy is remembered after the take.
         self._fold_lock = threading.Lock()
-        self._folds: dict[tuple[object, ...], _Repeats] = {}
         self._flusher = threading.Thread(target=self._flush_loop, name="files-fold", daemon=True)
         self._stopping = threading.Event()
         self._guard = PermissionGuard(
@@ -144,17 +134,16 @@ class FileGuard:
     def flush(self) -> None:
         """Record every counted repeat and forget the answers they reused."""
         with self._fold_lock:
-            folds, self._folds = self._folds, {}
-        for repeats in folds.values():
-            if repeats.count == 0:
-                continue
+            repeats = self._guard.take_repeats()
+        for first, count, first_ns, last_ns in repeats:
+            assert isinstance(first, events_pb2.Event)  # noqa: S101 - only _decide() gives tokens
             event = events_pb2.Event()
-            event.CopyFrom(repeats.event)
-            event.time.FromNanoseconds(repeats.last_ns)
+            event.CopyFrom(first)
+            event.time.FromNanoseconds(last_ns)
             access = event.file_access
-            access.count = repeats.count
-            access.first.FromNanoseconds(repeats.first_ns)
-            access.last.FromNanoseconds(repeats.last_ns)
+            access.count = count
+            access.first.FromNanoseconds(first_ns)
+            access.last.FromNanoseconds(last_ns)
             self._sink(event)
 
     def _flush_loop(self) -> None:
@@ -185,26 +174,6 @@ class FileGuard:
         return label  # type: ignore[no-any-return]
 
     def _decide(self, access: Access) -> bool:
-        # The same process opening the same file version again, under the same policy:
-        # the answer is the one just given, and the access is counted, not re-recorded.
-        key = (
-            access.pid,
-            access.uid,
-            access.executable,
-            access.dev,
-            access.ino,
-            access.ctime_ns,
-            access.action,
-        )
-        with self._fold_lock:
-            repeat = self._folds.get(key)
-            if repeat is not None:
-                now = time.time_ns()
-                if repeat.count == 0:
-                    repeat.first_ns = now
-                repeat.count += 1
-                repeat.last_ns = now
-                return repeat.allow
         engine = self._engine
         label = self._label(access)
         if engine is None:
@@ -219,11 +188,13 @@ class FileGuard:
                 action=access.action,
             )
         event = self._record(access, label, verdict)
+        # The same process opening the same file version again, under the same policy,
+        # gets the same answer from the guard (in C) and is counted, not re-recorded.
+        first = events_pb2.Event()
+        first.CopyFrom(event)  # the recorder's thread fills in the original
         with self._fold_lock:
             if engine is self._engine:  # not decided under a policy replaced meanwhile
-                first = events_pb2.Event()
-                first.CopyFrom(event)  # the recorder's thread fills in the original
-                self._folds[key] = _Repeats(first, verdict.allow)
+                self._guard.repeat(access, verdict.allow, first)
         return verdict.allow
 
     def _record(self, access: Access, label: Label | None, verdict: Verdict) -> events_pb2.Event:

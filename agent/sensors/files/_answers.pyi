@@ -1,0 +1,23 @@
+# Types of the C extension agent/sensors/files/_answers.c.
+
+class Answers:
+    """The read loop of a fanotify permission group, answering repeats in C."""
+
+    def __init__(self, fan_fd: int, own_pid: int, limit: int = ...) -> None: ...
+    def next(self) -> tuple[int, int, int, int, str, int, int, int, int]: ...
+    def remember(
+        self,
+        pid: int,
+        uid: int,
+        exe: str,
+        dev: int,
+        ino: int,
+        ctime_ns: int,
+        execute: bool,
+        allow: bool,
+        token: object,
+        /,
+    ) -> bool: ...
+    def take(self) -> list[tuple[object, int, int, int]]: ...
+    def close(self) -> None: ...
+    def __len__(self) -> int: ...

@@ -1,0 +1,92 @@
+"""The C answer table of the file guard, without the kernel: remember, take, limits.
+
+Its read loop (``next()``) needs a fanotify group and is tested against the real kernel
+in tests/integration/test_fanotify.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from agent.sensors.files._answers import Answers
+
+EXE = "/usr/bin/cat"
+
+
+@pytest.fixture
+def make() -> Iterator[Callable[..., Answers]]:
+    """Answers over a pipe's read end, standing in for the group (nothing reads it)."""
+    fds: list[int] = []
+
+    def answers(limit: int = 65_536) -> Answers:
+        r, w = os.pipe()
+        fds.extend((r, w))
+        return Answers(r, os.getpid(), limit)
+
+    yield answers
+    for fd in fds:
+        os.close(fd)
+
+
+def test_remembered_answers_are_forgotten_by_take(make: Callable[..., Answers]) -> None:
+    a = make()
+    assert a.remember(10, 1001, EXE, 1, 2, 3, False, True, "t1")
+    assert a.remember(10, 1001, EXE, 1, 2, 3, True, False, "t2")  # execute: another key
+    assert a.remember(10, 1001, "/usr/bin/less", 1, 2, 3, False, True, "t3")
+    assert len(a) == 3
+    assert a.take() == []  # none repeated yet
+    assert len(a) == 0
+
+
+def test_the_same_key_again_replaces_the_token_not_the_count(make: Callable[..., Answers]) -> None:
+    a = make()
+    token = object()
+    refs = sys.getrefcount(token)
+    assert a.remember(10, 1001, EXE, 1, 2, 3, False, True, token)
+    assert sys.getrefcount(token) == refs + 1
+    assert a.remember(10, 1001, EXE, 1, 2, 3, False, False, "newer")
+    assert len(a) == 1
+    assert sys.getrefcount(token) == refs  # released
+    a.take()
+
+
+def test_the_table_grows_to_its_limit_and_then_refuses(make: Callable[..., Answers]) -> None:
+    a = make(limit=1000)
+    kept = [a.remember(10, 1001, EXE, 1, ino, 3, False, True, ino) for ino in range(1200)]
+    assert kept == [True] * 1000 + [False] * 200
+    assert len(a) == 1000
+    a.take()
+    assert a.remember(10, 1001, EXE, 1, 5000, 3, False, True, "after take")
+
+
+def test_non_utf8_executables_round_trip(make: Callable[..., Answers]) -> None:
+    a = make()
+    exe = os.fsdecode(b"/tmp/\xff\xfe-tool")
+    assert a.remember(10, 1001, exe, 1, 2, 3, False, True, "t")
+
+
+def test_a_vanished_opener_is_not_remembered(make: Callable[..., Answers]) -> None:
+    a = make()
+    assert not a.remember(10, -1, "", 1, 2, 3, False, False, "t")
+    assert len(a) == 0
+
+
+def test_closed_tables_remember_nothing(make: Callable[..., Answers]) -> None:
+    a = make()
+    a.close()
+    assert not a.remember(10, 1001, EXE, 1, 2, 3, False, True, "t")
+    assert a.take() == []
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        a.next()
+
+
+def test_bad_limits_and_uninitialised_use_are_refused() -> None:
+    with pytest.raises(ValueError, match="limit must be"):
+        Answers(0, 1, 0)
+    a = Answers.__new__(Answers)
+    with pytest.raises(RuntimeError, match="__init__ was not called"):
+        a.take()
