@@ -10,6 +10,7 @@ from typing import Any
 
 from agent import labels
 from agent.core import AgentConfig, run_agent
+from agent.decision.errors import LabelError
 from agent.decision.policy import PolicySet
 from agent.decision.tools import explain, policy_test
 from agent.devices import cli as devices_cli
@@ -53,6 +54,7 @@ def _sensor_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "roots": [str(p) for p in args.protect],
             "policies": str(args.policies) if args.policies else None,
             "deadline": args.deadline_ms / 1000,
+            "label_key": str(_label_key_path(args)),
         }
     if args.network:
         sensors["network"] = {"gateways": args.gateway, "enforce": args.enforce_network}
@@ -77,17 +79,32 @@ def _sensor_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return sensors
 
 
+def _label_key_path(args: argparse.Namespace) -> Path:
+    return Path(args.state_dir) / labels.LABEL_KEY_FILE
+
+
+def _label_key_or_note(args: argparse.Namespace) -> bytes | None:
+    """The label key to check seals with; None (and a note on stderr) if unreadable."""
+    try:
+        return labels.load_label_key(_label_key_path(args))
+    except LabelError as e:
+        print(f"note: label seals not checked: {e}", file=sys.stderr)
+        return None
+
+
 def _cmd_label_set(args: argparse.Namespace) -> int:
+    key = labels.load_label_key(_label_key_path(args), create=True)
     label = labels.set_label(
-        args.path, args.level, until=args.until, scope=args.scope or (), label_id=args.id
+        args.path, args.level, until=args.until, scope=args.scope or (), label_id=args.id, key=key
     )
     print(f"{args.path}: {label.describe()}")
     return 0
 
 
 def _cmd_label_show(args: argparse.Namespace) -> int:
+    key = _label_key_or_note(args)
     try:
-        label = labels.read_label(args.path)
+        label = labels.read_label(args.path, key)
     except OSError as e:
         raise AgentError(f"cannot read the label of {args.path}: {e.strerror}") from e
     print(f"{args.path}: {'unlabelled (unclassified)' if label is None else label.describe()}")
@@ -105,13 +122,14 @@ def _cmd_label_clear(args: argparse.Namespace) -> int:
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     policyset = PolicySet.load(args.policies)
-    print(explain(policyset, args.user, args.path, args.action, args.exe))
+    key = _label_key_or_note(args)
+    print(explain(policyset, args.user, args.path, args.action, args.exe, key=key))
     return 0
 
 
 def _cmd_policy_test(args: argparse.Namespace) -> int:
     policyset = PolicySet.load(args.policies)
-    mismatches = policy_test(policyset, args.table)
+    mismatches = policy_test(policyset, args.table, key=_label_key_or_note(args))
     for m in mismatches:
         print(m)
     if mismatches:

@@ -169,8 +169,7 @@ class Agent:
                     self.emit(self._status(self.state))
         finally:
             watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watching
+            await _ended(watching, "the policy watch")
             for sensor in self.sensors:
                 sensor.stop()
             self.emit(self._status("stopping"))
@@ -188,8 +187,17 @@ class Agent:
                 while self.stream.acked_seq < head and not streaming.done():  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
         streaming.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await streaming
+        await _ended(streaming, "the event stream")
+
+
+async def _ended(task: asyncio.Task[None], what: str, seconds: float = 5.0) -> None:
+    """Wait for a cancelled task to end, at most ``seconds``: one part that does not
+    stop (a gRPC call stuck in its channel, say) must not keep the rest running."""
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        _logger.error("%s did not stop within %.0f s; stopping without it", what, seconds)
+    elif not task.cancelled() and (error := task.exception()) is not None:
+        _logger.error("%s ended with %s", what, error)
 
 
 def run_agent(config: AgentConfig) -> None:

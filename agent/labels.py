@@ -10,6 +10,9 @@ A label is four ``user.baomi.*`` attributes:
                          empty or absent means any subject cleared for the level
 ``user.baomi.label_id``  the classification record (定密依据) the label comes from
 
+``user.baomi.seal``     HMAC-SHA256 of the attributes above and of the file's identity
+                         (filesystem id, inode, birth time), under the host's label key
+
 No ``user.baomi.*`` attribute at all means "not labelled": unclassified. Anything else
 that is not a well-formed label (unknown attribute, missing level, bad value, a value
 over its size bound) reads as a *fail-closed* label: level 3 with ``problem`` saying what
@@ -17,18 +20,30 @@ is wrong, which the decision model denies.
 
 Attribute values are attacker-controlled: anyone with write permission on a file may
 set ``user.*`` attributes on it. So every value is bounded in length and validated
-before it is believed, and protected trees must not be writable by ordinary users at
-the Unix permission level (see ``policies/README.md``).
+before it is believed, and -- where a label key is given, as the file guard always
+gives it -- a label is believed only with a seal made by that key for that very file.
+A level lowered or a scope widened by the file's writer, a label (with its seal)
+copied from another file, or one left on an inode number that was reused, reads as
+fail-closed. The key (``label.key`` in the agent's state directory, 32 random bytes,
+root-only) is made on first use; labels are set through ``baomi-agent label set``,
+which seals them. A labelled file copied to another host, or restored from a backup as
+a new inode, must be labelled again there.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import hashlib
+import hmac
 import os
 import re
+import secrets
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 
 from agent.decision.errors import LabelError
 
@@ -37,7 +52,12 @@ XATTR_LEVEL = "user.baomi.level"
 XATTR_UNTIL = "user.baomi.until"
 XATTR_SCOPE = "user.baomi.scope"
 XATTR_ID = "user.baomi.label_id"
-_KNOWN = frozenset({XATTR_LEVEL, XATTR_UNTIL, XATTR_SCOPE, XATTR_ID})
+XATTR_SEAL = "user.baomi.seal"
+_KNOWN = frozenset({XATTR_LEVEL, XATTR_UNTIL, XATTR_SCOPE, XATTR_ID, XATTR_SEAL})
+
+LABEL_KEY_FILE = "label.key"  # in the agent's state directory
+LABEL_KEY_BYTES = 32
+_SEAL_CONTEXT = b"baomi label seal v1\0"
 
 # Size bounds of attribute values, bytes. A real level is at most 12 bytes (top-secret,
 # 绝密 is 6), a date 10, a scope of 64 entries of 64 characters fits in 4 KiB.
@@ -260,28 +280,150 @@ _PARSED_MAX_ENTRIES = 4096
 _PARSED_MAX_BYTES = 1024  # larger label values are parsed every time, never kept
 
 
-def read_label(target: FileRef) -> Label | None:
+def read_label(target: FileRef, key: bytes | None = None) -> Label | None:
     """The label on a file (path or fd); None when unlabelled (unclassified).
 
     Unreadable or malformed attributes give a fail-closed label (level 3, ``problem``
-    set). OSError propagates only when the file itself is not there.
+    set); so does, when ``key`` is given, a label without a seal by ``key`` for this
+    file. OSError propagates only when the file itself is not there.
     """
     raw = _read_raw(target)
     if isinstance(raw, Label):
         return raw
     if not raw:
         return None
-    key = tuple(raw.items())
-    try:
-        return _PARSED[key]
-    except KeyError:
-        pass
-    label = parse_label(raw)
-    if sum(len(v) for v in raw.values()) <= _PARSED_MAX_BYTES:
-        if len(_PARSED) >= _PARSED_MAX_ENTRIES:
-            _PARSED.clear()  # crude, bounded and rare: labels are few
-        _PARSED[key] = label
+    seal = raw.pop(XATTR_SEAL, None)
+    cache_key = tuple(raw.items())
+    if cache_key in _PARSED:
+        label = _PARSED[cache_key]
+    else:
+        label = parse_label(raw)
+        if sum(len(v) for v in raw.values()) <= _PARSED_MAX_BYTES:
+            if len(_PARSED) >= _PARSED_MAX_ENTRIES:
+                _PARSED.clear()  # crude, bounded and rare: labels are few
+            _PARSED[cache_key] = label
+    if key is None or label is None or not label.valid:
+        return label
+    if seal is None:
+        return invalid_label(
+            f"{XATTR_SEAL} is missing: the label was not set with baomi-agent label set"
+        )
+    if not hmac.compare_digest(seal, _seal(key, target, raw)):
+        return invalid_label(
+            "the seal does not match: the label was changed outside baomi-agent label set, "
+            "or it belongs to another file; set it again"
+        )
     return label
+
+
+# --- seals ----------------------------------------------------------------------------
+def load_label_key(path: Path, *, create: bool = False) -> bytes:
+    """The label key kept at ``path``; with ``create``, made (0600) if there is none.
+
+    Raises LabelError saying what to do when it cannot be read or is malformed.
+    """
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        if not create:
+            raise LabelError(
+                f"{path}: no label key yet; the agent makes it when it starts "
+                "(or label a file with baomi-agent label set as root)"
+            ) from None
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            return load_label_key(path)  # made meanwhile by another process
+        except OSError as e:
+            raise LabelError(f"{path}: cannot make the label key: {e.strerror}") from e
+        try:
+            os.write(fd, secrets.token_bytes(LABEL_KEY_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return load_label_key(path)
+    except OSError as e:
+        raise LabelError(
+            f"{path}: cannot read the label key ({e.strerror}); labels are sealed with it, "
+            "so label files as root"
+        ) from e
+    if len(key) != LABEL_KEY_BYTES:
+        raise LabelError(
+            f"{path}: a label key is {LABEL_KEY_BYTES} bytes, this one {len(key)}; restore it "
+            "from backup (a new key makes every sealed label fail-closed until relabelled)"
+        )
+    return key
+
+
+class _StatxTimestamp(ctypes.Structure):
+    _fields_ = (("tv_sec", ctypes.c_int64), ("tv_nsec", ctypes.c_uint32), ("_pad", ctypes.c_int32))
+
+
+class _Statx(ctypes.Structure):
+    """``struct statx`` (linux/stat.h) up to the timestamps, padded to its 256 bytes."""
+
+    _fields_ = (
+        ("stx_mask", ctypes.c_uint32),
+        ("stx_blksize", ctypes.c_uint32),
+        ("stx_attributes", ctypes.c_uint64),
+        ("stx_nlink", ctypes.c_uint32),
+        ("stx_uid", ctypes.c_uint32),
+        ("stx_gid", ctypes.c_uint32),
+        ("stx_mode", ctypes.c_uint16),
+        ("_spare0", ctypes.c_uint16),
+        ("stx_ino", ctypes.c_uint64),
+        ("stx_size", ctypes.c_uint64),
+        ("stx_blocks", ctypes.c_uint64),
+        ("stx_attributes_mask", ctypes.c_uint64),
+        ("stx_atime", _StatxTimestamp),
+        ("stx_btime", _StatxTimestamp),
+        ("_rest", ctypes.c_uint8 * 160),
+    )
+
+
+_STATX_INO = 0x100
+_STATX_BTIME = 0x800
+_AT_FDCWD = -100
+_AT_EMPTY_PATH = 0x1000
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.statx.argtypes = (
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.c_int,
+    ctypes.c_uint,
+    ctypes.POINTER(_Statx),
+)
+
+
+def _identity(target: FileRef) -> bytes:
+    """What makes a file this file: filesystem id, inode and birth time.
+
+    The birth time (ext4, xfs, btrfs and tmpfs keep one; nobody can set it) tells a
+    reused inode number from the file that had it; where there is none it is 0.
+    Symlinks are followed, as the attribute calls follow them.
+    """
+    buf = _Statx()
+    if isinstance(target, int):
+        rc = _libc.statx(target, b"", _AT_EMPTY_PATH, _STATX_INO | _STATX_BTIME, buf)
+        fsid = os.fstatvfs(target).f_fsid
+    else:
+        raw = os.fsencode(target)
+        rc = _libc.statx(_AT_FDCWD, raw, 0, _STATX_INO | _STATX_BTIME, buf)
+        fsid = os.statvfs(target).f_fsid
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), _describe_ref(target))
+    born = buf.stx_btime if buf.stx_mask & _STATX_BTIME else _StatxTimestamp()
+    return struct.pack("=QQqI", fsid & (2**64 - 1), buf.stx_ino, born.tv_sec, born.tv_nsec)
+
+
+def _seal(key: bytes, target: FileRef, raw: Mapping[str, bytes]) -> bytes:
+    """The seal of label attributes ``raw`` (no seal among them) on ``target``, as hex."""
+    mac = hmac.new(key, _SEAL_CONTEXT + _identity(target), hashlib.sha256)
+    for name in sorted(raw):
+        mac.update(name.encode() + b"\0" + struct.pack("=I", len(raw[name])) + raw[name])
+    return mac.hexdigest().encode()
 
 
 def _write_raw(target: FileRef, raw: Mapping[str, bytes]) -> None:
@@ -326,10 +468,13 @@ def set_label(
     until: str | date | None = None,
     scope: str | Iterable[str] = (),
     label_id: str | None = None,
+    key: bytes | None = None,
 ) -> Label:
-    """Label a file; attributes not given are removed. Returns the label written.
+    """Label a file, sealed with ``key``; attributes not given are removed.
 
-    Raises LabelError when a value is invalid or the attributes cannot be written.
+    Returns the label written. Without ``key`` no seal is written, and a reader that
+    checks seals (the file guard) takes the label for fail-closed. Raises LabelError
+    when a value is invalid or the attributes cannot be written.
     """
     try:
         label = Label(
@@ -347,8 +492,17 @@ def set_label(
         raw[XATTR_SCOPE] = ",".join(label.scope).encode()
     if label.label_id is not None:
         raw[XATTR_ID] = label.label_id.encode()
-    _write_raw(target, raw)
+    _write_raw(target, _sealed(raw, target, key))
     return label
+
+
+def _sealed(raw: dict[str, bytes], target: FileRef, key: bytes | None) -> dict[str, bytes]:
+    if key is None:
+        return raw
+    try:
+        return {**raw, XATTR_SEAL: _seal(key, target, raw)}
+    except OSError as e:
+        raise LabelError(f"cannot seal the label of {_describe_ref(target)}: {e.strerror}") from e
 
 
 def clear_label(target: FileRef) -> bool:
@@ -359,21 +513,25 @@ def clear_label(target: FileRef) -> bool:
     return had
 
 
-def inherit_label(directory: FileRef, new_file: FileRef) -> Label | None:
+def inherit_label(directory: FileRef, new_file: FileRef, key: bytes | None = None) -> Label | None:
     """Give a new file in a labelled directory the directory's label.
 
-    The attributes are copied as they are, so an invalid directory label makes an
-    equally fail-closed file label. A file that already carries a label keeps it.
-    Returns the label the file ends up with (None: neither is labelled).
+    With ``key`` the directory's seal is checked and the file's label sealed for the
+    file; a directory label that is invalid (or, with ``key``, not sealed for it) is
+    copied without a seal, so the file is equally fail-closed. A file that already
+    carries a label keeps it. Returns the label the file ends up with (None: neither
+    is labelled).
     """
     existing = _read_raw(new_file)
     if isinstance(existing, Label) or existing:
-        return read_label(new_file)
+        return read_label(new_file, key)
     raw = _read_raw(directory)
     if isinstance(raw, Label):
         # The directory's attributes cannot be read: mark the file fail-closed too.
         raw = {XATTR_LEVEL: _UPDATING.encode()}
     if not raw:
         return None
-    _write_raw(new_file, raw)
-    return read_label(new_file)
+    label = read_label(directory, key)
+    raw.pop(XATTR_SEAL, None)
+    _write_raw(new_file, _sealed(raw, new_file, key if label and label.valid else None))
+    return read_label(new_file, key)

@@ -38,7 +38,7 @@ from pathlib import Path
 from baomi.chain import GENESIS
 from baomi.v1 import events_pb2
 
-from agent.labels import set_label
+from agent.labels import load_label_key, set_label
 from agent.recorder import Recorder
 from agent.sensors.files.fanotify import Access, PermissionGuard
 from agent.sensors.files.sensor import FileGuard, FileGuardConfig
@@ -47,7 +47,7 @@ from bench.proc import BenchError
 
 RATIO_TARGET = 1.3  # guard / C allow-all, µs per open
 FILES = 64
-ROUNDS = 3  # interleaved rounds of (a)-(d); the median of each is reported
+ROUNDS = 5  # interleaved rounds of (a)-(d); the median of each is reported
 CHILD_TIMEOUT = 300  # seconds any child process may run
 RESPONDER_C = Path(__file__).resolve().parent / "fanotify_allow.c"
 
@@ -188,15 +188,17 @@ class _Agent:
         (self.policies / "subjects.toml").write_text(
             BENCH_SUBJECTS.format(uid=os.geteuid(), opener=opener), encoding="utf-8"
         )
+        self.key = load_label_key(work / "label.key", create=True)
         for i, f in enumerate(files):
-            set_label(f, level=("绝密", "机密", "秘密")[i % 3], scope="dept:bench")
+            set_label(f, level=("绝密", "机密", "秘密")[i % 3], scope="dept:bench", key=self.key)
         self.spool = Spool.create(work / "spool.db", "bench", 0, GENESIS)
 
     def measure(self, directory: Path, measure: Callable[[], float]) -> float:
         recorder = Recorder(self.spool, lambda: None)
         recorder.start()
         guard = FileGuard(
-            FileGuardConfig(roots=(directory,), policies=self.policies), recorder.record
+            FileGuardConfig(roots=(directory,), label_key=self.key, policies=self.policies),
+            recorder.record,
         )
         guard.start()
         if guard.health().state != "ok":

@@ -50,7 +50,8 @@ def _prepare_demo_tree(agent_cli: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             path.write_text(f"demo content of {name}\n", encoding="utf-8")
-        args = [agent_cli, "label", "set", str(path), "--level", level]
+        args = [agent_cli, "--state-dir", str(AGENT_STATE), "label", "set", str(path)]
+        args += ["--level", level]
         args += ["--until", until] if until else []
         args += ["--scope", scope] if scope else []
         _run(*args)

@@ -66,10 +66,12 @@ def explain(
     exe: str | None = None,
     *,
     today: date | None = None,
+    key: bytes | None = None,
 ) -> str:
     """A few lines saying what the agent decides for this access, and why.
 
-    The label is read from ``path`` when the file exists; otherwise the file counts as
+    The label is read from ``path`` when the file exists (its seal checked with ``key``
+    when one is given, as the agent checks it); otherwise the file counts as
     unlabelled (unclassified).
     """
     day = today or date.today()
@@ -77,7 +79,7 @@ def explain(
     label: Label | None = None
     label_note = ""
     try:
-        label = read_label(path)
+        label = read_label(path, key)
     except OSError as e:
         label_note = f" (no file: {e.strerror}; decided as unlabelled)"
     engine = Engine(policyset)
@@ -180,12 +182,17 @@ def parse_target(spec: str) -> tuple[str, Label | None, bool]:
 
 
 def policy_test(
-    policyset: PolicySet, table_csv_path: str | Path, *, today: date | None = None
+    policyset: PolicySet,
+    table_csv_path: str | Path,
+    *,
+    today: date | None = None,
+    key: bytes | None = None,
 ) -> list[Mismatch]:
     """Decide every row of a test table; the rows whose decision differs from expected.
 
     Rows: ``user, path-or-label-spec, action, allow|deny[, exe[, YYYY-MM-DD]]``; ``#``
-    comments, blank lines and a header row starting with ``user`` are skipped. A row
+    comments, blank lines and a header row starting with ``user`` are skipped. Labels
+    read from files have their seals checked with ``key`` when one is given. A row
     where the engine and reference Casbin disagree is a mismatch too. A malformed row
     raises PolicyError with its line.
     """
@@ -220,7 +227,7 @@ def policy_test(
             raise PolicyError(table, n, str(e)) from e
         if not given:
             try:
-                label = read_label(path)
+                label = read_label(path, key)
             except OSError:
                 label = None  # no such file: unlabelled
         uid = resolve_uid(policyset, user)

@@ -14,12 +14,17 @@ from agent.sensors.base import EventSink, Health, PolicyAware, Sensor, SensorFac
 
 
 def _files(settings: dict[str, Any], sink: EventSink) -> Sensor:
+    from agent.errors import ConfigError  # noqa: PLC0415
+    from agent.labels import load_label_key  # noqa: PLC0415
     from agent.sensors.files.sensor import FileGuard, FileGuardConfig  # noqa: PLC0415
 
     policies = settings.get("policies")
+    if not settings.get("label_key"):
+        raise ConfigError("the files sensor needs label_key: the file its label key is kept in")
     return FileGuard(
         FileGuardConfig(
             roots=tuple(Path(r) for r in settings.get("roots", ())),
+            label_key=load_label_key(Path(settings["label_key"]), create=True),
             policies=Path(policies) if policies else None,
             deadline=float(settings.get("deadline", 0.050)),
         ),

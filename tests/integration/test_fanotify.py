@@ -799,6 +799,25 @@ def test_changes_are_reported_with_paths_pid_and_uid(
     ]
 
 
+def test_attribute_changes_by_others_are_reported(
+    watched: tuple[Path, Changes, ChangeWatcher], child_python: str
+) -> None:
+    d, changes, _ = watched
+    f = _write(d / "f", "x")
+    os.setxattr(f, "user.baomi.level", "机密".encode())  # this process: not news
+    f.chmod(0o666)
+    pid = run_as(
+        UID,
+        child_python,
+        "os.setxattr(sys.argv[1] + '/f', 'user.baomi.level', '内部'.encode())\n",
+        d,
+    )
+    eventually(lambda: any(c.kind == "attrib" for c in changes.snapshot()), "attrib reported")
+    assert [(c.kind, c.path, c.pid) for c in changes.snapshot() if c.kind == "attrib"] == [
+        ("attrib", str(f), pid)
+    ]
+
+
 def test_uid_of_a_live_writer(
     watched: tuple[Path, Changes, ChangeWatcher], child_python: str
 ) -> None:

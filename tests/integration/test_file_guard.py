@@ -20,7 +20,7 @@ from baomi.v1 import events_pb2
 
 from agent.core import AgentConfig
 from agent.identity import enroll
-from agent.labels import set_label
+from agent.labels import XATTR_LEVEL, load_label_key, set_label
 from collector.server import create_token
 from collector.store.sqlite import SQLiteStore
 from tests.collector_harness import RunningCollector, init_pki
@@ -87,6 +87,11 @@ class Site:
     policies: Path
     cat: str
     viewer: str
+    key: bytes  # the label key the agent seals and checks labels with
+
+    @property
+    def key_file(self) -> Path:
+        return self.base / "label.key"
 
     def write_policy(
         self, *, erin_status: str = "leaving", bob_status: str = "active", deny_bob: bool = False
@@ -125,7 +130,8 @@ def site() -> Iterator[Site]:
     (base / "bin").mkdir(mode=0o755)
     viewer = base / "bin" / "viewer"
     shutil.copy("/usr/bin/cat", viewer)
-    s = Site(base, root, base / "policies", "/usr/bin/cat", str(viewer))
+    key = load_label_key(base / "label.key", create=True)
+    s = Site(base, root, base / "policies", "/usr/bin/cat", str(viewer), key)
     labels = {
         "s1.txt": {"level": "秘密", "scope": "dept:finance"},
         "s2.txt": {"level": "机密"},
@@ -136,7 +142,7 @@ def site() -> Iterator[Site]:
         (root / name).write_text(f"content of {name}\n")
         (root / name).chmod(0o644)
     for name, label in labels.items():
-        set_label(root / name, **label)  # type: ignore[arg-type]
+        set_label(root / name, **label, key=key)  # type: ignore[arg-type]
     os.setxattr(root / "bad.txt", "user.baomi.level", b"ultra-secret")
     s.write_policy()
     try:
@@ -163,7 +169,12 @@ def guarded(site: Site, tmp_path: Path) -> Iterator[tuple[AgentThread, RunningCo
         heartbeat_seconds=3600,
         stream=FAST,
         sensors={
-            "files": {"roots": [str(site.root)], "policies": str(site.policies), "deadline": 0.5}
+            "files": {
+                "roots": [str(site.root)],
+                "policies": str(site.policies),
+                "deadline": 0.5,
+                "label_key": str(site.key_file),
+            }
         },
     )
     agent = AgentThread(config)
@@ -248,7 +259,7 @@ def test_changes_take_effect_on_the_next_open(
         _publish(site, collector, applied, **policy)
 
     assert not site.open_as(2002, "s2.txt")  # 机密, bob is 一般
-    set_label(site.root / "s2.txt", level="秘密")
+    set_label(site.root / "s2.txt", level="秘密", key=site.key)
     assert site.open_as(2002, "s2.txt")  # label change: no stale verdict
 
     assert site.open_as(2002, "s1.txt")
@@ -281,7 +292,7 @@ def test_changes_reach_a_process_that_opened_before(
     s1, s2 = site.root / "s1.txt", site.root / "s2.txt"
     assert bob.opens(s1, 3) == ["ok"] * 3
     assert bob.opens(s2, 2) == ["EPERM"] * 2  # 机密, bob is 一般
-    set_label(s2, level="秘密")
+    set_label(s2, level="秘密", key=site.key)
     assert bob.opens(s2, 2) == ["ok"] * 2  # label change
     publish(deny_bob=True)
     assert bob.opens(s1, 2) == ["EPERM"] * 2  # policy change
@@ -291,13 +302,69 @@ def test_changes_reach_a_process_that_opened_before(
     assert bob.opens(s1, 2) == ["EPERM"] * 2  # subject change
 
 
+def _as_bob(code: str) -> None:
+    subprocess.run(["/usr/bin/python3", "-c", code], user=2002, timeout=10, check=True)
+
+
+def _label_changes(collector: RunningCollector, path: Path) -> list[events_pb2.Event]:
+    return [
+        e
+        for e in host_events(collector.store, "ws-01")
+        if e.HasField("file_change")
+        and e.file_change.change == "label"
+        and e.file_change.path == str(path)
+    ]
+
+
+def test_a_label_lowered_by_the_files_writer_is_not_believed(
+    site: Site, guarded: tuple[AgentThread, RunningCollector]
+) -> None:
+    """bob (一般) may write s2.txt (机密) but not read it. Lowering its level himself --
+    user.* attributes are his to set -- breaks the seal, so the label counts as 绝密,
+    and the change is recorded as a HIGH label change."""
+    _, collector = guarded
+    s2 = site.root / "s2.txt"
+    s2.chmod(0o666)
+    _as_bob(f"import os; os.setxattr({str(s2)!r}, {XATTR_LEVEL!r}, '秘密'.encode())")
+    assert os.getxattr(s2, XATTR_LEVEL) == "秘密".encode()
+    assert not site.open_as(2002, "s2.txt")
+    wait_for(lambda: any(a.path == str(s2) for a in _accesses(collector)))
+    [access] = [a for a in _accesses(collector) if a.path == str(s2)]
+    assert access.decision == events_pb2.DECISION_DENY
+    assert access.level == 3 and "seal does not match" in access.reason
+    wait_for(lambda: bool(_label_changes(collector, s2)))
+    [change] = _label_changes(collector, s2)
+    assert change.severity == events_pb2.SEVERITY_HIGH and change.file_change.level == 3
+
+
+def test_a_label_removed_by_the_files_writer_is_recorded(
+    site: Site, guarded: tuple[AgentThread, RunningCollector]
+) -> None:
+    """A seal cannot stop a writer removing the whole label (the file is unlabelled
+    then); the guard, having seen it labelled, records that as a HIGH label change."""
+    _, collector = guarded
+    s1 = site.root / "s1.txt"
+    assert site.open_as(2002, "s1.txt")  # the guard sees it labelled 秘密
+    s1.chmod(0o666)
+    _as_bob(
+        f"import os\nfor n in os.listxattr({str(s1)!r}):\n"
+        f"    n.startswith('user.baomi.') and os.removexattr({str(s1)!r}, n)"
+    )
+    # One removexattr at a time: each step that leaves a label not whole is recorded
+    # (the kernel may merge steps still queued), the last one being "no label".
+    wait_for(lambda: [c.file_change.level for c in _label_changes(collector, s1)][-1:] == [0])
+    changes = _label_changes(collector, s1)
+    assert all(c.severity == events_pb2.SEVERITY_HIGH for c in changes)
+    assert all(c.file_change.pid > 0 for c in changes)
+
+
 def test_new_file_in_labelled_directory_inherits_its_label(
     site: Site, guarded: tuple[AgentThread, RunningCollector]
 ) -> None:
     sub = site.root / "finance"
     sub.mkdir()
     sub.chmod(0o777)
-    set_label(sub, level="机密", scope="dept:finance")
+    set_label(sub, level="机密", scope="dept:finance", key=site.key)
     time.sleep(0.1)
     subprocess.run(
         ["/bin/sh", "-c", f"echo new > {sub}/made.txt"], user=2001, timeout=10, check=True

@@ -359,7 +359,7 @@ class Access:
 class Change:
     """One change under a watched root."""
 
-    kind: str  # write, create, rename, delete, mkdir
+    kind: str  # write, create, rename, delete, mkdir, attrib
     path: str  # "" for a rename out of the watched trees
     old_path: str = ""  # renames only; "" for a rename into the trees
     pid: int = -1  # -1 when unknown (found by a listing rather than an event)
@@ -1307,7 +1307,7 @@ class PermissionGuard:
 
 # --- the change watcher ----------------------------------------------------------------------
 class ChangeWatcher:
-    """Report writes, creations, renames and deletions under ``roots`` as ``Change``.
+    """Report writes, creations, renames, deletions and attribute changes as ``Change``.
 
     A notification group with ``FAN_REPORT_DFID_NAME``: each event names the
     directory (by file handle, resolved with ``open_by_handle_at``) and the entry.
@@ -1319,6 +1319,8 @@ class ChangeWatcher:
     trees are marked again and watching goes on. Entries found while listing a
     directory that just appeared are reported as create/mkdir with pid -1 (they may
     have been made before its mark), so a change may be reported twice, never lost.
+    ``attrib`` is a change of a file's metadata (mode, owner, times, extended
+    attributes -- labels among them) by a process other than this one.
     """
 
     name = "fanotify-changes"
@@ -1326,6 +1328,7 @@ class ChangeWatcher:
     _mask = (
         FAN_MODIFY
         | FAN_CLOSE_WRITE
+        | FAN_ATTRIB
         | FAN_CREATE
         | FAN_DELETE
         | FAN_RENAME
@@ -1343,6 +1346,7 @@ class ChangeWatcher:
     ) -> None:
         self.roots = _abs_roots(roots)
         self._on_change = on_change
+        self._own_pid = os.getpid()  # its own attribute changes (labels it writes) are not news
         self._on_overflow = on_overflow
         self._on_error = on_error
         self._tree: _TreeWatcher | None = None
@@ -1353,6 +1357,7 @@ class ChangeWatcher:
         """Create the group, mark the trees and start the reader thread."""
         if self._tree is not None:
             return
+        self._own_pid = os.getpid()
         tree = _TreeWatcher(
             "changes",
             self.roots,
@@ -1466,6 +1471,8 @@ class ChangeWatcher:
                 self._dirty.add(path)
         elif mask & FAN_CLOSE_WRITE:
             self._dirty.discard(path)
+        if mask & FAN_ATTRIB and pid != self._own_pid:
+            self._emit(Change("attrib", path, "", pid, uid))
         if mask & FAN_DELETE:
             self._dirty.discard(path)
             # (A merged mkdir + rmdir may also be rmdir + mkdir: forget only what is gone.)

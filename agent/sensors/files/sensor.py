@@ -51,6 +51,7 @@ class FileGuardConfig:
     """Where the guard watches and how long a decision may take."""
 
     roots: tuple[Path, ...]
+    label_key: bytes  # labels count only with a seal by this key (agent.labels)
     policies: Path | None = None  # a local policy directory, loaded at start
     deadline: float = 0.050  # seconds; past it the open is denied
 
@@ -76,8 +77,13 @@ class FileGuard:
         self._sink = sink
         self._engine: Engine | None = None
         self._labels: dict[tuple[int, int, int], Label | None] = {}
+        self._last_labels: dict[tuple[int, int], Label] = {}  # (dev, ino) -> last seen
         self._declassified: set[tuple[int, int, str]] = set()
         self._lock = threading.Lock()
+        # A new file in a labelled directory is labelled by whichever comes first: its
+        # creating open (the guard) or its FAN_CREATE (the change watcher). One at a
+        # time, or one would read the other's half-written label (fail-closed: denied).
+        self._inherit_lock = threading.Lock()
         # Held while an answer is handed to the guard to repeat and while repeats are
         # taken, so no answer of a replaced policy is remembered after the take.
         self._fold_lock = threading.Lock()
@@ -163,15 +169,29 @@ class FileGuard:
         key = (access.dev, access.ino, access.ctime_ns)
         label: Any = self._labels.get(key, _MISSING)
         if label is _MISSING:
-            label = read_label(access.fd)
+            label = read_label(access.fd, self._config.label_key)
             if label is None:
                 # A file just created in a labelled directory (this may be its creating
                 # open): give it the directory's label before anyone reads it.
-                label = inherit_label(str(Path(access.path).parent), access.fd)
+                with self._inherit_lock:
+                    label = inherit_label(
+                        str(Path(access.path).parent), access.fd, self._config.label_key
+                    )
             if len(self._labels) >= LABEL_CACHE:
                 self._labels.clear()
             self._labels[key] = label
+            self._seen_label(access.dev, access.ino, label)
         return label  # type: ignore[no-any-return]
+
+    def _seen_label(self, dev: int, ino: int, label: Label | None) -> None:
+        """Remember the last label seen on a file, to tell when it is removed later."""
+        with self._lock:
+            if label is None:
+                self._last_labels.pop((dev, ino), None)
+                return
+            if len(self._last_labels) >= LABEL_CACHE:
+                self._last_labels.clear()  # bounded; a file forgotten is learnt again
+            self._last_labels[(dev, ino)] = label
 
     def _decide(self, access: Access) -> bool:
         engine = self._engine
@@ -288,6 +308,41 @@ class FileGuard:
             )
         )
 
+    def _attributes_changed(self, change: Change) -> None:
+        """Record a change of a file's label, as ``label`` (HIGH when it was removed or
+        no longer holds: written around ``baomi-agent label set``).
+
+        Other metadata changes (mode, owner, times) of a file whose label stayed are not
+        recorded. A label removed from a file the guard has not seen labelled since it
+        started cannot be told from a file that never had one, and is not recorded.
+        """
+        try:
+            st = Path(change.path).stat()
+            now = read_label(change.path, self._config.label_key)
+        except OSError:
+            return  # gone since: its delete is reported
+        with self._lock:
+            before = self._last_labels.get((st.st_dev, st.st_ino))
+        if now == before:
+            return
+        self._seen_label(st.st_dev, st.st_ino, now)
+        if now is None and before is None:
+            return
+        alarming = now is None or not now.valid
+        self._sink(
+            events_pb2.Event(
+                severity=events_pb2.SEVERITY_HIGH if alarming else events_pb2.SEVERITY_INFO,
+                file_change=events_pb2.FileChange(
+                    path=change.path,
+                    change="label",
+                    uid=max(change.uid, 0),
+                    pid=max(change.pid, 0),
+                    level=effective_level(now, date.today()),  # type: ignore[arg-type]
+                    label_id=(now.label_id or "") if now else "",
+                ),
+            )
+        )
+
     def _overflow(self) -> None:
         self._sink(
             events_pb2.Event(
@@ -301,12 +356,16 @@ class FileGuard:
 
     # -- changes ------------------------------------------------------------------------
     def _changed(self, change: Change) -> None:
+        if change.kind == "attrib":
+            self._attributes_changed(change)
+            return
         level = 0
         label_id = ""
         if change.kind == "create" and change.path:
             path = Path(change.path)
             try:
-                label = inherit_label(path.parent, path)
+                with self._inherit_lock:
+                    label = inherit_label(path.parent, path, self._config.label_key)
             except OSError:
                 label = None
             if label is not None:

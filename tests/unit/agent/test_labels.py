@@ -15,11 +15,13 @@ from agent.labels import (
     XATTR_ID,
     XATTR_LEVEL,
     XATTR_SCOPE,
+    XATTR_SEAL,
     XATTR_UNTIL,
     Label,
     clear_label,
     effective_level,
     inherit_label,
+    load_label_key,
     read_label,
     set_label,
 )
@@ -258,3 +260,90 @@ def test_inherit_copies_an_invalid_label_as_invalid(tmp_path: Path, doc: Path) -
     assert got is not None
     assert not got.valid
     assert got.level == 3
+
+
+# --- seals ------------------------------------------------------------------------------
+KEY = bytes(range(32))
+
+
+def test_a_sealed_label_reads_with_its_key(doc: Path) -> None:
+    written = set_label(doc, "机密", until="2031-06-30", scope="dept:finance", key=KEY)
+    assert os.getxattr(doc, XATTR_SEAL)  # hex HMAC next to the label
+    assert read_label(doc, KEY) == written
+    assert read_label(doc) == written  # without a key, seals are not checked
+    fd = os.open(doc, os.O_RDONLY)
+    try:
+        assert read_label(fd, KEY) == written  # by fd, as the file guard reads it
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ((XATTR_LEVEL, "内部".encode()), "the seal does not match"),
+        ((XATTR_SCOPE, b"dept:finance,dept:sales"), "the seal does not match"),
+        ((XATTR_UNTIL, b"2020-01-01"), "the seal does not match"),
+        ((XATTR_ID, b"BM-forged"), "the seal does not match"),
+        ((XATTR_SEAL, b"0" * 64), "the seal does not match"),
+    ],
+)
+def test_a_label_changed_by_the_files_writer_fails_closed(
+    doc: Path, change: tuple[str, bytes], problem: str
+) -> None:
+    set_label(doc, "机密", until="2031-06-30", scope="dept:finance", key=KEY)
+    os.setxattr(doc, *change)
+    label = read_label(doc, KEY)
+    assert label is not None and not label.valid and label.level == labels.TOP_SECRET
+    assert label.problem is not None and problem in label.problem
+
+
+def test_a_seal_is_for_one_file_and_one_key(tmp_path: Path, doc: Path) -> None:
+    low = tmp_path / "notice.txt"
+    low.write_bytes(b"")
+    set_label(low, "内部", key=KEY)
+    set_label(doc, "绝密", key=KEY)
+    for name in os.listxattr(low):  # the writer copies a low label, seal and all
+        os.setxattr(doc, name, os.getxattr(low, name))
+    copied = read_label(doc, KEY)
+    assert copied is not None and not copied.valid
+    assert read_label(low, bytes(32)) == labels.invalid_label(
+        "the seal does not match: the label was changed outside baomi-agent label set, "
+        "or it belongs to another file; set it again"
+    )
+
+
+def test_an_unsealed_label_fails_closed_where_seals_are_checked(doc: Path) -> None:
+    set_label(doc, "秘密")
+    label = read_label(doc, KEY)
+    assert label is not None and not label.valid
+    assert label.problem is not None and "user.baomi.seal is missing" in label.problem
+
+
+def test_inherit_seals_the_new_files_label(tmp_path: Path, doc: Path) -> None:
+    set_label(tmp_path, "机密", scope="dept:finance", key=KEY)
+    inherited = inherit_label(tmp_path, doc, KEY)
+    assert inherited == Label(2, None, ("dept:finance",))
+    assert os.getxattr(doc, XATTR_SEAL) != os.getxattr(tmp_path, XATTR_SEAL)
+    assert read_label(doc, KEY) == inherited
+
+
+def test_inherit_from_a_tampered_directory_fails_closed(tmp_path: Path, doc: Path) -> None:
+    set_label(tmp_path, "机密", key=KEY)
+    os.setxattr(tmp_path, XATTR_LEVEL, "内部".encode())
+    inherited = inherit_label(tmp_path, doc, KEY)
+    assert inherited is not None and not inherited.valid
+    assert XATTR_SEAL not in os.listxattr(doc)
+
+
+def test_label_key_is_made_once_root_only(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "label.key"
+    with pytest.raises(LabelError, match="no label key yet"):
+        load_label_key(path)
+    key = load_label_key(path, create=True)
+    assert len(key) == 32 and path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert load_label_key(path, create=True) == key  # not made again
+    path.write_bytes(b"short")
+    with pytest.raises(LabelError, match="a label key is 32 bytes, this one 5; restore it"):
+        load_label_key(path)

@@ -14,7 +14,14 @@ import pytest
 from agent.decision.errors import PolicyError
 from agent.decision.policy import MODEL_TEXT, PolicySet
 from agent.decision.tools import explain, parse_target, policy_test
-from agent.labels import Label, read_label, set_label
+from agent.labels import (
+    LABEL_KEY_FILE,
+    XATTR_LEVEL,
+    Label,
+    load_label_key,
+    read_label,
+    set_label,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 TODAY = date(2026, 11, 27)
@@ -186,9 +193,13 @@ def test_policy_test_bad_rows(site: Path, row: str, reason: str) -> None:
     assert reason in err.value.reason
 
 
-def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+def _cli(
+    *args: str, cwd: Path = REPO, state: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``baomi-agent ARGS``; with ``state``, its --state-dir (where the label key is)."""
+    options = ["--state-dir", str(state)] if state is not None else []
     return subprocess.run(
-        [sys.executable, "-m", "agent.cli", *args],
+        [sys.executable, "-m", "agent.cli", *options, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -198,33 +209,52 @@ def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_label_set_show_clear(site: Path) -> None:
+    state = site.parent / "state"
     doc = _secret(site) / "finance" / "q3.xlsx"
     doc.write_bytes(b"")
     r = _cli(
         "label", "set", str(doc), "--level", "机密", "--until", "2031-06-30",
-        "--scope", "dept:finance,user:wang", "--id", "BM-2026-7",
+        "--scope", "dept:finance,user:wang", "--id", "BM-2026-7", state=state,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "机密 (2) until 2031-06-30; scope dept:finance,user:wang; id BM-2026-7" in r.stdout
-    assert read_label(doc) == Label(
+    key_file = state / LABEL_KEY_FILE
+    assert key_file.stat().st_mode & 0o777 == 0o600  # made by the first label set
+    key = load_label_key(key_file)
+    assert read_label(doc, key) == Label(
         2, date(2031, 6, 30), ("dept:finance", "user:wang"), "BM-2026-7"
     )
-    r = _cli("label", "show", str(doc))
+    r = _cli("label", "show", str(doc), state=state)
     assert r.returncode == 0
     assert (
         r.stdout.strip()
         == f"{doc}: 机密 (2) until 2031-06-30; scope dept:finance,user:wang; id BM-2026-7"
     )
-    r = _cli("label", "clear", str(doc))
+    # The file's writer lowers the level: the seal no longer matches, so it counts as 绝密.
+    os.setxattr(doc, XATTR_LEVEL, "内部".encode())
+    r = _cli("label", "show", str(doc), state=state)
+    assert "invalid label (treated as 绝密, denied): the seal does not match" in r.stdout
+    r = _cli("label", "clear", str(doc), state=state)
     assert (r.returncode, r.stdout.strip()) == (0, f"{doc}: label removed")
-    r = _cli("label", "show", str(doc))
+    r = _cli("label", "show", str(doc), state=state)
     assert r.stdout.strip() == f"{doc}: unlabelled (unclassified)"
+
+
+def test_cli_label_show_without_the_key_says_seals_are_not_checked(site: Path) -> None:
+    doc = _secret(site) / "finance" / "q3.xlsx"
+    doc.write_bytes(b"")
+    set_label(doc, "秘密")
+    r = _cli("label", "show", str(doc), state=site.parent / "no-state")
+    assert r.returncode == 0
+    assert r.stdout.strip() == f"{doc}: 秘密 (1); scope any cleared subject"
+    assert "note: label seals not checked" in r.stderr
+    assert not (site.parent / "no-state").exists()  # reading never makes a key
 
 
 def test_cli_label_errors(site: Path) -> None:
     doc = _secret(site) / "finance" / "q3.xlsx"
     doc.write_bytes(b"")
-    r = _cli("label", "set", str(doc), "--level", "very-secret")
+    r = _cli("label", "set", str(doc), "--level", "very-secret", state=site.parent / "state")
     assert r.returncode == 2
     assert "not a level: use 绝密/机密/秘密/内部" in r.stderr
     r = _cli("label", "show", str(doc.parent / "missing"))
@@ -233,17 +263,23 @@ def test_cli_label_errors(site: Path) -> None:
 
 
 def test_cli_explain(site: Path) -> None:
+    state = site.parent / "state"
     doc = _secret(site) / "finance" / "q3.xlsx"
     doc.write_bytes(b"")
-    set_label(doc, "绝密")
+    set_label(doc, "绝密", key=load_label_key(state / LABEL_KEY_FILE, create=True))
     args = ["explain", "--user", "li", "--path", str(doc), "--action", "read"]
-    r = _cli(*args, "--exe", "/usr/bin/cat", "--policies", str(site))
+    r = _cli(*args, "--exe", "/usr/bin/cat", "--policies", str(site), state=state)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("DENY  read")
     assert "application /usr/bin/cat not approved for 绝密" in r.stdout
-    r = _cli(*args, "--exe", "/usr/bin/wps", cwd=site.parent)  # default: ./policies
+    r = _cli(*args, "--exe", "/usr/bin/wps", cwd=site.parent, state=state)  # ./policies
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("ALLOW  read")
+    # Unsealed (written around baomi-agent label set): fail-closed, and explain says why.
+    set_label(doc, "秘密")
+    r = _cli(*args, "--exe", "/usr/bin/wps", cwd=site.parent, state=state)
+    assert r.stdout.startswith("DENY  read")
+    assert "user.baomi.seal is missing" in r.stdout
 
 
 def test_cli_policy_test(site: Path) -> None:
