@@ -11,8 +11,6 @@ from typing import Any
 from agent import labels
 from agent.core import AgentConfig, run_agent
 from agent.decision.errors import LabelError
-from agent.decision.policy import PolicySet
-from agent.decision.tools import explain, policy_test
 from agent.devices import cli as devices_cli
 from agent.errors import AgentError
 from agent.identity import enroll
@@ -120,7 +118,12 @@ def _cmd_label_clear(args: argparse.Namespace) -> int:
     return 0
 
 
+# The decision engine and reference Casbin (agent.decision.tools) are imported by the
+# commands that use them, so that `run` without a file guard does not carry them.
 def _cmd_explain(args: argparse.Namespace) -> int:
+    from agent.decision.policy import PolicySet  # noqa: PLC0415 - see above
+    from agent.decision.tools import explain  # noqa: PLC0415
+
     policyset = PolicySet.load(args.policies)
     key = _label_key_or_note(args)
     print(explain(policyset, args.user, args.path, args.action, args.exe, key=key))
@@ -128,6 +131,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_policy_test(args: argparse.Namespace) -> int:
+    from agent.decision.policy import PolicySet  # noqa: PLC0415 - see _cmd_explain
+    from agent.decision.tools import policy_test  # noqa: PLC0415
+
     policyset = PolicySet.load(args.policies)
     mismatches = policy_test(policyset, args.table, key=_label_key_or_note(args))
     for m in mismatches:

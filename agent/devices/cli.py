@@ -16,13 +16,17 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from agent.devices.classes import BADUSB, RECORDING_OR_PHONE, STORAGE, WIRELESS_HID
-from agent.devices.policy import DevicePolicy, generate_rules
-from agent.devices.rules import device_bytes, quote
 from agent.errors import AgentError, ConfigError
-from agent.sensors.usb import Observed, decide, list_devices
+
+if TYPE_CHECKING:
+    from agent.sensors.usb import Observed
+
+# The rule language, the policy and udev are imported by the commands that use them:
+# every baomi-agent command builds this parser, and the running agent should not carry
+# them (~3 MB) for a command it never runs.
 
 _logger = logging.getLogger(__name__)
 
@@ -62,6 +66,8 @@ def _cell(text: str, width: int = CELL_CHARS) -> str:
 
 
 def _present() -> list[Observed]:
+    from agent.sensors.usb import list_devices  # noqa: PLC0415 - see the imports
+
     try:
         return list_devices()
     except (ImportError, OSError) as e:
@@ -72,6 +78,9 @@ def _present() -> list[Observed]:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from agent.devices.policy import DevicePolicy  # noqa: PLC0415 - see the imports
+    from agent.sensors.usb import decide  # noqa: PLC0415
+
     policy = DevicePolicy.load(args.policies)
     rows = []
     for observed in _present():
@@ -121,6 +130,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    from agent.devices.policy import DevicePolicy, generate_rules  # noqa: PLC0415 - see imports
+    from agent.devices.rules import device_bytes, quote  # noqa: PLC0415
+
     policy = DevicePolicy.load(args.policies)
     pinned, left_out = [], []
     for observed in _present():

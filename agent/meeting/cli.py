@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from baomi.v1 import events_pb2
 
@@ -17,19 +17,16 @@ from agent.decision.errors import PolicyError
 from agent.decision.subjects import Subjects
 from agent.errors import AgentError, ConfigError
 from agent.identity import load_identity
-from agent.meeting.check import (
-    Inputs,
-    Item,
-    check_severity,
-    cleared,
-    meeting_message,
-    run_check,
-    run_sweep,
-    sign_meeting_check,
-)
 from agent.meeting.rooms import Meeting, load_meetings, load_rooms
 from agent.meeting.sdr import SweepError
 from agent.spool import Spool
+
+if TYPE_CHECKING:
+    from agent.meeting.check import Item
+
+# The checks themselves (agent.meeting.check: devices, processes, the cabinet, ~1.3 MB)
+# are imported by the commands that run them: every baomi-agent command builds this
+# parser, and the running agent should not carry them for a command it never runs.
 
 DEFAULT_ROOMS = Path("policies/rooms.toml")
 DEFAULT_MEETINGS = Path("policies/meetings.toml")
@@ -50,6 +47,8 @@ def _meeting(args: argparse.Namespace, room: str | None) -> Meeting | None:
 
 
 def _print(items: list[Item], *, as_json: bool, header: str, signed: str) -> None:
+    from agent.meeting.check import cleared  # noqa: PLC0415 - see the imports
+
     if as_json:
         print(
             json.dumps(
@@ -82,6 +81,8 @@ def _print(items: list[Item], *, as_json: bool, header: str, signed: str) -> Non
 
 def _emit(check: events_pb2.MeetingCheck, state_dir: Path | None, severity: int) -> str:
     """Sign and spool ``check`` when the host is enrolled; say what was done."""
+    from agent.meeting.check import sign_meeting_check  # noqa: PLC0415 - see the imports
+
     if state_dir is None:
         return "not signed or sent (no --state-dir)"
     identity = load_identity(state_dir)
@@ -96,6 +97,13 @@ def _emit(check: events_pb2.MeetingCheck, state_dir: Path | None, severity: int)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from agent.meeting.check import (  # noqa: PLC0415 - see the imports
+        Inputs,
+        check_severity,
+        meeting_message,
+        run_check,
+    )
+
     try:
         rooms = load_rooms(args.rooms)
         room = rooms.get(args.room)
@@ -114,6 +122,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from agent.meeting.check import meeting_message, run_sweep  # noqa: PLC0415 - see imports
+
     meeting = _meeting(args, None)
     if meeting is None:  # argparse requires --meeting; this keeps mypy and a bad caller honest
         raise ConfigError("meeting sweep needs --meeting M")
