@@ -2,11 +2,13 @@
 
 Same semantics as :mod:`collector.store.sqlite`; the schema refuses UPDATE, DELETE and
 TRUNCATE on ``events`` with triggers, so the record stays append-only even for SQL that
-does not come through this class.
+does not come through this class. Only what is PostgreSQL's own is here; the statements
+both backends speak are in :mod:`collector.store.sql`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -16,22 +18,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from collector.errors import StoreError
-from collector.store.base import (
-    BULK_KINDS,
-    RARE_KIND_TERM,
-    VIOLATION_SEVERITY,
-    VIOLATION_TERM,
-    AccountRow,
-    CheckpointRow,
-    ConsoleQuery,
-    EventQuery,
-    EventRow,
-    FindingRow,
-    PolicyVersionRow,
-    ReportRow,
-    SessionRow,
-    TokenRow,
-)
+from collector.store.base import EventQuery, EventRow
+from collector.store.sql import EVENT_COLUMNS, SqlStore, Transaction, event_filter, format_style
 
 _logger = logging.getLogger(__name__)
 
@@ -118,8 +106,6 @@ SELECT to_regclass('events') IS NOT NULL
           AND tgname IN ('events_no_update', 'events_no_delete', 'events_no_truncate')) = 3
 """
 
-_EVENT_COLUMNS = "host_id, seq, kind, severity, event_time, received_at, hash, body"
-
 # A batch arrives by binary COPY into a per-connection temporary table, then moves with
 # one INSERT ... SELECT that skips stored (host_id, seq). Measured against a single
 # INSERT ... SELECT FROM unnest(<arrays>) and against executemany in pipeline mode, for
@@ -129,10 +115,10 @@ _EVENT_COLUMNS = "host_id, seq, kind, severity, event_time, received_at, hash, b
 # its staged rows with it. A fresh temp heap is read in insertion order, so within one
 # batch the first of two rows with the same (host_id, seq) is kept, as in SQLite.
 _STAGING = "CREATE TEMP TABLE events_in (LIKE events) ON COMMIT DELETE ROWS"
-_COPY_IN = f"COPY events_in ({_EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+_COPY_IN = f"COPY events_in ({EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _COPY_TYPES = ("text", "int8", "text", "int4", "int8", "int8", "bytea", "bytea")
 _MOVE_IN = (
-    f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} FROM events_in "
+    f"INSERT INTO events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM events_in "
     "ON CONFLICT (host_id, seq) DO NOTHING"
 )
 
@@ -172,12 +158,16 @@ CREATE TABLE IF NOT EXISTS reports (
 );
 CREATE INDEX IF NOT EXISTS reports_subject ON reports (kind, subject);
 """
-_REPORT_COLUMNS = "id, kind, subject, fmt, lang, created_at, digest, size, path, scheduled"
 SCAN_FETCH_ROWS = 5000  # rows per round trip when streaming a scan (~5000 x body size)
 
 
-class PostgresStore:
+class PostgresStore(SqlStore):
     """A store in one PostgreSQL database, one connection per thread."""
+
+    PLACEHOLDER = "%s"
+    CONTAINS_TERM = "position(?::bytea in body) > 0"
+    NAME = "PostgreSQL"
+    _reports_exist = False  # set once the reports table is known to exist
 
     def __init__(self, url: str) -> None:
         self._shown = _redacted(url)
@@ -301,26 +291,27 @@ class PostgresStore:
             cur.execute(_MOVE_IN)
             return cur.rowcount
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Transaction]:
+        db = self._db
+        with db.transaction(), db.cursor() as cur:
+            yield _Transaction(cur)
+
+    def _reports_ready(self) -> None:
+        if self._reports_exist:
+            return
+        db = self._db
+        with db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
+            row = db.execute("SELECT to_regclass('reports') IS NOT NULL").fetchone()
+            if row is None or not row[0]:
+                db.execute(_REPORTS_SCHEMA)
+        self._reports_exist = True
+
     def heads(self) -> dict[str, tuple[int, bytes]]:
         """Every host's last seq and hash."""
         cur = self._db.execute(_HEADS)
         return {h: (s, x) for h, s, x in cur}
-
-    def head(self, host_id: str) -> tuple[int, bytes] | None:
-        """One host's last seq and hash."""
-        row = self._db.execute(
-            "SELECT seq, hash FROM events WHERE host_id = %s ORDER BY seq DESC LIMIT 1",
-            (host_id,),
-        ).fetchone()
-        return (row[0], row[1]) if row else None
-
-    def hashes(self, host_id: str, first_seq: int, last_seq: int) -> dict[int, bytes]:
-        """Stored hashes for a seq range."""
-        cur = self._db.execute(
-            "SELECT seq, hash FROM events WHERE host_id = %s AND seq BETWEEN %s AND %s",
-            (host_id, first_seq, last_seq),
-        )
-        return {s: h for s, h in cur}
 
     def chain(self, host_id: str) -> Iterator[EventRow]:
         """A host's events in seq order, read lazily from one consistent snapshot."""
@@ -335,7 +326,7 @@ class PostgresStore:
             with db.transaction(), db.cursor(name="chain") as cur:
                 cur.itersize = CHAIN_FETCH_ROWS
                 cur.execute(
-                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE host_id = %s ORDER BY seq",
+                    f"SELECT {EVENT_COLUMNS} FROM events WHERE host_id = %s ORDER BY seq",
                     (host_id,),
                 )
                 for row in cur:
@@ -343,91 +334,13 @@ class PostgresStore:
         finally:
             self._forget(db)
 
-    def query(self, q: EventQuery) -> list[EventRow]:
-        """Events matching the filters, newest first."""
-        where, args = _where(q)
-        query = f"SELECT {_EVENT_COLUMNS} FROM events{where} ORDER BY event_time DESC, seq DESC"
-        if q.limit is not None:
-            query += " LIMIT %s"
-            args.append(int(q.limit))
-        return [EventRow(*r) for r in self._db.execute(query, args)]
-
-    def count(self) -> int:
-        """Number of stored events."""
-        row = self._db.execute("SELECT count(*) FROM events").fetchone()
-        return int(row[0]) if row else 0
-
-    # -- hosts and enrolment ---------------------------------------------------------
-    def add_token(self, token: TokenRow) -> None:
-        """Store an enrolment token."""
-        self._db.execute(
-            "INSERT INTO tokens (token_hash, host_id, expires_at, used_at) VALUES (%s, %s, %s, %s)",
-            (token.token_hash, token.host_id, token.expires_us, token.used_us),
-        )
-
-    def use_token(self, token_hash: bytes, now_us: int) -> str | None:
-        """Consume a token atomically."""
-        # Under READ COMMITTED a concurrent second UPDATE waits for the first, re-checks
-        # used_at IS NULL on the updated row and matches nothing: one winner per token.
-        row = self._db.execute(
-            "UPDATE tokens SET used_at = %s WHERE token_hash = %s AND used_at IS NULL "
-            "AND expires_at > %s RETURNING host_id",
-            (now_us, token_hash, now_us),
-        ).fetchone()
-        return str(row[0]) if row else None
-
-    def add_host(self, host_id: str, cert_sha256: bytes, now_us: int) -> None:
-        """Record an issued host certificate."""
-        self._db.execute(
-            "INSERT INTO hosts (host_id, cert_sha256, enrolled_at) VALUES (%s, %s, %s) "
-            "ON CONFLICT DO NOTHING",
-            (host_id, cert_sha256, now_us),
-        )
-
-    def host_certificates(self, host_id: str) -> list[bytes]:
-        """Fingerprints of the host's certificates."""
-        cur = self._db.execute(
-            "SELECT cert_sha256 FROM hosts WHERE host_id = %s ORDER BY enrolled_at",
-            (host_id,),
-        )
-        return [r[0] for r in cur]
-
-    def hosts(self) -> list[str]:
-        """Enrolled hosts and hosts with events."""
-        cur = self._db.execute(
-            "SELECT host_id FROM hosts UNION SELECT DISTINCT host_id FROM events ORDER BY 1"
-        )
-        return [str(r[0]) for r in cur]
-
-    # -- checkpoints ---------------------------------------------------------------
-    def add_checkpoint(self, created_us: int, body: bytes, signature: bytes) -> int:
-        """Store a checkpoint."""
-        row = self._db.execute(
-            "INSERT INTO checkpoints (created_at, body, signature) VALUES (%s, %s, %s) "
-            "RETURNING id",
-            (created_us, body, signature),
-        ).fetchone()
-        if row is None:  # RETURNING always yields the new row
-            raise StoreError("PostgreSQL returned no id for a new checkpoint")
-        return int(row[0])
-
-    def checkpoints(self) -> list[CheckpointRow]:
-        """All checkpoints, oldest first."""
-        cur = self._db.execute(
-            "SELECT id, created_at, body, signature FROM checkpoints ORDER BY id"
-        )
-        return [CheckpointRow(i, c, b, s) for i, c, b, s in cur]
-
     # -- reports ---------------------------------------------------------------------
-    _reports_ready: bool = False  # set once the reports table is known to exist
-
     def scan(self, q: EventQuery) -> Iterator[EventRow]:
         """Matching events oldest first, streamed from one consistent snapshot."""
-        where, args = _where(q)
-        query = f"SELECT {_EVENT_COLUMNS} FROM events{where} ORDER BY event_time, host_id, seq"
+        where, args = event_filter(q)
+        query = f"SELECT {EVENT_COLUMNS} FROM events{where} ORDER BY event_time, host_id, seq"
         if q.limit is not None:
-            query += " LIMIT %s"
-            args.append(int(q.limit))
+            query += f" LIMIT {int(q.limit)}"
         # Its own connection and a server-side cursor, as in chain(): the caller may use
         # the store between rows, and REPEATABLE READ keeps every row of one snapshot.
         db = self._connect()
@@ -436,365 +349,11 @@ class PostgresStore:
             db.read_only = True
             with db.transaction(), db.cursor(name="scan") as cur:
                 cur.itersize = SCAN_FETCH_ROWS
-                cur.execute(query, args)
+                cur.execute(self._sql(query), args)
                 for row in cur:
                     yield EventRow(*row)
         finally:
             self._forget(db)
-
-    def _reports_db(self) -> psycopg.Connection[Any]:
-        db = self._db
-        if not self._reports_ready:
-            with db.transaction():
-                db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
-                row = db.execute("SELECT to_regclass('reports') IS NOT NULL").fetchone()
-                if row is None or not row[0]:
-                    db.execute(_REPORTS_SCHEMA)
-            self._reports_ready = True
-        return db
-
-    def add_report(self, row: ReportRow, document: bytes) -> int:
-        """Store a report and its document."""
-        got = (
-            self._reports_db()
-            .execute(
-                "INSERT INTO reports (kind, subject, fmt, lang, created_at, digest, size, "
-                "path, scheduled, document) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                "RETURNING id",
-                (
-                    row.kind,
-                    row.subject,
-                    row.fmt,
-                    row.lang,
-                    row.created_us,
-                    row.digest,
-                    row.size,
-                    row.path,
-                    row.scheduled,
-                    document,
-                ),
-            )
-            .fetchone()
-        )
-        if got is None:  # RETURNING always yields the new row
-            raise StoreError("PostgreSQL returned no id for a new report")
-        return int(got[0])
-
-    def reports(self, kind: str | None = None) -> list[ReportRow]:
-        """Stored reports, newest first."""
-        where, args = (" WHERE kind = %s", [kind]) if kind is not None else ("", [])
-        cur = self._reports_db().execute(
-            f"SELECT {_REPORT_COLUMNS} FROM reports{where} ORDER BY created_at DESC, id DESC",
-            args,
-        )
-        return [
-            ReportRow(
-                id=i,
-                kind=k,
-                subject=sub,
-                fmt=f,
-                lang=lang,
-                created_us=c,
-                digest=d,
-                size=n,
-                path=path,
-                scheduled=sch,
-            )
-            for i, k, sub, f, lang, c, d, n, path, sch in cur
-        ]
-
-    def report_document(self, report_id: int) -> bytes | None:
-        """One report's document."""
-        row = (
-            self._reports_db()
-            .execute("SELECT document FROM reports WHERE id = %s", (report_id,))
-            .fetchone()
-        )
-        return bytes(row[0]) if row else None
-
-    # -- console -------------------------------------------------------------------
-    def add_account(self, account: AccountRow) -> bool:
-        """Store a new account; False when the name is taken."""
-        a = account
-        cur = self._db.execute(
-            f"INSERT INTO console_accounts ({_ACCOUNT_COLUMNS}) "
-            "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
-            (
-                a.name,
-                a.role,
-                a.password_hash,
-                a.must_change,
-                a.failed,
-                a.locked_until_us,
-                a.created_us,
-                a.created_by,
-                a.granted_by,
-            ),
-        )
-        return cur.rowcount == 1
-
-    def account(self, name: str) -> AccountRow | None:
-        """One account, or None."""
-        row = self._db.execute(
-            f"SELECT {_ACCOUNT_COLUMNS} FROM console_accounts WHERE name = %s", (name,)
-        ).fetchone()
-        return _account_row(row) if row else None
-
-    def accounts(self) -> list[AccountRow]:
-        """Every account, by name."""
-        cur = self._db.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM console_accounts ORDER BY name")
-        return [_account_row(r) for r in cur]
-
-    def grant_role(self, name: str, role: str, by: str, now_us: int) -> bool:
-        """Give a role to an account without one."""
-        cur = self._db.execute(
-            "UPDATE console_accounts SET role = %s, granted_by = %s, granted_at = %s "
-            "WHERE name = %s AND role IS NULL",
-            (role, by, now_us, name),
-        )
-        return cur.rowcount == 1
-
-    def set_password(self, name: str, password_hash: str, *, must_change: bool) -> None:
-        """Replace an account's password hash."""
-        self._db.execute(
-            "UPDATE console_accounts SET password_hash = %s, must_change = %s WHERE name = %s",
-            (password_hash, must_change, name),
-        )
-
-    def login_failed(self, name: str, now_us: int, limit: int, lock_us: int) -> AccountRow | None:
-        """Count a failed login; lock at the limit."""
-        # One statement: the row lock serialises concurrent failures of one account.
-        row = self._db.execute(
-            "UPDATE console_accounts SET "
-            "locked_until = CASE WHEN failed + 1 >= %s THEN %s ELSE locked_until END, "
-            "failed = CASE WHEN failed + 1 >= %s THEN 0 ELSE failed + 1 END "
-            f"WHERE name = %s RETURNING {_ACCOUNT_COLUMNS}",
-            (limit, now_us + lock_us, limit, name),
-        ).fetchone()
-        return _account_row(row) if row else None
-
-    def login_ok(self, name: str) -> None:
-        """Forget failed logins."""
-        self._db.execute("UPDATE console_accounts SET failed = 0 WHERE name = %s", (name,))
-
-    def add_session(self, session: SessionRow) -> None:
-        """Store a session."""
-        s = session
-        self._db.execute(
-            "INSERT INTO console_sessions (token_hash, name, csrf, created_at, seen_at) "
-            "VALUES (%s,%s,%s,%s,%s)",
-            (s.token_hash, s.name, s.csrf, s.created_us, s.seen_us),
-        )
-
-    def session(self, token_hash: bytes) -> SessionRow | None:
-        """A session by token hash."""
-        row = self._db.execute(
-            "SELECT token_hash, name, csrf, created_at, seen_at FROM console_sessions "
-            "WHERE token_hash = %s",
-            (token_hash,),
-        ).fetchone()
-        return SessionRow(*row) if row else None
-
-    def touch_session(self, token_hash: bytes, now_us: int) -> None:
-        """Note a session's use."""
-        self._db.execute(
-            "UPDATE console_sessions SET seen_at = %s WHERE token_hash = %s", (now_us, token_hash)
-        )
-
-    def end_sessions(self, *, token_hash: bytes | None = None, name: str | None = None) -> None:
-        """Remove one session or all of an account's."""
-        if token_hash is not None:
-            self._db.execute("DELETE FROM console_sessions WHERE token_hash = %s", (token_hash,))
-        if name is not None:
-            self._db.execute("DELETE FROM console_sessions WHERE name = %s", (name,))
-
-    def add_policy_version(
-        self, version: str, author: str, created_us: int, note: str, files: dict[str, bytes]
-    ) -> int:
-        """Store a published policy with its files, in one transaction."""
-        db = self._db
-        with db.transaction(), db.cursor() as cur:
-            row = cur.execute(
-                "INSERT INTO policy_versions (version, author, created_at, note) "
-                "VALUES (%s,%s,%s,%s) RETURNING number",
-                (version, author, created_us, note),
-            ).fetchone()
-            if row is None:  # RETURNING always yields the new row
-                raise StoreError("PostgreSQL returned no number for a new policy version")
-            number = int(row[0])
-            cur.executemany(
-                "INSERT INTO policy_files (number, name, data) VALUES (%s,%s,%s)",
-                [(number, name, data) for name, data in sorted(files.items())],
-            )
-        return number
-
-    def policy_versions(self, limit: int = 100) -> list[PolicyVersionRow]:
-        """Published policies, newest first, without files."""
-        cur = self._db.execute(
-            "SELECT number, version, author, created_at, note FROM policy_versions "
-            "ORDER BY number DESC LIMIT %s",
-            (limit,),
-        )
-        return [PolicyVersionRow(n, v, a, c, t, {}) for n, v, a, c, t in cur]
-
-    def policy_version(self, number: int | None = None) -> PolicyVersionRow | None:
-        """One published policy with its files (the newest by default)."""
-        sql = "SELECT number, version, author, created_at, note FROM policy_versions "
-        row = (
-            self._db.execute(sql + "ORDER BY number DESC LIMIT 1").fetchone()
-            if number is None
-            else self._db.execute(sql + "WHERE number = %s", (number,)).fetchone()
-        )
-        if row is None:
-            return None
-        cur = self._db.execute("SELECT name, data FROM policy_files WHERE number = %s", (row[0],))
-        files = {str(name): bytes(data) for name, data in cur}
-        number, version, author, created, note = row
-        return PolicyVersionRow(number, version, author, created, note, files)
-
-    def add_finding(self, finding: FindingRow) -> int:
-        """Store a finding."""
-        f = finding
-        row = self._db.execute(
-            f"INSERT INTO findings ({_FINDING_COLUMNS.removeprefix('id, ')}) "
-            "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
-            (
-                f.host_id,
-                f.seq,
-                f.title,
-                f.severity,
-                f.owner,
-                f.due,
-                f.status,
-                f.note,
-                f.created_us,
-                f.created_by,
-                f.updated_us,
-                f.updated_by,
-            ),
-        ).fetchone()
-        if row is None:  # RETURNING always yields the new row
-            raise StoreError("PostgreSQL returned no id for a new finding")
-        return int(row[0])
-
-    def update_finding(
-        self, finding_id: int, *, owner: str, due: str, status: str, note: str, by: str, now_us: int
-    ) -> bool:
-        """Change a finding."""
-        cur = self._db.execute(
-            "UPDATE findings SET owner = %s, due = %s, status = %s, note = %s, "
-            "updated_by = %s, updated_at = %s WHERE id = %s",
-            (owner, due, status, note, by, now_us, finding_id),
-        )
-        return cur.rowcount == 1
-
-    def findings(self, status: str | None = None) -> list[FindingRow]:
-        """Findings, newest first."""
-        sql = f"SELECT {_FINDING_COLUMNS} FROM findings"
-        args: tuple[object, ...] = ()
-        if status is not None:
-            sql, args = sql + " WHERE status = %s", (status,)
-        return [FindingRow(*r) for r in self._db.execute(sql + " ORDER BY id DESC", args)]
-
-    def finding(self, finding_id: int) -> FindingRow | None:
-        """One finding."""
-        row = self._db.execute(
-            f"SELECT {_FINDING_COLUMNS} FROM findings WHERE id = %s", (finding_id,)
-        ).fetchone()
-        return FindingRow(*row) if row else None
-
-    def settings(self) -> dict[str, str]:
-        """Stored settings."""
-        cur = self._db.execute("SELECT key, value FROM console_settings")
-        return {str(k): str(v) for k, v in cur}
-
-    def set_setting(self, key: str, value: str) -> None:
-        """Store one setting."""
-        self._db.execute(
-            "INSERT INTO console_settings (key, value) VALUES (%s, %s) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
-
-    def decommission(self, host_id: str, by: str, now_us: int) -> None:
-        """Forget a host's certificates and mark it decommissioned."""
-        db = self._db
-        with db.transaction():
-            db.execute("DELETE FROM hosts WHERE host_id = %s", (host_id,))
-            db.execute(
-                "INSERT INTO decommissioned (host_id, decommissioned_at, decommissioned_by) "
-                "VALUES (%s,%s,%s) ON CONFLICT DO NOTHING",
-                (host_id, now_us, by),
-            )
-
-    def recommission(self, host_id: str) -> None:
-        """Clear the decommissioned mark."""
-        self._db.execute("DELETE FROM decommissioned WHERE host_id = %s", (host_id,))
-
-    def decommissioned(self) -> dict[str, int]:
-        """Decommissioned hosts and when."""
-        cur = self._db.execute("SELECT host_id, decommissioned_at FROM decommissioned")
-        return {str(h): int(t) for h, t in cur}
-
-    def console_events(self, q: ConsoleQuery) -> list[EventRow]:
-        """Events for the console's events page, newest first."""
-        clauses: list[str] = []
-        args: list[object] = []
-        for clause, value in (
-            ("host_id = %s", q.host_id),
-            ("kind = %s", q.kind),
-            ("severity >= %s", q.min_severity),
-            ("event_time >= %s", q.since_us),
-            ("event_time < %s", q.until_us),
-            ("position(%s::bytea in body) > 0", q.contains),
-        ):
-            if value is not None:
-                clauses.append(clause)
-                args.append(value)
-        if q.kind is not None and q.kind not in BULK_KINDS:
-            clauses.append(RARE_KIND_TERM)  # the partial index of rare kinds applies
-        if q.min_severity is not None and q.min_severity >= VIOLATION_SEVERITY:
-            clauses.append(VIOLATION_TERM)  # the partial index of violations applies
-        if q.before is not None:
-            clauses.append("(event_time, host_id, seq) < (%s, %s, %s)")
-            args.extend(q.before)
-        where = " WHERE " + " AND ".join(clauses) if clauses else ""
-        sql = (
-            f"SELECT {_EVENT_COLUMNS} FROM events{where} "
-            "ORDER BY event_time DESC, host_id DESC, seq DESC LIMIT %s"
-        )
-        args.append(int(q.limit))
-        return [EventRow(*r) for r in self._db.execute(sql, args)]
-
-    def event(self, host_id: str, seq: int) -> EventRow | None:
-        """One event."""
-        row = self._db.execute(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE host_id = %s AND seq = %s",
-            (host_id, seq),
-        ).fetchone()
-        return EventRow(*row) if row else None
-
-    def events_after(self, host_id: str, after_seq: int, limit: int) -> list[EventRow]:
-        """A host's events after a seq, in seq order."""
-        cur = self._db.execute(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE host_id = %s AND seq > %s "
-            "ORDER BY seq LIMIT %s",
-            (host_id, after_seq, limit),
-        )
-        return [EventRow(*r) for r in cur]
-
-    def severity_counts(
-        self, since_us: int, bucket_us: int, min_severity: int
-    ) -> list[tuple[int, int, int]]:
-        """Counts per time bucket and severity."""
-        violations = f" AND {VIOLATION_TERM}" if min_severity >= VIOLATION_SEVERITY else ""
-        cur = self._db.execute(
-            "SELECT (event_time - %s) / %s AS b, severity, count(*) FROM events "
-            f"WHERE severity >= %s AND event_time >= %s{violations} GROUP BY b, severity "
-            "ORDER BY b",
-            (since_us, bucket_us, min_severity, since_us),
-        )
-        return [(since_us + int(b) * bucket_us, int(s), int(n)) for b, s, n in cur]
 
 
 def _redacted(url: str) -> str:
@@ -808,21 +367,6 @@ def _redacted(url: str) -> str:
     port = params.get("port") or "5432"
     dbname = params.get("dbname") or user
     return f"postgresql://{user}{'@' if user else ''}{host}:{port}/{dbname}"
-
-
-def _where(q: EventQuery) -> tuple[str, list[object]]:
-    clauses: list[str] = []
-    args: list[object] = []
-    for column, op, value in (
-        ("host_id", "=", q.host_id),
-        ("kind", "=", q.kind),
-        ("event_time", ">=", q.since_us),
-        ("event_time", "<", q.until_us),
-    ):
-        if value is not None:
-            clauses.append(f"{column} {op} %s")
-            args.append(value)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
 # -- console ----------------------------------------------------------------------------
@@ -900,26 +444,16 @@ SELECT to_regclass('events_rare_kind_time') IS NOT NULL
    AND to_regclass('console_settings') IS NOT NULL
    AND to_regclass('decommissioned') IS NOT NULL
 """
-_ACCOUNT_COLUMNS = (
-    "name, role, password_hash, must_change, failed, locked_until, created_at, created_by, "
-    "granted_by"
-)
-_FINDING_COLUMNS = (
-    "id, host_id, seq, title, severity, owner, due, status, note, created_at, created_by, "
-    "updated_at, updated_by"
-)
 
 
-def _account_row(row: tuple[Any, ...]) -> AccountRow:
-    name, role, pw, must, failed, locked, created, by, granted = row
-    return AccountRow(
-        name=name,
-        role=role,
-        password_hash=pw,
-        must_change=bool(must),
-        failed=int(failed),
-        locked_until_us=int(locked),
-        created_us=int(created),
-        created_by=by,
-        granted_by=granted,
-    )
+class _Transaction:
+    """A psycopg cursor inside a transaction, speaking the shared ``?`` statements."""
+
+    def __init__(self, cur: psycopg.Cursor[Any]) -> None:
+        self._cur = cur
+
+    def execute(self, sql: str, args: Sequence[object] = (), /) -> psycopg.Cursor[Any]:
+        return self._cur.execute(format_style(sql), args)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[object]], /) -> None:
+        self._cur.executemany(format_style(sql), rows)
