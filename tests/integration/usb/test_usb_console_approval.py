@@ -76,7 +76,10 @@ def _applied(running: RunningCollector) -> int:
 
 
 def test_approving_a_stick_in_the_browser_lets_the_agent_allow_it(
-    testbed: Testbed, site: tuple[RunningCollector, AgentThread], tmp_path: Path
+    testbed: Testbed,
+    site: tuple[RunningCollector, AgentThread],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -88,6 +91,10 @@ def test_approving_a_stick_in_the_browser_lets_the_agent_allow_it(
     assert testbed.attribute(sys_path, "authorized") == "0"
 
     base = f"http://127.0.0.1:{running.collector.ports['console']}"
+    # The browser is the security officer's, not the secret computer's: Playwright's
+    # driver and Chromium run outside the umockdev testbed (their udev and /sys probing
+    # would otherwise go to the fake one). This process keeps the preload it started with.
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
             str(tmp_path / "profile"),
