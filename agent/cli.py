@@ -209,8 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--meeting-room", help="run the pre-meeting check of this room by itself")
     r.add_argument("--rooms", type=Path, default=Path("policies/rooms.toml"))
-    r.add_argument("--meetings", type=Path, default=Path("policies/meetings.toml"))
-    r.add_argument("--subjects", type=Path, default=Path("policies/subjects.toml"))
+    r.add_argument(
+        "--meetings",
+        type=Path,
+        default=Path("policies/meetings.toml"),
+        help="local meeting schedule; the collector's (in its policy bundle) takes precedence",
+    )
+    r.add_argument(
+        "--subjects",
+        type=Path,
+        default=Path("policies/subjects.toml"),
+        help="local register of people; the collector's takes precedence",
+    )
     r.add_argument("--meeting-sweep", type=Path, help="the room's latest rtl_power sweep")
     r.add_argument(
         "--meeting-lead-min",

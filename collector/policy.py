@@ -28,6 +28,8 @@ from agent.policy import SAFE_NAME
 MAX_POLICY_FILE_BYTES = 1024 * 1024  # bytes per policy file
 MAX_POLICY_FILES = 64  # files per bundle
 DEVICE_RULES = "devices.rules"  # USBGuard rule syntax, parsed by agent.devices.rules
+MEETINGS = "meetings.toml"  # the meeting schedule room agents check ahead of each meeting
+ROOMS = "rooms.toml"
 
 
 def bundle_digest(files: dict[str, bytes]) -> str:
@@ -121,7 +123,9 @@ def validate(files: dict[str, bytes]) -> list[PolicyProblem]:
 
     The file guard's model, rules and register are loaded by the agent's own
     ``PolicySet.load``; device rules by the agent's USBGuard rule parser (and its device
-    policy loader, when it exists); any other ``.toml`` file must at least parse.
+    policy loader, when it exists); the meeting schedule by the room agents' loader,
+    every meeting naming a room of rooms.toml and attendees of subjects.toml (when the
+    bundle has them); any other ``.toml`` file must at least parse.
     """
     problems: list[PolicyProblem] = []
     if len(files) > MAX_POLICY_FILES:
@@ -146,6 +150,7 @@ def validate(files: dict[str, bytes]) -> list[PolicyProblem]:
             (root / name).write_bytes(data)
         problems.extend(_check_file_guard(root))
         problems.extend(_check_devices(root, files))
+        problems.extend(_check_meetings(root, files))
     for name, data in sorted(files.items()):
         if name.endswith(".toml"):
             try:
@@ -171,6 +176,50 @@ def _check_file_guard(root: Path) -> list[PolicyProblem]:
     except PolicyError as e:
         return [PolicyProblem(_where(root, e.file), e.line, e.reason)]
     return []
+
+
+def _check_meetings(root: Path, files: dict[str, bytes]) -> list[PolicyProblem]:
+    """The meeting schedule as room agents load it; rooms and attendees it names."""
+    if MEETINGS not in files:
+        return []
+    from agent.decision.subjects import Subjects  # noqa: PLC0415 - agent side
+    from agent.meeting.rooms import RoomsError, load_meetings  # noqa: PLC0415
+
+    try:
+        meetings = load_meetings(root / MEETINGS)
+    except RoomsError as e:
+        return [PolicyProblem(_where(root, e.file), e.line, e.reason)]
+    rooms: set[str] | None = None
+    if ROOMS in files:
+        # Only the names: a room's baselines and keys live beside its agent, not here.
+        try:
+            tables = tomllib.loads(files[ROOMS].decode("utf-8")).get("rooms")
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+            tables = None  # the TOML check reports it
+        rooms = set(tables) if isinstance(tables, dict) else None
+    people: set[str] | None = None
+    if "subjects.toml" in files:
+        try:
+            people = {p.name for p in Subjects.load(root / "subjects.toml").people}
+        except PolicyError:
+            people = None  # the file guard's check reports it
+    problems = []
+    for m in meetings.values():
+        if rooms is not None and m.room not in rooms:
+            known = ", ".join(sorted(rooms)) or "none"
+            problems.append(
+                PolicyProblem(MEETINGS, m.line, f"meeting {m.id}: no room {m.room!r} ({known})")
+            )
+        unknown = [a for a in m.attendees if people is not None and a not in people]
+        if unknown:
+            problems.append(
+                PolicyProblem(
+                    MEETINGS,
+                    m.line,
+                    f"meeting {m.id}: attendees not in subjects.toml: {', '.join(unknown[:5])}",
+                )
+            )
+    return problems
 
 
 def _check_devices(root: Path, files: dict[str, bytes]) -> list[PolicyProblem]:

@@ -86,6 +86,7 @@ def _meeting(settings: dict[str, Any], sink: EventSink) -> Sensor:
             key_pem=load_identity(Path(settings["state_dir"])).key_pem,
             sweep=Path(sweep) if sweep else None,
             lead=timedelta(minutes=float(settings.get("lead_minutes", 30))),
+            bundle=Path(settings["state_dir"]) / "policy",
         ),
         sink,
     )

@@ -2,8 +2,12 @@
 before each meeting of its room that it knows of, and records the signed result.
 
 Meetings come from the meetings file, read again on every look, so a meeting added or
-moved by the secrecy office is picked up without a restart. Each meeting is checked once
-per start time; a run that cannot load its files is reported and retried.
+moved by the secrecy office is picked up without a restart. The secrecy office keeps
+the schedule at the collector: ``meetings.toml`` and ``subjects.toml`` of the signed
+policy bundle the agent keeps take precedence over the local files (the room itself --
+its cabinet, PA inventory and baselines -- stays in the room's local ``rooms.toml``).
+Each meeting is checked once per start time; a run that cannot load its files is
+reported and retried.
 """
 
 from __future__ import annotations
@@ -44,6 +48,15 @@ class MeetingScheduleConfig:
     sweep: Path | None = None  # the latest rtl_power sweep of the room, if an SDR writes one
     lead: timedelta = timedelta(minutes=30)  # how long before the start the check runs
     poll_seconds: float = 30.0  # between looks at the meetings file
+    #: The policy directory the agent keeps from the collector's signed bundles: its
+    #: meetings.toml and subjects.toml, when there, are used instead of the local ones.
+    bundle: Path | None = None
+
+    def current(self, local: Path, name: str) -> Path:
+        """The bundle's file ``name`` if the collector sent one, else ``local``."""
+        if self.bundle is not None and (self.bundle / name).is_file():
+            return self.bundle / name
+        return local
 
 
 class MeetingScheduler:
@@ -92,7 +105,9 @@ class MeetingScheduler:
         if room is None:
             raise AgentError(f"{cfg.rooms}: no room {cfg.room!r}; fix --meeting-room")
         checked = []
-        for meeting in load_meetings(cfg.meetings).values():
+        meetings = cfg.current(cfg.meetings, "meetings.toml")
+        subjects = cfg.current(cfg.subjects, "subjects.toml")
+        for meeting in load_meetings(meetings).values():
             start = meeting.start
             if meeting.room != cfg.room or start is None or (meeting.id, start) in self._done:
                 continue
@@ -102,7 +117,7 @@ class MeetingScheduler:
                 Inputs(
                     room=room,
                     meeting=meeting,
-                    subjects=Subjects.load(cfg.subjects),
+                    subjects=Subjects.load(subjects),
                     sweep=cfg.sweep,
                 )
             )

@@ -64,6 +64,34 @@ def test_policy_that_does_not_load_is_refused_with_reason_and_not_pushed(
     assert toml.status == 422 and "subjects.toml:2" in toml.text
 
 
+def test_a_meeting_schedule_naming_unknown_rooms_or_people_is_refused(
+    console: Console,
+) -> None:
+    """Room agents check meetings from the bundle: the collector refuses a schedule they
+    could not use (a room no agent serves, an attendee the register does not know)."""
+    sue = console.as_role("secadmin")
+    before = console.running.collector.policy.current
+    assert before is not None and "meetings.toml" in before.files
+    meetings = before.files["meetings.toml"].decode()
+    bad = meetings + (
+        '\n[meetings.m-x]\nroom = "r999"\nlevel = "秘密"\n'
+        'start = 2026-12-24T09:00:00+08:00\nattendees = ["zhang", "nobody"]\n'
+    )
+    line = bad.splitlines().index("[meetings.m-x]") + 1
+    resp = sue.post("/policy/save", _form(console, meetings_toml=bad))
+    assert resp.status == 422
+    assert f"meetings.toml:{line}: meeting m-x: no room &#39;r999&#39;" in resp.text
+    assert f"meetings.toml:{line}: meeting m-x: attendees not in subjects.toml: nobody" in (
+        resp.text
+    )
+    assert console.running.collector.policy.current is before
+    good = bad.replace('"r999"', '"r301"').replace('"nobody"', '"li"')
+    assert sue.post("/policy/save", _form(console, meetings_toml=good)).status in (200, 303)
+    current = console.running.collector.policy.current
+    assert current is not before and current is not None
+    assert b"[meetings.m-x]" in current.files["meetings.toml"]
+
+
 def test_saved_policy_is_signed_pushed_versioned_and_can_be_rolled_back(
     console: Console,
 ) -> None:

@@ -99,3 +99,32 @@ def test_moved_meeting_is_checked_again_and_a_failure_is_high(room: Room) -> Non
     assert scheduler.run_due(START + timedelta(minutes=50)) == ["m1"]
     assert not events[-1].meeting_check.cleared
     assert events[-1].severity == events_pb2.SEVERITY_HIGH
+
+
+def test_the_collectors_schedule_takes_precedence(room: Room, tmp_path: Path) -> None:
+    """meetings.toml and subjects.toml of the bundle the agent keeps replace the local
+    ones: the secrecy office schedules meetings at the collector."""
+    key_pem, _ = _key_and_cert()
+    events: list[events_pb2.Event] = []
+    bundle = tmp_path / "state" / "policy"
+    cfg = MeetingScheduleConfig(
+        room="r1",
+        rooms=room.dir / "rooms.toml",
+        meetings=room.dir / "meetings.toml",
+        subjects=room.dir / "subjects.toml",
+        key_pem=key_pem,
+        sweep=room.dir / "sweep.csv",
+        bundle=bundle,
+    )
+    scheduler = MeetingScheduler(cfg, events.append)
+    # No bundle yet: the local schedule.
+    assert scheduler.run_due(START - timedelta(minutes=10)) == ["m1"]
+    bundle.mkdir(parents=True)
+    pushed = (room.dir / "meetings.toml").read_text().replace("[meetings.m1]", "[meetings.m2]")
+    pushed = pushed.replace("2026-12-01T09:00:00", "2026-12-02T09:00:00")
+    (bundle / "meetings.toml").write_text(pushed)
+    (bundle / "subjects.toml").write_text((room.dir / "subjects.toml").read_text())
+    (room.dir / "subjects.toml").write_text("not a register")  # the local one is not read
+    assert scheduler.run_due(START + timedelta(days=1, minutes=-10)) == ["m2"]
+    assert [e.meeting_check.meeting for e in events] == ["m1", "m2"]
+    assert events[-1].meeting_check.cleared
