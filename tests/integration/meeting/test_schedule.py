@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from baomi.v1 import events_pb2
@@ -39,6 +40,18 @@ def _key_and_cert() -> tuple[bytes, bytes]:
     return pem, cert.public_bytes(serialization.Encoding.PEM)
 
 
+def _config(room: Room, key_pem: bytes, **more: Any) -> MeetingScheduleConfig:
+    return MeetingScheduleConfig(
+        room="r1",
+        rooms=room.dir / "rooms.toml",
+        meetings=room.dir / "meetings.toml",
+        subjects=room.dir / "subjects.toml",
+        key_pem=key_pem,
+        sweep=room.dir / "sweep.csv",
+        **more,
+    )
+
+
 @pytest.fixture
 def room(tmp_path: Path) -> Iterator[Room]:
     room = Room(tmp_path).write()
@@ -51,18 +64,7 @@ def room(tmp_path: Path) -> Iterator[Room]:
 def test_check_runs_once_within_the_lead_time_and_is_signed(room: Room) -> None:
     key_pem, cert_pem = _key_and_cert()
     events: list[events_pb2.Event] = []
-    scheduler = MeetingScheduler(
-        MeetingScheduleConfig(
-            room="r1",
-            rooms=room.dir / "rooms.toml",
-            meetings=room.dir / "meetings.toml",
-            subjects=room.dir / "subjects.toml",
-            key_pem=key_pem,
-            sweep=room.dir / "sweep.csv",
-            lead=timedelta(minutes=30),
-        ),
-        events.append,
-    )
+    scheduler = MeetingScheduler(_config(room, key_pem, lead=timedelta(minutes=30)), events.append)
     assert scheduler.run_due(START - timedelta(minutes=31)) == []  # too early
     assert scheduler.run_due(START - timedelta(minutes=29)) == ["m1"]
     assert scheduler.run_due(START - timedelta(minutes=28)) == []  # once per start time
@@ -82,15 +84,7 @@ def test_check_runs_once_within_the_lead_time_and_is_signed(room: Room) -> None:
 def test_moved_meeting_is_checked_again_and_a_failure_is_high(room: Room) -> None:
     key_pem, _ = _key_and_cert()
     events: list[events_pb2.Event] = []
-    cfg = MeetingScheduleConfig(
-        room="r1",
-        rooms=room.dir / "rooms.toml",
-        meetings=room.dir / "meetings.toml",
-        subjects=room.dir / "subjects.toml",
-        key_pem=key_pem,
-        sweep=room.dir / "sweep.csv",
-    )
-    scheduler = MeetingScheduler(cfg, events.append)
+    scheduler = MeetingScheduler(_config(room, key_pem), events.append)
     assert scheduler.run_due(START - timedelta(minutes=10)) == ["m1"]
     room.jammer_expires = "2020-01-01"
     text = (room.dir / "meetings.toml").read_text().replace("09:00:00", "10:00:00")
@@ -107,16 +101,7 @@ def test_the_collectors_schedule_takes_precedence(room: Room, tmp_path: Path) ->
     key_pem, _ = _key_and_cert()
     events: list[events_pb2.Event] = []
     bundle = tmp_path / "state" / "policy"
-    cfg = MeetingScheduleConfig(
-        room="r1",
-        rooms=room.dir / "rooms.toml",
-        meetings=room.dir / "meetings.toml",
-        subjects=room.dir / "subjects.toml",
-        key_pem=key_pem,
-        sweep=room.dir / "sweep.csv",
-        bundle=bundle,
-    )
-    scheduler = MeetingScheduler(cfg, events.append)
+    scheduler = MeetingScheduler(_config(room, key_pem, bundle=bundle), events.append)
     # No bundle yet: the local schedule.
     assert scheduler.run_due(START - timedelta(minutes=10)) == ["m1"]
     bundle.mkdir(parents=True)
