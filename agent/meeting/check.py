@@ -24,6 +24,7 @@ from cryptography.x509 import load_pem_x509_certificate
 from agent.decision.subjects import CLEARANCE_NAMES, Subjects
 from agent.devices import classes as device_classes
 from agent.devices.model import UsbDevice
+from agent.meeting.alsa import CaptureCard, capture_cards
 from agent.meeting.cabinet import CabinetState, read_cabinet
 from agent.meeting.rooms import LEVELS, Meeting, Room
 from agent.meeting.sdr import Sweep, SweepError, jammer_coverage, new_carriers, parse_sweep
@@ -76,6 +77,7 @@ class Inputs:
     subjects: Subjects | None
     sweep: Path | None
     sysfs: Path = Path("/sys")
+    proc: Path = Path("/proc")
     today: date | None = None
     #: lists the USB devices present; None: the usb sensor's udev listing
     usb_devices: Callable[[], list[UsbDevice]] | None = None
@@ -93,7 +95,9 @@ def present_usb() -> list[UsbDevice]:
 
 def _approved(room: Room, device: UsbDevice) -> bool:
     return any(
-        p.usb_id == device.usb_id.lower() and (not p.serial or p.serial == device.serial)
+        p.usb_id
+        and p.usb_id == device.usb_id.lower()
+        and (not p.serial or p.serial == device.serial)
         for p in room.pa
     )
 
@@ -103,11 +107,21 @@ def _describe(device: UsbDevice, found: Iterable[str]) -> str:
     return f"{device.usb_id} {device.name!r}{serial} ({','.join(sorted(found))})"
 
 
-def check_devices(room: Room, devices: list[UsbDevice] | None, error: str) -> tuple[Item, Item]:
-    """C1 capture devices against the inventory; C2 wireless receivers and unlisted PA."""
+def check_devices(
+    room: Room,
+    devices: list[UsbDevice] | None,
+    error: str,
+    cards: list[CaptureCard] | None = None,
+) -> tuple[Item, Item]:
+    """C1 capture devices (USB, and ALSA capture cards not on USB) against the inventory;
+    C2 wireless receivers and unlisted PA. ``cards`` None: they could not be read."""
     if devices is None:
         return Item("C1", "unknown", error), Item("C2", "unknown", error)
     capture, wireless, unlisted_audio = [], [], []
+    approved_cards = {p.alsa for p in room.pa if p.alsa}
+    for card in cards or []:
+        if not card.on_usb and card.id not in approved_cards:
+            capture.append(card.describe())
     for device in devices:
         found = device_classes.classify(device)
         approved = _approved(room, device)
@@ -118,11 +132,13 @@ def check_devices(room: Room, devices: list[UsbDevice] | None, error: str) -> tu
             unlisted_audio.append(_describe(device, found))
         if found & CAPTURE_CLASSES and not approved:
             capture.append(_describe(device, found))
-    c1 = (
-        Item("C1", "fail", "not in the room's PA inventory: " + "; ".join(capture))
-        if capture
-        else Item("C1", "pass", f"{len(devices)} USB devices, no unapproved capture device")
-    )
+    sound = "" if cards is None else f", {sum(not c.on_usb for c in cards)} other capture cards"
+    if capture:
+        c1 = Item("C1", "fail", "not in the room's PA inventory: " + "; ".join(capture))
+    elif cards is None:
+        c1 = Item("C1", "unknown", f"{len(devices)} USB devices fine; {error}")
+    else:
+        c1 = Item("C1", "pass", f"{len(devices)} USB devices{sound}, no unapproved capture device")
     c2_bad = [f"wireless-mic receiver {d}" for d in wireless]
     c2_bad += [f"unlisted audio device {d}" for d in unlisted_audio]
     c2 = (
@@ -308,7 +324,12 @@ def run_check(inputs: Inputs) -> list[Item]:
         devices = (inputs.usb_devices or present_usb)()
     except (ImportError, OSError) as e:
         devices, error = None, f"cannot list USB devices: {e}"
-    c1, c2 = check_devices(room, devices, error)
+    cards: list[CaptureCard] | None
+    try:
+        cards = capture_cards(inputs.proc, inputs.sysfs)
+    except OSError as e:
+        cards, error = None, f"cannot list ALSA capture cards: {e}"
+    c1, c2 = check_devices(room, devices, error, cards)
     processes = recording_processes(room)
     c3, unallowed = check_processes(room, meeting, processes)
     # BLE first, as the checklist says: a jammer covering 2.4 GHz blinds the scan. The

@@ -46,11 +46,13 @@ class RoomsError(ConfigError):
 
 @dataclass(frozen=True, slots=True)
 class PaDevice:
-    """An approved wired-PA USB device."""
+    """An approved wired-PA device: a USB one by id (and serial), or a sound card not on
+    USB by its ALSA card id."""
 
-    usb_id: str  # vvvv:pppp, lowercase
+    usb_id: str  # vvvv:pppp, lowercase; "" for an ALSA card
     serial: str  # "" matches any serial (a device without one)
     name: str = ""
+    alsa: str = ""  # ALSA card id ("PCH") of an approved capture card not on USB
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,9 +207,19 @@ def _room(
             raise fail(key, f"unknown key {key!r} (known: {', '.join(sorted(known))})")
     pa = []
     for item in entry.get("pa", []):
+        if isinstance(item, dict) and "alsa" in item and "id" not in item:
+            card = item["alsa"]
+            if not isinstance(card, str) or not _NAME_RE.fullmatch(card):
+                raise fail("alsa", f"PA sound card {card!r} is not an ALSA card id (PCH, ...)")
+            pa.append(PaDevice("", "", str(item.get("name", "")), alsa=card))
+            continue
         usb_id = str(item.get("id", "")) if isinstance(item, dict) else ""
         if not _USB_ID_RE.fullmatch(usb_id):
-            raise fail("id", f"PA device id {usb_id!r} is not vvvv:pppp (four hex digits each)")
+            raise fail(
+                "id",
+                f"PA device id {usb_id!r} is not vvvv:pppp (four hex digits each); "
+                "a sound card not on USB is named by alsa = CARD_ID instead",
+            )
         pa.append(PaDevice(usb_id.lower(), str(item.get("serial", "")), str(item.get("name", ""))))
     cabinet = None
     if "cabinet" in entry:
