@@ -9,7 +9,10 @@ What is checked, and what it catches:
   never move backwards, and the newest checkpoint's heads are stored with those hashes
   (a rewritten or truncated chain);
 - an event beyond the newest checkpoint that the collector received well before that
-  checkpoint was signed cannot be genuine: the checkpoint would name it (an inserted row).
+  checkpoint was signed cannot be genuine: the checkpoint would name it (an inserted row);
+- with a witness file (``checkpoint.read_witness``): every checkpoint in it verifies and
+  is in the store unchanged, and the newest one's heads are stored with those hashes
+  (the newest checkpoints removed together with the events after them).
 
 Breaks that the collector itself saw and recorded at ingest (alerts of kind
 ``chain_break`` in its own chain) are listed but are not damage to the record.
@@ -17,7 +20,7 @@ Breaks that the collector itself saw and recorded at ingest (alerts of kind
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +31,7 @@ from google.protobuf.message import DecodeError
 
 from collector import checkpoint
 from collector.ingest import COLLECTOR_HOST
-from collector.store.base import EventRow, Store
+from collector.store.base import CheckpointRow, EventRow, Store
 
 #: An event received this long before the newest checkpoint must be covered by it.
 #: Allows for a batch that arrived, then waited for its commit while the checkpoint ran.
@@ -41,7 +44,7 @@ class Damage:
 
     host_id: str
     seq: int
-    kind: str  # altered, deleted, inserted, checkpoint
+    kind: str  # altered, deleted, inserted, checkpoint, witness
     detail: str
 
     def __str__(self) -> str:
@@ -55,6 +58,7 @@ class AuditReport:
     hosts: int = 0
     events: int = 0
     checkpoints: int = 0
+    witnessed: int = 0  # checkpoints of the witness file checked against the store
     damage: list[Damage] = field(default_factory=list)
     recorded_breaks: list[tuple[str, int]] = field(default_factory=list)
     unanchored: int = 0  # events beyond the newest checkpoint
@@ -196,14 +200,75 @@ def _verify_chain(
         )
 
 
+def _verify_witness(
+    store: Store,
+    key: ed25519.Ed25519PublicKey,
+    witnessed: Sequence[CheckpointRow],
+    report: AuditReport,
+) -> None:
+    """Every witnessed checkpoint stored unchanged; the newest one's heads stored."""
+    stored = {row.id: row for row in store.checkpoints()}
+    newest: dict[str, Any] | None = None
+    newest_id = 0
+    for row in witnessed:
+        report.witnessed += 1
+        doc = checkpoint.parse_verified(row, key)
+        if doc is None:
+            report.damage.append(
+                Damage(
+                    "-",
+                    0,
+                    "witness",
+                    f"witnessed checkpoint {row.id}: signature does not verify "
+                    "(the witness file was altered)",
+                )
+            )
+            continue
+        kept = stored.get(row.id)
+        if kept is None or (kept.body, kept.signature) != (row.body, row.signature):
+            where = "is not in the store" if kept is None else "differs in the store"
+            report.damage.append(
+                Damage("-", 0, "checkpoint", f"witnessed checkpoint {row.id} {where}")
+            )
+        newest, newest_id = doc, row.id
+    if newest is None:
+        return
+    # Heads only grow, so the newest witnessed checkpoint covers every earlier one.
+    for host, (seq, digest) in sorted(newest["heads"].items()):
+        got = store.hashes(host, int(seq), int(seq)).get(int(seq))
+        if got is None:
+            report.damage.append(
+                Damage(
+                    host,
+                    int(seq),
+                    "deleted",
+                    f"witnessed checkpoint {newest_id} names seq {seq}, which is not stored",
+                )
+            )
+        elif got.hex() != digest:
+            report.damage.append(
+                Damage(
+                    host,
+                    int(seq),
+                    "altered",
+                    f"stored hash differs from witnessed checkpoint {newest_id}",
+                )
+            )
+
+
 def verify(
     store: Store,
     key: ed25519.Ed25519PublicKey,
     progress: Callable[[str], None] | None = None,
+    *,
+    witness: Sequence[CheckpointRow] = (),
 ) -> AuditReport:
-    """Verify every chain and checkpoint in ``store`` against the collector's key."""
+    """Verify every chain and checkpoint in ``store`` against the collector's key, and
+    the store against the checkpoints of a witness file when one is given."""
     report = AuditReport()
     heads, anchor_time = _verify_checkpoints(store, key, report)
+    if witness:
+        _verify_witness(store, key, witness, report)
     breaks = _recorded_breaks(store)
     hosts = sorted(set(store.hosts()) | set(heads))
     for host in hosts:

@@ -8,12 +8,21 @@ A checkpoint body is canonical JSON::
 Each checkpoint names the previous one, so checkpoints form a chain of their own, and
 any event at or below a signed head can no longer be changed, removed or inserted
 without ``audit verify`` noticing.
+
+What the database alone cannot show is its newest checkpoints removed together with
+the events after them. A *witness file* closes that gap: the collector appends every
+checkpoint it signs to a file outside the database (``serve --witness FILE``; keep it
+on other storage, append-only, or ship it to a log server), and ``audit verify
+--witness FILE`` requires every witnessed checkpoint, and every head it names, to be
+in the store.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -53,3 +62,67 @@ def parse_verified(row: CheckpointRow, key: ed25519.Ed25519PublicKey) -> dict[st
         return None
     doc: dict[str, Any] = json.loads(row.body)
     return doc
+
+
+class WitnessError(ValueError):
+    """A witness file line that is not a checkpoint: line number and reason."""
+
+    def __init__(self, path: Path, line: int, reason: str) -> None:
+        self.path, self.line, self.reason = path, line, reason
+        super().__init__(f"{path}:{line}: {reason}")
+
+
+def witness_line(row: CheckpointRow) -> bytes:
+    """A checkpoint as one line of a witness file (JSON)."""
+    doc = {
+        "id": row.id,
+        "created_us": row.created_us,
+        "body": row.body.decode("ascii"),  # canonical JSON, ASCII by construction
+        "signature": row.signature.hex(),
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+def open_witness(path: Path) -> int:
+    """The witness file opened for appending (made 0640 if new); OSError if it cannot be."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    return os.open(path, flags, 0o640)
+
+
+def append_witness(path: Path, row: CheckpointRow) -> None:
+    """Append ``row`` to the witness file and make it durable (OSError if it cannot)."""
+    fd = open_witness(path)
+    try:
+        os.write(fd, witness_line(row))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_witness(path: Path) -> list[CheckpointRow]:
+    """The checkpoints of a witness file, in order; WitnessError naming a bad line.
+
+    A last line without its newline (a write cut short by a crash) is not a checkpoint
+    the collector finished witnessing, and is left out.
+    """
+    text = path.read_bytes()
+    lines = text.split(b"\n")
+    if lines and lines[-1] != b"":
+        lines = lines[:-1]  # torn tail
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+            rows.append(
+                CheckpointRow(
+                    int(doc["id"]),
+                    int(doc["created_us"]),
+                    str(doc["body"]).encode("ascii"),
+                    bytes.fromhex(str(doc["signature"])),
+                )
+            )
+        except (ValueError, KeyError, TypeError, UnicodeEncodeError) as e:
+            raise WitnessError(path, number, f"not a witnessed checkpoint ({e})") from None
+    return rows

@@ -14,11 +14,11 @@ from pathlib import Path
 from baomi.v1 import events_pb2
 from google.protobuf import json_format
 
-from collector import audit, pki
+from collector import audit, checkpoint, pki
 from collector.errors import CollectorError
 from collector.reports.cli import add_report_commands
 from collector.server import TOKEN_SECONDS, ServerConfig, create_token, serve
-from collector.store import EventQuery, EventRow, open_store
+from collector.store import CheckpointRow, EventQuery, EventRow, open_store
 
 _logger = logging.getLogger("collector")
 
@@ -97,6 +97,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         pki_dir=args.pki,
         policies_dir=args.policies,
         checkpoint_seconds=args.checkpoint_seconds,
+        witness=args.witness,
         console=console,
         reports=reports,
     )
@@ -157,9 +158,17 @@ def _cmd_user_add(args: argparse.Namespace) -> int:
 
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
     key = pki.load_verify_key(args.pki / "signing.pub")
+    witness: list[CheckpointRow] = []
+    if args.witness is not None:
+        try:
+            witness = checkpoint.read_witness(args.witness)
+        except OSError as e:
+            raise CollectorError(f"cannot read the witness file {args.witness}: {e}") from e
+        except checkpoint.WitnessError as e:
+            raise CollectorError(f"{e}; the witness file was damaged or is not one") from e
     store = open_store(args.store)
     try:
-        report = audit.verify(store, key)
+        report = audit.verify(store, key, witness=witness)
     finally:
         store.close()
     for damage in report.damage:
@@ -169,7 +178,9 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
     verdict = "OK" if report.ok else "FAILED"
     print(
         f"{verdict}: {report.hosts} hosts, {report.events} events, "
-        f"{report.checkpoints} checkpoints; {len(report.damage)} problems; "
+        f"{report.checkpoints} checkpoints"
+        + (f" ({report.witnessed} witnessed)" if args.witness is not None else "")
+        + f"; {len(report.damage)} problems; "
         f"{report.unanchored} events newer than the last checkpoint"
     )
     return 0 if report.ok else 1
@@ -206,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--enroll-listen", default="127.0.0.1:7444", help="TLS address for enrolment")
     s.add_argument("--policies", type=Path, default=None, help="policy directory to distribute")
     s.add_argument("--checkpoint-seconds", type=float, default=10.0)
+    s.add_argument(
+        "--witness",
+        type=Path,
+        help="also append every signed checkpoint to this file, kept outside the database "
+        "(other storage, append-only, or shipped to a log server); audit verify --witness "
+        "then finds the newest events removed together with their checkpoints",
+    )
     s.add_argument("--console", metavar="HOST:PORT", help="serve the web console here")
     s.add_argument(
         "--reports-dir",
@@ -249,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     au_sub = au.add_subparsers(dest="audit_command", required=True)
     ver = with_store(au_sub.add_parser("verify", help="recompute every chain and checkpoint"))
     ver.add_argument("--pki", type=Path, default=DEFAULT_PKI)
+    ver.add_argument(
+        "--witness",
+        type=Path,
+        help="the witness file of serve --witness: its checkpoints must all be in the store",
+    )
     ver.set_defaults(func=_cmd_audit_verify)
 
     add_report_commands(sub, with_store)  # -- reports --

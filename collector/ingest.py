@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -298,8 +299,10 @@ class Ingest:
         signing_key: ed25519.Ed25519PrivateKey,
         *,
         checkpoint_seconds: float = CHECKPOINT_SECONDS,
+        witness: Path | None = None,
     ) -> None:
         self.store = store
+        self._witness = witness  # a file outside the store every checkpoint is added to
         self.writer = Writer(store)
         self.alerts = CollectorChain(self.writer)
         self.stats = IngestStats()
@@ -479,8 +482,18 @@ class Ingest:
         body = checkpoint.make_body(created, self._last_checkpoint, heads)
         signature = checkpoint.sign(self._signing_key, body)
         cid = await asyncio.to_thread(self.store.add_checkpoint, created, body, signature)
-        self._last_checkpoint = checkpoint.digest(CheckpointRow(cid, created, body, signature))
+        row = CheckpointRow(cid, created, body, signature)
+        self._last_checkpoint = checkpoint.digest(row)
         self._signed_heads = heads
+        if self._witness is not None:
+            try:
+                await asyncio.to_thread(checkpoint.append_witness, self._witness, row)
+            except OSError as e:
+                await self.alerts.alert(
+                    "witness_failed",
+                    f"checkpoint {cid} was not added to the witness file {self._witness}: "
+                    f"{e.strerror}",
+                )
         return True
 
     async def run_checkpoints(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import secrets
 import signal
 from collections.abc import AsyncIterator
@@ -22,8 +23,8 @@ from baomi.v1 import collector_pb2, events_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from collector import pki
-from collector.errors import EnrollmentError
+from collector import checkpoint, pki
+from collector.errors import CollectorError, EnrollmentError
 from collector.ingest import MAX_MESSAGE_BYTES, Ingest, now_us
 from collector.policy import PolicyService, read_directory
 from collector.rpc import abort
@@ -48,6 +49,7 @@ class ServerConfig:
     pki_dir: Path
     policies_dir: Path | None = None
     checkpoint_seconds: float = 10.0
+    witness: Path | None = None  # every signed checkpoint is also appended here
     console: ConsoleConfig | None = None  # the web console; None: not served
     reports: ScheduleConfig | None = None  # scheduled inspection reports; None: none made
 
@@ -194,6 +196,18 @@ def _server_options() -> list[tuple[str, int]]:
     ]
 
 
+def _check_witness(path: Path) -> None:
+    """Refuse to start with a witness file that cannot be appended to."""
+    try:
+        fd = checkpoint.open_witness(path)
+    except OSError as e:
+        raise CollectorError(
+            f"cannot append to the witness file {path}: {e.strerror}; give --witness a "
+            "file in a directory the collector may write (ideally on other storage)"
+        ) from e
+    os.close(fd)
+
+
 class Collector:
     """A running collector: servers, ingest and policy over one store."""
 
@@ -201,8 +215,13 @@ class Collector:
         self.store = store
         self.config = config
         self.authority = pki.load_authority(config.pki_dir)
+        if config.witness is not None:
+            _check_witness(config.witness)
         self.ingest = Ingest(
-            store, self.authority.signing_key, checkpoint_seconds=config.checkpoint_seconds
+            store,
+            self.authority.signing_key,
+            checkpoint_seconds=config.checkpoint_seconds,
+            witness=config.witness,
         )
         self.policy = PolicyService(self.authority.signing_key)
         self._load_policy()

@@ -21,6 +21,7 @@ VAR = Path("var")
 PKI = VAR / "pki"
 STORE = f"sqlite:///{VAR / 'collector.db'}"
 AGENT_STATE = VAR / "agent"
+WITNESS = VAR / "checkpoints.witness"  # in production: on other storage than the database
 LISTEN = "127.0.0.1:7443"
 ENROLL = "127.0.0.1:7444"
 CONSOLE = "127.0.0.1:8080"
@@ -109,6 +110,8 @@ def main() -> int:
             str(VAR / "reports"),
             "--unit",
             "演示单位",
+            "--witness",
+            str(WITNESS),
         ]
     )
     agent: subprocess.Popen[bytes] | None = None
@@ -160,7 +163,8 @@ def main() -> int:
             "\nBaomi demo is running: collector on "
             f"{LISTEN} (mTLS; enrolment on {ENROLL}), one agent 'demo-host'.\n"
             f"  events:  .venv/bin/baomi-collector events --store {STORE}\n"
-            f"  verify:  .venv/bin/baomi-collector audit verify --store {STORE} --pki {PKI}\n"
+            f"  verify:  .venv/bin/baomi-collector audit verify --store {STORE} --pki {PKI} "
+            f"--witness {WITNESS}\n"
             f"  guarded: cat {SECRET}/finance/budget-2027.xlsx   (root is not in subjects.toml:"
             " denied)\n"
             f"  why:     .venv/bin/baomi-agent explain --user wang --action read --path "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,9 @@ import pytest
 from baomi import chain
 from baomi.v1 import events_pb2
 
-from collector import audit, pki
+from collector import audit, checkpoint, pki
+from collector.errors import CollectorError
+from collector.store import Store
 from tests.collector_harness import RunningCollector, batch, enroll_host, send_batches
 
 N = 100
@@ -210,3 +212,99 @@ def test_recorded_break_is_not_damage(collector: RunningCollector, tmp_path: Pat
     report = _verify(collector)
     assert report.ok, report.damage
     assert report.recorded_breaks == [("ws-01", 4)]
+
+
+# --- the witness file: checkpoints kept outside the database ------------------------------
+@pytest.fixture
+def witnessed(
+    store: Store, pki_dir: Path, tmp_path: Path
+) -> Iterator[tuple[RunningCollector, Path]]:
+    """A collector that also appends every checkpoint to a witness file; 3 checkpoints
+    over N events of ws-01."""
+    witness = tmp_path / "elsewhere" / "checkpoints.witness"
+    witness.parent.mkdir()
+    running = RunningCollector(store, pki_dir, checkpoint_seconds=3600, witness=witness)
+    try:
+        host = enroll_host(running, "ws-01")
+        for _ in range(3):
+            send_batches(host, running.address, [batch(host.events(N // 3))])
+            running.checkpoint()
+        yield running, witness
+    finally:
+        running.stop()
+
+
+def _verify_with(running: RunningCollector, witness: Path) -> audit.AuditReport:
+    key = pki.load_verify_key(running.pki_dir / "signing.pub")
+    return audit.verify(running.store, key, witness=checkpoint.read_witness(witness))
+
+
+def test_every_checkpoint_is_witnessed(witnessed: tuple[RunningCollector, Path]) -> None:
+    running, witness = witnessed
+    assert checkpoint.read_witness(witness) == running.store.checkpoints()
+    report = _verify_with(running, witness)
+    assert report.ok and report.witnessed == 3
+
+
+def test_the_newest_checkpoints_removed_with_their_events_are_found(
+    witnessed: tuple[RunningCollector, Path], store_url: str
+) -> None:
+    """What the store alone cannot show: the last checkpoint deleted together with the
+    events it named. The store verifies; against the witness file it does not."""
+    running, witness = witnessed
+    last = running.store.checkpoints()[-1]
+    first_cut = 2 * (N // 3) + 1
+    raw_sql(store_url, "DELETE FROM events WHERE host_id = 'ws-01' AND seq >= ?", first_cut)
+    raw_sql(store_url, "DELETE FROM checkpoints WHERE id = ?", last.id)
+    assert _verify(running).ok  # the limit of the store alone
+    report = _verify_with(running, witness)
+    assert not report.ok
+    details = [str(d) for d in report.damage]
+    assert f"host - seq 0: checkpoint: witnessed checkpoint {last.id} is not in the store" in (
+        details
+    )
+    assert any(d.host_id == "ws-01" and d.kind == "deleted" for d in report.damage), details
+
+
+def test_an_altered_witness_file_is_named(
+    witnessed: tuple[RunningCollector, Path], store_url: str
+) -> None:
+    running, witness = witnessed
+    lines = witness.read_text().splitlines(keepends=True)
+    lines[0] = lines[0].replace('\\"v\\":1', '\\"v\\":2')
+    witness.write_text("".join(lines))
+    report = _verify_with(running, witness)
+    found = [d for d in report.damage if d.kind == "witness"]
+    assert found and "signature does not verify" in found[0].detail
+    witness.write_text("".join(lines[1:]) + "not json\n")
+    cli = [
+        sys.executable, "-m", "collector.cli", "audit", "verify", "--store", store_url,
+        "--pki", str(running.pki_dir), "--witness", str(witness),
+    ]  # fmt: skip
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert f"{witness}:3: not a witnessed checkpoint" in done.stderr
+
+
+def test_cli_verifies_against_the_witness_file(
+    witnessed: tuple[RunningCollector, Path], store_url: str
+) -> None:
+    running, witness = witnessed
+    cli = [
+        sys.executable, "-m", "collector.cli", "audit", "verify", "--store", store_url,
+        "--pki", str(running.pki_dir), "--witness", str(witness),
+    ]  # fmt: skip
+    ok = subprocess.run(cli, capture_output=True, text=True, timeout=60, check=False)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "3 checkpoints (3 witnessed)" in ok.stdout
+    raw_sql(store_url, "DELETE FROM checkpoints WHERE id = ?", running.store.checkpoints()[-1].id)
+    bad = subprocess.run(cli, capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 1
+    assert "is not in the store" in bad.stdout
+
+
+def test_an_unwritable_witness_file_stops_the_collector_at_start(
+    store: Store, pki_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(CollectorError, match="cannot append to the witness file"):
+        RunningCollector(store, pki_dir, witness=tmp_path / "no-such-dir" / "w")
