@@ -6,6 +6,7 @@ Tests talk to it with ordinary (synchronous) gRPC clients, exactly as agents do.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import psycopg
 from baomi import chain
 from baomi.v1 import collector_pb2, events_pb2
 from cryptography import x509
@@ -195,3 +197,19 @@ def batch(events: list[events_pb2.Event]) -> bytes:
 def init_pki(directory: Path) -> pki.Authority:
     """A fresh CA for a test."""
     return pki.init_authority(directory, ["localhost", "127.0.0.1"])
+
+
+def raw_sql(url: str, sql: str, *params: Any) -> None:
+    """Run one statement as the attacker, append-only triggers disabled."""
+    if url.startswith("sqlite:///"):
+        db = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            db.execute("DROP TRIGGER IF EXISTS events_no_update")
+            db.execute("DROP TRIGGER IF EXISTS events_no_delete")
+            db.execute(sql, params)
+        finally:
+            db.close()
+    else:
+        with psycopg.connect(url, autocommit=True) as db:
+            db.execute("ALTER TABLE events DISABLE TRIGGER USER")
+            db.execute(sql.replace("?", "%s"), params)

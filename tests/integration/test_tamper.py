@@ -6,14 +6,11 @@ triggers first, as a DBA or a thief with the file would.
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
 from baomi import chain
 from baomi.v1 import events_pb2
@@ -21,25 +18,9 @@ from baomi.v1 import events_pb2
 from collector import audit, checkpoint, pki
 from collector.errors import CollectorError
 from collector.store import Store
-from tests.collector_harness import RunningCollector, batch, enroll_host, send_batches
+from tests.collector_harness import RunningCollector, batch, enroll_host, raw_sql, send_batches
 
 N = 100
-
-
-def raw_sql(url: str, sql: str, *params: Any) -> None:
-    """Run one statement as the attacker, append-only triggers disabled."""
-    if url.startswith("sqlite:///"):
-        db = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
-        try:
-            db.execute("DROP TRIGGER IF EXISTS events_no_update")
-            db.execute("DROP TRIGGER IF EXISTS events_no_delete")
-            db.execute(sql, params)
-        finally:
-            db.close()
-    else:
-        with psycopg.connect(url, autocommit=True) as db:
-            db.execute("ALTER TABLE events DISABLE TRIGGER USER")
-            db.execute(sql.replace("?", "%s"), params)
 
 
 @pytest.fixture

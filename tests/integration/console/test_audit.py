@@ -4,14 +4,16 @@ and the auditor reads them (and verifies the chain) in the console."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from baomi import chain
 from baomi.v1 import events_pb2
 
 from collector.console.auth import create_account
 from collector.ingest import now_us
-from tests.collector_harness import batch, enroll_host, send_batches
-from tests.integration.console.conftest import PASSWORD, Console
+from collector.store import Store
+from tests.collector_harness import batch, enroll_host, raw_sql, send_batches
+from tests.integration.console.conftest import PASSWORD, Console, start_console
 
 
 def _violation(console: Console) -> None:
@@ -113,3 +115,28 @@ def test_accounts_made_on_the_command_line_are_audited(console: Console) -> None
     # Only once, though the check runs every few seconds.
     time.sleep(2.5)
     assert sum(1 for e in console.audit() if e.console_action.target == "cliuser") == 1
+
+
+def test_the_auditors_verification_uses_the_witness_file(
+    store: Store, store_url: str, pki_dir: Path, tmp_path: Path
+) -> None:
+    """With serve --witness, the console's verification checks the store against the
+    witness file too: the newest checkpoint deleted with its events is found."""
+    witness = tmp_path / "checkpoints.witness"
+    create_account(store, "aud", role="auditor", by="cli:test", password=PASSWORD)
+    running = start_console(store, pki_dir, witness=witness)
+    console = Console(running, f"http://127.0.0.1:{running.collector.ports['console']}")
+    try:
+        host = enroll_host(running, "ws-01")
+        send_batches(host, running.address, [batch(host.events(10))])
+        running.checkpoint()
+        aud = console.client()
+        aud.login("aud", PASSWORD)
+        assert 'class="ok"' in aud.post("/audit/verify", {}).text
+        last = store.checkpoints()[-1]
+        raw_sql(store_url, "DELETE FROM checkpoints WHERE id = ?", last.id)
+        page = aud.post("/audit/verify", {}).text
+        assert 'class="ok"' not in page
+        assert f"witnessed checkpoint {last.id} is not in the store" in page
+    finally:
+        running.stop()
