@@ -87,6 +87,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             out_dir=args.reports_dir,
             policies_dir=args.policies or Path("policies"),
             verify_key_path=args.pki / "signing.pub",
+            witness_path=args.witness,
             unit=args.unit,
             store_url=args.store,
         )

@@ -882,6 +882,7 @@ async def report_generate(c: Ctx) -> Response:
             period,
             policies_dir=collector.config.policies_dir or Path("policies"),
             verify_key_path=collector.config.pki_dir / "signing.pub",
+            witness_path=collector.config.witness,
             now=now,
         )
         document = render(report, fmt, lang)

@@ -49,6 +49,7 @@ def _emit(args: argparse.Namespace, build: Callable[..., Report]) -> int:
             store,
             policies_dir=args.policies,
             verify_key_path=_key(args),
+            witness_path=args.witness,
             unit=args.unit,
             now=now,
             store_url=args.store,
@@ -100,6 +101,7 @@ def _cmd_scheduled(args: argparse.Namespace) -> int:
             args.out_dir,
             policies_dir=args.policies,
             verify_key_path=_key(args),
+            witness_path=args.witness,
             unit=args.unit,
             lang=args.lang,
             store_url=args.store,
@@ -183,6 +185,11 @@ def add_report_commands(
             type=Path,
             default=DEFAULT_PKI,
             help=f"collector PKI directory with signing.pub (default {DEFAULT_PKI})",
+        )
+        sp.add_argument(
+            "--witness",
+            type=Path,
+            help="the collector's witness file (serve --witness): verify the record against it",
         )
         return sp
 

@@ -17,11 +17,11 @@ from typing import Any
 
 from agent.decision.errors import PolicyError
 from agent.decision.subjects import Subjects
-from collector import audit, pki
+from collector import audit, checkpoint, pki
 from collector.errors import CollectorError, ConfigError
 from collector.policy import MAX_POLICY_FILE_BYTES, bundle_digest
 from collector.reports.period import CHINA_TZ, from_us
-from collector.store.base import EventQuery, EventRow, FindingRow, Store
+from collector.store.base import CheckpointRow, EventQuery, EventRow, FindingRow, Store
 
 _logger = logging.getLogger(__name__)
 
@@ -133,10 +133,20 @@ def read_findings(store: Store) -> list[FindingRow] | None:
     return rows
 
 
-def _audit(store: Store, key_path: Path) -> dict[str, Any]:
-    """``audit.verify`` of the whole record, in picklable form."""
+def _audit(store: Store, key_path: Path, witness_path: Path | None = None) -> dict[str, Any]:
+    """``audit.verify`` of the whole record (against the witness file when there is one),
+    in picklable form."""
     started = time.perf_counter()
-    result = audit.verify(store, pki.load_verify_key(key_path))
+    witness: list[CheckpointRow] = []
+    unreadable = None
+    if witness_path is not None:
+        try:
+            witness = checkpoint.read_witness(witness_path)
+        except (OSError, checkpoint.WitnessError) as e:
+            unreadable = audit.Damage("-", 0, "witness", f"cannot read {witness_path}: {e}")
+    result = audit.verify(store, pki.load_verify_key(key_path), witness=witness)
+    if unreadable is not None:
+        result.damage.append(unreadable)
     return {
         "ok": result.ok,
         "hosts": result.hosts,
@@ -150,13 +160,13 @@ def _audit(store: Store, key_path: Path) -> dict[str, Any]:
     }
 
 
-def _audit_at(store_url: str, key_path: str) -> dict[str, Any]:
+def _audit_at(store_url: str, key_path: str, witness_path: str | None) -> dict[str, Any]:
     """``_audit`` in a worker process, over a store of its own."""
     from collector.store import open_store  # noqa: PLC0415 - runs in the worker only
 
     store = open_store(store_url)
     try:
-        return _audit(store, Path(key_path))
+        return _audit(store, Path(key_path), Path(witness_path) if witness_path else None)
     finally:
         store.close()
 
@@ -169,8 +179,15 @@ class Verification:
     one core); without a URL it runs in this process when ``result`` is asked for.
     """
 
-    def __init__(self, store: Store, key_path: Path | None, store_url: str | None = None):
+    def __init__(
+        self,
+        store: Store,
+        key_path: Path | None,
+        store_url: str | None = None,
+        witness_path: Path | None = None,
+    ):
         self._store = store
+        self._witness = witness_path
         self._key = key_path if key_path is not None and key_path.is_file() else None
         self._key_shown = str(key_path or "")
         self._future: concurrent.futures.Future[dict[str, Any]] | None = None
@@ -178,7 +195,8 @@ class Verification:
             pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn")
             )
-            self._future = pool.submit(_audit_at, store_url, str(self._key))
+            witness = str(witness_path) if witness_path is not None else None
+            self._future = pool.submit(_audit_at, store_url, str(self._key), witness)
             pool.shutdown(wait=False)  # the worker ends after its one task
 
     def result(self, period_seqs: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:
@@ -191,9 +209,9 @@ class Verification:
                 found = self._future.result()
             except (OSError, concurrent.futures.process.BrokenProcessPool) as e:
                 _logger.warning("verification worker failed (%s); verifying here", e)
-                found = _audit(self._store, self._key)
+                found = _audit(self._store, self._key, self._witness)
         else:
-            found = _audit(self._store, self._key)
+            found = _audit(self._store, self._key, self._witness)
         spans = period_seqs or {}
         damage: list[tuple[str, int]] = found.pop("damage")
         in_period = sum(

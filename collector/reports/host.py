@@ -212,6 +212,7 @@ def build_host(
     *,
     policies_dir: Path = Path("policies"),
     verify_key_path: Path | None = None,
+    witness_path: Path | None = None,
     unit: str = "",
     now: dt.datetime | None = None,
     store_url: str | None = None,
@@ -224,7 +225,7 @@ def build_host(
             "the hosts the collector knows"
         )
     now = now or dt.datetime.now(dt.UTC)
-    verifying = Verification(store, verify_key_path, store_url)
+    verifying = Verification(store, verify_key_path, store_url, witness_path)
     offset = p.start.utcoffset() or dt.timedelta(0)
     state = _HostPass(
         end_us=min(p.end_us, to_us(now)), offset_us=int(offset.total_seconds()) * 1_000_000

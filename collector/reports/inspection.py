@@ -45,6 +45,7 @@ def build_inspection(
     *,
     policies_dir: Path = Path("policies"),
     verify_key_path: Path | None = None,
+    witness_path: Path | None = None,
     unit: str = "",
     now: dt.datetime | None = None,
     store_url: str | None = None,
@@ -64,7 +65,7 @@ def build_inspection(
     reference_us = min(p.end_us, to_us(now))
     timings: dict[str, float] = {}
 
-    verifying = Verification(store, verify_key_path, store_url)
+    verifying = Verification(store, verify_key_path, store_url, witness_path)
     t0 = time.perf_counter()
     cur = Tally(day_offset_us=_offset_us(p))
     cur.add(scan_range(store, p.start_us, p.end_us))

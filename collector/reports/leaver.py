@@ -65,6 +65,7 @@ def build_leaver(
     period: str | Period | None = None,
     policies_dir: Path = Path("policies"),
     verify_key_path: Path | None = None,
+    witness_path: Path | None = None,
     unit: str = "",
     now: dt.datetime | None = None,
     store_url: str | None = None,
@@ -78,7 +79,7 @@ def build_leaver(
     login = person.name if person is not None else user.strip()
     uid = person.uid if person is not None else (int(login) if login.isdigit() else None)
     display = person.display if person is not None else ""
-    verifying = Verification(store, verify_key_path, store_url)
+    verifying = Verification(store, verify_key_path, store_url, witness_path)
 
     files: dict[tuple[str, str], _File] = {}
     denied: dict[

@@ -42,6 +42,7 @@ class ScheduleConfig:
     out_dir: Path
     policies_dir: Path = Path("policies")
     verify_key_path: Path | None = None
+    witness_path: Path | None = None  # the collector's witness file (serve --witness)
     unit: str = ""
     lang: str = "zh"
     formats: Sequence[str] = ("pdf", "html")
@@ -105,6 +106,7 @@ def generate_due(
     *,
     policies_dir: Path = Path("policies"),
     verify_key_path: Path | None = None,
+    witness_path: Path | None = None,
     unit: str = "",
     lang: str = "zh",
     formats: Sequence[str] = ("pdf", "html"),
@@ -116,6 +118,7 @@ def generate_due(
         out_dir=out_dir,
         policies_dir=policies_dir,
         verify_key_path=verify_key_path,
+        witness_path=witness_path,
         unit=unit,
         lang=lang,
         formats=formats,
@@ -138,6 +141,7 @@ def generate_due_with(
             period,
             policies_dir=cfg.policies_dir,
             verify_key_path=cfg.verify_key_path,
+            witness_path=cfg.witness_path,
             unit=cfg.unit,
             now=now,
             store_url=cfg.store_url,

@@ -254,3 +254,35 @@ def test_a_damaged_record_fails_verification_on_the_cover(
     out = tmp_path / "damaged.pdf"
     out.write_bytes(render_pdf(report, "zh"))
     assert "未通过" in pdf.pdftotext(out, page=1)
+
+
+def test_the_cover_verifies_against_the_witness_file(seeded: Seeded, tmp_path: Path) -> None:
+    """With the collector's witness file, a checkpoint witnessed but gone from the store
+    fails the cover's verification."""
+    from collector import checkpoint
+    from collector.store.base import CheckpointRow
+
+    witness = tmp_path / "checkpoints.witness"
+    rows = seeded.store.checkpoints()
+    for row in rows:
+        checkpoint.append_witness(witness, row)
+
+    def verdict() -> dict[str, object]:
+        report = build_inspection(
+            seeded.store,
+            "2026-H2",
+            policies_dir=seeded.policies_dir,
+            verify_key_path=seeded.key_path,
+            witness_path=witness,
+            now=NOW,
+        )
+        return report.meta["verification"]  # type: ignore[no-any-return]
+
+    assert verdict()["ok"]
+    last = rows[-1]
+    checkpoint.append_witness(
+        witness, CheckpointRow(last.id + 1000, last.created_us, last.body, last.signature)
+    )
+    found = verdict()
+    assert not found["ok"] and found["damage"] == 1
+    assert f"witnessed checkpoint {last.id + 1000} is not in the store" in str(found["examples"])
