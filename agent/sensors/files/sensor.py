@@ -207,17 +207,16 @@ class FileGuard:
                 label=label,
                 action=access.action,
             )
-        event = self._record(access, label, verdict)
+        first = self._record(access, label, verdict)
         # The same process opening the same file version again, under the same policy,
         # gets the same answer from the guard (in C) and is counted, not re-recorded.
-        first = events_pb2.Event()
-        first.CopyFrom(event)  # the recorder's thread fills in the original
         with self._fold_lock:
             if engine is self._engine:  # not decided under a policy replaced meanwhile
                 self._guard.repeat(access, verdict.allow, first)
         return verdict.allow
 
     def _record(self, access: Access, label: Label | None, verdict: Verdict) -> events_pb2.Event:
+        """Record the access; returns a copy of its event, to stand for its repeats."""
         today = date.today()
         invalid = label is not None and not label.valid
         person = self._engine.policyset.subjects.by_uid.get(access.uid) if self._engine else None
@@ -240,6 +239,8 @@ class FileGuard:
                 rule=verdict.rule[:500],
             ),
         )
+        first = events_pb2.Event()
+        first.CopyFrom(event)  # before the recorder's thread fills in the original
         self._sink(event)
         if (
             label is not None
@@ -249,7 +250,7 @@ class FileGuard:
             and label.until < today
         ):
             self._report_declassified(access, label)
-        return event
+        return first
 
     def _report_declassified(self, access: Access, label: Label) -> None:
         """The first open after a label's period ran out says so, once per file label."""
