@@ -337,18 +337,22 @@ def test_a_label_lowered_by_the_files_writer_is_not_believed(
     assert change.severity == events_pb2.SEVERITY_HIGH and change.file_change.level == 3
 
 
+@pytest.mark.parametrize("then_opened", [False, True], ids=["removed", "removed-then-opened"])
 def test_a_label_removed_by_the_files_writer_is_recorded(
-    site: Site, guarded: tuple[AgentThread, RunningCollector]
+    site: Site, guarded: tuple[AgentThread, RunningCollector], then_opened: bool
 ) -> None:
     """A seal cannot stop a writer removing the whole label (the file is unlabelled
-    then); the guard, having seen it labelled, records that as a HIGH label change."""
+    then); the guard, having seen it labelled, records that as a HIGH label change --
+    also when the writer opens the file at once, and the open is decided before the
+    change watcher reads the attribute change (the open path compares labels too)."""
     _, collector = guarded
     s1 = site.root / "s1.txt"
     assert site.open_as(2002, "s1.txt")  # the guard sees it labelled 秘密
     s1.chmod(0o666)
     _as_bob(
         f"import os\nfor n in os.listxattr({str(s1)!r}):\n"
-        f"    n.startswith('user.baomi.') and os.removexattr({str(s1)!r}, n)"
+        f"    n.startswith('user.baomi.') and os.removexattr({str(s1)!r}, n)\n"
+        + (f"open({str(s1)!r}).close()\n" if then_opened else "")
     )
     # One removexattr at a time: each step that leaves a label not whole is recorded
     # (the kernel may merge steps still queued), the last one being "no label".
@@ -366,9 +370,17 @@ def test_new_file_in_labelled_directory_inherits_its_label(
     sub.chmod(0o777)
     set_label(sub, level="机密", scope="dept:finance", key=site.key)
     time.sleep(0.1)
-    subprocess.run(
-        ["/bin/sh", "-c", f"echo new > {sub}/made.txt"], user=2001, timeout=10, check=True
+    made = subprocess.run(
+        ["/bin/sh", "-c", f"echo new > {sub}/made.txt"],
+        user=2001,
+        capture_output=True,
+        timeout=10,
+        check=False,
     )
+    if made.returncode != 0:  # say why: the guard's record of the creating open
+        time.sleep(0.5)
+        why = [(a.decision, a.reason, a.level) for a in _accesses(guarded[1]) if "made" in a.path]
+        pytest.fail(f"creating made.txt failed ({made.stderr!r}); recorded: {why}")
     assert os.getxattr(sub / "made.txt", "user.baomi.level") == os.getxattr(sub, "user.baomi.level")
     assert not site.open_as(2002, "finance/made.txt")  # bob: 一般 < 机密
 

@@ -180,18 +180,57 @@ class FileGuard:
             if len(self._labels) >= LABEL_CACHE:
                 self._labels.clear()
             self._labels[key] = label
-            self._seen_label(access.dev, access.ino, label)
+            self._label_seen(access.path, access.dev, access.ino, label, access.pid, access.uid)
         return label  # type: ignore[no-any-return]
 
-    def _seen_label(self, dev: int, ino: int, label: Label | None) -> None:
-        """Remember the last label seen on a file, to tell when it is removed later."""
+    def _label_seen(  # noqa: PLR0917 - where, what, and who
+        self,
+        path: str,
+        dev: int,
+        ino: int,
+        now: Label | None,
+        pid: int,
+        uid: int,
+        *,
+        attributes_changed: bool = False,
+    ) -> None:
+        """Compare a file's label with the last one seen on it and record a change, as a
+        ``label`` file change: HIGH when the label was removed or no longer holds
+        (written around ``baomi-agent label set``).
+
+        Both the open path and the change watcher see labels; whichever sees a change
+        first records it, with its process (the one that changed the attributes, or
+        the first to open the file after). A file never seen labelled since the agent
+        started has nothing to compare with: a label removed from it is not recorded,
+        and an invalid one only when its attributes were just changed.
+        """
+        key = (dev, ino)
         with self._lock:
-            if label is None:
-                self._last_labels.pop((dev, ino), None)
+            before = self._last_labels.get(key)
+            if now == before:
                 return
-            if len(self._last_labels) >= LABEL_CACHE:
-                self._last_labels.clear()  # bounded; a file forgotten is learnt again
-            self._last_labels[(dev, ino)] = label
+            if now is None:
+                self._last_labels.pop(key, None)
+            else:
+                if len(self._last_labels) >= LABEL_CACHE:
+                    self._last_labels.clear()  # bounded; a file forgotten is learnt again
+                self._last_labels[key] = now
+        if before is None and not (attributes_changed and now is not None and not now.valid):
+            return  # first seen: nothing to compare with
+        alarming = now is None or not now.valid
+        self._sink(
+            events_pb2.Event(
+                severity=events_pb2.SEVERITY_HIGH if alarming else events_pb2.SEVERITY_INFO,
+                file_change=events_pb2.FileChange(
+                    path=path,
+                    change="label",
+                    uid=max(uid, 0),
+                    pid=max(pid, 0),
+                    level=effective_level(now, date.today()),  # type: ignore[arg-type]
+                    label_id=(now.label_id or "") if now else "",
+                ),
+            )
+        )
 
     def _decide(self, access: Access) -> bool:
         engine = self._engine
@@ -310,38 +349,18 @@ class FileGuard:
         )
 
     def _attributes_changed(self, change: Change) -> None:
-        """Record a change of a file's label, as ``label`` (HIGH when it was removed or
-        no longer holds: written around ``baomi-agent label set``).
+        """A file's attributes changed: record it if its label did (``_label_seen``).
 
         Other metadata changes (mode, owner, times) of a file whose label stayed are not
-        recorded. A label removed from a file the guard has not seen labelled since it
-        started cannot be told from a file that never had one, and is not recorded.
+        recorded.
         """
         try:
             st = Path(change.path).stat()
             now = read_label(change.path, self._config.label_key)
         except OSError:
             return  # gone since: its delete is reported
-        with self._lock:
-            before = self._last_labels.get((st.st_dev, st.st_ino))
-        if now == before:
-            return
-        self._seen_label(st.st_dev, st.st_ino, now)
-        if now is None and before is None:
-            return
-        alarming = now is None or not now.valid
-        self._sink(
-            events_pb2.Event(
-                severity=events_pb2.SEVERITY_HIGH if alarming else events_pb2.SEVERITY_INFO,
-                file_change=events_pb2.FileChange(
-                    path=change.path,
-                    change="label",
-                    uid=max(change.uid, 0),
-                    pid=max(change.pid, 0),
-                    level=effective_level(now, date.today()),  # type: ignore[arg-type]
-                    label_id=(now.label_id or "") if now else "",
-                ),
-            )
+        self._label_seen(
+            change.path, st.st_dev, st.st_ino, now, change.pid, change.uid, attributes_changed=True
         )
 
     def _overflow(self) -> None:
