@@ -83,6 +83,8 @@ _LEVEL_WORDS: Mapping[str, int] = {
 #: middle of the update (or after a crash in it) sees a fail-closed label rather than a
 #: mix of the old and new attributes (a new level with the old, wider scope, say).
 _UPDATING = "updating"
+#: The problem of a label read in the middle of a rewrite (or after a crash in one).
+UPDATING_PROBLEM = "label update in progress or interrupted: set the label again"
 
 SCOPE_ENTRY_RE = re.compile(r"(user|dept|role):[^,\s]{1,64}")
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -224,7 +226,7 @@ def parse_label(raw: Mapping[str, bytes]) -> Label | None:
     try:
         level_text = _text(ours[XATTR_LEVEL], XATTR_LEVEL, MAX_LEVEL_BYTES)
         if level_text.strip() == _UPDATING:
-            return invalid_label("label update in progress or interrupted: set the label again")
+            return invalid_label(UPDATING_PROBLEM)
         level = parse_level(level_text)
         until = None
         if XATTR_UNTIL in ours:

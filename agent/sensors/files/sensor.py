@@ -28,7 +28,7 @@ from agent.decision.engine import Engine, Verdict
 from agent.decision.errors import PolicyError
 from agent.decision.policy import PolicySet
 from agent.errors import ConfigError
-from agent.labels import Label, effective_level, inherit_label, read_label
+from agent.labels import UPDATING_PROBLEM, Label, effective_level, inherit_label, read_label
 from agent.sensors.base import EventSink, Health
 from agent.sensors.files.fanotify import Access, Change, ChangeWatcher, PermissionGuard
 
@@ -81,8 +81,9 @@ class FileGuard:
         self._declassified: set[tuple[int, int, str]] = set()
         self._lock = threading.Lock()
         # A new file in a labelled directory is labelled by whichever comes first: its
-        # creating open (the guard) or its FAN_CREATE (the change watcher). One at a
-        # time, or one would read the other's half-written label (fail-closed: denied).
+        # creating open (the guard) or its FAN_CREATE (the change watcher). Reading and
+        # labelling happen under this lock, or one would read the other's half-written
+        # label (fail-closed: the open denied).
         self._inherit_lock = threading.Lock()
         # Held while an answer is handed to the guard to repeat and while repeats are
         # taken, so no answer of a replaced policy is remembered after the take.
@@ -169,11 +170,13 @@ class FileGuard:
         key = (access.dev, access.ino, access.ctime_ns)
         label: Any = self._labels.get(key, _MISSING)
         if label is _MISSING:
-            label = read_label(access.fd, self._config.label_key)
-            if label is None:
-                # A file just created in a labelled directory (this may be its creating
-                # open): give it the directory's label before anyone reads it.
-                with self._inherit_lock:
+            # Under the lock the change watcher labels new files with: read outside it,
+            # a label it is writing reads as "update in progress" (and is denied).
+            with self._inherit_lock:
+                label = read_label(access.fd, self._config.label_key)
+                if label is None:
+                    # A file just created in a labelled directory (this may be its
+                    # creating open): give it the directory's label before anyone reads it.
                     label = inherit_label(
                         str(Path(access.path).parent), access.fd, self._config.label_key
                     )
@@ -359,6 +362,8 @@ class FileGuard:
             now = read_label(change.path, self._config.label_key)
         except OSError:
             return  # gone since: its delete is reported
+        if now is not None and now.problem == UPDATING_PROBLEM:
+            return  # a rewrite under way: its last write is another change, read then
         self._label_seen(
             change.path, st.st_dev, st.st_ino, now, change.pid, change.uid, attributes_changed=True
         )
