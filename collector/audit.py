@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from baomi import chain
@@ -254,6 +255,24 @@ def _verify_witness(
                     f"stored hash differs from witnessed checkpoint {newest_id}",
                 )
             )
+
+
+def verify_witnessed(
+    store: Store, key: ed25519.Ed25519PublicKey, witness_path: Path | None
+) -> AuditReport:
+    """``verify`` against the witness file at ``witness_path`` (None: without one); a
+    witness file that cannot be read is itself a problem of the report."""
+    witness: list[CheckpointRow] = []
+    unreadable = None
+    if witness_path is not None:
+        try:
+            witness = checkpoint.read_witness(witness_path)
+        except (OSError, checkpoint.WitnessError) as e:
+            unreadable = Damage("-", 0, "witness", f"cannot read {witness_path}: {e}")
+    report = verify(store, key, witness=witness)
+    if unreadable is not None:
+        report.damage.append(unreadable)
+    return report
 
 
 def verify(

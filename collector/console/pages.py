@@ -32,7 +32,7 @@ from starlette.responses import (
 )
 
 from collector import audit as record_audit
-from collector import checkpoint, pki
+from collector import pki
 from collector.console import auth, devices, eventview, metrics, svg
 from collector.console.app import (
     LANG_COOKIE,
@@ -57,7 +57,6 @@ from collector.server import TOKEN_SECONDS, create_token
 from collector.store.base import (
     ROLES,
     AccountRow,
-    CheckpointRow,
     ConsoleQuery,
     FindingRow,
     PolicyVersionRow,
@@ -799,16 +798,7 @@ async def audit_verify(c: Ctx) -> Response:
     collector's witness file too when it keeps one."""
     config = c.console.collector.config
     key = pki.load_verify_key(config.pki_dir / "signing.pub")
-    witness: list[CheckpointRow] = []
-    unreadable = ""
-    if config.witness is not None:
-        try:
-            witness = await c.run(checkpoint.read_witness, config.witness)
-        except (OSError, checkpoint.WitnessError) as e:
-            unreadable = f"the witness file {config.witness} cannot be read: {e}"
-    report = await c.run(record_audit.verify, c.store, key, witness=witness)
-    if unreadable:
-        report.damage.append(record_audit.Damage("-", 0, "witness", unreadable))
+    report = await c.run(record_audit.verify_witnessed, c.store, key, config.witness)
     await c.audit(
         "verify_chain",
         "record",

@@ -17,11 +17,11 @@ from typing import Any
 
 from agent.decision.errors import PolicyError
 from agent.decision.subjects import Subjects
-from collector import audit, checkpoint, pki
+from collector import audit, pki
 from collector.errors import CollectorError, ConfigError
 from collector.policy import MAX_POLICY_FILE_BYTES, bundle_digest
 from collector.reports.period import CHINA_TZ, from_us
-from collector.store.base import CheckpointRow, EventQuery, EventRow, FindingRow, Store
+from collector.store.base import EventQuery, EventRow, FindingRow, Store
 
 _logger = logging.getLogger(__name__)
 
@@ -137,16 +137,7 @@ def _audit(store: Store, key_path: Path, witness_path: Path | None = None) -> di
     """``audit.verify`` of the whole record (against the witness file when there is one),
     in picklable form."""
     started = time.perf_counter()
-    witness: list[CheckpointRow] = []
-    unreadable = None
-    if witness_path is not None:
-        try:
-            witness = checkpoint.read_witness(witness_path)
-        except (OSError, checkpoint.WitnessError) as e:
-            unreadable = audit.Damage("-", 0, "witness", f"cannot read {witness_path}: {e}")
-    result = audit.verify(store, pki.load_verify_key(key_path), witness=witness)
-    if unreadable is not None:
-        result.damage.append(unreadable)
+    result = audit.verify_witnessed(store, pki.load_verify_key(key_path), witness_path)
     return {
         "ok": result.ok,
         "hosts": result.hosts,
