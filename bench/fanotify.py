@@ -40,7 +40,7 @@ from baomi.v1 import events_pb2
 
 from agent.labels import load_label_key, set_label
 from agent.recorder import Recorder
-from agent.sensors.files.fanotify import Access, PermissionGuard
+from agent.sensors.files.permission import Access, PermissionGuard
 from agent.sensors.files.sensor import FileGuard, FileGuardConfig
 from agent.spool import Spool
 from bench.proc import BenchError

@@ -24,7 +24,9 @@ import pytest
 
 import agent
 from agent.sensors.files import fanotify as fan
-from agent.sensors.files.fanotify import Access, Change, ChangeWatcher, PermissionGuard
+from agent.sensors.files import permission
+from agent.sensors.files.changes import Change, ChangeWatcher
+from agent.sensors.files.permission import Access, PermissionGuard
 from tests.command_child import CommandChild
 
 UID, OTHER_UID, NOBODY = 1001, 1002, 65534
@@ -368,7 +370,7 @@ def test_a_full_answer_table_asks_again(
     child_python: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(fan, "ANSWERS_KEPT", 1)
+    monkeypatch.setattr(permission, "ANSWERS_KEPT", 1)
     rec = Repeating(deny=lambda a: False)
     rec.guard = guarded([tree], rec)
     child = children(child_python, UID)
@@ -632,7 +634,8 @@ def test_unprivileged_start_is_disabled_with_one_line(tree: Path) -> None:
     script = """
 import json, logging, sys
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-from agent.sensors.files.fanotify import ChangeWatcher, PermissionGuard
+from agent.sensors.files.changes import ChangeWatcher
+from agent.sensors.files.permission import PermissionGuard
 g = PermissionGuard([sys.argv[1]], lambda a: True)
 g.start()
 print(json.dumps([g.health().state, g.health().detail]))
@@ -664,7 +667,7 @@ w.stop()
     assert '"disabled"' in watcher_state and "CAP_SYS_ADMIN" in watcher_state
     lines = out.stderr.splitlines()
     assert len(lines) == 2, out.stderr  # one per sensor
-    assert lines[0].startswith("WARNING agent.sensors.files.fanotify: file guard disabled:")
+    assert lines[0].startswith("WARNING agent.sensors.files.permission: file guard disabled:")
     assert "CAP_SYS_ADMIN" in lines[0]
 
 
@@ -688,7 +691,7 @@ def _fid_support(d: Path) -> str | None:
         return f"no FID-reporting fanotify groups: {e.strerror}"
     try:
         fan.fanotify_mark(
-            fd, fan.FAN_MARK_ADD, fan.FAN_CREATE | fan.FAN_ONDIR, fan._AT_FDCWD, str(d)
+            fd, fan.FAN_MARK_ADD, fan.FAN_CREATE | fan.FAN_ONDIR, fan.AT_FDCWD, str(d)
         )
     except OSError as e:
         return f"the temp filesystem cannot report file ids: {e.strerror}"

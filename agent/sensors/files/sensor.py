@@ -30,7 +30,8 @@ from agent.decision.policy import PolicySet
 from agent.errors import ConfigError
 from agent.labels import UPDATING_PROBLEM, Label, effective_level, inherit_label, read_label
 from agent.sensors.base import EventSink, Health
-from agent.sensors.files.fanotify import Access, Change, ChangeWatcher, PermissionGuard
+from agent.sensors.files.changes import Change, ChangeWatcher
+from agent.sensors.files.permission import Access, PermissionGuard
 
 _logger = logging.getLogger(__name__)
 
