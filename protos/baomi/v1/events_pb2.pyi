@@ -46,7 +46,7 @@ DECISION_ALLOW: Decision
 DECISION_DENY: Decision
 
 class FileAccess(_message.Message):
-    __slots__ = ("path", "action", "uid", "user", "pid", "executable", "level", "label_id", "decision", "reason", "rule", "cmdline", "label_until", "label_scope", "count", "first", "last")
+    __slots__ = ("path", "action", "uid", "user", "pid", "executable", "level", "label_id", "decision", "reason", "rule", "cmdline", "label_until", "label_scope", "count", "first", "last", "home")
     PATH_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class FileAccess(_message.Message):
     COUNT_FIELD_NUMBER: _ClassVar[int]
     FIRST_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
+    HOME_FIELD_NUMBER: _ClassVar[int]
     path: str
     action: str
     uid: int
@@ -81,10 +82,11 @@ class FileAccess(_message.Message):
     count: int
     first: _timestamp_pb2.Timestamp
     last: _timestamp_pb2.Timestamp
-    def __init__(self, path: _Optional[str] = ..., action: _Optional[str] = ..., uid: _Optional[int] = ..., user: _Optional[str] = ..., pid: _Optional[int] = ..., executable: _Optional[str] = ..., level: _Optional[_Union[Level, str]] = ..., label_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., reason: _Optional[str] = ..., rule: _Optional[str] = ..., cmdline: _Optional[str] = ..., label_until: _Optional[str] = ..., label_scope: _Optional[_Iterable[str]] = ..., count: _Optional[int] = ..., first: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    home: str
+    def __init__(self, path: _Optional[str] = ..., action: _Optional[str] = ..., uid: _Optional[int] = ..., user: _Optional[str] = ..., pid: _Optional[int] = ..., executable: _Optional[str] = ..., level: _Optional[_Union[Level, str]] = ..., label_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., reason: _Optional[str] = ..., rule: _Optional[str] = ..., cmdline: _Optional[str] = ..., label_until: _Optional[str] = ..., label_scope: _Optional[_Iterable[str]] = ..., count: _Optional[int] = ..., first: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., home: _Optional[str] = ...) -> None: ...
 
 class FileChange(_message.Message):
-    __slots__ = ("path", "change", "old_path", "uid", "pid", "level", "label_id")
+    __slots__ = ("path", "change", "old_path", "uid", "pid", "level", "label_id", "home")
     PATH_FIELD_NUMBER: _ClassVar[int]
     CHANGE_FIELD_NUMBER: _ClassVar[int]
     OLD_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +94,7 @@ class FileChange(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     LEVEL_FIELD_NUMBER: _ClassVar[int]
     LABEL_ID_FIELD_NUMBER: _ClassVar[int]
+    HOME_FIELD_NUMBER: _ClassVar[int]
     path: str
     change: str
     old_path: str
@@ -99,7 +102,8 @@ class FileChange(_message.Message):
     pid: int
     level: Level
     label_id: str
-    def __init__(self, path: _Optional[str] = ..., change: _Optional[str] = ..., old_path: _Optional[str] = ..., uid: _Optional[int] = ..., pid: _Optional[int] = ..., level: _Optional[_Union[Level, str]] = ..., label_id: _Optional[str] = ...) -> None: ...
+    home: str
+    def __init__(self, path: _Optional[str] = ..., change: _Optional[str] = ..., old_path: _Optional[str] = ..., uid: _Optional[int] = ..., pid: _Optional[int] = ..., level: _Optional[_Union[Level, str]] = ..., label_id: _Optional[str] = ..., home: _Optional[str] = ...) -> None: ...
 
 class Device(_message.Message):
     __slots__ = ("action", "device_class", "vendor_id", "product_id", "serial", "name", "descriptor_hash", "port", "interfaces", "decision", "rule", "reason")
