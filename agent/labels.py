@@ -9,6 +9,10 @@ A label is four ``user.baomi.*`` attributes:
 ``user.baomi.scope``     知悉范围, comma list of ``user:NAME``, ``dept:NAME``, ``role:NAME``;
                          empty or absent means any subject cleared for the level
 ``user.baomi.label_id``  the classification record (定密依据) the label comes from
+``user.baomi.home``      the file's *home*: the absolute path where it was labelled.
+                         Policy rules are matched against the home, never against the
+                         path a file was reached through, so a hard link, a rename, a
+                         bind mount or another mount namespace changes nothing
 
 ``user.baomi.seal``     HMAC-SHA256 of the attributes above and of the file's identity
                          (filesystem id, inode, birth time), under the host's label key
@@ -53,7 +57,8 @@ XATTR_UNTIL = "user.baomi.until"
 XATTR_SCOPE = "user.baomi.scope"
 XATTR_ID = "user.baomi.label_id"
 XATTR_SEAL = "user.baomi.seal"
-_KNOWN = frozenset({XATTR_LEVEL, XATTR_UNTIL, XATTR_SCOPE, XATTR_ID, XATTR_SEAL})
+XATTR_HOME = "user.baomi.home"
+_KNOWN = frozenset({XATTR_LEVEL, XATTR_UNTIL, XATTR_SCOPE, XATTR_ID, XATTR_SEAL, XATTR_HOME})
 
 LABEL_KEY_FILE = "label.key"  # in the agent's state directory
 LABEL_KEY_BYTES = 32
@@ -66,6 +71,7 @@ MAX_UNTIL_BYTES = 32
 MAX_SCOPE_BYTES = 4096
 MAX_SCOPE_ENTRIES = 64
 MAX_ID_BYTES = 128
+MAX_HOME_BYTES = 4096  # PATH_MAX
 
 TOP_SECRET, SECRET, CONFIDENTIAL, UNCLASSIFIED = 3, 2, 1, 0
 
@@ -108,6 +114,8 @@ class Label:
     scope: tuple[str, ...] = ()
     label_id: str | None = None
     problem: str | None = None
+    #: Where the file was labelled (absolute path); policy rules match against it.
+    home: str | None = None
 
     @property
     def valid(self) -> bool:
@@ -124,6 +132,8 @@ class Label:
         parts.append("scope " + (",".join(self.scope) if self.scope else "any cleared subject"))
         if self.label_id is not None:
             parts.append(f"id {self.label_id}")
+        if self.home is not None:
+            parts.append(f"home {self.home}")
         return "; ".join(parts)
 
 
@@ -178,6 +188,28 @@ def parse_label_id(value: str) -> str:
     if not _ID_RE.fullmatch(text):
         raise ValueError(f"label id {value[:40]!r} must be 1 to 128 letters, digits or . : / # - _")
     return text
+
+
+def parse_home(value: str | os.PathLike[str]) -> str:
+    """A home: an absolute, normalised path (no ``.``/``..`` parts, no empty parts)."""
+    text = os.fspath(value)
+    if not text.startswith("/") or len(text.encode()) > MAX_HOME_BYTES:
+        raise ValueError(f"home {text[:80]!r} must be an absolute path of at most 4096 bytes")
+    parts = text[1:].split("/")
+    if text != "/" and any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"home {text[:80]!r} must be a normalised path (no //, . or ..)")
+    return text
+
+
+def policy_path(label: Label | None, opened: str) -> str:
+    """The path policy rules are matched against: the label's home, else the path opened.
+
+    Only an unlabelled file (or a label read without seal checks, which has no home
+    when it predates homes) is decided by the path it was reached through.
+    """
+    if label is not None and label.home is not None:
+        return label.home
+    return opened
 
 
 def effective_level(label: Label | None, today: date) -> int:
@@ -237,9 +269,12 @@ def parse_label(raw: Mapping[str, bytes]) -> Label | None:
         label_id = None
         if XATTR_ID in ours:
             label_id = parse_label_id(_text(ours[XATTR_ID], XATTR_ID, MAX_ID_BYTES))
+        home = None
+        if XATTR_HOME in ours:
+            home = parse_home(_text(ours[XATTR_HOME], XATTR_HOME, MAX_HOME_BYTES))
     except ValueError as e:
         return invalid_label(str(e))
-    return Label(level=level, until=until, scope=scope, label_id=label_id)
+    return Label(level=level, until=until, scope=scope, label_id=label_id, home=home)
 
 
 def _describe_ref(target: FileRef) -> str:
@@ -282,7 +317,9 @@ _PARSED_MAX_ENTRIES = 4096
 _PARSED_MAX_BYTES = 1024  # larger label values are parsed every time, never kept
 
 
-def read_label(target: FileRef, key: bytes | None = None) -> Label | None:
+def read_label(  # noqa: PLR0911 - one return per way a label can fail
+    target: FileRef, key: bytes | None = None
+) -> Label | None:
     """The label on a file (path or fd); None when unlabelled (unclassified).
 
     Unreadable or malformed attributes give a fail-closed label (level 3, ``problem``
@@ -314,6 +351,11 @@ def read_label(target: FileRef, key: bytes | None = None) -> Label | None:
         return invalid_label(
             "the seal does not match: the label was changed outside baomi-agent label set, "
             "or it belongs to another file; set it again"
+        )
+    if label.home is None:
+        # Without a home the rules would match whatever path the file was reached by.
+        return invalid_label(
+            f"{XATTR_HOME} is missing (a label from before homes): set the label again"
         )
     return label
 
@@ -398,7 +440,7 @@ _libc.statx.argtypes = (
 )
 
 
-def _identity(target: FileRef) -> bytes:
+def file_identity(target: FileRef) -> bytes:
     """What makes a file this file: filesystem id, inode and birth time.
 
     The birth time (ext4, xfs, btrfs and tmpfs keep one; nobody can set it) tells a
@@ -422,7 +464,7 @@ def _identity(target: FileRef) -> bytes:
 
 def _seal(key: bytes, target: FileRef, raw: Mapping[str, bytes]) -> bytes:
     """The seal of label attributes ``raw`` (no seal among them) on ``target``, as hex."""
-    mac = hmac.new(key, _SEAL_CONTEXT + _identity(target), hashlib.sha256)
+    mac = hmac.new(key, _SEAL_CONTEXT + file_identity(target), hashlib.sha256)
     for name in sorted(raw):
         mac.update(name.encode() + b"\0" + struct.pack("=I", len(raw[name])) + raw[name])
     return mac.hexdigest().encode()
@@ -471,12 +513,15 @@ def set_label(
     scope: str | Iterable[str] = (),
     label_id: str | None = None,
     key: bytes | None = None,
+    home: str | os.PathLike[str] | None = None,
 ) -> Label:
     """Label a file, sealed with ``key``; attributes not given are removed.
 
-    Returns the label written. Without ``key`` no seal is written, and a reader that
-    checks seals (the file guard) takes the label for fail-closed. Raises LabelError
-    when a value is invalid or the attributes cannot be written.
+    ``home`` defaults to the file's present path (symlinks resolved; for an fd, the
+    path the kernel gives for it). Returns the label written. Without ``key`` no seal
+    is written, and a reader that checks seals (the file guard) takes the label for
+    fail-closed. Raises LabelError when a value is invalid or the attributes cannot be
+    written.
     """
     try:
         label = Label(
@@ -484,6 +529,7 @@ def set_label(
             until=None if until is None else parse_until(until),
             scope=parse_scope(scope),
             label_id=None if label_id is None else parse_label_id(label_id),
+            home=parse_home(_present_path(target) if home is None else home),
         )
     except ValueError as e:
         raise LabelError(f"invalid label for {_describe_ref(target)}: {e}") from e
@@ -494,8 +540,17 @@ def set_label(
         raw[XATTR_SCOPE] = ",".join(label.scope).encode()
     if label.label_id is not None:
         raw[XATTR_ID] = label.label_id.encode()
+    assert label.home is not None  # noqa: S101 - set above
+    raw[XATTR_HOME] = label.home.encode()
     _write_raw(target, _sealed(raw, target, key))
     return label
+
+
+def _present_path(target: FileRef) -> str:
+    """Where a file is now: its resolved path (an fd's from ``/proc/self/fd``)."""
+    if isinstance(target, int):
+        return str(Path(f"/proc/self/fd/{target}").readlink())
+    return str(Path(target).resolve())
 
 
 def _sealed(raw: dict[str, bytes], target: FileRef, key: bytes | None) -> dict[str, bytes]:
@@ -515,14 +570,18 @@ def clear_label(target: FileRef) -> bool:
     return had
 
 
-def inherit_label(directory: FileRef, new_file: FileRef, key: bytes | None = None) -> Label | None:
+def inherit_label(
+    directory: FileRef, new_file: FileRef, key: bytes | None = None, *, name: str = ""
+) -> Label | None:
     """Give a new file in a labelled directory the directory's label.
 
     With ``key`` the directory's seal is checked and the file's label sealed for the
     file; a directory label that is invalid (or, with ``key``, not sealed for it) is
-    copied without a seal, so the file is equally fail-closed. A file that already
-    carries a label keeps it. Returns the label the file ends up with (None: neither
-    is labelled).
+    copied without a seal, so the file is equally fail-closed. The file's home is the
+    directory's home joined with the file's ``name`` (default: the last part of
+    ``new_file``), so a file made in a directory reached through another path is still
+    decided by the directory's rules. A file that already carries a label keeps it.
+    Returns the label the file ends up with (None: neither is labelled).
     """
     existing = _read_raw(new_file)
     if isinstance(existing, Label) or existing:
@@ -535,5 +594,12 @@ def inherit_label(directory: FileRef, new_file: FileRef, key: bytes | None = Non
         return None
     label = read_label(directory, key)
     raw.pop(XATTR_SEAL, None)
+    base = name
+    if not base and not isinstance(new_file, int):
+        base = Path(new_file).name
+    if label is not None and label.valid and label.home is not None and base and "/" not in base:
+        raw[XATTR_HOME] = f"{label.home.rstrip('/')}/{base}".encode()
+    else:
+        raw.pop(XATTR_HOME, None)  # no trustworthy home: the file stays fail-closed
     _write_raw(new_file, _sealed(raw, new_file, key if label and label.valid else None))
     return read_label(new_file, key)

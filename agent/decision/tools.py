@@ -25,6 +25,7 @@ from agent.labels import (
     parse_level,
     parse_scope,
     parse_until,
+    policy_path,
     read_label,
 )
 
@@ -83,11 +84,12 @@ def explain(
     except OSError as e:
         label_note = f" (no file: {e.strerror}; decided as unlabelled)"
     engine = Engine(policyset)
+    home = policy_path(label, path)  # rules match where the file was labelled
     verdict = engine.decide_cold(
-        uid=uid, exe=exe or "", path=path, label=label, action=action, today=day
+        uid=uid, exe=exe or "", path=home, label=label, action=action, today=day
     )
     reference = _casbin_verdict(
-        policyset.reference_enforcer(), policyset, (uid, exe or "", path, label, action, day)
+        policyset.reference_enforcer(), policyset, (uid, exe or "", home, label, action, day)
     )
 
     person = policyset.subjects.by_uid.get(uid)
@@ -105,13 +107,14 @@ def explain(
     if label is None:
         what = "unlabelled: unclassified" + label_note
     else:
-        what = f"{label.describe()}; level today {level(Resource.of(path, label), day)}"
+        what = f"{label.describe()}; level today {level(Resource.of(home, label), day)}"
     agree = (reference.allow, reference.rule) == (verdict.allow, verdict.rule)
     casbin = "allow" if reference.allow else "deny"
     lines = [
         f"{'ALLOW' if verdict.allow else 'DENY'}  {action} {path}",
         f"  who:     {who}",
         f"  with:    {exe or '(executable not given)'}",
+        *([f"  home:    {home} (the rules match the file's home)"] if home != path else []),
         f"  label:   {what}",
         f"  reason:  {verdict.reason}",
         f"  rule:    {verdict.rule or '(none)'}",
@@ -231,6 +234,7 @@ def policy_test(
             except OSError:
                 label = None  # no such file: unlabelled
         uid = resolve_uid(policyset, user)
+        path = policy_path(label, path)
         verdict = engine.decide_cold(
             uid=uid, exe=exe, path=path, label=label, action=action, today=day
         )

@@ -25,6 +25,8 @@ def _files(settings: dict[str, Any], sink: EventSink) -> Sensor:
         FileGuardConfig(
             roots=tuple(Path(r) for r in settings.get("roots", ())),
             label_key=load_label_key(Path(settings["label_key"]), create=True),
+            # The labelled inodes are kept beside the label key, in the state directory.
+            inodes_db=Path(settings["label_key"]).parent / "labelled.db",
             policies=Path(policies) if policies else None,
             deadline=float(settings.get("deadline", 0.050)),
         ),

@@ -337,29 +337,44 @@ def test_a_label_lowered_by_the_files_writer_is_not_believed(
     assert change.severity == events_pb2.SEVERITY_HIGH and change.file_change.level == 3
 
 
-@pytest.mark.parametrize("then_opened", [False, True], ids=["removed", "removed-then-opened"])
-def test_a_label_removed_by_the_files_writer_is_recorded(
-    site: Site, guarded: tuple[AgentThread, RunningCollector], then_opened: bool
+@pytest.mark.parametrize(
+    ("opened_before", "then_opened"),
+    [(True, False), (True, True), (False, False)],
+    ids=["removed", "removed-then-opened", "never-opened"],
+)
+def test_a_label_removed_by_the_files_writer_is_recorded_and_denied(
+    site: Site,
+    guarded: tuple[AgentThread, RunningCollector],
+    opened_before: bool,
+    then_opened: bool,
 ) -> None:
-    """A seal cannot stop a writer removing the whole label (the file is unlabelled
-    then); the guard, having seen it labelled, records that as a HIGH label change --
-    also when the writer opens the file at once, and the open is decided before the
-    change watcher reads the attribute change (the open path compares labels too)."""
+    """A seal cannot stop a writer removing the whole label; the agent knows every
+    labelled inode (scanned at start), so the stripped file is never "unclassified": the
+    removal is a HIGH label change -- also for a file nobody opened since the agent
+    started, and when the writer opens the file at once (decided before the change
+    watcher reads the attribute change) -- and every open of it is denied."""
     _, collector = guarded
     s1 = site.root / "s1.txt"
-    assert site.open_as(2002, "s1.txt")  # the guard sees it labelled 秘密
+    if opened_before:
+        assert site.open_as(2002, "s1.txt")  # the guard sees it labelled 秘密
     s1.chmod(0o666)
     _as_bob(
         f"import os\nfor n in os.listxattr({str(s1)!r}):\n"
         f"    n.startswith('user.baomi.') and os.removexattr({str(s1)!r}, n)\n"
-        + (f"open({str(s1)!r}).close()\n" if then_opened else "")
+        + (f"try: open({str(s1)!r}).close()\nexcept PermissionError: pass\n" if then_opened else "")
     )
-    # One removexattr at a time: each step that leaves a label not whole is recorded
-    # (the kernel may merge steps still queued), the last one being "no label".
-    wait_for(lambda: [c.file_change.level for c in _label_changes(collector, s1)][-1:] == [0])
+    assert not [n for n in os.listxattr(s1) if n.startswith("user.baomi.")]
+    # Each removexattr that leaves the label not whole is recorded (the kernel may
+    # merge steps still queued); every state on the way is fail-closed (绝密).
+    wait_for(lambda: len(_label_changes(collector, s1)) >= 1)
+    assert not site.open_as(2002, "s1.txt")
     changes = _label_changes(collector, s1)
     assert all(c.severity == events_pb2.SEVERITY_HIGH for c in changes)
-    assert all(c.file_change.pid > 0 for c in changes)
+    assert all(c.file_change.pid > 0 and c.file_change.level == 3 for c in changes)
+    assert all(c.file_change.home == str(s1) for c in changes)
+    wait_for(lambda: any("label was removed" in a.reason for a in _accesses(collector)))
+    denied = [a for a in _accesses(collector) if "label was removed" in a.reason]
+    assert denied[-1].decision == events_pb2.DECISION_DENY and denied[-1].uid == 2002
 
 
 def test_new_file_in_labelled_directory_inherits_its_label(

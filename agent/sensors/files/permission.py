@@ -380,6 +380,26 @@ class PermissionGuard:
             _logger.error("file guard reader did not drain within %.0f s; closing", STOP_TIMEOUT)
         poker.join(STOP_TIMEOUT)
 
+    # -- labelled files wherever they are --------------------------------------------------
+    def mark_file(self, fd: int) -> bool:
+        """Guard the file open as ``fd`` (any fd, ``O_PATH`` too) by whatever path it is
+        reached: an inode mark, so hard links and renames out of the trees and bind
+        mounts still ask. False (and an error reported) when it cannot be marked."""
+        if not self._running or self._failed:
+            return False
+        try:
+            # Through /proc: fanotify_mark() takes no O_PATH fd as the object itself.
+            fanotify_mark(
+                self._fan_fd, FAN_MARK_ADD, self._file_mask, AT_FDCWD, f"/proc/self/fd/{fd}"
+            )
+        except OSError as e:
+            error = OSError(e.errno, f"cannot guard a labelled file: {e.strerror}")
+            self._report_error(None, error)
+            return False
+        return True
+
+    _file_mask = FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM
+
     # -- repeats ---------------------------------------------------------------------------
     def repeat(self, access: Access, allow: bool, token: object) -> bool:
         """Give ``allow`` to every repeat of ``access`` without calling ``decide()``.

@@ -16,6 +16,7 @@ error, never "allow all".
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from datetime import date
@@ -28,8 +29,18 @@ from agent.decision.engine import Engine, Verdict
 from agent.decision.errors import PolicyError
 from agent.decision.policy import PolicySet
 from agent.errors import ConfigError
-from agent.labels import UPDATING_PROBLEM, Label, effective_level, inherit_label, read_label
+from agent.labels import (
+    UPDATING_PROBLEM,
+    Label,
+    effective_level,
+    file_identity,
+    inherit_label,
+    invalid_label,
+    policy_path,
+    read_label,
+)
 from agent.sensors.base import EventSink, Health
+from agent.sensors.files import inodes
 from agent.sensors.files.changes import Change, ChangeWatcher
 from agent.sensors.files.permission import Access, PermissionGuard
 
@@ -53,6 +64,7 @@ class FileGuardConfig:
 
     roots: tuple[Path, ...]
     label_key: bytes  # labels count only with a seal by this key (agent.labels)
+    inodes_db: Path | None = None  # where the labelled inodes are kept (None: memory only)
     policies: Path | None = None  # a local policy directory, loaded at start
     deadline: float = 0.050  # seconds; past it the open is denied
 
@@ -100,6 +112,7 @@ class FileGuard:
             on_error=self._error,
         )
         self._changes = ChangeWatcher(config.roots, self._changed, on_overflow=self._overflow)
+        self._inodes = inodes.LabelledInodes(config.inodes_db)
 
     # -- policy --------------------------------------------------------------------------
     def apply_policy(self, directory: Path) -> None:
@@ -127,6 +140,7 @@ class FileGuard:
             except PolicyError as e:
                 _logger.error("%s; every open under the protected roots is denied", e)
         self._guard.start()
+        self._guard_labelled_inodes()
         self._changes.start()
         self._flusher.start()
 
@@ -138,9 +152,43 @@ class FileGuard:
         if self._flusher.is_alive():
             self._flusher.join()
         self.flush()
+        self._inodes.close()
+
+    def _guard_labelled_inodes(self) -> None:
+        """Mark every labelled inode itself: those kept from earlier runs (found by file
+        handle, wherever they were moved or linked since) and those in the trees now."""
+        try:
+            self._inodes.open()
+        except Exception as e:  # noqa: BLE001 - a bad database must not stop the guard
+            _logger.error("labelled inodes not kept across restarts: %s", e)
+            self._tamper("labelled_inodes", f"cannot open the labelled-inode set: {e}")
+        mounts = inodes.mount_fds(self._guard.roots)
+        kept = 0
+        try:
+            for fd, _home in self._inodes.reopen_known(mounts):
+                try:
+                    kept += self._guard.mark_file(fd)
+                finally:
+                    os.close(fd)
+        finally:
+            for fd in mounts.values():
+                os.close(fd)
+
+        def found(fd: int, path: str) -> None:
+            label = read_label(f"/proc/self/fd/{fd}", self._config.label_key)
+            home = policy_path(label, path)
+            self._inodes.add(fd, home)
+            self._guard.mark_file(fd)
+
+        scanned = inodes.scan(self._guard.roots, found, lambda e: _logger.warning("scan: %s", e))
+        self._inodes.persist()
+        _logger.info(
+            "guarding %d labelled files by inode (%d kept from earlier runs)", scanned, kept
+        )
 
     def flush(self) -> None:
         """Record every counted repeat and forget the answers they reused."""
+        self._inodes.persist()
         with self._fold_lock:
             repeats = self._guard.take_repeats()
         for first, count, first_ns, last_ns in repeats:
@@ -176,16 +224,71 @@ class FileGuard:
             with self._inherit_lock:
                 label = read_label(access.fd, self._config.label_key)
                 if label is None:
-                    # A file just created in a labelled directory (this may be its
-                    # creating open): give it the directory's label before anyone reads it.
-                    label = inherit_label(
-                        str(Path(access.path).parent), access.fd, self._config.label_key
-                    )
+                    label = self._unlabelled(access)
+            if label is not None:
+                self._keep_labelled(access.fd, label, access.path)
             if len(self._labels) >= LABEL_CACHE:
                 self._labels.clear()
             self._labels[key] = label
             self._label_seen(access.path, access.dev, access.ino, label, access.pid, access.uid)
         return label  # type: ignore[no-any-return]
+
+    def _unlabelled(self, access: Access) -> Label | None:
+        """The label of a file with no label attributes: fail-closed if it is an inode
+        known to be labelled (its label was stripped), inherited if it is new in a
+        labelled directory, else none (unclassified)."""
+        known = self._inodes.get(access.dev, access.ino)
+        if known is not None and known.identity == file_identity(access.fd):
+            return invalid_label(
+                f"the label was removed from a labelled file (home {known.home}): set it again"
+            )
+        # A file just created in a labelled directory (this may be its creating open):
+        # give it the directory's label before anyone reads it -- only when the path
+        # the kernel gives is this very file in the agent's view, since an opener in
+        # another mount namespace may see other directories by the same names.
+        path = Path(access.path)
+        try:
+            st = path.lstat()
+        except OSError:
+            return None
+        if (st.st_dev, st.st_ino) != (access.dev, access.ino):
+            return None
+        return inherit_label(path.parent, access.fd, self._config.label_key, name=path.name)
+
+    def _keep_labelled(self, fd: int, label: Label, path: str) -> None:
+        """A labelled file: make sure its inode is marked and kept, wherever it is."""
+        try:
+            if self._inodes.add(fd, policy_path(label, path)):
+                self._guard.mark_file(fd)
+        except OSError as e:
+            _logger.warning("cannot keep the labelled inode of %s: %s", path, e)
+
+    def _keep_labelled_path(self, path: str, label: Label) -> None:
+        try:
+            fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            self._keep_labelled(fd, label, path)
+        finally:
+            os.close(fd)
+
+    def _home_of(self, dev: int, ino: int, *labels: Label | None) -> str:
+        """The home of a file: from the first of ``labels`` with one, else from the
+        labelled-inode set ("" when neither knows it)."""
+        for label in labels:
+            if label is not None and label.home:
+                return label.home
+        known = self._inodes.get(dev, ino)
+        return known.home if known is not None else ""
+
+    def _tamper(self, kind: str, detail: str) -> None:
+        self._sink(
+            events_pb2.Event(
+                severity=events_pb2.SEVERITY_HIGH,
+                tamper=events_pb2.Tamper(kind=kind, detail=detail[:500]),
+            )
+        )
 
     def _label_seen(  # noqa: PLR0917 - where, what, and who
         self,
@@ -232,6 +335,7 @@ class FileGuard:
                     pid=max(pid, 0),
                     level=effective_level(now, date.today()),  # type: ignore[arg-type]
                     label_id=(now.label_id or "") if now else "",
+                    home=self._home_of(dev, ino, now, before),
                 ),
             )
         )
@@ -245,7 +349,7 @@ class FileGuard:
             verdict = engine.decide(
                 uid=access.uid,
                 exe=access.executable,
-                path=access.path,
+                path=policy_path(label, access.path),  # the file's home, not the way in
                 file_key=(access.dev, access.ino, access.ctime_ns),
                 label=label,
                 action=access.action,
@@ -277,6 +381,7 @@ class FileGuard:
                 label_id=(label.label_id or "") if label else "",
                 label_until=label.until.isoformat() if label and label.until else "",
                 label_scope=list(label.scope) if label else [],
+                home=self._home_of(access.dev, access.ino, label) if label else "",
                 decision=events_pb2.DECISION_ALLOW if verdict.allow else events_pb2.DECISION_DENY,
                 reason=verdict.reason[:500],
                 rule=verdict.rule[:500],
@@ -359,12 +464,25 @@ class FileGuard:
         recorded.
         """
         try:
-            st = Path(change.path).stat()
-            now = read_label(change.path, self._config.label_key)
+            fd = os.open(change.path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return  # gone since: its delete is reported
-        if now is not None and now.problem == UPDATING_PROBLEM:
-            return  # a rewrite under way: its last write is another change, read then
+        try:
+            st = os.fstat(fd)
+            now = read_label(f"/proc/self/fd/{fd}", self._config.label_key)
+            if now is not None and now.problem == UPDATING_PROBLEM:
+                return  # a rewrite under way: its last write is another change, read then
+            known = self._inodes.get(st.st_dev, st.st_ino)
+            if now is None and known is not None and known.identity == file_identity(fd):
+                now = invalid_label(
+                    f"the label was removed from a labelled file (home {known.home}): set it again"
+                )
+            elif now is not None and now.valid:
+                self._keep_labelled(fd, now, change.path)
+        except OSError:
+            return
+        finally:
+            os.close(fd)
         self._label_seen(
             change.path, st.st_dev, st.st_ino, now, change.pid, change.uid, attributes_changed=True
         )
@@ -396,6 +514,7 @@ class FileGuard:
                 label = None
             if label is not None:
                 level, label_id = label.level, label.label_id or ""
+                self._keep_labelled_path(change.path, label)
         self._sink(
             events_pb2.Event(
                 severity=events_pb2.SEVERITY_INFO,

@@ -12,6 +12,7 @@ import pytest
 from agent import labels
 from agent.decision.errors import LabelError
 from agent.labels import (
+    XATTR_HOME,
     XATTR_ID,
     XATTR_LEVEL,
     XATTR_SCOPE,
@@ -60,8 +61,10 @@ def test_set_and_read_round_trip(doc: Path) -> None:
         doc, "机密", until="2031-06-30", scope="dept:finance,user:wang", label_id="BM-2026-7"
     )
     got = read_label(doc)
-    assert got == written == Label(2, date(2031, 6, 30), ("dept:finance", "user:wang"), "BM-2026-7")
+    want = Label(2, date(2031, 6, 30), ("dept:finance", "user:wang"), "BM-2026-7", home=str(doc))
+    assert got == written == want
     assert got.valid
+    assert os.getxattr(doc, XATTR_HOME) == str(doc).encode()  # where it was labelled
     assert os.getxattr(doc, XATTR_LEVEL) == "机密".encode()
     assert os.getxattr(doc, XATTR_UNTIL) == b"2031-06-30"
     assert os.getxattr(doc, XATTR_SCOPE) == b"dept:finance,user:wang"
@@ -86,18 +89,18 @@ def test_level_words(doc: Path, word: str | int, level: int) -> None:
 def test_attributes_not_given_are_removed(doc: Path) -> None:
     set_label(doc, "绝密", until="2030-01-01", scope="user:wang", label_id="X")
     set_label(doc, "秘密")
-    assert read_label(doc) == Label(1)
-    assert sorted(os.listxattr(doc)) == [XATTR_LEVEL]
+    assert read_label(doc) == Label(1, home=str(doc))
+    assert sorted(os.listxattr(doc)) == sorted([XATTR_LEVEL, XATTR_HOME])
 
 
 def test_set_label_by_fd(doc: Path) -> None:
     fd = os.open(doc, os.O_RDONLY)
     try:
         set_label(fd, "secret", scope=["role:analyst"])
-        assert read_label(fd) == Label(2, scope=("role:analyst",))
+        assert read_label(fd) == Label(2, scope=("role:analyst",), home=str(doc))
     finally:
         os.close(fd)
-    assert read_label(doc) == Label(2, scope=("role:analyst",))
+    assert read_label(doc) == Label(2, scope=("role:analyst",), home=str(doc))
 
 
 def test_expiry_declassifies(doc: Path) -> None:
@@ -227,7 +230,8 @@ def test_inherit_label(tmp_path: Path, doc: Path) -> None:
     new = folder / "draft.docx"
     new.write_bytes(b"")
     got = inherit_label(folder, new)
-    assert got == Label(2, date(2031, 6, 30), ("dept:finance",), "BM-1")
+    want = Label(2, date(2031, 6, 30), ("dept:finance",), "BM-1", home=f"{folder}/draft.docx")
+    assert got == want
     assert read_label(new) == got
 
 
@@ -238,7 +242,7 @@ def test_inherit_keeps_an_existing_label(tmp_path: Path, doc: Path) -> None:
     new = folder / "moved-in.docx"
     new.write_bytes(b"")
     set_label(new, "绝密")
-    assert inherit_label(folder, new) == Label(3)
+    assert inherit_label(folder, new) == Label(3, home=str(new))
 
 
 def test_inherit_from_unlabelled_directory(tmp_path: Path, doc: Path) -> None:
@@ -323,7 +327,7 @@ def test_an_unsealed_label_fails_closed_where_seals_are_checked(doc: Path) -> No
 def test_inherit_seals_the_new_files_label(tmp_path: Path, doc: Path) -> None:
     set_label(tmp_path, "机密", scope="dept:finance", key=KEY)
     inherited = inherit_label(tmp_path, doc, KEY)
-    assert inherited == Label(2, None, ("dept:finance",))
+    assert inherited == Label(2, None, ("dept:finance",), home=f"{tmp_path}/{doc.name}")
     assert os.getxattr(doc, XATTR_SEAL) != os.getxattr(tmp_path, XATTR_SEAL)
     assert read_label(doc, KEY) == inherited
 
@@ -347,3 +351,50 @@ def test_label_key_is_made_once_root_only(tmp_path: Path) -> None:
     path.write_bytes(b"short")
     with pytest.raises(LabelError, match="a label key is 32 bytes, this one 5; restore it"):
         load_label_key(path)
+
+
+# --- homes ------------------------------------------------------------------------------
+def test_the_home_stays_where_the_file_was_labelled(tmp_path: Path, doc: Path) -> None:
+    set_label(doc, "机密", key=KEY)
+    moved = tmp_path / "elsewhere.docx"
+    doc.rename(moved)
+    linked = tmp_path / "link.docx"
+    os.link(moved, linked)
+    for path in (moved, linked):
+        label = read_label(path, KEY)
+        assert label is not None and label.valid and label.home == str(doc)
+
+
+def test_a_home_changed_by_the_writer_breaks_the_seal(doc: Path) -> None:
+    set_label(doc, "机密", key=KEY)
+    os.setxattr(doc, XATTR_HOME, b"/srv/secret/shared/x")
+    label = read_label(doc, KEY)
+    assert label is not None and not label.valid and "seal does not match" in (label.problem or "")
+
+
+def test_a_sealed_label_without_a_home_fails_closed(doc: Path) -> None:
+    set_label(doc, "秘密", key=KEY)
+    raw = {n: os.getxattr(doc, n) for n in os.listxattr(doc) if n != XATTR_HOME}
+    raw.pop(XATTR_SEAL)
+    # Sealed as an older agent sealed it: the same attributes, no home.
+    os.removexattr(doc, XATTR_HOME)
+    os.setxattr(doc, XATTR_SEAL, labels._seal(KEY, doc, raw))
+    label = read_label(doc, KEY)
+    assert label is not None and not label.valid and "home is missing" in (label.problem or "")
+
+
+@pytest.mark.parametrize(
+    "home", [b"relative/path", b"/a/../b", b"/a//b", b"/a/./b", b"/a/", b"/a\x01b"]
+)
+def test_malformed_homes_fail_closed(doc: Path, home: bytes) -> None:
+    _raw(doc, level=b"2", home=home)
+    label = read_label(doc)
+    assert label is not None and not label.valid and "home" in (label.problem or "")
+
+
+def test_an_explicit_home(doc: Path) -> None:
+    assert (
+        set_label(doc, "秘密", home="/srv/secret/finance/a.txt").home == "/srv/secret/finance/a.txt"
+    )
+    with pytest.raises(LabelError, match="absolute path"):
+        set_label(doc, "秘密", home="finance/a.txt")

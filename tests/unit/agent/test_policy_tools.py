@@ -87,9 +87,15 @@ def test_explain_reads_the_label_and_names_the_rule(site: Path) -> None:
     text = explain(ps, "wang", str(doc), "read", "/usr/bin/wps", today=TODAY)
     assert text.splitlines()[0] == f"DENY  read {doc}"
     assert "reason:  read up: clearance 2 < level 3" in text
-    assert "label:   绝密 (3); scope dept:finance; level today 3" in text
+    assert f"label:   绝密 (3); scope dept:finance; home {doc}; level today 3" in text
     assert "wang 王芳 (uid 1003)" in text
     assert "casbin:  deny, agrees" in text
+    # A link elsewhere is decided where the file was labelled, and says so.
+    elsewhere = site / "link.xlsx"
+    os.link(doc, elsewhere)
+    text = explain(ps, "wang", str(elsewhere), "read", "/usr/bin/wps", today=TODAY)
+    assert f"home:    {doc} (the rules match the file's home)" in text
+    assert "read up: clearance 2 < level 3" in text
     assert ps.version[:12] in text
 
     text = explain(ps, "li", str(doc), "read", "/usr/bin/wps", today=TODAY)
@@ -222,13 +228,13 @@ def test_cli_label_set_show_clear(site: Path) -> None:
     assert key_file.stat().st_mode & 0o777 == 0o600  # made by the first label set
     key = load_label_key(key_file)
     assert read_label(doc, key) == Label(
-        2, date(2031, 6, 30), ("dept:finance", "user:wang"), "BM-2026-7"
+        2, date(2031, 6, 30), ("dept:finance", "user:wang"), "BM-2026-7", home=str(doc)
     )
     r = _cli("label", "show", str(doc), state=state)
     assert r.returncode == 0
     assert (
         r.stdout.strip()
-        == f"{doc}: 机密 (2) until 2031-06-30; scope dept:finance,user:wang; id BM-2026-7"
+        == f"{doc}: 机密 (2) until 2031-06-30; scope dept:finance,user:wang; id BM-2026-7; home {doc}"
     )
     # The file's writer lowers the level: the seal no longer matches, so it counts as 绝密.
     os.setxattr(doc, XATTR_LEVEL, "内部".encode())
@@ -246,7 +252,7 @@ def test_cli_label_show_without_the_key_says_seals_are_not_checked(site: Path) -
     set_label(doc, "秘密")
     r = _cli("label", "show", str(doc), state=site.parent / "no-state")
     assert r.returncode == 0
-    assert r.stdout.strip() == f"{doc}: 秘密 (1); scope any cleared subject"
+    assert r.stdout.strip() == f"{doc}: 秘密 (1); scope any cleared subject; home {doc}"
     assert "note: label seals not checked" in r.stderr
     assert not (site.parent / "no-state").exists()  # reading never makes a key
 
