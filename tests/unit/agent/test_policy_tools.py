@@ -234,7 +234,8 @@ def test_cli_label_set_show_clear(site: Path) -> None:
     assert r.returncode == 0
     assert (
         r.stdout.strip()
-        == f"{doc}: 机密 (2) until 2031-06-30; scope dept:finance,user:wang; id BM-2026-7; home {doc}"
+        == f"{doc}: 机密 (2) until 2031-06-30; scope dept:finance,user:wang; id BM-2026-7; "
+        f"home {doc}"
     )
     # The file's writer lowers the level: the seal no longer matches, so it counts as 绝密.
     os.setxattr(doc, XATTR_LEVEL, "内部".encode())
