@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +93,17 @@ def _label_key_or_note(args: argparse.Namespace) -> bytes | None:
 
 def _cmd_label_set(args: argparse.Namespace) -> int:
     key = labels.load_label_key(_label_key_path(args), create=True)
-    label = labels.set_label(
-        args.path, args.level, until=args.until, scope=args.scope or (), label_id=args.id, key=key
-    )
+    values = {"until": args.until, "scope": args.scope or (), "label_id": args.id, "key": key}
+    if args.recursive:
+        started = time.monotonic()
+        files, dirs = labels.set_label_tree(args.path, args.level, **values)
+        took = time.monotonic() - started
+        print(
+            f"{args.path}: {files} files and {dirs} directories labelled "
+            f"{labels.LEVEL_NAMES[labels.parse_level(args.level)]} in {took:.2f} s"
+        )
+        return 0
+    label = labels.set_label(args.path, args.level, **values)
     print(f"{args.path}: {label.describe()}")
     return 0
 
@@ -253,8 +262,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     lab = sub.add_parser("label", help="classification labels on files (user.baomi.* xattrs)")
     lsub = lab.add_subparsers(dest="label_command", required=True)
-    ls = lsub.add_parser("set", help="label a file (attributes not given are removed)")
+    ls = lsub.add_parser(
+        "set",
+        help="label a file (attributes not given are removed); its home is its present path",
+        description="Label a file, sealed with this host's label key. The file's home -- "
+        "where it is now -- is sealed into the label: policy rules match the home, "
+        "whatever path the file is later reached through.",
+    )
     ls.add_argument("path")
+    ls.add_argument(
+        "-r",
+        "--recursive",
+        action="store_true",
+        help="label PATH (a directory), every directory and regular file below it "
+        "(each with its own home); symlinks are not followed",
+    )
     ls.add_argument("--level", required=True, help="绝密/机密/秘密/内部 or top-secret/...")
     ls.add_argument("--until", help="保密期限, YYYY-MM-DD; declassified after it")
     ls.add_argument("--scope", help="need-to-know: dept:NAME,user:NAME,role:NAME")

@@ -546,6 +546,45 @@ def set_label(
     return label
 
 
+def set_label_tree(
+    directory: str | os.PathLike[str],
+    level: str | int,
+    *,
+    until: str | date | None = None,
+    scope: str | Iterable[str] = (),
+    label_id: str | None = None,
+    key: bytes | None = None,
+) -> tuple[int, int]:
+    """Label ``directory`` and every directory and regular file below it, each with
+    its own home (its present path); symlinks and other files are left alone, and
+    never followed. Returns (files, directories) labelled; LabelError on the first
+    file that cannot be labelled (those before it keep their new labels).
+    """
+    top = Path(directory).resolve()
+    if not top.is_dir():
+        raise LabelError(f"{directory}: not a directory (label a single file without -r)")
+    values = {"until": until, "scope": scope, "label_id": label_id, "key": key}
+    files, dirs = 0, 0
+    set_label(top, level, home=top, **values)  # type: ignore[arg-type]
+    dirs += 1
+    for parent, dirnames, filenames in os.walk(top, onerror=_walk_error):
+        for name in dirnames:
+            path = Path(parent, name)
+            if not path.is_symlink():
+                set_label(path, level, home=path, **values)  # type: ignore[arg-type]
+                dirs += 1
+        for name in filenames:
+            path = Path(parent, name)
+            if path.is_file() and not path.is_symlink():
+                set_label(path, level, home=path, **values)  # type: ignore[arg-type]
+                files += 1
+    return files, dirs
+
+
+def _walk_error(e: OSError) -> None:
+    raise LabelError(f"cannot list {e.filename}: {e.strerror}") from e
+
+
 def _present_path(target: FileRef) -> str:
     """Where a file is now: its resolved path (an fd's from ``/proc/self/fd``)."""
     if isinstance(target, int):

@@ -1,10 +1,10 @@
 /*
  * The kernel round-trip floor for bench/fanotify.py: the smallest useful fanotify
- * permission responder. It marks one directory with FAN_OPEN_PERM | FAN_EVENT_ON_CHILD,
+ * permission responder. It marks directories with FAN_OPEN_PERM | FAN_EVENT_ON_CHILD,
  * answers FAN_ALLOW to every event and closes the event fd; nothing else.
  *
- * usage: fanotify_allow DIR SECONDS
- *   prints "ready" on stdout once the mark is in place; exits after SECONDS (alarm) or
+ * usage: fanotify_allow DIR [DIR...] SECONDS
+ *   prints "ready" on stdout once the marks are in place; exits after SECONDS (alarm) or
  *   when killed. Exiting closes the fanotify fd, which makes the kernel allow anything
  *   still pending, so a dead responder never blocks an opener.
  */
@@ -20,13 +20,13 @@
 
 int main(int argc, char **argv)
 {
-	if (argc != 3) {
-		fprintf(stderr, "usage: %s DIR SECONDS\n", argv[0]);
+	if (argc < 3) {
+		fprintf(stderr, "usage: %s DIR [DIR...] SECONDS\n", argv[0]);
 		return 2;
 	}
 	/* Never outlive the benchmark: die with the parent, and after SECONDS at most. */
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	alarm((unsigned)atoi(argv[2]));
+	alarm((unsigned)atoi(argv[argc - 1]));
 
 	int fan = fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_UNLIMITED_QUEUE,
 				O_RDONLY | O_LARGEFILE | O_CLOEXEC);
@@ -34,10 +34,12 @@ int main(int argc, char **argv)
 		perror("fanotify_init");
 		return 1;
 	}
-	if (fanotify_mark(fan, FAN_MARK_ADD, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD, AT_FDCWD,
-			  argv[1]) < 0) {
-		perror("fanotify_mark");
-		return 1;
+	for (int i = 1; i < argc - 1; i++) {
+		if (fanotify_mark(fan, FAN_MARK_ADD, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD, AT_FDCWD,
+				  argv[i]) < 0) {
+			perror(argv[i]);
+			return 1;
+		}
 	}
 	printf("ready\n");
 	fflush(stdout);

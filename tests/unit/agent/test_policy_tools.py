@@ -247,6 +247,30 @@ def test_cli_label_set_show_clear(site: Path) -> None:
     assert r.stdout.strip() == f"{doc}: unlabelled (unclassified)"
 
 
+def test_cli_label_set_recursive_labels_each_file_with_its_own_home(site: Path) -> None:
+    state = site.parent / "state"
+    top = _secret(site) / "finance"
+    (top / "2026" / "q4").mkdir(parents=True)
+    files = [top / "a.txt", top / "2026" / "b.txt", top / "2026" / "q4" / "c.txt"]
+    for f in files:
+        f.write_bytes(b"x")
+    outside = site.parent / "outside.txt"
+    outside.write_bytes(b"not labelled")
+    (top / "2026" / "link").symlink_to(outside)  # never followed
+    r = _cli("label", "set", "-r", str(top), "--level", "机密", "--id", "BM-9", state=state)
+    assert r.returncode == 0, r.stderr
+    assert f"{top}: 3 files and 3 directories labelled 机密" in r.stdout
+    key = load_label_key(state / LABEL_KEY_FILE)
+    for path in [top, top / "2026", top / "2026" / "q4", *files]:
+        label = read_label(path, key)
+        assert label is not None and label.valid, path
+        assert (label.level, label.label_id, label.home) == (2, "BM-9", str(path))
+    assert read_label(outside, key) is None
+    r = _cli("label", "set", "-r", str(files[0]), "--level", "机密", state=state)
+    assert r.returncode == 2
+    assert "not a directory (label a single file without -r)" in r.stderr
+
+
 def test_cli_label_show_without_the_key_says_seals_are_not_checked(site: Path) -> None:
     doc = _secret(site) / "finance" / "q3.xlsx"
     doc.write_bytes(b"")

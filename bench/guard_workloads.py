@@ -1,0 +1,168 @@
+"""Protected opens on the paths real work takes: many files, new processes, repeats.
+
+``bench.fanotify`` measures one process re-opening 64 files, which the guard answers
+from its C table after the first pass. Real work looks different: a ``grep -r``, a
+backup, an indexer or a shell loop running ``cat`` opens many distinct files once
+each, often from a new process each time. Here 2,000 labelled files in 20
+directories (the policy, subjects and labels of ``bench.fanotify``) are opened by
+the same small C opener, three ways, each measured per open:
+
+cold        a new process opens each of the 2,000 files once, under a guard that
+            has decided nothing yet (a fresh agent file guard per round);
+new process another new process of the same executable does it again, right after;
+repeats     one process opens each file once untimed, then five more times, timed.
+
+Against: plain opens (nothing listening) and ``fanotify_allow`` (a minimal C
+responder marking the same 20 directories; the kernel round-trip floor). Everything
+pinned to one CPU and, separately, with the scheduler free; the median of ``ROUNDS``
+interleaved rounds is reported, with the ratio agent / C for each workload. Every
+open the agent answered must be in its spooled record.
+
+``python -m bench.guard_workloads`` prints the figures; ``run()`` returns them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.fanotify import (
+    OPENER_C,
+    RESPONDER_C,
+    _Agent,
+    _compile,
+    _open_loop,
+)
+from bench.proc import BenchError
+
+DIRECTORIES = 20
+FILES = 2_000
+REPEATS = 5
+ROUNDS = 3
+TARGETS = {"cold": 3.0, "new process": 1.3, "repeats": 1.15}  # agent / C, same CPU
+
+Workloads = dict[str, float]  # workload -> µs per open
+
+
+def _workloads(opener: Path, files: list[str]) -> Callable[[], Workloads]:
+    def measure() -> Workloads:
+        return {
+            "cold": _open_loop(opener, 0, len(files), files),
+            "new process": _open_loop(opener, 0, len(files), files),
+            "repeats": _open_loop(opener, len(files), REPEATS * len(files), files),
+        }
+
+    return measure
+
+
+def _under_responder(
+    responder: Path, dirs: list[Path], measure: Callable[[], Workloads]
+) -> Workloads:
+    proc = subprocess.Popen(
+        [str(responder), *map(str, dirs), "600"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        if proc.stdout is None or proc.stdout.readline().strip() != "ready":
+            raise BenchError(f"fanotify_allow did not start (exit {proc.wait(10)})")
+        return measure()
+    finally:
+        proc.kill()
+        proc.wait(60)
+
+
+def _round(
+    measure: Callable[[], Workloads],
+    *,
+    responder: Path,
+    top: Path,
+    dirs: list[Path],
+    agent: _Agent,
+    into: dict[str, list[Workloads]],
+) -> None:
+    into["plain"].append(measure())
+    into["c"].append(_under_responder(responder, dirs, measure))
+    into["agent"].append(agent.measure(top, measure))  # type: ignore[arg-type]
+
+
+def run() -> list[tuple[str, float, str]]:
+    """Measure; (figure, value, unit and target) rows."""
+    if os.geteuid() != 0:
+        raise BenchError("fanotify permission events need root (CAP_SYS_ADMIN)")
+    work = Path(tempfile.mkdtemp(prefix="baomi-bench-workloads-"))
+    affinity = os.sched_getaffinity(0)
+    same: dict[str, list[Workloads]] = {"plain": [], "c": [], "agent": []}
+    free: dict[str, list[Workloads]] = {"plain": [], "c": [], "agent": []}
+    try:
+        opener, responder = work / "opener", work / "fanotify_allow"
+        (work / "opener.c").write_text(OPENER_C)
+        _compile(work / "opener.c", opener)
+        _compile(RESPONDER_C, responder)
+        top = work / "files"
+        dirs = [top / f"d{d:02d}" for d in range(DIRECTORIES)]
+        files: list[str] = []
+        for d in dirs:
+            d.mkdir(parents=True)
+            for i in range(FILES // DIRECTORIES):
+                f = d / f"f{i:03d}"
+                f.write_bytes(b"secret\n")
+                files.append(str(f))
+        agent = _Agent(work, top, opener, files)
+        measure = _workloads(opener, files)
+        for _ in range(ROUNDS):
+            os.sched_setaffinity(0, {max(affinity)})
+            try:
+                _round(measure, responder=responder, top=top, dirs=dirs, agent=agent, into=same)
+            finally:
+                os.sched_setaffinity(0, affinity)
+            _round(measure, responder=responder, top=top, dirs=dirs, agent=agent, into=free)
+        _, opens_recorded = agent.recorded()
+    finally:
+        os.sched_setaffinity(0, affinity)
+        shutil.rmtree(work, ignore_errors=True)
+    opens_made = 2 * ROUNDS * (2 * FILES + (1 + REPEATS) * FILES)
+    rows: list[tuple[str, float, str]] = []
+    for label, got in (("same CPU", same), ("free CPUs", free)):
+        for workload, target_ratio in TARGETS.items():
+            plain = statistics.median(w[workload] for w in got["plain"])
+            c = statistics.median(w[workload] for w in got["c"])
+            agent_us = statistics.median(w[workload] for w in got["agent"])
+            rows.append(
+                (
+                    f"guard {workload}, {label}: plain / C / agent",
+                    agent_us,
+                    f"µs/open (plain {plain:.2f}, C {c:.2f})",
+                )
+            )
+            target = f"x (target <= {target_ratio})" if label == "same CPU" else "x"
+            rows.append((f"guard {workload}: agent / C, {label}", agent_us / c, target))
+    rows.append(
+        (
+            "guard workloads: opens not in the record",
+            float(opens_made - opens_recorded),
+            f"of {opens_made:,} (target 0)",
+        )
+    )
+    return rows
+
+
+def main() -> int:
+    """Print the figures."""
+    try:
+        rows = run()
+    except BenchError as e:
+        print(f"workload benchmark cannot run: {e}", file=sys.stderr)
+        return 2
+    width = max(len(r[0]) for r in rows)
+    for name, value, unit in rows:
+        print(f"{name.ljust(width)}  {value:10.2f}  {unit}")
+    return 1 if rows[-1][1] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
