@@ -295,20 +295,24 @@ os.execv("/bin/cat", ["cat", p])
 class Repeating(Recorder):
     """A Recorder whose answers the guard repeats (as the file guard's are)."""
 
-    def __init__(self, deny: Callable[[Access], bool] | None = None) -> None:
+    def __init__(
+        self, deny: Callable[[Access], bool] | None = None, *, plain: bool = False
+    ) -> None:
         super().__init__(deny)
         self.guard: PermissionGuard | None = None
         self.kept: list[bool] = []
+        self.plain = plain
 
     def decide(self, a: Access) -> bool:
         allowed = super().decide(a)
         assert self.guard is not None
-        self.kept.append(self.guard.repeat(a, allowed, (a.path, a.uid, a.executable)))
+        token = (a.path, a.uid, a.executable)
+        self.kept.append(self.guard.repeat(a, allowed, token, plain=self.plain))
         return allowed
 
 
 def _counts(g: PermissionGuard) -> dict[object, int]:
-    return {token: count for token, count, _, _ in g.take_repeats()}
+    return {token: count for token, _, count, _, _ in g.take_repeats(forget=True)}
 
 
 def test_repeats_are_answered_without_asking_and_counted(
@@ -327,16 +331,66 @@ def test_repeats_are_answered_without_asking_and_counted(
     assert rec.paths() == [str(tree / "public"), str(tree / "secret")]
     assert rec.kept == [True, True]
 
-    rows = rec.guard.take_repeats()
-    assert {t: c for t, c, _, _ in rows} == {
+    rows = rec.guard.take_repeats(forget=True)
+    assert {t: c for t, _, c, _, _ in rows} == {
         (str(tree / "public"), UID, py): 4,
         (str(tree / "secret"), UID, py): 2,
     }
-    assert all(before <= first <= last <= time.time_ns() for _, _, first, last in rows)
-    # take_repeats() forgets every answer: the next open is asked again.
+    assert all(before <= first <= last <= time.time_ns() for _, _, _, first, last in rows)
+    assert {pid for _, pid, _, _, _ in rows} == {child.proc.pid}
+    # take_repeats(forget=True) forgets every answer: the next open is asked again.
     assert child.opens(tree / "public", 2) == ["ok", "ok"]
     assert rec.paths()[2:] == [str(tree / "public")]
     assert _counts(rec.guard) == {(str(tree / "public"), UID, py): 1}
+
+
+def test_answers_outlive_a_take_while_their_process_lives(
+    tree: Path,
+    guarded: Callable[..., PermissionGuard],
+    children: Callable[..., CommandChild],
+    child_python: str,
+) -> None:
+    rec = Repeating()
+    rec.guard = guarded([tree], rec)
+    child = children(child_python, UID)
+    assert child.opens(tree / "public", 2) == ["ok", "ok"]
+    assert [c for _, _, c, _, _ in rec.guard.take_repeats()] == [1]
+    assert child.opens(tree / "public", 2) == ["ok", "ok"]  # still answered in C
+    assert rec.paths() == [str(tree / "public")]
+    assert [c for _, _, c, _, _ in rec.guard.take_repeats()] == [2]
+
+
+def test_plain_answers_are_shared_by_processes_of_the_same_program(
+    tree: Path,
+    guarded: Callable[..., PermissionGuard],
+    children: Callable[..., CommandChild],
+    child_python: str,
+) -> None:
+    """A new process of the same program and euid, once vouched for (its first open
+    is asked), is answered in C for files another one was answered for, each access
+    counted under its own pid; another euid is asked."""
+    rec = Repeating(deny=lambda a: a.path.endswith("secret"), plain=True)
+    rec.guard = guarded([tree], rec)
+    first = children(child_python, UID)
+    assert first.opens(tree / "public", 2) == ["ok", "ok"]
+    assert first.opens(tree / "sub" / "secret", 1) == ["EPERM"]
+    second = children(child_python, UID)
+    assert second.opens(tree / "secret", 2) == ["EPERM", "EPERM"]  # asked once: vouched
+    assert second.opens(tree / "public", 3) == ["ok"] * 3
+    assert second.opens(tree / "sub" / "secret", 2) == ["EPERM"] * 2
+    asked = [str(tree / "public"), str(tree / "sub" / "secret"), str(tree / "secret")]
+    assert rec.paths() == asked  # the second process's other files were never asked
+    other = children(child_python, OTHER_UID)
+    assert other.opens(tree / "public", 1) == ["ok"]
+    assert rec.paths() == [*asked, str(tree / "public")]
+    rows = rec.guard.take_repeats()
+    counts = {(t[0], pid): c for t, pid, c, _, _ in rows}  # type: ignore[index]
+    assert counts == {
+        (str(tree / "public"), first.proc.pid): 1,
+        (str(tree / "secret"), second.proc.pid): 1,
+        (str(tree / "public"), second.proc.pid): 3,
+        (str(tree / "sub" / "secret"), second.proc.pid): 2,
+    }
 
 
 def test_repeats_follow_setuid_exec_and_relabel(
@@ -391,7 +445,7 @@ def test_repeats_counted_before_stop_are_kept(
         assert child.opens(tree / "public", 4) == ["ok"] * 4
     finally:
         g.stop()
-    assert [c for _, c, _, _ in g.take_repeats()] == [3]
+    assert [c for _, _, c, _, _ in g.take_repeats()] == [3]
     assert g.take_repeats() == []
     assert not g.repeat(rec.seen[0], True, "after stop")
 

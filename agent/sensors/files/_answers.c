@@ -1,15 +1,24 @@
 /*
  * agent.sensors.files._answers -- the warm path of the file guard, in C.
  *
- * PermissionGuard (fanotify.py) reads its permission events through Answers.next().
+ * PermissionGuard (permission.py) reads its permission events through Answers.next().
  * An event that repeats one already decided -- the same process, with the same
  * effective uid and executable, opening the same version (dev, inode, ctime) of the
  * same file for the same action -- is answered here, without the GIL, and counted.
  * Every other event is handed to Python with the opener's uid and executable and the
  * file's identity already looked up; Python decides it and calls remember() to make
  * that answer the answer for its repeats. take() hands the counts over (they become
- * folded file_access events) and forgets every answer, so nothing is answered from
- * here for longer than the agent's fold period.
+ * folded file_access events); take(forget=True) also forgets every answer (the policy
+ * changed), and every take() forgets the answers of processes that are gone, so a
+ * reused pid never inherits an answer.
+ *
+ * Shared answers: a decision Python calls "plain" (it depended on nothing of the
+ * process but its euid and executable) is also kept without the pid. A process
+ * Python has vouched for (remember(..., plain=True): its executable is the file its
+ * path names, nothing injected into it) gets such answers for files it never opened:
+ * a new process of the same program walking the same tree is answered here, each
+ * access still counted under its own pid. The vouch binds the executable's inode, and
+ * is checked again (one fstatat) whenever a shared answer is used.
  *
  * Why C: the kernel round trip of a permission event costs ~8.7 us on the machines
  * Baomi is measured on; the same warm path in Python cost ~6 us more (the GIL, object
@@ -66,6 +75,8 @@ struct opener {
 	int dir_fd;
 	int exe_fd;
 	uint64_t used; /* LRU stamp */
+	int plain; /* vouched for by Python: may use shared answers */
+	uint64_t exe_dev, exe_ino; /* the executable it was vouched for with */
 };
 
 /* One remembered answer. The key is everything the decision depended on. */
@@ -84,6 +95,16 @@ struct answer {
 	int64_t first_ns;
 	int64_t last_ns;
 	PyObject *token; /* Python's, handed back by take() */
+	/* The token is the shared answer's (this answer was made here from it, without
+	 * the GIL, so it holds no reference): the shared table outlives it. */
+	int borrowed;
+};
+
+/* An answer table: open addressing, linear probing, never more than half full. */
+struct table {
+	struct answer *slots;
+	size_t capacity; /* a power of two */
+	size_t used;
 };
 
 /* What an event's opener and file are, as looked up for it. */
@@ -100,11 +121,9 @@ typedef struct {
 	int fan_fd;
 	int own_pid;
 	pthread_mutex_t lock;
-	/* the answer table: open addressing, linear probing, never more than half full */
-	struct answer *slots;
-	size_t capacity; /* a power of two */
-	size_t used;
-	size_t limit; /* remember() refuses beyond this many answers */
+	struct table own; /* answers per process (pid in the key) */
+	struct table shared; /* plain answers, pid 0, for vouched processes */
+	size_t limit; /* no table holds more than this many answers */
 	struct opener openers[OPENERS];
 	uint64_t clock; /* LRU clock of openers */
 	struct pending *queue;
@@ -182,39 +201,49 @@ static struct opener *find_opener(Answers *self, int pid)
 }
 
 /* Keep /proc/<pid> open for the next events of pid (lock held). */
-static void keep_opener(Answers *self, int pid)
+/* Keep /proc/<pid> open for the next events of pid (lock held); the kept opener. */
+static struct opener *keep_opener(Answers *self, int pid)
 {
-	if (find_opener(self, pid))
-		return;
+	struct opener *o = find_opener(self, pid);
+	if (o)
+		return o;
 	char path[32];
 	snprintf(path, sizeof(path), "/proc/%d", pid);
 	int dir_fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (dir_fd < 0)
-		return;
+		return NULL;
 	int exe_fd = openat(dir_fd, "exe", O_PATH | O_NOFOLLOW | O_CLOEXEC);
 	if (exe_fd < 0) {
 		close(dir_fd);
-		return;
+		return NULL;
 	}
 	struct opener *victim = &self->openers[0];
 	for (int i = 0; i < OPENERS; i++) {
-		struct opener *o = &self->openers[i];
-		if (!o->pid) {
-			victim = o;
+		struct opener *c = &self->openers[i];
+		if (!c->pid) {
+			victim = c;
 			break;
 		}
-		if (o->used < victim->used)
-			victim = o;
+		if (c->used < victim->used)
+			victim = c;
 	}
 	close_opener(victim);
 	victim->pid = pid;
 	victim->dir_fd = dir_fd;
 	victim->exe_fd = exe_fd;
 	victim->used = ++self->clock;
+	return victim;
 }
 
-/* uid and executable of pid, as the kernel says now (lock held). */
-static void look_up_opener(Answers *self, int pid, struct lookup *lk)
+/* Whether a kept opener is still its process (lock held): its exe link still reads. */
+static int opener_alive(struct opener *o)
+{
+	char exe[8];
+	return readlinkat(o->exe_fd, "", exe, sizeof(exe)) >= 0;
+}
+
+/* uid and executable of pid, as the kernel says now (lock held); its kept opener. */
+static struct opener *look_up_opener(Answers *self, int pid, struct lookup *lk)
 {
 	ssize_t n;
 	struct stat st;
@@ -227,7 +256,7 @@ static void look_up_opener(Answers *self, int pid, struct lookup *lk)
 			o->used = ++self->clock;
 			lk->exe_len = (size_t)n;
 			lk->uid = (int)st.st_uid;
-			return;
+			return o;
 		}
 		close_opener(o);
 	}
@@ -239,15 +268,16 @@ static void look_up_opener(Answers *self, int pid, struct lookup *lk)
 	snprintf(path, sizeof(path), "/proc/%d/exe", pid);
 	n = readlink(path, lk->exe, EXE_MAX - 1);
 	lk->exe_len = n > 0 ? (size_t)n : 0;
+	return NULL;
 }
 
-static struct answer *find_slot(Answers *self, uint64_t hash, int pid, int uid, int exec,
+static struct answer *find_slot(struct table *t, uint64_t hash, int pid, int uid, int exec,
 				const struct stat *st, const char *exe, size_t exe_len)
 {
-	size_t mask = self->capacity - 1;
+	size_t mask = t->capacity - 1;
 	int64_t ctime_ns = ctime_ns_of(st);
 	for (size_t i = hash & mask;; i = (i + 1) & mask) {
-		struct answer *a = &self->slots[i];
+		struct answer *a = &t->slots[i];
 		if (!a->hash)
 			return a;
 		if (a->hash == hash && a->pid == pid && a->uid == uid && a->exec == exec &&
@@ -256,6 +286,85 @@ static struct answer *find_slot(Answers *self, uint64_t hash, int pid, int uid, 
 		    memcmp(a->exe, exe, exe_len) == 0)
 			return a;
 	}
+}
+
+/* Double a table (lock held); 0, or -1 when memory is short (the table stays). */
+static int grow(struct table *t)
+{
+	size_t capacity = t->capacity * 2;
+	struct answer *slots = calloc(capacity, sizeof(struct answer));
+	if (!slots)
+		return -1;
+	for (size_t i = 0; i < t->capacity; i++) {
+		struct answer *a = &t->slots[i];
+		if (!a->hash)
+			continue;
+		size_t j = a->hash & (capacity - 1);
+		while (slots[j].hash)
+			j = (j + 1) & (capacity - 1);
+		slots[j] = *a;
+	}
+	free(t->slots); /* the entries moved, with their exe strings and tokens */
+	t->slots = slots;
+	t->capacity = capacity;
+	return 0;
+}
+
+/*
+ * A free slot for a new answer with this key, growing the table first if needed (lock
+ * held); NULL when the table is at the limit or memory is short.
+ */
+static struct answer *room_for(Answers *self, struct table *t, uint64_t hash, int pid,
+			       int uid, int exec, const struct stat *st, const char *exe,
+			       size_t exe_len)
+{
+	if (!t->slots || t->used >= self->limit)
+		return NULL;
+	if ((t->used + 1) * 2 > t->capacity && grow(t) < 0)
+		return NULL;
+	return find_slot(t, hash, pid, uid, exec, st, exe, exe_len);
+}
+
+/*
+ * A shared answer for a vouched process's first open of a file (lock held): copied
+ * into the process's own table, borrowing the shared token, and returned; NULL when
+ * there is none or the process no longer runs the executable it was vouched with.
+ */
+static struct answer *from_shared(Answers *self, struct opener *o, int exec,
+				  const struct lookup *lk, uint64_t own_hash)
+{
+	if (!o || !o->plain || !self->shared.slots)
+		return NULL;
+	uint64_t h = key_hash(0, lk->uid, exec, lk->st.st_dev, lk->st.st_ino,
+			      ctime_ns_of(&lk->st), lk->exe, lk->exe_len);
+	struct answer *s = find_slot(&self->shared, h, 0, lk->uid, exec, &lk->st, lk->exe,
+				     lk->exe_len);
+	if (!s->hash)
+		return NULL;
+	/* The same path may name another file after an exec (e.g. in another mount
+	 * namespace): the inode it was vouched with must still be the one it runs. */
+	struct stat xs;
+	if (fstatat(o->dir_fd, "exe", &xs, 0) < 0 || (uint64_t)xs.st_dev != o->exe_dev ||
+	    (uint64_t)xs.st_ino != o->exe_ino)
+		return NULL;
+	char *copy = malloc(lk->exe_len + 1);
+	if (!copy)
+		return NULL;
+	struct answer *a = room_for(self, &self->own, own_hash, o->pid, lk->uid, exec, &lk->st,
+				    lk->exe, lk->exe_len);
+	if (!a) {
+		free(copy);
+		return NULL;
+	}
+	memcpy(copy, lk->exe, lk->exe_len);
+	copy[lk->exe_len] = 0;
+	*a = (struct answer){ .hash = own_hash, .pid = o->pid, .uid = lk->uid, .exec = exec,
+			      .dev = (uint64_t)lk->st.st_dev, .ino = (uint64_t)lk->st.st_ino,
+			      .ctime_ns = ctime_ns_of(&lk->st), .exe = copy,
+			      .exe_len = lk->exe_len, .allow = s->allow, .token = s->token,
+			      .borrowed = 1 };
+	self->own.used++;
+	return a;
 }
 
 static int respond(int fan_fd, int fd, int allow)
@@ -340,15 +449,15 @@ static int serve(Answers *self, struct pending *ev, struct lookup *lk)
 			return 0;
 		}
 		int exec = (ev->mask & FAN_OPEN_EXEC_PERM) != 0;
-		look_up_opener(self, ev->pid, lk);
+		struct opener *o = look_up_opener(self, ev->pid, lk);
 		struct answer *a = NULL;
-		if (self->slots && lk->uid >= 0) {
+		if (self->own.slots && lk->uid >= 0) {
 			uint64_t h = key_hash(ev->pid, lk->uid, exec, lk->st.st_dev, lk->st.st_ino,
 					      ctime_ns_of(&lk->st), lk->exe, lk->exe_len);
-			a = find_slot(self, h, ev->pid, lk->uid, exec, &lk->st, lk->exe,
+			a = find_slot(&self->own, h, ev->pid, lk->uid, exec, &lk->st, lk->exe,
 				      lk->exe_len);
 			if (!a->hash)
-				a = NULL;
+				a = from_shared(self, o, exec, lk, h);
 		}
 		if (!a) {
 			pthread_mutex_unlock(&self->lock);
@@ -366,13 +475,6 @@ static int serve(Answers *self, struct pending *ev, struct lookup *lk)
 			return rc;
 		pthread_mutex_lock(&self->lock);
 	}
-}
-
-static void free_slots(struct answer *slots, size_t capacity)
-{
-	for (size_t i = 0; i < capacity; i++)
-		free(slots[i].exe);
-	free(slots);
 }
 
 /* ---------------------------------------------------------------- Python type */
@@ -393,18 +495,19 @@ static int Answers_init(Answers *self, PyObject *args, PyObject *kwds)
 		PyErr_SetString(PyExc_RuntimeError, "Answers is already initialised");
 		return -1;
 	}
-	size_t capacity = INITIAL_SLOTS;
-	self->slots = calloc(capacity, sizeof(struct answer));
+	self->own.slots = calloc(INITIAL_SLOTS, sizeof(struct answer));
+	self->shared.slots = calloc(INITIAL_SLOTS, sizeof(struct answer));
 	self->queue = calloc(READ_EVENTS, sizeof(struct pending));
-	if (!self->slots || !self->queue) {
-		free(self->slots);
+	if (!self->own.slots || !self->shared.slots || !self->queue) {
+		free(self->own.slots);
+		free(self->shared.slots);
 		free(self->queue);
-		self->slots = NULL;
+		self->own.slots = self->shared.slots = NULL;
 		self->queue = NULL;
 		PyErr_NoMemory();
 		return -1;
 	}
-	self->capacity = capacity;
+	self->own.capacity = self->shared.capacity = INITIAL_SLOTS;
 	self->limit = (size_t)limit;
 	self->q_cap = READ_EVENTS;
 	self->fan_fd = fan_fd;
@@ -413,72 +516,25 @@ static int Answers_init(Answers *self, PyObject *args, PyObject *kwds)
 	return 0;
 }
 
-/* Put a fresh table of ``capacity`` slots in (lock held); the old one and its size out. */
-static struct answer *swap_out(Answers *self, struct answer *fresh, size_t capacity,
-			       size_t *old_capacity)
+/* Release a table moved out: its own tokens (GIL held, mutex not) and its memory. */
+static void drop_table(struct table *t)
 {
-	struct answer *old = self->slots;
-	*old_capacity = self->capacity;
-	self->slots = fresh;
-	self->capacity = capacity;
-	self->used = 0;
-	return old;
-}
-
-/* Double the table (lock held); 0, or -1 when memory is short (the table stays). */
-static int grow(Answers *self)
-{
-	size_t capacity = self->capacity * 2;
-	struct answer *slots = calloc(capacity, sizeof(struct answer));
-	if (!slots)
-		return -1;
-	for (size_t i = 0; i < self->capacity; i++) {
-		struct answer *a = &self->slots[i];
-		if (!a->hash)
-			continue;
-		size_t j = a->hash & (capacity - 1);
-		while (slots[j].hash)
-			j = (j + 1) & (capacity - 1);
-		slots[j] = *a;
-	}
-	free(self->slots); /* the entries moved, with their exe strings and tokens */
-	self->slots = slots;
-	self->capacity = capacity;
-	return 0;
-}
-
-/* Release every token of a table moved out; GIL held, mutex not. */
-static void drop_table(struct answer *slots, size_t capacity)
-{
-	if (!slots)
+	if (!t->slots)
 		return;
-	for (size_t i = 0; i < capacity; i++)
-		Py_XDECREF(slots[i].token);
-	free_slots(slots, capacity);
-}
-
-/* The used answers of a table moved out, as take() returns them; frees the table. */
-static PyObject *rows_of(struct answer *old, size_t capacity)
-{
-	PyObject *rows = PyList_New(0);
-	for (size_t i = 0; rows && old && i < capacity; i++) {
-		struct answer *a = &old[i];
-		if (!a->hash || !a->count)
-			continue;
-		PyObject *row = Py_BuildValue("(OKLL)", a->token, (unsigned long long)a->count,
-					      (long long)a->first_ns, (long long)a->last_ns);
-		if (!row || PyList_Append(rows, row) < 0)
-			Py_CLEAR(rows);
-		Py_XDECREF(row);
+	for (size_t i = 0; i < t->capacity; i++) {
+		if (!t->slots[i].borrowed)
+			Py_XDECREF(t->slots[i].token);
+		free(t->slots[i].exe);
 	}
-	drop_table(old, capacity);
-	return rows;
+	free(t->slots);
+	t->slots = NULL;
 }
 
 static void Answers_dealloc(Answers *self)
 {
 	if (self->queue) {
-		drop_table(self->slots, self->capacity);
+		drop_table(&self->own); /* first: it borrows tokens of the shared table */
+		drop_table(&self->shared);
 		for (int i = 0; i < OPENERS; i++)
 			close_opener(&self->openers[i]);
 		free(self->queue);
@@ -537,34 +593,86 @@ static PyObject *Answers_next(Answers *self, PyObject *Py_UNUSED(ignored))
 	return result;
 }
 
-PyDoc_STRVAR(remember_doc,
-"remember(pid, uid, exe, dev, ino, ctime_ns, execute, allow, token) -> bool\n\n"
-"Answer allow to the same access again -- same pid, euid, executable, file version\n"
-"and action -- without asking Python, and count it against token. False when the\n"
-"table is full (or closed): the next such event is asked again.");
-
-static PyObject *Answers_remember(Answers *self, PyObject *args)
+/*
+ * Store allow for a key in a table (lock held): a new answer owning a reference to
+ * token, or the newer answer for a key already there. 1 if stored; *replaced gets a
+ * token to release (GIL held, mutex not).
+ */
+static int store(Answers *self, struct table *t, uint64_t h, int pid, int uid, int exec,
+		 const struct stat *st, const char *exe, size_t exe_len, int allow,
+		 PyObject *token, PyObject **replaced)
 {
-	int pid, uid, exec, allow;
+	struct answer *a = find_slot(t, h, pid, uid, exec, st, exe, exe_len);
+	if (a->hash) {
+		/* Decided again (two readers raced, or a shared answer was used and this
+		 * process asked again): the newer answer counts. */
+		a->allow = allow;
+		if (pid == 0)
+			return 1; /* a shared token may be borrowed: it stays until forgotten */
+		if (!a->borrowed)
+			*replaced = a->token;
+		Py_INCREF(token);
+		a->token = token;
+		a->borrowed = 0;
+		return 1;
+	}
+	char *copy = malloc(exe_len + 1);
+	if (!copy)
+		return 0;
+	a = room_for(self, t, h, pid, uid, exec, st, exe, exe_len);
+	if (!a) {
+		free(copy);
+		return 0;
+	}
+	memcpy(copy, exe, exe_len);
+	copy[exe_len] = 0;
+	Py_INCREF(token);
+	*a = (struct answer){ .hash = h, .pid = pid, .uid = uid, .exec = exec,
+			      .dev = (uint64_t)st->st_dev, .ino = (uint64_t)st->st_ino,
+			      .ctime_ns = ctime_ns_of(st), .exe = copy, .exe_len = exe_len,
+			      .allow = allow, .token = token };
+	t->used++;
+	return 1;
+}
+
+/* Vouch for (or withdraw from) a kept opener, binding its executable (lock held). */
+static void vouch(struct opener *o, int plain)
+{
+	struct stat xs;
+	o->plain = plain && fstatat(o->dir_fd, "exe", &xs, 0) == 0;
+	if (o->plain) {
+		o->exe_dev = (uint64_t)xs.st_dev;
+		o->exe_ino = (uint64_t)xs.st_ino;
+	}
+}
+
+PyDoc_STRVAR(remember_doc,
+"remember(pid, uid, exe, dev, ino, ctime_ns, execute, allow, token, plain=False) -> bool\n\n"
+"Answer allow to the same access again -- same pid, euid, executable, file version\n"
+"and action -- without asking Python, and count it against token. plain: the\n"
+"decision depended on nothing of the process but its euid and executable, and the\n"
+"process is vouched for; the answer is then also given to the first open of the file\n"
+"by any vouched process with the same euid and executable. False when the table is\n"
+"full (or closed): the next such event is asked again.");
+
+static PyObject *Answers_remember(Answers *self, PyObject *args, PyObject *kwds)
+{
+	static char *kwlist[] = { "pid", "uid", "exe", "dev", "ino", "ctime_ns", "execute",
+				  "allow", "token", "plain", NULL };
+	int pid, uid, exec, allow, plain = 0;
 	PyObject *exe_obj, *token;
 	unsigned long long dev, ino;
 	long long ctime_ns;
 	if (!ready(self))
 		return NULL;
-	if (!PyArg_ParseTuple(args, "iiO&KKLppO", &pid, &uid, PyUnicode_FSConverter, &exe_obj,
-			      &dev, &ino, &ctime_ns, &exec, &allow, &token))
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiO&KKLppO|p", kwlist, &pid, &uid,
+					 PyUnicode_FSConverter, &exe_obj, &dev, &ino, &ctime_ns,
+					 &exec, &allow, &token, &plain))
 		return NULL;
 	const char *exe = PyBytes_AS_STRING(exe_obj);
 	size_t exe_len = (size_t)PyBytes_GET_SIZE(exe_obj);
-	char *copy = malloc(exe_len + 1);
-	if (!copy) {
-		Py_DECREF(exe_obj);
-		return PyErr_NoMemory();
-	}
-	memcpy(copy, exe, exe_len + 1);
-	Py_DECREF(exe_obj);
 	if (uid < 0) {
-		free(copy); /* a vanished opener: nothing to repeat */
+		Py_DECREF(exe_obj); /* a vanished opener: nothing to repeat */
 		Py_RETURN_FALSE;
 	}
 
@@ -573,64 +681,147 @@ static PyObject *Answers_remember(Answers *self, PyObject *args)
 	st.st_ino = (ino_t)ino;
 	st.st_ctim.tv_sec = ctime_ns / 1000000000LL;
 	st.st_ctim.tv_nsec = ctime_ns % 1000000000LL;
-	uint64_t h = key_hash(pid, uid, exec, dev, ino, ctime_ns, copy, exe_len);
 
 	PyObject *replaced = NULL;
 	int stored = 0;
-	Py_INCREF(token);
+	/* Py_INCREF under the mutex is safe: the GIL is held and no finalizer can run. */
 	pthread_mutex_lock(&self->lock);
-	if (!self->closed && self->slots) {
-		struct answer *a = find_slot(self, h, pid, uid, exec, &st, copy, exe_len);
-		if (a->hash) {
-			/* Decided again (e.g. two readers raced): the newer answer counts. */
-			a->allow = allow;
-			replaced = a->token;
-			a->token = token;
-			stored = 1;
-		} else if (self->used < self->limit &&
-			   ((self->used + 1) * 2 <= self->capacity || grow(self) == 0)) {
-			/* Found again: grow() may have moved the table. */
-			a = find_slot(self, h, pid, uid, exec, &st, copy, exe_len);
-			*a = (struct answer){ .hash = h, .pid = pid, .uid = uid, .exec = exec,
-					      .dev = dev, .ino = ino, .ctime_ns = ctime_ns,
-					      .exe = copy, .exe_len = exe_len, .allow = allow,
-					      .token = token };
-			copy = NULL;
-			self->used++;
-			stored = 1;
+	if (!self->closed) {
+		uint64_t h = key_hash(pid, uid, exec, dev, ino, ctime_ns, exe, exe_len);
+		stored = store(self, &self->own, h, pid, uid, exec, &st, exe, exe_len, allow,
+			       token, &replaced);
+		struct opener *o = stored ? keep_opener(self, pid) : NULL;
+		if (o)
+			vouch(o, plain);
+		if (o && o->plain) {
+			uint64_t h0 = key_hash(0, uid, exec, dev, ino, ctime_ns, exe, exe_len);
+			store(self, &self->shared, h0, 0, uid, exec, &st, exe, exe_len, allow,
+			      token, &replaced);
 		}
-		if (stored)
-			keep_opener(self, pid);
 	}
 	pthread_mutex_unlock(&self->lock);
-	free(copy);
-	if (!stored)
-		Py_DECREF(token);
+	Py_DECREF(exe_obj);
 	Py_XDECREF(replaced);
 	return PyBool_FromLong(stored);
 }
 
-PyDoc_STRVAR(take_doc,
-"take() -> list[(token, count, first_ns, last_ns)]\n\n"
-"The repeats answered since the last take(), one row per answer that was used, and\n"
-"forget every answer: each access after this is asked again.");
+/* One counted answer, as take() collects it under the mutex. */
+struct row {
+	PyObject *token; /* a new reference */
+	int pid;
+	uint64_t count;
+	int64_t first_ns, last_ns;
+};
 
-static PyObject *Answers_take(Answers *self, PyObject *Py_UNUSED(ignored))
+/*
+ * Collect the counted answers of a table into rows and reset their counts (lock and
+ * GIL held); with prune, also move out the answers of processes that are gone (or no
+ * longer kept), whose own tokens go to *dead. -1 when memory is short.
+ */
+static int collect(Answers *self, struct table *t, int prune, struct row *rows, size_t *n,
+		   PyObject **dead, size_t *n_dead)
 {
-	if (!ready(self))
-		return NULL;
-	struct answer *fresh = calloc(INITIAL_SLOTS, sizeof(struct answer));
-	if (!fresh)
-		return PyErr_NoMemory();
-	size_t capacity;
-	pthread_mutex_lock(&self->lock);
-	int closed = self->closed;
-	struct answer *old = swap_out(self, closed ? NULL : fresh, INITIAL_SLOTS, &capacity);
-	pthread_mutex_unlock(&self->lock);
-	if (closed)
-		free(fresh);
+	struct answer *kept = NULL;
+	if (prune && !(kept = calloc(t->capacity, sizeof(struct answer))))
+		return -1;
+	size_t kept_used = 0;
+	for (size_t i = 0; i < t->capacity; i++) {
+		struct answer *a = &t->slots[i];
+		if (!a->hash)
+			continue;
+		if (a->count) {
+			Py_INCREF(a->token);
+			rows[(*n)++] = (struct row){ .token = a->token, .pid = a->pid,
+						     .count = a->count, .first_ns = a->first_ns,
+						     .last_ns = a->last_ns };
+			a->count = 0;
+		}
+		if (!prune)
+			continue;
+		struct opener *o = find_opener(self, a->pid);
+		if (o && opener_alive(o)) {
+			size_t j = a->hash & (t->capacity - 1);
+			while (kept[j].hash)
+				j = (j + 1) & (t->capacity - 1);
+			kept[j] = *a;
+			kept_used++;
+		} else {
+			if (!a->borrowed)
+				dead[(*n_dead)++] = a->token;
+			free(a->exe);
+		}
+	}
+	if (prune) {
+		free(t->slots);
+		t->slots = kept;
+		t->used = kept_used;
+	}
+	return 0;
+}
 
-	return rows_of(old, capacity);
+PyDoc_STRVAR(take_doc,
+"take(forget=False) -> list[(token, pid, count, first_ns, last_ns)]\n\n"
+"The repeats answered since the last take(), one row per (process, answer) that was\n"
+"used; counts start again from zero. The answers of processes that are gone are\n"
+"forgotten; with forget, every answer is (what decisions depend on changed): each\n"
+"access after this is asked again.");
+
+static PyObject *Answers_take(Answers *self, PyObject *args, PyObject *kwds)
+{
+	static char *kwlist[] = { "forget", NULL };
+	int forget = 0;
+	if (!ready(self) || !PyArg_ParseTupleAndKeywords(args, kwds, "|p", kwlist, &forget))
+		return NULL;
+	struct table old_own = { 0 }, old_shared = { 0 };
+	struct answer *fresh_own = calloc(INITIAL_SLOTS, sizeof(struct answer));
+	struct answer *fresh_shared = calloc(INITIAL_SLOTS, sizeof(struct answer));
+	pthread_mutex_lock(&self->lock);
+	size_t cap = self->own.used + 1;
+	struct row *rows = malloc(cap * sizeof(*rows));
+	PyObject **dead = malloc(cap * sizeof(*dead));
+	size_t n = 0, n_dead = 0;
+	int failed = !fresh_own || !fresh_shared || !rows || !dead;
+	if (!failed && self->own.slots &&
+	    collect(self, &self->own, !forget && !self->closed, rows, &n, dead, &n_dead) < 0)
+		failed = 1;
+	if (!failed && (forget || self->closed)) {
+		/* Out with both: the own table first, it borrows the shared table's tokens. */
+		old_own = self->own;
+		old_shared = self->shared;
+		int keep = !self->closed;
+		self->own = (struct table){ .slots = keep ? fresh_own : NULL,
+					    .capacity = INITIAL_SLOTS };
+		self->shared = (struct table){ .slots = keep ? fresh_shared : NULL,
+					       .capacity = INITIAL_SLOTS };
+		if (keep)
+			fresh_own = fresh_shared = NULL;
+	}
+	pthread_mutex_unlock(&self->lock);
+	free(fresh_own);
+	free(fresh_shared);
+	PyObject *result = failed ? PyErr_NoMemory() : PyList_New((Py_ssize_t)n);
+	for (size_t i = 0; i < n; i++) {
+		PyObject *row = result ? Py_BuildValue("(NiKLL)", rows[i].token, rows[i].pid,
+						       (unsigned long long)rows[i].count,
+						       (long long)rows[i].first_ns,
+						       (long long)rows[i].last_ns)
+				       : NULL;
+		if (!row) {
+			if (result)
+				Py_CLEAR(result);
+			else
+				Py_DECREF(rows[i].token);
+			continue;
+		}
+		PyList_SET_ITEM(result, (Py_ssize_t)i, row);
+	}
+	for (size_t i = 0; i < n_dead; i++)
+		Py_XDECREF(dead[i]);
+	drop_table(&old_own);
+	drop_table(&old_shared);
+	free(rows);
+	free(dead);
+	return result;
 }
 
 PyDoc_STRVAR(close_doc,
@@ -657,15 +848,16 @@ static Py_ssize_t Answers_len(Answers *self)
 	if (!ready(self))
 		return -1;
 	pthread_mutex_lock(&self->lock);
-	size_t used = self->used;
+	size_t used = self->own.used;
 	pthread_mutex_unlock(&self->lock);
 	return (Py_ssize_t)used;
 }
 
 static PyMethodDef Answers_methods[] = {
 	{ "next", (PyCFunction)Answers_next, METH_NOARGS, next_doc },
-	{ "remember", (PyCFunction)Answers_remember, METH_VARARGS, remember_doc },
-	{ "take", (PyCFunction)Answers_take, METH_NOARGS, take_doc },
+	{ "remember", (PyCFunction)(void (*)(void))Answers_remember, METH_VARARGS | METH_KEYWORDS,
+	  remember_doc },
+	{ "take", (PyCFunction)(void (*)(void))Answers_take, METH_VARARGS | METH_KEYWORDS, take_doc },
 	{ "close", (PyCFunction)Answers_close, METH_NOARGS, close_doc },
 	{ NULL, NULL, 0, NULL },
 };

@@ -159,7 +159,9 @@ class PermissionGuard:
       ``decide()`` passed to ``repeat()`` (same process, euid, executable, file
       version and action; all looked up again for every event) is answered by the C
       read loop, which never takes the GIL; ``take_repeats()`` hands over the counts
-      and forgets the answers. Every other event comes back to Python with the
+      (and forgets the answers when asked to, or when their process is gone). An
+      answer ``decide()`` calls plain is shared by every vouched process of the same
+      euid and executable (``repeat()``). Every other event comes back to Python with the
       opener and the file already looked up. ``decide()`` runs inline, with no thread
       hand-off; a watchdog thread answers DENY when a decision passes the deadline,
       calls ``on_timeout(access)``, and starts a fresh reader, so a slow decision
@@ -401,15 +403,19 @@ class PermissionGuard:
     _file_mask = FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM
 
     # -- repeats ---------------------------------------------------------------------------
-    def repeat(self, access: Access, allow: bool, token: object) -> bool:
+    def repeat(self, access: Access, allow: bool, token: object, *, plain: bool = False) -> bool:
         """Give ``allow`` to every repeat of ``access`` without calling ``decide()``.
 
         A repeat is an open by the same process, with the same euid and executable,
         of the same file version (dev, inode, ctime: a label change makes a new
         version) for the same action; it is answered in C and counted against
-        ``token`` until ``take_repeats()``. Call it from ``decide()``. False when the
-        answer cannot be kept (table full, guard stopped): repeats are then decided
-        afresh.
+        ``token`` until ``take_repeats()``. ``plain``: the answer depended on nothing
+        of the process but its euid and executable, and the process is vouched for
+        (its executable is the file its path names, nothing injected into it): the
+        answer is then also given, in C, to the first open of this file version by any
+        vouched process with the same euid and executable (counted under its own pid).
+        Call it from ``decide()``. False when the answer cannot be kept (table full,
+        guard stopped): repeats are then decided afresh.
         """
         answers = self._answers
         if answers is None or not self._running:
@@ -424,18 +430,20 @@ class PermissionGuard:
             access.action == "execute",
             allow,
             token,
+            plain,
         )
 
-    def take_repeats(self) -> list[tuple[object, int, int, int]]:
-        """(token, count, first_ns, last_ns) of the repeats answered since the last call.
+    def take_repeats(self, *, forget: bool = False) -> list[tuple[object, int, int, int, int]]:
+        """(token, pid, count, first_ns, last_ns) of the repeats answered since the last
+        call, one per process and answer; counts start again from zero.
 
-        Every remembered answer is forgotten: the next open of each is decided
-        afresh. Call it when what decisions depend on changes (policy, subjects) and
-        periodically, so that no answer outlives the period the caller reports in.
-        Works after ``stop()`` too, for the repeats counted before it.
+        Answers of processes that have exited are forgotten; with ``forget`` every
+        answer is, and the next open of each is decided afresh: pass it when what
+        decisions depend on changes (policy, subjects, the day). Works after ``stop()``
+        too, for the repeats counted before it.
         """
         answers = self._answers
-        return [] if answers is None else answers.take()
+        return [] if answers is None else answers.take(forget)
 
     def health(self) -> Health:
         """ok, degraded (decisions stuck past the deadline), disabled or failed."""

@@ -122,7 +122,7 @@ class FileGuard:
             # A new Engine, not a reload in place: the fold table is keyed by the engine
             # that decided, so no answer of the old policy is given after this returns.
             self._engine = Engine(policyset)
-        self.flush()
+        self.flush(forget=True)
         _logger.info("file policy %s in force", policyset.version)
 
     @property
@@ -186,25 +186,34 @@ class FileGuard:
             "guarding %d labelled files by inode (%d kept from earlier runs)", scanned, kept
         )
 
-    def flush(self) -> None:
-        """Record every counted repeat and forget the answers they reused."""
+    def flush(self, *, forget: bool = False) -> None:
+        """Record every counted repeat; with ``forget``, also forget every answer the
+        guard repeats (what decisions depend on changed)."""
         self._inodes.persist()
         with self._fold_lock:
-            repeats = self._guard.take_repeats()
-        for first, count, first_ns, last_ns in repeats:
+            repeats = self._guard.take_repeats(forget=forget)
+        for first, pid, count, first_ns, last_ns in repeats:
             assert isinstance(first, events_pb2.Event)  # noqa: S101 - only _decide() gives tokens
             event = events_pb2.Event()
             event.CopyFrom(first)
             event.time.FromNanoseconds(last_ns)
             access = event.file_access
+            if access.pid != pid:  # a shared answer, used by another process
+                access.pid = pid
+                access.cmdline = _cmdline(pid)
             access.count = count
             access.first.FromNanoseconds(first_ns)
             access.last.FromNanoseconds(last_ns)
             self._sink(event)
 
     def _flush_loop(self) -> None:
+        """Fold repeats every period; at midnight forget the answers too (labels expire
+        and training lapses by the day)."""
+        day = date.today()
         while not self._stopping.wait(FOLD_SECONDS):
-            self.flush()
+            today = date.today()
+            self.flush(forget=today != day)
+            day = today
 
     def health(self) -> Health:
         """The worse of the guard's and the watcher's health; degraded without policy."""
@@ -356,11 +365,24 @@ class FileGuard:
             )
         first = self._record(access, label, verdict)
         # The same process opening the same file version again, under the same policy,
-        # gets the same answer from the guard (in C) and is counted, not re-recorded.
+        # gets the same answer from the guard (in C) and is counted, not re-recorded;
+        # so does any plain process of the same person and program.
+        plain = self._plain(access)
         with self._fold_lock:
             if engine is self._engine:  # not decided under a policy replaced meanwhile
-                self._guard.repeat(access, verdict.allow, first)
+                self._guard.repeat(access, verdict.allow, first, plain=plain)
         return verdict.allow
+
+    def _plain(self, access: Access) -> bool:
+        """Whether the opener's answers hold for every process of its euid and
+        executable: the file it runs is the one its executable path names here (not a
+        bind mount or another namespace's file by the same name)."""
+        try:
+            running = Path(f"/proc/{access.pid}/exe").stat()
+            named = Path(access.executable).stat()
+        except OSError:
+            return False
+        return (running.st_dev, running.st_ino) == (named.st_dev, named.st_ino)
 
     def _record(self, access: Access, label: Label | None, verdict: Verdict) -> events_pb2.Event:
         """Record the access; returns a copy of its event, to stand for its repeats."""

@@ -7,6 +7,7 @@ in tests/integration/test_fanotify.py.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 
@@ -32,14 +33,37 @@ def make() -> Iterator[Callable[..., Answers]]:
         os.close(fd)
 
 
-def test_remembered_answers_are_forgotten_by_take(make: Callable[..., Answers]) -> None:
+def test_remembered_answers_are_forgotten_by_take_forget(make: Callable[..., Answers]) -> None:
     a = make()
-    assert a.remember(10, 1001, EXE, 1, 2, 3, False, True, "t1")
-    assert a.remember(10, 1001, EXE, 1, 2, 3, True, False, "t2")  # execute: another key
-    assert a.remember(10, 1001, "/usr/bin/less", 1, 2, 3, False, True, "t3")
+    me = os.getpid()  # a live process: its answers outlive a plain take()
+    assert a.remember(me, 1001, EXE, 1, 2, 3, False, True, "t1")
+    assert a.remember(me, 1001, EXE, 1, 2, 3, True, False, "t2")  # execute: another key
+    assert a.remember(me, 1001, "/usr/bin/less", 1, 2, 3, False, True, "t3")
     assert len(a) == 3
     assert a.take() == []  # none repeated yet
+    assert len(a) == 3  # kept: the process is alive
+    assert a.take(forget=True) == []
     assert len(a) == 0
+
+
+def test_take_forgets_the_answers_of_processes_that_are_gone(
+    make: Callable[..., Answers],
+) -> None:
+    a = make()
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        token = object()
+        refs = sys.getrefcount(token)
+        assert a.remember(child.pid, 1001, EXE, 1, 2, 3, False, True, token)
+        assert a.remember(os.getpid(), 1001, EXE, 1, 2, 3, False, True, "mine")
+        a.take()
+        assert len(a) == 2
+    finally:
+        child.kill()
+        child.wait()
+    a.take()  # the pid may be reused at once: its answers must not be
+    assert len(a) == 1
+    assert sys.getrefcount(token) == refs  # released
 
 
 def test_the_same_key_again_replaces_the_token_not_the_count(make: Callable[..., Answers]) -> None:
@@ -51,7 +75,17 @@ def test_the_same_key_again_replaces_the_token_not_the_count(make: Callable[...,
     assert a.remember(10, 1001, EXE, 1, 2, 3, False, False, "newer")
     assert len(a) == 1
     assert sys.getrefcount(token) == refs  # released
-    a.take()
+    a.take(forget=True)
+
+
+def test_a_plain_answer_is_shared_and_released_once(make: Callable[..., Answers]) -> None:
+    a = make()
+    token = object()
+    refs = sys.getrefcount(token)
+    assert a.remember(os.getpid(), 1001, EXE, 1, 2, 3, False, True, token, True)
+    assert sys.getrefcount(token) == refs + 2  # the process's answer and the shared one
+    assert a.take(forget=True) == []
+    assert sys.getrefcount(token) == refs
 
 
 def test_the_table_grows_to_its_limit_and_then_refuses(make: Callable[..., Answers]) -> None:
@@ -59,7 +93,7 @@ def test_the_table_grows_to_its_limit_and_then_refuses(make: Callable[..., Answe
     kept = [a.remember(10, 1001, EXE, 1, ino, 3, False, True, ino) for ino in range(1200)]
     assert kept == [True] * 1000 + [False] * 200
     assert len(a) == 1000
-    a.take()
+    a.take(forget=True)
     assert a.remember(10, 1001, EXE, 1, 5000, 3, False, True, "after take")
 
 
