@@ -71,10 +71,15 @@ class FileGuardConfig:
 
 def _cmdline(pid: int) -> str:
     try:
-        with Path(f"/proc/{pid}/cmdline").open("rb") as f:
-            raw = f.read(CMDLINE_BYTES)
+        fd = os.open(f"/proc/{pid}/cmdline", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return ""
+    try:
+        raw = os.read(fd, CMDLINE_BYTES)
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
     return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
 
 
@@ -92,6 +97,11 @@ class FileGuard:
         self._labels: dict[tuple[int, int, int], Label | None] = {}
         self._last_labels: dict[tuple[int, int], Label] = {}  # (dev, ino) -> last seen
         self._declassified: set[tuple[int, int, str]] = set()
+        # Per fold period (cleared by flush(), so a reused pid or a replaced program
+        # is looked at again within a period): what a process's command line is, and
+        # which file an executable path names.
+        self._cmdlines: dict[tuple[int, str], str] = {}
+        self._programs: dict[str, tuple[int, int] | None] = {}
         self._lock = threading.Lock()
         # A new file in a labelled directory is labelled by whichever comes first: its
         # creating open (the guard) or its FAN_CREATE (the change watcher). Reading and
@@ -190,6 +200,8 @@ class FileGuard:
         """Record every counted repeat; with ``forget``, also forget every answer the
         guard repeats (what decisions depend on changed)."""
         self._inodes.persist()
+        self._cmdlines.clear()
+        self._programs.clear()
         with self._fold_lock:
             repeats = self._guard.take_repeats(forget=forget)
         for first, pid, count, first_ns, last_ns in repeats:
@@ -377,12 +389,35 @@ class FileGuard:
         """Whether the opener's answers hold for every process of its euid and
         executable: the file it runs is the one its executable path names here (not a
         bind mount or another namespace's file by the same name)."""
+        exe = access.executable
+        named = self._programs.get(exe, _MISSING)
+        if named is _MISSING:
+            try:
+                st = os.stat(exe)  # noqa: PTH116 - the hot path: no Path object
+                named = (st.st_dev, st.st_ino)
+            except OSError:
+                named = None
+            if len(self._programs) >= LABEL_CACHE:
+                self._programs.clear()
+            self._programs[exe] = named
+        if named is None:
+            return False
         try:
-            running = Path(f"/proc/{access.pid}/exe").stat()
-            named = Path(access.executable).stat()
+            running = os.stat(f"/proc/{access.pid}/exe")  # noqa: PTH116 - as above
         except OSError:
             return False
-        return (running.st_dev, running.st_ino) == (named.st_dev, named.st_ino)
+        return (running.st_dev, running.st_ino) == named
+
+    def _cmdline_of(self, pid: int, exe: str) -> str:
+        """The command line of a process, read once per fold period per program."""
+        key = (pid, exe)
+        line = self._cmdlines.get(key)
+        if line is None:
+            line = _cmdline(pid)
+            if len(self._cmdlines) >= LABEL_CACHE:
+                self._cmdlines.clear()
+            self._cmdlines[key] = line
+        return line
 
     def _record(self, access: Access, label: Label | None, verdict: Verdict) -> events_pb2.Event:
         """Record the access; returns a copy of its event, to stand for its repeats."""
@@ -398,7 +433,7 @@ class FileGuard:
                 user=person.name if person else "",
                 pid=access.pid,
                 executable=access.executable,
-                cmdline=_cmdline(access.pid),
+                cmdline=self._cmdline_of(access.pid, access.executable),
                 level=effective_level(label, today),  # type: ignore[arg-type]
                 label_id=(label.label_id or "") if label else "",
                 label_until=label.until.isoformat() if label and label.until else "",
