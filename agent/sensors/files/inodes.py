@@ -112,15 +112,19 @@ class LabelledInodes:
         return len(self._known)
 
     # -- changes -------------------------------------------------------------------------
-    def add(self, fd: int, home: str) -> bool:
+    def add(
+        self, fd: int, home: str, *, key: tuple[int, int] | None = None, identity: bytes = b""
+    ) -> bool:
         """Remember the labelled file open as ``fd`` (any fd, O_PATH too); True if new.
 
         Call it with the kernel's fd of a permission event, or one the caller opened
-        with ``O_PATH`` (which no permission event sees).
+        with ``O_PATH`` (which no permission event sees). ``key`` (dev, inode) and
+        ``identity`` (``file_identity``) when the caller has them already.
         """
-        st = os.fstat(fd)
-        key = (st.st_dev, st.st_ino)
-        identity = file_identity(fd)
+        if key is None:
+            st = os.fstat(fd)
+            key = (st.st_dev, st.st_ino)
+        identity = identity or file_identity(fd)
         known = self._known.get(key)
         if known is not None and known.identity == identity and known.home == home:
             return False

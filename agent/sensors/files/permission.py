@@ -195,7 +195,12 @@ class PermissionGuard:
       and health turns ``failed``.
 
     ``decide`` must not open files under the roots (it would wait for its own
-    answer until the deadline); it gets the fd in ``Access`` instead.
+    answer until the deadline); it gets the fd in ``Access`` instead. What it returns
+    allows the open when truthy. ``after(access, result)``, when given, is called with
+    that result once the answer is written and before the event fd is closed, on the
+    same thread: the work an answer need not wait for (making the record, keeping
+    the answer for repeats). It runs outside the deadline (the opener has its answer);
+    it must not block, and what it raises is reported to ``on_error``.
     """
 
     name = "fanotify-guard"
@@ -203,8 +208,9 @@ class PermissionGuard:
     def __init__(
         self,
         roots: Sequence[Path | str],
-        decide: Callable[[Access], bool],
+        decide: Callable[[Access], object],
         *,
+        after: Callable[[Access, object], None] | None = None,
         deadline: float = DEFAULT_DEADLINE,
         on_timeout: Callable[[Access], None] | None = None,
         on_overflow: OnOverflow | None = None,
@@ -215,6 +221,7 @@ class PermissionGuard:
             raise ConfigError(f"deadline must be positive seconds, not {deadline!r}")
         self.roots = abs_roots(roots)
         self._decide = decide
+        self._after = after
         self._deadline = deadline
         self._on_timeout = on_timeout
         self._on_overflow = on_overflow
@@ -536,8 +543,10 @@ class PermissionGuard:
         if self._wd_parked:
             self._wd_wake.set()
         error: Exception | None = None
+        result: object = False
         try:
-            allowed = self._decide(access)
+            result = self._decide(access)
+            allowed = bool(result)
         except Exception as e:  # noqa: BLE001 - whatever decide() raises, the open is denied
             allowed, error = False, e
         with self._lock:
@@ -563,11 +572,22 @@ class PermissionGuard:
             _ = access.path
         try:
             os.write(self._fan_fd, RESPONSE.pack(fd, FAN_ALLOW if allowed else FAN_DENY))
+            if error is None and self._after is not None:
+                self._call_after(access, result)
         finally:
             os.close(fd)
         if error is not None:
             self._report_error(access, error)
         return True
+
+    def _call_after(self, access: Access, result: object) -> None:
+        after = self._after
+        assert after is not None  # noqa: S101 - checked by the caller
+        try:
+            after(access, result)
+        except Exception as e:  # the answer stands; the failure is reported
+            _logger.exception("file guard: after-answer work failed")
+            self._report_error(None, e)
 
     def _handle_own(self, fd: int) -> bool:
         """The agent's own opens (listing new directories, stop()'s wake-up): allowed."""

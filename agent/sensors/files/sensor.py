@@ -48,6 +48,7 @@ _logger = logging.getLogger(__name__)
 
 CMDLINE_BYTES = 256  # of /proc/PID/cmdline kept in an event
 LABEL_CACHE = 65_536  # labels remembered by (dev, ino, ctime_ns)
+LABELS_READ_AT_START = 16_384  # of them, filled by the scan at start
 SEVERITY_OF = {
     (True, False): events_pb2.SEVERITY_INFO,  # allowed, label fine
     (False, False): events_pb2.SEVERITY_MEDIUM,  # denied
@@ -83,6 +84,19 @@ def _cmdline(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
 
 
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    """What _decide() found, for _decided(); true when the open is allowed."""
+
+    verdict: Verdict
+    engine: Engine | None
+    label: Label | None
+    identity: bytes  # the file's identity when its label was just read; else b""
+
+    def __bool__(self) -> bool:
+        return self.verdict.allow
+
+
 class FileGuard:
     """Sensor ``files``: enforce and record access to labelled files."""
 
@@ -113,9 +127,11 @@ class FileGuard:
         self._fold_lock = threading.Lock()
         self._flusher = threading.Thread(target=self._flush_loop, name="files-fold", daemon=True)
         self._stopping = threading.Event()
+        self._started = False  # start() has returned: every labelled file is marked
         self._guard = PermissionGuard(
             config.roots,
             self._decide,
+            after=self._decided,
             deadline=config.deadline,
             on_timeout=self._timed_out,
             on_overflow=self._overflow,
@@ -153,6 +169,7 @@ class FileGuard:
         self._guard_labelled_inodes()
         self._changes.start()
         self._flusher.start()
+        self._started = True
 
     def stop(self) -> None:
         """Stop both fanotify groups, then record the repeats still counted."""
@@ -185,10 +202,15 @@ class FileGuard:
                 os.close(fd)
 
         def found(fd: int, path: str) -> None:
-            label = read_label(f"/proc/self/fd/{fd}", self._config.label_key)
+            st = os.fstat(fd)
+            identity = file_identity(fd)
+            label = read_label(f"/proc/self/fd/{fd}", self._config.label_key, identity=identity)
             home = policy_path(label, path)
-            self._inodes.add(fd, home)
+            self._inodes.add(fd, home, key=(st.st_dev, st.st_ino), identity=identity)
             self._guard.mark_file(fd)
+            # The first open of this file version needs no second read of its label.
+            if len(self._labels) < LABELS_READ_AT_START:
+                self._labels[(st.st_dev, st.st_ino, st.st_ctime_ns)] = label
 
         scanned = inodes.scan(self._guard.roots, found, lambda e: _logger.warning("scan: %s", e))
         self._inodes.persist()
@@ -230,36 +252,39 @@ class FileGuard:
     def health(self) -> Health:
         """The worse of the guard's and the watcher's health; degraded without policy."""
         guard, changes = self._guard.health(), self._changes.health()
+        if not self._started and guard.state == "ok":
+            return Health("degraded", "starting: labelled files are being found and marked")
         if self._engine is None and guard.state == "ok":
             return Health("degraded", "no policy loaded: every protected open is denied")
         order = ("ok", "degraded", "disabled", "failed")
         return max((guard, changes), key=lambda h: order.index(h.state))
 
     # -- the decision path -----------------------------------------------------------------
-    def _label(self, access: Access) -> Label | None:
+    def _label(self, access: Access) -> tuple[Label | None, bytes]:
+        """The file's label, and its identity when it was just read from the file
+        (b"" when the label came from the cache)."""
         key = (access.dev, access.ino, access.ctime_ns)
         label: Any = self._labels.get(key, _MISSING)
-        if label is _MISSING:
-            # Under the lock the change watcher labels new files with: read outside it,
-            # a label it is writing reads as "update in progress" (and is denied).
-            with self._inherit_lock:
-                label = read_label(access.fd, self._config.label_key)
-                if label is None:
-                    label = self._unlabelled(access)
-            if label is not None:
-                self._keep_labelled(access.fd, label, access.path)
-            if len(self._labels) >= LABEL_CACHE:
-                self._labels.clear()
-            self._labels[key] = label
-            self._label_seen(access.path, access.dev, access.ino, label, access.pid, access.uid)
-        return label  # type: ignore[no-any-return]
+        if label is not _MISSING:
+            return label, b""
+        identity = file_identity(access.fd)
+        # Under the lock the change watcher labels new files with: read outside it,
+        # a label it is writing reads as "update in progress" (and is denied).
+        with self._inherit_lock:
+            label = read_label(access.fd, self._config.label_key, identity=identity)
+            if label is None:
+                label = self._unlabelled(access, identity)
+        if len(self._labels) >= LABEL_CACHE:
+            self._labels.clear()
+        self._labels[key] = label
+        return label, identity
 
-    def _unlabelled(self, access: Access) -> Label | None:
+    def _unlabelled(self, access: Access, identity: bytes) -> Label | None:
         """The label of a file with no label attributes: fail-closed if it is an inode
         known to be labelled (its label was stripped), inherited if it is new in a
         labelled directory, else none (unclassified)."""
         known = self._inodes.get(access.dev, access.ino)
-        if known is not None and known.identity == file_identity(access.fd):
+        if known is not None and known.identity == identity:
             return invalid_label(
                 f"the label was removed from a labelled file (home {known.home}): set it again"
             )
@@ -276,10 +301,17 @@ class FileGuard:
             return None
         return inherit_label(path.parent, access.fd, self._config.label_key, name=path.name)
 
-    def _keep_labelled(self, fd: int, label: Label, path: str) -> None:
+    def _keep_labelled(
+        self,
+        fd: int,
+        label: Label,
+        path: str,
+        key: tuple[int, int] | None = None,
+        identity: bytes = b"",
+    ) -> None:
         """A labelled file: make sure its inode is marked and kept, wherever it is."""
         try:
-            if self._inodes.add(fd, policy_path(label, path)):
+            if self._inodes.add(fd, policy_path(label, path), key=key, identity=identity):
                 self._guard.mark_file(fd)
         except OSError as e:
             _logger.warning("cannot keep the labelled inode of %s: %s", path, e)
@@ -361,20 +393,35 @@ class FileGuard:
             )
         )
 
-    def _decide(self, access: Access) -> bool:
+    def _decide(self, access: Access) -> _Decided:
+        """The answer to an open: only what the answer needs; the rest is _decided()."""
         engine = self._engine
-        label = self._label(access)
+        label, identity = self._label(access)
         if engine is None:
             verdict = Verdict(False, "", "no policy loaded")
         else:
             verdict = engine.decide(
                 uid=access.uid,
                 exe=access.executable,
-                path=policy_path(label, access.path),  # the file's home, not the way in
+                # The file's home, not the way in (the path only for unlabelled files).
+                path=label.home if label is not None and label.home else access.path,
                 file_key=(access.dev, access.ino, access.ctime_ns),
                 label=label,
                 action=access.action,
             )
+        return _Decided(verdict, engine, label, identity)
+
+    def _decided(self, access: Access, result: object) -> None:
+        """After the answer (the event fd still open): keep a labelled inode, compare
+        the label with the last one seen, record the access and keep the answer for
+        its repeats."""
+        assert isinstance(result, _Decided)  # noqa: S101 - what _decide() returns
+        label, verdict, engine = result.label, result.verdict, result.engine
+        if result.identity:  # the label was just read from the file
+            if label is not None:
+                key = (access.dev, access.ino)
+                self._keep_labelled(access.fd, label, access.path, key, result.identity)
+            self._label_seen(access.path, access.dev, access.ino, label, access.pid, access.uid)
         first = self._record(access, label, verdict)
         # The same process opening the same file version again, under the same policy,
         # gets the same answer from the guard (in C) and is counted, not re-recorded;
@@ -383,7 +430,6 @@ class FileGuard:
         with self._fold_lock:
             if engine is self._engine:  # not decided under a policy replaced meanwhile
                 self._guard.repeat(access, verdict.allow, first, plain=plain)
-        return verdict.allow
 
     def _plain(self, access: Access) -> bool:
         """Whether the opener's answers hold for every process of its euid and
