@@ -353,8 +353,11 @@ class DacKeeper:
         self._kept[key] = want
         if now == want:
             return 0
-        apply(target, now, want)
-        after = found(target, os.fstat(fd))
+        try:
+            apply(target, now, want)
+            after = found(target, os.fstat(fd))
+        except OSError as e:
+            raise DacError(e.errno, e.strerror, path) from e
         if after != want:
             raise DacError(
                 errno.EPERM, f"still {after.describe()} after setting {want.describe()}", path
