@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.decision.engine import Engine
 from agent.decision.errors import PolicyError
 from agent.decision.policy import MODEL_TEXT, PolicySet
 from agent.decision.tools import explain, parse_target, policy_test
@@ -364,8 +365,6 @@ def test_explain_names_a_dac_grant_wider_than_the_program(tmp_path: Path) -> Non
     path, label, _ = parse_target(doc)
     assert label is not None
     ps = PolicySet.load(SHIPPED)
-    from agent.decision.engine import Engine
-
     engine = Engine(ps)
     assert not engine.decide_cold(
         uid=1006, exe="/usr/bin/cat", path=path, label=label, action="write", today=TODAY
