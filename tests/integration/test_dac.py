@@ -164,13 +164,14 @@ def _drifts(collector: test_file_guard.RunningCollector) -> list[events_pb2.Even
         ("setfacl", ["setfacl", "-m", f"u:{CAROL}:rw"], "finance/budget.txt"),
         ("chown", ["chown", f"{CAROL}:{CAROL}"], "s1.txt"),
         ("chmod a directory", ["chmod", "1777"], "finance"),
+        ("chmod the protected root", ["chmod", "777"], "."),
     ],
 )
 def test_drift_by_root_is_reverted_and_recorded_once(
     arranged: Site, guarded: Guarded, what: str, argv: list[str], name: str
 ) -> None:
     _, collector = guarded
-    path = arranged.root / name
+    path = (arranged.root / name).resolve()
     kept = (path.stat(), os.listxattr(path))
     subprocess.run([*argv, str(path)], check=True, timeout=10)  # root, another process
 
