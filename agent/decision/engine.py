@@ -242,6 +242,27 @@ class Engine:
         """The verdict for one access, computed afresh (no cache)."""
         return self._decide(self._state, uid, exe, path, label, action, today or self._today())
 
+    def holders(
+        self, *, path: str, label: Label | None, action: str, today: date | None = None
+    ) -> dict[int, str]:
+        """The listed people allowed ``action`` on ``path`` whatever program they use.
+
+        For the file guard's DAC keeper: mode bits and ACLs know uids, not programs.
+        Maps uid -> "" when the person is allowed with any program, else the first
+        approved program that is allowed -- the kernel then lets *every* program of
+        that uid do it, which fanotify cannot narrow for writes and deletions.
+        """
+        day = today or self._today()
+        state = self._state
+        out: dict[int, str] = {}
+        for uid, entry in state.people.items():
+            approved = sorted(set().union(*entry.person.apps.values()))
+            for exe in ("", *approved):
+                if self._decide(state, uid, exe, path, label, action, day).allow:
+                    out[uid] = exe
+                    break
+        return out
+
     @staticmethod
     def _decide(  # noqa: PLR0917 - the hot path; positional calls are the cheapest
         state: _State,

@@ -19,6 +19,7 @@ invalidate decision caches.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -38,12 +39,25 @@ from agent.decision.predicates import FUNCTIONS, Requester, Resource
 from agent.decision.subjects import Subjects
 from agent.labels import Label
 
+_logger = logging.getLogger(__name__)
+
 MODEL_FILE = "model.conf"
 POLICY_FILE = "policy.csv"
 SUBJECTS_FILE = "subjects.toml"
 
 #: Actions a rule may name; the file guard maps opens and operations onto them.
 ACTIONS = ("read", "write", "execute", "delete", "export")
+
+#: What refuses each action on an agent's host (policies/README.md has the table); ""
+#: means nothing does: rules for it load (with a warning) and ``explain`` answers them,
+#: but the answer is advisory.
+ENFORCED_BY = {
+    "read": "fanotify",  # each open decided by the file guard and recorded
+    "execute": "fanotify",
+    "write": "DAC",  # file mode and ACL kept by the agent (agent/sensors/files/dac.py)
+    "delete": "DAC",  # the directory's ACL: create, unlink, rename and link entries
+    "export": "",  # no export path is watched on this host
+}
 EFFECTS = ("allow", "deny")
 
 #: Casbin's default role manager follows at most this many links from a user
@@ -311,6 +325,26 @@ def _check_hierarchy(path: Path, links: Sequence[RoleLink]) -> None:
             )
 
 
+_WARNED: set[str] = set()  # policy versions whose unenforced rules were logged
+
+
+def _warn_unenforced(path: Path, rules: Sequence[Rule]) -> None:
+    """Say once per action that its rules decide nothing the kernel refuses."""
+    first: dict[str, int] = {}
+    for rule in rules:
+        if not ENFORCED_BY[rule.act]:
+            first.setdefault(rule.act, rule.line)
+    for act, line in first.items():
+        _logger.warning(
+            "%s:%d: %r rules are not enforced on this host: nothing refuses an %s; they "
+            "are kept for explain and reports only",
+            path,
+            line,
+            act,
+            act,
+        )
+
+
 def _digest(parts: Sequence[tuple[str, bytes]]) -> str:
     h = hashlib.sha256()
     for name, data in parts:
@@ -350,12 +384,16 @@ class PolicySet:
         _check_model(d / MODEL_FILE, model_text)
         subjects = Subjects.parse(subjects_text, str(d / SUBJECTS_FILE))
         rules, links = _parse_policy(d / POLICY_FILE, policy_bytes, subjects)
+        version = _digest(blobs)
+        if version not in _WARNED:  # once per policy version, not at every reload
+            _WARNED.add(version)
+            _warn_unenforced(d / POLICY_FILE, rules)
         return cls(
             directory=d,
             rules=rules,
             links=links,
             subjects=subjects,
-            version=_digest(blobs),
+            version=version,
         )
 
     def role_links(self) -> list[RoleLink]:

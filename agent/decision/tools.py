@@ -15,7 +15,7 @@ from typing import Any
 
 from agent.decision.engine import Engine, Verdict
 from agent.decision.errors import PolicyError
-from agent.decision.policy import ACTIONS, PolicySet
+from agent.decision.policy import ACTIONS, ENFORCED_BY, PolicySet
 from agent.decision.predicates import Resource, level
 from agent.decision.subjects import CLEARANCE_NAMES
 from agent.labels import (
@@ -57,6 +57,52 @@ def _casbin_verdict(enforcer: Any, policyset: PolicySet, request: tuple[Any, ...
     )
     rule = ", ".join(["p", *explain]) if explain else ""
     return Verdict(bool(allowed), rule, "")
+
+
+def enforcement(
+    engine: Engine,
+    *,
+    uid: int,
+    path: str,
+    home: str,
+    label: Label | None,
+    action: str,
+    verdict: Verdict,
+    today: date,
+    key: bytes | None = None,
+) -> tuple[bool | None, str]:
+    """What the kernel of an agent's host does with this access, and by which mechanism.
+
+    Returns (allowed, a line saying how) -- allowed is None when nothing enforces the
+    action. read and execute are the file guard's fanotify decision (``verdict``);
+    write and delete are the DAC the agent keeps, which knows uids, not programs, and
+    for delete is the directory's ACL.
+    """
+    mechanism = ENFORCED_BY.get(action, "")
+    if mechanism == "fanotify":
+        return verdict.allow, f"{action}: enforced by fanotify, decided per open and recorded"
+    if not mechanism:
+        return None, f"{action}: not enforced on this host; the policy's answer is advisory"
+    if uid == 0:
+        return True, f"{action}: DAC does not bind root (CAP_DAC_OVERRIDE); not refused"
+    if action == "write":
+        target, target_label, perm = path, label, "rw-"
+        target_home = home
+    else:  # delete: an entry goes when its directory is writable (create, rename, link too)
+        target, perm = str(Path(path).parent), "rwx"
+        try:
+            target_label = read_label(target, key)
+        except OSError:
+            target_label = None
+        target_home = policy_path(target_label, target)
+    holders = engine.holders(path=target_home, label=target_label, action=action, today=today)
+    on = f" on the directory {target}" if action == "delete" else ""
+    if uid not in holders:
+        return False, f"{action}: enforced by DAC{on} (no ACL entry for uid {uid}); not recorded"
+    how = f"{action}: enforced by DAC{on} (ACL user:{uid}:{perm}); not recorded"
+    if holders[uid]:
+        how += f"; any program of uid {uid} (the policy needs {holders[uid]}: DAC cannot tell)"
+    return True, how
 
 
 def explain(
@@ -110,12 +156,32 @@ def explain(
         what = f"{label.describe()}; level today {level(Resource.of(home, label), day)}"
     agree = (reference.allow, reference.rule) == (verdict.allow, verdict.rule)
     casbin = "allow" if reference.allow else "deny"
+    kernel, how = enforcement(
+        engine,
+        uid=uid,
+        path=path,
+        home=home,
+        label=label,
+        action=action,
+        verdict=verdict,
+        today=day,
+        key=key,
+    )
+    # The first word is what the host's kernel does, never a decision it does not make.
+    word = "NOT ENFORCED" if kernel is None else ("ALLOW" if kernel else "DENY")
+    policy_word = "allows" if verdict.allow else "denies"
     lines = [
-        f"{'ALLOW' if verdict.allow else 'DENY'}  {action} {path}",
+        f"{word}  {action} {path}",
         f"  who:     {who}",
         f"  with:    {exe or '(executable not given)'}",
         *([f"  home:    {home} (the rules match the file's home)"] if home != path else []),
         f"  label:   {what}",
+        f"  enforced: {how}",
+        *(
+            [f"  note:    the policy {policy_word} it ({'with ' + exe if exe else 'any program'})"]
+            if kernel is not None and kernel != verdict.allow
+            else []
+        ),
         f"  reason:  {verdict.reason}",
         f"  rule:    {verdict.rule or '(none)'}",
         f"  casbin:  {casbin}, {'agrees' if agree else 'DISAGREES: ' + (reference.rule or '')}",
@@ -242,6 +308,9 @@ def policy_test(
         note = ""
         if (reference.allow, reference.rule) != (verdict.allow, verdict.rule):
             note = f"engine and Casbin disagree: Casbin {reference.allow} {reference.rule}"
-        if (verdict.allow != (expected == "allow")) or note:
+        wrong = verdict.allow != (expected == "allow")
+        if wrong and not note and not ENFORCED_BY[action]:
+            note = f"{action} is not enforced on this host: the policy's answer only"
+        if wrong or note:
             out.append(Mismatch(str(table), n, raw.strip(), expected, verdict, note))
     return out

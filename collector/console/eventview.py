@@ -128,7 +128,8 @@ def _file_access(ev: events_pb2.Event) -> tuple[str, tuple[str, ...], str]:
 def _file_change(ev: events_pb2.Event) -> tuple[str, tuple[str, ...], str]:
     c = ev.file_change
     moved = f" <- {c.old_path}" if c.old_path else ""
-    return str(c.uid), (c.path, c.old_path), f"{c.change} {c.path}{moved}"
+    detail = f": {c.detail}" if c.detail else ""  # dac_drift: found and restored
+    return str(c.uid), (c.path, c.old_path), f"{c.change} {c.path}{moved}{detail}"
 
 
 def _device(ev: events_pb2.Event) -> tuple[str, tuple[str, ...], str]:

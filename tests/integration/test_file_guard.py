@@ -94,13 +94,20 @@ class Site:
         return self.base / "label.key"
 
     def write_policy(
-        self, *, erin_status: str = "leaving", bob_status: str = "active", deny_bob: bool = False
+        self,
+        *,
+        erin_status: str = "leaving",
+        bob_status: str = "active",
+        deny_bob: bool = False,
+        extra: str = "",
     ) -> None:
+        """Write the site's policy; ``extra`` is more policy.csv lines (write, delete)."""
         self.policies.mkdir(exist_ok=True)
         shutil.copy(MODEL, self.policies / "model.conf")
         rules = f"p, role:staff, {self.root}/**, read, allow\n"
         if deny_bob:
             rules += f"p, bob, {self.root}/s1.txt, read, deny\n"
+        rules += extra
         (self.policies / "policy.csv").write_text(rules)
         (self.policies / "subjects.toml").write_text(
             SUBJECTS.format(viewer=self.viewer, erin_status=erin_status, bob_status=bob_status)
@@ -178,7 +185,7 @@ def guarded(site: Site, tmp_path: Path) -> Iterator[tuple[AgentThread, RunningCo
         },
     )
     agent = AgentThread(config)
-    # Started: every labelled file found and marked (health is "ok" only then).
+    # ok: the guard answers opens, every labelled file is marked, the DAC is the agent's
     wait_for(
         lambda: any(s.name == "files" and s.health().state == "ok" for s in agent.agent.sensors)
     )
@@ -305,8 +312,10 @@ def test_changes_reach_a_process_that_opened_before(
     assert bob.opens(s1, 2) == ["EPERM"] * 2  # subject change
 
 
-def _as_bob(code: str) -> None:
-    subprocess.run(["/usr/bin/python3", "-c", code], user=2002, timeout=10, check=True)
+def _as_root_elsewhere(code: str) -> None:
+    """Run ``code`` as root in a process other than the agent's (whose own attribute
+    changes its change watcher ignores)."""
+    subprocess.run(["/usr/bin/python3", "-c", code], timeout=10, check=True)
 
 
 def _label_changes(collector: RunningCollector, path: Path) -> list[events_pb2.Event]:
@@ -322,13 +331,15 @@ def _label_changes(collector: RunningCollector, path: Path) -> list[events_pb2.E
 def test_a_label_lowered_by_the_files_writer_is_not_believed(
     site: Site, guarded: tuple[AgentThread, RunningCollector]
 ) -> None:
-    """bob (一般) may write s2.txt (机密) but not read it. Lowering its level himself --
-    user.* attributes are his to set -- breaks the seal, so the label counts as 绝密,
+    """alice (核心) may write s2.txt (机密): the agent's DAC grants her user:2001:rw-.
+    Lowering its level herself -- user.* attributes are the writer's to set -- breaks
+    the seal, so the label counts as 绝密 (bob, 一般, is denied even the 秘密 it claims),
     and the change is recorded as a HIGH label change."""
     _, collector = guarded
     s2 = site.root / "s2.txt"
-    s2.chmod(0o666)
-    _as_bob(f"import os; os.setxattr({str(s2)!r}, {XATTR_LEVEL!r}, '秘密'.encode())")
+    _publish(site, collector, 1, extra=f"p, alice, {s2}, write, allow\n")
+    code = f"import os; os.setxattr({str(s2)!r}, {XATTR_LEVEL!r}, '秘密'.encode())"
+    subprocess.run(["/usr/bin/python3", "-c", code], user=2001, timeout=10, check=True)
     assert os.getxattr(s2, XATTR_LEVEL) == "秘密".encode()
     assert not site.open_as(2002, "s2.txt")
     wait_for(lambda: any(a.path == str(s2) for a in _accesses(collector)))
@@ -351,7 +362,9 @@ def test_a_label_removed_by_the_files_writer_is_recorded_and_denied(
     opened_before: bool,
     then_opened: bool,
 ) -> None:
-    """A seal cannot stop a writer removing the whole label; the agent knows every
+    """A seal cannot stop a writer removing the whole label (here root, in a process of
+    its own: an ordinary holder of write loses it at the first attribute removed, as
+    the label no longer holds -- test_dac); the agent knows every
     labelled inode (scanned at start), so the stripped file is never "unclassified": the
     removal is a HIGH label change -- also for a file nobody opened since the agent
     started, and when the writer opens the file at once (decided before the change
@@ -360,8 +373,7 @@ def test_a_label_removed_by_the_files_writer_is_recorded_and_denied(
     s1 = site.root / "s1.txt"
     if opened_before:
         assert site.open_as(2002, "s1.txt")  # the guard sees it labelled 秘密
-    s1.chmod(0o666)
-    _as_bob(
+    _as_root_elsewhere(
         f"import os\nfor n in os.listxattr({str(s1)!r}):\n"
         f"    n.startswith('user.baomi.') and os.removexattr({str(s1)!r}, n)\n"
         + (f"try: open({str(s1)!r}).close()\nexcept PermissionError: pass\n" if then_opened else "")
@@ -385,9 +397,9 @@ def test_new_file_in_labelled_directory_inherits_its_label(
 ) -> None:
     sub = site.root / "finance"
     sub.mkdir()
-    sub.chmod(0o777)
     set_label(sub, level="机密", scope="dept:finance", key=site.key)
-    time.sleep(0.1)
+    # creating an entry needs delete on the directory (the agent's DAC grants rwx)
+    _publish(site, guarded[1], 1, extra=f"p, alice, {sub}, delete, allow\n")
     made = subprocess.run(
         ["/bin/sh", "-c", f"echo new > {sub}/made.txt"],
         user=2001,

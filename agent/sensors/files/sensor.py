@@ -42,6 +42,7 @@ from agent.labels import (
 from agent.sensors.base import EventSink, Health
 from agent.sensors.files import inodes
 from agent.sensors.files.changes import Change, ChangeWatcher
+from agent.sensors.files.dac import DacKeeper
 from agent.sensors.files.permission import Access, PermissionGuard
 
 _logger = logging.getLogger(__name__)
@@ -137,7 +138,9 @@ class FileGuard:
             on_overflow=self._overflow,
             on_error=self._error,
         )
-        self._changes = ChangeWatcher(config.roots, self._changed, on_overflow=self._overflow)
+        self._changes = ChangeWatcher(config.roots, self._on_change, on_overflow=self._overflow)
+        # Writes and deletions are refused by DAC, which the keeper owns (dac.py).
+        self._dac = DacKeeper(config.roots, config.label_key, lambda: self._engine, sink)
         self._inodes = inodes.LabelledInodes(config.inodes_db)
 
     # -- policy --------------------------------------------------------------------------
@@ -149,6 +152,7 @@ class FileGuard:
             # that decided, so no answer of the old policy is given after this returns.
             self._engine = Engine(policyset)
         self.flush(forget=True)
+        self._dac.policy_changed()
         _logger.info("file policy %s in force", policyset.version)
 
     @property
@@ -168,6 +172,7 @@ class FileGuard:
         self._guard.start()
         self._guard_labelled_inodes()
         self._changes.start()
+        self._dac.start()  # after the change watcher: nothing made meanwhile is missed
         self._flusher.start()
         self._started = True
 
@@ -175,6 +180,7 @@ class FileGuard:
         """Stop both fanotify groups, then record the repeats still counted."""
         self._guard.stop()
         self._changes.stop()
+        self._dac.stop()
         self._stopping.set()
         if self._flusher.is_alive():
             self._flusher.join()
@@ -250,14 +256,15 @@ class FileGuard:
             day = today
 
     def health(self) -> Health:
-        """The worse of the guard's and the watcher's health; degraded without policy."""
-        guard, changes = self._guard.health(), self._changes.health()
+        """The worst of the guard's, the watcher's and the DAC keeper's health; degraded
+        while starting and without policy."""
+        guard, changes, dac = self._guard.health(), self._changes.health(), self._dac.health()
         if not self._started and guard.state == "ok":
             return Health("degraded", "starting: labelled files are being found and marked")
-        if self._engine is None and guard.state == "ok":
+        if self._engine is None and guard.state == "ok" and dac.state == "ok":
             return Health("degraded", "no policy loaded: every protected open is denied")
         order = ("ok", "degraded", "disabled", "failed")
-        return max((guard, changes), key=lambda h: order.index(h.state))
+        return max((guard, changes, dac), key=lambda h: order.index(h.state))
 
     # -- the decision path -----------------------------------------------------------------
     def _label(self, access: Access) -> tuple[Label | None, bytes]:
@@ -602,6 +609,11 @@ class FileGuard:
         )
 
     # -- changes ------------------------------------------------------------------------
+    def _on_change(self, change: Change) -> None:
+        self._changed(change)
+        # after _changed: a new file in a labelled directory has its label by now
+        self._dac.changed(change.kind, change.path, change.uid, change.pid)
+
     def _changed(self, change: Change) -> None:
         if change.kind == "attrib":
             self._attributes_changed(change)

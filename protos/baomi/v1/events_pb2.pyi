@@ -86,7 +86,7 @@ class FileAccess(_message.Message):
     def __init__(self, path: _Optional[str] = ..., action: _Optional[str] = ..., uid: _Optional[int] = ..., user: _Optional[str] = ..., pid: _Optional[int] = ..., executable: _Optional[str] = ..., level: _Optional[_Union[Level, str]] = ..., label_id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., reason: _Optional[str] = ..., rule: _Optional[str] = ..., cmdline: _Optional[str] = ..., label_until: _Optional[str] = ..., label_scope: _Optional[_Iterable[str]] = ..., count: _Optional[int] = ..., first: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., home: _Optional[str] = ...) -> None: ...
 
 class FileChange(_message.Message):
-    __slots__ = ("path", "change", "old_path", "uid", "pid", "level", "label_id", "home")
+    __slots__ = ("path", "change", "old_path", "uid", "pid", "level", "label_id", "home", "detail")
     PATH_FIELD_NUMBER: _ClassVar[int]
     CHANGE_FIELD_NUMBER: _ClassVar[int]
     OLD_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,7 @@ class FileChange(_message.Message):
     LEVEL_FIELD_NUMBER: _ClassVar[int]
     LABEL_ID_FIELD_NUMBER: _ClassVar[int]
     HOME_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     path: str
     change: str
     old_path: str
@@ -103,7 +104,8 @@ class FileChange(_message.Message):
     level: Level
     label_id: str
     home: str
-    def __init__(self, path: _Optional[str] = ..., change: _Optional[str] = ..., old_path: _Optional[str] = ..., uid: _Optional[int] = ..., pid: _Optional[int] = ..., level: _Optional[_Union[Level, str]] = ..., label_id: _Optional[str] = ..., home: _Optional[str] = ...) -> None: ...
+    detail: str
+    def __init__(self, path: _Optional[str] = ..., change: _Optional[str] = ..., old_path: _Optional[str] = ..., uid: _Optional[int] = ..., pid: _Optional[int] = ..., level: _Optional[_Union[Level, str]] = ..., label_id: _Optional[str] = ..., home: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Device(_message.Message):
     __slots__ = ("action", "device_class", "vendor_id", "product_id", "serial", "name", "descriptor_hash", "port", "interfaces", "decision", "rule", "reason")

@@ -551,3 +551,29 @@ def test_reference_refuses_files_changed_since_load(policy_dir: Path) -> None:
     _edit(policy_dir / "policy.csv", lambda t: t + "p, role:staff, /x/**, read, allow\n")
     with pytest.raises(PolicyError, match="changed since loaded"):
         ps.reference_enforcer()
+
+
+HOLDER_CASES = [
+    # (path, label, action, uid -> program the right needs; "" = any program)
+    (FIN, Label(level=2), "write", {ZHANG: "", LI: "", WANG: ""}),
+    (FIN, Label(level=3), "write", {ZHANG: EVINCE, LI: WPS}),  # wang: 重要 < 绝密
+    (RD, Label(level=2), "write", {ZHANG: "", LIU: "/usr/bin/libreoffice"}),  # liu's 机密 list
+    ("/srv/secret/finance", None, "delete", {ZHANG: "", LI: "", SUN: ""}),
+    ("/srv/secret/finance/retained", None, "delete", {SUN: ""}),  # finance-head denied
+    (FIN, invalid_label("bad"), "write", {}),
+]
+
+
+@pytest.mark.parametrize(("path", "label", "action", "want"), HOLDER_CASES)
+def test_holders_are_whoever_some_program_lets(
+    shipped: PolicySet, path: str, label: Label | None, action: str, want: dict[int, str]
+) -> None:
+    """DAC cannot tell programs apart: a person allowed with some approved program holds
+    the right (and the engine names that program)."""
+    engine = Engine(shipped)
+    got = engine.holders(path=path, label=label, action=action, today=TODAY)
+    assert got == want
+    for uid, exe in got.items():
+        assert engine.decide_cold(
+            uid=uid, exe=exe, path=path, label=label, action=action, today=TODAY
+        ).allow

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.decision.engine import Engine
 from agent.decision.errors import PolicyError
 from agent.decision.policy import MODEL_TEXT, PolicySet
 from agent.decision.tools import explain, parse_target, policy_test
@@ -178,7 +179,8 @@ def test_policy_test_lists_mismatches(site: Path) -> None:
     assert first.startswith(f"{table}:14: wang, ")
     assert "expected allow, got deny (read up: clearance 2 < level 3)" in first
     assert f"got allow (allowed: unclassified; rule p, role:head, {s}" in str(mismatches[1])
-    assert all(not m.note for m in mismatches)  # the engine and Casbin agree
+    assert all("disagree" not in m.note for m in mismatches)  # the engine and Casbin agree
+    assert mismatches[1].note == "export is not enforced on this host: the policy's answer only"
 
 
 @pytest.mark.parametrize(
@@ -342,3 +344,78 @@ def test_cli_shipped_cases() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert "every row decides as expected" in r.stdout
     assert "casbin" not in r.stderr  # Casbin's own logging is silenced
+
+
+SHIPPED = Path(__file__).resolve().parents[3] / "policies"
+Q3 = "/srv/secret/finance/q3.xlsx"  # no such file here: unlabelled
+
+ENFORCEMENT = [
+    # (user, action, exe, first line, the enforced line)
+    ("wang", "read", "", f"ALLOW  read {Q3}", "read: enforced by fanotify, decided per open"),
+    ("wang", "write", "", f"ALLOW  write {Q3}", "write: enforced by DAC (ACL user:1003:rw-)"),
+    (
+        "zhou",
+        "write",
+        "",
+        f"DENY  write {Q3}",
+        "write: enforced by DAC (no ACL entry for uid 1008)",
+    ),
+    (
+        "li",
+        "delete",
+        "",
+        f"ALLOW  delete {Q3}",
+        "delete: enforced by DAC on the directory /srv/secret/finance (ACL user:1002:rwx)",
+    ),
+    ("wang", "delete", "", f"DENY  delete {Q3}", "on the directory /srv/secret/finance (no ACL"),
+    ("li", "export", "", f"NOT ENFORCED  export {Q3}", "export: not enforced on this host"),
+    ("root", "write", "", f"ALLOW  write {Q3}", "DAC does not bind root"),
+]
+
+
+@pytest.mark.parametrize(("user", "action", "exe", "first", "how"), ENFORCEMENT)
+def test_explain_says_what_enforces_the_action(
+    user: str, action: str, exe: str, first: str, how: str
+) -> None:
+    text = explain(PolicySet.load(SHIPPED), user, Q3, action, exe or None, today=TODAY)
+    assert text.splitlines()[0] == first
+    assert f"  enforced: {action}: " in text and how in text
+
+
+def test_explain_names_a_dac_grant_wider_than_the_program(tmp_path: Path) -> None:
+    """liu may write 机密 rd files only with wps or libreoffice; DAC cannot tell programs
+    apart, so the kernel lets cat write too, and explain says so rather than DENY."""
+    doc = "/srv/secret/rd/design/radar.doc;level=机密"
+    path, label, _ = parse_target(doc)
+    assert label is not None
+    ps = PolicySet.load(SHIPPED)
+    engine = Engine(ps)
+    assert not engine.decide_cold(
+        uid=1006, exe="/usr/bin/cat", path=path, label=label, action="write", today=TODAY
+    ).allow
+    assert engine.holders(path=path, label=label, action="write", today=TODAY)[1006]
+    table = tmp_path / "cases.csv"
+    table.write_text(f'liu, "{doc}", write, deny, /usr/bin/cat\nli, {Q3}, export, deny\n')
+    mismatches = policy_test(ps, table, today=TODAY)
+    assert [m.line for m in mismatches] == [2]  # the policy allows li's export ...
+    assert "not enforced on this host" in mismatches[0].note  # ... which nothing enforces
+
+
+def test_unenforced_rules_are_warned_about_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = tmp_path / "p"
+    d.mkdir()
+    for name in ("model.conf", "subjects.toml"):
+        (d / name).write_bytes((SHIPPED / name).read_bytes())
+    (d / "policy.csv").write_text(
+        "p, role:staff, /srv/x/**, read, allow\np, role:staff, /srv/x/**, export, deny\n"
+    )
+    with caplog.at_level("WARNING"):
+        PolicySet.load(d)
+        PolicySet.load(d)
+    warned = [r.getMessage() for r in caplog.records if "not enforced" in r.getMessage()]
+    assert warned == [
+        f"{d}/policy.csv:2: 'export' rules are not enforced on this host: "
+        "nothing refuses an export; they are kept for explain and reports only"
+    ]
