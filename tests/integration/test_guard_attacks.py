@@ -172,3 +172,29 @@ def test_a_labelled_file_moved_out_while_the_agent_was_down_is_guarded_again(
         assert (a.decision, a.home) == (events_pb2.DECISION_DENY, str(s2))
     finally:
         again.stop()
+
+
+def test_a_label_copied_from_another_file_is_not_believed(
+    arranged: Site, guarded: Guarded
+) -> None:
+    """Copying a 秘密 file's label attributes, seal included, onto the 机密 file: the
+    owner cannot (the agent owns the file), and a writer who can gets a seal that is
+    not this file's -- fail-closed and recorded HIGH, never 秘密."""
+    _, collector = guarded
+    s1, s2 = arranged.root / "s1.txt", arranged.root / "s2.txt"
+    copy = (
+        f"import os\nfor n in os.listxattr({str(s1)!r}):\n"
+        f"    n.startswith('user.baomi.') and os.setxattr({str(s2)!r}, n, "
+        f"os.getxattr({str(s1)!r}, n))\n"
+    )
+    refused = _run_as(BOB, "/usr/bin/python3", "-c", copy)
+    assert refused.returncode != 0 and b"Permission denied" in refused.stderr, refused
+    test_file_guard._as_root_elsewhere(copy)  # the writer who may
+    assert os.getxattr(s2, "user.baomi.level") == "秘密".encode()
+    assert not _read_as(BOB, s2)
+    a = _the_access(collector, s2)
+    assert a.decision == events_pb2.DECISION_DENY and a.level == 3
+    assert "seal does not match" in a.reason
+    wait_for(lambda: bool(test_file_guard._label_changes(collector, s2)))  # type: ignore[arg-type]
+    changes = test_file_guard._label_changes(collector, s2)  # type: ignore[arg-type]
+    assert all(c.severity == events_pb2.SEVERITY_HIGH for c in changes)

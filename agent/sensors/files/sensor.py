@@ -57,6 +57,13 @@ SEVERITY_OF = {
     (False, True): events_pb2.SEVERITY_HIGH,  # denied over an invalid label
 }
 _MISSING = object()
+#: What enforces what, said in the health line and at start: only opens for read and
+#: execute reach the guard; the rest is refused by the kernel on file modes and ACLs
+#: the DAC keeper maintains, before any event -- so such refusals are not recorded.
+ENFORCEMENT = (
+    "read/execute: decided per open and recorded; write/truncate/delete/rename/link: "
+    "file modes and ACLs only (refused attempts are not recorded); export: not enforced"
+)
 FOLD_SECONDS = 1.0  # repeated identical accesses are counted and recorded this often
 
 
@@ -175,6 +182,7 @@ class FileGuard:
         self._dac.start()  # after the change watcher: nothing made meanwhile is missed
         self._flusher.start()
         self._started = True
+        _logger.info("file guard: %s", ENFORCEMENT)
 
     def stop(self) -> None:
         """Stop both fanotify groups, then record the repeats still counted."""
@@ -264,7 +272,10 @@ class FileGuard:
         if self._engine is None and guard.state == "ok" and dac.state == "ok":
             return Health("degraded", "no policy loaded: every protected open is denied")
         order = ("ok", "degraded", "disabled", "failed")
-        return max((guard, changes, dac), key=lambda h: order.index(h.state))
+        worst = max((guard, changes, dac), key=lambda h: order.index(h.state))
+        if worst.state == "ok":
+            return Health("ok", f"{guard.detail}; {dac.detail}; {ENFORCEMENT}")
+        return worst
 
     # -- the decision path -----------------------------------------------------------------
     def _label(self, access: Access) -> tuple[Label | None, bytes]:
