@@ -174,9 +174,7 @@ def test_a_labelled_file_moved_out_while_the_agent_was_down_is_guarded_again(
         again.stop()
 
 
-def test_a_label_copied_from_another_file_is_not_believed(
-    arranged: Site, guarded: Guarded
-) -> None:
+def test_a_label_copied_from_another_file_is_not_believed(arranged: Site, guarded: Guarded) -> None:
     """Copying a 秘密 file's label attributes, seal included, onto the 机密 file: the
     owner cannot (the agent owns the file), and a writer who can gets a seal that is
     not this file's -- fail-closed and recorded HIGH, never 秘密."""

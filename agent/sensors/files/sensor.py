@@ -222,9 +222,11 @@ class FileGuard:
             home = policy_path(label, path)
             self._inodes.add(fd, home, key=(st.st_dev, st.st_ino), identity=identity)
             self._guard.mark_file(fd)
-            # The first open of this file version needs no second read of its label.
+            # The first open of this file version needs no second read of its label; a
+            # change of it from here on is compared with what was seen now.
             if len(self._labels) < LABELS_READ_AT_START:
                 self._labels[(st.st_dev, st.st_ino, st.st_ctime_ns)] = label
+            self._label_seen(path, st.st_dev, st.st_ino, label, 0, 0)
 
         scanned = inodes.scan(self._guard.roots, found, lambda e: _logger.warning("scan: %s", e))
         self._inodes.persist()
