@@ -1,0 +1,262 @@
+/*
+ * agent.sensors.files._guardian -- the guardian's answer loop, in C.
+ *
+ * The guardian (guardian_daemon.py) holds a duplicate of the agent's fanotify
+ * permission group. While no agent reads the group, serve() answers it here, without
+ * the GIL and without returning to Python until asked to: DENY an open of a file that
+ * carries any user.baomi.* attribute (a label, whole or in part) or that cannot be
+ * inspected, ALLOW the rest, and journal each answer as one JSON line.
+ *
+ * deny_pending() answers the events a dead agent read and never answered: the kernel
+ * matches a response by the fd number the event was delivered as, so writing FAN_DENY
+ * for each of the dead reader's possible numbers denies exactly those (ENOENT for a
+ * number with no pending event). It must run before serve() reads anything, or it
+ * would deny the guardian's own events by number.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/fanotify.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <time.h>
+#include <unistd.h>
+
+#define READ_EVENTS 64          /* permission events taken by one read() */
+#define XATTR_LIST_BYTES 65536  /* the largest attribute name list (XATTR_LIST_MAX) */
+#define LINE_BYTES (4 * PATH_MAX + 256) /* one journal line, the path escaped */
+#define LABEL_PREFIX "user.baomi."
+
+/* What serve() did, handed back to Python. */
+struct tally {
+	unsigned long long denied, allowed, unrecorded;
+};
+
+static int respond(int fan_fd, int fd, int allow)
+{
+	struct fanotify_response r = { .fd = fd, .response = allow ? FAN_ALLOW : FAN_DENY };
+	if (write(fan_fd, &r, sizeof(r)) != sizeof(r))
+		return -errno;
+	return 0;
+}
+
+/* 1: carries a user.baomi.* attribute; 0: none; -errno: cannot tell. */
+static int labelled(int fd, char *names)
+{
+	ssize_t n = flistxattr(fd, names, XATTR_LIST_BYTES);
+	if (n < 0)
+		return errno == ENOTSUP ? 0 : -errno; /* no xattrs here: cannot be labelled */
+	for (ssize_t i = 0; i < n;) {
+		size_t len = strnlen(names + i, (size_t)(n - i));
+		if (strncmp(names + i, LABEL_PREFIX, sizeof(LABEL_PREFIX) - 1) == 0)
+			return 1;
+		i += (ssize_t)len + 1;
+	}
+	return 0;
+}
+
+/* Append s to out as the inside of a JSON string; returns the new end. */
+static char *json_escape(char *out, const char *s, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c == '"' || c == '\\') {
+			*out++ = '\\';
+			*out++ = (char)c;
+		} else if (c < 0x20) {
+			out += sprintf(out, "\\u%04x", c);
+		} else {
+			*out++ = (char)c; /* bytes >= 0x80 as they are: the reader decodes them */
+		}
+	}
+	return out;
+}
+
+static void journal(int journal_fd, const struct fanotify_event_metadata *m, int allow,
+		    int label, char *line)
+{
+	struct timespec ts;
+	struct stat st;
+	char path[PATH_MAX], link[32];
+	clock_gettime(CLOCK_REALTIME, &ts);
+	snprintf(link, sizeof(link), "/proc/%d", m->pid);
+	int uid = stat(link, &st) == 0 ? (int)st.st_uid : -1;
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", m->fd);
+	ssize_t n = readlink(link, path, sizeof(path) - 1);
+	if (n < 0)
+		n = 0;
+	char *p = line;
+	p += sprintf(p,
+		     "{\"event\": \"open\", \"time\": %lld.%09ld, \"pid\": %d, \"uid\": %d, "
+		     "\"action\": \"%s\", \"decision\": \"%s\", \"labelled\": %s, \"path\": \"",
+		     (long long)ts.tv_sec, ts.tv_nsec, m->pid, uid,
+		     (m->mask & FAN_OPEN_EXEC_PERM) ? "execute" : "read", allow ? "allow" : "deny",
+		     label > 0 ? "true" : (label == 0 ? "false" : "null"));
+	p = json_escape(p, path, (size_t)n);
+	p += sprintf(p, "\"}\n");
+	if (write(journal_fd, line, (size_t)(p - line)) < 0) {
+		/* The answer was given already; a journal that cannot be written loses the
+		 * line, the tally still counts it. */
+	}
+}
+
+/* Answer one event; the journal line is written when records are left. */
+static void answer(int fan_fd, int journal_fd, int own_pid, const struct fanotify_event_metadata *m,
+		   char *names, char *line, struct tally *t, unsigned long long *records)
+{
+	int label = m->pid == own_pid ? 0 : labelled(m->fd, names);
+	int allow = label == 0;
+	respond(fan_fd, m->fd, allow); /* ENOENT: answered already; nothing else to do */
+	if (m->pid != own_pid) {
+		if (allow)
+			t->allowed++;
+		else
+			t->denied++;
+		if (journal_fd >= 0 && *records) {
+			(*records)--;
+			journal(journal_fd, m, allow, label, line);
+		} else {
+			t->unrecorded++;
+		}
+	}
+	close(m->fd);
+}
+
+/*
+ * Serve until stop_fd is readable (0) or idle_ms pass with nothing to read (0), or
+ * -errno. Events in hand are always answered before returning.
+ */
+static int serve_loop(int fan_fd, int stop_fd, int journal_fd, int own_pid, int idle_ms,
+		      unsigned long long records, struct tally *t)
+{
+	char buf[READ_EVENTS * sizeof(struct fanotify_event_metadata)] __attribute__((aligned(8)));
+	char *names = malloc(XATTR_LIST_BYTES);
+	char *line = malloc(LINE_BYTES);
+	int rc = 0;
+	if (!names || !line) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	for (;;) {
+		struct pollfd fds[2] = { { .fd = fan_fd, .events = POLLIN },
+					 { .fd = stop_fd, .events = POLLIN } };
+		int n = poll(fds, stop_fd >= 0 ? 2 : 1, idle_ms);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			rc = -errno;
+			break;
+		}
+		if (n == 0)
+			break; /* idle: nothing pending */
+		if (fds[0].revents & (POLLERR | POLLNVAL)) {
+			rc = -EBADF;
+			break;
+		}
+		if (fds[0].revents & POLLIN) {
+			ssize_t len = read(fan_fd, buf, sizeof(buf));
+			if (len < 0 && errno != EINTR && errno != EAGAIN) {
+				rc = -errno;
+				break;
+			}
+			struct fanotify_event_metadata *m = (struct fanotify_event_metadata *)buf;
+			for (; len > 0 && FAN_EVENT_OK(m, len); m = FAN_EVENT_NEXT(m, len)) {
+				if (m->fd < 0)
+					continue;
+				answer(fan_fd, journal_fd, own_pid, m, names, line, t, &records);
+			}
+		}
+		if (stop_fd >= 0 && (fds[1].revents & (POLLIN | POLLHUP | POLLERR)))
+			break;
+	}
+out:
+	free(names);
+	free(line);
+	return rc;
+}
+
+PyDoc_STRVAR(serve_doc,
+"serve(fan_fd, stop_fd, journal_fd, own_pid, idle_ms=-1, records=100000)\n"
+"    -> (denied, allowed, unrecorded)\n\n"
+"Answer the permission group fan_fd until stop_fd is readable (it is not read), or\n"
+"until idle_ms pass with no event (-1: never). Labelled (any user.baomi.* attribute)\n"
+"or uninspectable files are denied, the rest allowed; own_pid's opens are allowed and\n"
+"not counted. The first `records` answers are journalled to journal_fd (-1: none) as\n"
+"JSON lines. The GIL is released throughout.");
+
+static PyObject *guardian_serve(PyObject *Py_UNUSED(mod), PyObject *args, PyObject *kwds)
+{
+	static char *kwlist[] = { "fan_fd", "stop_fd", "journal_fd", "own_pid", "idle_ms",
+				  "records", NULL };
+	int fan_fd, stop_fd, journal_fd, own_pid, idle_ms = -1;
+	unsigned long long records = 100000;
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiii|iK", kwlist, &fan_fd, &stop_fd,
+					 &journal_fd, &own_pid, &idle_ms, &records))
+		return NULL;
+	struct tally t = { 0 };
+	int rc;
+	Py_BEGIN_ALLOW_THREADS
+	rc = serve_loop(fan_fd, stop_fd, journal_fd, own_pid, idle_ms, records, &t);
+	Py_END_ALLOW_THREADS
+	if (rc < 0) {
+		errno = -rc;
+		return PyErr_SetFromErrno(PyExc_OSError);
+	}
+	return Py_BuildValue("(KKK)", t.denied, t.allowed, t.unrecorded);
+}
+
+PyDoc_STRVAR(deny_pending_doc,
+"deny_pending(fan_fd, fd_limit) -> int\n\n"
+"Write FAN_DENY for every fd number 0..fd_limit-1 and return how many matched an\n"
+"event still waiting (read by a reader that died before answering).");
+
+static PyObject *guardian_deny_pending(PyObject *Py_UNUSED(mod), PyObject *args)
+{
+	int fan_fd, limit;
+	if (!PyArg_ParseTuple(args, "ii", &fan_fd, &limit))
+		return NULL;
+	long denied = 0;
+	int err = 0;
+	Py_BEGIN_ALLOW_THREADS
+	for (int fd = 0; fd < limit; fd++) {
+		int rc = respond(fan_fd, fd, 0);
+		if (rc == 0)
+			denied++;
+		else if (rc != -ENOENT && rc != -EINVAL) {
+			err = -rc;
+			break;
+		}
+	}
+	Py_END_ALLOW_THREADS
+	if (err) {
+		errno = err;
+		return PyErr_SetFromErrno(PyExc_OSError);
+	}
+	return PyLong_FromLong(denied);
+}
+
+static PyMethodDef guardian_methods[] = {
+	{ "serve", (PyCFunction)(void (*)(void))guardian_serve, METH_VARARGS | METH_KEYWORDS,
+	  serve_doc },
+	{ "deny_pending", guardian_deny_pending, METH_VARARGS, deny_pending_doc },
+	{ NULL, NULL, 0, NULL },
+};
+
+static struct PyModuleDef guardian_module = {
+	PyModuleDef_HEAD_INIT,
+	.m_name = "agent.sensors.files._guardian",
+	.m_doc = "The guardian's answer loop: labelled files denied while no agent reads.",
+	.m_size = -1,
+	.m_methods = guardian_methods,
+};
+
+PyMODINIT_FUNC PyInit__guardian(void)
+{
+	return PyModule_Create(&guardian_module);
+}
