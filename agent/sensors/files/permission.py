@@ -438,6 +438,12 @@ class PermissionGuard:
         _logger.info("file guard adopted the group of guardian %d", link.pid)
         return gap
 
+    @property
+    def guardian_pid(self) -> int:
+        """The pid of the guardian holding the group with this guard (0: none)."""
+        guardian = self._guardian
+        return guardian.pid if guardian is not None else 0
+
     def _hand_over(self) -> None:
         """Let the guardian answer the group from now on (this agent stops reading)."""
         link, self._guardian = self._guardian, None

@@ -1,0 +1,260 @@
+"""The guardian keeps the file guard failing closed while no agent runs (real kernel).
+
+Each test guards a temporary tree with an agent in a subprocess
+(``tests.guardian_agent``, which allows every open) and a guardian it spawns; the
+agent is killed by pid (``kill -9``) or stopped (SIGTERM), and an ordinary uid then
+opens a labelled and an unlabelled file. Teardown kills the agent and releases (or
+kills) every guardian by pid, so no fanotify group outlives a test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.sensors.files import guardian
+from tests.procs import cli
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (fanotify, setuid children)"),
+]
+
+BOB = 2002  # an ordinary uid
+WAIT_S = 20.0  # seconds any condition may take to come true
+CHILD_TIMEOUT_S = 10.0  # seconds a child (an opener, the CLI) may run
+
+
+def wait_for(what: Callable[[], Any], seconds: float = WAIT_S) -> Any:
+    """Poll ``what`` until it is truthy; its value."""
+    deadline = time.monotonic() + seconds
+    while not (value := what()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
+
+
+@dataclass
+class Site:
+    """A tree with a labelled and an unlabelled file, a state dir and its processes."""
+
+    base: Path
+    agents: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    guardians: set[int] = field(default_factory=set)
+
+    @property
+    def root(self) -> Path:
+        return self.base / "secret"
+
+    @property
+    def state(self) -> Path:
+        return self.base / "state"
+
+    @property
+    def out(self) -> Path:
+        return self.base / "agent.out"
+
+    def start_agent(self, slow: str = "") -> subprocess.Popen[bytes]:
+        """An agent guarding ``root``; returns once it says it is ready."""
+        seen = len(self.records("ready"))
+        argv = [sys.executable, "-m", "tests.guardian_agent", "--root", str(self.root)]
+        argv += ["--state", str(self.state), "--out", str(self.out), "--slow", slow]
+        log = (self.base / "agent.log").open("ab")
+        agent = subprocess.Popen(argv, stdout=log, stderr=log, cwd=Path(__file__).parents[2])
+        log.close()
+        self.agents.append(agent)
+        wait_for(lambda: len(self.records("ready")) > seen or agent.poll() is not None)
+        assert agent.poll() is None, (self.base / "agent.log").read_text()
+        self.guardians.add(self.records("ready")[-1]["guardian"])
+        return agent
+
+    def records(self, event: str) -> list[dict[str, Any]]:
+        """What the agents wrote of one kind, oldest first."""
+        if not self.out.exists():
+            return []
+        lines = self.out.read_text().splitlines()
+        return [r for r in map(json.loads, lines) if r["event"] == event]
+
+    def guardian_pid(self) -> int:
+        """The running guardian's pid (asserts one runs); remembered for teardown."""
+        now = guardian.status(self.state)
+        assert now is not None and now["ok"]
+        self.guardians.add(now["pid"])
+        return int(now["pid"])
+
+    def journal(self) -> list[dict[str, Any]]:
+        path = self.state / guardian.JOURNAL_NAME
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    """``kill -9`` by pid, and reap."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(CHILD_TIMEOUT_S)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
+@pytest.fixture
+def site() -> Iterator[Site]:
+    # Not under pytest's tmp_path: the ordinary uid must reach these files.
+    base = Path(tempfile.mkdtemp(prefix="baomi-guardian-"))
+    base.chmod(0o755)
+    s = Site(base)
+    s.root.mkdir(mode=0o755)
+    s.state.mkdir(mode=0o700)
+    for name in ("secret.txt", "menu.txt", "slow.txt"):
+        (s.root / name).write_text(f"content of {name}\n")
+        (s.root / name).chmod(0o644)
+    os.setxattr(s.root / "secret.txt", "user.baomi.level", "机密".encode())
+    try:
+        yield s
+    finally:
+        for agent in s.agents:
+            kill(agent)
+        with contextlib.suppress(Exception):
+            guardian.release(s.state)
+        for pid in s.guardians:
+            if pid and alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def read_as(uid: int, path: Path) -> subprocess.Popen[bytes]:
+    """``cat PATH`` as ``uid``, started (it may block in the guard)."""
+    return subprocess.Popen(
+        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "/usr/bin/cat", path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def can_read(uid: int, path: Path) -> bool:
+    """True when ``uid`` read ``path``; False when the open was denied (EPERM)."""
+    proc = read_as(uid, path)
+    out, err = proc.communicate(timeout=CHILD_TIMEOUT_S)
+    if proc.returncode:
+        assert b"Operation not permitted" in err, err
+        return False
+    assert out == f"content of {path.name}\n".encode()
+    return True
+
+
+def test_kill_9_leaves_labelled_files_denied(site: Site) -> None:
+    agent = site.start_agent()
+    held_by = site.guardian_pid()
+    assert can_read(BOB, site.root / "secret.txt")  # the agent allows everything
+    kill(agent)
+    assert not can_read(BOB, site.root / "secret.txt")
+    assert can_read(BOB, site.root / "menu.txt")
+    assert site.guardian_pid() == held_by
+    journal = site.journal()
+    starts = [r for r in journal if r["event"] == "gap_start"]
+    assert starts[-1]["reason"] == "agent died" and starts[-1]["agent_pid"] == agent.pid
+    opens = [
+        (r["path"], r["decision"], r["labelled"], r["uid"]) for r in journal if r["event"] == "open"
+    ]
+    assert (str(site.root / "secret.txt"), "deny", True, BOB) in opens
+    assert (str(site.root / "menu.txt"), "allow", False, BOB) in opens
+    assert (site.state / guardian.JOURNAL_NAME).stat().st_mode & 0o777 == 0o600
+
+
+def test_an_open_waiting_in_the_dead_agent_ends_denied(site: Site) -> None:
+    agent = site.start_agent(slow="slow.txt")
+    opener = read_as(BOB, site.root / "slow.txt")  # unlabelled, but its answer is lost
+    wait_for(lambda: site.records("deciding"))
+    assert opener.poll() is None  # blocked in the agent's decide()
+    kill(agent)
+    _, err = opener.communicate(timeout=CHILD_TIMEOUT_S)
+    assert opener.returncode != 0 and b"Operation not permitted" in err
+    [pending] = wait_for(lambda: [r for r in site.journal() if r["event"] == "pending_denied"])
+    assert pending["count"] == 1
+    assert can_read(BOB, site.root / "slow.txt")  # asked afresh: unlabelled, allowed
+
+
+def test_a_clean_stop_hands_over_to_the_guardian(site: Site) -> None:
+    agent = site.start_agent()
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(CHILD_TIMEOUT_S) == 0
+    assert site.records("stopped")
+    assert not can_read(BOB, site.root / "secret.txt")
+    assert can_read(BOB, site.root / "menu.txt")
+    starts = [r for r in site.journal() if r["event"] == "gap_start"]
+    assert starts[-1]["reason"] == "handed over"
+
+
+def test_a_restarted_agent_adopts_the_guardian_and_reports_the_gap(site: Site) -> None:
+    kill(site.start_agent())
+    held_by = site.guardian_pid()
+    assert not can_read(BOB, site.root / "secret.txt")
+    site.start_agent()
+    assert site.guardian_pid() == held_by  # adopted, not replaced
+    [gap] = site.records("gap")
+    kinds = [r["event"] for r in gap["records"]]
+    assert kinds[0] == "gap_start" and kinds[-1] == "gap_end"
+    start, end = gap["records"][0], gap["records"][-1]
+    assert start["reason"] == "agent died" and end["time"] >= start["time"]
+    assert end["denied"] == 1
+    denied = [r for r in gap["records"] if r["event"] == "open" and r["decision"] == "deny"]
+    assert [r["path"] for r in denied] == [str(site.root / "secret.txt")]
+    assert can_read(BOB, site.root / "secret.txt")  # the new agent decides again
+
+
+def test_a_killed_guardian_is_reported_and_replaced(site: Site) -> None:
+    agent = site.start_agent()
+    first = site.guardian_pid()
+    os.kill(first, signal.SIGKILL)
+    [died] = wait_for(lambda: site.records("tamper"))
+    assert died["kind"] == "guardian_died" and str(first) in died["detail"]
+    second = wait_for(lambda: (guardian.status(site.state) or {}).get("pid"))
+    site.guardians.add(second)
+    assert second != first
+    assert can_read(BOB, site.root / "secret.txt")  # the agent still guards
+    kill(agent)
+    assert not can_read(BOB, site.root / "secret.txt")  # the new guardian holds
+
+
+def test_guardian_stop_releases_the_files(site: Site) -> None:
+    agent = site.start_agent()
+    held_by = site.guardian_pid()
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(CHILD_TIMEOUT_S) == 0
+    assert not can_read(BOB, site.root / "secret.txt")
+    done = subprocess.run(
+        [cli("baomi-agent"), "--state-dir", str(site.state), "guardian", "stop"],
+        capture_output=True,
+        timeout=CHILD_TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: not alive(held_by))
+    assert can_read(BOB, site.root / "secret.txt")  # released: no group, no guard
+    assert guardian.status(site.state) is None
