@@ -177,6 +177,7 @@ class GuardianLink:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                cwd="/",  # never a protected directory: its own imports would wait there
                 start_new_session=True,  # not killed with the agent's process group
             )
         deadline = time.monotonic() + SPAWN_TIMEOUT

@@ -44,6 +44,7 @@ REQUEST_TIMEOUT = 2.0  # seconds a control peer may take to send its request
 FD_LIMIT_CAP = 1 << 20  # fd numbers of a dead agent denied at most
 RELEASE_IDLE_MS = 200  # ms without events after which release() has answered all
 RECORDS_PER_GAP = 100_000  # opens journalled one by one per gap; the rest only counted
+JOURNAL_ROTATE_BYTES = 64 * 1024 * 1024  # at a gap's start a bigger journal becomes .1
 _PEERCRED = struct.Struct("3i")
 
 
@@ -54,11 +55,7 @@ class Guardian:
         self.dir = state_dir
         self.fan_fd = fan_fd
         self.journal_path = state_dir / JOURNAL_NAME
-        self.journal_fd = os.open(
-            self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
-        )
-        os.fchown(self.journal_fd, 0, 0)
-        os.fchmod(self.journal_fd, 0o600)
+        self.journal_fd = self._open_journal()
         sock_path = state_dir / SOCKET_NAME
         with contextlib.suppress(FileNotFoundError):
             sock_path.unlink()  # a dead guardian's; the agent found nobody listening
@@ -135,7 +132,19 @@ class Guardian:
         record.setdefault("time", time.time())
         os.write(self.journal_fd, json.dumps(record).encode() + b"\n")
 
+    def _open_journal(self) -> int:
+        fd = os.open(
+            self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+        os.fchown(fd, 0, 0)
+        os.fchmod(fd, 0o600)
+        return fd
+
     def _gap_start(self, reason: str) -> None:
+        if os.fstat(self.journal_fd).st_size > JOURNAL_ROTATE_BYTES:
+            self.journal_path.replace(self.journal_path.with_name(JOURNAL_NAME + ".1"))
+            os.close(self.journal_fd)
+            self.journal_fd = self._open_journal()
         self.gap_offset = os.lseek(self.journal_fd, 0, os.SEEK_END)
         self.tally = [0, 0, 0]
         self._journal({"event": "gap_start", "reason": reason, "agent_pid": self.agent_pid})
