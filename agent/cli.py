@@ -52,6 +52,7 @@ def _sensor_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "roots": [str(p) for p in args.protect],
             "policies": str(args.policies) if args.policies else None,
             "deadline": args.deadline_ms / 1000,
+            "unsafe_no_guardian": args.unsafe_no_guardian,
             "label_key": str(_label_key_path(args)),
         }
     if args.network:
@@ -260,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--unsafe-usb-report-only",
         action="store_true",
         help="record USB decisions without enforcing them (weakens enforcement)",
+    )
+    r.add_argument(
+        "--unsafe-no-guardian",
+        action="store_true",
+        help="guard files without a guardian process: a killed agent leaves them "
+        "unguarded until it restarts (weakens enforcement)",
     )
     r.add_argument(
         "--process",

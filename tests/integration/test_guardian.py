@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -249,6 +250,14 @@ def test_guardian_stop_releases_the_files(site: Site) -> None:
     assert agent.wait(CHILD_TIMEOUT_S) == 0
     assert not can_read(BOB, site.root / "secret.txt")
     done = subprocess.run(
+        [cli("baomi-agent"), "--state-dir", str(site.state), "guardian", "status"],
+        capture_output=True,
+        timeout=CHILD_TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"guardian pid {held_by}" in done.stdout.decode()
+    done = subprocess.run(
         [cli("baomi-agent"), "--state-dir", str(site.state), "guardian", "stop"],
         capture_output=True,
         timeout=CHILD_TIMEOUT_S,
@@ -258,3 +267,29 @@ def test_guardian_stop_releases_the_files(site: Site) -> None:
     wait_for(lambda: not alive(held_by))
     assert can_read(BOB, site.root / "secret.txt")  # released: no group, no guard
     assert guardian.status(site.state) is None
+
+
+def test_opens_during_a_clean_stop_are_all_answered(site: Site) -> None:
+    """Opens keep coming while the agent stops: whatever its reader had read past its
+    wake-up is decided before the hand-over, so no opener is left waiting."""
+    agent = site.start_agent()
+    stop = threading.Event()
+    opened = [0] * 4
+
+    def open_in_a_loop(i: int) -> None:
+        while not stop.is_set():
+            os.close(os.open(site.root / "menu.txt", os.O_RDONLY))
+            opened[i] += 1
+
+    threads = [threading.Thread(target=open_in_a_loop, args=(i,), daemon=True) for i in range(4)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: min(opened) > 50)
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(CHILD_TIMEOUT_S) == 0
+    before = list(opened)
+    wait_for(lambda: all(n > b + 50 for n, b in zip(opened, before, strict=True)))
+    stop.set()
+    for t in threads:
+        t.join(CHILD_TIMEOUT_S)
+        assert not t.is_alive(), "an open was left waiting"
