@@ -210,7 +210,11 @@ class GuardianLink:
     def _watch(self) -> None:
         """Respawn the guardian whenever it dies, until ``hold()`` or ``close()``."""
         while not self._closing:
-            ready, _, _ = select.select([self._pidfd, self._wake_r], [], [])
+            # poll, not select: an agent's fd numbers pass FD_SETSIZE (1024).
+            poller = select.poll()
+            poller.register(self._pidfd, select.POLLIN)
+            poller.register(self._wake_r, select.POLLIN)
+            ready = [fd for fd, _ in poller.poll()]
             if self._closing or self._pidfd not in ready:
                 continue
             dead = self._pid

@@ -83,7 +83,10 @@ class Guardian:
         while not self.released:
             if self.agent_pidfd >= 0:
                 sock = self.sock.fileno()
-                ready, _, _ = select.select([self.agent_pidfd, sock], [], [])
+                poller = select.poll()
+                poller.register(self.agent_pidfd, select.POLLIN)
+                poller.register(sock, select.POLLIN)
+                ready = [fd for fd, _ in poller.poll()]
                 if self.agent_pidfd in ready:
                     self._agent_died()
                 if sock in ready:
