@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -25,9 +26,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from baomi.v1 import events_pb2
 
 from agent.sensors.files import guardian
-from tests.procs import cli
+from tests.integration import test_file_guard
+from tests.procs import (
+    Proc,
+    Processes,
+    cli,
+    create_token,
+    enroll_agent,
+    free_port_pair,
+    init_pki,
+    start_agent,
+    start_collector,
+)
 
 pytestmark = [
     pytest.mark.root,
@@ -293,3 +306,105 @@ def test_opens_during_a_clean_stop_are_all_answered(site: Site) -> None:
     for t in threads:
         t.join(CHILD_TIMEOUT_S)
         assert not t.is_alive(), "an open was left waiting"
+
+
+# -- the real CLI, with a collector ---------------------------------------------------
+HOST = "guardian-host"
+
+
+@dataclass
+class Deployment:
+    """A collector, an enrolled agent state dir with the site's label key, and the CLIs'
+    processes (all killed by pid in teardown)."""
+
+    procs: Processes
+    site: test_file_guard.Site
+    state: Path
+    store: Path
+    guardians: set[int] = field(default_factory=set)
+
+    def start_agent(self, name: str) -> Proc:
+        """``baomi-agent run --protect``; returns once an open it decided is recorded."""
+        proc = start_agent(
+            self.procs,
+            self.state,
+            name=name,
+            extra_args=[
+                "--protect",
+                str(self.site.root),
+                "--policies",
+                str(self.site.policies),
+                "--deadline-ms",
+                "500",
+            ],
+        )
+        now = wait_for(lambda: (guardian.status(self.state) or {}).get("agent") == proc.pid)
+        assert now
+        self.guardians.add(int((guardian.status(self.state) or {})["pid"]))
+        probe = self.site.root / "top.txt"
+
+        def recorded() -> bool:
+            self.site.open_as(BOB, "top.txt")
+            return any(e.file_access.path == str(probe) for e in self.events())
+
+        wait_for(recorded)
+        return proc
+
+    def events(self) -> list[events_pb2.Event]:
+        if not self.store.exists():
+            return []
+        with contextlib.closing(sqlite3.connect(self.store, timeout=10)) as db:
+            rows = db.execute("SELECT body FROM events WHERE host_id = ?", (HOST,)).fetchall()
+        return [events_pb2.Event.FromString(b) for (b,) in rows]
+
+
+# test_file_guard's tree: sealed labels, a policy and subjects (bob is uid 2002).
+labelled_site = test_file_guard.site
+
+
+@pytest.fixture
+def deployment(labelled_site: test_file_guard.Site, tmp_path: Path) -> Iterator[Deployment]:
+    labelled = labelled_site
+    (labelled.root / "menu.txt").write_text("content of menu.txt\n")
+    (labelled.root / "menu.txt").chmod(0o644)
+    with Processes(tmp_path / "logs") as procs:
+        d = Deployment(procs, labelled, tmp_path / "agent", tmp_path / "collector.db")
+        try:
+            init_pki(tmp_path / "pki")
+            port = free_port_pair()
+            url = f"sqlite:///{d.store}"
+            start_collector(procs, store_url=url, pki_dir=tmp_path / "pki", port=port)
+            token = create_token(url, HOST)
+            enroll_agent(d.state, port=port, token=token, ca=tmp_path / "pki" / "ca.pem")
+            shutil.copy(labelled.key_file, d.state / "label.key")  # labels valid for it
+            yield d
+        finally:
+            procs.close()
+            with contextlib.suppress(Exception):
+                guardian.release(d.state)
+            for pid in d.guardians:
+                if alive(pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+
+
+def test_a_restarted_cli_agent_sends_the_gap_to_the_collector(deployment: Deployment) -> None:
+    site = deployment.site
+    deployment.start_agent("agent").kill()
+    assert not site.open_as(BOB, "s1.txt")  # labelled: denied by the guardian
+    assert site.open_as(BOB, "menu.txt")
+    deployment.start_agent("agent-again")
+
+    def gap() -> list[events_pb2.Event]:
+        return [e for e in deployment.events() if e.tamper.kind == "guard_gap"]
+
+    [tamper] = wait_for(gap)
+    assert tamper.tamper.gap_start.ToNanoseconds() < tamper.tamper.gap_end.ToNanoseconds()
+    by_guardian = [
+        e.file_access
+        for e in deployment.events()
+        if e.file_access.reason.startswith("decided by the guardian")
+    ]
+    paths = {(a.path, a.decision, a.uid) for a in by_guardian}
+    assert (str(site.root / "s1.txt"), events_pb2.DECISION_DENY, BOB) in paths
+    assert (str(site.root / "menu.txt"), events_pb2.DECISION_ALLOW, BOB) in paths
