@@ -44,6 +44,7 @@ REQUEST_TIMEOUT = 2.0  # seconds a control peer may take to send its request
 FD_LIMIT_CAP = 1 << 20  # fd numbers of a dead agent denied at most
 RELEASE_IDLE_MS = 200  # ms without events after which release() has answered all
 RECORDS_PER_GAP = 100_000  # opens journalled one by one per gap; the rest only counted
+STEP_RETRY = 0.1  # seconds before the main loop goes on after an unexpected error
 JOURNAL_ROTATE_BYTES = 64 * 1024 * 1024  # at a gap's start a bigger journal becomes .1
 _PEERCRED = struct.Struct("3i")
 
@@ -81,41 +82,57 @@ class Guardian:
     def run(self) -> None:
         """Watch or serve until released."""
         while not self.released:
-            if self.agent_pidfd >= 0:
-                sock = self.sock.fileno()
-                poller = select.poll()
-                poller.register(self.agent_pidfd, select.POLLIN)
-                poller.register(sock, select.POLLIN)
-                ready = [fd for fd, _ in poller.poll()]
-                if self.agent_pidfd in ready:
-                    self._agent_died()
-                if sock in ready:
-                    self._control()
-                continue
-            if self.gap_offset < 0:
-                self._gap_start("no agent")
-            counts = _guardian.serve(
-                self.fan_fd,
-                self.sock.fileno(),
-                self.journal_fd,
-                os.getpid(),
-                records=max(RECORDS_PER_GAP - self.tally[0] - self.tally[1], 0),
-            )
-            self.tally = [a + b for a, b in zip(self.tally, counts, strict=True)]
-            self._control()
+            try:
+                self._step()
+            except Exception:  # the guardian's exit would fail open: log and go on
+                _logger.exception("guardian step failed; going on")
+                time.sleep(STEP_RETRY)
         self.sock.close()
         with contextlib.suppress(FileNotFoundError):
             (self.dir / SOCKET_NAME).unlink()
         os.close(self.journal_fd)
         os.close(self.fan_fd)
 
+    def _step(self) -> None:
+        """Watch the agent until it dies or a control connection comes; or, with no
+        agent, serve the group until a control connection comes."""
+        sock = self.sock.fileno()
+        if self.agent_pidfd >= 0:
+            poller = select.poll()
+            poller.register(self.agent_pidfd, select.POLLIN)
+            poller.register(sock, select.POLLIN)
+            ready = [fd for fd, _ in poller.poll()]
+            if self.agent_pidfd in ready:
+                self._agent_died()
+            if sock in ready:
+                self._control()
+            return
+        if self.gap_offset < 0:
+            self._gap_start("no agent")
+        counts = _guardian.serve(
+            self.fan_fd,
+            sock,
+            self.journal_fd,
+            os.getpid(),
+            records=max(RECORDS_PER_GAP - self.tally[0] - self.tally[1], 0),
+        )
+        self.tally = [a + b for a, b in zip(self.tally, counts, strict=True)]
+        self._control()
+
     # -- the agent -------------------------------------------------------------------------
     def _watch(self, pid: int) -> None:
-        self.agent_fd_limit = min(resource.prlimit(pid, resource.RLIMIT_NOFILE)[0], FD_LIMIT_CAP)
-        if self.agent_fd_limit < 0:  # RLIM_INFINITY
-            self.agent_fd_limit = FD_LIMIT_CAP
-        self.agent_pidfd = os.pidfd_open(pid)
         self.agent_pid = pid
+        self.agent_fd_limit = FD_LIMIT_CAP
+        try:
+            self.agent_pidfd = os.pidfd_open(pid)
+        except OSError as e:
+            _logger.warning("agent %d cannot be watched (%s): it is taken for dead", pid, e)
+            self._agent_died()
+            return
+        with contextlib.suppress(OSError):
+            limit = resource.prlimit(pid, resource.RLIMIT_NOFILE)[0]
+            if 0 <= limit < FD_LIMIT_CAP:  # RLIM_INFINITY is -1
+                self.agent_fd_limit = limit
         _logger.info("guardian %d watching agent %d", os.getpid(), pid)
 
     def _unwatch(self) -> None:
@@ -133,7 +150,10 @@ class Guardian:
     # -- the journal -----------------------------------------------------------------------
     def _journal(self, record: dict[str, Any]) -> None:
         record.setdefault("time", time.time())
-        os.write(self.journal_fd, json.dumps(record).encode() + b"\n")
+        try:
+            os.write(self.journal_fd, json.dumps(record).encode() + b"\n")
+        except OSError as e:  # a full disk must not stop the answers
+            _logger.error("guardian journal %s not written: %s", self.journal_path, e)
 
     def _open_journal(self) -> int:
         fd = os.open(
