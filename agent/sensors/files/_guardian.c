@@ -78,15 +78,22 @@ static char *json_escape(char *out, const char *s, size_t len)
 	return out;
 }
 
-static void journal(int journal_fd, const struct fanotify_event_metadata *m, int allow,
+/* The opener's euid (the owner of /proc/<pid>), -1 if it is gone: looked up before the
+ * answer, after which a denied opener may exit at once. */
+static int opener_uid(int pid)
+{
+	struct stat st;
+	char dir[32];
+	snprintf(dir, sizeof(dir), "/proc/%d", pid);
+	return stat(dir, &st) == 0 ? (int)st.st_uid : -1;
+}
+
+static void journal(int journal_fd, const struct fanotify_event_metadata *m, int uid, int allow,
 		    int label, char *line)
 {
 	struct timespec ts;
-	struct stat st;
 	char path[PATH_MAX], link[32];
 	clock_gettime(CLOCK_REALTIME, &ts);
-	snprintf(link, sizeof(link), "/proc/%d", m->pid);
-	int uid = stat(link, &st) == 0 ? (int)st.st_uid : -1;
 	snprintf(link, sizeof(link), "/proc/self/fd/%d", m->fd);
 	ssize_t n = readlink(link, path, sizeof(path) - 1);
 	if (n < 0)
@@ -112,15 +119,17 @@ static void answer(int fan_fd, int journal_fd, int own_pid, const struct fanotif
 {
 	int label = m->pid == own_pid ? 0 : labelled(m->fd, names);
 	int allow = label == 0;
+	int record = m->pid != own_pid && journal_fd >= 0 && *records;
+	int uid = record ? opener_uid(m->pid) : -1;
 	respond(fan_fd, m->fd, allow); /* ENOENT: answered already; nothing else to do */
 	if (m->pid != own_pid) {
 		if (allow)
 			t->allowed++;
 		else
 			t->denied++;
-		if (journal_fd >= 0 && *records) {
+		if (record) {
 			(*records)--;
-			journal(journal_fd, m, allow, label, line);
+			journal(journal_fd, m, uid, allow, label, line);
 		} else {
 			t->unrecorded++;
 		}
