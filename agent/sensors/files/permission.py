@@ -199,7 +199,7 @@ class PermissionGuard:
       that dies is reported (``on_tamper("guardian_died", ...)``) and started again.
     * **Reader failure fails open, loudly.** If reading the group fails, the fd is
       closed (the kernel then allows every open, rather than every open hanging)
-      and health turns ``failed``.
+      and health turns ``failed``. With a guardian, the guardian answers instead.
 
     ``decide`` must not open files under the roots (it would wait for its own
     answer until the deadline); it gets the fd in ``Access`` instead.
@@ -257,6 +257,7 @@ class PermissionGuard:
         self._on_gap = on_gap
         self._on_tamper = on_tamper
         self._guardian: GuardianLink | None = None
+        self._guardian_lock = threading.Lock()  # stop() and a failing reader hand over once
         self._guardian_problem = ""
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -446,7 +447,8 @@ class PermissionGuard:
 
     def _hand_over(self) -> None:
         """Let the guardian answer the group from now on (this agent stops reading)."""
-        link, self._guardian = self._guardian, None
+        with self._guardian_lock:
+            link, self._guardian = self._guardian, None
         if link is not None:
             link.hold()
 
