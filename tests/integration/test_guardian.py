@@ -242,6 +242,18 @@ def test_a_restarted_agent_adopts_the_guardian_and_reports_the_gap(site: Site) -
     assert can_read(BOB, site.root / "secret.txt")  # the new agent decides again
 
 
+def test_an_agent_restarted_at_once_adopts_the_guardian(site: Site) -> None:
+    first = site.start_agent()
+    held_by = site.guardian_pid()
+    os.kill(first.pid, signal.SIGKILL)  # and start the next without waiting
+    site.start_agent()
+    first.wait(CHILD_TIMEOUT_S)
+    assert site.guardian_pid() == held_by
+    assert site.records("gap")[0]["records"][0]["event"] == "gap_start"
+    kinds = {r["event"] for r in site.journal()}
+    assert {"gap_start", "pending_denied", "gap_end"} <= kinds
+
+
 def test_a_killed_guardian_is_reported_and_replaced(site: Site) -> None:
     agent = site.start_agent()
     first = site.guardian_pid()

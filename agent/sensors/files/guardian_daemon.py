@@ -212,6 +212,11 @@ class Guardian:
                 _logger.warning("guardian control connection failed: %s", e)
 
     def _command(self, command: str, pid: int) -> tuple[dict[str, Any], list[int]]:
+        if self.agent_pidfd >= 0:
+            poller = select.poll()
+            poller.register(self.agent_pidfd, select.POLLIN)
+            if poller.poll(0):
+                self._agent_died()  # a restarted agent may ask before its death was seen
         alive = self.agent_pidfd >= 0
         if command == "status":
             status = {"ok": True, "pid": os.getpid(), "agent": self.agent_pid if alive else 0}
