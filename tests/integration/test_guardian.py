@@ -268,6 +268,22 @@ def test_a_killed_guardian_is_reported_and_replaced(site: Site) -> None:
     assert not can_read(BOB, site.root / "secret.txt")  # the new guardian holds
 
 
+def test_the_gap_of_a_guardian_killed_while_holding_is_reported(site: Site) -> None:
+    agent = site.start_agent()
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(CHILD_TIMEOUT_S) == 0
+    assert not can_read(BOB, site.root / "secret.txt")
+    first = site.guardian_pid()
+    os.kill(first, signal.SIGKILL)  # fails open: nothing holds the group any more
+    wait_for(lambda: not alive(first))
+    site.start_agent()
+    assert site.guardian_pid() != first  # a new guardian for a new group
+    [gap] = site.records("gap")
+    kinds = [r["event"] for r in gap["records"]]
+    assert kinds == ["gap_start", "open"]  # and no end: the records stop at the kill
+    assert gap["records"][1]["path"] == str(site.root / "secret.txt")
+
+
 def test_guardian_stop_releases_the_files(site: Site) -> None:
     agent = site.start_agent()
     held_by = site.guardian_pid()

@@ -115,6 +115,26 @@ def read_gap(journal: Path, offset: int) -> GapRecords:
     return records
 
 
+def unfinished_gap(journal: Path) -> GapRecords:
+    """The records of the journal's last gap if it never ended: its guardian stopped
+    (killed, or the host restarted) before an agent took over or released it."""
+    try:
+        with journal.open("rb") as f:
+            f.seek(max(f.seek(0, os.SEEK_END) - GAP_BYTES, 0))
+            raw = f.read(GAP_BYTES)
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in raw.splitlines():
+        with contextlib.suppress(ValueError):
+            records.append(json.loads(line.decode("utf-8", "surrogateescape")))
+    starts = [i for i, r in enumerate(records) if r.get("event") == "gap_start"]
+    if not starts:
+        return []
+    gap = records[starts[-1] :]
+    return [] if any(r.get("event") in ("gap_end", "released") for r in gap) else gap
+
+
 class GuardianLink:
     """One agent's link to its guardian: adopt or spawn, watch, hand over."""
 
@@ -129,6 +149,8 @@ class GuardianLink:
         self._watcher: threading.Thread | None = None
         self._closing = False
         self.problem = ""  # why the group is not held by a guardian ("" when it is)
+        #: adopt() found no guardian but the journal of one that stopped while holding.
+        self.unfinished: GapRecords = []
 
     @property
     def pid(self) -> int:
@@ -140,6 +162,7 @@ class GuardianLink:
         try:
             reply, fds = request(self.dir, "adopt")
         except (FileNotFoundError, ConnectionRefusedError):
+            self.unfinished = unfinished_gap(self.dir / JOURNAL_NAME)
             return None
         except OSError as e:
             raise GuardianError(f"cannot reach the guardian in {self.dir}: {e}") from e

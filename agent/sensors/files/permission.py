@@ -259,6 +259,7 @@ class PermissionGuard:
         self._guardian: GuardianLink | None = None
         self._guardian_lock = threading.Lock()  # stop() and a failing reader hand over once
         self._guardian_problem = ""
+        self._orphan_gap: GapRecords = []  # the journal of a guardian that died holding
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -273,7 +274,8 @@ class PermissionGuard:
         adopted = self._adopt_guardian() if self._guardian_dir is not None else None
         if adopted is None and not self._new_group():
             return
-        gap = adopted or []
+        gap = adopted if adopted is not None else self._orphan_gap
+        self._orphan_gap = []
         tree = TreeWatcher(
             "guard-dirs",
             self.roots,
@@ -434,6 +436,7 @@ class PermissionGuard:
             return None
         self._guardian = link
         if adopted is None:
+            self._orphan_gap = link.unfinished  # reported once the trees are guarded
             return None
         self._fan_fd, gap = adopted
         _logger.info("file guard adopted the group of guardian %d", link.pid)

@@ -543,15 +543,20 @@ class FileGuard:
         start = next((r for r in records if r.get("event") == "gap_start"), {})
         end = next((r for r in records if r.get("event") == "gap_end"), {})
         pending = sum(int(r.get("count", 0)) for r in records if r.get("event") == "pending_denied")
-        tamper = events_pb2.Tamper(
-            kind="guard_gap",
-            detail=(
-                f"no agent guarded files ({start.get('reason', 'unknown')}); the guardian "
-                f"denied {end.get('denied', '?')} opens of labelled files, allowed "
-                f"{end.get('allowed', '?')}, left {end.get('unrecorded', 0)} unrecorded, "
-                f"and denied {pending} opens the agent had not answered"
-            ),
+        opens = [r for r in records if r.get("event") == "open"]
+        denied = sum(r.get("decision") != "allow" for r in opens)
+        detail = (
+            f"no agent guarded files ({start.get('reason', 'unknown')}); the guardian "
+            f"denied {end.get('denied', denied)} opens of labelled files, allowed "
+            f"{end.get('allowed', len(opens) - denied)}, left {end.get('unrecorded', 0)} "
+            f"unrecorded, and denied {pending} opens the agent had not answered"
         )
+        if not end:
+            detail += (
+                "; then the guardian stopped (killed, or the host restarted) before an agent "
+                "took over: opens after its last record were NOT guarded"
+            )
+        tamper = events_pb2.Tamper(kind="guard_gap", detail=detail)
         if "time" in start:
             tamper.gap_start.FromNanoseconds(int(float(start["time"]) * 1e9))
         if "time" in end:

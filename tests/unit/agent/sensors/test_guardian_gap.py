@@ -7,7 +7,7 @@ from pathlib import Path
 
 from baomi.v1 import events_pb2
 
-from agent.sensors.files.guardian import read_gap
+from agent.sensors.files.guardian import read_gap, unfinished_gap
 from agent.sensors.files.sensor import FileGuard, FileGuardConfig
 
 START = {"event": "gap_start", "time": 1000.5, "reason": "agent died", "agent_pid": 7}
@@ -61,3 +61,23 @@ def test_a_gap_becomes_one_tamper_event_and_one_access_per_open(tmp_path: Path) 
     )
     assert "labelled" in a.reason and denied.time.ToNanoseconds() == 1_001_250_000_000
     assert allowed.file_access.decision == events_pb2.DECISION_ALLOW
+
+
+def test_only_a_gap_that_never_ended_is_unfinished(tmp_path: Path) -> None:
+    journal = tmp_path / "guardian.journal"
+    assert unfinished_gap(journal) == []  # no journal yet
+    _journal(journal, START, DENIED, END)
+    assert unfinished_gap(journal) == []
+    _journal(journal, START, DENIED)
+    assert unfinished_gap(journal) == [START, DENIED]
+    _journal(journal, {"event": "released"})
+    assert unfinished_gap(journal) == []
+
+
+def test_a_gap_without_an_end_says_what_was_not_guarded(tmp_path: Path) -> None:
+    sink: list[events_pb2.Event] = []
+    guard = FileGuard(FileGuardConfig(roots=(tmp_path,), label_key=b"k" * 32), sink.append)
+    guard._gap_recorded([START, DENIED])
+    tamper, _ = sink
+    assert "denied 1 opens" in tamper.tamper.detail and "NOT guarded" in tamper.tamper.detail
+    assert not tamper.tamper.HasField("gap_end")
