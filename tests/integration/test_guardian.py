@@ -10,6 +10,7 @@ kills) every guardian by pid, so no fanotify group outlives a test.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -28,7 +29,20 @@ from typing import Any
 import pytest
 from baomi.v1 import events_pb2
 
-from agent.sensors.files import guardian
+from agent.sensors.files import _guardian, guardian
+from agent.sensors.files.fanotify import (
+    AT_FDCWD,
+    EVENT_F_FLAGS,
+    FAN_CLASS_CONTENT,
+    FAN_CLOEXEC,
+    FAN_DENY,
+    FAN_EVENT_ON_CHILD,
+    FAN_MARK_ADD,
+    FAN_OPEN_PERM,
+    RESPONSE,
+    fanotify_init,
+    fanotify_mark,
+)
 from tests.integration import test_file_guard
 from tests.procs import (
     Proc,
@@ -180,6 +194,37 @@ def can_read(uid: int, path: Path) -> bool:
         return False
     assert out == f"content of {path.name}\n".encode()
     return True
+
+
+def test_the_kernel_matches_a_response_by_the_dead_readers_fd_number(site: Site) -> None:
+    """What the guardian relies on (kernel 6.18): an event read by a process that died
+    unanswered still waits, and a FAN_DENY for its fd number from another holder of
+    the group answers it; a number with no pending event is ENOENT."""
+    fan = fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC, EVENT_F_FLAGS)
+    reader = opener = None
+    try:
+        fanotify_mark(fan, FAN_MARK_ADD, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD, AT_FDCWD, site.root)
+        script = "import os,sys,time; os.read(int(sys.argv[1]), 4096); print('read', flush=True)"
+        script += "; time.sleep(60)"
+        reader = subprocess.Popen(
+            [sys.executable, "-c", script, str(fan)], stdout=subprocess.PIPE, pass_fds=(fan,)
+        )
+        opener = read_as(BOB, site.root / "menu.txt")
+        assert reader.stdout is not None and reader.stdout.readline() == b"read\n"
+        kill(reader)
+        time.sleep(0.2)
+        assert opener.poll() is None  # still waiting for an answer nobody will give
+        with pytest.raises(OSError) as no_event:
+            os.write(fan, RESPONSE.pack(999, FAN_DENY))
+        assert no_event.value.errno == errno.ENOENT
+        assert _guardian.deny_pending(fan, 64) == 1
+        _, err = opener.communicate(timeout=CHILD_TIMEOUT_S)
+        assert opener.returncode != 0 and b"Operation not permitted" in err
+    finally:
+        for proc in (reader, opener):
+            if proc is not None:
+                kill(proc)
+        os.close(fan)
 
 
 def test_kill_9_leaves_labelled_files_denied(site: Site) -> None:
