@@ -165,10 +165,17 @@ class GuardianLink:
             self.unfinished = unfinished_gap(self.dir / JOURNAL_NAME)
             return None
         except OSError as e:
+            # It may have taken this process for its agent before the reply was lost:
+            # make it answer its group again rather than leave that group unread.
+            with contextlib.suppress(OSError, GuardianError):
+                request(self.dir, "hold")
             raise GuardianError(f"cannot reach the guardian in {self.dir}: {e}") from e
         if not reply.get("ok") or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
+            if reply.get("ok"):  # watched, but without the group: let it answer again
+                with contextlib.suppress(OSError, GuardianError):
+                    request(self.dir, "hold")
             raise GuardianError(f"the guardian refused to hand over: {reply.get('error')}")
         fan_fd = fds[0]
         os.set_inheritable(fan_fd, False)
