@@ -332,6 +332,10 @@ def test_the_gap_of_a_guardian_killed_while_holding_is_reported(site: Site) -> N
 def test_guardian_stop_releases_the_files(site: Site) -> None:
     agent = site.start_agent()
     held_by = site.guardian_pid()
+    with pytest.raises(guardian.GuardianError, match="stop it first"):
+        guardian.release(site.state)  # the running agent's group keeps its marks
+    assert can_read(BOB, site.root / "secret.txt")  # still decided by the agent
+    assert site.guardian_pid() == held_by
     agent.send_signal(signal.SIGTERM)
     assert agent.wait(CHILD_TIMEOUT_S) == 0
     assert not can_read(BOB, site.root / "secret.txt")

@@ -80,8 +80,7 @@ def request(state_dir: Path, command: str) -> tuple[dict[str, Any], list[int]]:
 def release(state_dir: Path) -> bool:
     """Tell the guardian to flush its marks, answer what is pending and exit.
 
-    False when none was running. Stop the agent first: an agent still running sees its
-    guardian gone and starts another.
+    False when none was running; GuardianError while an agent runs (stop it first).
     """
     try:
         reply, _ = request(state_dir, "release")

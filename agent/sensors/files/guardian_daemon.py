@@ -248,12 +248,15 @@ class Guardian:
         return {"ok": True}
 
     def _release(self, agent_alive: bool) -> dict[str, Any]:
+        """Flush the marks, answer what is pending and end; refused while an agent runs
+        (the group is its group: flushing it would unguard the running agent)."""
+        if agent_alive:
+            error = f"agent {self.agent_pid} is running: stop it first, then release"
+            return {"ok": False, "error": error}
         with contextlib.suppress(OSError):
             fanotify_mark(self.fan_fd, FAN_MARK_FLUSH, 0, AT_FDCWD, None)
-        if not agent_alive:  # an agent alive answers its own events
-            _guardian.serve(self.fan_fd, -1, self.journal_fd, os.getpid(), RELEASE_IDLE_MS)
+        _guardian.serve(self.fan_fd, -1, self.journal_fd, os.getpid(), RELEASE_IDLE_MS)
         self._journal({"event": "released"})
-        self._unwatch()
         self.released = True
         _logger.info("guardian %d released", os.getpid())
         return {"ok": True}
