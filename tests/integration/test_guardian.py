@@ -162,6 +162,10 @@ def site() -> Iterator[Site]:
         (s.root / name).write_text(f"content of {name}\n")
         (s.root / name).chmod(0o644)
     os.setxattr(s.root / "secret.txt", "user.baomi.level", "机密".encode())
+    (s.root / "finance").mkdir(mode=0o755)
+    os.setxattr(s.root / "finance", "user.baomi.level", "秘密".encode())
+    (s.root / "finance" / "plan.txt").write_text("content of plan.txt\n")
+    (s.root / "finance" / "plan.txt").chmod(0o644)
     try:
         yield s
     finally:
@@ -234,6 +238,7 @@ def test_kill_9_leaves_labelled_files_denied(site: Site) -> None:
     kill(agent)
     assert not can_read(BOB, site.root / "secret.txt")
     assert can_read(BOB, site.root / "menu.txt")
+    assert not can_read(BOB, site.root / "finance" / "plan.txt")  # would inherit a label
     assert site.guardian_pid() == held_by
     journal = site.journal()
     starts = [r for r in journal if r["event"] == "gap_start"]
@@ -243,6 +248,8 @@ def test_kill_9_leaves_labelled_files_denied(site: Site) -> None:
     ]
     assert (str(site.root / "secret.txt"), "deny", True, BOB) in opens
     assert (str(site.root / "menu.txt"), "allow", False, BOB) in opens
+    [plan] = [r for r in journal if r.get("path") == str(site.root / "finance" / "plan.txt")]
+    assert (plan["decision"], plan["labelled"], plan["inherited"]) == ("deny", True, True)
     assert (site.state / guardian.JOURNAL_NAME).stat().st_mode & 0o777 == 0o600
 
 

@@ -4,8 +4,9 @@
  * The guardian (guardian_daemon.py) holds a duplicate of the agent's fanotify
  * permission group. While no agent reads the group, serve() answers it here, without
  * the GIL and without returning to Python until asked to: DENY an open of a file that
- * carries any user.baomi.* attribute (a label, whole or in part) or that cannot be
- * inspected, ALLOW the rest, and journal each answer as one JSON line.
+ * carries any user.baomi.* attribute (a label, whole or in part), or sits in a
+ * directory that does (the agent would give it the directory's label), or cannot be
+ * inspected; ALLOW the rest, and journal each answer as one JSON line.
  *
  * deny_pending() answers the events a dead agent read and never answered: the kernel
  * matches a response by the fd number the event was delivered as, so writing FAN_DENY
@@ -46,12 +47,12 @@ static int respond(int fan_fd, int fd, int allow)
 	return 0;
 }
 
-/* 1: carries a user.baomi.* attribute; 0: none; -errno: cannot tell. */
-static int labelled(int fd, char *names)
+/* 1: the attribute name list (n bytes, or -1 and errno) has a user.baomi.* name; 0:
+ * none, or no attributes on this file system; -errno: cannot tell. */
+static int has_label(ssize_t n, const char *names)
 {
-	ssize_t n = flistxattr(fd, names, XATTR_LIST_BYTES);
 	if (n < 0)
-		return errno == ENOTSUP ? 0 : -errno; /* no xattrs here: cannot be labelled */
+		return errno == ENOTSUP ? 0 : -errno;
 	for (ssize_t i = 0; i < n;) {
 		size_t len = strnlen(names + i, (size_t)(n - i));
 		if (strncmp(names + i, LABEL_PREFIX, sizeof(LABEL_PREFIX) - 1) == 0)
@@ -59,6 +60,34 @@ static int labelled(int fd, char *names)
 		i += (ssize_t)len + 1;
 	}
 	return 0;
+}
+
+/*
+ * 1: the file carries a label; 2: it does not, but the directory it is in (at path)
+ * does, so the agent would give it that label at its first open (labels.inherit_label);
+ * 0: neither; -errno: cannot tell (also when path, as this process sees it, is not the
+ * file: an opener in another mount namespace). The directory's attributes are read by
+ * name: no open, so no event of our own group.
+ */
+static int labelled(int fd, const char *path, char *names)
+{
+	int label = has_label(flistxattr(fd, names, XATTR_LIST_BYTES), names);
+	if (label != 0)
+		return label;
+	struct stat file, named;
+	if (path[0] != '/' || fstat(fd, &file) < 0 || lstat(path, &named) < 0)
+		return -ESTALE;
+	if (file.st_dev != named.st_dev || file.st_ino != named.st_ino)
+		return -ESTALE;
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s", path);
+	char *slash = strrchr(dir, '/');
+	if (slash == dir)
+		slash[1] = '\0'; /* a file in / */
+	else
+		*slash = '\0';
+	int parent = has_label(llistxattr(dir, names, XATTR_LIST_BYTES), names);
+	return parent == 1 ? 2 : parent;
 }
 
 /* Append s to out as the inside of a JSON string; returns the new end. */
@@ -89,23 +118,20 @@ static int opener_uid(int pid)
 }
 
 static void journal(int journal_fd, const struct fanotify_event_metadata *m, int uid, int allow,
-		    int label, char *line)
+		    int label, const char *path, char *line)
 {
 	struct timespec ts;
-	char path[PATH_MAX], link[32];
 	clock_gettime(CLOCK_REALTIME, &ts);
-	snprintf(link, sizeof(link), "/proc/self/fd/%d", m->fd);
-	ssize_t n = readlink(link, path, sizeof(path) - 1);
-	if (n < 0)
-		n = 0;
 	char *p = line;
 	p += sprintf(p,
 		     "{\"event\": \"open\", \"time\": %lld.%09ld, \"pid\": %d, \"uid\": %d, "
-		     "\"action\": \"%s\", \"decision\": \"%s\", \"labelled\": %s, \"path\": \"",
+		     "\"action\": \"%s\", \"decision\": \"%s\", \"labelled\": %s, "
+		     "\"inherited\": %s, \"path\": \"",
 		     (long long)ts.tv_sec, ts.tv_nsec, m->pid, uid,
 		     (m->mask & FAN_OPEN_EXEC_PERM) ? "execute" : "read", allow ? "allow" : "deny",
-		     label > 0 ? "true" : (label == 0 ? "false" : "null"));
-	p = json_escape(p, path, (size_t)n);
+		     label > 0 ? "true" : (label == 0 ? "false" : "null"),
+		     label == 2 ? "true" : "false");
+	p = json_escape(p, path, strlen(path));
 	p += sprintf(p, "\"}\n");
 	if (write(journal_fd, line, (size_t)(p - line)) < 0) {
 		/* The answer was given already; a journal that cannot be written loses the
@@ -117,7 +143,13 @@ static void journal(int journal_fd, const struct fanotify_event_metadata *m, int
 static void answer(int fan_fd, int journal_fd, int own_pid, const struct fanotify_event_metadata *m,
 		   char *names, char *line, struct tally *t, unsigned long long *records)
 {
-	int label = m->pid == own_pid ? 0 : labelled(m->fd, names);
+	char path[PATH_MAX] = "", link[32];
+	if (m->pid != own_pid) {
+		snprintf(link, sizeof(link), "/proc/self/fd/%d", m->fd);
+		ssize_t n = readlink(link, path, sizeof(path) - 1);
+		path[n > 0 ? n : 0] = '\0';
+	}
+	int label = m->pid == own_pid ? 0 : labelled(m->fd, path, names);
 	int allow = label == 0;
 	int record = m->pid != own_pid && journal_fd >= 0 && *records;
 	int uid = record ? opener_uid(m->pid) : -1;
@@ -129,7 +161,7 @@ static void answer(int fan_fd, int journal_fd, int own_pid, const struct fanotif
 			t->denied++;
 		if (record) {
 			(*records)--;
-			journal(journal_fd, m, uid, allow, label, line);
+			journal(journal_fd, m, uid, allow, label, path, line);
 		} else {
 			t->unrecorded++;
 		}

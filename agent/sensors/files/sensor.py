@@ -571,6 +571,11 @@ def _gap_access(record: dict[str, Any]) -> events_pb2.Event:
     """A ``file_access`` event for one open the guardian answered."""
     allowed = record.get("decision") == "allow"
     labelled = record.get("labelled")
+    why = {True: "labelled", False: "not labelled", None: "cannot be inspected"}.get(
+        labelled, "unknown"
+    )
+    if labelled and record.get("inherited"):
+        why = "in a labelled directory"
     event = events_pb2.Event(
         severity=events_pb2.SEVERITY_INFO if allowed else events_pb2.SEVERITY_MEDIUM,
         file_access=events_pb2.FileAccess(
@@ -579,12 +584,7 @@ def _gap_access(record: dict[str, Any]) -> events_pb2.Event:
             uid=max(int(record.get("uid", -1)), 0),
             pid=int(record.get("pid", 0)),
             decision=events_pb2.DECISION_ALLOW if allowed else events_pb2.DECISION_DENY,
-            reason=(
-                "decided by the guardian while no agent ran: "
-                + {True: "labelled", False: "not labelled", None: "cannot be inspected"}.get(
-                    labelled, "unknown"
-                )
-            ),
+            reason="decided by the guardian while no agent ran: " + why,
         ),
     )
     event.time.FromNanoseconds(int(float(record.get("time", 0)) * 1e9))

@@ -61,6 +61,9 @@ def test_a_gap_becomes_one_tamper_event_and_one_access_per_open(tmp_path: Path) 
     )
     assert "labelled" in a.reason and denied.time.ToNanoseconds() == 1_001_250_000_000
     assert allowed.file_access.decision == events_pb2.DECISION_ALLOW
+    sink.clear()
+    guard._gap_recorded([START, DENIED | {"inherited": True}, END])
+    assert sink[1].file_access.reason.endswith("in a labelled directory")
 
 
 def test_only_a_gap_that_never_ended_is_unfinished(tmp_path: Path) -> None:
