@@ -6,15 +6,17 @@ permission group, so the group and its marks outlive the agent. While an agent r
 the group the guardian only watches it (a pidfd). When the agent dies, or hands over
 on a clean stop (``hold``), the guardian answers the group itself, in C
 (``_guardian.serve``, which returns only when a control connection arrives): opens of
-labelled or uninspectable files are denied, the rest allowed, each journalled as a JSON
-line in ``STATE/guardian.journal`` (root, 0600). A dead agent's unanswered events are
+labelled files, of files in labelled directories and of files it cannot inspect are
+denied, the rest allowed, each journalled as a JSON line in ``STATE/guardian.journal``
+(root, 0600). A dead agent's unanswered events are
 denied by fd number first (``_guardian.deny_pending``).
 
 Control (unix socket ``STATE/guardian.sock``, root peers only; one JSON reply line):
 ``adopt`` (the group fd comes back over SCM_RIGHTS, the gap is closed and the caller
 watched), ``hold`` (the agent stops; serve from now), ``release`` (flush the marks,
-answer what is pending, exit) and ``status``. SIGTERM, SIGINT and SIGHUP are ignored:
-only ``release`` ends the guardian (SIGKILL cannot be refused, and fails open).
+answer what is pending, exit; refused while an agent runs) and ``status``. SIGTERM,
+SIGINT and SIGHUP are ignored: only ``release`` ends the guardian (SIGKILL cannot be
+refused, and fails open).
 """
 
 from __future__ import annotations
