@@ -14,7 +14,7 @@ PROTOS := protos/baomi/v1/events.proto protos/baomi/v1/collector.proto
 .PHONY: demo test bench lint protos protos-check deb venv clean
 
 # The venv builds PyGObject, which needs the Debian GObject headers first.
-$(VENV)/.installed: pyproject.toml agent/sensors/files/_answers.c | deb
+$(VENV)/.installed: pyproject.toml agent/sensors/files/_answers.c agent/sensors/files/_guardian.c | deb
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
@@ -66,4 +66,4 @@ demo: venv
 	$(PY) -m deploy.demo
 
 clean:
-	rm -rf $(VENV) var build *.egg-info agent/sensors/files/_answers.*.so
+	rm -rf $(VENV) var build *.egg-info agent/sensors/files/_answers.*.so agent/sensors/files/_guardian.*.so

@@ -53,6 +53,7 @@ def _sensor_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "roots": [str(p) for p in args.protect],
             "policies": str(args.policies) if args.policies else None,
             "deadline": args.deadline_ms / 1000,
+            "unsafe_no_guardian": args.unsafe_no_guardian,
             "label_key": str(_label_key_path(args)),
         }
     if args.network:
@@ -124,6 +125,29 @@ def _cmd_label_clear(args: argparse.Namespace) -> int:
     except OSError as e:
         raise AgentError(f"cannot clear the label of {args.path}: {e.strerror}") from e
     print(f"{args.path}: {'label removed' if had else 'was not labelled'}")
+    return 0
+
+
+# The guardian's client is imported by its commands only: it is part of the file guard.
+def _cmd_guardian_stop(args: argparse.Namespace) -> int:
+    from agent.sensors.files import guardian  # noqa: PLC0415 - see above
+
+    if guardian.release(args.state_dir):
+        print(f"guardian of {args.state_dir} released: its marks are gone, files unguarded")
+    else:
+        print(f"no guardian runs for {args.state_dir}")
+    return 0
+
+
+def _cmd_guardian_status(args: argparse.Namespace) -> int:
+    from agent.sensors.files import guardian  # noqa: PLC0415 - see _cmd_guardian_stop
+
+    now = guardian.status(args.state_dir)
+    if now is None:
+        print(f"no guardian runs for {args.state_dir}")
+        return 1
+    agent = now.get("agent") or "none (the guardian answers opens itself)"
+    print(f"guardian pid {now.get('pid')}; agent: {agent}")
     return 0
 
 
@@ -248,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="record USB decisions without enforcing them (weakens enforcement)",
     )
     r.add_argument(
+        "--unsafe-no-guardian",
+        action="store_true",
+        help="guard files without a guardian process: a killed agent leaves them "
+        "unguarded until it restarts (weakens enforcement)",
+    )
+    r.add_argument(
         "--process",
         action="store_true",
         help="watch for recording software and processes holding capture devices",
@@ -305,6 +335,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_policies_option(pt)
     pt.set_defaults(func=_cmd_policy_test)
+    g = sub.add_parser(
+        "guardian", help="the process that keeps protected files denied while the agent is down"
+    )
+    gsub = g.add_subparsers(dest="guardian_command", required=True)
+    gstop = gsub.add_parser(
+        "stop", help="release the guardian: stop the agent first; files are unguarded after"
+    )
+    gstop.set_defaults(func=_cmd_guardian_stop)
+    gstatus = gsub.add_parser("status", help="the guardian's pid and the agent it watches")
+    gstatus.set_defaults(func=_cmd_guardian_status)
     devices_cli.add_parser(sub)
     meeting_cli.add_parser(sub)
     return p

@@ -189,6 +189,13 @@ def main() -> int:
                     proc.wait(timeout=15)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+        if agent is not None:
+            # The agent's guardian keeps the demo tree denied after the agent; release it.
+            subprocess.run(
+                [agent_cli, "--state-dir", str(AGENT_STATE), "guardian", "stop"],
+                timeout=15,
+                check=False,
+            )
         print("stopped")
     return 0
 

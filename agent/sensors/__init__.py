@@ -14,6 +14,8 @@ from agent.sensors.base import EventSink, Health, PolicyAware, Sensor, SensorFac
 
 
 def _files(settings: dict[str, Any], sink: EventSink) -> Sensor:
+    import logging  # noqa: PLC0415
+
     from agent.errors import ConfigError  # noqa: PLC0415
     from agent.labels import load_label_key  # noqa: PLC0415
     from agent.sensors.files.sensor import FileGuard, FileGuardConfig  # noqa: PLC0415
@@ -21,14 +23,23 @@ def _files(settings: dict[str, Any], sink: EventSink) -> Sensor:
     policies = settings.get("policies")
     if not settings.get("label_key"):
         raise ConfigError("the files sensor needs label_key: the file its label key is kept in")
+    # The labelled inodes and the guardian's socket and journal are kept beside the
+    # label key, in the state directory.
+    state_dir = Path(settings["label_key"]).parent
+    guardian_dir: Path | None = state_dir
+    if settings.get("unsafe_no_guardian"):
+        logging.getLogger(__name__).warning(
+            "unsafe_no_guardian: the file guard fails open when the agent is killed"
+        )
+        guardian_dir = None
     return FileGuard(
         FileGuardConfig(
             roots=tuple(Path(r) for r in settings.get("roots", ())),
             label_key=load_label_key(Path(settings["label_key"]), create=True),
-            # The labelled inodes are kept beside the label key, in the state directory.
-            inodes_db=Path(settings["label_key"]).parent / "labelled.db",
+            inodes_db=state_dir / "labelled.db",
             policies=Path(policies) if policies else None,
             deadline=float(settings.get("deadline", 0.050)),
+            guardian_dir=guardian_dir,
         ),
         sink,
     )

@@ -181,6 +181,9 @@ def guarded(site: Site, tmp_path: Path) -> Iterator[tuple[AgentThread, RunningCo
                 "policies": str(site.policies),
                 "deadline": 0.5,
                 "label_key": str(site.key_file),
+                # In-process agents here: a guardian would outlive the test
+                # (test_guardian.py tests it, with agents in subprocesses).
+                "unsafe_no_guardian": True,
             }
         },
     )

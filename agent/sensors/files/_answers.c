@@ -424,11 +424,15 @@ static int refill(Answers *self)
  * Answer events until one needs Python; 0 with *ev and *lk filled, or -errno.
  * Runs without the GIL; takes the lock once per event.
  */
-static int serve(Answers *self, struct pending *ev, struct lookup *lk)
+static int serve(Answers *self, struct pending *ev, struct lookup *lk, int may_read)
 {
 	pthread_mutex_lock(&self->lock);
 	for (;;) {
 		if (self->q_head == self->q_tail) {
+			if (!may_read) {
+				pthread_mutex_unlock(&self->lock);
+				return -EAGAIN;
+			}
 			int rc = refill(self);
 			if (rc < 0) {
 				pthread_mutex_unlock(&self->lock);
@@ -560,7 +564,7 @@ PyDoc_STRVAR(next_doc,
 "nothing looked up. The caller must answer and close fd. Raises OSError when the\n"
 "group cannot be read or answered.");
 
-static PyObject *Answers_next(Answers *self, PyObject *Py_UNUSED(ignored))
+static PyObject *next_event(Answers *self, int may_read)
 {
 	if (!ready(self))
 		return NULL;
@@ -570,8 +574,12 @@ static PyObject *Answers_next(Answers *self, PyObject *Py_UNUSED(ignored))
 		return PyErr_NoMemory();
 	int rc;
 	Py_BEGIN_ALLOW_THREADS
-	rc = serve(self, &ev, lk);
+	rc = serve(self, &ev, lk, may_read);
 	Py_END_ALLOW_THREADS
+	if (rc == -EAGAIN && !may_read) {
+		PyMem_RawFree(lk);
+		Py_RETURN_NONE;
+	}
 	if (rc < 0) {
 		PyMem_RawFree(lk);
 		errno = -rc;
@@ -591,6 +599,22 @@ static PyObject *Answers_next(Answers *self, PyObject *Py_UNUSED(ignored))
 		close(ev.fd);
 	}
 	return result;
+}
+
+static PyObject *Answers_next(Answers *self, PyObject *Py_UNUSED(ignored))
+{
+	return next_event(self, 1);
+}
+
+PyDoc_STRVAR(next_queued_doc,
+"next_queued() -> (fd, pid, mask, uid, exe, dev, ino, ctime_ns, err) | None\n\n"
+"Like next(), but never reads the group: the next event already read and not yet\n"
+"handled (repeats answered meanwhile), or None. stop() hands the group to the\n"
+"guardian with nothing read left unanswered.");
+
+static PyObject *Answers_next_queued(Answers *self, PyObject *Py_UNUSED(ignored))
+{
+	return next_event(self, 0);
 }
 
 /*
@@ -855,6 +879,7 @@ static Py_ssize_t Answers_len(Answers *self)
 
 static PyMethodDef Answers_methods[] = {
 	{ "next", (PyCFunction)Answers_next, METH_NOARGS, next_doc },
+	{ "next_queued", (PyCFunction)Answers_next_queued, METH_NOARGS, next_queued_doc },
 	{ "remember", (PyCFunction)(void (*)(void))Answers_remember, METH_VARARGS | METH_KEYWORDS,
 	  remember_doc },
 	{ "take", (PyCFunction)(void (*)(void))Answers_take, METH_VARARGS | METH_KEYWORDS, take_doc },

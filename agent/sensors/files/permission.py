@@ -56,6 +56,7 @@ from agent.sensors.files.fanotify import (
     fanotify_mark,
     fd_path,
 )
+from agent.sensors.files.guardian import GapRecords, GuardianError, GuardianLink
 from agent.sensors.files.trees import OnOverflow, TreeWatcher
 
 _logger = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ class Access:
 
 
 OnError = Callable[[Access | None, BaseException], None]
+OnTamper = Callable[[str, str], None]  # (kind, detail)
 
 
 class PermissionGuard:
@@ -190,9 +192,16 @@ class PermissionGuard:
       closed. Nothing is answered by default: closing a fanotify fd would make the
       kernel allow anything still pending, which is why the queue is drained first.
       Opens after ``stop()`` are not guarded, which is what stopping means.
+    * **With a guardian** (``guardian_dir``, the agent's state directory) the group
+      fails closed instead: a guardian process (``guardian``) holds it too, adopted
+      at ``start()`` (marks intact; ``on_gap(records)`` gets what it journalled while
+      no agent ran) or spawned for a new group. ``stop()`` then keeps the marks,
+      decides what was read and hands the group over (``hold``); a ``kill -9`` of the
+      agent makes the guardian answer by itself (labelled files denied). A guardian
+      that dies is reported (``on_tamper("guardian_died", ...)``) and started again.
     * **Reader failure fails open, loudly.** If reading the group fails, the fd is
       closed (the kernel then allows every open, rather than every open hanging)
-      and health turns ``failed``.
+      and health turns ``failed``. With a guardian, the guardian answers instead.
 
     ``decide`` must not open files under the roots (it would wait for its own
     answer until the deadline); it gets the fd in ``Access`` instead. What it returns
@@ -216,6 +225,9 @@ class PermissionGuard:
         on_overflow: OnOverflow | None = None,
         on_error: OnError | None = None,
         max_stuck: int = DEFAULT_MAX_STUCK,
+        guardian_dir: Path | None = None,
+        on_gap: Callable[[GapRecords], None] | None = None,
+        on_tamper: OnTamper | None = None,
     ) -> None:
         if deadline <= 0:
             raise ConfigError(f"deadline must be positive seconds, not {deadline!r}")
@@ -250,6 +262,13 @@ class PermissionGuard:
         self._running = False
         self._wd_exit = False
         self._stop_lock = threading.Lock()
+        self._guardian_dir = guardian_dir
+        self._on_gap = on_gap
+        self._on_tamper = on_tamper
+        self._guardian: GuardianLink | None = None
+        self._guardian_lock = threading.Lock()  # stop() and a failing reader hand over once
+        self._guardian_problem = ""
+        self._orphan_gap: GapRecords = []  # the journal of a guardian that died holding
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -261,22 +280,11 @@ class PermissionGuard:
         """
         if self._running:
             return
-        try:
-            self._fan_fd = fanotify_init(
-                FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_UNLIMITED_QUEUE | FAN_UNLIMITED_MARKS,
-                EVENT_F_FLAGS,
-            )
-        except OSError as e:
-            if e.errno == errno.EPERM:
-                detail = f"file guard disabled: {CAP_HINT}"
-            else:
-                detail = (
-                    "file guard disabled: this kernel has no fanotify permission events "
-                    f"({e.strerror}); it needs CONFIG_FANOTIFY_ACCESS_PERMISSIONS"
-                )
-            _logger.warning("%s", detail)
-            self._health = Health("disabled", detail)
+        adopted = self._adopt_guardian() if self._guardian_dir is not None else None
+        if adopted is None and not self._new_group():
             return
+        gap = adopted if adopted is not None else self._orphan_gap
+        self._orphan_gap = []
         tree = TreeWatcher(
             "guard-dirs",
             self.roots,
@@ -288,6 +296,7 @@ class PermissionGuard:
         try:
             tree.open()
         except OSError as e:
+            self._hand_over()
             close_quietly(self._fan_fd)
             self._fan_fd = -1
             detail = f"file guard failed: cannot create its directory watch group: {e}"
@@ -321,6 +330,35 @@ class PermissionGuard:
             self._tree_warning = f"new directories are not followed: {err}"
             _logger.error("file guard: %s", self._tree_warning)
         self._health = self._current_health()
+        if gap:
+            self._report_gap(gap)
+
+    def _new_group(self) -> bool:
+        """Create the permission group (and its guardian, if configured)."""
+        try:
+            self._fan_fd = fanotify_init(
+                FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_UNLIMITED_QUEUE | FAN_UNLIMITED_MARKS,
+                EVENT_F_FLAGS,
+            )
+        except OSError as e:
+            if e.errno == errno.EPERM:
+                detail = f"file guard disabled: {CAP_HINT}"
+            else:
+                detail = (
+                    "file guard disabled: this kernel has no fanotify permission events "
+                    f"({e.strerror}); it needs CONFIG_FANOTIFY_ACCESS_PERMISSIONS"
+                )
+            _logger.warning("%s", detail)
+            self._health = Health("disabled", detail)
+            return False
+        if self._guardian is not None:
+            try:
+                self._guardian.spawn(self._fan_fd)
+            except (GuardianError, OSError) as e:
+                self._guardian_problem = f"no guardian: {e}"
+                _logger.error("file guard: %s", self._guardian_problem)
+                self._guardian = None
+        return True
 
     _perm_mask = FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM | FAN_EVENT_ON_CHILD | FAN_ONDIR
 
@@ -345,15 +383,18 @@ class PermissionGuard:
             self._tree.stop()  # no directory is marked from here on
             self._tree = None
         if not self._failed:
-            # No new open waits from here on; what is queued is still decided.
-            with contextlib.suppress(OSError):
-                fanotify_mark(self._fan_fd, FAN_MARK_FLUSH, 0, AT_FDCWD, None)
+            if self._guardian is None:
+                # No new open waits from here on; what is queued is still decided.
+                with contextlib.suppress(OSError):
+                    fanotify_mark(self._fan_fd, FAN_MARK_FLUSH, 0, AT_FDCWD, None)
             self._wake_readers()
+            self._decide_queued()
         self._wd_exit = True
         self._wd_wake.set()
         if self._watchdog is not None:
             self._watchdog.join(STOP_TIMEOUT)
             self._watchdog = None
+        self._hand_over()
         fan, self._fan_fd = self._fan_fd, -1
         if fan >= 0:
             close_quietly(fan)
@@ -388,6 +429,73 @@ class PermissionGuard:
         if not self._drained.wait(STOP_TIMEOUT):
             _logger.error("file guard reader did not drain within %.0f s; closing", STOP_TIMEOUT)
         poker.join(STOP_TIMEOUT)
+
+    # -- the guardian ------------------------------------------------------------------------
+    def _adopt_guardian(self) -> GapRecords | None:
+        """Take the group over from a running guardian: the records of the gap it
+        answered; None when no guardian runs (the link is kept, to spawn one)."""
+        assert self._guardian_dir is not None  # noqa: S101 - only called with one
+        self._guardian_problem = ""
+        link = GuardianLink(self._guardian_dir, self._guardian_died)
+        try:
+            adopted = link.adopt()
+        except GuardianError as e:
+            self._guardian_problem = f"no guardian: {e}"
+            _logger.error("file guard: %s", self._guardian_problem)
+            return None
+        self._guardian = link
+        if adopted is None:
+            self._orphan_gap = link.unfinished  # reported once the trees are guarded
+            return None
+        self._fan_fd, gap = adopted
+        _logger.info("file guard adopted the group of guardian %d", link.pid)
+        return gap
+
+    @property
+    def guardian_pid(self) -> int:
+        """The pid of the guardian holding the group with this guard (0: none)."""
+        guardian = self._guardian
+        return guardian.pid if guardian is not None else 0
+
+    def _hand_over(self) -> None:
+        """Let the guardian answer the group from now on (this agent stops reading)."""
+        with self._guardian_lock:
+            link, self._guardian = self._guardian, None
+        if link is not None:
+            link.hold()
+
+    def _decide_queued(self) -> None:
+        """Decide the events the C loop read past stop()'s wake-up: the marks stay (the
+        guardian answers what comes next), so real events may follow it."""
+        answers = self._answers
+        if answers is None or self._guardian is None:
+            return
+        try:
+            while (event := answers.next_queued()) is not None:
+                self._handle(*event)
+        except OSError as e:
+            _logger.error("file guard cannot decide what it read before stopping: %s", e)
+
+    def _guardian_died(self, detail: str) -> None:
+        self._call_tamper("guardian_died", detail)
+
+    def _report_gap(self, records: GapRecords) -> None:
+        if self._on_gap is None:
+            _logger.warning("file guard: %d records of a guarded gap not reported", len(records))
+            return
+        try:
+            self._on_gap(records)
+        except Exception:
+            _logger.exception("file guard on_gap failed")
+
+    def _call_tamper(self, kind: str, detail: str) -> None:
+        if self._on_tamper is None:
+            _logger.error("file guard tamper %s: %s", kind, detail)
+            return
+        try:
+            self._on_tamper(kind, detail)
+        except Exception:
+            _logger.exception("file guard on_tamper failed")
 
     # -- labelled files wherever they are --------------------------------------------------
     def mark_file(self, fd: int) -> bool:
@@ -469,6 +577,10 @@ class PermissionGuard:
             problems.append(f"{self._stuck} decisions still running past the deadline")
         if self._tree_warning:
             problems.append(self._tree_warning)
+        guardian = self._guardian
+        problem = guardian.problem if guardian is not None else self._guardian_problem
+        if problem and self._guardian_dir is not None:
+            problems.append(f"{problem}: a crash of the agent would leave files unguarded")
         if tree is not None and tree.failed:
             problems.append(f"new directories are not followed: {tree.failed}")
         if tree is not None and tree.unfollowed:
@@ -685,6 +797,7 @@ class PermissionGuard:
         self._health = Health("failed", detail)
         self._drained_flag = True
         self._drained.set()
+        self._hand_over()  # a guardian fails closed: its answers, not an open door
         fan, self._fan_fd = self._fan_fd, -1
         if fan >= 0:
             close_quietly(fan)

@@ -76,6 +76,9 @@ class FileGuardConfig:
     inodes_db: Path | None = None  # where the labelled inodes are kept (None: memory only)
     policies: Path | None = None  # a local policy directory, loaded at start
     deadline: float = 0.050  # seconds; past it the open is denied
+    #: The state directory a guardian process keeps its socket and journal in, holding
+    #: the permission group while the agent is down (None: no guardian, fails open).
+    guardian_dir: Path | None = None
 
 
 def _cmdline(pid: int) -> str:
@@ -144,6 +147,9 @@ class FileGuard:
             on_timeout=self._timed_out,
             on_overflow=self._overflow,
             on_error=self._error,
+            guardian_dir=config.guardian_dir,
+            on_gap=self._gap_recorded,
+            on_tamper=self._tamper,
         )
         self._changes = ChangeWatcher(config.roots, self._on_change, on_overflow=self._overflow)
         # Writes and deletions are refused by DAC, which the keeper owns (dac.py).
@@ -657,3 +663,57 @@ class FileGuard:
                 ),
             )
         )
+
+    # -- the guardian's gap ---------------------------------------------------------------
+    def _gap_recorded(self, records: list[dict[str, Any]]) -> None:
+        """Record what the guardian journalled while no agent ran: one ``guard_gap``
+        tamper event (start, end, counts) and one ``file_access`` per open it answered."""
+        start = next((r for r in records if r.get("event") == "gap_start"), {})
+        end = next((r for r in records if r.get("event") == "gap_end"), {})
+        pending = sum(int(r.get("count", 0)) for r in records if r.get("event") == "pending_denied")
+        opens = [r for r in records if r.get("event") == "open"]
+        denied = sum(r.get("decision") != "allow" for r in opens)
+        detail = (
+            f"no agent guarded files ({start.get('reason', 'unknown')}); the guardian "
+            f"denied {end.get('denied', denied)} opens of labelled files, allowed "
+            f"{end.get('allowed', len(opens) - denied)}, left {end.get('unrecorded', 0)} "
+            f"unrecorded, and denied {pending} opens the agent had not answered"
+        )
+        if not end:
+            detail += (
+                "; then the guardian stopped (killed, or the host restarted) before an agent "
+                "took over: opens after its last record were NOT guarded"
+            )
+        tamper = events_pb2.Tamper(kind="guard_gap", detail=detail)
+        if "time" in start:
+            tamper.gap_start.FromNanoseconds(int(float(start["time"]) * 1e9))
+        if "time" in end:
+            tamper.gap_end.FromNanoseconds(int(float(end["time"]) * 1e9))
+        self._sink(events_pb2.Event(severity=events_pb2.SEVERITY_HIGH, tamper=tamper))
+        for r in records:
+            if r.get("event") == "open":
+                self._sink(_gap_access(r))
+
+
+def _gap_access(record: dict[str, Any]) -> events_pb2.Event:
+    """A ``file_access`` event for one open the guardian answered."""
+    allowed = record.get("decision") == "allow"
+    labelled = record.get("labelled")
+    why = {True: "labelled", False: "not labelled", None: "cannot be inspected"}.get(
+        labelled, "unknown"
+    )
+    if labelled and record.get("inherited"):
+        why = "in a labelled directory"
+    event = events_pb2.Event(
+        severity=events_pb2.SEVERITY_INFO if allowed else events_pb2.SEVERITY_MEDIUM,
+        file_access=events_pb2.FileAccess(
+            path=str(record.get("path", "")),
+            action=str(record.get("action", "read")),
+            uid=max(int(record.get("uid", -1)), 0),
+            pid=int(record.get("pid", 0)),
+            decision=events_pb2.DECISION_ALLOW if allowed else events_pb2.DECISION_DENY,
+            reason="decided by the guardian while no agent ran: " + why,
+        ),
+    )
+    event.time.FromNanoseconds(int(float(record.get("time", 0)) * 1e9))
+    return event

@@ -124,3 +124,8 @@ def test_bad_limits_and_uninitialised_use_are_refused() -> None:
     a = Answers.__new__(Answers)
     with pytest.raises(RuntimeError, match="__init__ was not called"):
         a.take()
+
+
+def test_next_queued_never_reads_the_group(make: Callable[..., Answers]) -> None:
+    # The pipe is empty: a read would block; next_queued() answers None instead.
+    assert make().next_queued() is None

@@ -1,0 +1,67 @@
+"""A file-guard agent in a process of its own, for tests that SIGKILL it.
+
+``python -m tests.guardian_agent --root DIR --state DIR --out FILE [--slow NAME]``
+runs a ``PermissionGuard`` with a guardian over ``DIR`` that allows every open, but
+takes ``SLOW_SECONDS`` over any file named ``NAME``. It writes JSON lines to ``FILE``:
+``ready`` (with its guardian's pid) once guarding, ``deciding`` when a slow decision
+starts, each ``tamper`` (kind, detail) and ``gap`` (the records). SIGTERM stops it
+cleanly (the guardian holds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.sensors.files.permission import Access, PermissionGuard
+
+SLOW_SECONDS = 60.0  # a decision this slow outlives the test's kill -9
+DEADLINE = 120.0  # seconds: longer than a slow decision, so only the kill ends it
+
+
+def main() -> None:
+    """Guard until SIGTERM."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--state", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--slow", default="")
+    args = p.parse_args()
+    out = args.out.open("a", buffering=1)
+    lock = threading.Lock()
+
+    def emit(record: dict[str, Any]) -> None:
+        with lock:
+            out.write(json.dumps(record) + "\n")
+
+    def decide(access: Access) -> bool:
+        if args.slow and access.path.endswith("/" + args.slow):
+            emit({"event": "deciding", "path": access.path})
+            time.sleep(SLOW_SECONDS)
+        return True
+
+    guard = PermissionGuard(
+        [args.root],
+        decide,
+        deadline=DEADLINE,
+        guardian_dir=args.state,
+        on_gap=lambda records: emit({"event": "gap", "records": records}),
+        on_tamper=lambda kind, detail: emit({"event": "tamper", "kind": kind, "detail": detail}),
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    guard.start()
+    emit({"event": "ready", "guardian": guard.guardian_pid})
+    while not stop.wait(0.05):
+        pass
+    guard.stop()
+    emit({"event": "stopped"})
+
+
+if __name__ == "__main__":
+    main()
