@@ -178,7 +178,10 @@ def guarded(site: Site, tmp_path: Path) -> Iterator[tuple[AgentThread, RunningCo
         },
     )
     agent = AgentThread(config)
-    wait_for(lambda: any(s.name == "files" for s in agent.agent.sensors))
+    # Listed before started: wait until it guards (its health is ok only then).
+    wait_for(
+        lambda: any(s.name == "files" and s.health().state == "ok" for s in agent.agent.sensors)
+    )
     try:
         yield agent, collector
     finally:

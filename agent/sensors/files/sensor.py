@@ -25,6 +25,7 @@ from typing import Any
 
 from baomi.v1 import events_pb2
 
+from agent.decision.apps import ApprovedApps, ContentHashes, Interpreters
 from agent.decision.engine import Engine, Verdict
 from agent.decision.errors import PolicyError
 from agent.decision.policy import PolicySet
@@ -42,6 +43,7 @@ from agent.labels import (
 from agent.sensors.base import EventSink, Health
 from agent.sensors.files import inodes
 from agent.sensors.files.changes import Change, ChangeWatcher
+from agent.sensors.files.opener import Opener, Openers, unapproved
 from agent.sensors.files.permission import Access, PermissionGuard
 
 _logger = logging.getLogger(__name__)
@@ -89,6 +91,10 @@ class FileGuard:
         self._config = config
         self._sink = sink
         self._engine: Engine | None = None
+        # The approved programs of the engine's policy, by identity (opener.py); paired
+        # with the engine they were resolved for.
+        self._openers: tuple[Engine, Openers] | None = None
+        self._hashes = ContentHashes()  # kept across policies: unchanged programs stay hashed
         self._labels: dict[tuple[int, int, int], Label | None] = {}
         self._last_labels: dict[tuple[int, int], Label] = {}  # (dev, ino) -> last seen
         self._declassified: set[tuple[int, int, str]] = set()
@@ -118,10 +124,20 @@ class FileGuard:
     def apply_policy(self, directory: Path) -> None:
         """Load and enforce the policy in ``directory``; PolicyError keeps the old one."""
         policyset = PolicySet.load(directory)
+        interpreters = Interpreters.scan()
+        apps = ApprovedApps.resolve(
+            policyset.subjects,
+            hashes=self._hashes,
+            interpreters=interpreters,
+            protected=[Path(r) for r in self._guard.roots],
+        )
+        engine = Engine(policyset)
+        openers = Openers(apps, hashes=self._hashes, interpreters=interpreters)
         with self._lock:
             # A new Engine, not a reload in place: the fold table is keyed by the engine
             # that decided, so no answer of the old policy is given after this returns.
-            self._engine = Engine(policyset)
+            self._openers = (engine, openers)
+            self._engine = engine
         self.flush()
         _logger.info("file policy %s in force", policyset.version)
 
@@ -346,14 +362,7 @@ class FileGuard:
         if engine is None:
             verdict = Verdict(False, "", "no policy loaded")
         else:
-            verdict = engine.decide(
-                uid=access.uid,
-                exe=access.executable,
-                path=policy_path(label, access.path),  # the file's home, not the way in
-                file_key=(access.dev, access.ino, access.ctime_ns),
-                label=label,
-                action=access.action,
-            )
+            verdict = self._verdict(engine, access, label)
         first = self._record(access, label, verdict)
         # The same process opening the same file version again, under the same policy,
         # gets the same answer from the guard (in C) and is counted, not re-recorded.
@@ -361,6 +370,49 @@ class FileGuard:
             if engine is self._engine:  # not decided under a policy replaced meanwhile
                 self._guard.repeat(access, verdict.allow, first)
         return verdict.allow
+
+    def _opener(self, engine: Engine, access: Access) -> Opener:
+        """The opening process as ``engine``'s policy sees it (opener.py)."""
+        pair = self._openers
+        if pair is None or pair[0] is not engine:  # a policy switched meanwhile
+            return Opener(unapproved(access.executable, "policy changing"), "?")
+        return pair[1].lookup(access.pid, access.executable)
+
+    def _verdict(self, engine: Engine, access: Access, label: Label | None) -> Verdict:
+        """The engine's verdict on ``access``, the opener's program given by identity.
+
+        A read by an interpreter or the dynamic loader runs what it reads (``sh
+        run.sh``, ``ld.so BINARY``): it is decided as an execute too, and denied when an
+        ``execute, deny`` rule matches the file (a read of data, which no execute rule
+        names, is decided as a read alone).
+        """
+        opener = self._opener(engine, access)
+        path = policy_path(label, access.path)  # the file's home, not the way in
+        file_key = (access.dev, access.ino, access.ctime_ns)
+        verdict = engine.decide(
+            uid=access.uid,
+            exe=opener.exe,
+            path=path,
+            file_key=file_key,
+            label=label,
+            action=access.action,
+        )
+        if verdict.allow and opener.interpreter and access.action == "read":
+            run = engine.decide(
+                uid=access.uid,
+                exe=opener.exe,
+                path=path,
+                file_key=file_key,
+                label=label,
+                action="execute",
+            )
+            if not run.allow and run.rule:
+                return Verdict(
+                    False,
+                    run.rule,
+                    f"read by {opener.interpreter}, which runs what it reads: {run.reason}",
+                )
+        return verdict
 
     def _record(self, access: Access, label: Label | None, verdict: Verdict) -> events_pb2.Event:
         """Record the access; returns a copy of its event, to stand for its repeats."""

@@ -1,0 +1,215 @@
+"""Who opens a file: the program a process runs, by identity, and whether it is its own.
+
+The guard is given the path ``readlink /proc/PID/exe`` shows, which a bind mount in a
+user namespace sets to anything. :meth:`Openers.lookup` looks at the process instead:
+
+* its **program**, ``os.stat("/proc/PID/exe")`` (the kernel's link to the inode it ran),
+  is an approved application only when inode and content match one of the policy
+  (:class:`agent.decision.apps.ApprovedApps`);
+* an approved program is **tainted**, and counts as unapproved, when someone else's code
+  may run in it: an ``LD_*`` (or other code-loading) variable in its environment, a
+  non-empty ``/etc/ld.so.preload`` in its root, code mapped from a file that is not
+  root's or is writable by others (a preloaded library, a library bind-mounted over a
+  system one), or a tracer (``TracerPid``);
+* whether it is an **interpreter** or the dynamic loader (by the name it was run by or
+  by the inode of one of the host's), whose reads run what they read.
+
+The engine is given the listed path of the approved program, or
+``(unapproved: PATH; REASON)``, which no person's list can contain; the reason then
+appears in the verdict's reason.
+
+What is cached, per process (pid, start time, the address of its environment block --
+new at every exec -- and the inode of its program): whether it is an interpreter and its
+environment, preload and mapped-code taint. An environment cannot change what the loader
+did at exec, and the libraries mapped at the first open are those the loader put there.
+Looked up again at every decision: the program's inode (one ``stat``), its content when
+that inode changed since the policy loaded, and for an approved program its tracer (one
+read of ``/proc/PID/status``), since a tracer may attach at any time. Nothing here
+opens a file under the protected roots.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from dataclasses import dataclass
+
+from agent.decision.apps import (
+    ApprovedApps,
+    ContentHashes,
+    Interpreters,
+    is_loader_name,
+)
+
+PROCESSES_KEPT = 4096  # processes remembered (a few hundred bytes each)
+ENVIRON_BYTES = 4 * 1024 * 1024  # of /proc/PID/environ read; a larger one is a taint
+MAPS_BYTES = 16 * 1024 * 1024  # of /proc/PID/maps read; a larger one is a taint
+#: Environment variables besides every ``LD_*`` that make a program load other code:
+#: glibc's (iconv modules, tunables) and the toolkits' module paths.
+CODE_LOADING_VARIABLES = frozenset({
+    b"GCONV_PATH", b"GLIBC_TUNABLES", b"GTK_MODULES", b"GTK3_MODULES", b"GTK_PATH",
+    b"GIO_EXTRA_MODULES", b"QT_PLUGIN_PATH", b"QT_QPA_PLATFORM_PLUGIN_PATH",
+    b"GST_PLUGIN_PATH", b"GST_PLUGIN_SYSTEM_PATH",
+})  # fmt: skip
+_STAT_START, _STAT_ENV_START, _STAT_ENV_END = 22, 50, 51  # proc(5) field numbers
+
+
+@dataclass(frozen=True, slots=True)
+class Opener:
+    """The opening process as the policy sees it."""
+
+    exe: str  # an approved program's listed path, or "(unapproved: PATH[; REASON])"
+    interpreter: str  # the interpreter or loader it runs ("" when none): it runs reads
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    interpreter: str
+    taint: str  # why its approved program does not count ("" when it does)
+
+
+def unapproved(shown: str, reason: str = "") -> str:
+    """The ``exe`` given to the engine for a process not running an approved program."""
+    return f"(unapproved: {shown or '?'}; {reason})" if reason else f"(unapproved: {shown or '?'})"
+
+
+class Openers:
+    """The opening process of each decision, cached per process (see the module doc)."""
+
+    def __init__(
+        self,
+        apps: ApprovedApps,
+        *,
+        hashes: ContentHashes,
+        interpreters: Interpreters,
+        kept: int = PROCESSES_KEPT,
+    ) -> None:
+        self._apps = apps
+        self._hashes = hashes
+        self._interpreters = interpreters
+        self._kept = kept
+        self._known: dict[tuple[int, ...], _Known] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, pid: int, shown: str) -> Opener:
+        """The process ``pid`` (whose exe link reads ``shown``) as the policy sees it."""
+        try:
+            ident = _stat_fields(pid)
+            st = os.stat(f"/proc/{pid}/exe")  # noqa: PTH116 - the decision path: no Path
+        except (OSError, ValueError, IndexError):
+            return Opener(unapproved(shown, "its program cannot be looked up"), "?")
+        key = (pid, *ident, st.st_dev, st.st_ino)
+        known = self._known.get(key)
+        if known is None:
+            known = self._learn(pid, shown, st)
+            try:
+                same = _stat_fields(pid) == ident
+            except (OSError, ValueError, IndexError):
+                same = False
+            if not same:  # it ran another program while looked at
+                return Opener(unapproved(shown, "it changed program while checked"), "?")
+            with self._lock:
+                if len(self._known) >= self._kept:
+                    self._known.clear()  # bounded; a process forgotten is looked at again
+                self._known[key] = known
+        if known.taint:
+            return Opener(unapproved(shown, known.taint), known.interpreter)
+        app, why = self._apps.identify(st, self._hashes)
+        if app is None:
+            return Opener(unapproved(shown, why), known.interpreter)
+        tracer = _tracer(pid)
+        if tracer:
+            who = f"pid {tracer}" if tracer > 0 else "an unknown tracer (status unreadable)"
+            return Opener(unapproved(shown, f"traced by {who}"), known.interpreter)
+        return Opener(app.path, known.interpreter)
+
+    def _learn(self, pid: int, shown: str, st: os.stat_result) -> _Known:
+        interpreter = self._interpreters.name_of(shown, st) or ""
+        if interpreter and is_loader_name(interpreter):
+            return _Known(interpreter, "the dynamic loader run directly")
+        if (st.st_dev, st.st_ino) not in self._apps.by_inode:
+            return _Known(interpreter, "")  # never approved: its taint does not matter
+        taint = _environment_taint(pid) or _preload_taint(pid) or _mapped_code_taint(pid, st)
+        return _Known(interpreter, taint)
+
+
+def _read(path: str, limit: int) -> bytes:
+    with open(path, "rb", buffering=0) as f:  # noqa: PTH123 - /proc, one raw read
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"more than {limit} bytes")
+    return data
+
+
+def _stat_fields(pid: int) -> tuple[int, int, int]:
+    """(start time, environment start, environment end) from ``/proc/PID/stat``."""
+    data = _read(f"/proc/{pid}/stat", 4096)
+    rest = data[data.rindex(b")") + 2 :].split()  # field 3 onwards; comm may hold ')'
+    return (
+        int(rest[_STAT_START - 3]),
+        int(rest[_STAT_ENV_START - 3]),
+        int(rest[_STAT_ENV_END - 3]),
+    )
+
+
+def _environment_taint(pid: int) -> str:
+    try:
+        environ = _read(f"/proc/{pid}/environ", ENVIRON_BYTES)
+    except OSError as e:
+        return f"its environment cannot be checked ({e.strerror or e})"
+    names = []
+    for entry in environ.split(b"\0"):
+        name = entry.partition(b"=")[0]
+        if name.startswith(b"LD_") or name in CODE_LOADING_VARIABLES:
+            names.append(name.decode("ascii", "replace"))
+    if names:
+        return f"{', '.join(sorted(set(names))[:4])} in its environment"
+    return ""
+
+
+def _preload_taint(pid: int) -> str:
+    # Through the process's root: a mount namespace of its own may put a file there.
+    try:
+        size = os.stat(f"/proc/{pid}/root/etc/ld.so.preload").st_size  # noqa: PTH116
+    except FileNotFoundError:
+        return ""
+    except OSError as e:
+        return f"/etc/ld.so.preload cannot be checked ({e.strerror})"
+    return "/etc/ld.so.preload is not empty" if size else ""
+
+
+def _mapped_code_taint(pid: int, exe: os.stat_result) -> str:
+    """Code mapped from a file someone other than root could have written."""
+    try:
+        maps = _read(f"/proc/{pid}/maps", MAPS_BYTES)
+    except OSError as e:
+        return f"its mapped code cannot be checked ({e.strerror or e})"
+    seen: set[tuple[bytes, bytes]] = set()
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) < 5 or b"x" not in fields[1] or fields[4] == b"0":
+            continue  # not executable, or anonymous (a JIT's; [vdso])
+        if (fields[3], fields[4]) in seen:
+            continue
+        seen.add((fields[3], fields[4]))
+        name = fields[5].decode("utf-8", "replace").strip() if len(fields) == 6 else "?"
+        try:  # through map_files: the mapped inode itself, whatever its path shows
+            st = os.stat(f"/proc/{pid}/map_files/{fields[0].decode()}")  # noqa: PTH116
+        except OSError as e:
+            return f"its mapped code cannot be checked ({name}: {e.strerror})"
+        if (st.st_dev, st.st_ino) == (exe.st_dev, exe.st_ino):
+            continue  # the program itself, checked by its content
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            return f"runs code from {name} (owner uid {st.st_uid}, mode {st.st_mode & 0o7777:o})"
+    return ""
+
+
+def _tracer(pid: int) -> int:
+    """The pid of the process tracing ``pid`` (0: none; -1: unknown)."""
+    try:
+        status = _read(f"/proc/{pid}/status", 64 * 1024)
+        at = status.index(b"\nTracerPid:")
+        return int(status[at + 11 : status.index(b"\n", at + 1)])
+    except (OSError, ValueError):
+        return -1
