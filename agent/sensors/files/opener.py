@@ -10,7 +10,8 @@ user namespace sets to anything. :meth:`Openers.lookup` looks at the process ins
   may run in it: an ``LD_*`` (or other code-loading) variable in its environment, a
   non-empty ``/etc/ld.so.preload`` in its root, code mapped from a file that is not
   root's or is writable by others (a preloaded library, a library bind-mounted over a
-  system one), or a tracer (``TracerPid``);
+  system one), or a tracer of its main thread (``TracerPid``; other threads' are not
+  looked at);
 * whether it is an **interpreter** or the dynamic loader (by the name it was run by or
   by the inode of one of the host's), whose reads run what they read.
 

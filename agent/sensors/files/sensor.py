@@ -4,10 +4,11 @@ It joins three parts: the kernel edge (``fanotify``: PermissionGuard answers ope
 ChangeWatcher reports writes, creations, renames and deletions), the labels on files
 (``agent.labels``) and the decision engine (``agent.decision``). Each open becomes a
 ``file_access`` event with the label, the person, the process and the rule that
-decided; each change a ``file_change`` event. A process opening the same file again
-gets the same answer from the guard's C read loop, counted; every ``FOLD_SECONDS``
-(and whenever the policy changes) the counts become one event per repeated access and
-every such answer is forgotten, so the next open is decided afresh.
+decided; each change a ``file_change`` event. The opener's program counts as an
+approved application by its identity, not its path (``opener``). A process opening the
+same file again gets the same answer from the guard's C read loop, counted; every
+``FOLD_SECONDS`` (and whenever the policy changes) the counts become one event per
+repeated access and every such answer is forgotten, so the next open is decided afresh.
 
 Without a loaded policy every open under the roots is denied: an empty policy is an
 error, never "allow all".
