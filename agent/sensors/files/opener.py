@@ -138,14 +138,19 @@ class Openers:
 
 
 def _read(path: str, limit: int) -> bytes:
+    """All of a /proc file, to its end (a read of ``maps`` gives a page at a time)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # os.*, not open(): half the cost
     try:
-        data = os.read(fd, limit + 1)
+        chunks = []
+        size = 0
+        while chunk := os.read(fd, min(limit + 1 - size, 256 * 1024)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise OSError(errno.EFBIG, f"more than {limit} bytes")
     finally:
         os.close(fd)
-    if len(data) > limit:
-        raise OSError(errno.EFBIG, f"more than {limit} bytes")
-    return data
+    return b"".join(chunks)
 
 
 def _stat_fields(pid: int) -> tuple[int, int, int]:

@@ -53,7 +53,7 @@ class Running:
     def start(self, *argv: str, ran: str, env: dict[str, str] | None = None) -> int:
         """Start ``argv``; returns its pid once its exe link reads ``ran``."""
         proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             env=env if env is not None else {"PATH": "/usr/bin:/bin"},
         )  # fmt: skip
         self.procs.append(proc)
@@ -204,3 +204,16 @@ def test_a_vanished_process(openers: Openers) -> None:
     seen = openers.lookup(2**22 + 1, "/usr/bin/x")
     assert seen.exe == "(unapproved: /usr/bin/x; its program cannot be looked up)"
     assert seen.interpreter == "?"  # unknown: its reads are decided as executes too
+
+
+def test_proc_files_are_read_to_their_end(running: Running) -> None:
+    # A read of maps gives one page at a time: a library past it must not be missed.
+    code = "import ssl, sqlite3, ctypes, decimal, sys; print(flush=True); sys.stdin.read()"
+    pid = running.start("/usr/bin/python3", "-c", code, ran="/usr/bin/python3")
+    proc = running.procs[-1]
+    proc.stdout.readline()  # type: ignore[union-attr]  # imported: its maps stay put
+    whole = Path(f"/proc/{pid}/maps").read_bytes()
+    assert len(whole) > 2 * 4096  # pages: what one read() gives
+    assert opener_module._read(f"/proc/{pid}/maps", 1 << 24) == whole
+    with pytest.raises(OSError, match="more than 100 bytes"):
+        opener_module._read(f"/proc/{pid}/maps", 100)
