@@ -10,8 +10,7 @@ user namespace sets to anything. :meth:`Openers.lookup` looks at the process ins
   may run in it: an ``LD_*`` (or other code-loading) variable in its environment, a
   non-empty ``/etc/ld.so.preload`` in its root, code mapped from a file that is not
   root's or is writable by others (a preloaded library, a library bind-mounted over a
-  system one), or a tracer of its main thread (``TracerPid``; other threads' are not
-  looked at);
+  system one), or a tracer (``TracerPid`` of any of its threads);
 * whether it is an **interpreter** or the dynamic loader (by the name it was run by or
   by the inode of one of the host's), whose reads run what they read.
 
@@ -27,9 +26,10 @@ of its program): an environment changed later cannot change what the loader did 
 exec, and a library the loader mapped is there at the first guarded open. Looked up at
 every decision of an approved program: ``/proc/PID/stat`` (the cache key), its content
 only when its inode changed since the policy loaded (then hashed once per version,
-which may take longer than the decision deadline for a large program), and its tracer
-(``/proc/PID/status``), since a tracer may attach at any time: ~35 us in all. Nothing
-here opens a file under the protected roots.
+which may take longer than the decision deadline for a large program), and its tracers
+(``/proc/PID/status``, and each thread's when it has more than one), since a tracer may
+attach at any time: ~35 us in all for one thread, ~20 us more per further thread.
+Nothing here opens a file under the protected roots.
 """
 
 from __future__ import annotations
@@ -216,11 +216,27 @@ def _mapped_code_taint(pid: int, exe: os.stat_result) -> str:
     return ""
 
 
+def _status_field(status: bytes, name: bytes) -> int:
+    at = status.index(b"\n" + name + b":")
+    return int(status[at + len(name) + 2 : status.index(b"\n", at + 1)])
+
+
 def _tracer(pid: int) -> int:
-    """The pid of the process tracing ``pid`` (0: none; -1: unknown)."""
+    """The pid of a process tracing any thread of ``pid`` (0: none; -1: unknown)."""
     try:
         status = _read(f"/proc/{pid}/status", 64 * 1024)
-        at = status.index(b"\nTracerPid:")
-        return int(status[at + 11 : status.index(b"\n", at + 1)])
+        tracer = _status_field(status, b"TracerPid")
+        if tracer or _status_field(status, b"Threads") == 1:
+            return tracer
+        # A tracer of any thread controls the whole address space: look at each.
+        for tid in os.listdir(f"/proc/{pid}/task"):  # noqa: PTH208 - the decision path
+            try:
+                status = _read(f"/proc/{pid}/task/{tid}/status", 64 * 1024)
+            except FileNotFoundError:
+                continue  # that thread ended
+            tracer = _status_field(status, b"TracerPid")
+            if tracer:
+                return tracer
     except (OSError, ValueError):
         return -1
+    return 0

@@ -384,8 +384,8 @@ class FileGuard:
 
         A read by an interpreter or the dynamic loader runs what it reads (``sh
         run.sh``, ``ld.so BINARY``): it is decided as an execute too, and denied when an
-        ``execute, deny`` rule matches the file (a read of data, which no execute rule
-        names, is decided as a read alone).
+        ``execute, deny`` rule matches the file; a read no such rule matches is decided
+        as a read alone (the agent cannot tell a script from data).
         """
         opener = self._opener(engine, access)
         path = policy_path(label, access.path)  # the file's home, not the way in

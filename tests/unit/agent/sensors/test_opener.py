@@ -217,3 +217,23 @@ def test_proc_files_are_read_to_their_end(running: Running) -> None:
     assert opener_module._read(f"/proc/{pid}/maps", 1 << 24) == whole
     with pytest.raises(OSError, match="more than 100 bytes"):
         opener_module._read(f"/proc/{pid}/maps", 100)
+
+
+def test_a_tracer_of_another_thread_is_seen(running: Running) -> None:
+    code = (
+        "import sys, threading, time; threading.Thread(target=time.sleep, args=(60,)).start();"
+        " print(flush=True); sys.stdin.read()"
+    )
+    pid = running.start("/usr/bin/python3", "-c", code, ran="/usr/bin/python3")
+    running.procs[-1].stdout.readline()  # type: ignore[union-attr]  # its thread runs
+    tid = next(t.name for t in Path(f"/proc/{pid}/task").iterdir() if int(t.name) != pid)
+    strace = subprocess.Popen(
+        ["/usr/bin/strace", "-o", "/dev/null", "-p", tid], stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_until(lambda: opener_module._tracer(pid) == strace.pid)
+        main = Path(f"/proc/{pid}/status").read_text()
+        assert "TracerPid:\t0\n" in main  # the main thread is not traced
+    finally:
+        strace.terminate()
+        strace.wait(timeout=10)
