@@ -166,6 +166,17 @@ def test_the_approved_program_under_a_tracer(arranged: Site, guarded: Guarded) -
     assert f"(unapproved: {arranged.viewer}; traced by pid " in a.reason
 
 
+def test_the_approved_program_in_a_user_namespace(arranged: Site, guarded: Guarded) -> None:
+    # There it could have pointed its exe link at the approved file (PR_SET_MM_MAP).
+    _, collector = guarded
+    top = arranged.root / "top.txt"
+    done = _run_as(ALICE, "unshare", "-Ur", arranged.viewer, str(top))
+    assert _denied(done), done.stderr
+    a = _the_access(collector, top, ALICE)
+    assert a.decision == events_pb2.DECISION_DENY
+    assert "it runs in another user namespace" in a.reason
+
+
 def test_the_loader_running_the_approved_program(arranged: Site, guarded: Guarded) -> None:
     _, collector = guarded
     top = arranged.root / "top.txt"

@@ -7,7 +7,9 @@ user namespace sets to anything. :meth:`Openers.lookup` looks at the process ins
   is an approved application only when inode and content match one of the policy
   (:class:`agent.decision.apps.ApprovedApps`);
 * an approved program is **tainted**, and counts as unapproved, when someone else's code
-  may run in it: an ``LD_*`` (or other code-loading) variable in its environment, a
+  may run in it or its exe link cannot be trusted: a user namespace other than the
+  agent's (where ``prctl(PR_SET_MM_MAP)`` may point the link at any file), an ``LD_*``
+  (or other code-loading) variable in its environment, a
   non-empty ``/etc/ld.so.preload`` in its root, code mapped from a file that is not
   root's or is writable by others (a preloaded library, a library bind-mounted over a
   system one), or a tracer (``TracerPid`` of any of its threads);
@@ -89,6 +91,7 @@ class Openers:
         self._kept = kept
         self._known: dict[tuple[int, ...], str] = {}  # process and exec -> taint
         self._lock = threading.Lock()
+        self._userns = _namespace("self", "user")
 
     def lookup(self, pid: int, shown: str) -> Opener:  # noqa: PLR0911 - one per way to fail
         """The process ``pid`` (whose exe link reads ``shown``) as the policy sees it."""
@@ -123,7 +126,12 @@ class Openers:
         key = (pid, *ident, st.st_dev, st.st_ino)
         taint = self._known.get(key)
         if taint is None:
-            taint = _environment_taint(pid) or _preload_taint(pid) or _mapped_code_taint(pid, st)
+            taint = (
+                self._userns_taint(pid)
+                or _environment_taint(pid)
+                or _preload_taint(pid)
+                or _mapped_code_taint(pid, st)
+            )
             try:
                 same = _stat_fields(pid) == ident
             except (OSError, ValueError, IndexError):
@@ -135,6 +143,22 @@ class Openers:
                     self._known.clear()  # bounded; a process forgotten is looked at again
                 self._known[key] = taint
         return taint
+
+    def _userns_taint(self, pid: int) -> str:
+        # In a user namespace of its own a process holds CAP_CHECKPOINT_RESTORE there,
+        # enough to point its exe link at any file (prctl PR_SET_MM_MAP with exe_fd).
+        try:
+            userns = _namespace(str(pid), "user")
+        except OSError as e:
+            return f"its user namespace cannot be checked ({e.strerror})"
+        if userns != self._userns:
+            return "it runs in another user namespace, where its exe link can be reset"
+        return ""
+
+
+def _namespace(pid: str, kind: str) -> tuple[int, int]:
+    st = os.stat(f"/proc/{pid}/ns/{kind}")  # noqa: PTH116 - the decision path
+    return (st.st_dev, st.st_ino)
 
 
 def _read(path: str, limit: int) -> bytes:

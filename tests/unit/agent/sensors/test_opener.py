@@ -237,3 +237,12 @@ def test_a_tracer_of_another_thread_is_seen(running: Running) -> None:
     finally:
         strace.terminate()
         strace.wait(timeout=10)
+
+
+def test_another_user_namespace_taints(openers: Openers, running: Running, viewer: Path) -> None:
+    # There the process may point its exe link at any file (prctl PR_SET_MM_MAP).
+    pid = running.start("/usr/bin/unshare", "-Ur", str(viewer), ran=str(viewer))
+    assert openers.lookup(pid, str(viewer)).exe == (
+        f"(unapproved: {viewer}; it runs in another user namespace, where its exe link can "
+        "be reset)"
+    )
