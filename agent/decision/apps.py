@@ -42,7 +42,7 @@ HASHES_KEPT = 1024  # content hashes remembered by file version
 #: dynamic loader. Matched against the basename of a path (and of its target).
 INTERPRETER_RE = re.compile(
     r"(?:ld-linux.*|ld\.so.*|ld-musl.*"
-    r"|(?:a|ba|da|z|k|mk|pdk|c|tc|fi|y|rb|lk)?sh|busybox|toybox"
+    r"|(?:a|ba|rba|da|z|k|mk|pdk|c|tc|fi|y|lk)?sh|busybox|toybox"
     r"|python.*|pypy.*|perl.*|ruby.*|irb.*|node(?:js)?|deno|bun|lua.*|php.*"
     r"|tclsh.*|wish.*|expect|guile.*|R|Rscript|[gmn]?awk|java|jshell|osascript|pwsh)"
 )
@@ -194,6 +194,7 @@ class ApprovedApps:
                             "one program (the agent reports the program by that path)"
                         )
                     by_path[path] = by_inode[(app.dev, app.ino)] = app
+        _logger.info("%d approved programs known by inode and content", len(by_inode))
         return cls(by_inode)
 
     def identify(  # noqa: PLR0911 - one answer per way a program can fail to match

@@ -53,6 +53,7 @@ def viewer(tmp_path: Path) -> Path:
     [
         ("/bin/sh", "sh"),
         ("/usr/bin/bash", "bash"),
+        ("/usr/bin/rbash", "rbash"),
         ("/usr/bin/dash", "dash"),
         ("/usr/bin/zsh", "zsh"),
         ("/usr/bin/python3", "python3"),
