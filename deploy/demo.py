@@ -11,6 +11,8 @@ Ctrl-C stops both cleanly.
 
 from __future__ import annotations
 
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,8 +44,18 @@ def _prepare_demo_tree(agent_cli: str) -> None:
     policies = DEMO / "policies"
     policies.mkdir(parents=True, exist_ok=True)
     root = SECRET.resolve()
-    for name in ("model.conf", "subjects.toml"):
-        (policies / name).write_bytes((Path("policies") / name).read_bytes())
+    (policies / "model.conf").write_bytes((Path("policies") / "model.conf").read_bytes())
+    # Approved programs are matched by the file they name, which must exist: the
+    # shipped ones this host lacks become copies of cat under the demo directory.
+    subjects = (Path("policies") / "subjects.toml").read_text(encoding="utf-8")
+    bin_dir = (DEMO / "bin").resolve()
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for program in sorted(set(re.findall(r'"(/usr/bin/[a-z]+)"', subjects))):
+        if not Path(program).exists():
+            stand_in = bin_dir / Path(program).name
+            shutil.copy("/usr/bin/cat", stand_in)
+            subjects = subjects.replace(f'"{program}"', f'"{stand_in}"')
+    (policies / "subjects.toml").write_text(subjects, encoding="utf-8")
     shipped = (Path("policies") / "policy.csv").read_text(encoding="utf-8")
     (policies / "policy.csv").write_text(shipped.replace("/srv/secret", str(root)), "utf-8")
     for name, (level, until, scope) in DEMO_FILES.items():

@@ -12,6 +12,10 @@ One table per person, keyed by login name::
     status = "active"                # active, leaving (离职审查 under way), left
     apps = { "绝密" = ["/usr/bin/wps"] }   # TOML needs non-ASCII keys quoted
 
+An approved application is matched by the identity of the file its path names when the
+file guard loads the policy (``agent.decision.apps``), not by the path a process shows;
+interpreters and the dynamic loader are refused here by name.
+
 This file is the only place that puts people in roles; ``policy.csv`` holds the role
 hierarchy and the rules. A uid not listed here (root included) is an unknown user and is
 granted nothing in protected trees.
@@ -28,6 +32,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.decision.apps import interpreter_name
 from agent.decision.errors import PolicyError
 from agent.decision.predicates import NEVER, STATUSES, UNKNOWN_STATUS, Requester
 from agent.labels import LEVEL_NAMES, parse_level, parse_until
@@ -332,6 +337,14 @@ def _person(path: str, loc: _Locator, name: str, entry: Any) -> Person:
             if not exe.startswith("/") or os.path.normpath(exe) != exe or "\x00" in exe:
                 raise fail(
                     "apps", f"application {exe!r} must be an absolute, normalised executable path"
+                )
+            interpreter = interpreter_name(exe)
+            if interpreter is not None:
+                raise fail(
+                    "apps",
+                    f"application {exe!r} is {interpreter}: interpreters are not approved "
+                    "applications (one runs whatever script or program it is given); "
+                    "approve the program itself",
                 )
         apps[lvl] = frozenset(paths)
 

@@ -4,10 +4,11 @@ It joins three parts: the kernel edge (``fanotify``: PermissionGuard answers ope
 ChangeWatcher reports writes, creations, renames and deletions), the labels on files
 (``agent.labels``) and the decision engine (``agent.decision``). Each open becomes a
 ``file_access`` event with the label, the person, the process and the rule that
-decided; each change a ``file_change`` event. A process opening the same file again
-gets the same answer from the guard's C read loop, counted; every ``FOLD_SECONDS``
-(and whenever the policy changes) the counts become one event per repeated access and
-every such answer is forgotten, so the next open is decided afresh.
+decided; each change a ``file_change`` event. The opener's program counts as an
+approved application by its identity, not its path (``opener``). A process opening the
+same file again gets the same answer from the guard's C read loop, counted; every
+``FOLD_SECONDS`` (and whenever the policy changes) the counts become one event per
+repeated access and every such answer is forgotten, so the next open is decided afresh.
 
 Without a loaded policy every open under the roots is denied: an empty policy is an
 error, never "allow all".
@@ -25,6 +26,7 @@ from typing import Any
 
 from baomi.v1 import events_pb2
 
+from agent.decision.apps import ApprovedApps, ContentHashes, Interpreters
 from agent.decision.engine import Engine, Verdict
 from agent.decision.errors import PolicyError
 from agent.decision.policy import PolicySet
@@ -43,6 +45,7 @@ from agent.sensors.base import EventSink, Health
 from agent.sensors.files import inodes
 from agent.sensors.files.changes import Change, ChangeWatcher
 from agent.sensors.files.dac import DacKeeper
+from agent.sensors.files.opener import Opener, Openers, unapproved
 from agent.sensors.files.permission import Access, PermissionGuard
 
 _logger = logging.getLogger(__name__)
@@ -103,6 +106,7 @@ class _Decided:
     engine: Engine | None
     label: Label | None
     identity: bytes  # the file's identity when its label was just read; else b""
+    opener: Opener | None  # the process as the policy saw it (None: no policy)
 
     def __bool__(self) -> bool:
         return self.verdict.allow
@@ -119,6 +123,10 @@ class FileGuard:
         self._config = config
         self._sink = sink
         self._engine: Engine | None = None
+        # The approved programs of the engine's policy, by identity (opener.py); paired
+        # with the engine they were resolved for.
+        self._openers: tuple[Engine, Openers] | None = None
+        self._hashes = ContentHashes()  # kept across policies: unchanged programs stay hashed
         self._labels: dict[tuple[int, int, int], Label | None] = {}
         self._last_labels: dict[tuple[int, int], Label] = {}  # (dev, ino) -> last seen
         self._declassified: set[tuple[int, int, str]] = set()
@@ -160,10 +168,20 @@ class FileGuard:
     def apply_policy(self, directory: Path) -> None:
         """Load and enforce the policy in ``directory``; PolicyError keeps the old one."""
         policyset = PolicySet.load(directory)
+        interpreters = Interpreters.scan()
+        apps = ApprovedApps.resolve(
+            policyset.subjects,
+            hashes=self._hashes,
+            interpreters=interpreters,
+            protected=[Path(r) for r in self._guard.roots],
+        )
+        engine = Engine(policyset)
+        openers = Openers(apps, hashes=self._hashes, interpreters=interpreters)
         with self._lock:
             # A new Engine, not a reload in place: the fold table is keyed by the engine
             # that decided, so no answer of the old policy is given after this returns.
-            self._engine = Engine(policyset)
+            self._openers = (engine, openers)
+            self._engine = engine
         self.flush(forget=True)
         self._dac.policy_changed()
         _logger.info("file policy %s in force", policyset.version)
@@ -424,18 +442,10 @@ class FileGuard:
         engine = self._engine
         label, identity = self._label(access)
         if engine is None:
-            verdict = Verdict(False, "", "no policy loaded")
+            verdict, opener = Verdict(False, "", "no policy loaded"), None
         else:
-            verdict = engine.decide(
-                uid=access.uid,
-                exe=access.executable,
-                # The file's home, not the way in (the path only for unlabelled files).
-                path=label.home if label is not None and label.home else access.path,
-                file_key=(access.dev, access.ino, access.ctime_ns),
-                label=label,
-                action=access.action,
-            )
-        return _Decided(verdict, engine, label, identity)
+            verdict, opener = self._verdict(engine, access, label)
+        return _Decided(verdict, engine, label, identity, opener)
 
     def _decided(self, access: Access, result: object) -> None:
         """After the answer (the event fd still open): keep a labelled inode, compare
@@ -452,16 +462,20 @@ class FileGuard:
         # The same process opening the same file version again, under the same policy,
         # gets the same answer from the guard (in C) and is counted, not re-recorded;
         # so does any plain process of the same person and program.
-        plain = self._plain(access)
+        plain = self._plain(access, result.opener)
         with self._fold_lock:
             if engine is self._engine:  # not decided under a policy replaced meanwhile
                 self._guard.repeat(access, verdict.allow, first, plain=plain)
 
-    def _plain(self, access: Access) -> bool:
+    def _plain(self, access: Access, opener: Opener | None) -> bool:
         """Whether the opener's answers hold for every process of its euid and
-        executable: the file it runs is the one its executable path names here (not a
-        bind mount or another namespace's file by the same name)."""
+        executable path that is plain too: nothing singled it out (taint, a tracer, an
+        interpreter's extra execute check, an approved program by another path), and
+        the file it runs is the one its path names here (not a bind mount or another
+        namespace's file by the same name)."""
         exe = access.executable
+        if opener is None or opener.interpreter or opener.exe not in (exe, unapproved(exe)):
+            return False
         named = self._programs.get(exe, _MISSING)
         if named is _MISSING:
             try:
@@ -490,6 +504,49 @@ class FileGuard:
                 self._cmdlines.clear()
             self._cmdlines[key] = line
         return line
+
+    def _opener(self, engine: Engine, access: Access) -> Opener:
+        """The opening process as ``engine``'s policy sees it (opener.py)."""
+        pair = self._openers
+        if pair is None or pair[0] is not engine:  # a policy switched meanwhile
+            return Opener(unapproved(access.executable, "policy changing"), "?")
+        return pair[1].lookup(access.pid, access.executable)
+
+    def _verdict(
+        self, engine: Engine, access: Access, label: Label | None
+    ) -> tuple[Verdict, Opener]:
+        """The engine's verdict on ``access``, the opener's program given by identity.
+
+        A read by an interpreter or the dynamic loader runs what it reads (``sh
+        run.sh``, ``ld.so BINARY``): it is decided as an execute too, and denied when an
+        ``execute, deny`` rule matches the file; a read no such rule matches is decided
+        as a read alone (the agent cannot tell a script from data).
+        """
+        opener = self._opener(engine, access)
+        # The file's home, not the way in (the path only for unlabelled files).
+        path = label.home if label is not None and label.home else access.path
+        file_key = (access.dev, access.ino, access.ctime_ns)
+        verdict = engine.decide(
+            uid=access.uid,
+            exe=opener.exe,
+            path=path,
+            file_key=file_key,
+            label=label,
+            action=access.action,
+        )
+        if verdict.allow and opener.interpreter and access.action == "read":
+            run = engine.decide(
+                uid=access.uid,
+                exe=opener.exe,
+                path=path,
+                file_key=file_key,
+                label=label,
+                action="execute",
+            )
+            if not run.allow and run.rule:
+                why = f"read by {opener.interpreter}, which runs what it reads: {run.reason}"
+                return Verdict(False, run.rule, why), opener
+        return verdict, opener
 
     def _record(self, access: Access, label: Label | None, verdict: Verdict) -> events_pb2.Event:
         """Record the access; returns a copy of its event, to stand for its repeats."""

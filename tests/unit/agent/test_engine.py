@@ -27,6 +27,10 @@ POLICIES = Path(__file__).resolve().parents[3] / "policies"
 TODAY = date(2026, 11, 27)
 
 WPS, CAT, EVINCE = "/usr/bin/wps", "/usr/bin/cat", "/usr/bin/evince"
+# What the file guard gives for a process that is not running the approved file
+# (agent/sensors/files/opener.py): never equal to a listed path.
+OTHER_AT_WPS = "(unapproved: /usr/bin/wps)"
+TAINTED_WPS = "(unapproved: /usr/bin/wps; LD_PRELOAD in its environment)"
 # uids of the shipped register
 ZHANG, LI, WANG, ZHAO, CHEN, LIU, SUN, ZHOU, WU = range(1001, 1010)
 
@@ -130,6 +134,13 @@ CASES = [
          exe="/usr/bin/libreoffice"),
     Case("秘密 not in liu's list: any app", LIU, RD, Label(1), "read", True, "clearance",
          "engineer", exe=CAT),
+    # the file guard gives a program that is not the approved file, or is tainted, so
+    Case("绝密 with another program at the approved path", LI, FIN, Label(3), "read", False,
+         "application (unapproved: /usr/bin/wps) not approved for 绝密", exe=OTHER_AT_WPS),
+    Case("绝密 with a tainted approved program", LI, FIN, Label(3), "read", False,
+         f"application {TAINTED_WPS} not approved for 绝密", exe=TAINTED_WPS),
+    Case("机密 without an app list: tainted too", WANG, FIN, Label(2), "read", True,
+         "clearance", "finance-analyst", exe=TAINTED_WPS),
     # --- expiry and invalid labels -------------------------------------------------------------
     Case("expired label is level 0", WANG, FIN, Label(3, until=date(2020, 1, 1)), "read", True,
          "declassified after 2020-01-01", "finance-analyst", exe=CAT),
@@ -212,7 +223,7 @@ _PATHS = [
     "/srv/secret//finance/x", "/srv/secret/finance/../rd/x", "/srv/secret/finance/a\nb",
     "/srv/secret/财务/报表.xlsx", "/srv/secret/finance/[x].doc", "/srv/secret/rd/keys",
 ]  # fmt: skip
-_EXES = [WPS, EVINCE, CAT, "/usr/bin/libreoffice", "/usr/bin/shred", ""]
+_EXES = [WPS, EVINCE, CAT, "/usr/bin/libreoffice", "/usr/bin/shred", "", OTHER_AT_WPS, TAINTED_WPS]
 
 
 def _random_path(rng: random.Random) -> str:
