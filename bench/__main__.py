@@ -41,7 +41,7 @@ from bench import (
 from bench.proc import BenchError
 
 INGEST_TARGET = 100_000  # events/s end to end
-AGENT_RSS_TARGET_MB = 60.0
+AGENT_RSS_TARGET_MB = 50.0  # with the file guard on (issue: idle agent RSS <= 50 MB)
 SPIKE_RATIO = 0.65  # bare grpc.aio + SQLite spike, ingest/raw
 
 
@@ -131,8 +131,11 @@ def _agent(args: argparse.Namespace, s: ingest.Setup, ports: dict[str, int]) -> 
         settle=args.settle,
         window=args.cpu_window,
     )
+    files = agent.guarded_files
+    guarding = f"guarding {files:,} labelled files" if files else "no file guard"
     print(
-        f"idle agent: RSS {agent.rss_mb:.1f} MB (USS {agent.uss_mb:.1f} MB) in "
+        f"idle agent ({guarding}): RSS {agent.agent_rss_mb:.1f} MB, {agent.rss_mb:.1f} MB "
+        f"with its children (USS {agent.uss_mb:.1f} MB) in "
         f"{agent.processes} process(es), {agent.threads} threads; CPU "
         f"{agent.cpu_percent:.2f} % over {args.cpu_window:.0f} s; "
         f"{agent.delivered} of its events stored",
@@ -142,12 +145,13 @@ def _agent(args: argparse.Namespace, s: ingest.Setup, ports: dict[str, int]) -> 
         raise BenchError("the agent ran but none of its events reached the collector")
     return [
         Row(
-            "idle agent RSS",
-            f"{agent.rss_mb:.1f} MB",
+            f"idle agent RSS ({guarding})",
+            f"{agent.agent_rss_mb:.1f} MB",
             f"<= {AGENT_RSS_TARGET_MB:.0f} MB",
-            f"{agent.rss_mb / AGENT_RSS_TARGET_MB:.2f}",
-            "PASS" if agent.rss_mb <= AGENT_RSS_TARGET_MB else "MISS",
+            f"{agent.agent_rss_mb / AGENT_RSS_TARGET_MB:.2f}",
+            "PASS" if agent.agent_rss_mb <= AGENT_RSS_TARGET_MB else "MISS",
         ),
+        Row("idle agent + guardian RSS", f"{agent.rss_mb:.1f} MB"),
         Row("idle agent CPU", f"{agent.cpu_percent:.2f} %"),
     ]
 

@@ -261,3 +261,72 @@ def test_an_answer_shared_by_the_approved_program_reaches_no_impostor(
             >= sum(shutil.which(argv[0]) is not None for argv in impostors)
         )
     )
+
+
+REEXEC_C = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+/* viewer FILE [LIBRARY]: print FILE; with LIBRARY, run itself again in the same process
+ * with LIBRARY preloaded, to print FILE once more. */
+int main(int argc, char **argv)
+{
+	char buf[256];
+	int fd = open(argv[1], O_RDONLY);
+	if (fd < 0) {
+		perror(argv[1]);
+		return 1;
+	}
+	ssize_t n = read(fd, buf, sizeof(buf));
+	if (n > 0)
+		fwrite(buf, 1, (size_t)n, stdout);
+	fflush(stdout);
+	close(fd);
+	if (argc > 2) {
+		setenv("LD_PRELOAD", argv[2], 1);
+		char *again[] = { argv[0], argv[1], NULL };
+		execv("/proc/self/exe", again);
+		perror("exec");
+		return 2;
+	}
+	return 0;
+}
+"""
+
+
+@pytest.fixture
+def reexecing(arranged: Site, tmp_path: Path) -> Site:
+    """The approved viewer replaced, before the agent starts, by a program that can run
+    itself again in the same process with a library preloaded."""
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc to build the viewer")
+    source = tmp_path / "viewer.c"
+    source.write_text(REEXEC_C)
+    subprocess.run(["gcc", "-O2", "-o", arranged.viewer, str(source)], check=True, timeout=60)
+    return arranged
+
+
+def test_the_approved_program_run_again_with_a_preload_in_the_same_process(
+    reexecing: Site, guarded: Guarded
+) -> None:
+    """The guard keeps answers per process; running the approved program again in the
+    same process (execve keeps the pid) with a library preloaded ends them: the second
+    image is decided afresh, tainted, and denied."""
+    _, collector = guarded
+    top = reexecing.root / "top.txt"
+    done = _run_as(ALICE, reexecing.viewer, str(top), LIBM)
+    assert done.stdout == b"content of top.txt\n"  # printed once, by the clean image
+    assert _denied(done), done.stderr
+    wait_for(
+        lambda: any(
+            a.path == str(top) and a.decision == events_pb2.DECISION_DENY
+            for a in _accesses(collector)  # type: ignore[arg-type]
+        )
+    )
+    [denied] = [
+        a
+        for a in _accesses(collector)  # type: ignore[arg-type]
+        if a.path == str(top) and a.decision == events_pb2.DECISION_DENY
+    ]
+    assert "LD_PRELOAD in its environment" in denied.reason

@@ -77,6 +77,9 @@ struct opener {
 	uint64_t used; /* LRU stamp */
 	int plain; /* vouched for by Python: may use shared answers */
 	uint64_t exe_dev, exe_ino; /* the executable it was vouched for with */
+	/* Its answers hold while this stays: a new handle (a new process with the pid)
+	 * or an exec the group saw gives a new one. */
+	uint64_t gen;
 };
 
 /* One remembered answer. The key is everything the decision depended on. */
@@ -98,6 +101,7 @@ struct answer {
 	/* The token is the shared answer's (this answer was made here from it, without
 	 * the GIL, so it holds no reference): the shared table outlives it. */
 	int borrowed;
+	uint64_t gen; /* of its opener when given; 0 in the shared table */
 };
 
 /* An answer table: open addressing, linear probing, never more than half full. */
@@ -232,6 +236,7 @@ static struct opener *keep_opener(Answers *self, int pid)
 	victim->dir_fd = dir_fd;
 	victim->exe_fd = exe_fd;
 	victim->used = ++self->clock;
+	victim->gen = victim->used;
 	return victim;
 }
 
@@ -352,7 +357,9 @@ static struct answer *from_shared(Answers *self, struct opener *o, int exec,
 		return NULL;
 	struct answer *a = room_for(self, &self->own, own_hash, o->pid, lk->uid, exec, &lk->st,
 				    lk->exe, lk->exe_len);
-	if (!a) {
+	if (!a || a->hash) {
+		/* Full, or a stale answer of this process holds the key: Python replaces it
+		 * (its token may be owned, and is released only with the GIL). */
 		free(copy);
 		return NULL;
 	}
@@ -362,7 +369,7 @@ static struct answer *from_shared(Answers *self, struct opener *o, int exec,
 			      .dev = (uint64_t)lk->st.st_dev, .ino = (uint64_t)lk->st.st_ino,
 			      .ctime_ns = ctime_ns_of(&lk->st), .exe = copy,
 			      .exe_len = lk->exe_len, .allow = s->allow, .token = s->token,
-			      .borrowed = 1 };
+			      .borrowed = 1, .gen = o->gen };
 	self->own.used++;
 	return a;
 }
@@ -454,6 +461,12 @@ static int serve(Answers *self, struct pending *ev, struct lookup *lk, int may_r
 		}
 		int exec = (ev->mask & FAN_OPEN_EXEC_PERM) != 0;
 		struct opener *o = look_up_opener(self, ev->pid, lk);
+		if (exec && o) {
+			/* It is about to run another program (perhaps the same file with other
+			 * libraries preloaded): nothing it was answered holds for that one. */
+			o->gen = ++self->clock;
+			o->plain = 0;
+		}
 		struct answer *a = NULL;
 		if (self->own.slots && lk->uid >= 0) {
 			uint64_t h = key_hash(ev->pid, lk->uid, exec, lk->st.st_dev, lk->st.st_ino,
@@ -462,6 +475,8 @@ static int serve(Answers *self, struct pending *ev, struct lookup *lk, int may_r
 				      lk->exe_len);
 			if (!a->hash)
 				a = from_shared(self, o, exec, lk, h);
+			else if (!o || a->gen != o->gen)
+				a = NULL; /* given to another process with the pid, or before an exec */
 		}
 		if (!a) {
 			pthread_mutex_unlock(&self->lock);
@@ -624,10 +639,11 @@ static PyObject *Answers_next_queued(Answers *self, PyObject *Py_UNUSED(ignored)
  */
 static int store(Answers *self, struct table *t, uint64_t h, int pid, int uid, int exec,
 		 const struct stat *st, const char *exe, size_t exe_len, int allow,
-		 PyObject *token, PyObject **replaced)
+		 PyObject *token, uint64_t gen, PyObject **replaced)
 {
 	struct answer *a = find_slot(t, h, pid, uid, exec, st, exe, exe_len);
 	if (a->hash) {
+		a->gen = gen;
 		/* Decided again (two readers raced, or a shared answer was used and this
 		 * process asked again): the newer answer counts. */
 		a->allow = allow;
@@ -654,7 +670,7 @@ static int store(Answers *self, struct table *t, uint64_t h, int pid, int uid, i
 	*a = (struct answer){ .hash = h, .pid = pid, .uid = uid, .exec = exec,
 			      .dev = (uint64_t)st->st_dev, .ino = (uint64_t)st->st_ino,
 			      .ctime_ns = ctime_ns_of(st), .exe = copy, .exe_len = exe_len,
-			      .allow = allow, .token = token };
+			      .allow = allow, .token = token, .gen = gen };
 	t->used++;
 	return 1;
 }
@@ -710,17 +726,20 @@ static PyObject *Answers_remember(Answers *self, PyObject *args, PyObject *kwds)
 	int stored = 0;
 	/* Py_INCREF under the mutex is safe: the GIL is held and no finalizer can run. */
 	pthread_mutex_lock(&self->lock);
-	if (!self->closed) {
+	/* An answer is kept only with its process's handle: without one it could not be
+	 * told from a later process with the pid. */
+	struct opener *o = self->closed ? NULL : keep_opener(self, pid);
+	if (o) {
 		uint64_t h = key_hash(pid, uid, exec, dev, ino, ctime_ns, exe, exe_len);
 		stored = store(self, &self->own, h, pid, uid, exec, &st, exe, exe_len, allow,
-			       token, &replaced);
-		struct opener *o = stored ? keep_opener(self, pid) : NULL;
-		if (o)
+			       token, o->gen, &replaced);
+		if (stored)
 			vouch(o, plain);
-		if (o && o->plain) {
+		if (stored && o->plain) {
+			PyObject *unused = NULL; /* a shared token is never replaced */
 			uint64_t h0 = key_hash(0, uid, exec, dev, ino, ctime_ns, exe, exe_len);
 			store(self, &self->shared, h0, 0, uid, exec, &st, exe, exe_len, allow,
-			      token, &replaced);
+			      token, 0, &unused);
 		}
 	}
 	pthread_mutex_unlock(&self->lock);
@@ -739,8 +758,9 @@ struct row {
 
 /*
  * Collect the counted answers of a table into rows and reset their counts (lock and
- * GIL held); with prune, also move out the answers of processes that are gone (or no
- * longer kept), whose own tokens go to *dead. -1 when memory is short.
+ * GIL held); with prune, also move out the answers whose process is no longer kept
+ * (gone, or its handle evicted) or has run another program since, whose own tokens go
+ * to *dead. -1 when memory is short.
  */
 static int collect(Answers *self, struct table *t, int prune, struct row *rows, size_t *n,
 		   PyObject **dead, size_t *n_dead)
@@ -763,7 +783,7 @@ static int collect(Answers *self, struct table *t, int prune, struct row *rows, 
 		if (!prune)
 			continue;
 		struct opener *o = find_opener(self, a->pid);
-		if (o && opener_alive(o)) {
+		if (o && a->gen == o->gen) {
 			size_t j = a->hash & (t->capacity - 1);
 			while (kept[j].hash)
 				j = (j + 1) & (t->capacity - 1);
@@ -805,6 +825,10 @@ static PyObject *Answers_take(Answers *self, PyObject *args, PyObject *kwds)
 	PyObject **dead = malloc(cap * sizeof(*dead));
 	size_t n = 0, n_dead = 0;
 	int failed = !fresh_own || !fresh_shared || !rows || !dead;
+	if (!failed && !forget && !self->closed)
+		for (int i = 0; i < OPENERS; i++)
+			if (self->openers[i].pid && !opener_alive(&self->openers[i]))
+				close_opener(&self->openers[i]); /* gone: its answers go below */
 	if (!failed && self->own.slots &&
 	    collect(self, &self->own, !forget && !self->closed, rows, &n, dead, &n_dead) < 0)
 		failed = 1;

@@ -93,6 +93,11 @@ class Openers:
         self._lock = threading.Lock()
         self._userns = _namespace("self", "user")
 
+    @property
+    def apps(self) -> ApprovedApps:
+        """The approved programs these openers are judged against."""
+        return self._apps
+
     def lookup(self, pid: int, shown: str) -> Opener:  # noqa: PLR0911 - one per way to fail
         """The process ``pid`` (whose exe link reads ``shown``) as the policy sees it."""
         try:

@@ -517,6 +517,22 @@ class PermissionGuard:
 
     _file_mask = FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM
 
+    def mark_exec(self, fd: int) -> bool:
+        """Be asked whenever the program open as ``fd`` is run (``FAN_OPEN_EXEC_PERM``
+        on its inode): an exec ends every answer the guard keeps for the process, so a
+        program run again in the same process (with other libraries preloaded, say)
+        is decided afresh. False (and an error reported) when it cannot be marked."""
+        if not self._running or self._failed:
+            return False
+        try:
+            fanotify_mark(
+                self._fan_fd, FAN_MARK_ADD, FAN_OPEN_EXEC_PERM, AT_FDCWD, f"/proc/self/fd/{fd}"
+            )
+        except OSError as e:
+            self._report_error(None, OSError(e.errno, f"cannot watch a program: {e.strerror}"))
+            return False
+        return True
+
     # -- repeats ---------------------------------------------------------------------------
     def repeat(self, access: Access, allow: bool, token: object, *, plain: bool = False) -> bool:
         """Give ``allow`` to every repeat of ``access`` without calling ``decide()``.

@@ -147,6 +147,8 @@ class FileGuard:
         self._flusher = threading.Thread(target=self._flush_loop, name="files-fold", daemon=True)
         self._stopping = threading.Event()
         self._started = False  # start() has returned: every labelled file is marked
+        # (dev, ino) of every approved program (of any policy loaded): runs watched
+        self._programs_run: frozenset[tuple[int, int]] = frozenset()
         self._guard = PermissionGuard(
             config.roots,
             self._decide,
@@ -182,7 +184,9 @@ class FileGuard:
             # that decided, so no answer of the old policy is given after this returns.
             self._openers = (engine, openers)
             self._engine = engine
+            self._programs_run = self._programs_run | frozenset(apps.by_inode)
         self.flush(forget=True)
+        self._watch_programs()
         self._dac.policy_changed()
         _logger.info("file policy %s in force", policyset.version)
 
@@ -201,6 +205,7 @@ class FileGuard:
             except PolicyError as e:
                 _logger.error("%s; every open under the protected roots is denied", e)
         self._guard.start()
+        self._watch_programs()
         self._guard_labelled_inodes()
         self._changes.start()
         self._dac.start()  # after the change watcher: nothing made meanwhile is missed
@@ -218,6 +223,24 @@ class FileGuard:
             self._flusher.join()
         self.flush()
         self._inodes.close()
+
+    def _watch_programs(self) -> None:
+        """Have the guard see every run of an approved program (its answers for the
+        running process end there: the same program run again with a library
+        preloaded is another question)."""
+        openers = self._openers
+        if openers is None:
+            return
+        for app in openers[1].apps.by_inode.values():
+            try:
+                fd = os.open(app.path, os.O_PATH | os.O_CLOEXEC)
+            except OSError as e:
+                _logger.warning("cannot watch approved program %s: %s", app.path, e.strerror)
+                continue
+            try:
+                self._guard.mark_exec(fd)
+            finally:
+                os.close(fd)
 
     def _guard_labelled_inodes(self) -> None:
         """Mark every labelled inode itself: those kept from earlier runs (found by file
@@ -437,8 +460,10 @@ class FileGuard:
             )
         )
 
-    def _decide(self, access: Access) -> _Decided:
+    def _decide(self, access: Access) -> _Decided | bool:
         """The answer to an open: only what the answer needs; the rest is _decided()."""
+        if access.action == "execute" and (access.dev, access.ino) in self._programs_run:
+            return True  # an approved program run (watched, never guarded: see above)
         engine = self._engine
         label, identity = self._label(access)
         if engine is None:
@@ -451,7 +476,8 @@ class FileGuard:
         """After the answer (the event fd still open): keep a labelled inode, compare
         the label with the last one seen, record the access and keep the answer for
         its repeats."""
-        assert isinstance(result, _Decided)  # noqa: S101 - what _decide() returns
+        if not isinstance(result, _Decided):
+            return  # an approved program run: nothing to record
         label, verdict, engine = result.label, result.verdict, result.engine
         if result.identity:  # the label was just read from the file
             if label is not None:

@@ -15,6 +15,8 @@ import pytest
 
 from agent.sensors.files._answers import Answers
 
+ME = os.getpid()  # answers are kept only for a live process
+
 EXE = "/usr/bin/cat"
 
 
@@ -70,9 +72,9 @@ def test_the_same_key_again_replaces_the_token_not_the_count(make: Callable[...,
     a = make()
     token = object()
     refs = sys.getrefcount(token)
-    assert a.remember(10, 1001, EXE, 1, 2, 3, False, True, token)
+    assert a.remember(ME, 1001, EXE, 1, 2, 3, False, True, token)
     assert sys.getrefcount(token) == refs + 1
-    assert a.remember(10, 1001, EXE, 1, 2, 3, False, False, "newer")
+    assert a.remember(ME, 1001, EXE, 1, 2, 3, False, False, "newer")
     assert len(a) == 1
     assert sys.getrefcount(token) == refs  # released
     a.take(forget=True)
@@ -90,29 +92,29 @@ def test_a_plain_answer_is_shared_and_released_once(make: Callable[..., Answers]
 
 def test_the_table_grows_to_its_limit_and_then_refuses(make: Callable[..., Answers]) -> None:
     a = make(limit=1000)
-    kept = [a.remember(10, 1001, EXE, 1, ino, 3, False, True, ino) for ino in range(1200)]
+    kept = [a.remember(ME, 1001, EXE, 1, ino, 3, False, True, ino) for ino in range(1200)]
     assert kept == [True] * 1000 + [False] * 200
     assert len(a) == 1000
     a.take(forget=True)
-    assert a.remember(10, 1001, EXE, 1, 5000, 3, False, True, "after take")
+    assert a.remember(ME, 1001, EXE, 1, 5000, 3, False, True, "after take")
 
 
 def test_non_utf8_executables_round_trip(make: Callable[..., Answers]) -> None:
     a = make()
     exe = os.fsdecode(b"/tmp/\xff\xfe-tool")
-    assert a.remember(10, 1001, exe, 1, 2, 3, False, True, "t")
+    assert a.remember(ME, 1001, exe, 1, 2, 3, False, True, "t")
 
 
 def test_a_vanished_opener_is_not_remembered(make: Callable[..., Answers]) -> None:
     a = make()
-    assert not a.remember(10, -1, "", 1, 2, 3, False, False, "t")
+    assert not a.remember(ME, -1, "", 1, 2, 3, False, False, "t")
     assert len(a) == 0
 
 
 def test_closed_tables_remember_nothing(make: Callable[..., Answers]) -> None:
     a = make()
     a.close()
-    assert not a.remember(10, 1001, EXE, 1, 2, 3, False, True, "t")
+    assert not a.remember(ME, 1001, EXE, 1, 2, 3, False, True, "t")
     assert a.take() == []
     with pytest.raises(OSError, match="Bad file descriptor"):
         a.next()
