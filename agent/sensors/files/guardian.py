@@ -138,7 +138,9 @@ class GuardianLink:
     """One agent's link to its guardian: adopt or spawn, watch, hand over."""
 
     def __init__(self, state_dir: Path, on_died: Callable[[str], None]) -> None:
-        self.dir = state_dir
+        # Absolute: the guardian runs in "/", and a relative state directory (the
+        # demo's var/agent) would name nothing there.
+        self.dir = Path(state_dir).absolute()
         self._on_died = on_died
         self._fan_fd = -1
         self._pid = 0

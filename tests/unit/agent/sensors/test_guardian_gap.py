@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from baomi.v1 import events_pb2
 
-from agent.sensors.files.guardian import read_gap, unfinished_gap
+from agent.sensors.files.guardian import GuardianLink, read_gap, unfinished_gap
 from agent.sensors.files.sensor import FileGuard, FileGuardConfig
 
 START = {"event": "gap_start", "time": 1000.5, "reason": "agent died", "agent_pid": 7}
@@ -84,3 +85,13 @@ def test_a_gap_without_an_end_says_what_was_not_guarded(tmp_path: Path) -> None:
     tamper, _ = sink
     assert "denied 1 opens" in tamper.tamper.detail and "NOT guarded" in tamper.tamper.detail
     assert not tamper.tamper.HasField("gap_end")
+
+
+def test_a_relative_state_directory_is_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guardian runs in "/": a relative state directory (the demo's var/agent)
+    must reach it as the directory the agent meant."""
+    monkeypatch.chdir(tmp_path)
+    link = GuardianLink(Path("var/agent"), lambda detail: None)
+    assert link.dir == tmp_path / "var" / "agent"
