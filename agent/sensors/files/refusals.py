@@ -265,10 +265,18 @@ class Assembler:
             if not name or nametype == "UNKNOWN":  # UNKNOWN: a symlink's target text
                 continue
             found.append((_absolute(name, item.get("inode"), bases), nametype))
-        for parent in (False, True):
-            for path, nametype in found:
-                if (nametype == "PARENT") == parent and _under(path, self._roots):
-                    return path, nametype
+        files = [(path, t) for path, t in found if t != "PARENT"]
+        for path, nametype in files:
+            if _under(path, self._roots):
+                return path, nametype
+        for path, nametype in files:
+            # Relative to a directory fd closed before it could be read: as given, not
+            # the kernel's name of the parent (written from the cwd: maybe wrong).
+            if not path.startswith("/"):
+                return path, nametype
+        for path, nametype in found:
+            if _under(path, self._roots):
+                return path, nametype
         return found[0] if found else ("", "")
 
 
@@ -340,7 +348,10 @@ def reason(r: Refusal) -> str:
     call = f"{r.syscall}({open_flags(r.flags)})" if r.flags is not None else r.syscall
     name = errno.errorcode.get(r.errno, str(r.errno))
     _, why = action_and_why(r)
-    return f"refused by file permissions: {call} {name} — {why} (DAC kept by the agent)"
+    text = f"refused by file permissions: {call} {name} — {why} (DAC kept by the agent)"
+    if not r.path.startswith("/"):
+        text += "; the path is relative to a directory the process had open"
+    return text
 
 
 # -- the rules --------------------------------------------------------------------------------
