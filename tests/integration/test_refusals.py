@@ -179,3 +179,20 @@ def test_stale_rules_of_a_killed_agent_are_replaced(
     wait_for(lambda: bool(_refusals(collector, pid)), seconds=10)
     time.sleep(1.5)
     assert len(_refusals(collector, pid)) == 1  # not once per duplicate rule
+
+
+def test_without_audit_health_is_degraded_not_failed(tmp_path: Path) -> None:
+    """A root the kernel cannot watch (gone): enforcement holds, its record does not."""
+    gone = tmp_path / "gone"
+    seen: list[events_pb2.Event] = []
+    recorder = refusals.RefusalRecorder([gone], b"k" * 32, lambda: None, seen.append)
+    recorder.start()
+    try:
+        health = recorder.health()
+        assert health.state == "degraded"
+        assert health.detail.startswith("refused writes and deletions are not recorded: ")
+        assert "No such file or directory" in health.detail
+        assert not _rules_on(gone)
+    finally:
+        recorder.stop()
+    assert not seen
