@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,25 +150,53 @@ def test_rules_are_removed_at_stop(arranged: Site, guarded: Guarded) -> None:
     assert not _rules_on(arranged.root)
 
 
+KILLED_AGENT = """
+import sys, time
+from pathlib import Path
+from agent.sensors.files.refusals import RefusalRecorder
+RefusalRecorder([Path(sys.argv[1])], b"k" * 32, lambda: None, print).start()
+print("started", flush=True)
+time.sleep(60)
+"""
+
+
 @pytest.fixture
 def stale(site: Site) -> Iterator[int]:
-    """Rules a killed agent left on the root (as this version and an older one would)."""
-    table = refusals.syscall_table("b64")
-    left = refusals.rules(str(site.root), "b64", table)
+    """Rules left on the root by a recorder killed with SIGKILL, and one an older version
+    would have left; the number of rules left."""
+    was_off = (
+        "enabled 0"
+        in subprocess.run(
+            ["auditctl", "-s"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", KILLED_AGENT, str(site.root)],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        try:
+            assert child.stdout is not None and child.stdout.readline() == "started\n"
+        finally:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(timeout=10)
     older = ["always,exit", "-F", "arch=b64", "-S", "unlink", "-F", "exit=-EACCES"]
-    left.append([*older, "-F", f"dir={site.root}", "-F", f"key={refusals.AUDIT_KEY}"])
-    for rule in left:
-        subprocess.run(["auditctl", "-a", *rule], check=True, capture_output=True, timeout=10)
+    older += ["-F", f"dir={site.root}", "-F", f"key={refusals.AUDIT_KEY}"]
+    subprocess.run(["auditctl", "-a", *older], check=True, capture_output=True, timeout=10)
     try:
-        yield len(left)
+        yield len(_rules_on(site.root))
     finally:
         refusals.remove_rules([str(site.root)])
+        if was_off:  # the killed one turned auditing on and could not turn it off
+            subprocess.run(["auditctl", "-e", "0"], capture_output=True, timeout=10, check=True)
 
 
 def test_stale_rules_of_a_killed_agent_are_replaced(
     site: Site, stale: int, guarded: Guarded
 ) -> None:
     _, collector = guarded
+    assert stale > 1
     now = _rules_on(site.root)
     assert len(now) == len(set(now))  # none twice
     assert not any(" -S unlink -F exit=-EACCES " in line for line in now)  # the older one

@@ -463,6 +463,7 @@ class RefusalRecorder:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._enabled_by_us = False
+        self._ruled = False  # rules may be on the roots: delete them at stop
         self._problem = "not started"
         self._lost = 0
 
@@ -503,6 +504,7 @@ class RefusalRecorder:
         sock.settimeout(POLL_SECONDS)
         tables: dict[tuple[str, int], str] = {}
         installed = 0
+        self._ruled = True
         stale = remove_rules(self._roots)
         for abi in ("b64", "b32"):
             table = syscall_table(abi)
@@ -538,6 +540,8 @@ class RefusalRecorder:
         if self._thread is not None:
             self._thread.join()
         self._close()
+        if not self._ruled:
+            return
         try:
             remove_rules(self._roots)
             if self._enabled_by_us and _auditctl("-l").strip() == "No rules":
