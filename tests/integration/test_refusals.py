@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -226,3 +227,36 @@ def test_without_audit_health_is_degraded_not_failed(tmp_path: Path) -> None:
     finally:
         recorder.stop()
     assert not seen
+
+
+def test_rules_deleted_behind_its_back_are_put_back(tmp_path: Path) -> None:
+    """``auditctl -D`` (or an auditd restart loading only its own rules) and auditing
+    turned off: the recorder puts both back, says so HIGH, and records again."""
+    base = Path(tempfile.mkdtemp(prefix="baomi-refusals-"))  # carol must reach it
+    base.chmod(0o755)
+    target = base / "f"
+    target.write_text("kept\n")
+    target.chmod(0o644)
+    seen: list[events_pb2.Event] = []
+    recorder = refusals.RefusalRecorder(
+        [base], b"k" * 32, lambda: None, seen.append, check_seconds=0.5
+    )
+    recorder.start()
+    try:
+        assert recorder.health().state == "ok"
+        rules = _rules_on(base)
+        refusals.remove_rules([str(base)])
+        subprocess.run(["auditctl", "-e", "0"], capture_output=True, timeout=10, check=True)
+        wait_for(lambda: any(e.tamper.kind == "audit_rules" for e in seen), seconds=10)
+        [tamper] = [e for e in seen if e.HasField("tamper")]
+        assert tamper.severity == events_pb2.SEVERITY_HIGH
+        assert tamper.tamper.detail.startswith(f"{len(rules)} of the agent's audit rules")
+        assert "kernel auditing was turned off" in tamper.tamper.detail
+        assert sorted(_rules_on(base)) == sorted(rules)
+        pid, done = _attempt(CAROL, "/bin/sh", "-c", f"echo x >> {target}")
+        assert test_dac._refused(done)
+        wait_for(lambda: any(e.file_access.pid == pid for e in seen), seconds=10)
+    finally:
+        recorder.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    assert not _rules_on(base)

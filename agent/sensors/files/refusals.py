@@ -15,7 +15,10 @@ fanotify's answer, already recorded by the guard; the same again for ``arch=b32`
 the kernel runs 32-bit programs). ``dir=ROOT`` matches when any path the syscall looked
 up lies in the tree. Rules for the roots left by a killed agent are deleted before they
 are added, and they are deleted at stop. If kernel auditing is off the agent turns it on
-(``auditctl -e 1``, logged) and off again at stop when no rule is left.
+(``auditctl -e 1``, logged) and off again at stop when no rule is left. Every 30 seconds
+it checks that its rules are still there and auditing is on (``auditctl -D`` or an auditd
+restart loading only its own rules would end the record silently): if not, it puts them
+back and records a HIGH ``audit_rules`` tamper event.
 
 Records are read without becoming the audit daemon: a ``NETLINK_AUDIT`` socket in the
 multicast group ``AUDIT_NLGRP_READLOG`` (CAP_AUDIT_READ); a running ``auditd`` keeps
@@ -452,6 +455,7 @@ class RefusalRecorder:
         sink: EventSink,
         *,
         fold_seconds: float = 1.0,  # seconds over which identical refusals are counted
+        check_seconds: float = 30.0,  # seconds between checks that the rules are in place
     ) -> None:
         self._roots = [str(Path(r).resolve()) for r in roots]
         self._key = label_key
@@ -464,6 +468,9 @@ class RefusalRecorder:
         self._stopping = threading.Event()
         self._enabled_by_us = False
         self._ruled = False  # rules may be on the roots: delete them at stop
+        self._installed = 0  # rules added by the last _install()
+        self._tables: dict[str, dict[int, str]] = {}
+        self._check_seconds = check_seconds
         self._problem = "not started"
         self._lost = 0
 
@@ -482,9 +489,7 @@ class RefusalRecorder:
         self._problem = ""
 
     def _start(self) -> None:
-        status = _auditctl("-s")
-        enabled = re.search(r"^enabled (\d)", status, re.MULTILINE)
-        if enabled and enabled.group(1) == "2":
+        if self._enabled() == "2":
             raise AuditUnavailableError("audit rules are locked (enabled 2) until reboot")
         # The socket first: no record of a rule just added is missed.
         sock = socket.socket(
@@ -502,37 +507,76 @@ class RefusalRecorder:
                 f"cannot read audit records ({e}): needs CAP_AUDIT_READ"
             ) from e
         sock.settimeout(POLL_SECONDS)
-        tables: dict[tuple[str, int], str] = {}
-        installed = 0
-        self._ruled = True
-        stale = remove_rules(self._roots)
-        for abi in ("b64", "b32"):
-            table = syscall_table(abi)
-            if not table:
-                if abi == "b64":
-                    raise AuditUnavailableError("ausyscall gives no syscall table: install auditd")
-                continue
-            try:
-                for root in self._roots:
-                    for rule in rules(root, abi, table):
-                        _auditctl("-a", *rule)
-                        installed += 1
-            except AuditUnavailableError as e:
-                if abi == "b64":
-                    raise
-                _logger.warning("no audit rules for 32-bit programs: %s", e)  # no compat ABI
-            tables |= {(abi, number): name for number, name in table.items()}
-        if enabled and enabled.group(1) == "0":
+        self._tables = {abi: syscall_table(abi) for abi in ("b64", "b32")}
+        if not self._tables["b64"]:
+            raise AuditUnavailableError("ausyscall gives no syscall table: install auditd")
+        stale = self._install()
+        if self._enabled() == "0":
             _auditctl("-e", "1")
             self._enabled_by_us = True
             _logger.warning("kernel auditing was off: the agent enabled it (auditctl -e 1)")
-        self._assembler = Assembler(self._roots, tables)
+        self._assembler = Assembler(
+            self._roots,
+            {(abi, n): name for abi, table in self._tables.items() for n, name in table.items()},
+        )
         self._thread = threading.Thread(target=self._run, name="files-refusals", daemon=True)
         self._thread.start()
         _logger.info(
             "recording refused writes and deletions: %d audit rules (key %s, %d stale replaced)",
-            installed, AUDIT_KEY, stale,
+            self._installed, AUDIT_KEY, stale,
         )  # fmt: skip
+
+    @staticmethod
+    def _enabled() -> str:
+        """``auditctl -s``'s enabled: "0" off, "1" on, "2" on and locked."""
+        found = re.search(r"^enabled (\d)", _auditctl("-s"), re.MULTILINE)
+        return found.group(1) if found else ""
+
+    def _install(self) -> int:
+        """Delete the Baomi rules on the roots, then add them; the number deleted."""
+        self._ruled = True
+        self._installed = 0
+        stale = remove_rules(self._roots)
+        for abi, table in self._tables.items():
+            try:
+                for root in self._roots:
+                    for rule in rules(root, abi, table):
+                        _auditctl("-a", *rule)
+                        self._installed += 1
+            except AuditUnavailableError as e:
+                if abi == "b64":
+                    raise
+                _logger.warning("no audit rules for 32-bit programs: %s", e)  # no compat ABI
+        return stale
+
+    def _check_rules(self) -> None:
+        """Put back rules deleted behind the agent's back (``auditctl -D``, an auditd
+        restart loading only its own rules) and auditing turned off, and say so."""
+        try:
+            listed = _auditctl("-l", "-k", AUDIT_KEY).splitlines()
+            present = sum(any(f" -F dir={r} -F " in line for r in self._roots) for line in listed)
+            enabled = self._enabled()
+            if present >= self._installed and enabled != "0":
+                return
+            self._install()
+            if enabled == "0":
+                _auditctl("-e", "1")
+        except AuditUnavailableError as e:
+            self._problem = f"audit rules cannot be put back: {e}"
+            _logger.error("refused writes and deletions no longer recorded: %s", e)
+            return
+        detail = (
+            f"{self._installed - present} of the agent's audit rules were deleted"
+            f"{' and kernel auditing was turned off' if enabled == '0' else ''}; put back "
+            "(refused writes in between are not recorded)"
+        )
+        _logger.warning("%s", detail)
+        self._sink(
+            events_pb2.Event(
+                severity=events_pb2.SEVERITY_HIGH,
+                tamper=events_pb2.Tamper(kind="audit_rules", detail=detail),
+            )
+        )
 
     def stop(self) -> None:
         """Stop reading, delete the rules, record the repeats still counted."""
@@ -569,6 +613,7 @@ class RefusalRecorder:
         sock = self._sock
         assert sock is not None  # noqa: S101 - _start() set it
         next_flush = time.monotonic() + self._fold_seconds
+        next_check = time.monotonic() + self._check_seconds
         while not self._stopping.is_set():
             try:
                 data = sock.recv(1 << 16)
@@ -588,6 +633,9 @@ class RefusalRecorder:
             if time.monotonic() >= next_flush:
                 self.flush()
                 next_flush = time.monotonic() + self._fold_seconds
+            if time.monotonic() >= next_check:
+                self._check_rules()
+                next_check = time.monotonic() + self._check_seconds
 
     def _lost_records(self) -> None:
         self._lost += 1
