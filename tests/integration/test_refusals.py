@@ -93,24 +93,24 @@ def _attacks(root: Path, outside: Path) -> list[tuple[list[str], Path, str, str]
 def test_each_refused_attempt_is_one_event(arranged: Site, guarded: Guarded) -> None:
     _, collector = guarded
     root, outside = arranged.root, arranged.base / "outside"
+    pids = []
     for argv, *_ in _attacks(root, outside):
         pid, done = _attempt(CAROL, *argv)
         assert test_dac._refused(done), (argv, done)
         wait_for(lambda: bool(_refusals(collector, pid)), seconds=10)  # noqa: B023
+        pids.append(pid)
     time.sleep(1.5)  # past a fold period: a second event would be there by now
-    for argv, path, action, call in _attacks(root, outside):
+    for pid, (argv, path, action, call) in zip(pids, _attacks(root, outside), strict=True):
         [event] = [
             e
             for e in test_file_guard.host_events(collector.store, "ws-01")
-            if e.HasField("file_access")
-            and e.file_access.uid == CAROL
-            and e.file_access.cmdline == " ".join(argv)
+            if e.HasField("file_access") and e.file_access.pid == pid
         ]
         a = event.file_access
         assert event.severity == events_pb2.SEVERITY_MEDIUM
         assert (a.path, a.action, a.decision) == (str(path), action, events_pb2.DECISION_DENY)
         assert (a.uid, a.user) == (CAROL, "carol")
-        assert a.pid > 0 and a.count <= 1
+        assert a.cmdline == " ".join(argv) and a.count <= 1
         assert a.executable == os.path.realpath(shutil.which(argv[0]) or argv[0])
         assert a.reason.startswith(f"refused by file permissions: {call} — "), a.reason
         assert a.reason.endswith("(DAC kept by the agent)")
