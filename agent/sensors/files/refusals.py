@@ -90,23 +90,11 @@ _OTHERS = (
 )  # fmt: skip
 #: Which arguments are directory fds a relative name is looked up from.
 _DIRFD_ARGS = {"symlinkat": (1,), "renameat": (0, 2), "renameat2": (0, 2), "linkat": (0, 2)}
-_DIRFD_ARGS |= dict.fromkeys(
-    [
-        "openat",
-        "openat2",
-        "unlinkat",
-        "mkdirat",
-        "mknodat",
-        "fchmodat",
-        "fchmodat2",
-        "fchownat",
-        "utimensat",
-        "futimesat",
-        "setxattrat",
-        "removexattrat",
-    ],
-    (0,),
-)
+_AT_CALLS = (
+    "openat", "openat2", "unlinkat", "mkdirat", "mknodat", "fchmodat", "fchmodat2", "fchownat",
+    "utimensat", "futimesat", "setxattrat", "removexattrat",
+)  # fmt: skip
+_DIRFD_ARGS |= dict.fromkeys(_AT_CALLS, (0,))
 
 _HEADER = re.compile(r"audit\((\d+)\.(\d+):(\d+)\): ?")
 _FIELD = re.compile(r'([a-z0-9_]+)=("[^"]*"|\S*)')
