@@ -5,10 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the tests need: PostgreSQL server (store suite), umockdev and the
 # GObject build deps of PyGObject (USB tests), Chromium (console), Pango, CJK fonts and
-# poppler (PDF reports), iproute2 (network namespaces), acl (setfacl/getfacl in the DAC tests).
+# poppler (PDF reports), iproute2 (network namespaces), acl (setfacl/getfacl in the DAC tests),
+# auditd (auditctl and ausyscall: refused writes and deletions are recorded through audit).
 DEB_PACKAGES := postgresql sqlite3 python3 \
 	umockdev gir1.2-umockdev-1.0 libgirepository1.0-dev libcairo2-dev pkg-config \
-	chromium fonts-noto-cjk poppler-utils libpango-1.0-0 libpangoft2-1.0-0 iproute2 acl
+	chromium fonts-noto-cjk poppler-utils libpango-1.0-0 libpangoft2-1.0-0 iproute2 acl \
+	auditd
 PROTOS := protos/baomi/v1/events.proto protos/baomi/v1/collector.proto
 
 .PHONY: demo test bench lint protos protos-check deb venv clean

@@ -98,8 +98,9 @@ def enforcement(
     holders = engine.holders(path=target_home, label=target_label, action=action, today=today)
     on = f" on the directory {target}" if action == "delete" else ""
     if uid not in holders:
-        return False, f"{action}: enforced by DAC{on} (no ACL entry for uid {uid}); not recorded"
-    how = f"{action}: enforced by DAC{on} (ACL user:{uid}:{perm}); not recorded"
+        refused = f"{action}: enforced by DAC{on} (no ACL entry for uid {uid})"
+        return False, f"{refused}; a refusal is recorded"
+    how = f"{action}: enforced by DAC{on} (ACL user:{uid}:{perm}); others' refusals are recorded"
     if holders[uid]:
         how += f"; any program of uid {uid} (the policy needs {holders[uid]}: DAC cannot tell)"
     return True, how

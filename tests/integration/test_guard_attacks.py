@@ -79,9 +79,15 @@ def arranged(site: Site) -> Site:
 
 
 def _the_access(collector: object, path: Path) -> events_pb2.FileAccess:
-    """The one access recorded through ``path`` (waits for it, then checks it is one)."""
-    wait_for(lambda: any(a.path == str(path) for a in _accesses(collector)))  # type: ignore[arg-type]
-    found = [a for a in _accesses(collector) if a.path == str(path)]  # type: ignore[arg-type]
+    """The one open for read or execute recorded through ``path`` (waits for it, then
+    checks it is one); refused writes (test_refusals) are not opens the guard decided."""
+
+    def opens() -> list[events_pb2.FileAccess]:
+        found = _accesses(collector)  # type: ignore[arg-type]
+        return [a for a in found if a.path == str(path) and a.action in {"read", "execute"}]
+
+    wait_for(lambda: bool(opens()))
+    found = opens()
     assert len(found) == 1, found
     return found[0]
 
@@ -187,6 +193,12 @@ def test_a_label_copied_from_another_file_is_not_believed(arranged: Site, guarde
     )
     refused = _run_as(BOB, "/usr/bin/python3", "-c", copy)
     assert refused.returncode != 0 and b"Permission denied" in refused.stderr, refused
+    wait_for(  # the refused copy is on record
+        lambda: any(
+            a.uid == BOB and a.path == str(s2) and "setxattr EACCES" in a.reason
+            for a in _accesses(collector)  # type: ignore[arg-type]
+        )
+    )
     test_file_guard._as_root_elsewhere(copy)  # the writer who may
     assert os.getxattr(s2, "user.baomi.level") == "秘密".encode()
     assert not _read_as(BOB, s2)

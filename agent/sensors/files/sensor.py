@@ -47,6 +47,7 @@ from agent.sensors.files.changes import Change, ChangeWatcher
 from agent.sensors.files.dac import DacKeeper
 from agent.sensors.files.opener import Opener, Openers, unapproved
 from agent.sensors.files.permission import Access, PermissionGuard
+from agent.sensors.files.refusals import RefusalRecorder
 
 _logger = logging.getLogger(__name__)
 
@@ -62,10 +63,12 @@ SEVERITY_OF = {
 _MISSING = object()
 #: What enforces what, said in the health line and at start: only opens for read and
 #: execute reach the guard; the rest is refused by the kernel on file modes and ACLs
-#: the DAC keeper maintains, before any event -- so such refusals are not recorded.
+#: the DAC keeper maintains, before any event -- such refusals are recorded through
+#: kernel audit (refusals.py), when it can be used (else health says so).
 ENFORCEMENT = (
     "read/execute: decided per open and recorded; write/truncate/delete/rename/link: "
-    "file modes and ACLs only (refused attempts are not recorded); export: not enforced"
+    "file modes and ACLs only (refused attempts recorded through kernel audit); "
+    "export: not enforced"
 )
 FOLD_SECONDS = 1.0  # repeated identical accesses are counted and recorded this often
 
@@ -165,6 +168,10 @@ class FileGuard:
         # Writes and deletions are refused by DAC, which the keeper owns (dac.py).
         self._dac = DacKeeper(config.roots, config.label_key, lambda: self._engine, sink)
         self._inodes = inodes.LabelledInodes(config.inodes_db)
+        # ... and those refusals are recorded through kernel audit.
+        self._refusals = RefusalRecorder(
+            config.roots, config.label_key, lambda: self._engine, sink, fold_seconds=FOLD_SECONDS
+        )
 
     # -- policy --------------------------------------------------------------------------
     def apply_policy(self, directory: Path) -> None:
@@ -209,6 +216,7 @@ class FileGuard:
         self._guard_labelled_inodes()
         self._changes.start()
         self._dac.start()  # after the change watcher: nothing made meanwhile is missed
+        self._refusals.start()  # after the keeper: its own chmods are not refusals
         self._flusher.start()
         self._started = True
         _logger.info("file guard: %s", ENFORCEMENT)
@@ -218,6 +226,7 @@ class FileGuard:
         self._guard.stop()
         self._changes.stop()
         self._dac.stop()
+        self._refusals.stop()
         self._stopping.set()
         if self._flusher.is_alive():
             self._flusher.join()
@@ -313,15 +322,16 @@ class FileGuard:
             day = today
 
     def health(self) -> Health:
-        """The worst of the guard's, the watcher's and the DAC keeper's health; degraded
-        while starting and without policy."""
+        """The worst of the guard's, the watcher's, the DAC keeper's and the refusal
+        recorder's health; degraded while starting and without policy."""
         guard, changes, dac = self._guard.health(), self._changes.health(), self._dac.health()
+        refusals = self._refusals.health()
         if not self._started and guard.state == "ok":
             return Health("degraded", "starting: labelled files are being found and marked")
         if self._engine is None and guard.state == "ok" and dac.state == "ok":
             return Health("degraded", "no policy loaded: every protected open is denied")
         order = ("ok", "degraded", "disabled", "failed")
-        worst = max((guard, changes, dac), key=lambda h: order.index(h.state))
+        worst = max((guard, changes, dac, refusals), key=lambda h: order.index(h.state))
         if worst.state == "ok":
             return Health("ok", f"{guard.detail}; {dac.detail}; {ENFORCEMENT}")
         return worst
