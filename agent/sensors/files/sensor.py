@@ -16,6 +16,7 @@ error, never "allow all".
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -561,24 +562,17 @@ class FileGuard:
         opener = self._opener(engine, access)
         # The file's home, not the way in (the path only for unlabelled files).
         path = label.home if label is not None and label.home else access.path
-        file_key = (access.dev, access.ino, access.ctime_ns)
-        verdict = engine.decide(
+        decide = functools.partial(
+            engine.decide,
             uid=access.uid,
             exe=opener.exe,
             path=path,
-            file_key=file_key,
+            file_key=(access.dev, access.ino, access.ctime_ns),
             label=label,
-            action=access.action,
         )
+        verdict = decide(action=access.action)
         if verdict.allow and opener.interpreter and access.action == "read":
-            run = engine.decide(
-                uid=access.uid,
-                exe=opener.exe,
-                path=path,
-                file_key=file_key,
-                label=label,
-                action="execute",
-            )
+            run = decide(action="execute")
             if not run.allow and run.rule:
                 why = f"read by {opener.interpreter}, which runs what it reads: {run.reason}"
                 return Verdict(False, run.rule, why), opener
