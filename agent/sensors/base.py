@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from baomi.v1 import events_pb2
+if TYPE_CHECKING:  # not at run time: the guardian imports this package and needs no protobuf
+    from baomi.v1 import events_pb2
 
 #: How a sensor hands an event to the core. Thread-safe; the event is spooled
 #: (durably chained) before the call returns.
-EventSink = Callable[[events_pb2.Event], None]
+EventSink = Callable[["events_pb2.Event"], None]
 
 
 @dataclass(frozen=True)
