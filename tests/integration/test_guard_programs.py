@@ -226,6 +226,22 @@ def test_the_loader_reading_a_program_no_one_may_execute(arranged: Site, guarded
     assert "ld-linux-x86-64.so.2, which runs what it reads" in a.reason
 
 
+def test_the_approved_program_linked_into_the_tree_is_decided_by_its_rules(
+    arranged: Site, guarded: Guarded
+) -> None:
+    """Runs of approved programs are only watched -- outside the trees. The same file
+    reached inside a tree, where an execute rule denies it, is decided and denied."""
+    _, collector = guarded
+    tool = arranged.root / "tool"
+    tool.unlink()
+    os.link(arranged.viewer, tool)  # as root: the approved program under a denied name
+    done = _run_as(ALICE, str(tool), str(arranged.root / "s1.txt"))
+    assert _denied(done), done
+    a = _the_access(collector, tool, ALICE)
+    assert (a.decision, a.action) == (events_pb2.DECISION_DENY, "execute")
+    assert a.rule == f"p, role:staff, {tool}, execute, deny"
+
+
 def test_an_answer_shared_by_the_approved_program_reaches_no_impostor(
     arranged: Site, guarded: Guarded
 ) -> None:

@@ -40,6 +40,7 @@ from baomi.v1 import events_pb2
 from agent.decision.engine import Engine
 from agent.labels import Label, policy_path, read_label
 from agent.sensors.base import EventSink, Health
+from agent.sensors.files.fanotify import under_roots
 
 _logger = logging.getLogger(__name__)
 
@@ -287,7 +288,7 @@ class DacKeeper:
             self._fail(f"{path}: {e.strerror or e}")
 
     def _inside(self, path: str) -> bool:
-        return any(path == r or path.startswith(r.rstrip("/") + "/") for r in self.roots)
+        return under_roots(path, self.roots)
 
     def _fail(self, detail: str) -> None:
         line = f"cannot keep the protected trees' owner, mode and ACL: {detail}"

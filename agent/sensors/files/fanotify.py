@@ -311,6 +311,11 @@ def abs_roots(roots: Iterable[Path | str]) -> list[str]:
     return out
 
 
+def under_roots(path: str, roots: Iterable[str]) -> bool:
+    """Whether absolute ``path`` is one of ``roots`` (``abs_roots``) or below one."""
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
 CAP_HINT = (
     "fanotify needs CAP_SYS_ADMIN; run the agent as root (or grant it CAP_SYS_ADMIN) "
     "to enable it; the other sensors keep running"

@@ -46,6 +46,7 @@ from agent.sensors.base import EventSink, Health
 from agent.sensors.files import inodes
 from agent.sensors.files.changes import Change, ChangeWatcher
 from agent.sensors.files.dac import DacKeeper
+from agent.sensors.files.fanotify import under_roots
 from agent.sensors.files.opener import Opener, Openers, unapproved
 from agent.sensors.files.permission import Access, PermissionGuard
 from agent.sensors.files.refusals import RefusalRecorder
@@ -233,6 +234,15 @@ class FileGuard:
             self._flusher.join()
         self.flush()
         self._inodes.close()
+
+    def _program_run(self, access: Access) -> bool:
+        """A run of an approved program (of any policy loaded) outside the protected
+        trees: its exec is seen only so that the process's answers end there."""
+        return (
+            access.action == "execute"
+            and (access.dev, access.ino) in self._programs_run
+            and not under_roots(access.path, self._guard.roots)
+        )
 
     def _watch_programs(self) -> None:
         """Have the guard see every run of an approved program (its answers for the
@@ -473,10 +483,10 @@ class FileGuard:
 
     def _decide(self, access: Access) -> _Decided | bool:
         """The answer to an open: only what the answer needs; the rest is _decided()."""
-        if access.action == "execute" and (access.dev, access.ino) in self._programs_run:
-            return True  # an approved program run (watched, never guarded: see above)
         engine = self._engine
         label, identity = self._label(access)
+        if label is None and self._program_run(access):
+            return True  # watched, not guarded (_watch_programs): nothing to decide
         if engine is None:
             verdict, opener = Verdict(False, "", "no policy loaded"), None
         else:
