@@ -67,6 +67,7 @@ class Opener:
 
     exe: str  # an approved program's listed path, or "(unapproved: PATH[; REASON])"
     interpreter: str  # the interpreter or loader it runs ("" when none): it runs reads
+    program: tuple[int, int] | None = None  # (dev, inode) it runs; None: not looked up
 
 
 def unapproved(shown: str, reason: str = "") -> str:
@@ -105,21 +106,24 @@ class Openers:
         except OSError:
             return Opener(unapproved(shown, "its program cannot be looked up"), "?")
         interpreter = self._interpreters.name_of(shown, st) or ""
+        program = (st.st_dev, st.st_ino)
         if interpreter and is_loader_name(interpreter):
-            return Opener(unapproved(shown, "the dynamic loader run directly"), interpreter)
-        if (st.st_dev, st.st_ino) not in self._apps.by_inode:
-            return Opener(unapproved(shown), interpreter)  # nothing else to look at
+            return Opener(
+                unapproved(shown, "the dynamic loader run directly"), interpreter, program
+            )
+        if program not in self._apps.by_inode:
+            return Opener(unapproved(shown), interpreter, program)  # nothing else to look at
         taint = self._taint(pid, st)
         if taint:
-            return Opener(unapproved(shown, taint), interpreter)
+            return Opener(unapproved(shown, taint), interpreter, program)
         app, why = self._apps.identify(st, self._hashes)
         if app is None:
-            return Opener(unapproved(shown, why), interpreter)
+            return Opener(unapproved(shown, why), interpreter, program)
         tracer = _tracer(pid)
         if tracer:
             who = f"pid {tracer}" if tracer > 0 else "an unknown tracer (status unreadable)"
-            return Opener(unapproved(shown, f"traced by {who}"), interpreter)
-        return Opener(app.path, interpreter)
+            return Opener(unapproved(shown, f"traced by {who}"), interpreter, program)
+        return Opener(app.path, interpreter, program)
 
     def _taint(self, pid: int, st: os.stat_result) -> str:
         """Why code other than the approved program's may run in ``pid`` ("": none);

@@ -559,10 +559,13 @@ class RefusalRecorder:
             "(refused writes in between are not recorded)"
         )
         _logger.warning("%s", detail)
+        self._tamper("audit_rules", detail)
+
+    def _tamper(self, kind: str, detail: str) -> None:
         self._sink(
             events_pb2.Event(
                 severity=events_pb2.SEVERITY_HIGH,
-                tamper=events_pb2.Tamper(kind="audit_rules", detail=detail),
+                tamper=events_pb2.Tamper(kind=kind, detail=detail),
             )
         )
 
@@ -628,15 +631,7 @@ class RefusalRecorder:
     def _lost_records(self) -> None:
         self._lost += 1
         _logger.warning("audit records lost: the socket buffer overflowed")
-        self._sink(
-            events_pb2.Event(
-                severity=events_pb2.SEVERITY_HIGH,
-                tamper=events_pb2.Tamper(
-                    kind="audit_lost",
-                    detail="audit records were lost: some refused writes are not recorded",
-                ),
-            )
-        )
+        self._tamper("audit_lost", "audit records were lost: some refused writes are not recorded")
 
     def _refused(self, r: Refusal) -> None:
         key = (r.pid, r.path, r.syscall)

@@ -521,7 +521,12 @@ class FileGuard:
         the file it runs is the one its path names here (not a bind mount or another
         namespace's file by the same name)."""
         exe = access.executable
-        if opener is None or opener.interpreter or opener.exe not in (exe, unapproved(exe)):
+        if (
+            opener is None
+            or opener.program is None
+            or opener.interpreter
+            or opener.exe not in (exe, unapproved(exe))
+        ):
             return False
         named = self._programs.get(exe, _MISSING)
         if named is _MISSING:
@@ -533,13 +538,7 @@ class FileGuard:
             if len(self._programs) >= LABEL_CACHE:
                 self._programs.clear()
             self._programs[exe] = named
-        if named is None:
-            return False
-        try:
-            running = os.stat(f"/proc/{access.pid}/exe")  # noqa: PTH116 - as above
-        except OSError:
-            return False
-        return (running.st_dev, running.st_ino) == named
+        return named is not None and named == opener.program  # looked up by Openers
 
     def _cmdline_of(self, pid: int, exe: str) -> str:
         """The command line of a process, read once per fold period per program."""
@@ -676,12 +675,7 @@ class FileGuard:
                 access, f"decision failed ({type(error).__name__}); denied"
             )
             return
-        self._sink(
-            events_pb2.Event(
-                severity=events_pb2.SEVERITY_HIGH,
-                tamper=events_pb2.Tamper(kind="file_guard_error", detail=str(error)[:500]),
-            )
-        )
+        self._tamper("file_guard_error", str(error))
 
     def _attributes_changed(self, change: Change) -> None:
         """A file's attributes changed: record it if its label did (``_label_seen``).
@@ -714,14 +708,8 @@ class FileGuard:
         )
 
     def _overflow(self) -> None:
-        self._sink(
-            events_pb2.Event(
-                severity=events_pb2.SEVERITY_HIGH,
-                tamper=events_pb2.Tamper(
-                    kind="fanotify_overflow",
-                    detail="the kernel's change queue overflowed; the trees were re-marked",
-                ),
-            )
+        self._tamper(
+            "fanotify_overflow", "the kernel's change queue overflowed; the trees were re-marked"
         )
 
     # -- changes ------------------------------------------------------------------------
