@@ -49,7 +49,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 from agent.decision.errors import LabelError
 
@@ -328,23 +327,23 @@ def _parse_cached(raw: dict[str, bytes]) -> Label | None:
     home_raw = raw.get(XATTR_HOME)
     rest = raw if home_raw is None else {k: v for k, v in raw.items() if k != XATTR_HOME}
     cache_key = tuple(rest.items())
-    label = _PARSED.get(cache_key, _UNPARSED)
-    if label is _UNPARSED:
+    try:
+        label = _PARSED[cache_key]
+    except KeyError:
         label = parse_label(rest)
         if sum(len(v) for v in rest.values()) <= _PARSED_MAX_BYTES:
             if len(_PARSED) >= _PARSED_MAX_ENTRIES:
                 _PARSED.clear()  # crude, bounded and rare: labels are few
             _PARSED[cache_key] = label
-    if home_raw is None or label is None or not label.valid:
-        return label if home_raw is None or label is not None else parse_label(raw)
+    if home_raw is None or (label is not None and not label.valid):
+        return label
+    if label is None:
+        return parse_label(raw)  # a home and nothing else: not a label (says why)
     try:
         home = parse_home(_text(home_raw, XATTR_HOME, MAX_HOME_BYTES))
     except ValueError as e:
         return invalid_label(str(e))
     return Label(label.level, label.until, label.scope, label.label_id, None, home)
-
-
-_UNPARSED: Any = object()
 
 
 def read_label(  # noqa: PLR0911 - one return per way a label can fail
@@ -595,20 +594,21 @@ def set_label_tree(
     top = Path(directory).resolve()
     if not top.is_dir():
         raise LabelError(f"{directory}: not a directory (label a single file without -r)")
-    values = {"until": until, "scope": scope, "label_id": label_id, "key": key}
-    files, dirs = 0, 0
-    set_label(top, level, home=top, **values)  # type: ignore[arg-type]
-    dirs += 1
+    label = functools.partial(
+        set_label, level=level, until=until, scope=scope, label_id=label_id, key=key
+    )
+    files, dirs = 0, 1
+    label(top, home=top)
     for parent, dirnames, filenames in os.walk(top, onerror=_walk_error):
         for name in dirnames:
             path = Path(parent, name)
             if not path.is_symlink():
-                set_label(path, level, home=path, **values)  # type: ignore[arg-type]
+                label(path, home=path)
                 dirs += 1
         for name in filenames:
             path = Path(parent, name)
             if path.is_file() and not path.is_symlink():
-                set_label(path, level, home=path, **values)  # type: ignore[arg-type]
+                label(path, home=path)
                 files += 1
     return files, dirs
 
