@@ -34,6 +34,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from baomi.chain import GENESIS
 from baomi.v1 import events_pb2
@@ -106,9 +107,16 @@ def _open_loop(opener: Path, warm: int, n: int, files: list[str]) -> float:
     return int(out.stdout) / n / 1e3
 
 
-def _under_c_responder(responder: Path, directory: Path, measure: Callable[[], float]) -> float:
+T = TypeVar("T")  # what a measurement returns
+
+
+def _under_c_responder(
+    responder: Path, directories: Path | list[Path], measure: Callable[[], T]
+) -> T:
+    """``measure()`` while the C allow-all responder marks ``directories``."""
+    marked = directories if isinstance(directories, list) else [directories]
     proc = subprocess.Popen(
-        [str(responder), str(directory), str(CHILD_TIMEOUT)],
+        [str(responder), *map(str, marked), str(CHILD_TIMEOUT)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -119,6 +127,15 @@ def _under_c_responder(responder: Path, directory: Path, measure: Callable[[], f
     finally:
         proc.kill()  # closing its group makes the kernel allow anything pending
         proc.wait(CHILD_TIMEOUT)
+
+
+def _build_tools(work: Path) -> tuple[Path, Path]:
+    """The C opener and the C allow-all responder, compiled into ``work``."""
+    opener, responder = work / "opener", work / "fanotify_allow"
+    (work / "opener.c").write_text(OPENER_C)
+    _compile(work / "opener.c", opener)
+    _compile(RESPONDER_C, responder)
+    return opener, responder
 
 
 class _WarmCache:
@@ -193,7 +210,7 @@ class _Agent:
             set_label(f, level=("绝密", "机密", "秘密")[i % 3], scope="dept:bench", key=self.key)
         self.spool = Spool.create(work / "spool.db", "bench", 0, GENESIS)
 
-    def measure(self, directory: Path, measure: Callable[[], float]) -> float:
+    def measure(self, directory: Path, measure: Callable[[], T]) -> T:
         recorder = Recorder(self.spool, lambda: None)
         recorder.start()
         guard = FileGuard(
@@ -259,10 +276,7 @@ def run(n_opens: int = 20000) -> list[tuple[str, float, str]]:
     trouble = 0
     warm_up = max(FILES, n_opens // 10)
     try:
-        opener, responder = work / "opener", work / "fanotify_allow"
-        (work / "opener.c").write_text(OPENER_C)
-        _compile(work / "opener.c", opener)
-        _compile(RESPONDER_C, responder)
+        opener, responder = _build_tools(work)
         directory = work / "files"
         directory.mkdir()
         files = []

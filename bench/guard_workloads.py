@@ -26,19 +26,12 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.fanotify import (
-    OPENER_C,
-    RESPONDER_C,
-    _Agent,
-    _compile,
-    _open_loop,
-)
+from bench.fanotify import _Agent, _build_tools, _open_loop, _under_c_responder
 from bench.proc import BenchError
 
 DIRECTORIES = 20
@@ -61,21 +54,6 @@ def _workloads(opener: Path, files: list[str]) -> Callable[[], Workloads]:
     return measure
 
 
-def _under_responder(
-    responder: Path, dirs: list[Path], measure: Callable[[], Workloads]
-) -> Workloads:
-    proc = subprocess.Popen(
-        [str(responder), *map(str, dirs), "600"], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        if proc.stdout is None or proc.stdout.readline().strip() != "ready":
-            raise BenchError(f"fanotify_allow did not start (exit {proc.wait(10)})")
-        return measure()
-    finally:
-        proc.kill()
-        proc.wait(60)
-
-
 def _round(
     measure: Callable[[], Workloads],
     *,
@@ -86,8 +64,8 @@ def _round(
     into: dict[str, list[Workloads]],
 ) -> None:
     into["plain"].append(measure())
-    into["c"].append(_under_responder(responder, dirs, measure))
-    into["agent"].append(agent.measure(top, measure))  # type: ignore[arg-type]
+    into["c"].append(_under_c_responder(responder, dirs, measure))
+    into["agent"].append(agent.measure(top, measure))
 
 
 def run() -> list[tuple[str, float, str]]:
@@ -99,10 +77,7 @@ def run() -> list[tuple[str, float, str]]:
     same: dict[str, list[Workloads]] = {"plain": [], "c": [], "agent": []}
     free: dict[str, list[Workloads]] = {"plain": [], "c": [], "agent": []}
     try:
-        opener, responder = work / "opener", work / "fanotify_allow"
-        (work / "opener.c").write_text(OPENER_C)
-        _compile(work / "opener.c", opener)
-        _compile(RESPONDER_C, responder)
+        opener, responder = _build_tools(work)
         top = work / "files"
         dirs = [top / f"d{d:02d}" for d in range(DIRECTORIES)]
         files: list[str] = []

@@ -502,18 +502,7 @@ class PermissionGuard:
         """Guard the file open as ``fd`` (any fd, ``O_PATH`` too) by whatever path it is
         reached: an inode mark, so hard links and renames out of the trees and bind
         mounts still ask. False (and an error reported) when it cannot be marked."""
-        if not self._running or self._failed:
-            return False
-        try:
-            # Through /proc: fanotify_mark() takes no O_PATH fd as the object itself.
-            fanotify_mark(
-                self._fan_fd, FAN_MARK_ADD, self._file_mask, AT_FDCWD, f"/proc/self/fd/{fd}"
-            )
-        except OSError as e:
-            error = OSError(e.errno, f"cannot guard a labelled file: {e.strerror}")
-            self._report_error(None, error)
-            return False
-        return True
+        return self._mark_inode(fd, self._file_mask, "cannot guard a labelled file")
 
     _file_mask = FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM
 
@@ -522,14 +511,16 @@ class PermissionGuard:
         on its inode): an exec ends every answer the guard keeps for the process, so a
         program run again in the same process (with other libraries preloaded, say)
         is decided afresh. False (and an error reported) when it cannot be marked."""
+        return self._mark_inode(fd, FAN_OPEN_EXEC_PERM, "cannot watch a program")
+
+    def _mark_inode(self, fd: int, mask: int, failure: str) -> bool:
         if not self._running or self._failed:
             return False
         try:
-            fanotify_mark(
-                self._fan_fd, FAN_MARK_ADD, FAN_OPEN_EXEC_PERM, AT_FDCWD, f"/proc/self/fd/{fd}"
-            )
+            # Through /proc: fanotify_mark() takes no O_PATH fd as the object itself.
+            fanotify_mark(self._fan_fd, FAN_MARK_ADD, mask, AT_FDCWD, f"/proc/self/fd/{fd}")
         except OSError as e:
-            self._report_error(None, OSError(e.errno, f"cannot watch a program: {e.strerror}"))
+            self._report_error(None, OSError(e.errno, f"{failure}: {e.strerror}"))
             return False
         return True
 

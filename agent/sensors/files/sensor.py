@@ -317,7 +317,7 @@ class FileGuard:
             access = event.file_access
             if access.pid != pid:  # a shared answer, used by another process
                 access.pid = pid
-                access.cmdline = _cmdline(pid)
+                access.cmdline = self._cmdline_of(pid, access.executable)
             access.count = count
             access.first.FromNanoseconds(first_ns)
             access.last.FromNanoseconds(last_ns)
