@@ -39,13 +39,7 @@ ALICE, BOB, CAROL = 2001, 2002, 2003  # test_file_guard.SUBJECTS
 Guarded = tuple[AgentThread, test_file_guard.RunningCollector]
 
 
-def _run_as(uid: int, *argv: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv],
-        capture_output=True,
-        timeout=10,
-        check=False,
-    )
+_run_as = test_file_guard.run_as
 
 
 def _refused(done: subprocess.CompletedProcess[bytes]) -> bool:

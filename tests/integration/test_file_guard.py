@@ -200,6 +200,19 @@ def guarded(site: Site, tmp_path: Path) -> Iterator[tuple[AgentThread, RunningCo
         store.close()
 
 
+def run_as(
+    uid: int, *argv: str, timeout: float = 10, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """``argv`` run as ``uid`` (no supplementary groups) through ``setpriv``."""
+    return subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv],
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+        env=env,
+    )
+
+
 def _accesses(collector: RunningCollector) -> list[events_pb2.FileAccess]:
     return [
         e.file_access for e in host_events(collector.store, "ws-01") if e.HasField("file_access")

@@ -35,13 +35,7 @@ BOB, CAROL = 2002, 2003  # 一般 in finance; 重要 in hr (test_file_guard.SUBJ
 Guarded = tuple[AgentThread, object]
 
 
-def _run_as(uid: int, *argv: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv],
-        capture_output=True,
-        timeout=10,
-        check=False,
-    )
+_run_as = test_file_guard.run_as
 
 
 def _read_as(uid: int, path: Path) -> bool:

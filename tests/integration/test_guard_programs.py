@@ -53,12 +53,8 @@ __attribute__((constructor)) static void evil(void) {
 
 
 def _run_as(uid: int, *argv: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv],
-        capture_output=True,
-        timeout=20,
-        check=False,
-        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    return test_file_guard.run_as(
+        uid, *argv, timeout=20, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     )
 
 
