@@ -54,6 +54,7 @@ def _sensor_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "policies": str(args.policies) if args.policies else None,
             "deadline": args.deadline_ms / 1000,
             "unsafe_no_guardian": args.unsafe_no_guardian,
+            "pre_content": not args.no_pre_content,
             "label_key": str(_label_key_path(args)),
         }
     if args.network:
@@ -159,8 +160,26 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     policyset = PolicySet.load(args.policies)
     key = _label_key_or_note(args)
-    print(explain(policyset, args.user, args.path, args.action, args.exe, key=key))
+    pre_content = args.action == "write" and _pre_content_here(args.path)
+    print(
+        explain(
+            policyset, args.user, args.path, args.action, args.exe, key=key,
+            pre_content=pre_content,
+        )
+    )  # fmt: skip
     return 0
+
+
+def _pre_content_here(path: str) -> bool:
+    """Whether this host decides writes of labelled files at ``path`` (pre-content
+    events: kernel and filesystem); a note on stderr when it cannot be told."""
+    from agent.sensors.files.fanotify import pre_content_problem  # noqa: PLC0415
+
+    where = Path(path) if Path(path).is_dir() else Path(path).parent
+    problem = pre_content_problem([str(where)])
+    if problem:
+        print(f"note: writes are not decided by the file guard here: {problem}", file=sys.stderr)
+    return not problem
 
 
 def _cmd_policy_test(args: argparse.Namespace) -> int:
@@ -276,6 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="guard files without a guardian process: a killed agent leaves them "
         "unguarded until it restarts (weakens enforcement)",
+    )
+    r.add_argument(
+        "--no-pre-content",
+        action="store_true",
+        help="leave writes and truncations of labelled files to file modes and ACLs "
+        "alone, as on kernels before 6.14 (by default they are decided and recorded "
+        "through fanotify pre-content events where the kernel has them)",
     )
     r.add_argument(
         "--process",

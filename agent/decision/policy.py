@@ -54,7 +54,9 @@ ACTIONS = ("read", "write", "execute", "delete", "export")
 ENFORCED_BY = {
     "read": "fanotify",  # each open decided by the file guard and recorded
     "execute": "fanotify",
-    "write": "DAC",  # file mode and ACL kept by the agent (agent/sensors/files/dac.py)
+    # file mode and ACL kept by the agent (agent/sensors/files/dac.py); on kernels with
+    # pre-content events (6.14+) a write of a labelled file is also decided and recorded
+    "write": "DAC",
     "delete": "DAC",  # the directory's ACL: create, unlink, rename and link entries
     "export": "",  # no export path is watched on this host
 }

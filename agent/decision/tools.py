@@ -76,7 +76,8 @@ def enforcement(
     Returns (allowed, a line saying how) -- allowed is None when nothing enforces the
     action. read and execute are the file guard's fanotify decision (``verdict``);
     write and delete are the DAC the agent keeps, which knows uids, not programs, and
-    for delete is the directory's ACL.
+    for delete is the directory's ACL (see ``with_pre_content`` for writes on hosts
+    with pre-content events).
     """
     mechanism = ENFORCED_BY.get(action, "")
     if mechanism == "fanotify":
@@ -106,6 +107,18 @@ def enforcement(
     return True, how
 
 
+def with_pre_content(
+    enforced: tuple[bool | None, str], *, action: str, label: Label | None, verdict: Verdict
+) -> tuple[bool | None, str]:
+    """``enforcement()`` on a host with pre-content events: a write of a labelled file
+    must pass the file guard's decision as well as DAC."""
+    kernel, how = enforced
+    if action != "write" or label is None:
+        return kernel, how
+    decided = "decided per write by fanotify pre-content events and recorded"
+    return bool(kernel) and verdict.allow, f"{how}; {decided}"
+
+
 def explain(
     policyset: PolicySet,
     user: str,
@@ -115,6 +128,7 @@ def explain(
     *,
     today: date | None = None,
     key: bytes | None = None,
+    pre_content: bool = False,
 ) -> str:
     """A few lines saying what the agent decides for this access, and why.
 
@@ -157,7 +171,7 @@ def explain(
         what = f"{label.describe()}; level today {level(Resource.of(home, label), day)}"
     agree = (reference.allow, reference.rule) == (verdict.allow, verdict.rule)
     casbin = "allow" if reference.allow else "deny"
-    kernel, how = enforcement(
+    enforced = enforcement(
         engine,
         uid=uid,
         path=path,
@@ -168,6 +182,9 @@ def explain(
         today=day,
         key=key,
     )
+    if pre_content:
+        enforced = with_pre_content(enforced, action=action, label=label, verdict=verdict)
+    kernel, how = enforced
     # The first word is what the host's kernel does, never a decision it does not make.
     word = "NOT ENFORCED" if kernel is None else ("ALLOW" if kernel else "DENY")
     policy_word = "allows" if verdict.allow else "denies"

@@ -40,6 +40,7 @@ def _files(settings: dict[str, Any], sink: EventSink) -> Sensor:
             policies=Path(policies) if policies else None,
             deadline=float(settings.get("deadline", 0.050)),
             guardian_dir=guardian_dir,
+            pre_content=bool(settings.get("pre_content", True)),
         ),
         sink,
     )

@@ -88,7 +88,7 @@ class HostRow:
     """One line of the hosts page."""
 
     host_id: str
-    state: str  # online, silent, stopped, decommissioned, unknown
+    state: str  # online, degraded, silent, stopped, decommissioned, unknown
     version: str
     policy: str
     drift: bool
@@ -115,6 +115,8 @@ def host_rows(console: Console) -> list[HostRow]:
             state = "stopped"
         elif h.silent(now):
             state = "silent"
+        elif h.status and any(s.state != "ok" for s in h.status.sensors):
+            state = "degraded"  # reporting, but some sensor does less than it should
         else:
             state = "online"
         enforced = h.status.policy_version if h.status else ""

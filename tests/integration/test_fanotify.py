@@ -100,8 +100,13 @@ def child_python() -> str:
 
 def open_as(python: str, uid: int, *paths: Path) -> list[str]:
     """Open each path in a child running as ``uid``; "ok" or an errno name per path."""
+    return _child_lines(python, uid, OPEN_CHILD, *map(str, paths))
+
+
+def _child_lines(python: str, uid: int, code: str, *args: str) -> list[str]:
+    """What a child running ``code`` as ``uid`` printed, word by word."""
     out = subprocess.run(
-        [python, "-c", OPEN_CHILD, *map(str, paths)],
+        [python, "-c", code, *args],
         user=uid,
         group=uid,
         extra_groups=[],
@@ -481,6 +486,105 @@ def test_execute_is_asked_as_execute(
     assert (UID, "execute") in asked
     assert (OTHER_UID, "execute") in asked
     assert (UID, "read") in asked
+
+
+# The child that reads and writes: one step per argument, "ok" or the errno name each.
+# r: open read-only and read; w: open read-write (kept); W: write through it; R: read
+# through the read-only one; t: truncate(2) by path; m: map read-only, close, read.
+STEPS_CHILD = """
+import errno, mmap, os, sys
+path, ro, rw = sys.argv[1], None, None
+def step(s):
+    global ro, rw
+    if s == "r":
+        ro = os.open(path, os.O_RDONLY); os.read(ro, 100)
+    elif s == "w":
+        rw = os.open(path, os.O_RDWR)
+    elif s == "W":
+        os.pwrite(rw, b"changed", 0)
+    elif s == "R":
+        os.pread(ro, 100, 0)
+    elif s == "t":
+        os.truncate(path, 3)
+    elif s == "m":
+        fd = os.open(path, os.O_RDONLY); m = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+        os.close(fd); m[:1]
+for s in sys.argv[2]:
+    try:
+        step(s); print("ok", flush=True)
+    except OSError as e:
+        print(errno.errorcode[e.errno], flush=True)
+"""
+
+
+def steps_as(python: str, uid: int, path: Path, steps: str) -> list[str]:
+    """Run ``steps`` (STEPS_CHILD) on ``path`` in one child as ``uid``."""
+    return _child_lines(python, uid, STEPS_CHILD, str(path), steps)
+
+
+def _mark(g: PermissionGuard, path: Path) -> None:
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        assert g.mark_file(fd)
+    finally:
+        os.close(fd)
+
+
+def test_writes_to_marked_files_are_asked_as_write(
+    tree: Path, guarded: Callable[..., PermissionGuard], child_python: str
+) -> None:
+    """Pre-content events: a write, a truncation by path and a read through a writable
+    descriptor are asked as "write"; reads through read-only descriptors are not."""
+    secret = _public(tree / "secret", 0o666)  # file modes that let anyone write
+    rec = Repeating(lambda a: a.action == "write" and a.uid == UID)
+    rec.guard = g = guarded([tree], rec)
+    assert g.decides_writes and "writes included" in g.health().detail
+    _mark(g, secret)
+    assert steps_as(child_python, UID, secret, "rRRm") == ["ok"] * 4
+    assert [a.action for a in rec.seen] == ["read"]  # the open; its reads were not asked
+    # Opening it for writing ends what the reads were answered: the write is asked.
+    assert steps_as(child_python, UID, secret, "rRwWRt") == ["ok", "ok", "ok"] + ["EPERM"] * 3
+    assert [a.action for a in rec.seen[1:]] == ["read", "write"]
+    assert secret.read_text() == "secret\n"
+    # truncate(2) by path, holding nothing open: a write too.
+    assert steps_as(child_python, UID, secret, "t") == ["EPERM"]
+    assert [a.action for a in rec.seen[3:]] == ["write"]
+    # Someone allowed to write does, and the writes are counted against one answer.
+    assert steps_as(child_python, OTHER_UID, secret, "wWWW") == ["ok"] * 4
+    assert secret.read_text() == "changed"
+    assert [(a.uid, a.action) for a in rec.seen[4:]] == [(OTHER_UID, "read"), (OTHER_UID, "write")]
+    counts = _counts(g)
+    assert counts[(str(secret), OTHER_UID, os.path.realpath(child_python))] >= 2
+    # Files that were never marked as labelled are decided by the open alone.
+    public = _public(tree / "public", 0o666)
+    assert steps_as(child_python, UID, public, "wW") == ["ok", "ok"]
+
+
+def test_without_pre_content_writes_are_not_asked_and_health_says_so(
+    tree: Path, guarded: Callable[..., PermissionGuard], child_python: str
+) -> None:
+    """The degraded mode (kernels before 6.14): writes rest on DAC; health says it."""
+    secret = _public(tree / "secret", 0o666)
+    rec = Recorder(lambda a: a.action == "write")
+    g = PermissionGuard(
+        [tree],
+        rec.decide,
+        on_timeout=rec.timeouts.append,
+        on_error=lambda a, e: rec.errors.append((a, e)),
+        pre_content=False,
+    )
+    g.start()
+    try:
+        assert not g.decides_writes
+        health = g.health()
+        assert health.state == "degraded"
+        assert "writes rest on file modes and ACLs alone" in health.detail
+        _mark(g, secret)
+        assert steps_as(child_python, UID, secret, "rwWt") == ["ok"] * 4
+        assert [a.action for a in rec.seen] == ["read", "read"]
+        assert not rec.errors
+    finally:
+        g.stop()
 
 
 def test_own_opens_are_allowed_without_asking(

@@ -6,6 +6,7 @@ agent decides in the fanotify path and streams what happened to a real collector
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -158,8 +159,13 @@ def site() -> Iterator[Site]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture
-def guarded(site: Site, tmp_path: Path) -> Iterator[tuple[AgentThread, RunningCollector]]:
+@contextlib.contextmanager
+def running_guard(
+    site: Site, tmp_path: Path, **settings: object
+) -> Iterator[tuple[AgentThread, RunningCollector]]:
+    """A collector, and an agent guarding the site with ``settings`` added to its files
+    sensor's; the agent's health is awaited (``ok``, or the state given as ``health``)."""
+    health = settings.pop("health", "ok")
     store = SQLiteStore(tmp_path / "c.db")
     init_pki(tmp_path / "pki")
     collector = RunningCollector(store, tmp_path / "pki", checkpoint_seconds=3600)
@@ -184,20 +190,29 @@ def guarded(site: Site, tmp_path: Path) -> Iterator[tuple[AgentThread, RunningCo
                 # In-process agents here: a guardian would outlive the test
                 # (test_guardian.py tests it, with agents in subprocesses).
                 "unsafe_no_guardian": True,
+                **settings,
             }
         },
     )
     agent = AgentThread(config)
-    # ok: the guard answers opens, every labelled file is marked, the DAC is the agent's
-    wait_for(
-        lambda: any(s.name == "files" and s.health().state == "ok" for s in agent.agent.sensors)
-    )
     try:
+        # the guard answers opens, every labelled file is marked, the DAC is the agent's
+        wait_for(
+            lambda: any(
+                s.name == "files" and s.health().state == health for s in agent.agent.sensors
+            )
+        )
         yield agent, collector
     finally:
         agent.stop()
         collector.stop()
         store.close()
+
+
+@pytest.fixture
+def guarded(site: Site, tmp_path: Path) -> Iterator[tuple[AgentThread, RunningCollector]]:
+    with running_guard(site, tmp_path) as both:
+        yield both
 
 
 def run_as(

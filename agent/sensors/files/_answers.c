@@ -27,6 +27,13 @@
  * a label change changes ctime), fstat of the opener's /proc directory (its current
  * euid) and readlink of its exe link (its current executable, after any exec).
  *
+ * Pre-content events (FAN_PRE_ACCESS, Linux 6.14: a read, write or truncate of a
+ * labelled file already open) are answered the same way, keyed as their own kind:
+ * Python tells a read through a read-only descriptor from a write and remembers
+ * the answer for the process and file. Which descriptors it holds changes only when
+ * it opens the file again, so any open of the file by the process drops that answer
+ * (forget_access); such answers are never shared between processes.
+ *
  * Nothing here decides anything: an answer exists only because Python gave it, for
  * exactly the key it was given for. Every lookup is re-done by the kernel on every
  * event, so a setuid, an exec or a relabel is seen at the next open.
@@ -60,6 +67,13 @@
  * limit up front (millions of slots) would cost a TLB miss on every lookup. */
 #define INITIAL_SLOTS 256
 
+#ifndef FAN_PRE_ACCESS
+#define FAN_PRE_ACCESS 0x00100000 /* Linux 6.14; older headers lack it */
+#endif
+
+/* What an answer is for (part of its key). */
+enum { KIND_OPEN = 0, KIND_EXEC = 1, KIND_ACCESS = 2 };
+
 /* One event read from the group and not yet handled. */
 struct pending {
 	int fd;
@@ -87,7 +101,7 @@ struct answer {
 	uint64_t hash; /* 0: free slot */
 	int pid;
 	int uid;
-	int exec; /* FAN_OPEN_EXEC_PERM (1) or FAN_OPEN_PERM (0) */
+	int kind; /* KIND_OPEN, KIND_EXEC or KIND_ACCESS */
 	uint64_t dev;
 	uint64_t ino;
 	int64_t ctime_ns;
@@ -144,12 +158,12 @@ static uint64_t mix(uint64_t h, uint64_t v)
 	return h * 0x100000001b3ULL;
 }
 
-static uint64_t key_hash(int pid, int uid, int exec, uint64_t dev, uint64_t ino,
+static uint64_t key_hash(int pid, int uid, int kind, uint64_t dev, uint64_t ino,
 			 int64_t ctime_ns, const char *exe, size_t exe_len)
 {
 	uint64_t h = 0xcbf29ce484222325ULL;
 	h = mix(h, (uint64_t)(uint32_t)pid | ((uint64_t)(uint32_t)uid << 32));
-	h = mix(h, (uint64_t)exec);
+	h = mix(h, (uint64_t)kind);
 	h = mix(h, dev);
 	h = mix(h, ino);
 	h = mix(h, (uint64_t)ctime_ns);
@@ -276,7 +290,7 @@ static struct opener *look_up_opener(Answers *self, int pid, struct lookup *lk)
 	return NULL;
 }
 
-static struct answer *find_slot(struct table *t, uint64_t hash, int pid, int uid, int exec,
+static struct answer *find_slot(struct table *t, uint64_t hash, int pid, int uid, int kind,
 				const struct stat *st, const char *exe, size_t exe_len)
 {
 	size_t mask = t->capacity - 1;
@@ -285,7 +299,7 @@ static struct answer *find_slot(struct table *t, uint64_t hash, int pid, int uid
 		struct answer *a = &t->slots[i];
 		if (!a->hash)
 			return a;
-		if (a->hash == hash && a->pid == pid && a->uid == uid && a->exec == exec &&
+		if (a->hash == hash && a->pid == pid && a->uid == uid && a->kind == kind &&
 		    a->dev == (uint64_t)st->st_dev && a->ino == (uint64_t)st->st_ino &&
 		    a->ctime_ns == ctime_ns && a->exe_len == exe_len &&
 		    memcmp(a->exe, exe, exe_len) == 0)
@@ -320,14 +334,14 @@ static int grow(struct table *t)
  * held); NULL when the table is at the limit or memory is short.
  */
 static struct answer *room_for(Answers *self, struct table *t, uint64_t hash, int pid,
-			       int uid, int exec, const struct stat *st, const char *exe,
+			       int uid, int kind, const struct stat *st, const char *exe,
 			       size_t exe_len)
 {
 	if (!t->slots || t->used >= self->limit)
 		return NULL;
 	if ((t->used + 1) * 2 > t->capacity && grow(t) < 0)
 		return NULL;
-	return find_slot(t, hash, pid, uid, exec, st, exe, exe_len);
+	return find_slot(t, hash, pid, uid, kind, st, exe, exe_len);
 }
 
 /*
@@ -335,14 +349,14 @@ static struct answer *room_for(Answers *self, struct table *t, uint64_t hash, in
  * into the process's own table, borrowing the shared token, and returned; NULL when
  * there is none or the process no longer runs the executable it was vouched with.
  */
-static struct answer *from_shared(Answers *self, struct opener *o, int exec,
+static struct answer *from_shared(Answers *self, struct opener *o, int kind,
 				  const struct lookup *lk, uint64_t own_hash)
 {
 	if (!o || !o->plain || !self->shared.slots)
 		return NULL;
-	uint64_t h = key_hash(0, lk->uid, exec, lk->st.st_dev, lk->st.st_ino,
+	uint64_t h = key_hash(0, lk->uid, kind, lk->st.st_dev, lk->st.st_ino,
 			      ctime_ns_of(&lk->st), lk->exe, lk->exe_len);
-	struct answer *s = find_slot(&self->shared, h, 0, lk->uid, exec, &lk->st, lk->exe,
+	struct answer *s = find_slot(&self->shared, h, 0, lk->uid, kind, &lk->st, lk->exe,
 				     lk->exe_len);
 	if (!s->hash)
 		return NULL;
@@ -355,7 +369,7 @@ static struct answer *from_shared(Answers *self, struct opener *o, int exec,
 	char *copy = malloc(lk->exe_len + 1);
 	if (!copy)
 		return NULL;
-	struct answer *a = room_for(self, &self->own, own_hash, o->pid, lk->uid, exec, &lk->st,
+	struct answer *a = room_for(self, &self->own, own_hash, o->pid, lk->uid, kind, &lk->st,
 				    lk->exe, lk->exe_len);
 	if (!a || a->hash) {
 		/* Full, or a stale answer of this process holds the key: Python replaces it
@@ -365,7 +379,7 @@ static struct answer *from_shared(Answers *self, struct opener *o, int exec,
 	}
 	memcpy(copy, lk->exe, lk->exe_len);
 	copy[lk->exe_len] = 0;
-	*a = (struct answer){ .hash = own_hash, .pid = o->pid, .uid = lk->uid, .exec = exec,
+	*a = (struct answer){ .hash = own_hash, .pid = o->pid, .uid = lk->uid, .kind = kind,
 			      .dev = (uint64_t)lk->st.st_dev, .ino = (uint64_t)lk->st.st_ino,
 			      .ctime_ns = ctime_ns_of(&lk->st), .exe = copy,
 			      .exe_len = lk->exe_len, .allow = s->allow, .token = s->token,
@@ -427,6 +441,35 @@ static int refill(Answers *self)
 	return bad ? -EPROTO : 0;
 }
 
+/* What an event asks: an open, an exec, or (pre-content) a read, write or truncate
+ * of a file already open. An access answer is keyed without the file's ctime: every
+ * write changes it, and the answer is about the descriptors the process holds, which
+ * a relabel does not change (as with reads, it holds until the file is opened again
+ * or the answers are forgotten). */
+static int kind_of(uint64_t mask)
+{
+	if (mask & FAN_OPEN_EXEC_PERM)
+		return KIND_EXEC;
+	return (mask & FAN_PRE_ACCESS) ? KIND_ACCESS : KIND_OPEN;
+}
+
+/*
+ * The process is opening the file again (lock held): the access answer it was given
+ * for the files it held open no longer holds -- the new descriptor may be writable.
+ * Left in the table with a generation no opener has, so take() still counts it.
+ */
+static void forget_access(Answers *self, int pid, const struct lookup *lk)
+{
+	struct stat key = lk->st;
+	key.st_ctim = (struct timespec){ 0 };
+	uint64_t h = key_hash(pid, lk->uid, KIND_ACCESS, key.st_dev, key.st_ino, 0, lk->exe,
+			      lk->exe_len);
+	struct answer *a = find_slot(&self->own, h, pid, lk->uid, KIND_ACCESS, &key, lk->exe,
+				     lk->exe_len);
+	if (a->hash)
+		a->gen = 0;
+}
+
 /*
  * Answer events until one needs Python; 0 with *ev and *lk filled, or -errno.
  * Runs without the GIL; takes the lock once per event.
@@ -459,9 +502,9 @@ static int serve(Answers *self, struct pending *ev, struct lookup *lk, int may_r
 			pthread_mutex_unlock(&self->lock);
 			return 0;
 		}
-		int exec = (ev->mask & FAN_OPEN_EXEC_PERM) != 0;
+		int kind = kind_of(ev->mask);
 		struct opener *o = look_up_opener(self, ev->pid, lk);
-		if (exec && o) {
+		if (kind == KIND_EXEC && o) {
 			/* It is about to run another program (perhaps the same file with other
 			 * libraries preloaded): nothing it was answered holds for that one. */
 			o->gen = ++self->clock;
@@ -469,12 +512,19 @@ static int serve(Answers *self, struct pending *ev, struct lookup *lk, int may_r
 		}
 		struct answer *a = NULL;
 		if (self->own.slots && lk->uid >= 0) {
-			uint64_t h = key_hash(ev->pid, lk->uid, exec, lk->st.st_dev, lk->st.st_ino,
-					      ctime_ns_of(&lk->st), lk->exe, lk->exe_len);
-			a = find_slot(&self->own, h, ev->pid, lk->uid, exec, &lk->st, lk->exe,
+			if (kind == KIND_OPEN && o)
+				forget_access(self, ev->pid, lk);
+			struct stat key = lk->st;
+			if (kind == KIND_ACCESS)
+				key.st_ctim = (struct timespec){ 0 }; /* see kind_of() */
+			uint64_t h = key_hash(ev->pid, lk->uid, kind, key.st_dev, key.st_ino,
+					      ctime_ns_of(&key), lk->exe, lk->exe_len);
+			a = find_slot(&self->own, h, ev->pid, lk->uid, kind, &key, lk->exe,
 				      lk->exe_len);
 			if (!a->hash)
-				a = from_shared(self, o, exec, lk, h);
+				/* What a process may do through its open files depends on which
+				 * it holds: an access answer is never shared. */
+				a = kind == KIND_ACCESS ? NULL : from_shared(self, o, kind, lk, h);
 			else if (!o || a->gen != o->gen)
 				a = NULL; /* given to another process with the pid, or before an exec */
 		}
@@ -637,11 +687,11 @@ static PyObject *Answers_next_queued(Answers *self, PyObject *Py_UNUSED(ignored)
  * token, or the newer answer for a key already there. 1 if stored; *replaced gets a
  * token to release (GIL held, mutex not).
  */
-static int store(Answers *self, struct table *t, uint64_t h, int pid, int uid, int exec,
+static int store(Answers *self, struct table *t, uint64_t h, int pid, int uid, int kind,
 		 const struct stat *st, const char *exe, size_t exe_len, int allow,
 		 PyObject *token, uint64_t gen, PyObject **replaced)
 {
-	struct answer *a = find_slot(t, h, pid, uid, exec, st, exe, exe_len);
+	struct answer *a = find_slot(t, h, pid, uid, kind, st, exe, exe_len);
 	if (a->hash) {
 		a->gen = gen;
 		/* Decided again (two readers raced, or a shared answer was used and this
@@ -659,7 +709,7 @@ static int store(Answers *self, struct table *t, uint64_t h, int pid, int uid, i
 	char *copy = malloc(exe_len + 1);
 	if (!copy)
 		return 0;
-	a = room_for(self, t, h, pid, uid, exec, st, exe, exe_len);
+	a = room_for(self, t, h, pid, uid, kind, st, exe, exe_len);
 	if (!a) {
 		free(copy);
 		return 0;
@@ -667,7 +717,7 @@ static int store(Answers *self, struct table *t, uint64_t h, int pid, int uid, i
 	memcpy(copy, exe, exe_len);
 	copy[exe_len] = 0;
 	Py_INCREF(token);
-	*a = (struct answer){ .hash = h, .pid = pid, .uid = uid, .exec = exec,
+	*a = (struct answer){ .hash = h, .pid = pid, .uid = uid, .kind = kind,
 			      .dev = (uint64_t)st->st_dev, .ino = (uint64_t)st->st_ino,
 			      .ctime_ns = ctime_ns_of(st), .exe = copy, .exe_len = exe_len,
 			      .allow = allow, .token = token, .gen = gen };
@@ -687,7 +737,8 @@ static void vouch(struct opener *o, int plain)
 }
 
 PyDoc_STRVAR(remember_doc,
-"remember(pid, uid, exe, dev, ino, ctime_ns, execute, allow, token, plain=False) -> bool\n\n"
+"remember(pid, uid, exe, dev, ino, ctime_ns, kind, allow, token, plain=False) -> bool\n\n"
+"kind: 0 an open, 1 an exec, 2 a pre-content access of an open file.\n"
 "Answer allow to the same access again -- same pid, euid, executable, file version\n"
 "and action -- without asking Python, and count it against token. plain: the\n"
 "decision depended on nothing of the process but its euid and executable, and the\n"
@@ -697,17 +748,17 @@ PyDoc_STRVAR(remember_doc,
 
 static PyObject *Answers_remember(Answers *self, PyObject *args, PyObject *kwds)
 {
-	static char *kwlist[] = { "pid", "uid", "exe", "dev", "ino", "ctime_ns", "execute",
+	static char *kwlist[] = { "pid", "uid", "exe", "dev", "ino", "ctime_ns", "kind",
 				  "allow", "token", "plain", NULL };
-	int pid, uid, exec, allow, plain = 0;
+	int pid, uid, kind, allow, plain = 0;
 	PyObject *exe_obj, *token;
 	unsigned long long dev, ino;
 	long long ctime_ns;
 	if (!ready(self))
 		return NULL;
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiO&KKLppO|p", kwlist, &pid, &uid,
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiO&KKLipO|p", kwlist, &pid, &uid,
 					 PyUnicode_FSConverter, &exe_obj, &dev, &ino, &ctime_ns,
-					 &exec, &allow, &token, &plain))
+					 &kind, &allow, &token, &plain))
 		return NULL;
 	const char *exe = PyBytes_AS_STRING(exe_obj);
 	size_t exe_len = (size_t)PyBytes_GET_SIZE(exe_obj);
@@ -719,6 +770,8 @@ static PyObject *Answers_remember(Answers *self, PyObject *args, PyObject *kwds)
 	struct stat st = { 0 };
 	st.st_dev = (dev_t)dev;
 	st.st_ino = (ino_t)ino;
+	if (kind == KIND_ACCESS)
+		ctime_ns = 0; /* see kind_of() */
 	st.st_ctim.tv_sec = ctime_ns / 1000000000LL;
 	st.st_ctim.tv_nsec = ctime_ns % 1000000000LL;
 
@@ -730,15 +783,15 @@ static PyObject *Answers_remember(Answers *self, PyObject *args, PyObject *kwds)
 	 * told from a later process with the pid. */
 	struct opener *o = self->closed ? NULL : keep_opener(self, pid);
 	if (o) {
-		uint64_t h = key_hash(pid, uid, exec, dev, ino, ctime_ns, exe, exe_len);
-		stored = store(self, &self->own, h, pid, uid, exec, &st, exe, exe_len, allow,
+		uint64_t h = key_hash(pid, uid, kind, dev, ino, ctime_ns, exe, exe_len);
+		stored = store(self, &self->own, h, pid, uid, kind, &st, exe, exe_len, allow,
 			       token, o->gen, &replaced);
-		if (stored)
+		if (stored && kind != KIND_ACCESS) /* says nothing of the process's program */
 			vouch(o, plain);
-		if (stored && o->plain) {
+		if (stored && o->plain && kind != KIND_ACCESS) {
 			PyObject *unused = NULL; /* a shared token is never replaced */
-			uint64_t h0 = key_hash(0, uid, exec, dev, ino, ctime_ns, exe, exe_len);
-			store(self, &self->shared, h0, 0, uid, exec, &st, exe, exe_len, allow,
+			uint64_t h0 = key_hash(0, uid, kind, dev, ino, ctime_ns, exe, exe_len);
+			store(self, &self->shared, h0, 0, uid, kind, &st, exe, exe_len, allow,
 			      token, 0, &unused);
 		}
 	}

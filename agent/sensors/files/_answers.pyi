@@ -14,7 +14,7 @@ class Answers:
         dev: int,
         ino: int,
         ctime_ns: int,
-        execute: bool,
+        kind: int,
         allow: bool,
         token: object,
         plain: bool = False,

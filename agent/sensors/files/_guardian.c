@@ -39,6 +39,20 @@ struct tally {
 	unsigned long long denied, allowed, unrecorded;
 };
 
+#ifndef FAN_PRE_ACCESS
+#define FAN_PRE_ACCESS 0x00100000 /* Linux 6.14; older headers lack it */
+#endif
+
+/* The action an event asks, as the agent's records name it: a pre-content event is
+ * a read or write of a file already open, told apart only by the agent -- here both
+ * are denied for labelled files, and journalled as "access". */
+static const char *action_of(uint64_t mask)
+{
+	if (mask & FAN_OPEN_EXEC_PERM)
+		return "execute";
+	return (mask & FAN_PRE_ACCESS) ? "access" : "read";
+}
+
 static int respond(int fan_fd, int fd, int allow)
 {
 	struct fanotify_response r = { .fd = fd, .response = allow ? FAN_ALLOW : FAN_DENY };
@@ -128,7 +142,7 @@ static void journal(int journal_fd, const struct fanotify_event_metadata *m, int
 		     "\"action\": \"%s\", \"decision\": \"%s\", \"labelled\": %s, "
 		     "\"inherited\": %s, \"path\": \"",
 		     (long long)ts.tv_sec, ts.tv_nsec, m->pid, uid,
-		     (m->mask & FAN_OPEN_EXEC_PERM) ? "execute" : "read", allow ? "allow" : "deny",
+		     action_of(m->mask), allow ? "allow" : "deny",
 		     label > 0 ? "true" : (label == 0 ? "false" : "null"),
 		     label == 2 ? "true" : "false");
 	p = json_escape(p, path, strlen(path));

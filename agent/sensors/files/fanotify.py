@@ -46,6 +46,7 @@ FAN_FS_ERROR = 0x00008000
 FAN_OPEN_PERM = 0x00010000
 FAN_ACCESS_PERM = 0x00020000
 FAN_OPEN_EXEC_PERM = 0x00040000
+FAN_PRE_ACCESS = 0x00100000  # Linux 6.14: before a read, write or truncate of an open file
 FAN_EVENT_ON_CHILD = 0x08000000
 FAN_RENAME = 0x10000000
 FAN_ONDIR = 0x40000000
@@ -314,6 +315,33 @@ def abs_roots(roots: Iterable[Path | str]) -> list[str]:
 def under_roots(path: str, roots: Iterable[str]) -> bool:
     """Whether absolute ``path`` is one of ``roots`` (``abs_roots``) or below one."""
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def pre_content_problem(paths: Iterable[str]) -> str:
+    """Why writes under ``paths`` cannot be decided through pre-content events ("" when
+    they can): a ``FAN_PRE_ACCESS`` mark on each, in a throw-away group, is refused
+    with EINVAL by kernels before 6.14 and with EOPNOTSUPP by filesystems without
+    pre-content events. Needs CAP_SYS_ADMIN, like any permission group."""
+    try:
+        probe = fanotify_init(FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC, EVENT_F_FLAGS)
+    except OSError as e:
+        return f"cannot make a pre-content group: {e.strerror}"
+    try:
+        for path in paths:
+            try:
+                fanotify_mark(probe, FAN_MARK_ADD, FAN_PRE_ACCESS, AT_FDCWD, path)
+            except OSError as e:
+                if e.errno == errno.EINVAL:
+                    return "this kernel has no pre-content fanotify events (Linux 6.14 has)"
+                if e.errno == errno.EOPNOTSUPP:
+                    return (
+                        f"the filesystem of {path} has no pre-content events "
+                        "(ext4, xfs and btrfs have)"
+                    )
+                return f"{path}: {e.strerror}"
+    finally:
+        os.close(probe)
+    return ""
 
 
 CAP_HINT = (

@@ -1,11 +1,18 @@
 """The permission path: every open under the protected roots answered with a decision.
 
-``PermissionGuard`` holds a permission group (``FAN_CLASS_CONTENT``) with
+``PermissionGuard`` holds a permission group (``FAN_CLASS_PRE_CONTENT``) with
 ``FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM`` marks on every directory under the protected
 roots (kept marked by a ``TreeWatcher``). Every open of a file (or directory) in them
 blocks in the kernel until the guard answers allow or deny; ``decide(Access)`` gives the
-answer, within a deadline. Its read loop is in C (``_answers.c``): repeats of an answer
-``decide()`` asked it to ``repeat()`` are answered there without the GIL, and counted.
+answer, within a deadline. Labelled files (``mark_file``) are also marked
+``FAN_PRE_ACCESS`` where the kernel and filesystem have pre-content events (Linux
+6.14, ext4/xfs/btrfs): their writes and truncations are asked too, as ``write``
+(``writers.py`` tells a write from a read through a read-only descriptor, which is
+allowed without asking: the open was decided). Elsewhere writes rest on the file
+modes and ACLs the DAC keeper holds, and health says so (``degraded``).
+
+Its read loop is in C (``_answers.c``): repeats of an answer ``decide()`` asked it to
+``repeat()`` are answered there without the GIL, and counted.
 
 Latency: a repeat answered in C costs three system calls more than the kernel round
 trip (~2.4 us against ~8.5 us; ``make bench``). Everything else -- the first open of
@@ -35,7 +42,7 @@ from agent.sensors.files.fanotify import (
     CAP_HINT,
     EVENT_F_FLAGS,
     FAN_ALLOW,
-    FAN_CLASS_CONTENT,
+    FAN_CLASS_PRE_CONTENT,
     FAN_CLOEXEC,
     FAN_CREATE,
     FAN_DENY,
@@ -45,6 +52,7 @@ from agent.sensors.files.fanotify import (
     FAN_ONDIR,
     FAN_OPEN_EXEC_PERM,
     FAN_OPEN_PERM,
+    FAN_PRE_ACCESS,
     FAN_RENAME,
     FAN_UNLIMITED_MARKS,
     FAN_UNLIMITED_QUEUE,
@@ -55,9 +63,11 @@ from agent.sensors.files.fanotify import (
     fanotify_init,
     fanotify_mark,
     fd_path,
+    pre_content_problem,
 )
 from agent.sensors.files.guardian import GapRecords, GuardianError, GuardianLink
 from agent.sensors.files.trees import OnOverflow, TreeWatcher
+from agent.sensors.files.writers import may_write
 
 _logger = logging.getLogger(__name__)
 
@@ -84,7 +94,7 @@ class Access:
     dev: int
     ino: int
     ctime_ns: int
-    action: str  # "read" (FAN_OPEN_PERM) or "execute" (FAN_OPEN_EXEC_PERM)
+    action: str  # "read" (FAN_OPEN_PERM), "execute" (FAN_OPEN_EXEC_PERM), "write" (FAN_PRE_ACCESS)
     #: The path when the creator already knows it (test doubles); otherwise ``path``
     #: resolves it from ``fd`` on first use.
     known_path: str | None = field(default=None, repr=False, compare=False)
@@ -141,6 +151,11 @@ class Access:
     _set_known_path,
 ) = (Access.__dict__[f.name].__set__ for f in fields(Access))
 
+
+#: The kind of answer the C table keeps for each action (_answers.c: KIND_*).
+_KINDS = {"read": 0, "execute": 1, "write": 2}
+#: The same for a pre-content read through a read-only descriptor (allowed, silent).
+_ACCESS = _KINDS["write"]
 
 OnError = Callable[[Access | None, BaseException], None]
 OnTamper = Callable[[str, str], None]  # (kind, detail)
@@ -228,6 +243,7 @@ class PermissionGuard:
         guardian_dir: Path | None = None,
         on_gap: Callable[[GapRecords], None] | None = None,
         on_tamper: OnTamper | None = None,
+        pre_content: bool = True,
     ) -> None:
         if deadline <= 0:
             raise ConfigError(f"deadline must be positive seconds, not {deadline!r}")
@@ -269,6 +285,12 @@ class PermissionGuard:
         self._guardian_lock = threading.Lock()  # stop() and a failing reader hand over once
         self._guardian_problem = ""
         self._orphan_gap: GapRecords = []  # the journal of a guardian that died holding
+        # Writes decided through pre-content events: asked for (pre_content), in effect
+        # (probed at start), and why not when asked for but not in effect.
+        self._pre_content_wanted = pre_content
+        self._pre_content = False
+        self._pre_content_problem = "" if pre_content else "turned off (--no-pre-content)"
+        self._dac_only_files = 0  # labelled files on a filesystem without pre-content
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -326,6 +348,7 @@ class PermissionGuard:
                 msg = f"{root}: {e.strerror or e}"
                 self._root_errors.append(msg)
                 _logger.error("file guard cannot guard %s", msg)
+        self._probe_pre_content()
         if tree.marked_dirs and (err := tree.check_handles(tree.roots[0])) is not None:
             self._tree_warning = f"new directories are not followed: {err}"
             _logger.error("file guard: %s", self._tree_warning)
@@ -337,7 +360,7 @@ class PermissionGuard:
         """Create the permission group (and its guardian, if configured)."""
         try:
             self._fan_fd = fanotify_init(
-                FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_UNLIMITED_QUEUE | FAN_UNLIMITED_MARKS,
+                FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC | FAN_UNLIMITED_QUEUE | FAN_UNLIMITED_MARKS,
                 EVENT_F_FLAGS,
             )
         except OSError as e:
@@ -502,9 +525,46 @@ class PermissionGuard:
         """Guard the file open as ``fd`` (any fd, ``O_PATH`` too) by whatever path it is
         reached: an inode mark, so hard links and renames out of the trees and bind
         mounts still ask. False (and an error reported) when it cannot be marked."""
-        return self._mark_inode(fd, self._file_mask, "cannot guard a labelled file")
+        failure = "cannot guard a labelled file"
+        if self._pre_content:
+            try:
+                path = f"/proc/self/fd/{fd}"
+                mask = self._file_mask | FAN_PRE_ACCESS
+                fanotify_mark(self._fan_fd, FAN_MARK_ADD, mask, AT_FDCWD, path)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    self._report_error(None, OSError(e.errno, f"{failure}: {e.strerror}"))
+                    return False
+                self._dac_only_files += 1  # e.g. moved to tmpfs: its writes rest on DAC
+            else:
+                return True
+        return self._mark_inode(fd, self._file_mask, failure)
 
     _file_mask = FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM
+
+    def _probe_pre_content(self) -> None:
+        """Whether writes can be decided (in a throw-away group: the guard's own
+        directory marks carry FAN_ONDIR, which the kernel will not combine with
+        FAN_PRE_ACCESS)."""
+        if not self._pre_content_wanted or not self._running:
+            return
+        self._pre_content_problem = pre_content_problem(self.roots)
+        self._pre_content = not self._pre_content_problem
+        if self._pre_content_problem:
+            _logger.warning(
+                "file guard: writes rest on file modes and ACLs alone: %s",
+                self._pre_content_problem,
+            )
+
+    @property
+    def decides_writes(self) -> bool:
+        """Writes and truncations of labelled files are asked (pre-content events)."""
+        return self._pre_content
+
+    @property
+    def pre_content_problem(self) -> str:
+        """Why writes are not asked ("" when they are, or before start)."""
+        return self._pre_content_problem
 
     def mark_exec(self, fd: int) -> bool:
         """Be asked whenever the program open as ``fd`` is run (``FAN_OPEN_EXEC_PERM``
@@ -549,7 +609,7 @@ class PermissionGuard:
             access.dev,
             access.ino,
             access.ctime_ns,
-            access.action == "execute",
+            _KINDS[access.action],
             allow,
             token,
             plain,
@@ -565,7 +625,10 @@ class PermissionGuard:
         too, for the repeats counted before it.
         """
         answers = self._answers
-        return [] if answers is None else answers.take(forget)
+        if answers is None:
+            return []
+        # Reads through read-only descriptors were recorded when the file was opened.
+        return [row for row in answers.take(forget) if row[0] is not None]
 
     def health(self) -> Health:
         """ok, degraded (decisions stuck past the deadline), disabled or failed."""
@@ -592,10 +655,20 @@ class PermissionGuard:
             problems.append(f"new directories are not followed: {tree.failed}")
         if tree is not None and tree.unfollowed:
             problems.append(f"new entries of {tree.unfollowed} directories are not followed")
+        if not self._pre_content:
+            why = self._pre_content_problem
+            problems.append(f"writes rest on file modes and ACLs alone: {why}")
+        elif self._dac_only_files:
+            problems.append(
+                f"writes of {self._dac_only_files} labelled files rest on file modes and ACLs "
+                "alone: their filesystem has no pre-content events"
+            )
         if problems:
             return Health("degraded", "; ".join(problems))
         marked = tree.marked_dirs if tree is not None else 0
-        return Health("ok", f"guarding {marked} directories under {len(self.roots)} roots")
+        return Health(
+            "ok", f"guarding {marked} directories under {len(self.roots)} roots, writes included"
+        )
 
     # -- the reader ------------------------------------------------------------------------
     def _start_reader(self) -> None:
@@ -623,7 +696,7 @@ class PermissionGuard:
                 return
             self._fail(f"file guard reader failed: {e}")
 
-    def _handle(  # noqa: PLR0917 - the fields of one event, as Answers.next() gives them
+    def _handle(  # noqa: PLR0911, PLR0917 - one event's fields, as Answers.next() gives them
         self,
         fd: int,
         pid: int,
@@ -649,7 +722,12 @@ class PermissionGuard:
             return True
         # Callbacks other than decide() get an Access whose path is already resolved:
         # the fd is closed by the time they might read it.
-        action = "execute" if mask & FAN_OPEN_EXEC_PERM else "read"
+        if mask & FAN_PRE_ACCESS:
+            if not may_write(pid, dev, ino):
+                return self._allow_reading(fd, pid, uid, exe, dev, ino, ctime_ns)
+            action = "write"
+        else:
+            action = "execute" if mask & FAN_OPEN_EXEC_PERM else "read"
         access = Access(pid, uid, exe, fd, dev, ino, ctime_ns, action)
         if self._stuck >= self._max_stuck:
             _ = access.path
@@ -697,6 +775,21 @@ class PermissionGuard:
             os.close(fd)
         if error is not None:
             self._report_error(access, error)
+        return True
+
+    def _allow_reading(  # noqa: PLR0917 - the fields of one event
+        self, fd: int, pid: int, uid: int, exe: str, dev: int, ino: int, ctime_ns: int
+    ) -> bool:
+        """A pre-content read through a read-only descriptor: the open was decided and
+        recorded; allowed, and so are its repeats (in C) until the process opens the
+        file again. Not recorded again."""
+        try:
+            self._respond(fd, FAN_ALLOW)
+            answers = self._answers
+            if answers is not None and self._running:
+                answers.remember(pid, uid, exe, dev, ino, ctime_ns, _ACCESS, True, None)
+        finally:
+            os.close(fd)
         return True
 
     def _call_after(self, access: Access, result: object) -> None:

@@ -8,17 +8,18 @@ Linux audit rules, one set per root and syscall ABI, all with the key ``baomi-re
     -a always,exit -F arch=b64 -S open   -F a1&0x243 -F exit=-EACCES -F dir=ROOT -k baomi-refusals
     -a always,exit -F arch=b64 -S openat -F a2&0x243 -F exit=-EACCES -F dir=ROOT -k baomi-refusals
     -a always,exit -F arch=b64 -S creat,openat2,truncate,unlink,...  -F exit=-EACCES ...
-    -a always,exit -F arch=b64 -S creat,truncate,unlink,...          -F exit=-EPERM  ...
+    -a always,exit -F arch=b64 -S creat,unlink,...                   -F exit=-EPERM  ...
 
 (0x243 is O_WRONLY|O_RDWR|O_CREAT|O_TRUNC: an open for reading refused with EPERM is
-fanotify's answer, already recorded by the guard; the same again for ``arch=b32`` when
-the kernel runs 32-bit programs). ``dir=ROOT`` matches when any path the syscall looked
-up lies in the tree. Rules for the roots left by a killed agent are deleted before they
-are added, and they are deleted at stop. If kernel auditing is off the agent turns it on
-(``auditctl -e 1``, logged) and off again at stop when no rule is left. Every 30 seconds
-it checks that its rules are still there and auditing is on (``auditctl -D`` or an auditd
-restart loading only its own rules would end the record silently): if not, it puts them
-back and records a HIGH ``audit_rules`` tamper event.
+fanotify's answer, already recorded by the guard, as is a truncate refused with EPERM;
+the same again for ``arch=b32`` when the kernel runs 32-bit programs). ``dir=ROOT``
+matches when any path the syscall looked up lies in the tree. Rules for the roots left
+by a killed agent are deleted before they are added, and they are deleted at stop. If
+kernel auditing is off the agent turns it on (``auditctl -e 1``, logged) and off again
+at stop when no rule is left. Every 30 seconds it checks that its rules are still there
+and auditing is on (``auditctl -D`` or an auditd restart loading only its own rules
+would end the record silently): if not, it puts them back and records a HIGH
+``audit_rules`` tamper event.
 
 Records are read without becoming the audit daemon: a ``NETLINK_AUDIT`` socket in the
 multicast group ``AUDIT_NLGRP_READLOG`` (CAP_AUDIT_READ); a running ``auditd`` keeps
@@ -88,6 +89,8 @@ _TRUNCATES = ("truncate", "truncate64")
 _OTHERS = (
     "creat", "openat2", *_TRUNCATES, *_DELETES, *_CREATES, *_MODES, *_XATTRS, *_TIMES,
 )  # fmt: skip
+#: Refused with EPERM only by the file guard's own answer (which it records).
+_FANOTIFY_EPERM = ("openat2", *_TRUNCATES)
 #: Which arguments are directory fds a relative name is looked up from.
 _DIRFD_ARGS = {"symlinkat": (1,), "renameat": (0, 2), "renameat2": (0, 2), "linkat": (0, 2)}
 _AT_CALLS = (
@@ -400,8 +403,9 @@ def rules(root: str, abi: str, table: dict[int, str]) -> list[list[str]]:
         (syscalls(["openat"]), ["-F", f"a2&{_WRITE_INTENT:#x}", "-F", "exit=-EACCES"]),
         (syscalls(_OTHERS), ["-F", "exit=-EACCES"]),
         # openat2 refused with EPERM is fanotify's answer to a read (its flags are in a
-        # struct no rule can test): the guard records it.
-        (syscalls([n for n in _OTHERS if n != "openat2"]), ["-F", "exit=-EPERM"]),
+        # struct no rule can test), truncate refused with EPERM its answer to a write
+        # (pre-content events): the guard records both.
+        (syscalls([n for n in _OTHERS if n not in _FANOTIFY_EPERM]), ["-F", "exit=-EPERM"]),
     ]
     # A rule without -S would match every syscall: never add one.
     return [[*common, *calls, *test, *tail] for calls, test in wanted if calls]

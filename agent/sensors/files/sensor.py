@@ -63,15 +63,26 @@ SEVERITY_OF = {
     (False, True): events_pb2.SEVERITY_HIGH,  # denied over an invalid label
 }
 _MISSING = object()
-#: What enforces what, said in the health line and at start: only opens for read and
-#: execute reach the guard; the rest is refused by the kernel on file modes and ACLs
-#: the DAC keeper maintains, before any event -- such refusals are recorded through
-#: kernel audit (refusals.py), when it can be used (else health says so).
-ENFORCEMENT = (
-    "read/execute: decided per open and recorded; write/truncate/delete/rename/link: "
-    "file modes and ACLs only (refused attempts recorded through kernel audit); "
-    "export: not enforced"
-)
+
+
+def enforcement(decides_writes: bool) -> str:
+    """What enforces what, said in the health line and at start. Opens for read and
+    execute reach the guard; writes and truncations of labelled files too where the
+    kernel has pre-content events (``decides_writes``). The rest is refused by the
+    kernel on the file modes and ACLs the DAC keeper maintains, before any event --
+    such refusals are recorded through kernel audit (refusals.py)."""
+    writes = (
+        "write/truncate: decided per file and process and recorded, and file modes and ACLs; "
+        if decides_writes
+        else "write/truncate: file modes and ACLs only (NO pre-content events); "
+    )
+    return (
+        f"read/execute: decided per open and recorded; {writes}delete/rename/link: file "
+        "modes and ACLs only (refused attempts recorded through kernel audit); "
+        "export: not enforced"
+    )
+
+
 FOLD_SECONDS = 1.0  # repeated identical accesses are counted and recorded this often
 
 
@@ -87,6 +98,10 @@ class FileGuardConfig:
     #: The state directory a guardian process keeps its socket and journal in, holding
     #: the permission group while the agent is down (None: no guardian, fails open).
     guardian_dir: Path | None = None
+    #: Decide writes and truncations of labelled files through pre-content events
+    #: where the kernel has them; False leaves them to DAC alone, as on kernels before
+    #: 6.14 (the degraded mode, for testing it).
+    pre_content: bool = True
 
 
 def _cmdline(pid: int) -> str:
@@ -165,6 +180,7 @@ class FileGuard:
             guardian_dir=config.guardian_dir,
             on_gap=self._gap_recorded,
             on_tamper=self._tamper,
+            pre_content=config.pre_content,
         )
         self._changes = ChangeWatcher(config.roots, self._on_change, on_overflow=self._overflow)
         # Writes and deletions are refused by DAC, which the keeper owns (dac.py).
@@ -221,7 +237,7 @@ class FileGuard:
         self._refusals.start()  # after the keeper: its own chmods are not refusals
         self._flusher.start()
         self._started = True
-        _logger.info("file guard: %s", ENFORCEMENT)
+        _logger.info("file guard: %s", enforcement(self._guard.decides_writes))
 
     def stop(self) -> None:
         """Stop both fanotify groups, then record the repeats still counted."""
@@ -344,7 +360,8 @@ class FileGuard:
         order = ("ok", "degraded", "disabled", "failed")
         worst = max((guard, changes, dac, refusals), key=lambda h: order.index(h.state))
         if worst.state == "ok":
-            return Health("ok", f"{guard.detail}; {dac.detail}; {ENFORCEMENT}")
+            writes = enforcement(self._guard.decides_writes)
+            return Health("ok", f"{guard.detail}; {dac.detail}; {writes}")
         return worst
 
     # -- the decision path -----------------------------------------------------------------

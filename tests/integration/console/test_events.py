@@ -141,6 +141,31 @@ def test_live_view_streams_new_events(console: Console) -> None:
     assert took < 2.0
 
 
+def test_a_host_whose_sensor_is_degraded_shows_as_degraded(console: Console) -> None:
+    host = enroll_host(console.running, "ws-01")
+    why = "writes rest on file modes and ACLs alone: this kernel has no pre-content events"
+    _send(
+        console,
+        host,
+        agent_status=events_pb2.AgentStatus(
+            version="0.1.0",
+            state="running",
+            sensors=[
+                events_pb2.SensorHealth(name="files", state="degraded", detail=why),
+                events_pb2.SensorHealth(name="usb", state="ok", detail="listening"),
+            ],
+        ),
+    )
+    sam = console.as_role("sysadmin")
+    deadline = time.monotonic() + 10
+    while "state-degraded" not in (page := sam.get("/hosts").text):  # the feed is async
+        assert time.monotonic() < deadline, "the hosts page never showed the host degraded"
+        time.sleep(0.1)
+    assert "在线（降级）" in page  # noqa: RUF001 - the console's own words
+    assert f"files: {why}" in page and "usb: listening" not in page
+    assert 'id="hosts-degraded">1<' in sam.get("/").text
+
+
 def test_hosts_page_shows_drift_and_silence_raises_one_alert(
     console: Console, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -91,7 +91,7 @@ def test_every_message_exists_in_both_languages() -> None:
         "kind_": KINDS,
         "severity_": SEVERITIES.values(),
         "role_": ("sysadmin", "secadmin", "auditor"),
-        "state_": ("online", "silent", "stopped", "unknown", "decommissioned"),
+        "state_": ("online", "degraded", "silent", "stopped", "unknown", "decommissioned"),
         "status_": ("open", "rectifying", "closed"),
         "decision_": ("allow", "block", "reject", "none"),
         "phase_": ("check", "sweep"),

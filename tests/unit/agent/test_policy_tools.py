@@ -14,7 +14,13 @@ import pytest
 from agent.decision.engine import Engine
 from agent.decision.errors import PolicyError
 from agent.decision.policy import MODEL_TEXT, PolicySet
-from agent.decision.tools import explain, parse_target, policy_test
+from agent.decision.tools import (
+    enforcement,
+    explain,
+    parse_target,
+    policy_test,
+    with_pre_content,
+)
 from agent.labels import (
     LABEL_KEY_FILE,
     XATTR_LEVEL,
@@ -399,6 +405,32 @@ def test_explain_names_a_dac_grant_wider_than_the_program(tmp_path: Path) -> Non
     mismatches = policy_test(ps, table, today=TODAY)
     assert [m.line for m in mismatches] == [2]  # the policy allows li's export ...
     assert "not enforced on this host" in mismatches[0].note  # ... which nothing enforces
+
+
+def test_with_pre_content_a_labelled_write_is_also_decided() -> None:
+    """On a kernel with pre-content events the guard decides writes of labelled files:
+    liu's write with cat, which DAC lets through, is denied; with wps it is allowed;
+    root's write is decided like anyone's; an unlabelled file stays DAC's alone."""
+    path, label, _ = parse_target("/srv/secret/rd/design/radar.doc;level=机密")
+    engine = Engine(PolicySet.load(SHIPPED))
+
+    def enforced(uid: int, exe: str, *, labelled: bool = True) -> tuple[bool | None, str]:
+        lab = label if labelled else None
+        verdict = engine.decide_cold(
+            uid=uid, exe=exe, path=path, label=lab, action="write", today=TODAY
+        )
+        dac = enforcement(
+            engine, uid=uid, path=path, home=path, label=lab, action="write",
+            verdict=verdict, today=TODAY,
+        )  # fmt: skip
+        return with_pre_content(dac, action="write", label=lab, verdict=verdict)
+
+    allowed, how = enforced(1006, "/usr/bin/cat")
+    assert allowed is False and "DAC cannot tell" in how and "pre-content events" in how
+    assert enforced(1006, "/usr/bin/wps")[0] is True
+    assert enforced(0, "/usr/bin/cat")[0] is False
+    allowed, how = enforced(1006, "/usr/bin/cat", labelled=False)
+    assert "pre-content" not in how
 
 
 def test_unenforced_rules_are_warned_about_once(
