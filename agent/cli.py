@@ -160,7 +160,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     policyset = PolicySet.load(args.policies)
     key = _label_key_or_note(args)
-    pre_content = args.action == "write" and _pre_content_here(args.path)
+    # Only a labelled file's writes can be decided, and only an existing file is labelled.
+    exists = Path(args.path).exists()
+    pre_content = args.action == "write" and exists and _pre_content_here(args.path)
     print(
         explain(
             policyset, args.user, args.path, args.action, args.exe, key=key,
