@@ -5,6 +5,17 @@ against the host's chain (contiguous seq, matching prev_hash), hands new rows to
 single ``Writer`` and sends an Ack only after the rows are durably committed. The writer
 commits whatever batches are waiting, from every stream, in one transaction (group
 commit), so the cost of a durable commit is shared.
+
+One truth per host: a host has at most one stream served at a time. A new stream of a
+host ends the one before it and starts only once every batch that stream handed to the
+writer has settled, so the head it announces, the replays it checks and the Acks it
+sends all see the same chain. Within a stream, replays are checked against the rows
+handed to the writer and not yet committed as well as against the store. An Ack is
+sent only when every row it covers is in the store with exactly the acknowledged hash.
+
+Per-host isolation: events are validated (seq, times, enum values) before they reach
+the store, and a group commit that fails is retried batch by batch, so one host's bad
+batch never fails another host's.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from baomi.v1 import events_pb2
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf.message import DecodeError
 
-from collector import checkpoint
+from collector import checkpoint, validate
 from collector.rpc import abort
 from collector.store.base import CheckpointRow, EventRow, Store
 
@@ -92,18 +103,54 @@ class Writer:
                     break
                 group.append(item)
                 size += len(item[0])
-            rows = [r for g in group for r in g[0]]
-            error: BaseException | None = None
-            try:
-                self.committed += self._store.append(rows)
-                for r in rows:
-                    if r.seq > self.heads.get(r.host_id, (0, b""))[0]:
-                        self.heads[r.host_id] = (r.seq, r.hash)
-            except Exception as e:
-                _logger.exception("commit of %d rows failed", len(rows))
-                error = e
-            for _, fut, loop in group:
+            errors = self._commit([g[0] for g in group])
+            for (rows, fut, loop), error in zip(group, errors, strict=True):
+                if error is None:
+                    for r in rows:
+                        if r.seq > self.heads.get(r.host_id, (0, b""))[0]:
+                            self.heads[r.host_id] = (r.seq, r.hash)
                 loop.call_soon_threadsafe(_settle, fut, error)
+
+    def _commit(self, batches: list[list[EventRow]]) -> list[BaseException | None]:
+        """Append the batches in one transaction; what failed, per batch. When the
+        transaction fails, each batch is tried on its own: a batch the store refuses
+        fails alone."""
+        rows = [r for b in batches for r in b]
+        try:
+            inserted = self._store.append(rows)
+        except Exception as e:  # noqa: BLE001 - whatever the store raises fails the batch
+            if len(batches) == 1:
+                _logger.error("commit of %d rows failed: %r", len(rows), e)
+                return [e]
+            _logger.warning("group commit of %d rows failed (%r); batch by batch", len(rows), e)
+            return [self._commit([b])[0] for b in batches]
+        self.committed += inserted
+        if inserted == len(rows):
+            return [None] * len(batches)
+        # Some (host, seq) was in the store already: only a batch whose rows are all
+        # stored with its hashes may be acknowledged.
+        return [self._conflict(b) for b in batches]
+
+    def _conflict(self, rows: list[EventRow]) -> StoreConflict | None:
+        """The first row of ``rows`` the store holds with another hash, if any."""
+        by_host: dict[str, list[EventRow]] = {}
+        for r in rows:
+            by_host.setdefault(r.host_id, []).append(r)
+        for host, mine in by_host.items():
+            stored = self._store.hashes(host, mine[0].seq, mine[-1].seq)
+            for r in mine:
+                if stored.get(r.seq) != r.hash:
+                    return StoreConflict(host, r.seq)
+        return None
+
+
+class StoreConflict(Exception):  # noqa: N818 - an outcome of a commit
+    """The store holds another event at a (host, seq) a batch carried."""
+
+    def __init__(self, host_id: str, seq: int) -> None:
+        super().__init__(f"host {host_id} seq {seq}: the store holds another event there")
+        self.host_id = host_id
+        self.seq = seq
 
 
 def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
@@ -232,6 +279,11 @@ class HostChain:
     seq: int
     hash: bytes
     breaks: list[tuple[int, str]] = field(default_factory=list)
+    #: seq -> hash of the rows handed to the writer and not yet committed: a replay of
+    #: one is checked against it (the store does not hold it yet).
+    accepted: dict[int, bytes] = field(default_factory=dict)
+    #: The commits handed to the writer and not yet settled.
+    commits: set[asyncio.Future[None]] = field(default_factory=set)
 
     def check(self, batch: events_pb2.EventBatch, received_us: int) -> list[EventRow]:
         """Validate a batch and return the rows not yet stored, in seq order.
@@ -266,6 +318,8 @@ class HostChain:
                 raise _malformed(i, ev_seq, "prev_hash must be 32 bytes")
             if not ev.HasField("time"):
                 raise _malformed(i, ev_seq, "time is missing")
+            if (wrong := validate.event_problem(ev, kind)) is not None:
+                raise _malformed(i, ev_seq, wrong)
             last = ev_seq
             if ev_seq <= seq:
                 continue  # a replay of what is stored; checked against it by the caller
@@ -278,6 +332,15 @@ class HostChain:
             rows.append(row)
         self.seq, self.hash = seq, head
         return rows
+
+
+@dataclass
+class _HostSlot:
+    """Serves one host's streams one at a time."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    newest: asyncio.Event | None = None  # set: the stream it belongs to must give way
+    settling: asyncio.Future[list[object]] | None = None  # the last stream's commits
 
 
 @dataclass
@@ -311,6 +374,7 @@ class Ingest:
         self._signed_heads: dict[str, tuple[int, bytes]] | None = None
         self._last_checkpoint: str | None = None  # digest of the newest checkpoint
         self._live: dict[str, asyncio.Event] = {}
+        self._hosts: dict[str, _HostSlot] = {}
 
     @property
     def connected(self) -> int:
@@ -320,65 +384,103 @@ class Ingest:
     async def stream(
         self, host_id: str, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[events_pb2.Ack]:
-        """Take batches from one authenticated host; yield Acks after each commit."""
-        # One stream per host: a reconnecting agent replaces its stale stream.
-        superseded = asyncio.Event()
-        old = self._live.get(host_id)
-        if old is not None:
-            old.set()
-        self._live[host_id] = superseded
+        """Take batches from one authenticated host; yield Acks after each commit.
+
+        One stream per host at a time: a reconnecting agent's new stream ends the stale
+        one, then waits until every commit that one started has settled.
+        """
+        slot = self._hosts.setdefault(host_id, _HostSlot())
+        if slot.newest is not None:
+            slot.newest.set()  # the stream being served (or waiting) gives way
+        superseded = slot.newest = asyncio.Event()
         self.stats.streams += 1
-        try:
-            head = await asyncio.to_thread(self.store.head, host_id)
-            state = HostChain(host_id, *(head or (0, chain.GENESIS)))
-            yield events_pb2.Ack(host_id=host_id, up_to_seq=state.seq, head_hash=state.hash)
-            pending: asyncio.Queue[tuple[asyncio.Task[None] | None, events_pb2.Ack]] = (
-                asyncio.Queue(maxsize=16)
-            )
-            reader = asyncio.create_task(self._read(state, requests, pending, context))
-            waiter: asyncio.Task[tuple[asyncio.Task[None] | None, events_pb2.Ack]] | None = None
-            stop = asyncio.create_task(superseded.wait())
+        async with slot.lock:
+            if slot.settling is not None:
+                await asyncio.shield(slot.settling)
+            if superseded.is_set():
+                await abort(context, grpc.StatusCode.ABORTED, "a newer stream of this host came")
+            self._live[host_id] = superseded
+            state: HostChain | None = None
             try:
-                while True:
-                    waiter = asyncio.create_task(pending.get())
-                    done, _ = await asyncio.wait(
-                        {waiter, reader, stop}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    if waiter in done:
-                        yield await self._settle(*waiter.result())
-                        continue
-                    if stop in done:
-                        await abort(
-                            context,
-                            grpc.StatusCode.ABORTED,
-                            "a newer stream of this host took over",
-                        )
-                    reader.result()  # raises what ended the reader, if anything
-                    # The reader finished cleanly: flush what it queued, then end.
-                    while not pending.empty():
-                        yield await self._settle(*pending.get_nowait())
-                    return
+                head = await asyncio.to_thread(self.store.head, host_id)
+                state = HostChain(host_id, *(head or (0, chain.GENESIS)))
+                yield events_pb2.Ack(host_id=host_id, up_to_seq=state.seq, head_hash=state.hash)
+                async for ack in self._serve(state, requests, context, superseded):
+                    yield ack
             finally:
-                for task in (reader, waiter, stop):
-                    if task is not None:
-                        task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reader
+                if self._live.get(host_id) is superseded:
+                    del self._live[host_id]
+                # The next stream of this host starts from what these commits leave.
+                commits = state.commits if state is not None else set()
+                slot.settling = asyncio.gather(*commits, return_exceptions=True)
+
+    async def _serve(
+        self,
+        state: HostChain,
+        requests: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext,
+        superseded: asyncio.Event,
+    ) -> AsyncIterator[events_pb2.Ack]:
+        """Read batches (``_read``) and yield each Ack once its commit has settled."""
+        pending: asyncio.Queue[tuple[asyncio.Future[None] | None, events_pb2.Ack]] = asyncio.Queue(
+            maxsize=16
+        )
+        reader = asyncio.create_task(self._read(state, requests, pending, context))
+        waiter: asyncio.Task[tuple[asyncio.Future[None] | None, events_pb2.Ack]] | None = None
+        stop = asyncio.create_task(superseded.wait())
+        try:
+            while True:
+                waiter = asyncio.create_task(pending.get())
+                done, _ = await asyncio.wait(
+                    {waiter, reader, stop}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if waiter in done:
+                    yield await self._settle(state, *waiter.result(), context)
+                    continue
+                if stop in done:
+                    await abort(
+                        context, grpc.StatusCode.ABORTED, "a newer stream of this host took over"
+                    )
+                reader.result()  # raises what ended the reader, if anything
+                # The reader finished cleanly: flush what it queued, then end.
+                while not pending.empty():
+                    yield await self._settle(state, *pending.get_nowait(), context)
+                return
         finally:
-            if self._live.get(host_id) is superseded:
-                del self._live[host_id]
+            for task in (reader, waiter, stop):
+                if task is not None:
+                    task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
 
     @staticmethod
-    async def _settle(commit: asyncio.Task[None] | None, ack: events_pb2.Ack) -> events_pb2.Ack:
-        if commit is not None:
-            await commit  # a failed commit raises and ends the stream: the agent replays
+    async def _settle(
+        state: HostChain,
+        commit: asyncio.Future[None] | None,
+        ack: events_pb2.Ack,
+        context: grpc.aio.ServicerContext,
+    ) -> events_pb2.Ack:
+        """The Ack, once its rows are in the store with its hashes."""
+        if commit is None:
+            return ack
+        try:
+            await commit
+        except Exception as e:  # noqa: BLE001 - logged; the agent sends it again
+            _logger.error(
+                "host %s: batch up to seq %d not stored: %s", state.host_id, ack.up_to_seq, e
+            )
+            await abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "the collector could not store a batch; it is not acknowledged: send it again",
+            )
         return ack
 
     async def _read(
         self,
         state: HostChain,
         requests: AsyncIterator[bytes],
-        pending: asyncio.Queue[tuple[asyncio.Task[None] | None, events_pb2.Ack]],
+        pending: asyncio.Queue[tuple[asyncio.Future[None] | None, events_pb2.Ack]],
         context: grpc.aio.ServicerContext,
     ) -> None:
         async for raw in requests:
@@ -415,23 +517,45 @@ class Ingest:
                 )
                 return
             await self._check_replays(state, batch, len(rows))
-            for seq, why in state.breaks:
-                await self.alerts.alert(
-                    "chain_break",
-                    f"host {state.host_id} seq {seq}: {why}",
-                    subject_host=state.host_id,
-                    subject_seq=seq,
-                )
-            state.breaks.clear()
-            commit = asyncio.ensure_future(self.writer.write(rows)) if rows else None
+            if state.breaks:
+                await self._alert_batch(state, "chain_break", state.breaks)
+                state.breaks.clear()
+            commit = self._commit(state, rows) if rows else None
             self.stats.events += len(rows)
             ack = events_pb2.Ack(host_id=state.host_id, up_to_seq=state.seq, head_hash=state.hash)
             await pending.put((commit, ack))
 
+    def _commit(self, state: HostChain, rows: list[EventRow]) -> asyncio.Future[None]:
+        """Hand rows to the writer; until they commit, replays are checked against them."""
+        commit = asyncio.ensure_future(self.writer.write(rows))
+        accepted = state.accepted
+        for r in rows:
+            accepted[r.seq] = r.hash
+        state.commits.add(commit)
+
+        def settled(fut: asyncio.Future[None]) -> None:
+            state.commits.discard(fut)
+            for r in rows:  # committed (now in the store) or failed (never acknowledged)
+                if accepted.get(r.seq) == r.hash:
+                    del accepted[r.seq]
+
+        commit.add_done_callback(settled)
+        return commit
+
+    async def _alert_batch(self, state: HostChain, kind: str, found: list[tuple[int, str]]) -> None:
+        """One alert for everything of ``kind`` found in a batch, with the count."""
+        first_seq, first_why = found[0]
+        detail = f"host {state.host_id} seq {first_seq}: {first_why}"
+        if len(found) > 1:
+            seqs = ", ".join(str(seq) for seq, _ in found[1:20])
+            more = f" and {len(found) - 20} more" if len(found) > 20 else ""
+            detail += f"; {len(found)} in this batch (also seq {seqs}{more})"
+        await self.alerts.alert(kind, detail, subject_host=state.host_id, subject_seq=first_seq)
+
     async def _reject(
         self,
         state: HostChain,
-        pending: asyncio.Queue[tuple[asyncio.Task[None] | None, events_pb2.Ack]],
+        pending: asyncio.Queue[tuple[asyncio.Future[None] | None, events_pb2.Ack]],
         code: grpc.StatusCode,
         reason: str,
         batch: events_pb2.EventBatch,
@@ -457,18 +581,20 @@ class Ingest:
         replayed = [e for e in batch.events[: len(batch.events) - new]]
         if not replayed:
             return
-        stored = await asyncio.to_thread(
-            self.store.hashes, state.host_id, replayed[0].seq, replayed[-1].seq
-        )
+        accepted = state.accepted
+        if all(e.seq in accepted for e in replayed):
+            stored: dict[int, bytes] = {}
+        else:
+            stored = await asyncio.to_thread(
+                self.store.hashes, state.host_id, replayed[0].seq, replayed[-1].seq
+            )
+        conflicts = []
         for ev in replayed:
-            have = stored.get(ev.seq)
+            have = accepted.get(ev.seq) or stored.get(ev.seq)
             if have is not None and have != chain.event_hash(ev):
-                await self.alerts.alert(
-                    "conflicting_replay",
-                    f"host {state.host_id} resent seq {ev.seq} with different content",
-                    subject_host=state.host_id,
-                    subject_seq=ev.seq,
-                )
+                conflicts.append((ev.seq, "resent with different content"))
+        if conflicts:
+            await self._alert_batch(state, "conflicting_replay", conflicts)
 
     async def checkpoint_once(self) -> bool:
         """Sign the current heads if they changed since the last checkpoint."""

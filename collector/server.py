@@ -94,9 +94,13 @@ class CollectorService:
     async def enroll(
         self, request: collector_pb2.EnrollRequest, context: grpc.aio.ServicerContext
     ) -> collector_pb2.EnrollResponse:
-        """Trade a single-use token and a CSR for a host certificate."""
+        """Trade a single-use token and a CSR for a host certificate.
+
+        The token is used up only by an enrolment that succeeds (a CSR refused leaves
+        it usable); the certificate issued retires the host's earlier ones.
+        """
         token_hash = hashlib.sha256(request.token.encode()).digest()
-        host_id = await asyncio.to_thread(self._store.use_token, token_hash, now_us())
+        host_id = await asyncio.to_thread(self._store.token_host, token_hash, now_us())
         if host_id is None:
             await self._ingest.alerts.alert(
                 "enrollment_refused",
@@ -113,6 +117,12 @@ class CollectorService:
             cert = self._authority.issue_host_certificate(request.csr_pem, host_id)
         except EnrollmentError as e:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if await asyncio.to_thread(self._store.use_token, token_hash, now_us()) != host_id:
+            await abort(  # another enrolment used it meanwhile
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                "the enrolment token was used meanwhile; ask for a new one",
+            )
         await asyncio.to_thread(self._store.add_host, host_id, pki.fingerprint(cert), now_us())
         head = await asyncio.to_thread(self._store.head, host_id)
         seq, last = head or (0, b"\0" * 32)

@@ -108,14 +108,17 @@ class Store(Protocol):
     def add_token(self, token: TokenRow) -> None:
         """Store a new enrolment token."""
 
+    def token_host(self, token_hash: bytes, now_us: int) -> str | None:
+        """The host of a token still usable (unknown, used or expired: None); not used."""
+
     def use_token(self, token_hash: bytes, now_us: int) -> str | None:
         """Mark the token used and return its host, or None if unknown, used or expired."""
 
     def add_host(self, host_id: str, cert_sha256: bytes, now_us: int) -> None:
-        """Record (or re-record) an enrolled host and its certificate fingerprint."""
+        """Record an enrolled host's certificate fingerprint; it retires any earlier one."""
 
     def host_certificates(self, host_id: str) -> list[bytes]:
-        """SHA-256 fingerprints of every certificate issued to ``host_id``, oldest first."""
+        """SHA-256 fingerprints of the certificates ``host_id`` may stream with (one)."""
 
     def hosts(self) -> list[str]:
         """Every host that has enrolled or has stored events."""

@@ -205,6 +205,15 @@ class SqlStore:
             (token.token_hash, token.host_id, token.expires_us, token.used_us),
         )
 
+    def token_host(self, token_hash: bytes, now_us: int) -> str | None:
+        """The host of a token not yet used and not expired (the token stays unused)."""
+        row = self._one(
+            "SELECT host_id FROM tokens WHERE token_hash = ? AND used_at IS NULL "
+            "AND expires_at > ?",
+            (token_hash, now_us),
+        )
+        return str(row[0]) if row else None
+
     def use_token(self, token_hash: bytes, now_us: int) -> str | None:
         """Consume a token atomically."""
         # One statement: SQLite holds the write lock for it; under PostgreSQL's READ
@@ -218,12 +227,17 @@ class SqlStore:
         return str(row[0]) if row else None
 
     def add_host(self, host_id: str, cert_sha256: bytes, now_us: int) -> None:
-        """Record an issued host certificate."""
-        self._run(
-            "INSERT INTO hosts (host_id, cert_sha256, enrolled_at) VALUES (?, ?, ?) "
-            "ON CONFLICT DO NOTHING",
-            (host_id, cert_sha256, now_us),
-        )
+        """Record an issued host certificate, retiring the host's earlier ones: after a
+        re-enrolment only the newest certificate is taken on the agents' port."""
+        with self._transaction() as tx:
+            tx.execute(
+                "DELETE FROM hosts WHERE host_id = ? AND cert_sha256 <> ?", (host_id, cert_sha256)
+            )
+            tx.execute(
+                "INSERT INTO hosts (host_id, cert_sha256, enrolled_at) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (host_id, cert_sha256, now_us),
+            )
 
     def host_certificates(self, host_id: str) -> list[bytes]:
         """Fingerprints of the host's certificates."""

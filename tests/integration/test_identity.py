@@ -85,6 +85,26 @@ def test_reused_token_is_refused(collector: RunningCollector) -> None:
     assert len(_alerts(collector, "enrollment_refused")) == 1
 
 
+def test_a_refused_csr_leaves_the_token_usable(collector: RunningCollector) -> None:
+    token = create_token(collector.store, "ws-04")
+    ca = (collector.pki_dir / "ca.pem").read_bytes()
+    with pytest.raises(grpc.RpcError) as err:
+        enroll_call(collector.enroll_address, ca, token, b"-----BEGIN CERTIFICATE REQUEST-----")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert enroll_call(collector.enroll_address, ca, token, new_csr()[1]).host_id == "ws-04"
+
+
+def test_re_enrolment_retires_the_earlier_certificate(collector: RunningCollector) -> None:
+    old = enroll_host(collector, "ws-05")
+    assert send_batches(old, collector.address, [batch(old.events(2))])[-1].up_to_seq == 2
+    new = enroll_host(collector, "ws-05")  # the host was re-imaged and enrolled again
+    new.seq, new.head = old.seq, old.head
+    with pytest.raises(grpc.RpcError) as err:
+        send_batches(old, collector.address, [batch(old.events(1))])
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert send_batches(new, collector.address, [batch(new.events(1))])[-1].up_to_seq == 3
+
+
 def test_expired_token_is_refused(collector: RunningCollector) -> None:
     token = create_token(collector.store, "ws-03", seconds=1)
     time.sleep(1.2)

@@ -328,13 +328,14 @@ def test_hosts_and_certificates(store: Store) -> None:
     assert store.hosts() == []
     cert1, cert2 = b"\x01" * 32, b"\x02" * 32
     store.add_host("host-b", cert1, T0)
-    store.add_host("host-b", cert2, T0 + SECOND)
-    store.add_host("host-b", cert1, T0 + 2 * SECOND)  # re-enrolment with the same cert
+    store.add_host("host-b", cert2, T0 + SECOND)  # re-enrolment retires cert1
+    assert store.host_certificates("host-b") == [cert2]
+    store.add_host("host-b", cert2, T0 + 2 * SECOND)  # the same certificate again
     store.add_host("host-a", cert2, T0)
     store.append([ev("host-c", 1)])  # events but never enrolled here
     assert store.hosts() == ["host-a", "host-b", "host-c"]
     certs = store.host_certificates("host-b")
-    assert certs == [cert1, cert2]
+    assert certs == [cert2]
     assert all(type(c) is bytes for c in certs)
     assert store.host_certificates("host-c") == []
 
