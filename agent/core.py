@@ -47,7 +47,9 @@ class Agent:
         self.identity = load_identity(config.state_dir)
         self.spool = Spool(config.state_dir / "spool.db", max_bytes=config.spool_max_bytes)
         self.spool.on_full = self._spool_full
-        self.stream = StreamClient(self.identity, self.spool, config.stream)
+        self.stream = StreamClient(
+            self.identity, self.spool, config.stream, on_tamper=self._collector_refused
+        )
         self.recorder = Recorder(self.spool, self._wake_stream)
         self.policy = PolicyKeeper(config.state_dir, self.identity, self._apply_policy, self.emit)
         self.sensors: list[Sensor] = []
@@ -57,6 +59,16 @@ class Agent:
     def emit(self, event: events_pb2.Event) -> None:
         """Hand one event to the recorder, which spools it. Safe from any thread."""
         self.recorder.record(event)
+
+    def _collector_refused(self, kind: str, detail: str) -> None:
+        """The collector's head is not this host's chain: said loudly, and recorded."""
+        _logger.error("%s: %s", kind, detail)
+        self.emit(
+            events_pb2.Event(
+                severity=events_pb2.SEVERITY_HIGH,
+                tamper=events_pb2.Tamper(kind=kind, detail=detail[:2000]),
+            )
+        )
 
     def _wake_stream(self) -> None:
         loop = self._loop

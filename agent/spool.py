@@ -1,8 +1,14 @@
 """The durable spool: every event is written here, with its place in the chain, first.
 
 One SQLite file in WAL mode. ``events`` holds what the collector has not acknowledged
-yet; ``meta`` holds the chain head (which outlives the events it names), whether the
+yet, and the last ``RETAINED`` events it has; ``meta`` holds the chain head (which
+outlives the events it names), the last acknowledged seq and its hash, whether the
 agent stopped cleanly, and when it was last known to be alive.
+
+The agent is a witness of its own chain: an acknowledgement must name an event this
+host made, with that event's hash, and never fall below what was acknowledged before
+(``acknowledge`` raises ``CollectorMismatch``); the events kept after acknowledgement
+are sent again to a collector that lost them.
 
 Writers may be sensor threads; one lock serialises them, so seq and prev_hash are
 assigned in exactly the order events are committed.
@@ -22,6 +28,7 @@ from baomi.v1 import events_pb2
 from agent.errors import SpoolError
 
 DEFAULT_MAX_BYTES = 1024 * 1024 * 1024  # 1 GiB; beyond it the agent is loud, never lossy
+RETAINED = 10_000  # acknowledged events kept, to send again to a collector that lost them
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
@@ -64,6 +71,10 @@ class Spool:
                 "what it can), then re-enrol with a new token: the new spool continues the "
                 "chain where the collector has it."
             ) from e
+        if not self._has_meta("acked_seq"):  # a spool made before acks were kept
+            first = self._db.execute("SELECT MIN(seq) FROM events").fetchone()[0]
+            acked = (int(first) - 1) if first is not None else int(self._meta("head_seq"))
+            self._set_meta(acked_seq=str(acked).encode(), acked_hash=b"")  # hash unknown
         self._appended_since_size_check = 100  # check on the first append
         self.full = False
         self.on_full: Callable[[int], None] | None = None
@@ -82,6 +93,8 @@ class Spool:
                     ("host_id", host_id.encode()),
                     ("head_seq", str(head_seq).encode()),
                     ("head_hash", head_hash or chain.GENESIS),
+                    ("acked_seq", str(head_seq).encode()),
+                    ("acked_hash", head_hash or chain.GENESIS),
                     ("running", b"0"),
                     ("last_alive", b"0"),
                 ],
@@ -96,6 +109,9 @@ class Spool:
         if row is None:
             raise KeyError(f"meta {key} missing")
         return bytes(row[0])
+
+    def _has_meta(self, key: str) -> bool:
+        return self._db.execute("SELECT 1 FROM meta WHERE key = ?", (key,)).fetchone() is not None
 
     def _set_meta(self, **values: bytes) -> None:
         self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
@@ -164,18 +180,79 @@ class Spool:
             )
             return [(int(s), bytes(b)) for s, b in cur]
 
-    def acknowledge(self, up_to_seq: int) -> int:
-        """Forget events the collector has stored; returns how many were removed."""
+    @property
+    def acked(self) -> tuple[int, bytes]:
+        """The last seq the collector acknowledged and its hash (b"" if not known)."""
         with self._lock:
-            cur = self._db.execute("DELETE FROM events WHERE seq <= ?", (up_to_seq,))
-            if self.full:
-                self._check_size()
-            return cur.rowcount
+            return int(self._meta("acked_seq")), self._meta("acked_hash")
+
+    def acknowledge(self, up_to_seq: int, head_hash: bytes) -> int:
+        """Take the collector's word that it stores this host's chain up to ``up_to_seq``
+        ending in ``head_hash``; returns how many events became acknowledged.
+
+        Raises CollectorMismatch when the word cannot be true: the event at that seq
+        is not the one this host made (a forged or foreign head), it lies beyond what
+        this host made, or below what the collector acknowledged before (it lost
+        events: ``lost``; ``rebase`` then continues from its head). Nothing is
+        forgotten then.
+        """
+        with self._lock:
+            acked_seq = int(self._meta("acked_seq"))
+            self._check_word(up_to_seq, head_hash)
+            if up_to_seq < acked_seq:
+                raise CollectorMismatch(
+                    f"the collector's chain ends at seq {up_to_seq}, below seq {acked_seq} it "
+                    "acknowledged before: it lost events",
+                    lost=True,
+                )
+            if up_to_seq == acked_seq:
+                return 0
+            self._acked_to(up_to_seq, head_hash)
+            return up_to_seq - acked_seq
+
+    def rebase(self, up_to_seq: int, head_hash: bytes) -> None:
+        """Continue from a collector that lost events (after ``acknowledge`` said so and
+        it was recorded): its head becomes the acknowledged one, if this host made it,
+        and what is kept after it is sent again."""
+        with self._lock:
+            self._check_word(up_to_seq, head_hash)
+            self._acked_to(up_to_seq, head_hash)
+
+    def _check_word(self, up_to_seq: int, head_hash: bytes) -> None:
+        """Raise unless ``head_hash`` can be this host's event at ``up_to_seq``."""
+        head_seq = int(self._meta("head_seq"))
+        if up_to_seq > head_seq:
+            raise CollectorMismatch(
+                f"the collector holds seq {up_to_seq} of this host, which made only {head_seq}"
+            )
+        mine = self._hash_at(up_to_seq)
+        if mine is not None and mine != head_hash:
+            raise CollectorMismatch(
+                f"the collector holds another event at seq {up_to_seq} than this host made"
+            )
+
+    def _hash_at(self, seq: int) -> bytes | None:
+        """This host's hash at ``seq`` when it can still tell (the event is kept, or is
+        the one last acknowledged, or the chain's start)."""
+        body = self._db.execute("SELECT body FROM events WHERE seq = ?", (seq,)).fetchone()
+        if body is not None:
+            return chain.bytes_hash(bytes(body[0]))
+        if seq == int(self._meta("acked_seq")) and (acked := self._meta("acked_hash")):
+            return acked
+        return chain.GENESIS if seq == 0 else None
+
+    def _acked_to(self, seq: int, head_hash: bytes) -> None:
+        self._set_meta(acked_seq=str(seq).encode(), acked_hash=self._hash_at(seq) or head_hash)
+        self._db.execute("DELETE FROM events WHERE seq <= ?", (seq - RETAINED,))
+        if self.full:
+            self._check_size()
 
     def pending(self) -> int:
         """How many events wait for an acknowledgement."""
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            acked = int(self._meta("acked_seq"))
+            cur = self._db.execute("SELECT COUNT(*) FROM events WHERE seq > ?", (acked,))
+            return int(cur.fetchone()[0])
 
     def size_bytes(self) -> int:
         """Bytes the spool uses on disk."""
@@ -204,3 +281,11 @@ class Spool:
         """Close the database."""
         with self._lock:
             self._db.close()
+
+
+class CollectorMismatch(Exception):  # noqa: N818 - what the collector said, not our failure
+    """The collector's acknowledgement cannot be true of this host's chain."""
+
+    def __init__(self, detail: str, *, lost: bool = False) -> None:
+        super().__init__(detail)
+        self.lost = lost  # it is below an earlier acknowledgement (events were lost)

@@ -5,6 +5,12 @@ without an Ack. Events leave the spool only when the collector acknowledged them
 any fault the client waits (exponential backoff with full jitter) and reconnects; the
 collector's first Ack says where its copy of the chain stands, and sending resumes
 right after it, so nothing is lost and nothing is stored twice.
+
+Every Ack is checked against the spool (``Spool.acknowledge``): a head that is not
+this host's event (forged, or another host's) is refused -- recorded as a tamper
+event, nothing forgotten, the stream ended and tried again later; a head below what
+the collector acknowledged before is recorded too, and what the spool still keeps
+after it is sent again.
 """
 
 from __future__ import annotations
@@ -14,13 +20,14 @@ import collections
 import contextlib
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 from baomi.v1 import events_pb2
 
 from agent.identity import Identity
-from agent.spool import Spool
+from agent.spool import CollectorMismatch, Spool
 
 _logger = logging.getLogger(__name__)
 
@@ -39,10 +46,18 @@ class StreamConfig:
 class StreamClient:
     """Sends the spool to the collector for as long as it runs."""
 
-    def __init__(self, identity: Identity, spool: Spool, config: StreamConfig) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        spool: Spool,
+        config: StreamConfig,
+        on_tamper: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._identity = identity
         self._spool = spool
         self._config = config
+        self._on_tamper = on_tamper  # (kind, detail): a collector head refused
+        self._reported: set[tuple[int, bytes]] = set()  # claims already recorded
         self._wake = asyncio.Event()
         self.connected = False
         self.last_error = ""
@@ -73,6 +88,9 @@ class StreamClient:
                 except RejectedError as e:
                     self.last_error = str(e)
                     _logger.error("collector rejected a batch: %s", e)
+                except CollectorMismatch as e:
+                    self.last_error = f"collector head refused: {e}"
+                    _logger.error("%s", self.last_error)
                 self.connected = False
                 cap = min(self._config.backoff_max, self._config.backoff_initial * 2**attempt)
                 attempt = min(attempt + 1, 16)
@@ -91,7 +109,7 @@ class StreamClient:
         if not isinstance(first, events_pb2.Ack):  # EOF before the head
             return False
         self.connected = True
-        self._acknowledge(first.up_to_seq)
+        self._acknowledge(first)
         in_flight: collections.deque[int] = collections.deque()
         slots = asyncio.Semaphore(self._config.window)
         progressed = False
@@ -104,7 +122,7 @@ class StreamClient:
                     return
                 if ack.HasField("rejection"):
                     raise RejectedError(ack.rejection.reason)
-                self._acknowledge(ack.up_to_seq)
+                self._acknowledge(ack)
                 progressed = True
                 while in_flight and in_flight[0] <= ack.up_to_seq:
                     in_flight.popleft()
@@ -146,9 +164,24 @@ class StreamClient:
                 return True
         return False
 
-    def _acknowledge(self, up_to_seq: int) -> None:
-        self.acked_seq = max(self.acked_seq, up_to_seq)
-        self._spool.acknowledge(up_to_seq)
+    def _acknowledge(self, ack: events_pb2.Ack) -> None:
+        """Believe the collector's head only where this host's chain bears it out."""
+        try:
+            self._spool.acknowledge(ack.up_to_seq, ack.head_hash)
+        except CollectorMismatch as e:
+            self._report(ack, e)
+            if not e.lost:
+                raise
+            self._spool.rebase(ack.up_to_seq, ack.head_hash)  # send again what is kept
+        self.acked_seq = self._spool.acked[0]
+
+    def _report(self, ack: events_pb2.Ack, e: CollectorMismatch) -> None:
+        claim = (ack.up_to_seq, bytes(ack.head_hash))
+        if claim in self._reported or self._on_tamper is None:
+            return
+        self._reported.add(claim)
+        kind = "collector_lost_events" if e.lost else "collector_head_refused"
+        self._on_tamper(kind, f"{self._identity.collector}: {e}")
 
 
 class RejectedError(Exception):

@@ -9,8 +9,9 @@ import pytest
 from baomi import chain
 from baomi.v1 import events_pb2
 
+from agent import spool as spool_module
 from agent.errors import SpoolError
-from agent.spool import Spool
+from agent.spool import CollectorMismatch, Spool
 
 
 def _status() -> events_pb2.Event:
@@ -36,19 +37,56 @@ def test_chain_continues_from_the_collectors_head(tmp_path: Path) -> None:
     assert (ev.seq, ev.prev_hash) == (42, head)
 
 
-def test_only_acknowledged_events_leave_and_the_head_survives(tmp_path: Path) -> None:
+def _hash_at(spool: Spool, seq: int) -> bytes:
+    return next(chain.bytes_hash(b) for s, b in spool.read_after(seq - 1, 1) if s == seq)
+
+
+def test_only_acknowledged_events_leave_and_the_head_survives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "RETAINED", 2)
     path = tmp_path / "s.db"
     spool = Spool.create(path, "ws-01", 0, chain.GENESIS)
     spool.append([_status() for _ in range(10)])
-    assert spool.acknowledge(6) == 6
-    assert [s for s, _ in spool.read_after(0, 100)] == [7, 8, 9, 10]
-    spool.acknowledge(10)
+    assert spool.acknowledge(6, _hash_at(spool, 6)) == 6
+    assert spool.pending() == 4
+    assert [s for s, _ in spool.read_after(0, 100)] == [5, 6, 7, 8, 9, 10]  # 2 kept
+    spool.acknowledge(10, _hash_at(spool, 10))
+    assert spool.acked == (10, _hash_at(spool, 10))
     head = spool.head
     spool.close()
     reopened = Spool(path)
     assert reopened.head == head and reopened.pending() == 0
     (ev,) = reopened.append([_status()])
     assert ev.seq == 11 and ev.prev_hash == head[1]
+
+
+def test_a_head_this_host_did_not_make_is_refused(tmp_path: Path) -> None:
+    spool = Spool.create(tmp_path / "s.db", "ws-01", 0, chain.GENESIS)
+    spool.append([_status() for _ in range(5)])
+    real = _hash_at(spool, 3)
+    with pytest.raises(CollectorMismatch, match="another event at seq 3"):
+        spool.acknowledge(3, b"\x01" * 32)  # a forged or foreign event at seq 3
+    with pytest.raises(CollectorMismatch, match="which made only 5"):
+        spool.acknowledge(6, b"\x01" * 32)
+    assert spool.pending() == 5  # nothing forgotten
+    assert spool.acknowledge(3, real) == 3
+    with pytest.raises(CollectorMismatch, match="another event at seq 3"):
+        spool.acknowledge(3, b"\x02" * 32)  # the acknowledged head is remembered
+    with pytest.raises(CollectorMismatch, match="another event at seq 0"):
+        spool.acknowledge(0, b"\x02" * 32)
+
+
+def test_a_collector_that_lost_events_gets_what_is_kept_again(tmp_path: Path) -> None:
+    spool = Spool.create(tmp_path / "s.db", "ws-01", 0, chain.GENESIS)
+    spool.append([_status() for _ in range(5)])
+    spool.acknowledge(5, _hash_at(spool, 5))
+    with pytest.raises(CollectorMismatch, match="below seq 5") as lost:
+        spool.acknowledge(2, _hash_at(spool, 2))
+    assert lost.value.lost
+    spool.rebase(2, _hash_at(spool, 2))
+    assert spool.acked[0] == 2 and spool.pending() == 3
+    assert [s for s, _ in spool.read_after(2, 10)] == [3, 4, 5]  # sent again
 
 
 def test_unclean_stop_is_remembered(tmp_path: Path) -> None:
