@@ -10,17 +10,24 @@ What is checked, and what it catches:
   (a rewritten or truncated chain);
 - an event beyond the newest checkpoint that the collector received well before that
   checkpoint was signed cannot be genuine: the checkpoint would name it (an inserted row);
+- events beyond the newest checkpoint while that checkpoint is older than ``grace`` by
+  the verifier's clock are not covered by any signature and the collector is not
+  signing (stopped uncleanly, or its key gone): they cannot be trusted (uncovered);
+- a host with events that was never enrolled here (an inserted chain);
 - with a witness file (``checkpoint.read_witness``): every checkpoint in it verifies and
   is in the store unchanged, and the newest one's heads are stored with those hashes
   (the newest checkpoints removed together with the events after them).
 
 Breaks that the collector itself saw and recorded at ingest (alerts of kind
-``chain_break`` in its own chain) are listed but are not damage to the record.
+``chain_break`` in its own chain) are damage too -- the chain the host sent has a hole
+or a fork there -- unless an operator has reviewed them and names them as accepted
+(``accepted``; ``audit verify --accept-break HOST:SEQ``), which the report lists.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +44,9 @@ from collector.store.base import CheckpointRow, EventRow, Store
 #: An event received this long before the newest checkpoint must be covered by it.
 #: Allows for a batch that arrived, then waited for its commit while the checkpoint ran.
 INSERT_MARGIN_US = 60 * 1_000_000
+#: A running collector signs every few seconds: events beyond a checkpoint older than
+#: this are not being covered.
+UNCOVERED_GRACE_US = 120 * 1_000_000
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,7 @@ class Damage:
 
     host_id: str
     seq: int
-    kind: str  # altered, deleted, inserted, checkpoint, witness
+    kind: str  # altered, deleted, inserted, uncovered, unknown_host, break, checkpoint, witness
     detail: str
 
     def __str__(self) -> str:
@@ -62,6 +72,7 @@ class AuditReport:
     witnessed: int = 0  # checkpoints of the witness file checked against the store
     damage: list[Damage] = field(default_factory=list)
     recorded_breaks: list[tuple[str, int]] = field(default_factory=list)
+    accepted_breaks: list[tuple[str, int]] = field(default_factory=list)  # reviewed
     unanchored: int = 0  # events beyond the newest checkpoint
 
     @property
@@ -147,11 +158,18 @@ def _verify_chain(
     anchor: tuple[int, bytes] | None,
     anchor_time: int,
     breaks: set[tuple[str, int]],
+    accepted: Collection[tuple[str, int]],
+    stale: bool,
+    old_us: int,
     report: AuditReport,
 ) -> None:
+    """One host's chain. ``stale``: the newest checkpoint is old (nothing is signing);
+    with no checkpoint at all, events received before ``old_us`` count as stale."""
+
     def damage(seq: int, kind: str, detail: str) -> None:
         report.damage.append(Damage(host, seq, kind, detail))
 
+    uncovered: list[int] = []
     expected_seq, prev_hash = 1, chain.GENESIS
     seen_anchor = anchor is None
     for row in store.chain(host):
@@ -159,6 +177,15 @@ def _verify_chain(
         recorded = (host, row.seq) in breaks
         if recorded:
             report.recorded_breaks.append((host, row.seq))
+            if (host, row.seq) in accepted:
+                report.accepted_breaks.append((host, row.seq))
+            else:
+                damage(
+                    row.seq,
+                    "break",
+                    "the chain the host sent breaks here (recorded at ingest); review it, "
+                    "then accept it with --accept-break",
+                )
         if row.seq != expected_seq and not recorded:
             damage(
                 expected_seq, "deleted", f"seq {expected_seq}..{row.seq - 1} missing from the chain"
@@ -186,6 +213,8 @@ def _verify_chain(
                 damage(row.seq, "altered", "differs from the hash the newest checkpoint signed")
         if anchor is None or row.seq > anchor[0]:
             report.unanchored += 1
+            if stale or (not anchor_time and row.received_us < old_us):
+                uncovered.append(row.seq)
             if row.received_us < anchor_time - INSERT_MARGIN_US:
                 damage(
                     row.seq,
@@ -193,6 +222,13 @@ def _verify_chain(
                     "received before the newest checkpoint, which does not cover it",
                 )
         expected_seq, prev_hash = row.seq + 1, actual
+    if uncovered:
+        damage(
+            uncovered[0],
+            "uncovered",
+            f"seq {uncovered[0]}..{uncovered[-1]} are covered by no checkpoint, and the "
+            "collector has not signed one for a while (stopped uncleanly?): not trusted",
+        )
     if not seen_anchor and anchor is not None:
         damage(
             anchor[0],
@@ -281,25 +317,40 @@ def verify(
     progress: Callable[[str], None] | None = None,
     *,
     witness: Sequence[CheckpointRow] = (),
+    accepted: Collection[tuple[str, int]] = (),
+    now_us: int | None = None,
+    grace_us: int = UNCOVERED_GRACE_US,
 ) -> AuditReport:
     """Verify every chain and checkpoint in ``store`` against the collector's key, and
-    the store against the checkpoints of a witness file when one is given."""
+    the store against the checkpoints of a witness file when one is given.
+    ``accepted``: (host, seq) of breaks an operator reviewed. ``now_us``: the
+    verifier's clock (events beyond a checkpoint older than ``grace_us`` are damage)."""
     report = AuditReport()
     heads, anchor_time = _verify_checkpoints(store, key, report)
     if witness:
         _verify_witness(store, key, witness, report)
+    now = time.time_ns() // 1000 if now_us is None else now_us
     breaks = _recorded_breaks(store)
+    enrolled = set(store.decommissioned())
     hosts = sorted(set(store.hosts()) | set(heads))
     for host in hosts:
         if progress is not None:
             progress(host)
         report.hosts += 1
+        if host != COLLECTOR_HOST and host not in enrolled and not store.host_certificates(host):
+            first = next((r.seq for r in store.chain(host)), 0)
+            report.damage.append(
+                Damage(host, first, "unknown_host", "events of a host never enrolled here")
+            )
         _verify_chain(
             store,
             host=host,
             anchor=heads.get(host),
             anchor_time=anchor_time,
             breaks=breaks,
+            accepted=set(accepted),
+            stale=bool(anchor_time) and anchor_time < now - grace_us,
+            old_us=now - grace_us,
             report=report,
         )
     return report

@@ -157,6 +157,13 @@ def _cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _host_seq(text: str) -> tuple[str, int]:
+    host, _, seq = text.rpartition(":")
+    if not host or not seq.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: give HOST:SEQ, e.g. ws-01:42")
+    return host, int(seq)
+
+
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
     key = pki.load_verify_key(args.pki / "signing.pub")
     witness: list[CheckpointRow] = []
@@ -169,13 +176,19 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
             raise CollectorError(f"{e}; the witness file was damaged or is not one") from e
     store = open_store(args.store)
     try:
-        report = audit.verify(store, key, witness=witness)
+        report = audit.verify(
+            store,
+            key,
+            witness=witness,
+            accepted=args.accept_break,
+            grace_us=int(args.grace * 1e6),
+        )
     finally:
         store.close()
     for damage in report.damage:
         print(f"DAMAGE {damage}")
-    for host, seq in report.recorded_breaks:
-        print(f"note: host {host} seq {seq}: chain break recorded by the collector at ingest")
+    for host, seq in report.accepted_breaks:
+        print(f"note: host {host} seq {seq}: chain break recorded at ingest, accepted as reviewed")
     verdict = "OK" if report.ok else "FAILED"
     print(
         f"{verdict}: {report.hosts} hosts, {report.events} events, "
@@ -272,6 +285,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--witness",
         type=Path,
         help="the witness file of serve --witness: its checkpoints must all be in the store",
+    )
+    ver.add_argument(
+        "--accept-break",
+        action="append",
+        default=[],
+        type=_host_seq,
+        metavar="HOST:SEQ",
+        help="a chain break recorded at ingest that you have reviewed (repeatable): "
+        "listed as accepted instead of counted as damage",
+    )
+    ver.add_argument(
+        "--grace",
+        type=float,
+        default=audit.UNCOVERED_GRACE_US / 1e6,
+        metavar="SECONDS",
+        help="events newer than the newest checkpoint are damage once that checkpoint "
+        "is older than this (default %(default).0f s: the collector is not signing)",
     )
     ver.set_defaults(func=_cmd_audit_verify)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,8 +18,16 @@ from baomi.v1 import events_pb2
 
 from collector import audit, checkpoint, pki
 from collector.errors import CollectorError
+from collector.ingest import to_row
 from collector.store import Store
-from tests.collector_harness import RunningCollector, batch, enroll_host, raw_sql, send_batches
+from tests.collector_harness import (
+    Host,
+    RunningCollector,
+    batch,
+    enroll_host,
+    raw_sql,
+    send_batches,
+)
 
 N = 100
 
@@ -184,15 +193,64 @@ def test_forged_checkpoint_is_found(recorded: RunningCollector, store_url: str) 
     assert any(d.kind == "checkpoint" for d in report.damage)
 
 
-def test_recorded_break_is_not_damage(collector: RunningCollector, tmp_path: Path) -> None:
+def test_a_recorded_break_is_damage_until_reviewed(collector: RunningCollector) -> None:
     host = enroll_host(collector, "ws-01")
     first = host.events(3)
     host.head = b"\x02" * 32
     send_batches(host, collector.address, [batch(first), batch(host.events(2))])
     collector.checkpoint()
     report = _verify(collector)
-    assert report.ok, report.damage
+    assert [(d.host_id, d.seq, d.kind) for d in report.damage] == [("ws-01", 4, "break")]
     assert report.recorded_breaks == [("ws-01", 4)]
+    key = pki.load_verify_key(collector.pki_dir / "signing.pub")
+    reviewed = audit.verify(collector.store, key, accepted=[("ws-01", 4)])
+    assert reviewed.ok and reviewed.accepted_breaks == [("ws-01", 4)]
+
+
+def test_cli_accepts_a_reviewed_break(collector: RunningCollector, store_url: str) -> None:
+    host = enroll_host(collector, "ws-01")
+    first = host.events(3)
+    host.head = b"\x02" * 32
+    send_batches(host, collector.address, [batch(first), batch(host.events(2))])
+    collector.checkpoint()
+    cli = [sys.executable, "-m", "collector.cli", "audit", "verify", "--store", store_url]
+    cli += ["--pki", str(collector.pki_dir)]
+    found = subprocess.run(cli, capture_output=True, text=True, timeout=60, check=False)
+    assert found.returncode == 1 and "DAMAGE host ws-01 seq 4: break" in found.stdout
+    reviewed = subprocess.run(
+        [*cli, "--accept-break", "ws-01:4"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert reviewed.returncode == 0, reviewed.stdout
+    assert "seq 4: chain break recorded at ingest, accepted as reviewed" in reviewed.stdout
+    wrong = subprocess.run(
+        [*cli, "--accept-break", "ws-01"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert wrong.returncode == 2 and "give HOST:SEQ" in wrong.stderr
+
+
+def test_events_no_checkpoint_covers_are_damage_once_signing_stopped(
+    collector: RunningCollector,
+) -> None:
+    host = enroll_host(collector, "ws-01")
+    send_batches(host, collector.address, [batch(host.events(3))])
+    collector.checkpoint()
+    send_batches(host, collector.address, [batch(host.events(2))])  # not signed yet
+    key = pki.load_verify_key(collector.pki_dir / "signing.pub")
+    assert audit.verify(collector.store, key).ok  # a running collector signs them soon
+    later = time.time_ns() // 1000 + audit.UNCOVERED_GRACE_US + 1
+    report = audit.verify(collector.store, key, now_us=later)
+    assert [(d.seq, d.kind) for d in report.damage] == [(4, "uncovered")]
+    assert "seq 4..5" in report.damage[0].detail
+
+
+def test_a_host_never_enrolled_is_damage(collector: RunningCollector) -> None:
+    ghost = Host("ws-ghost", b"", b"", b"")
+    collector.store.append(
+        [to_row(e, "file_access", time.time_ns() // 1000) for e in ghost.events(2)]
+    )
+    collector.checkpoint()
+    report = _verify(collector)
+    assert [(d.host_id, d.seq, d.kind) for d in report.damage] == [("ws-ghost", 1, "unknown_host")]
 
 
 # --- the witness file: checkpoints kept outside the database ------------------------------

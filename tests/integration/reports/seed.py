@@ -329,7 +329,8 @@ def write(store: Store, pki_dir: Path, specs: list[Spec]) -> None:
     alert.time.FromDatetime(dt.datetime(2026, 9, 9, 9, 9, tzinfo=BEIJING))
     rows.append(to_row(alert, "tamper", int(alert.time.ToMicroseconds()) + 1))
     store.append(rows)
-    store.add_host("sec-pc-03", hashlib.sha256(b"sec-pc-03").digest(), 0)  # enrolled, silent
+    for host in [*heads, "sec-pc-03"]:  # sec-pc-03: enrolled, silent
+        store.add_host(host, hashlib.sha256(host.encode()).digest(), 0)
     authority = pki.load_authority(pki_dir)
     created = int(NOW.timestamp() * 1_000_000)
     body = checkpoint.make_body(created, checkpoint.FIRST_PREV, store.heads())
