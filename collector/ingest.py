@@ -162,9 +162,13 @@ def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
         fut.set_exception(error)
 
 
-def to_row(event: events_pb2.Event, kind: str, received_us: int) -> EventRow:
-    """The stored form of an event."""
-    body = chain.canonical_bytes(event)
+def to_row(
+    event: events_pb2.Event, kind: str, received_us: int, body: bytes | None = None
+) -> EventRow:
+    """The stored form of an event: ``body`` as it was sent (hashed and kept as it is),
+    or the event's canonical bytes when it was made here."""
+    if body is None:
+        body = chain.canonical_bytes(event)
     stamp = event.time  # each read of a submessage field makes a new Python object
     return EventRow(
         host_id=event.host_id,
@@ -284,22 +288,31 @@ class HostChain:
     accepted: dict[int, bytes] = field(default_factory=dict)
     #: The commits handed to the writer and not yet settled.
     commits: set[asyncio.Future[None]] = field(default_factory=set)
+    #: The events of the batch ``check`` looked at last, parsed.
+    events: list[events_pb2.Event] = field(default_factory=list)
 
-    def check(self, batch: events_pb2.EventBatch, received_us: int) -> list[EventRow]:
-        """Validate a batch and return the rows not yet stored, in seq order.
+    def check(self, bodies: list[bytes], received_us: int) -> list[EventRow]:
+        """Validate a batch (its events' bytes as sent) and return the rows not yet
+        stored, in seq order; the parsed events are left in ``events``.
 
         Raises Rejected when the batch is malformed (nothing of it is taken) and
         ForeignHost when it claims another host. Chain breaks are collected in
         ``breaks`` and the rows are still stored: the record keeps what happened.
         """
-        events = batch.events
-        if not events:
+        self.events = []
+        if not bodies:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "empty batch")
-        if len(events) > MAX_BATCH_EVENTS:
+        if len(bodies) > MAX_BATCH_EVENTS:
             raise Rejected(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"batch of {len(events)} events; at most {MAX_BATCH_EVENTS} are taken",
+                f"batch of {len(bodies)} events; at most {MAX_BATCH_EVENTS} are taken",
             )
+        events = self.events
+        for i, body in enumerate(bodies):
+            try:
+                events.append(events_pb2.Event.FromString(body))
+            except DecodeError as e:
+                raise _malformed(i, 0, f"does not parse: {e}") from e
         rows: list[EventRow] = []
         seq, head = self.seq, self.hash
         last = 0
@@ -323,7 +336,7 @@ class HostChain:
             last = ev_seq
             if ev_seq <= seq:
                 continue  # a replay of what is stored; checked against it by the caller
-            row = to_row(ev, kind, received_us)
+            row = to_row(ev, kind, received_us, bodies[i])
             if ev_seq != seq + 1:
                 self.breaks.append((ev_seq, f"seq gap: {seq} then {ev_seq}"))
             elif prev_hash != head:
@@ -486,22 +499,17 @@ class Ingest:
         async for raw in requests:
             received = now_us()
             self.stats.batches += 1
-            batch = events_pb2.EventBatch()
             try:
-                batch.ParseFromString(raw)
-            except DecodeError as e:
+                bodies = chain.batch_events(raw)  # hashed as sent, never re-encoded
+            except chain.BatchError as e:
                 await self._reject(
-                    state,
-                    pending,
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"batch does not parse: {e}",
-                    batch,
+                    state, pending, grpc.StatusCode.INVALID_ARGUMENT, f"batch does not parse: {e}"
                 )
                 continue
             try:
-                rows = state.check(batch, received)
+                rows = state.check(bodies, received)
             except Rejected as e:
-                await self._reject(state, pending, e.code, e.reason, batch)
+                await self._reject(state, pending, e.code, e.reason, state.events)
                 continue
             except ForeignHost as e:
                 claimed = str(e.args[0])
@@ -516,7 +524,7 @@ class Ingest:
                     f"this certificate is for host {state.host_id}; events must carry it",
                 )
                 return
-            await self._check_replays(state, batch, len(rows))
+            await self._check_replays(state, bodies, len(rows))
             if state.breaks:
                 await self._alert_batch(state, "chain_break", state.breaks)
                 state.breaks.clear()
@@ -558,11 +566,11 @@ class Ingest:
         pending: asyncio.Queue[tuple[asyncio.Future[None] | None, events_pb2.Ack]],
         code: grpc.StatusCode,
         reason: str,
-        batch: events_pb2.EventBatch,
+        events: list[events_pb2.Event] | None = None,
     ) -> None:
         self.stats.rejected += 1
         _logger.warning("host %s: batch rejected: %s", state.host_id, reason)
-        seqs = [e.seq for e in batch.events] or [0]
+        seqs = [e.seq for e in events or ()] or [0]
         rejection = events_pb2.Rejection(
             code=code.value[0], reason=reason[:1000], first_seq=min(seqs), last_seq=max(seqs)
         )
@@ -574,25 +582,24 @@ class Ingest:
         )
         await pending.put((None, ack))
 
-    async def _check_replays(
-        self, state: HostChain, batch: events_pb2.EventBatch, new: int
-    ) -> None:
+    async def _check_replays(self, state: HostChain, bodies: list[bytes], new: int) -> None:
         """A replayed seq must carry the event already stored; anything else is an alert."""
-        replayed = [e for e in batch.events[: len(batch.events) - new]]
-        if not replayed:
+        count = len(bodies) - new
+        if not count:
             return
+        replayed = [(ev.seq, body) for ev, body in zip(state.events, bodies[:count], strict=False)]
         accepted = state.accepted
-        if all(e.seq in accepted for e in replayed):
+        if all(seq in accepted for seq, _ in replayed):
             stored: dict[int, bytes] = {}
         else:
             stored = await asyncio.to_thread(
-                self.store.hashes, state.host_id, replayed[0].seq, replayed[-1].seq
+                self.store.hashes, state.host_id, replayed[0][0], replayed[-1][0]
             )
         conflicts = []
-        for ev in replayed:
-            have = accepted.get(ev.seq) or stored.get(ev.seq)
-            if have is not None and have != chain.event_hash(ev):
-                conflicts.append((ev.seq, "resent with different content"))
+        for seq, body in replayed:
+            have = accepted.get(seq) or stored.get(seq)
+            if have is not None and have != chain.bytes_hash(body):
+                conflicts.append((seq, "resent with different content"))
         if conflicts:
             await self._alert_batch(state, "conflicting_replay", conflicts)
 

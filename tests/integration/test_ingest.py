@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import grpc
 import pytest
+from baomi import chain
 from baomi.v1 import events_pb2
 
+from collector import audit, pki
 from collector.ingest import MAX_BATCH_EVENTS, MAX_MESSAGE_BYTES
 from tests.collector_harness import RunningCollector, batch, enroll_host, send_batches
 
@@ -102,3 +106,39 @@ def test_conflicting_replay_is_alerted(collector: RunningCollector) -> None:
     assert kinds == ["conflicting_replay"]
     stored = events_pb2.Event.FromString(list(collector.store.chain("ws-01"))[1].body)
     assert stored.file_access.path != "/srv/secret/other.docx"  # the first copy stands
+
+
+def test_an_event_is_hashed_and_kept_as_sent(collector: RunningCollector) -> None:
+    """A field this collector does not know, placed first: re-encoding would move it to
+    the end and change the hash; the collector hashes and keeps the bytes it got."""
+    host = enroll_host(collector, "ws-01")
+    ev = host.events(1)[0]
+    raw = b"\xb8\x3e\x01" + ev.SerializeToString()  # field 999 = 1, then the event
+    assert events_pb2.Event.FromString(raw).SerializeToString() != raw
+    acks = send_batches(host, collector.address, [chain.batch_of([raw])])
+    assert acks[-1].up_to_seq == 1 and acks[-1].head_hash == hashlib.sha256(raw).digest()
+    [row] = collector.store.chain("ws-01")
+    assert row.body == raw and row.hash == hashlib.sha256(raw).digest()
+    # The next event chains to that hash, and the record verifies.
+    host.head = row.hash
+    assert send_batches(host, collector.address, [batch(host.events(1))])[-1].up_to_seq == 2
+    collector.checkpoint()
+    key = pki.load_verify_key(collector.pki_dir / "signing.pub")
+    assert audit.verify(collector.store, key).ok
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x0a\x80",  # a length whose varint never ends
+        b"\x0a\x05abc",  # a length past the end
+        b"\x0b",  # a group (wire type 3): not used by this protocol
+        b"\x09\x01\x02",  # a 64-bit field cut short
+    ],
+)
+def test_a_batch_that_is_not_protobuf_is_rejected(collector: RunningCollector, raw: bytes) -> None:
+    host = enroll_host(collector, "ws-01")
+    acks = send_batches(host, collector.address, [raw, batch(host.events(1))])
+    assert acks[1].rejection.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "batch does not parse" in acks[1].rejection.reason
+    assert acks[2].up_to_seq == 1
