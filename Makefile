@@ -13,7 +13,7 @@ DEB_PACKAGES := postgresql sqlite3 python3 \
 	auditd
 PROTOS := protos/baomi/v1/events.proto protos/baomi/v1/collector.proto
 
-.PHONY: demo test bench lint protos protos-check deb venv clean
+.PHONY: demo test bench lint protos protos-check deb venv clean interop
 
 # The venv builds PyGObject, which needs the Debian GObject headers first.
 $(VENV)/.installed: pyproject.toml agent/sensors/files/_answers.c agent/sensors/files/_guardian.c | deb
@@ -58,8 +58,17 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: deb venv protos-check
+test: deb venv protos-check interop
 	$(PY) -m pytest
+
+# The Node.js client of tests/integration/test_interop.py, pinned by its package-lock.json
+# (Node.js and npm come with the machine; without npm the interop test is skipped).
+INTEROP := tests/interop/node_modules/.package-lock.json
+interop: $(INTEROP)
+$(INTEROP): tests/interop/package.json tests/interop/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  cd tests/interop && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the interop client test will be skipped"; fi
 
 bench: deb venv
 	$(PY) -m bench
@@ -68,4 +77,4 @@ demo: venv
 	$(PY) -m deploy.demo
 
 clean:
-	rm -rf $(VENV) var build *.egg-info agent/sensors/files/_answers.*.so agent/sensors/files/_guardian.*.so
+	rm -rf $(VENV) var build *.egg-info agent/sensors/files/_answers.*.so agent/sensors/files/_guardian.*.so tests/interop/node_modules
