@@ -26,6 +26,8 @@ from agent.spool import DEFAULT_MAX_BYTES, Spool
 from agent.stream import StreamClient, StreamConfig
 
 _logger = logging.getLogger(__name__)
+#: Events waiting this long with nothing acknowledged make the stream "not delivering".
+NOT_DELIVERING_SECONDS = 60.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,8 +94,15 @@ class Agent:
 
     def _status(self, state: str, severity: int = events_pb2.SEVERITY_INFO) -> events_pb2.Event:
         health = {s.name: s.health() for s in self.sensors}
+        waiting = self.spool.pending()
+        quiet = self.stream.quiet_seconds(waiting)
         if self.stream.last_error and not self.stream.connected:
             health["stream"] = Health("degraded", self.stream.last_error)
+        elif quiet > NOT_DELIVERING_SECONDS:
+            health["stream"] = Health(
+                "degraded",
+                f"not delivering: {waiting} events wait, none acknowledged for {quiet:.0f} s",
+            )
         return events_pb2.Event(
             severity=severity,  # type: ignore[arg-type]
             agent_status=events_pb2.AgentStatus(
@@ -103,7 +112,7 @@ class Agent:
                     events_pb2.SensorHealth(name=n, state=h.state, detail=h.detail[:500])
                     for n, h in sorted(health.items())
                 ],
-                spool_events=self.spool.pending(),
+                spool_events=waiting,
                 spool_bytes=self.spool.size_bytes(),
                 state=state,
                 heartbeat_seconds=max(1, round(self.config.heartbeat_seconds)),
@@ -179,6 +188,9 @@ class Agent:
                 if not stop.is_set():
                     self.spool.touch_alive()
                     self.emit(self._status(self.state))
+                if streaming.done() and not stop.is_set():  # it never should: start it again
+                    _logger.error("the event stream ended (%s); starting it again", streaming)
+                    streaming = asyncio.create_task(self.stream.run())
         finally:
             watching.cancel()
             await _ended(watching, "the policy watch")

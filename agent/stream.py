@@ -20,6 +20,7 @@ import collections
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -63,6 +64,7 @@ class StreamClient:
         self.connected = False
         self.last_error = ""
         self.acked_seq = 0
+        self._progress = time.monotonic()  # when the collector last took something
 
     def notify(self) -> None:
         """New events are in the spool (call on the event loop)."""
@@ -92,6 +94,9 @@ class StreamClient:
                 except CollectorMismatch as e:
                     self.last_error = f"collector head refused: {e}"
                     _logger.error("%s", self.last_error)
+                except Exception as e:  # whatever it was: stream on after a pause
+                    self.last_error = f"stream failed: {type(e).__name__}: {e}"
+                    _logger.exception("stream to %s failed; again", self._identity.collector)
                 self.connected = False
                 cap = min(self._config.backoff_max, self._config.backoff_initial * 2**attempt)
                 attempt = min(attempt + 1, 16)
@@ -172,7 +177,17 @@ class StreamClient:
             if not e.lost:
                 raise
             self._spool.rebase(ack.up_to_seq, ack.head_hash)  # send again what is kept
-        self.acked_seq = self._spool.acked[0]
+        acked = self._spool.acked[0]
+        if acked != self.acked_seq:
+            self._progress = time.monotonic()
+        self.acked_seq = acked
+
+    def quiet_seconds(self, waiting: int) -> float:
+        """How long events have waited with nothing acknowledged (0 when none wait)."""
+        if not waiting:
+            self._progress = time.monotonic()
+            return 0.0
+        return time.monotonic() - self._progress
 
     def _report(self, ack: events_pb2.Ack, e: CollectorMismatch) -> None:
         claim = (ack.up_to_seq, bytes(ack.head_hash))

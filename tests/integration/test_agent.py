@@ -14,6 +14,7 @@ import pytest
 from baomi.v1 import collector_pb2, events_pb2
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from agent import core
 from agent.core import Agent, AgentConfig
 from agent.identity import enroll
 from agent.spool import Spool
@@ -151,3 +152,51 @@ def test_watch_policy_sends_a_signed_bundle(
     assert bundle.files["policy.csv"] == b"p, secadmin, *, read\n"
     key = load_pem_public_key(identity.signing_pub_pem)
     key.verify(bundle.signature, signed_bytes(bundle))  # type: ignore[union-attr]
+
+
+def test_the_stream_goes_on_after_an_unexpected_failure(
+    collector: RunningCollector, config: AgentConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running = AgentThread(config)
+    spool = running.agent.spool
+    real = spool.read_after
+    failures = [RuntimeError("disk hiccup")]
+
+    def flaky(seq: int, limit: int) -> list[tuple[int, bytes]]:
+        if failures:
+            raise failures.pop()
+        return real(seq, limit)
+
+    monkeypatch.setattr(spool, "read_after", flaky)
+    wait_for(lambda: len(host_events(collector.store, "ws-01")) >= 3)
+    running.stop()
+    assert "RuntimeError: disk hiccup" in running.agent.stream.last_error
+
+
+def _stream_health(agent: AgentThread) -> str:
+    """What the agent's next status says of its stream ("" when it is fine)."""
+    status = agent.agent._status("running").agent_status  # what it would send next
+    return next((s.detail for s in status.sensors if s.name == "stream"), "")
+
+
+def test_a_collector_that_takes_nothing_shows_as_not_delivering(
+    store: Store, pki_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.integration.test_ingest_races import GatedStore
+
+    monkeypatch.setattr(core, "NOT_DELIVERING_SECONDS", 0.5)
+    gate = GatedStore(store)
+    running = RunningCollector(gate, pki_dir, checkpoint_seconds=3600)  # type: ignore[arg-type]
+    try:
+        state = tmp_path / "agent"
+        ca = (pki_dir / "ca.pem").read_bytes()
+        enroll(state, running.address, create_token(store, "ws-01"), ca, running.enroll_address)
+        gate.close_gate("ws-01")  # connected, but nothing is ever committed
+        agent = AgentThread(AgentConfig(state_dir=state, heartbeat_seconds=0.2, stream=FAST))
+        try:
+            wait_for(lambda: "not delivering" in _stream_health(agent))
+        finally:
+            gate.open_gate()
+            agent.stop()
+    finally:
+        running.stop()
