@@ -14,6 +14,9 @@ What is checked, and what it catches:
   the verifier's clock are not covered by any signature and the collector is not
   signing (stopped uncleanly, or its key gone): they cannot be trusted (uncovered);
 - a host with events that was never enrolled here (an inserted chain);
+- the receive times of the events each checkpoint covers hash to the digest it signed,
+  and its ``created_at`` column says what its body says (an edited ``received_at`` or
+  checkpoint time);
 - with a witness file (``checkpoint.read_witness``): every checkpoint in it verifies and
   is in the store unchanged, and the newest one's heads are stored with those hashes
   (the newest checkpoints removed together with the events after them).
@@ -97,10 +100,15 @@ def _check_columns(row: EventRow, ev: events_pb2.Event) -> str | None:
     return f"column {', '.join(mismatches)} differs from the event body" if mismatches else None
 
 
+#: Per host: (first seq, last seq, received digest, checkpoint id) a checkpoint signed.
+Received = dict[str, list[tuple[int, int, str, int]]]
+
+
 def _verify_checkpoints(
-    store: Store, key: ed25519.Ed25519PublicKey, report: AuditReport
+    store: Store, key: ed25519.Ed25519PublicKey, report: AuditReport, received: Received
 ) -> tuple[dict[str, tuple[int, bytes]], int]:
-    """Check signatures and links; return the newest checkpoint's heads and time."""
+    """Check signatures and links; return the newest checkpoint's heads and time, and
+    fill ``received`` with the receive-time digests the checkpoints signed."""
     prev = checkpoint.FIRST_PREV
     last_heads: dict[str, tuple[int, bytes]] = {}
     last_time = 0
@@ -124,6 +132,16 @@ def _verify_checkpoints(
                 )
             )
         heads = {h: (int(s), bytes.fromhex(x)) for h, (s, x) in doc["heads"].items()}
+        if int(doc["created_us"]) != row.created_us:
+            report.damage.append(
+                Damage("-", 0, "checkpoint", f"checkpoint {row.id}: created_at was changed")
+            )
+        for host, digest_hex in doc.get("received", {}).items():
+            before = last_heads.get(host, (0, b""))[0]
+            if host in heads:
+                received.setdefault(host, []).append(
+                    (before + 1, heads[host][0], str(digest_hex), row.id)
+                )
         for host, (seq, digest) in last_heads.items():
             now = heads.get(host)
             if now is None or now[0] < seq or (now[0] == seq and now[1] != digest):
@@ -151,6 +169,40 @@ def _recorded_breaks(store: Store) -> set[tuple[str, int]]:
     return breaks
 
 
+class _ReceivedTimes:
+    """Recomputes, along one host's chain, the receive-time digests its checkpoints
+    signed (checkpoint.received_digest), reporting each that differs."""
+
+    def __init__(
+        self, intervals: list[tuple[int, int, str, int]], report: Callable[[int, str], None]
+    ) -> None:
+        self._left = sorted(intervals)
+        self._report = report
+        self._times: list[tuple[int, int]] = []
+
+    def add(self, seq: int, received_us: int) -> None:
+        while self._left and seq > self._left[0][1]:
+            self._close()
+        if self._left and seq >= self._left[0][0]:
+            self._times.append((seq, received_us))
+            if seq == self._left[0][1]:
+                self._close()
+
+    def _close(self) -> None:
+        first, last, signed, cid = self._left.pop(0)
+        if checkpoint.received_digest(self._times) != signed:
+            self._report(
+                first,
+                f"the receive times of seq {first}..{last} differ from those checkpoint {cid} "
+                "signed (received_at was changed, or events removed)",
+            )
+        self._times = []
+
+    def finish(self) -> None:
+        while self._left:
+            self._close()
+
+
 def _verify_chain(
     store: Store,
     *,
@@ -161,6 +213,7 @@ def _verify_chain(
     accepted: Collection[tuple[str, int]],
     stale: bool,
     old_us: int,
+    received: list[tuple[int, int, str, int]],
     report: AuditReport,
 ) -> None:
     """One host's chain. ``stale``: the newest checkpoint is old (nothing is signing);
@@ -170,10 +223,12 @@ def _verify_chain(
         report.damage.append(Damage(host, seq, kind, detail))
 
     uncovered: list[int] = []
+    times = _ReceivedTimes(received, lambda seq, detail: damage(seq, "altered", detail))
     expected_seq, prev_hash = 1, chain.GENESIS
     seen_anchor = anchor is None
     for row in store.chain(host):
         report.events += 1
+        times.add(row.seq, row.received_us)
         recorded = (host, row.seq) in breaks
         if recorded:
             report.recorded_breaks.append((host, row.seq))
@@ -222,6 +277,7 @@ def _verify_chain(
                     "received before the newest checkpoint, which does not cover it",
                 )
         expected_seq, prev_hash = row.seq + 1, actual
+    times.finish()
     if uncovered:
         damage(
             uncovered[0],
@@ -326,7 +382,8 @@ def verify(
     ``accepted``: (host, seq) of breaks an operator reviewed. ``now_us``: the
     verifier's clock (events beyond a checkpoint older than ``grace_us`` are damage)."""
     report = AuditReport()
-    heads, anchor_time = _verify_checkpoints(store, key, report)
+    received: Received = {}
+    heads, anchor_time = _verify_checkpoints(store, key, report, received)
     if witness:
         _verify_witness(store, key, witness, report)
     now = time.time_ns() // 1000 if now_us is None else now_us
@@ -351,6 +408,7 @@ def verify(
             accepted=set(accepted),
             stale=bool(anchor_time) and anchor_time < now - grace_us,
             old_us=now - grace_us,
+            received=received.get(host, []),
             report=report,
         )
     return report

@@ -248,14 +248,28 @@ class CollectorChain:
             )
             event.time.FromNanoseconds(time.time_ns())
             row = to_row(event, str(event.WhichOneof("kind")), now_us())
+            # Once queued the row is committed whatever happens to the caller (a stream
+            # ended meanwhile): the chain goes on from its fate, never reusing its seq.
+            write = asyncio.ensure_future(self._writer.write([row]))
             try:
-                await self._writer.write([row])
-            except Exception:
-                # Reload so the next event continues from what is really stored.
-                self._seq, self._hash = self._writer.heads.get(COLLECTOR_HOST, (0, chain.GENESIS))
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                await asyncio.wait([write])
+                self._follow(write, row)
                 raise
-            self._seq, self._hash = row.seq, row.hash
+            except Exception:
+                self._follow(write, row)
+                raise
+            self._follow(write, row)
             return row
+
+    def _follow(self, write: asyncio.Future[None], row: EventRow) -> None:
+        """Where the chain stands after ``write`` of ``row`` settled."""
+        if write.cancelled() or write.exception() is not None:
+            # Reload so the next event continues from what is really stored.
+            self._seq, self._hash = self._writer.heads.get(COLLECTOR_HOST, (0, chain.GENESIS))
+        else:
+            self._seq, self._hash = row.seq, row.hash
 
 
 class Rejected(Exception):  # noqa: N818 - a batch outcome, not a failure of ours
@@ -454,6 +468,15 @@ class Ingest:
                     await abort(
                         context, grpc.StatusCode.ABORTED, "a newer stream of this host took over"
                     )
+                if (failure := reader.exception()) is not None and not isinstance(
+                    failure, grpc.aio.AbortError
+                ):
+                    _logger.error("host %s: stream failed: %r", state.host_id, failure)
+                    await abort(
+                        context,
+                        grpc.StatusCode.UNAVAILABLE,
+                        "the collector could not take this stream; connect again",
+                    )
                 reader.result()  # raises what ended the reader, if anything
                 # The reader finished cleanly: flush what it queued, then end.
                 while not pending.empty():
@@ -611,8 +634,16 @@ class Ingest:
         if self._last_checkpoint is None:
             rows = await asyncio.to_thread(self.store.checkpoints)
             self._last_checkpoint = checkpoint.digest(rows[-1]) if rows else checkpoint.FIRST_PREV
+            self._signed_heads = checkpoint.heads_of(rows[-1]) if rows else {}
+        signed = self._signed_heads or {}
+        received = {}
+        for host, (seq, _) in heads.items():
+            before = signed.get(host, (0, b""))[0]
+            if seq > before:
+                times = await asyncio.to_thread(self.store.received_times, host, before + 1, seq)
+                received[host] = checkpoint.received_digest(times)
         created = now_us()
-        body = checkpoint.make_body(created, self._last_checkpoint, heads)
+        body = checkpoint.make_body(created, self._last_checkpoint, heads, received)
         signature = checkpoint.sign(self._signing_key, body)
         cid = await asyncio.to_thread(self.store.add_checkpoint, created, body, signature)
         row = CheckpointRow(cid, created, body, signature)

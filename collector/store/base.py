@@ -95,6 +95,9 @@ class Store(Protocol):
     def hashes(self, host_id: str, first_seq: int, last_seq: int) -> dict[int, bytes]:
         """Stored hashes of ``host_id`` for seqs in [first_seq, last_seq]."""
 
+    def received_times(self, host_id: str, first_seq: int, last_seq: int) -> list[tuple[int, int]]:
+        """(seq, received_us) of ``host_id``'s events in [first_seq, last_seq], in order."""
+
     def chain(self, host_id: str) -> Iterator[EventRow]:
         """Every stored event of ``host_id`` in seq order (streamed, not loaded at once)."""
 

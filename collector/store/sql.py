@@ -120,6 +120,15 @@ class SqlStore:
         )
         return {int(s): bytes(h) for s, h in cur}
 
+    def received_times(self, host_id: str, first_seq: int, last_seq: int) -> list[tuple[int, int]]:
+        """When each event of a seq range was received, in seq order."""
+        cur = self._run(
+            "SELECT seq, received_at FROM events WHERE host_id = ? AND seq BETWEEN ? AND ? "
+            "ORDER BY seq",
+            (host_id, first_seq, last_seq),
+        )
+        return [(int(s), int(r)) for s, r in cur]
+
     def query(self, q: EventQuery) -> list[EventRow]:
         """Events matching the filters, newest first."""
         where, args = event_filter(q)

@@ -130,6 +130,15 @@ def _insert(
     )
 
 
+def _edit_received(running: RunningCollector, url: str) -> None:
+    """An earlier arrival claimed, as if the access were reported at once."""
+    raw_sql(url, "UPDATE events SET received_at = received_at - 3600000000 WHERE seq = 50")
+
+
+def _edit_checkpoint_time(running: RunningCollector, url: str) -> None:
+    raw_sql(url, "UPDATE checkpoints SET created_at = created_at - 86400000000")
+
+
 def _insert_other_host(running: RunningCollector, url: str) -> None:
     _insert(running, url, seq=1, host="ws-ghost", prev=chain.GENESIS)
 
@@ -141,6 +150,8 @@ CASES: list[tuple[str, Callable[[RunningCollector, str], None], int, str]] = [
     ("delete a middle row", _delete_middle, 50, "deleted"),
     ("delete the newest rows", _delete_tail, N, "deleted"),
     ("insert a row after the head", _insert, N + 1, "inserted"),
+    ("edit when an event was received", _edit_received, 1, "altered"),
+    ("edit when a checkpoint was signed", _edit_checkpoint_time, 0, "checkpoint"),
     ("insert a row for a host that never sent it", _insert_other_host, 1, "inserted"),
 ]
 
@@ -186,7 +197,7 @@ def test_forged_checkpoint_is_found(recorded: RunningCollector, store_url: str) 
     raw_sql(
         store_url,
         "UPDATE checkpoints SET body = ? WHERE id = ?",
-        cp.body.replace(b'"v":1', b'"v":1 '),
+        cp.body.replace(b'"v":2', b'"v":2 '),
         cp.id,
     )
     report = _verify(recorded)
@@ -310,7 +321,7 @@ def test_an_altered_witness_file_is_named(
 ) -> None:
     running, witness = witnessed
     lines = witness.read_text().splitlines(keepends=True)
-    lines[0] = lines[0].replace('\\"v\\":1', '\\"v\\":2')
+    lines[0] = lines[0].replace('\\"v\\":2', '\\"v\\":3')
     witness.write_text("".join(lines))
     report = _verify_with(running, witness)
     found = [d for d in report.damage if d.kind == "witness"]
