@@ -13,7 +13,7 @@ DEB_PACKAGES := postgresql sqlite3 python3 \
 	auditd
 PROTOS := protos/baomi/v1/events.proto protos/baomi/v1/collector.proto
 
-.PHONY: demo test bench lint protos protos-check deb venv clean interop
+.PHONY: demo test bench fuzz lint protos protos-check deb venv clean interop
 
 # The venv builds PyGObject, which needs the Debian GObject headers first.
 $(VENV)/.installed: pyproject.toml agent/sensors/files/_answers.c agent/sensors/files/_guardian.c | deb
@@ -72,6 +72,12 @@ $(INTEROP): tests/interop/package.json tests/interop/package-lock.json
 
 bench: deb venv
 	$(PY) -m bench
+
+# Coverage-guided fuzzing (atheris) of every parser of untrusted input: inputs in all,
+# split across the targets; fails on any crash or hang (fuzz/__main__.py).
+FUZZ_RUNS ?= 1000000
+fuzz: venv
+	$(PY) -m fuzz --runs $(FUZZ_RUNS)
 
 demo: venv
 	$(PY) -m deploy.demo

@@ -93,7 +93,9 @@ _UPDATING = "updating"
 #: The problem of a label read in the middle of a rewrite (or after a crash in one).
 UPDATING_PROBLEM = "label update in progress or interrupted: set the label again"
 
-SCOPE_ENTRY_RE = re.compile(r"(user|dept|role):[^,\s]{1,64}")
+# No control character and no undecodable byte (a surrogate from surrogateescape): a
+# scope that is set must read back (see _text).
+SCOPE_ENTRY_RE = re.compile(r"(user|dept|role):[^,\s\x00-\x1f\ud800-\udfff]{1,64}")
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _ID_RE = re.compile(r"[\w.:/#-]{1,128}")
 
@@ -194,7 +196,13 @@ def parse_label_id(value: str) -> str:
 def parse_home(value: str | os.PathLike[str]) -> str:
     """A home: an absolute, normalised path (no ``.``/``..`` parts, no empty parts)."""
     text = os.fspath(value)
-    if not text.startswith("/") or len(text.encode()) > MAX_HOME_BYTES:
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:  # a path of undecodable bytes (surrogateescape)
+        raise ValueError(f"home {text[:80]!r} is not UTF-8: rename the file first") from None
+    if _CONTROL_RE.search(text):  # a label holding them reads as invalid (see _text)
+        raise ValueError(f"home {text[:80]!r} holds control characters: rename the file first")
+    if not text.startswith("/") or size > MAX_HOME_BYTES:
         raise ValueError(f"home {text[:80]!r} must be an absolute path of at most 4096 bytes")
     parts = text[1:].split("/")
     if text != "/" and any(p in ("", ".", "..") for p in parts):

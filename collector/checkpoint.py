@@ -154,6 +154,8 @@ def read_witness(path: Path) -> list[CheckpointRow]:
                     bytes.fromhex(str(doc["signature"])),
                 )
             )
-        except (ValueError, KeyError, TypeError, UnicodeEncodeError) as e:
+        # ValueError includes UnicodeEncodeError (a body that is not ASCII); OverflowError:
+        # an id of 1e999; RecursionError: JSON nested too deeply to parse
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as e:
             raise WitnessError(path, number, f"not a witnessed checkpoint ({e})") from None
     return rows

@@ -301,8 +301,13 @@ def _cabinet(path: Path, entry: Any, header: int, lines: _Lines) -> CabinetConfi
         return CabinetConfig("modbus", host=host, port=port, unit=unit, timeout=float(timeout))
     if adapter == "http":
         url = str(entry.get("url", ""))
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(url)
+            good = parts.scheme in ("http", "https") and bool(parts.hostname)
+            good = good and (parts.port is None or parts.port > 0)
+        except ValueError:  # an unbalanced [ or ], an IPv6 address or port that is not one
+            good = False
+        if not good:
             raise fail("url", f"bad address: {url!r} is not an http(s) URL")
         return CabinetConfig("http", url=url, timeout=float(timeout))
     attestation = entry.get("attestation")

@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import jinja2
 from baomi.v1 import events_pb2
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import FormData
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -53,6 +54,7 @@ CSRF_FIELD = "csrf"
 CSRF_HEADER = "x-csrf-token"
 LANG_COOKIE = "baomi_lang"
 LOGIN_COOKIE = "baomi_login"  # double-submit CSRF token of the login form
+ID_DIGITS = 18  # of a seq or id in a link or form: always within the stores' 64-bit columns
 
 # script-src 'self' and no 'unsafe-inline': markup injected through event data cannot
 # run, even if escaping were ever missed. The SVG charts use attributes, not style.
@@ -181,6 +183,8 @@ class Ctx:
             raise ConsoleError(f"field {name!r} must be text")
         if len(value) > limit:
             raise ConsoleError(f"field {name!r} is longer than {limit} characters")
+        if "\x00" in value:  # PostgreSQL text cannot hold one: refused, not a 500 there
+            raise ConsoleError(f"field {name!r} holds a NUL character: remove it")
         return value
 
     async def audit(
@@ -224,6 +228,31 @@ class Ctx:
     def error(self, status: int, message: str) -> HTMLResponse:
         """An error page."""
         return self.render("error.html", status=status, status_code=status, message=message)
+
+
+def parse_id(text: str) -> int | None:
+    """A seq or id from a form: 1 to ID_DIGITS ASCII digits; None for anything else."""
+    if 0 < len(text) <= ID_DIGITS and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
+class IdConvertor(Convertor[int]):
+    """``{name:id}`` in a route: a seq or id as parse_id takes it (a longer number is no
+    route, rather than a value no store column holds)."""
+
+    regex = f"[0-9]{{1,{ID_DIGITS}}}"
+
+    def convert(self, value: str) -> int:
+        """The id as a number."""
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        """The id as it appears in a path."""
+        return str(value)
+
+
+register_url_convertor("id", IdConvertor())
 
 
 def _query(request: Request) -> str:

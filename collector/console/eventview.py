@@ -225,6 +225,9 @@ class Filters:
             name: params.get(name, "").strip()[:MAX_FILTER_CHARS]
             for name in ("host", "kind", "severity", "user", "path", "since", "until")
         }
+        for name, value in values.items():
+            if "\x00" in value:  # PostgreSQL text cannot hold one: refused, not a 500 there
+                raise ConsoleError(f"the {name} filter holds a NUL character: remove it")
         if values["kind"] and values["kind"] not in KINDS:
             raise ConsoleError(f"unknown event kind {values['kind'][:40]!r}")
         if values["severity"] and values["severity"] not in SEVERITY_BY_NAME:

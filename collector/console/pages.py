@@ -45,6 +45,7 @@ from collector.console.app import (
     current_user,
     lang_of,
     new_token,
+    parse_id,
 )
 from collector.console.errors import ConsoleError
 from collector.console.eventview import Filters, format_time, search, view
@@ -198,11 +199,16 @@ def _cursor(text: str) -> tuple[int, str, int] | None:
     """``before`` of a page link: "TIME_SEQ_HOST"."""
     if not text:
         return None
+    damaged = ConsoleError("the page link is damaged; start from the first page")
     try:
         t, seq, host = text.split("_", 2)
-        return int(t), host, int(seq)
+        cursor = int(t), host, int(seq)
     except ValueError as e:
-        raise ConsoleError("the page link is damaged; start from the first page") from e
+        raise damaged from e
+    # Every real cursor fits the stores' signed 64-bit columns and PostgreSQL text.
+    if not all(-(2**63) <= n < 2**63 for n in (cursor[0], cursor[2])) or "\x00" in host:
+        raise damaged
+    return cursor
 
 
 def _cursor_text(cursor: tuple[int, str, int]) -> str:
@@ -309,7 +315,8 @@ async def event_detail(c: Ctx) -> Response:
     """One event in full (the view is audited)."""
     host = str(c.request.path_params["host"])
     seq = int(c.request.path_params["seq"])
-    row = await c.run(c.store.event, host, seq)
+    # No host id holds a NUL (and PostgreSQL text cannot): no such event.
+    row = await c.run(c.store.event, host, seq) if "\x00" not in host else None
     if row is None:
         return c.error(404, c.t("not_found"))
     if row.kind in _hidden(c):
@@ -518,10 +525,10 @@ async def policy_version(c: Ctx) -> Response:
 
 async def policy_rollback(c: Ctx) -> Response:
     """Publish an earlier version's files again, as a new version."""
-    raw = await c.field("number", 20)
-    if not raw.isdigit():
+    number = parse_id(await c.field("number", 20))
+    if number is None:
         raise ConsoleError(c.t("not_found"))
-    row = await c.run(c.store.policy_version, int(raw))
+    row = await c.run(c.store.policy_version, number)
     if row is None:
         return c.error(404, c.t("not_found"))
     result = await publish(
@@ -556,8 +563,8 @@ async def devices_page(c: Ctx) -> Response:
 async def device_approve(c: Ctx) -> Response:
     """Register a stick: allow rule and registry entry, published to every agent."""
     host = await c.field("host", 63)
-    seq_text = await c.field("seq", 20)
-    row = await c.run(c.store.event, host, int(seq_text)) if seq_text.isdigit() else None
+    seq = parse_id(await c.field("seq", 20))
+    row = await c.run(c.store.event, host, seq) if seq is not None else None
     if row is None or row.kind != "device":
         raise ConsoleError(c.t("not_found"))
     device = events_pb2.Event.FromString(row.body).device
@@ -615,8 +622,8 @@ def _due(text: str) -> str:
 async def finding_create(c: Ctx) -> Response:
     """Make a finding of a violation event."""
     host = await c.field("host", 63)
-    seq_text = await c.field("seq", 20)
-    row = await c.run(c.store.event, host, int(seq_text)) if seq_text.isdigit() else None
+    seq = parse_id(await c.field("seq", 20))
+    row = await c.run(c.store.event, host, seq) if seq is not None else None
     if row is None:
         raise ConsoleError(c.t("not_found"))
     v = view(row)
@@ -1035,7 +1042,7 @@ ROUTES: list[Page] = [
     Page("/events", events, frozenset({SEC, AUD}), nav="nav_events"),
     Page("/events/stream", events_stream, frozenset({SEC, AUD})),
     Page("/events/export.csv", events_export, frozenset({AUD})),
-    Page("/events/{host}/{seq:int}", event_detail, frozenset({SEC, AUD})),
+    Page("/events/{host}/{seq:id}", event_detail, frozenset({SEC, AUD})),
     Page("/hosts", hosts, frozenset({SYS, SEC}), nav="nav_hosts"),
     Page("/hosts/token", token_create, frozenset({SYS}), ("POST",)),
     Page("/hosts/decommission", decommission, frozenset({SYS}), ("POST",)),
@@ -1045,11 +1052,11 @@ ROUTES: list[Page] = [
     Page("/policy/preview", policy_preview, frozenset({SEC}), ("POST",)),
     Page("/policy/save", policy_save, frozenset({SEC}), ("POST",)),
     Page("/policy/history", policy_history, frozenset({SEC}), nav="nav_history"),
-    Page("/policy/versions/{number:int}", policy_version, frozenset({SEC})),
+    Page("/policy/versions/{number:id}", policy_version, frozenset({SEC})),
     Page("/policy/rollback", policy_rollback, frozenset({SEC}), ("POST",)),
     Page("/findings", findings, frozenset({SEC, AUD}), nav="nav_findings"),
     Page("/findings/new", finding_create, frozenset({SEC}), ("POST",)),
-    Page("/findings/{fid:int}", finding_update, frozenset({SEC}), ("POST",)),
+    Page("/findings/{fid:id}", finding_update, frozenset({SEC}), ("POST",)),
     Page("/meetings", meetings, frozenset({SEC, AUD}), nav="nav_meetings"),
     Page("/accounts", accounts, frozenset({SYS, SEC}), nav="nav_accounts"),
     Page("/accounts/new", account_create, frozenset({SYS}), ("POST",)),
@@ -1059,7 +1066,7 @@ ROUTES: list[Page] = [
     Page("/audit", audit_log, frozenset({AUD}), nav="nav_audit"),
     Page("/reports", reports, frozenset({AUD}), nav="nav_reports"),
     Page("/reports/generate", report_generate, frozenset({AUD}), ("POST",)),
-    Page("/reports/{rid:int}", report_download, frozenset({AUD})),
+    Page("/reports/{rid:id}", report_download, frozenset({AUD})),
     Page("/audit/verify", audit_verify, frozenset({AUD}), ("POST",)),
     Page("/password", password, ALL, ("GET", "POST")),
     Page("/logout", logout, ALL, ("POST",)),

@@ -398,3 +398,29 @@ def test_an_explicit_home(doc: Path) -> None:
     )
     with pytest.raises(LabelError, match="absolute path"):
         set_label(doc, "秘密", home="finance/a.txt")
+
+
+# Found by fuzzing (fuzz/targets.py, labels): values an operator gives on the command line
+# arrive through surrogateescape, and what set_label accepts must read back as set.
+@pytest.mark.parametrize(
+    ("scope", "home"),
+    [
+        ("user:wang\udcff", None),  # an undecodable byte: was an uncaught UnicodeEncodeError
+        ("user:wang\x01", None),  # a control character: was written, then read as invalid
+        ("", "/srv/secret/a\udcffb"),  # was a UnicodeEncodeError inside parse_home
+        ("", "/srv/secret/a\x00b"),  # was written, then read as invalid
+    ],
+)
+def test_set_label_refuses_what_would_not_read_back(
+    doc: Path, scope: str, home: str | None
+) -> None:
+    with pytest.raises(LabelError, match=r"user:NAME|not UTF-8|control characters"):
+        set_label(doc, "机密", scope=scope, home=home)
+    assert read_label(doc) is None  # nothing was written
+
+
+def test_helpers_refuse_undecodable_text_with_a_message() -> None:
+    for parse, text in ((labels.parse_home, "/a\udcff"), (labels.parse_scope, "dept:\udcff")):
+        with pytest.raises(ValueError, match=r"not UTF-8|dept:NAME") as err:
+            parse(text)
+        assert not isinstance(err.value, UnicodeError)

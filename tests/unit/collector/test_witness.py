@@ -47,3 +47,23 @@ def test_a_symlink_is_not_followed(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="Too many levels of symbolic links"):
         checkpoint.append_witness(tmp_path / "w", ROWS[0])
     assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"id": 1e999, "created_us": 1, "body": "{}", "signature": "00"}',  # int(inf)
+        b'{"id": 2, "created_us": -1e400, "body": "{}", "signature": "00"}',
+        b"[" * 100_000,  # deeper than the JSON decoder recurses
+    ],
+)
+def test_a_damaged_line_that_broke_the_reader_is_named(tmp_path: Path, line: bytes) -> None:
+    """Found while writing the fuzz target of audit verify (fuzz/targets.py, chain):
+    these escaped read_witness as OverflowError and RecursionError, and audit verify
+    failed with a traceback instead of reporting the witness file as damaged."""
+    path = tmp_path / "w"
+    checkpoint.append_witness(path, ROWS[0])
+    with path.open("ab") as f:
+        f.write(line + b"\n")
+    with pytest.raises(checkpoint.WitnessError, match=r":2: not a witnessed checkpoint"):
+        checkpoint.read_witness(path)
