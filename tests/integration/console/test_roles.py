@@ -12,19 +12,10 @@ from collector.store.base import ROLES, FindingRow, ReportRow
 from tests.collector_harness import batch, enroll_host, send_batches
 from tests.integration.console.conftest import Console
 
-SAMPLE = {
-    "{host}": "ws-01",
-    "{seq:int}": "1",
-    "{number:int}": "1",
-    "{fid:int}": "1",
-    "{rid:int}": "1",
-}
-
 
 def _path(template: str) -> str:
-    for key, value in SAMPLE.items():
-        template = template.replace(key, value)
-    return template
+    """A concrete path of a route template: the host ws-01, every id 1."""
+    return re.sub(r"\{\w+:(int|id)\}", "1", template.replace("{host}", "ws-01"))
 
 
 def _seed(console: Console) -> None:
