@@ -626,6 +626,26 @@ class Ingest:
         if conflicts:
             await self._alert_batch(state, "conflicting_replay", conflicts)
 
+    async def note_uncovered(self) -> None:
+        """Alert, per host, events found in the store beyond the newest checkpoint at
+        start. A clean stop signs its last checkpoint, so these were left by a crash --
+        or written into the database while the collector was down. The next checkpoint
+        signs them; the alert says that it did so without proof."""
+        rows = await asyncio.to_thread(self.store.checkpoints)
+        signed = checkpoint.heads_of(rows[-1]) if rows else {}
+        for host, (seq, _) in sorted(self.writer.heads.items()):
+            before = signed.get(host, (0, b""))[0]
+            if host == COLLECTOR_HOST or seq <= before:
+                continue
+            await self.alerts.alert(
+                "uncovered_at_start",
+                f"host {host} seq {before + 1}..{seq} are covered by no checkpoint at start "
+                "(the collector stopped uncleanly, or rows were written while it was down); "
+                "they are signed now without proof that they are what the host sent",
+                subject_host=host,
+                subject_seq=before + 1,
+            )
+
     async def checkpoint_once(self) -> bool:
         """Sign the current heads if they changed since the last checkpoint."""
         heads = dict(self.writer.heads)

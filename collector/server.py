@@ -244,6 +244,7 @@ class Collector:
 
     async def start(self) -> None:
         """Bind both ports and start serving."""
+        await self.ingest.note_uncovered()  # before any stream: what was there at start
         d = self.config.pki_dir
         key, cert, ca = (
             (d / "server.key").read_bytes(),

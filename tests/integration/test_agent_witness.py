@@ -100,6 +100,8 @@ def test_a_forged_head_is_refused_and_the_real_event_kept(site: Site) -> None:
     forged.time.GetCurrentTime()
     site.store.append([to_row(forged, "agent_status", forged.time.ToMicroseconds())])
     site.start()
+    [adopted] = _tampers(host_events(site.store, "_collector"), "uncovered_at_start")
+    assert adopted.subject_host == HOST and adopted.subject_seq == head + 1
     agent = site.agent()
     try:
         wait_for(lambda: "collector head refused" in agent.agent.stream.last_error)

@@ -226,9 +226,10 @@ def test_sigkill_collector_and_agent_mid_stream_stores_every_event_once(
     )
     assert statuses["started"] == KILLS + 1
     assert statuses["stopping"] == 1
-    # The collector saw no break in the chain and no replay that differed from the record.
+    # The collector saw no break in the chain and no replay that differed from the record;
+    # each restart after a SIGKILL of the collector says it signed an uncovered tail.
     alerts = [ev.tamper.kind for _, _, ev in stored_events(d.store_path, "_collector")]
-    assert alerts == []
+    assert set(alerts) <= {"uncovered_at_start"}, alerts
     # The events CLI reads the same record.
     out = run_cli(
         [
