@@ -527,18 +527,14 @@ class PermissionGuard:
         mounts still ask. False (and an error reported) when it cannot be marked."""
         failure = "cannot guard a labelled file"
         if self._pre_content:
-            try:
-                path = f"/proc/self/fd/{fd}"
-                mask = self._file_mask | FAN_PRE_ACCESS
-                fanotify_mark(self._fan_fd, FAN_MARK_ADD, mask, AT_FDCWD, path)
-            except OSError as e:
-                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                    self._report_error(None, OSError(e.errno, f"{failure}: {e.strerror}"))
-                    return False
-                self._dac_only_files += 1  # e.g. moved to tmpfs: its writes rest on DAC
-            else:
-                return True
-        return self._mark_inode(fd, self._file_mask, failure)
+            # A filesystem without pre-content events (the file moved to tmpfs, say)
+            # refuses FAN_PRE_ACCESS: such a file's writes rest on DAC alone.
+            no_pre_content = (errno.EOPNOTSUPP, errno.EINVAL)
+            marked = self._mark_inode(fd, self._file_mask | FAN_PRE_ACCESS, failure, no_pre_content)
+            if marked is not None:
+                return marked
+            self._dac_only_files += 1
+        return bool(self._mark_inode(fd, self._file_mask, failure))
 
     _file_mask = FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM
 
@@ -561,25 +557,26 @@ class PermissionGuard:
         """Writes and truncations of labelled files are asked (pre-content events)."""
         return self._pre_content
 
-    @property
-    def pre_content_problem(self) -> str:
-        """Why writes are not asked ("" when they are, or before start)."""
-        return self._pre_content_problem
-
     def mark_exec(self, fd: int) -> bool:
         """Be asked whenever the program open as ``fd`` is run (``FAN_OPEN_EXEC_PERM``
         on its inode): an exec ends every answer the guard keeps for the process, so a
         program run again in the same process (with other libraries preloaded, say)
         is decided afresh. False (and an error reported) when it cannot be marked."""
-        return self._mark_inode(fd, FAN_OPEN_EXEC_PERM, "cannot watch a program")
+        return bool(self._mark_inode(fd, FAN_OPEN_EXEC_PERM, "cannot watch a program"))
 
-    def _mark_inode(self, fd: int, mask: int, failure: str) -> bool:
+    def _mark_inode(
+        self, fd: int, mask: int, failure: str, unreported: tuple[int, ...] = ()
+    ) -> bool | None:
+        """Mark the inode open as ``fd``: True, or False with the error reported -- or
+        None, unreported, when the kernel refused it with an errno in ``unreported``."""
         if not self._running or self._failed:
             return False
         try:
             # Through /proc: fanotify_mark() takes no O_PATH fd as the object itself.
             fanotify_mark(self._fan_fd, FAN_MARK_ADD, mask, AT_FDCWD, f"/proc/self/fd/{fd}")
         except OSError as e:
+            if e.errno in unreported:
+                return None
             self._report_error(None, OSError(e.errno, f"{failure}: {e.strerror}"))
             return False
         return True
