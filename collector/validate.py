@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from baomi.v1 import events_pb2
 from google.protobuf.message import Message
 
 MAX_SEQ = 2**63 - 1  # INTEGER in SQLite, BIGINT in PostgreSQL
@@ -20,7 +21,7 @@ MAX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
 MAX_NANOS = 999_999_999
 _TIMESTAMP = "google.protobuf.Timestamp"
 
-_SEVERITIES: frozenset[int] = frozenset()  # filled by _plan() on first use
+_SEVERITIES = frozenset(events_pb2.Severity.values())
 
 # Per message type, the fields worth a look: (name, enum numbers or None, a Timestamp,
 # repeated), only for enums, Timestamps and messages that (transitively) hold one. An
@@ -45,25 +46,21 @@ def _plan(descriptor: Any) -> list[_Step]:  # Any: the python and the upb descri
     return plan
 
 
-def _stamp_problem(stamp: Any, where: str) -> str | None:  # Any: a Timestamp
-    if MIN_SECONDS <= stamp.seconds <= MAX_SECONDS and 0 <= stamp.nanos <= MAX_NANOS:
-        return None
-    return f"{where} is outside years 1 to 9999"
+def _in_range(stamp: Any) -> bool:  # Any: a Timestamp
+    seconds: int = stamp.seconds
+    nanos: int = stamp.nanos
+    return MIN_SECONDS <= seconds <= MAX_SECONDS and 0 <= nanos <= MAX_NANOS
 
 
 def event_problem(event: Message, kind: str) -> str | None:
     """What in ``event`` (whose oneof ``kind`` is set) cannot be stored or shown, said
     with the field's path; None when every value is in range. The hot path of ingest:
     only the set kind is looked into."""
-    global _SEVERITIES  # noqa: PLW0603 - a cache filled once
-    if not _SEVERITIES:
-        severity: Any = event.DESCRIPTOR.fields_by_name["severity"].enum_type
-        _SEVERITIES = frozenset(severity.values_by_number)
     ev: Any = event
     if ev.seq > MAX_SEQ:
         return f"seq must be at most {MAX_SEQ}"
-    if (wrong := _stamp_problem(ev.time, "time")) is not None:
-        return wrong
+    if not _in_range(ev.time):
+        return "time is outside years 1 to 9999"
     if ev.severity not in _SEVERITIES:
         return f"severity = {ev.severity} is not a value this collector knows"
     return problem(getattr(ev, kind), kind)
@@ -80,7 +77,7 @@ def problem(message: Message, where: str = "") -> str | None:
                     continue
                 wrong = f"{_path(where, name)} = {item} is not a value this collector knows"
             elif stamp:
-                if MIN_SECONDS <= item.seconds <= MAX_SECONDS and 0 <= item.nanos <= MAX_NANOS:
+                if _in_range(item):
                     continue
                 wrong = f"{_path(where, name)} is outside years 1 to 9999"
             elif (wrong := problem(item, _path(where, name))) is None:  # type: ignore[assignment]
