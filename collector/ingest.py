@@ -400,13 +400,12 @@ class Ingest:
         self._checkpoint_seconds = checkpoint_seconds
         self._signed_heads: dict[str, tuple[int, bytes]] | None = None
         self._last_checkpoint: str | None = None  # digest of the newest checkpoint
-        self._live: dict[str, asyncio.Event] = {}
         self._hosts: dict[str, _HostSlot] = {}
 
     @property
     def connected(self) -> int:
         """How many hosts have a stream open now."""
-        return len(self._live)
+        return sum(1 for slot in self._hosts.values() if slot.lock.locked())
 
     async def stream(
         self, host_id: str, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
@@ -426,7 +425,6 @@ class Ingest:
                 await asyncio.shield(slot.settling)
             if superseded.is_set():
                 await abort(context, grpc.StatusCode.ABORTED, "a newer stream of this host came")
-            self._live[host_id] = superseded
             state: HostChain | None = None
             try:
                 head = await asyncio.to_thread(self.store.head, host_id)
@@ -435,8 +433,6 @@ class Ingest:
                 async for ack in self._serve(state, requests, context, superseded):
                     yield ack
             finally:
-                if self._live.get(host_id) is superseded:
-                    del self._live[host_id]
                 # The next stream of this host starts from what these commits leave.
                 commits = state.commits if state is not None else set()
                 slot.settling = asyncio.gather(*commits, return_exceptions=True)
