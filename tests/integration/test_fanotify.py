@@ -560,6 +560,27 @@ def test_writes_to_marked_files_are_asked_as_write(
     assert steps_as(child_python, UID, public, "wW") == ["ok", "ok"]
 
 
+def test_a_labelled_file_on_tmpfs_is_guarded_and_its_writes_said_to_rest_on_dac(
+    tree: Path, guarded: Callable[..., PermissionGuard], child_python: str
+) -> None:
+    """tmpfs has no pre-content events: the file is still marked for opens, and health
+    says its writes rest on DAC alone."""
+    rec = Recorder()
+    g = guarded([tree], rec)
+    shm = Path(tempfile.mkdtemp(prefix="baomi-fanotify-", dir="/dev/shm"))
+    try:
+        moved = shm / "secret"
+        _write(moved, "secret\n")
+        shm.chmod(0o755)
+        _mark(g, moved)
+        assert open_as(child_python, UID, moved) == ["EPERM"]  # opens are still asked
+        health = g.health()
+        assert health.state == "degraded"
+        assert "writes of 1 labelled files rest on file modes and ACLs alone" in health.detail
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
+
+
 def test_without_pre_content_writes_are_not_asked_and_health_says_so(
     tree: Path, guarded: Callable[..., PermissionGuard], child_python: str
 ) -> None:
