@@ -1,6 +1,7 @@
 """The agent core: spool, sensors, heartbeats and the stream, tied together.
 
-Order of duties at start: open the spool (refusing a corrupt one), record an unclean
+Order of duties at start: open the spool (refusing a corrupt one), spool what the
+event journal holds beyond it (a killed agent's last events), record an unclean
 previous stop as a tamper event, then start sensors, heartbeats and the stream.
 """
 
@@ -19,6 +20,7 @@ from baomi.v1 import events_pb2
 from agent import __version__
 from agent.errors import AgentError
 from agent.identity import load_identity
+from agent.journal import EventJournal, JournalError
 from agent.policy import PolicyKeeper
 from agent.recorder import Recorder
 from agent.sensors import REGISTRY, Health, PolicyAware, Sensor
@@ -26,6 +28,7 @@ from agent.spool import DEFAULT_MAX_BYTES, Spool
 from agent.stream import StreamClient, StreamConfig
 
 _logger = logging.getLogger(__name__)
+JOURNAL_NAME = "events.journal"
 #: Events waiting this long with nothing acknowledged make the stream "not delivering".
 NOT_DELIVERING_SECONDS = 60.0
 
@@ -52,7 +55,11 @@ class Agent:
         self.stream = StreamClient(
             self.identity, self.spool, config.stream, on_tamper=self._collector_refused
         )
-        self.recorder = Recorder(self.spool, self._wake_stream)
+        try:
+            self.journal = EventJournal(config.state_dir / JOURNAL_NAME)
+        except (JournalError, OSError) as e:
+            raise AgentError(f"cannot open the event journal: {e}") from e
+        self.recorder = Recorder(self.spool, self._wake_stream, self.journal)
         self.policy = PolicyKeeper(config.state_dir, self.identity, self._apply_policy, self.emit)
         self.sensors: list[Sensor] = []
         self.state = "starting"
@@ -119,16 +126,16 @@ class Agent:
             ),
         )
 
-    def _record_unclean_stop(self) -> None:
+    def _record_unclean_stop(self, recovered: int) -> None:
         unclean, last_alive_us = self.spool.mark_running()
         if not unclean:
             return
+        detail = "the agent did not stop cleanly; nothing was enforced in the gap"
+        if recovered:
+            detail += f"; {recovered} events it had recorded were recovered from its journal"
         event = events_pb2.Event(
             severity=events_pb2.SEVERITY_HIGH,
-            tamper=events_pb2.Tamper(
-                kind="unclean_stop",
-                detail="the agent did not stop cleanly; nothing was enforced in the gap",
-            ),
+            tamper=events_pb2.Tamper(kind="unclean_stop", detail=detail),
         )
         event.tamper.gap_start.FromMicroseconds(last_alive_us)
         event.tamper.gap_end.GetCurrentTime()
@@ -173,8 +180,9 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set."""
         self._loop = asyncio.get_running_loop()
+        recovered = self.recorder.recover()  # what a killed agent recorded but not spooled
         self.recorder.start()
-        self._record_unclean_stop()
+        self._record_unclean_stop(recovered)
         self._start_sensors()
         self.policy.load_last_good()
         self.state = "running"
@@ -201,6 +209,7 @@ class Agent:
             await self._drain(streaming)
             self.spool.mark_stopped()
             self.spool.close()
+            self.journal.close()
 
     async def _drain(self, streaming: asyncio.Task[None], seconds: float = 3.0) -> None:
         """Give the stream a moment to deliver the last events, then stop it."""

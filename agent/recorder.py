@@ -5,6 +5,12 @@ return at once; one writer thread drains the queue in small batches (one durable
 transaction each), so a burst of opens costs one fsync, not one per open. Identical
 file accesses by one process within a batch are folded into one event with a count and
 the first and last times; nothing is dropped.
+
+Before an event is queued it is written to the event journal (``journal``), which
+outlives a ``kill -9`` of the agent; each spool commit says how far into the journal
+it reaches, and ``recover()`` spools what the journal holds beyond that at the next
+start. So a sensor that records an access before answering it (the file guard does)
+loses none to a killed agent.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from collections.abc import Callable
 
 from baomi.v1 import events_pb2
 
+from agent.journal import EventJournal, JournalError
 from agent.spool import Spool
 
 _logger = logging.getLogger(__name__)
@@ -58,30 +65,76 @@ def fold(events: list[events_pb2.Event]) -> list[events_pb2.Event]:
     return out
 
 
-class Recorder:
-    """Queue in, spool out, on one writer thread."""
+_Item = tuple[events_pb2.Event, int | None]  # an event and its journal position after it
 
-    def __init__(self, spool: Spool, on_spooled: Callable[[], None]) -> None:
+
+class Recorder:
+    """Journal and queue in, spool out, on one writer thread."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        on_spooled: Callable[[], None],
+        journal: EventJournal | None = None,
+    ) -> None:
         self._spool = spool
         self._on_spooled = on_spooled
-        self._queue: queue.SimpleQueue[events_pb2.Event | None] = queue.SimpleQueue()
+        self._journal = journal
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._order = threading.Lock()  # journal order is queue order
         self._written = threading.Condition()
         self._received = 0
         self._spooled = 0
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self.error = ""
 
+    def recover(self) -> int:
+        """Spool what the journal holds beyond the spool's mark (events recorded by an
+        agent killed before its recorder committed them); how many. Call before
+        ``start()``."""
+        journal = self._journal
+        if journal is None:
+            return 0
+        bodies, position = journal.recover(self._spool.journal_mark())
+        events = []
+        for body in bodies:
+            event = events_pb2.Event()
+            try:
+                event.ParseFromString(body)
+            except Exception:
+                _logger.exception("journal: an unreadable event of %d bytes", len(body))
+                continue
+            events.append(event)
+        self._spool.append(fold(events), journal=(journal.epoch, position))
+        journal.drained(position)
+        return len(events)
+
     def start(self) -> None:
         """Start the writer thread."""
         self._thread.start()
 
     def record(self, event: events_pb2.Event) -> None:
-        """Hand over one event; returns at once. Safe from any thread."""
+        """Journal one event and hand it over; returns without waiting for the spool
+        (only for room in the journal, when the spool falls behind). Safe from any
+        thread."""
         if not event.HasField("time"):
             event.time.FromNanoseconds(time.time_ns())
         with self._written:
             self._received += 1
-        self._queue.put(event)
+        with self._order:
+            self._queue.put((event, self._journal_append(event)))
+
+    def _journal_append(self, event: events_pb2.Event) -> int | None:
+        journal = self._journal
+        if journal is None:
+            return None
+        try:
+            return journal.append(event.SerializeToString())
+        except (JournalError, ValueError) as e:
+            # Still spooled, but a kill before then would lose it: said, not hidden.
+            self.error = f"event journal: {e}"
+            _logger.error("%s", self.error)
+            return None
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every event recorded so far is in the spool."""
@@ -120,17 +173,22 @@ class Recorder:
             if stop:
                 return
 
-    def _write(self, batch: list[events_pb2.Event]) -> None:
-        folded = fold(batch)
+    def _write(self, batch: list[_Item]) -> None:
+        folded = fold([event for event, _ in batch])
+        reached = max((at for _, at in batch if at is not None), default=None)
+        journal = self._journal
+        mark = (journal.epoch, reached) if journal is not None and reached is not None else None
         while True:
             try:
-                self._spool.append(folded)
+                self._spool.append(folded, journal=mark)
                 self.error = ""
                 break
             except Exception as e:
                 self.error = str(e)
                 _logger.exception("cannot spool %d events; retrying in 1 s", len(folded))
                 time.sleep(1)
+        if journal is not None and mark is not None:
+            journal.drained(mark[1])
         with self._written:
             self._spooled += len(batch)
             self._written.notify_all()

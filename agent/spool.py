@@ -122,8 +122,14 @@ class Spool:
         with self._lock:
             return int(self._meta("head_seq")), self._meta("head_hash")
 
-    def append(self, events: list[events_pb2.Event]) -> list[events_pb2.Event]:
-        """Chain and durably store ``events`` (host, seq, prev_hash and time filled in)."""
+    def append(
+        self, events: list[events_pb2.Event], *, journal: tuple[bytes, int] | None = None
+    ) -> list[events_pb2.Event]:
+        """Chain and durably store ``events`` (host, seq, prev_hash and time filled in).
+
+        ``journal``: the event journal's (epoch, position) these events reach, stored in
+        the same transaction (``journal_mark``), so none is recovered from it twice.
+        """
         with self._lock:
             rows = []
             now = time.time_ns()
@@ -148,6 +154,8 @@ class Spool:
                     rows.append((seq, body))
                 self._db.executemany("INSERT INTO events VALUES (?, ?)", rows)
                 self._set_meta(head_seq=str(seq).encode(), head_hash=head)
+                if journal is not None:
+                    self._set_meta(journal_epoch=journal[0], journal_upto=str(journal[1]).encode())
                 self._db.execute("COMMIT")
             except (sqlite3.Error, KeyError, ValueError) as e:
                 self._db.execute("ROLLBACK")
@@ -156,6 +164,14 @@ class Spool:
             if self._appended_since_size_check >= 100 or self.full:
                 self._check_size()
         return events
+
+    def journal_mark(self) -> tuple[bytes, int] | None:
+        """The event journal's (epoch, position) the spool holds everything before;
+        None before the first commit that named one."""
+        with self._lock:
+            if not self._has_meta("journal_epoch"):
+                return None
+            return self._meta("journal_epoch"), int(self._meta("journal_upto"))
 
     def _check_size(self) -> None:
         self._appended_since_size_check = 0

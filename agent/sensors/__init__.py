@@ -41,6 +41,7 @@ def _files(settings: dict[str, Any], sink: EventSink) -> Sensor:
             deadline=float(settings.get("deadline", 0.050)),
             guardian_dir=guardian_dir,
             pre_content=bool(settings.get("pre_content", True)),
+            repeat_journal=state_dir / "repeats.journal",
         ),
         sink,
     )

@@ -21,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from baomi.v1 import events_pb2
 
 import agent
 from agent.sensors.files import fanotify as fan
 from agent.sensors.files import permission
+from agent.sensors.files._answers import Answers
 from agent.sensors.files.changes import Change, ChangeWatcher
 from agent.sensors.files.permission import Access, PermissionGuard
+from agent.sensors.files.repeats import RepeatJournal
 from tests.command_child import CommandChild
 
 UID, OTHER_UID, NOBODY = 1001, 1002, 65534
@@ -453,6 +456,84 @@ def test_repeats_counted_before_stop_are_kept(
     assert [c for _, _, c, _, _ in g.take_repeats()] == [3]
     assert g.take_repeats() == []
     assert not g.repeat(rec.seen[0], True, "after stop")
+
+
+class Journalled(Repeating):
+    """A Repeating whose tokens are the recorded events, as the file guard's are."""
+
+    def decide(self, a: Access) -> bool:
+        allowed = Recorder.decide(self, a)
+        assert self.guard is not None
+        recorded = events_pb2.Event(
+            file_access=events_pb2.FileAccess(path=a.path, pid=a.pid, uid=a.uid)
+        ).SerializeToString()
+        self.kept.append(self.guard.repeat(a, allowed, recorded))
+        return allowed
+
+
+def _read_back(journal: RepeatJournal) -> dict[tuple[str, int], int]:
+    """What a start after a kill -9 now would record: (path, pid) -> repeats."""
+    return {
+        (events_pb2.Event.FromString(r.event).file_access.path, r.pid): r.count
+        for r in journal.read_back()
+    }
+
+
+def test_repeats_are_journalled_before_they_are_answered(
+    tree: Path,
+    guarded: Callable[..., PermissionGuard],
+    children: Callable[..., CommandChild],
+    child_python: str,
+    tmp_path: Path,
+) -> None:
+    journal = RepeatJournal(tmp_path / "repeats.journal")
+    rec = Journalled()
+    g = rec.guard = guarded([tree], rec, journal_fd=journal.fd)
+    before = time.time_ns()
+    child = children(child_python, UID)
+    pid = child.proc.pid
+    assert child.opens(tree / "public", 5) == ["ok"] * 5
+    assert child.opens(tree / "secret", 3) == ["EPERM"] * 3
+    # Nothing taken yet: this is what the agent would find after a kill -9 now.
+    assert _read_back(journal) == {(str(tree / "public"), pid): 4, (str(tree / "secret"), pid): 2}
+    assert all(before <= r.first_ns <= r.last_ns <= time.time_ns() for r in journal.read_back())
+    # A second read loop would write over them: it refuses until they are read back.
+    r, w = os.pipe()
+    try:
+        with pytest.raises(ValueError, match="not yet read back"):
+            Answers(r, os.getpid(), 10, journal.fd)
+    finally:
+        os.close(r)
+        os.close(w)
+    # take() returns exactly what the generation holds; once recorded it is done.
+    generation = g.journal_generation()
+    rows = g.take_repeats()
+    assert sorted(c for _, _, c, _, _ in rows) == [2, 4]
+    journal.mark_done(generation)
+    assert _read_back(journal) == {}
+    # The next generation, in the other half, carries its own copy of the event.
+    assert child.opens(tree / "public", 2) == ["ok", "ok"]
+    assert _read_back(journal) == {(str(tree / "public"), pid): 2}
+    assert g.journal_generation() == generation + 1
+
+
+def test_a_full_journal_half_hands_repeats_to_python(
+    tree: Path,
+    guarded: Callable[..., PermissionGuard],
+    children: Callable[..., CommandChild],
+    child_python: str,
+    tmp_path: Path,
+) -> None:
+    """Nothing is answered that is not on record: when the half is full, each repeat is
+    decided (and recorded) again."""
+    journal = RepeatJournal(tmp_path / "repeats.journal", half_bytes=4096)
+    rec = Journalled(deny=lambda a: False)
+    rec.guard = guarded([tree], rec, journal_fd=journal.fd)
+    child = children(child_python, UID)
+    assert child.opens(tree / "public", 400) == ["ok"] * 400
+    journalled = sum(_read_back(journal).values())
+    assert 100 < journalled < 400  # some fit, the rest were decided
+    assert journalled + len(rec.seen) == 400
 
 
 def test_execute_is_asked_as_execute(

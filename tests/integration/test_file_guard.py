@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 import time
@@ -22,6 +23,7 @@ from baomi.v1 import events_pb2
 from agent.core import AgentConfig
 from agent.identity import enroll
 from agent.labels import XATTR_LEVEL, load_label_key, set_label
+from agent.sensors.files.repeats import HALF_BYTES, RepeatJournal
 from collector.server import create_token
 from collector.store.sqlite import SQLiteStore
 from tests.collector_harness import RunningCollector, init_pki
@@ -484,3 +486,52 @@ def test_repeated_opens_are_folded_never_dropped(
     assert 1 <= len(accesses) <= 3
     for a in accesses[1:]:
         assert a.first.ToNanoseconds() <= a.last.ToNanoseconds()
+
+
+def _unrecorded_repeats(
+    path: Path, event: events_pb2.Event, repeats: list[tuple[int, int]]
+) -> None:
+    """Leave ``path`` as a killed agent would: generation 1 in half 1, never taken.
+    Written by hand from the layout repeats.py documents (the C side writes the same)."""
+    journal = RepeatJournal(path)
+    journal.close()
+    body = event.SerializeToString()
+    half = struct.pack("<II", 1, len(body)) + body + b"\0" * (-len(body) % 8)
+    for pid, t in repeats:
+        half += struct.pack("<IIQq", 2, pid, 0, t)
+    with path.open("r+b") as f:
+        f.seek(24)  # gen, then each half's (gen, used)
+        f.write(struct.pack("<QQQQQ", 1, 0, 0, 1, len(half)))
+        f.seek(4096 + HALF_BYTES)
+        f.write(half)
+
+
+def test_repeats_a_killed_agent_answered_are_recorded_at_the_next_start(
+    site: Site, tmp_path: Path
+) -> None:
+    recorded = events_pb2.Event(
+        severity=events_pb2.SEVERITY_INFO,
+        file_access=events_pb2.FileAccess(
+            path=str(site.root / "s1.txt"),
+            action="read",
+            uid=2002,
+            pid=4242,
+            cmdline="cat s1.txt",
+            decision=events_pb2.DECISION_ALLOW,
+        ),
+    )
+    t0 = 1_700_000_000_000_000_000
+    repeats = [(4242, t0), (4242, t0 + 5), (999_999_999, t0 + 7), (4242, t0 + 9)]
+    _unrecorded_repeats(site.base / "repeats.journal", recorded, repeats)
+    with running_guard(site, tmp_path) as (agent, collector):
+        assert agent.agent.recorder.flush()
+        wait_for(lambda: len(_accesses(collector)) >= 2)
+        got = {a.pid: a for a in _accesses(collector) if a.path.endswith("s1.txt")}
+    assert {pid: a.count for pid, a in got.items()} == {4242: 3, 999_999_999: 1}
+    mine = got[4242]
+    assert (mine.first.ToNanoseconds(), mine.last.ToNanoseconds()) == (t0, t0 + 9)
+    assert mine.cmdline == "cat s1.txt" and mine.decision == events_pb2.DECISION_ALLOW
+    # A shared answer's other process: its own pid, and no command line it never had.
+    assert got[999_999_999].cmdline == ""
+    # Read back once: marked done, so a later start records nothing again.
+    assert RepeatJournal(site.base / "repeats.journal").read_back() == []

@@ -38,6 +38,17 @@
  * exactly the key it was given for. Every lookup is re-done by the kernel on every
  * event, so a setuid, an exec or a relabel is seen at the next open.
  *
+ * The repeat journal (optional, journal_fd): an answer given here is written to a
+ * memory-mapped file before it is given, so that a kill -9 of the agent loses no
+ * answered access (the page cache outlives the process; no fsync is paid). The file
+ * has a header page and two halves; the half of the current generation takes, per
+ * answer, its record once (the serialized file_access event Python passed as the
+ * token) and then one 24-byte record per repeat (pid, time). take() returns exactly
+ * what the current half holds and switches to the other half (the next generation);
+ * Python marks a generation done once its counts are in the agent's own journal, and
+ * reads back, at the next start, every half whose generation is not done
+ * (agent/sensors/files/repeats.py). A repeat that does not fit is handed to Python.
+ *
  * Locking: one mutex guards the answer table, the kept /proc handles and the queue of
  * events read but not yet handled. System calls on the hit path run under it (it is
  * uncontended: remember() runs on the reader thread, take() once a second).
@@ -55,6 +66,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/fanotify.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -70,6 +82,42 @@
 #ifndef FAN_PRE_ACCESS
 #define FAN_PRE_ACCESS 0x00100000 /* Linux 6.14; older headers lack it */
 #endif
+
+/* The repeat journal's layout (agent/sensors/files/repeats.py reads it). */
+#define JOURNAL_MAGIC "BAOMIRJ1"
+#define JOURNAL_HEADER 4096 /* bytes before the first half */
+enum { RECORD_TEMPLATE = 1, RECORD_REPEAT = 2 };
+
+struct journal_header {
+	char magic[8];
+	uint64_t half_bytes;
+	uint64_t done_gen; /* written by Python: generations up to this are recorded */
+	uint64_t gen; /* the generation being written */
+	struct {
+		uint64_t gen; /* the generation this half holds */
+		uint64_t used; /* bytes of records; written after them (the commit) */
+	} halves[2];
+};
+
+struct template_record {
+	uint32_t type; /* RECORD_TEMPLATE */
+	uint32_t len; /* bytes of the event that follow, padded to 8 */
+};
+
+struct repeat_record {
+	uint32_t type; /* RECORD_REPEAT */
+	uint32_t pid;
+	uint64_t template_at; /* offset of its template record in the half */
+	int64_t time_ns;
+};
+
+struct journal {
+	char *map; /* NULL: no journal */
+	size_t map_len;
+	uint64_t half_bytes;
+	uint64_t gen;
+	uint64_t used; /* of the current half */
+};
 
 /* What an answer is for (part of its key). */
 enum { KIND_OPEN = 0, KIND_EXEC = 1, KIND_ACCESS = 2 };
@@ -116,6 +164,12 @@ struct answer {
 	 * the GIL, so it holds no reference): the shared table outlives it. */
 	int borrowed;
 	uint64_t gen; /* of its opener when given; 0 in the shared table */
+	/* The token's bytes when it is bytes and a journal is kept (the event recorded
+	 * for its repeats), valid while the token is held; where it was last written. */
+	const char *record;
+	uint32_t record_len;
+	uint64_t journal_gen;
+	uint64_t journal_at;
 };
 
 /* An answer table: open addressing, linear probing, never more than half full. */
@@ -147,6 +201,7 @@ typedef struct {
 	struct pending *queue;
 	size_t q_head, q_tail, q_cap;
 	int closed;
+	struct journal journal;
 } Answers;
 
 /* ---------------------------------------------------------------- helpers */
@@ -383,7 +438,8 @@ static struct answer *from_shared(Answers *self, struct opener *o, int kind,
 			      .dev = (uint64_t)lk->st.st_dev, .ino = (uint64_t)lk->st.st_ino,
 			      .ctime_ns = ctime_ns_of(&lk->st), .exe = copy,
 			      .exe_len = lk->exe_len, .allow = s->allow, .token = s->token,
-			      .borrowed = 1, .gen = o->gen };
+			      .borrowed = 1, .gen = o->gen, .record = s->record,
+			      .record_len = s->record_len };
 	self->own.used++;
 	return a;
 }
@@ -400,6 +456,68 @@ static int respond(int fan_fd, int fd, int allow)
  * Read the group into the queue (lock held on entry and on return; released around the
  * read, which blocks). 0 or -errno.
  */
+static uint64_t pad8(uint64_t n)
+{
+	return (n + 7) & ~(uint64_t)7;
+}
+
+static struct journal_header *journal_header(struct journal *j)
+{
+	return (struct journal_header *)j->map;
+}
+
+/*
+ * Write a repeat of a to the journal before it is answered (lock held): its event
+ * first if this half lacks it. 0 when it does not fit (Python decides the event).
+ */
+static int journal_repeat(struct journal *j, struct answer *a, int pid, int64_t t)
+{
+	if (!j->map || !a->record)
+		return 1; /* nothing to keep: no journal, or an answer never recorded */
+	char *half = j->map + JOURNAL_HEADER + (j->gen & 1) * j->half_bytes;
+	int with_template = a->journal_gen != j->gen;
+	uint64_t template_bytes = sizeof(struct template_record) + pad8(a->record_len);
+	uint64_t need = sizeof(struct repeat_record) + (with_template ? template_bytes : 0);
+	if (need > j->half_bytes - j->used)
+		return 0;
+	uint64_t at = j->used;
+	if (with_template) {
+		struct template_record tr = { .type = RECORD_TEMPLATE, .len = a->record_len };
+		memcpy(half + at, &tr, sizeof(tr));
+		memcpy(half + at + sizeof(tr), a->record, a->record_len);
+		a->journal_gen = j->gen;
+		a->journal_at = at;
+		at += template_bytes;
+	}
+	struct repeat_record rr = { .type = RECORD_REPEAT, .pid = (uint32_t)pid,
+				    .template_at = a->journal_at, .time_ns = t };
+	memcpy(half + at, &rr, sizeof(rr));
+	j->used = at + sizeof(rr);
+	/* The commit: a reader trusts records up to used only. */
+	__atomic_store_n(&journal_header(j)->halves[j->gen & 1].used, j->used, __ATOMIC_RELEASE);
+	return 1;
+}
+
+/* Start the next generation in the other half (lock held). */
+static void journal_flip(struct journal *j)
+{
+	if (!j->map)
+		return;
+	struct journal_header *h = journal_header(j);
+	/* The half just ended stays in the page cache (and the file) for a read back;
+	 * only its pages leave this process's resident set, which would otherwise grow
+	 * by both halves for good. */
+	madvise(j->map + JOURNAL_HEADER + (j->gen & 1) * j->half_bytes, j->half_bytes,
+		MADV_DONTNEED);
+	j->gen++;
+	j->used = 0;
+	/* Emptied before it is named: a half never holds a generation's name with another
+	 * generation's records. */
+	__atomic_store_n(&h->halves[j->gen & 1].used, 0, __ATOMIC_RELEASE);
+	__atomic_store_n(&h->halves[j->gen & 1].gen, j->gen, __ATOMIC_RELEASE);
+	__atomic_store_n(&h->gen, j->gen, __ATOMIC_RELEASE);
+}
+
 static int refill(Answers *self)
 {
 	char buf[READ_EVENTS * sizeof(struct fanotify_event_metadata)] __attribute__((aligned(8)));
@@ -533,6 +651,10 @@ static int serve(Answers *self, struct pending *ev, struct lookup *lk, int may_r
 			return 0; /* a new question: Python decides */
 		}
 		int64_t t = now_ns();
+		if (!journal_repeat(&self->journal, a, ev->pid, t)) {
+			pthread_mutex_unlock(&self->lock);
+			return 0; /* the journal's half is full: Python decides and records */
+		}
 		if (a->count++ == 0)
 			a->first_ns = t;
 		a->last_ns = t;
@@ -548,12 +670,60 @@ static int serve(Answers *self, struct pending *ev, struct lookup *lk, int may_r
 
 /* ---------------------------------------------------------------- Python type */
 
+/*
+ * Map the repeat journal of journal_fd and start a new generation in it; -1 with a
+ * Python error when it is not one, or holds a generation not yet read back.
+ */
+static int open_journal(struct journal *j, int fd)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		PyErr_SetFromErrno(PyExc_OSError);
+		return -1;
+	}
+	size_t len = (size_t)st.st_size;
+	if (len < JOURNAL_HEADER + 2 * 4096) {
+		PyErr_Format(PyExc_ValueError, "the repeat journal is too short (%zu bytes)", len);
+		return -1;
+	}
+	char *map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (map == MAP_FAILED) {
+		PyErr_SetFromErrno(PyExc_OSError);
+		return -1;
+	}
+	struct journal_header *h = (struct journal_header *)map;
+	const char *problem = NULL;
+	if (memcmp(h->magic, JOURNAL_MAGIC, sizeof(h->magic)) != 0)
+		problem = "it is not a repeat journal";
+	else if (h->half_bytes % 8 || JOURNAL_HEADER + 2 * h->half_bytes != len)
+		problem = "its halves do not fit its size";
+	else if (h->gen > h->done_gen)
+		problem = "it holds repeats not yet read back";
+	if (problem) {
+		munmap(map, len);
+		PyErr_Format(PyExc_ValueError, "repeat journal refused: %s", problem);
+		return -1;
+	}
+	*j = (struct journal){ .map = map, .map_len = len, .half_bytes = h->half_bytes,
+			       .gen = h->gen };
+	journal_flip(j);
+	return 0;
+}
+
+static void close_journal(struct journal *j)
+{
+	if (j->map)
+		munmap(j->map, j->map_len);
+	j->map = NULL;
+}
+
 static int Answers_init(Answers *self, PyObject *args, PyObject *kwds)
 {
-	static char *kwlist[] = { "fan_fd", "own_pid", "limit", NULL };
-	int fan_fd, own_pid;
+	static char *kwlist[] = { "fan_fd", "own_pid", "limit", "journal_fd", NULL };
+	int fan_fd, own_pid, journal_fd = -1;
 	Py_ssize_t limit = 65536;
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "ii|n", kwlist, &fan_fd, &own_pid, &limit))
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "ii|ni", kwlist, &fan_fd, &own_pid, &limit,
+					 &journal_fd))
 		return -1;
 	if (limit < 1 || limit > (1 << 24)) {
 		PyErr_Format(PyExc_ValueError, "limit must be 1..%d answers, not %zd", 1 << 24,
@@ -564,6 +734,8 @@ static int Answers_init(Answers *self, PyObject *args, PyObject *kwds)
 		PyErr_SetString(PyExc_RuntimeError, "Answers is already initialised");
 		return -1;
 	}
+	if (journal_fd >= 0 && open_journal(&self->journal, journal_fd) < 0)
+		return -1;
 	self->own.slots = calloc(INITIAL_SLOTS, sizeof(struct answer));
 	self->shared.slots = calloc(INITIAL_SLOTS, sizeof(struct answer));
 	self->queue = calloc(READ_EVENTS, sizeof(struct pending));
@@ -573,6 +745,7 @@ static int Answers_init(Answers *self, PyObject *args, PyObject *kwds)
 		free(self->queue);
 		self->own.slots = self->shared.slots = NULL;
 		self->queue = NULL;
+		close_journal(&self->journal);
 		PyErr_NoMemory();
 		return -1;
 	}
@@ -607,6 +780,7 @@ static void Answers_dealloc(Answers *self)
 		for (int i = 0; i < OPENERS; i++)
 			close_opener(&self->openers[i]);
 		free(self->queue);
+		close_journal(&self->journal);
 		pthread_mutex_destroy(&self->lock);
 	}
 	Py_TYPE(self)->tp_free((PyObject *)self);
@@ -682,6 +856,18 @@ static PyObject *Answers_next_queued(Answers *self, PyObject *Py_UNUSED(ignored)
 	return next_event(self, 0);
 }
 
+/* Point the answer at its token's bytes for the journal (GIL held): only bytes are
+ * an event to record; any other token (None: a read through a read-only descriptor,
+ * recorded at its open) is answered without a journal record. */
+static void keep_record(Answers *self, struct answer *a)
+{
+	int is_event = self->journal.map && PyBytes_Check(a->token) &&
+		       PyBytes_GET_SIZE(a->token) > 0 && PyBytes_GET_SIZE(a->token) <= UINT32_MAX;
+	a->record = is_event ? PyBytes_AS_STRING(a->token) : NULL;
+	a->record_len = is_event ? (uint32_t)PyBytes_GET_SIZE(a->token) : 0;
+	a->journal_gen = 0; /* a new token: its record is written again */
+}
+
 /*
  * Store allow for a key in a table (lock held): a new answer owning a reference to
  * token, or the newer answer for a key already there. 1 if stored; *replaced gets a
@@ -704,6 +890,7 @@ static int store(Answers *self, struct table *t, uint64_t h, int pid, int uid, i
 		Py_INCREF(token);
 		a->token = token;
 		a->borrowed = 0;
+		keep_record(self, a);
 		return 1;
 	}
 	char *copy = malloc(exe_len + 1);
@@ -721,6 +908,7 @@ static int store(Answers *self, struct table *t, uint64_t h, int pid, int uid, i
 			      .dev = (uint64_t)st->st_dev, .ino = (uint64_t)st->st_ino,
 			      .ctime_ns = ctime_ns_of(st), .exe = copy, .exe_len = exe_len,
 			      .allow = allow, .token = token, .gen = gen };
+	keep_record(self, a);
 	t->used++;
 	return 1;
 }
@@ -885,6 +1073,8 @@ static PyObject *Answers_take(Answers *self, PyObject *args, PyObject *kwds)
 	if (!failed && self->own.slots &&
 	    collect(self, &self->own, !forget && !self->closed, rows, &n, dead, &n_dead) < 0)
 		failed = 1;
+	if (!failed)
+		journal_flip(&self->journal); /* the rows are exactly what the half holds */
 	if (!failed && (forget || self->closed)) {
 		/* Out with both: the own table first, it borrows the shared table's tokens. */
 		old_own = self->own;
@@ -925,6 +1115,21 @@ static PyObject *Answers_take(Answers *self, PyObject *args, PyObject *kwds)
 	return result;
 }
 
+PyDoc_STRVAR(journal_gen_doc,
+"journal_gen() -> int\n\n"
+"The generation of the repeat journal being written (0 without a journal): the next\n"
+"take() returns exactly its repeats and starts the next one.");
+
+static PyObject *Answers_journal_gen(Answers *self, PyObject *Py_UNUSED(ignored))
+{
+	if (!ready(self))
+		return NULL;
+	pthread_mutex_lock(&self->lock);
+	uint64_t gen = self->journal.map ? self->journal.gen : 0;
+	pthread_mutex_unlock(&self->lock);
+	return PyLong_FromUnsignedLongLong(gen);
+}
+
 PyDoc_STRVAR(close_doc,
 "close() -> None\n\n"
 "Remember nothing more and close the kept /proc handles; take() still returns the\n"
@@ -961,6 +1166,7 @@ static PyMethodDef Answers_methods[] = {
 	  remember_doc },
 	{ "take", (PyCFunction)(void (*)(void))Answers_take, METH_VARARGS | METH_KEYWORDS, take_doc },
 	{ "close", (PyCFunction)Answers_close, METH_NOARGS, close_doc },
+	{ "journal_gen", (PyCFunction)Answers_journal_gen, METH_NOARGS, journal_gen_doc },
 	{ NULL, NULL, 0, NULL },
 };
 
@@ -969,7 +1175,7 @@ static PySequenceMethods Answers_as_sequence = {
 };
 
 PyDoc_STRVAR(Answers_doc,
-"Answers(fan_fd, own_pid, limit=65536)\n\n"
+"Answers(fan_fd, own_pid, limit=65536, journal_fd=-1)\n\n"
 "The read loop of a fanotify permission group, answering repeats of remembered\n"
 "decisions in C (see the module source for the design). len() is the number of\n"
 "answers remembered.");

@@ -220,11 +220,16 @@ class PermissionGuard:
 
     ``decide`` must not open files under the roots (it would wait for its own
     answer until the deadline); it gets the fd in ``Access`` instead. What it returns
-    allows the open when truthy. ``after(access, result)``, when given, is called with
-    that result once the answer is written and before the event fd is closed, on the
-    same thread: the work an answer need not wait for (making the record, keeping
-    the answer for repeats). It runs outside the deadline (the opener has its answer);
-    it must not block, and what it raises is reported to ``on_error``.
+    allows the open when truthy. ``before(access, result)``, when given, is called
+    once the answer is settled (not timed out) and just before it is written: making
+    the record, so that what the opener is answered is on record first (the recorder
+    journals it at once); what it raises denies the open and is reported to
+    ``on_error``. Timeouts and errors are likewise recorded (``on_timeout``,
+    ``on_error``) before their DENY is written. ``after(access, result)``, when given,
+    is called with that result once the answer is written and before the event fd is
+    closed, on the same thread: the work an answer need not wait for (keeping the
+    answer for repeats). It runs outside the deadline (the opener has its answer); it
+    must not block, and what it raises is reported to ``on_error``.
     """
 
     name = "fanotify-guard"
@@ -234,6 +239,7 @@ class PermissionGuard:
         roots: Sequence[Path | str],
         decide: Callable[[Access], object],
         *,
+        before: Callable[[Access, object], None] | None = None,
         after: Callable[[Access, object], None] | None = None,
         deadline: float = DEFAULT_DEADLINE,
         on_timeout: Callable[[Access], None] | None = None,
@@ -244,12 +250,17 @@ class PermissionGuard:
         on_gap: Callable[[GapRecords], None] | None = None,
         on_tamper: OnTamper | None = None,
         pre_content: bool = True,
+        journal_fd: int = -1,
     ) -> None:
         if deadline <= 0:
             raise ConfigError(f"deadline must be positive seconds, not {deadline!r}")
         self.roots = abs_roots(roots)
         self._decide = decide
+        self._before = before
         self._after = after
+        #: The repeat journal's fd for the read loop in C (repeats.py); -1: none. Read
+        #: at start().
+        self.journal_fd = journal_fd
         self._deadline = deadline
         self._on_timeout = on_timeout
         self._on_overflow = on_overflow
@@ -326,7 +337,7 @@ class PermissionGuard:
             self._health = Health("failed", detail)
             return
         self._own_pid = os.getpid()  # here, not in __init__: the agent may have forked since
-        self._answers = Answers(self._fan_fd, self._own_pid, ANSWERS_KEPT)
+        self._answers = self._new_answers()
         self._running = True
         self._tree = tree
         self._stopping = self._wd_exit = False
@@ -355,6 +366,22 @@ class PermissionGuard:
         self._health = self._current_health()
         if gap:
             self._report_gap(gap)
+
+    def _new_answers(self) -> Answers:
+        """The C read loop, journalling its repeats when a journal is given."""
+        if self.journal_fd >= 0:
+            try:
+                return Answers(self._fan_fd, self._own_pid, ANSWERS_KEPT, self.journal_fd)
+            except (ValueError, OSError) as e:
+                _logger.error("file guard: repeats not journalled: %s", e)
+                self._call_tamper("repeat_journal", f"repeats are not journalled: {e}")
+        return Answers(self._fan_fd, self._own_pid, ANSWERS_KEPT)
+
+    def journal_generation(self) -> int:
+        """The repeat journal's generation the next ``take_repeats()`` returns (0: no
+        journal)."""
+        answers = self._answers
+        return answers.journal_gen() if answers is not None else 0
 
     def _new_group(self) -> bool:
         """Create the permission group (and its guardian, if configured)."""
@@ -728,8 +755,8 @@ class PermissionGuard:
         access = Access(pid, uid, exe, fd, dev, ino, ctime_ns, action)
         if self._stuck >= self._max_stuck:
             _ = access.path
+            self._call_timeout(access)  # recorded before it is answered
             self._answer(fd, FAN_DENY)
-            self._call_timeout(access)
             return True
         started = time.monotonic()
         mine = (access, started)
@@ -756,22 +783,25 @@ class PermissionGuard:
         if time.monotonic() - started > self._deadline:
             # Late, and the watchdog had no chance to run (GIL held): same as a timeout.
             _ = access.path
-            self._answer(fd, FAN_DENY)
             if error is None:
                 self._call_timeout(access)
             else:
                 self._report_error(access, error)
+            self._answer(fd, FAN_DENY)
             return True
-        if error is not None:
-            _ = access.path
         try:
+            # What is answered is recorded first (the recorder journals it at once).
+            if error is None and self._before is not None:
+                error = self._call_before(access, result)
+                allowed = allowed and error is None  # an access not recorded is denied
+            if error is not None:
+                _ = access.path
+                self._report_error(access, error)
             os.write(self._fan_fd, RESPONSE.pack(fd, FAN_ALLOW if allowed else FAN_DENY))
             if error is None and self._after is not None:
                 self._call_after(access, result)
         finally:
             os.close(fd)
-        if error is not None:
-            self._report_error(access, error)
         return True
 
     def _allow_reading(  # noqa: PLR0917 - the fields of one event
@@ -788,6 +818,16 @@ class PermissionGuard:
         finally:
             os.close(fd)
         return True
+
+    def _call_before(self, access: Access, result: object) -> Exception | None:
+        before = self._before
+        assert before is not None  # noqa: S101 - checked by the caller
+        try:
+            before(access, result)
+        except Exception as e:
+            _logger.exception("file guard: recording the answer failed")
+            return e
+        return None
 
     def _call_after(self, access: Access, result: object) -> None:
         after = self._after
@@ -864,9 +904,9 @@ class PermissionGuard:
                 self._inflight = None
                 self._stuck += 1
                 _ = access.path  # the abandoned reader closes the fd only after this lock
+                self._call_timeout(access)  # recorded before it is answered
                 self._respond(access.fd, FAN_DENY)
             self._start_reader()
-            self._call_timeout(access)
 
     # -- callbacks -------------------------------------------------------------------------
     def _call_timeout(self, access: Access) -> None:

@@ -50,6 +50,7 @@ from agent.sensors.files.fanotify import under_roots
 from agent.sensors.files.opener import Opener, Openers, unapproved
 from agent.sensors.files.permission import Access, PermissionGuard
 from agent.sensors.files.refusals import RefusalRecorder
+from agent.sensors.files.repeats import RepeatJournal, RepeatJournalError
 
 _logger = logging.getLogger(__name__)
 
@@ -102,6 +103,9 @@ class FileGuardConfig:
     #: where the kernel has them; False leaves them to DAC alone, as on kernels before
     #: 6.14 (the degraded mode, for testing it).
     pre_content: bool = True
+    #: Where repeats answered in C are journalled before they are answered, so that a
+    #: killed agent loses none (repeats.py); None: kept in memory until recorded.
+    repeat_journal: Path | None = None
 
 
 def _cmdline(pid: int) -> str:
@@ -118,15 +122,17 @@ def _cmdline(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Decided:
-    """What _decide() found, for _decided(); true when the open is allowed."""
+    """What _decide() found, for _answering() and _decided(); true when the open is
+    allowed."""
 
     verdict: Verdict
     engine: Engine | None
     label: Label | None
     identity: bytes  # the file's identity when its label was just read; else b""
     opener: Opener | None  # the process as the policy saw it (None: no policy)
+    recorded: bytes = b""  # the access's event as recorded (_answering): for its repeats
 
     def __bool__(self) -> bool:
         return self.verdict.allow
@@ -169,9 +175,11 @@ class FileGuard:
         self._started = False  # start() has returned: every labelled file is marked
         # (dev, ino) of every approved program (of any policy loaded): runs watched
         self._programs_run: frozenset[tuple[int, int]] = frozenset()
+        self._journal: RepeatJournal | None = None
         self._guard = PermissionGuard(
             config.roots,
             self._decide,
+            before=self._answering,
             after=self._decided,
             deadline=config.deadline,
             on_timeout=self._timed_out,
@@ -229,6 +237,7 @@ class FileGuard:
                 self.apply_policy(self._config.policies)
             except PolicyError as e:
                 _logger.error("%s; every open under the protected roots is denied", e)
+        self._open_repeat_journal()
         self._guard.start()
         self._watch_programs()
         self._guard_labelled_inodes()
@@ -250,6 +259,33 @@ class FileGuard:
             self._flusher.join()
         self.flush()
         self._inodes.close()
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+
+    def _open_repeat_journal(self) -> None:
+        """Record the repeats a killed agent answered but never recorded, then hand the
+        journal to the guard for this run's repeats."""
+        path = self._config.repeat_journal
+        if path is None:
+            return
+        try:
+            journal = RepeatJournal(path)
+        except (RepeatJournalError, OSError) as e:
+            _logger.error("file guard: repeats are kept in memory only: %s", e)
+            self._tamper("repeat_journal", f"cannot use the repeat journal: {e}")
+            return
+        recovered = journal.read_back()
+        for r in recovered:
+            self._sink(self._repeat_event(r.event, r.pid, r.count, r.first_ns, r.last_ns))
+        journal.mark_all_done()
+        if recovered:
+            _logger.warning(
+                "file guard: recorded %d repeats a killed agent had answered",
+                sum(r.count for r in recovered),
+            )
+        self._journal = journal
+        self._guard.journal_fd = journal.fd
 
     def _program_run(self, access: Access) -> bool:
         """A run of an approved program (of any policy loaded) outside the protected
@@ -323,21 +359,32 @@ class FileGuard:
         self._inodes.persist()
         self._cmdlines.clear()
         self._programs.clear()
+        # Under the lock: the take's generation of the repeat journal is marked done
+        # only once its events are recorded, and before the next take reuses its half.
         with self._fold_lock:
+            generation = self._guard.journal_generation()
             repeats = self._guard.take_repeats(forget=forget)
-        for first, pid, count, first_ns, last_ns in repeats:
-            assert isinstance(first, events_pb2.Event)  # noqa: S101 - only _decide() gives tokens
-            event = events_pb2.Event()
-            event.CopyFrom(first)
-            event.time.FromNanoseconds(last_ns)
-            access = event.file_access
-            if access.pid != pid:  # a shared answer, used by another process
-                access.pid = pid
-                access.cmdline = self._cmdline_of(pid, access.executable)
-            access.count = count
-            access.first.FromNanoseconds(first_ns)
-            access.last.FromNanoseconds(last_ns)
-            self._sink(event)
+            for recorded, pid, count, first_ns, last_ns in repeats:
+                assert isinstance(recorded, bytes)  # noqa: S101 - only _decide() gives tokens
+                self._sink(self._repeat_event(recorded, pid, count, first_ns, last_ns))
+            if self._journal is not None and generation:
+                self._journal.mark_done(generation)
+
+    def _repeat_event(
+        self, recorded: bytes, pid: int, count: int, first_ns: int, last_ns: int
+    ) -> events_pb2.Event:
+        """The event of ``count`` repeats by ``pid`` of the access recorded as
+        ``recorded``."""
+        event = events_pb2.Event.FromString(recorded)
+        event.time.FromNanoseconds(last_ns)
+        access = event.file_access
+        if access.pid != pid:  # a shared answer, used by another process
+            access.pid = pid
+            access.cmdline = self._cmdline_of(pid, access.executable)
+        access.count = count
+        access.first.FromNanoseconds(first_ns)
+        access.last.FromNanoseconds(last_ns)
+        return event
 
     def _flush_loop(self) -> None:
         """Fold repeats every period; at midnight forget the answers too (labels expire
@@ -510,10 +557,15 @@ class FileGuard:
             verdict, opener = self._verdict(engine, access, label)
         return _Decided(verdict, engine, label, identity, opener)
 
+    def _answering(self, access: Access, result: object) -> None:
+        """Just before the answer: record the access. The recorder journals the event
+        before it returns, so an agent killed right after the answer still has it."""
+        if isinstance(result, _Decided):
+            result.recorded = self._record(access, result.label, result.verdict)
+
     def _decided(self, access: Access, result: object) -> None:
         """After the answer (the event fd still open): keep a labelled inode, compare
-        the label with the last one seen, record the access and keep the answer for
-        its repeats."""
+        the label with the last one seen and keep the answer for its repeats."""
         if not isinstance(result, _Decided):
             return  # an approved program run: nothing to record
         label, verdict, engine = result.label, result.verdict, result.engine
@@ -522,14 +574,13 @@ class FileGuard:
                 key = (access.dev, access.ino)
                 self._keep_labelled(access.fd, label, access.path, key, result.identity)
             self._label_seen(access.path, access.dev, access.ino, label, access.pid, access.uid)
-        first = self._record(access, label, verdict)
         # The same process opening the same file version again, under the same policy,
         # gets the same answer from the guard (in C) and is counted, not re-recorded;
         # so does any plain process of the same person and program.
         plain = self._plain(access, result.opener)
         with self._fold_lock:
             if engine is self._engine:  # not decided under a policy replaced meanwhile
-                self._guard.repeat(access, verdict.allow, first, plain=plain)
+                self._guard.repeat(access, verdict.allow, result.recorded, plain=plain)
 
     def _plain(self, access: Access, opener: Opener | None) -> bool:
         """Whether the opener's answers hold for every process of its euid and
@@ -604,8 +655,8 @@ class FileGuard:
                 return Verdict(False, run.rule, why), opener
         return verdict, opener
 
-    def _record(self, access: Access, label: Label | None, verdict: Verdict) -> events_pb2.Event:
-        """Record the access; returns a copy of its event, to stand for its repeats."""
+    def _record(self, access: Access, label: Label | None, verdict: Verdict) -> bytes:
+        """Record the access; returns its event serialized, to stand for its repeats."""
         today = date.today()
         invalid = label is not None and not label.valid
         person = self._engine.policyset.subjects.by_uid.get(access.uid) if self._engine else None
@@ -629,8 +680,7 @@ class FileGuard:
                 rule=verdict.rule[:500],
             ),
         )
-        first = events_pb2.Event()
-        first.CopyFrom(event)  # before the recorder's thread fills in the original
+        recorded = event.SerializeToString()  # before the recorder's thread fills it in
         self._sink(event)
         if (
             label is not None
@@ -640,7 +690,7 @@ class FileGuard:
             and label.until < today
         ):
             self._report_declassified(access, label)
-        return first
+        return recorded
 
     def _report_declassified(self, access: Access, label: Label) -> None:
         """The first open after a label's period ran out says so, once per file label."""
