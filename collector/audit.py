@@ -168,7 +168,8 @@ def _recorded_breaks(store: Store) -> set[tuple[str, int]]:
         except DecodeError:
             continue  # verifying the collector's own chain reports the row as altered
         if ev.tamper.kind == "chain_break":
-            breaks.add((ev.tamper.subject_host, ev.tamper.subject_seq))
+            t = ev.tamper
+            breaks.update((t.subject_host, seq) for seq in [t.subject_seq, *t.subject_seqs])
     return breaks
 
 

@@ -182,6 +182,83 @@ def to_row(
     )
 
 
+ALERT_WINDOW_SECONDS = 60.0  # one alert per host and kind this often, at most
+ALERT_SEQS = 10_000  # seqs one alert names at most; more close its window early
+
+
+@dataclass
+class _Window:
+    """Findings of one host and kind after the alert that opened the window."""
+
+    found: list[tuple[int, str]] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+
+
+class AlertWindows:
+    """Chain breaks and conflicting replays, alerted once per host and kind per window.
+
+    The first finding is alerted at once (with everything of its batch) and opens a
+    window; what the host sends wrong within the window is gathered and alerted as
+    one event when the window closes, naming every seq (``Tamper.subject_seqs``; what
+    ``audit verify`` counts as recorded at ingest). So a hostile host sending a break
+    per batch costs one commit a minute, not one per batch. A crash loses the
+    gathered alert of an open window, not the finding: the events are stored, and
+    ``audit verify`` finds the breaks in them (as not recorded at ingest).
+    """
+
+    def __init__(self, chain: CollectorChain, seconds: float = ALERT_WINDOW_SECONDS) -> None:
+        self._chain = chain
+        self._seconds = seconds
+        self._open: dict[tuple[str, str], _Window] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def found(self, host: str, kind: str, found: list[tuple[int, str]]) -> None:
+        """Alert ``found`` ((seq, why), in seq order) now, or gather it for later."""
+        key = (host, kind)
+        window = self._open.get(key)
+        if window is not None:
+            window.found += found
+            if len(window.found) >= ALERT_SEQS:
+                await self._close(key)
+            return
+        window = self._open[key] = _Window()
+        loop = asyncio.get_running_loop()
+        window.timer = loop.call_later(self._seconds, self._close_later, key)
+        await self._alert(host, kind, found, "in one batch")
+
+    def _close_later(self, key: tuple[str, str]) -> None:
+        task = asyncio.ensure_future(self._close(key))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _close(self, key: tuple[str, str]) -> None:
+        window = self._open.pop(key, None)
+        if window is None:
+            return
+        if window.timer is not None:
+            window.timer.cancel()
+        if window.found:
+            await self._alert(*key, window.found, f"within {self._seconds:.0f} s of the last alert")
+
+    async def close(self) -> None:
+        """Alert what every open window gathered (a clean stop loses none)."""
+        await asyncio.gather(*self._closing)
+        for key in list(self._open):
+            await self._close(key)
+
+    async def _alert(self, host: str, kind: str, found: list[tuple[int, str]], when: str) -> None:
+        seqs = [seq for seq, _ in found[:ALERT_SEQS]]
+        first_seq, first_why = found[0]
+        detail = f"host {host} seq {first_seq}: {first_why}"
+        if len(found) > 1:
+            shown = ", ".join(str(seq) for seq in seqs[1:20])
+            more = f" and {len(found) - 20} more" if len(found) > 20 else ""
+            detail += f"; {len(found)} {when} (also seq {shown}{more})"
+        await self._chain.alert(
+            kind, detail, subject_host=host, subject_seq=first_seq, subject_seqs=seqs
+        )
+
+
 class CollectorChain:
     """The collector's own event chain, for alerts about what it refused or noticed."""
 
@@ -197,6 +274,7 @@ class CollectorChain:
         *,
         subject_host: str = "",
         subject_seq: int = 0,
+        subject_seqs: list[int] | None = None,
         severity: int = events_pb2.SEVERITY_HIGH,
     ) -> None:
         """Record an alert durably in the collector's chain."""
@@ -208,6 +286,7 @@ class CollectorChain:
                 detail=detail[:2000],
                 subject_host=subject_host[:200],
                 subject_seq=subject_seq,
+                subject_seqs=subject_seqs or [],
             ),
         )
 
@@ -395,6 +474,7 @@ class Ingest:
         self._witness = witness  # a file outside the store every checkpoint is added to
         self.writer = Writer(store)
         self.alerts = CollectorChain(self.writer)
+        self.findings = AlertWindows(self.alerts)
         self.stats = IngestStats()
         self._signing_key = signing_key
         self._checkpoint_seconds = checkpoint_seconds
@@ -545,7 +625,7 @@ class Ingest:
                 return
             await self._check_replays(state, bodies, len(rows))
             if state.breaks:
-                await self._alert_batch(state, "chain_break", state.breaks)
+                await self.findings.found(state.host_id, "chain_break", list(state.breaks))
                 state.breaks.clear()
             commit = self._commit(state, rows) if rows else None
             self.stats.events += len(rows)
@@ -568,16 +648,6 @@ class Ingest:
 
         commit.add_done_callback(settled)
         return commit
-
-    async def _alert_batch(self, state: HostChain, kind: str, found: list[tuple[int, str]]) -> None:
-        """One alert for everything of ``kind`` found in a batch, with the count."""
-        first_seq, first_why = found[0]
-        detail = f"host {state.host_id} seq {first_seq}: {first_why}"
-        if len(found) > 1:
-            seqs = ", ".join(str(seq) for seq, _ in found[1:20])
-            more = f" and {len(found) - 20} more" if len(found) > 20 else ""
-            detail += f"; {len(found)} in this batch (also seq {seqs}{more})"
-        await self.alerts.alert(kind, detail, subject_host=state.host_id, subject_seq=first_seq)
 
     async def _reject(
         self,
@@ -620,7 +690,7 @@ class Ingest:
             if have is not None and have != chain.bytes_hash(body):
                 conflicts.append((seq, "resent with different content"))
         if conflicts:
-            await self._alert_batch(state, "conflicting_replay", conflicts)
+            await self.findings.found(state.host_id, "conflicting_replay", conflicts)
 
     async def note_uncovered(self) -> None:
         """Alert, per host, events found in the store beyond the newest checkpoint at
@@ -686,6 +756,8 @@ class Ingest:
                 _logger.exception("checkpoint failed; retrying in %.0f s", self._checkpoint_seconds)
 
     async def close(self) -> None:
-        """Commit what is queued and sign a last checkpoint."""
+        """Alert what open alert windows gathered, commit what is queued and sign a last
+        checkpoint."""
+        await self.findings.close()
         await asyncio.to_thread(self.writer.close)
         await self.checkpoint_once()

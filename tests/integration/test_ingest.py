@@ -94,6 +94,41 @@ def test_chain_break_is_stored_and_alerted(collector: RunningCollector) -> None:
     assert (alert.tamper.subject_host, alert.tamper.subject_seq) == ("ws-01", 4)
 
 
+def _alerts(collector: RunningCollector, kind: str) -> list[events_pb2.Tamper]:
+    tampers = [
+        events_pb2.Event.FromString(r.body).tamper for r in collector.store.chain("_collector")
+    ]
+    return [t for t in tampers if t.kind == kind]
+
+
+def test_a_break_in_every_batch_is_one_alert_a_window_naming_every_seq(
+    collector: RunningCollector,
+) -> None:
+    """A hostile host breaking its chain in each of 200 batches: one alert at once, one
+    for the rest of the window (closed here as a clean stop closes it), every seq named, so
+    ``audit verify`` counts each break as recorded at ingest."""
+    host = enroll_host(collector, "ws-01")
+    batches = [batch(host.events(2))]
+    for i in range(199):
+        host.head = hashlib.sha256(b"not the head %d" % i).digest()
+        batches.append(batch(host.events(2)))
+    acks = send_batches(host, collector.address, batches)
+    assert acks[-1].up_to_seq == 400
+    breaks = list(range(3, 400, 2))  # the first event of every batch after the first
+    [first] = _alerts(collector, "chain_break")
+    assert (first.subject_seq, list(first.subject_seqs)) == (3, [3])
+    collector.call(collector.collector.ingest.findings.close)
+    collector.checkpoint()
+    first, rest = _alerts(collector, "chain_break")
+    assert rest.subject_seq == 5 and list(rest.subject_seqs) == breaks[1:]
+    assert "198 within 60 s of the last alert" in rest.detail
+    key = pki.load_verify_key(collector.pki_dir / "signing.pub")
+    report = audit.verify(collector.store, key)
+    assert {(d.seq, d.kind) for d in report.damage} == {(seq, "break") for seq in breaks}
+    reviewed = audit.verify(collector.store, key, accepted=[("ws-01", seq) for seq in breaks])
+    assert reviewed.ok, reviewed.damage
+
+
 def test_conflicting_replay_is_alerted(collector: RunningCollector) -> None:
     host = enroll_host(collector, "ws-01")
     events = host.events(2)

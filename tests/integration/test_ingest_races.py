@@ -184,7 +184,8 @@ def test_a_second_stream_starts_from_the_first_streams_commits(
     assert all(isinstance(a, events_pb2.Ack) for a in acks)
     assert [a.up_to_seq for a in acks] == [20, 25]  # type: ignore[union-attr]
     [replayed] = _alerts(running, "conflicting_replay")
-    assert "20 in this batch" in replayed.detail and replayed.subject_seq == 1
+    assert "20 in one batch" in replayed.detail and replayed.subject_seq == 1
+    assert list(replayed.subject_seqs) == list(range(1, 21))
     assert len(_stored(running, "ws-01")) == 25
     # Seq 21 follows the second chain, not the stored one: a break, found by audit.
     report = _verified(running)
@@ -213,7 +214,7 @@ def test_a_replay_before_its_first_version_commits_is_alerted(
     assert [a.up_to_seq for a in acks] == [10, 15]  # type: ignore[union-attr]
     _assert_acks_hold(running, "ws-01", acks)
     [alert] = _alerts(running, "conflicting_replay")
-    assert alert.subject_seq == 5 and "6 in this batch" in alert.detail
+    assert alert.subject_seq == 5 and "6 in one batch" in alert.detail
     stored = _stored(running, "ws-01")
     assert [stored[e.seq] for e in first] == [chain.event_hash(e) for e in first]
 

@@ -246,20 +246,22 @@ class PolicyApplied(_message.Message):
     def __init__(self, version: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Tamper(_message.Message):
-    __slots__ = ("kind", "detail", "gap_start", "gap_end", "subject_host", "subject_seq")
+    __slots__ = ("kind", "detail", "gap_start", "gap_end", "subject_host", "subject_seq", "subject_seqs")
     KIND_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     GAP_START_FIELD_NUMBER: _ClassVar[int]
     GAP_END_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_HOST_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_SEQS_FIELD_NUMBER: _ClassVar[int]
     kind: str
     detail: str
     gap_start: _timestamp_pb2.Timestamp
     gap_end: _timestamp_pb2.Timestamp
     subject_host: str
     subject_seq: int
-    def __init__(self, kind: _Optional[str] = ..., detail: _Optional[str] = ..., gap_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., gap_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subject_host: _Optional[str] = ..., subject_seq: _Optional[int] = ...) -> None: ...
+    subject_seqs: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, kind: _Optional[str] = ..., detail: _Optional[str] = ..., gap_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., gap_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subject_host: _Optional[str] = ..., subject_seq: _Optional[int] = ..., subject_seqs: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ConsoleAction(_message.Message):
     __slots__ = ("actor", "role", "action", "target", "detail", "ok")
