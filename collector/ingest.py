@@ -182,6 +182,7 @@ def to_row(
     )
 
 
+CLOCK_AHEAD_US = 300 * 1_000_000  # an event dated this far after its arrival is alerted
 ALERT_WINDOW_SECONDS = 60.0  # one alert per host and kind this often, at most
 ALERT_SEQS = 10_000  # seqs one alert names at most; more close its window early
 
@@ -195,7 +196,8 @@ class _Window:
 
 
 class AlertWindows:
-    """Chain breaks and conflicting replays, alerted once per host and kind per window.
+    """Chain breaks, conflicting replays and a clock ahead, alerted once per host and
+    kind per window.
 
     The first finding is alerted at once (with everything of its batch) and opens a
     window; what the host sends wrong within the window is gathered and alerted as
@@ -624,6 +626,7 @@ class Ingest:
                 )
                 return
             await self._check_replays(state, bodies, len(rows))
+            await self._check_clock(state, rows)
             if state.breaks:
                 await self.findings.found(state.host_id, "chain_break", list(state.breaks))
                 state.breaks.clear()
@@ -670,6 +673,19 @@ class Ingest:
             rejection=rejection,
         )
         await pending.put((None, ack))
+
+    async def _check_clock(self, state: HostChain, rows: list[EventRow]) -> None:
+        """Events dated after their arrival: the host's clock is ahead (or its events
+        are backdated relative to one another). Listings order by the time the host
+        gives, which is when the access happened; an auditor is told when that time
+        cannot be right, by a ``clock_ahead`` alert naming the seqs."""
+        ahead = [
+            (r.seq, f"dated {(r.event_time_us - r.received_us) // 1_000_000} s after it arrived")
+            for r in rows
+            if r.event_time_us - r.received_us > CLOCK_AHEAD_US
+        ]
+        if ahead:
+            await self.findings.found(state.host_id, "clock_ahead", ahead)
 
     async def _check_replays(self, state: HostChain, bodies: list[bytes], new: int) -> None:
         """A replayed seq must carry the event already stored; anything else is an alert."""

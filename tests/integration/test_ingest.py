@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import time
+from unittest import mock
 
 import grpc
 import pytest
@@ -127,6 +130,21 @@ def test_a_break_in_every_batch_is_one_alert_a_window_naming_every_seq(
     assert {(d.seq, d.kind) for d in report.damage} == {(seq, "break") for seq in breaks}
     reviewed = audit.verify(collector.store, key, accepted=[("ws-01", seq) for seq in breaks])
     assert reviewed.ok, reviewed.damage
+
+
+def test_events_dated_after_their_arrival_are_alerted(collector: RunningCollector) -> None:
+    """Listings order by the host's clock; one that runs ahead is named, not trusted."""
+    host = enroll_host(collector, "ws-01")
+    now = time.time_ns()
+    with mock.patch("tests.collector_harness.time.time_ns", return_value=now + 60 * 10**9):
+        slightly = host.events(1)  # a minute ahead: clocks drift, and that is no alarm
+    with mock.patch("tests.collector_harness.time.time_ns", return_value=now + 3600 * 10**9):
+        ahead = host.events(2)
+    acks = send_batches(host, collector.address, [batch(slightly), batch(ahead)])
+    assert acks[-1].up_to_seq == 3  # stored all the same: the record keeps what was sent
+    [alert] = _alerts(collector, "clock_ahead")
+    assert (alert.subject_host, list(alert.subject_seqs)) == ("ws-01", [2, 3])
+    assert re.search(r"seq 2: dated 3(599|600) s after it arrived", alert.detail), alert.detail
 
 
 def test_conflicting_replay_is_alerted(collector: RunningCollector) -> None:
