@@ -62,6 +62,7 @@ class StreamClient:
         self._reported: set[tuple[int, bytes]] = set()  # claims already recorded
         self._wake = asyncio.Event()
         self.connected = False
+        self.delivered = False  # the current (or last) session had something acknowledged
         self.last_error = ""
         self.acked_seq = 0
         self._progress = time.monotonic()  # when the collector last took something
@@ -80,9 +81,9 @@ class StreamClient:
         )
         try:
             while True:
+                self.delivered = False  # set by the session on each acknowledgement
                 try:
-                    if await self._session(channel):
-                        attempt = 0
+                    await self._session(channel)
                 except grpc.aio.AioRpcError as e:
                     self.last_error = f"{e.code().name}: {e.details()}"
                     _logger.warning(
@@ -98,14 +99,16 @@ class StreamClient:
                     self.last_error = f"stream failed: {type(e).__name__}: {e}"
                     _logger.exception("stream to %s failed; again", self._identity.collector)
                 self.connected = False
+                if self.delivered:  # however it ended, it worked: reconnect at once
+                    attempt = 0
                 cap = min(self._config.backoff_max, self._config.backoff_initial * 2**attempt)
                 attempt = min(attempt + 1, 16)
                 await asyncio.sleep(random.uniform(0, cap))  # noqa: S311 - jitter, not crypto
         finally:
             await channel.close(grace=None)
 
-    async def _session(self, channel: grpc.aio.Channel) -> bool:
-        """One connection's life. Returns True if the collector acknowledged anything."""
+    async def _session(self, channel: grpc.aio.Channel) -> None:
+        """One connection's life; sets ``delivered`` when the collector acknowledges."""
         call = channel.stream_stream(
             "/baomi.v1.Collector/Stream",
             request_serializer=None,
@@ -113,15 +116,13 @@ class StreamClient:
         )()
         first = await call.read()
         if not isinstance(first, events_pb2.Ack):  # EOF before the head
-            return False
+            return
         self.connected = True
         self._acknowledge(first)
         in_flight: collections.deque[int] = collections.deque()
         slots = asyncio.Semaphore(self._config.window)
-        progressed = False
 
         async def receive() -> None:
-            nonlocal progressed
             while True:
                 ack = await call.read()
                 if not isinstance(ack, events_pb2.Ack):  # EOF: the collector ended the stream
@@ -129,7 +130,7 @@ class StreamClient:
                 if ack.HasField("rejection"):
                     raise RejectedError(ack.rejection.reason)
                 self._acknowledge(ack)
-                progressed = True
+                self.delivered = True
                 while in_flight and in_flight[0] <= ack.up_to_seq:
                     in_flight.popleft()
                     slots.release()
@@ -157,7 +158,6 @@ class StreamClient:
         finally:
             receiver.cancel()
             call.cancel()
-        return progressed
 
     @staticmethod
     async def _take_slot(slots: asyncio.Semaphore, receiver: asyncio.Task[None]) -> bool:

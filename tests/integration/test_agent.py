@@ -200,3 +200,32 @@ def test_a_collector_that_takes_nothing_shows_as_not_delivering(
             agent.stop()
     finally:
         running.stop()
+
+
+def test_backoff_starts_again_after_a_session_that_delivered(
+    config: AgentConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream that delivered and then broke (the usual end: the collector restarted)
+    reconnects at the first backoff step, not at the step its failures had reached."""
+    from agent import stream as stream_module
+
+    client = Agent(config).stream
+    outcomes = [False, False, False, True, False]  # delivered before breaking?
+    waits: list[float] = []
+
+    async def session(channel: object) -> None:
+        client.delivered = outcomes.pop(0)
+        raise RuntimeError("stream broke")
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if not outcomes:
+            raise asyncio.CancelledError
+
+    monkeypatch.setattr(client, "_session", session)
+    monkeypatch.setattr(stream_module.random, "uniform", lambda low, high: high)
+    monkeypatch.setattr(stream_module.asyncio, "sleep", sleep)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(client.run())
+    initial = FAST.backoff_initial
+    assert waits == [initial, 2 * initial, 4 * initial, initial, 2 * initial]
