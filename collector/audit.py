@@ -62,6 +62,8 @@ class Damage:
     detail: str
 
     def __str__(self) -> str:
+        if self.host_id == "-":  # the checkpoints or the witness file, not one host's chain
+            return f"{self.kind}: {self.detail}"
         return f"host {self.host_id} seq {self.seq}: {self.kind}: {self.detail}"
 
 
