@@ -13,7 +13,7 @@ DEB_PACKAGES := postgresql sqlite3 python3 \
 	auditd
 PROTOS := protos/baomi/v1/events.proto protos/baomi/v1/collector.proto
 
-.PHONY: demo test bench fuzz lint protos protos-check deb venv clean interop
+.PHONY: demo test bench fuzz lint protos protos-check deb venv clean interop usbguard-oracle
 
 # The venv builds PyGObject, which needs the Debian GObject headers first.
 $(VENV)/.installed: pyproject.toml agent/sensors/files/_answers.c agent/sensors/files/_guardian.c | deb
@@ -58,7 +58,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: deb venv protos-check interop
+test: deb venv protos-check interop usbguard-oracle
 	$(PY) -m pytest
 
 # The Node.js client of tests/integration/test_interop.py, pinned by its package-lock.json
@@ -69,6 +69,19 @@ $(INTEROP): tests/interop/package.json tests/interop/package-lock.json
 	@if command -v npm >/dev/null; then \
 	  cd tests/interop && npm ci --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: the interop client test will be skipped"; fi
+
+# USBGuard's own rule parser (Debian's usbguard 1.1.2), unpacked, not installed (no
+# daemon), as the oracle of tests/unit/agent/devices/test_rules_usbguard.py.
+USBGUARD_DIR := .cache/usbguard
+USBGUARD_ORACLE := $(USBGUARD_DIR)/usr/bin/usbguard-rule-parser
+USBGUARD_DEBS := usbguard libusbguard1 libqb100 libprotobuf32
+usbguard-oracle: $(USBGUARD_ORACLE)
+$(USBGUARD_ORACLE):
+	@mkdir -p $(USBGUARD_DIR)/debs
+	@cd $(USBGUARD_DIR)/debs && { apt-get download -q $(USBGUARD_DEBS) 2>/dev/null \
+	  || { apt-get update -q >/dev/null && apt-get download -q $(USBGUARD_DEBS); }; } \
+	  && for d in *.deb; do dpkg -x $$d ..; done \
+	  || echo "usbguard-rule-parser unavailable: the USBGuard parity test will be skipped"
 
 bench: deb venv
 	$(PY) -m bench
@@ -83,4 +96,4 @@ demo: venv
 	$(PY) -m deploy.demo
 
 clean:
-	rm -rf $(VENV) var build *.egg-info agent/sensors/files/_answers.*.so agent/sensors/files/_guardian.*.so tests/interop/node_modules
+	rm -rf $(VENV) var build *.egg-info agent/sensors/files/_answers.*.so agent/sensors/files/_guardian.*.so tests/interop/node_modules .cache

@@ -14,6 +14,11 @@ these deliberate differences:
   rule's values", for every attribute (USBGuard's string attributes answer true always).
 * ``true`` and ``false`` take no argument (USBGuard ignores one silently), ``random(p)``
   needs ``0 <= p <= 1`` and times must be whole ``HH:MM[:SS]`` values.
+* ``label`` may be given once (USBGuard takes two without saying which one holds).
+
+Blanks before or after a rule, a line of only blanks and a carriage return at the end
+(CRLF files) are refused, as USBGuard refuses them. ``make usbguard-oracle`` unpacks
+USBGuard's own ``usbguard-rule-parser``, and a test holds this parser to it.
 
 Strings are byte strings, as in USBGuard: the only escapes are ``\\"``, ``\\\\`` and
 ``\\xHH``; other characters stand for their UTF-8 bytes. A device string is compared by
@@ -440,8 +445,7 @@ class RuleSet:
             )
         entries = []
         for number, line in enumerate(text.split("\n"), start=1):
-            # CRLF files: the grammar would refuse the stray carriage return.
-            rule = _parse_line(line.removesuffix("\r"), path, number)
+            rule = _parse_line(line, path, number)
             if rule is not None:
                 entries.append(RuleEntry(number, rule))
         return cls(path, tuple(entries), implicit_target)
@@ -538,7 +542,22 @@ def _parse_line(text: str, path: str, line: int) -> Rule | None:
     try:
         return _Parser(text).line()
     except _ParseError as e:
-        raise RuleError(path, line, f"column {e.column + 1}: {e.reason}") from None
+        column, reason = e.column, e.reason
+        if text.endswith("\r") and _parses(text[:-1]):
+            column = len(text) - 1
+            reason = (
+                "a carriage return ends the line (a CRLF file): convert the file with "
+                "dos2unix (USBGuard refuses it)"
+            )
+        raise RuleError(path, line, f"column {column + 1}: {reason}") from None
+
+
+def _parses(text: str) -> bool:
+    try:
+        _Parser(text).line()
+    except _ParseError:
+        return False
+    return True
 
 
 @dataclass(slots=True)
@@ -583,8 +602,17 @@ class _Parser:
     def line(self) -> Rule | None:
         text = self.text
         i = self._blanks(0)
-        if i == len(text) or text[i] == "#":
+        if not text or (i < len(text) and text[i] == "#"):
             return None
+        # USBGuard's grammar allows blanks around a rule only before a comment, and its
+        # loader refuses a line of blanks; refusing them here too keeps a file that
+        # passes here loadable by usbguard-daemon.
+        if i == len(text):
+            raise _ParseError(0, "a line of only blanks: make it empty (USBGuard refuses it)")
+        if i > 0:
+            raise _ParseError(
+                0, "blanks before the rule: start it in column 1 (USBGuard refuses them)"
+            )
         for target in TARGETS:
             if text.startswith(target, i) and self._at_boundary(i + len(target)):
                 i += len(target)
@@ -609,6 +637,8 @@ class _Parser:
         j = self._blanks(i)
         if j < len(text) and text[j] != "#":
             raise _ParseError(j, f"unexpected {self._shown(j)}; values are separated by blanks")
+        if j == len(text) and j > i:
+            raise _ParseError(i, "blanks after the rule: remove them (USBGuard refuses them)")
         strings = fields.strings
         return Rule(
             target=target,

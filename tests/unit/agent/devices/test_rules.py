@@ -102,7 +102,7 @@ def test_rule_error_names_file_line_and_column() -> None:
     ("text", "canonical"),
     [
         ("allow", "allow"),
-        ("  allow  ", "allow"),
+        ("allow\t # note", "allow"),
         ("allow\t0781:5581\t# stick", "allow id 0781:5581"),
         ("allow#comment", "allow"),
         ("block 0781:*", "block id 0781:*"),
@@ -184,13 +184,28 @@ def test_refused(text: str, why: str) -> None:
     assert why in info.value.reason
 
 
-def test_comments_blank_lines_and_crlf() -> None:
-    text = "\n# comment\n  \t\n allow id 0781:5581 # pinned\r\nblock\r\n"
+def test_comments_and_blank_lines() -> None:
+    text = "\n# comment\n  # indented comment\r\nallow id 0781:5581 # pinned\r\nblock\n"
     ruleset = RuleSet.parse(text, path="r")
     assert [(e.line, str(e.rule)) for e in ruleset.entries] == [
         (4, "allow id 0781:5581"),
         (5, "block"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("allow\nblock\r\n", "r:2: column 6: a carriage return ends the line (a CRLF file)"),
+        (" allow", "r:1: column 1: blanks before the rule: start it in column 1"),
+        ("allow id 0781:5581\t", "r:1: column 19: blanks after the rule: remove them"),
+        ("allow\n \t\n", "r:2: column 1: a line of only blanks: make it empty"),
+    ],
+)
+def test_blanks_and_carriage_returns_usbguard_refuses(text: str, why: str) -> None:
+    with pytest.raises(RuleError) as info:
+        RuleSet.parse(text, path="r")
+    assert why in str(info.value)
 
 
 def test_empty_text_is_an_empty_rule_set() -> None:
