@@ -261,8 +261,15 @@ def _resolve_one(
                     f"lies in the protected tree {root}: keep approved programs where only "
                     "root can change them"
                 )
-        if os.pread(fd, 2, 0) == b"#!":
-            raise fail("a script, which runs as its interpreter: approve the program it starts")
+        head = os.pread(fd, 256, 0)
+        if head.startswith(b"#!"):
+            shebang = head.split(b"\n", 1)[0].decode("utf-8", "backslashreplace")
+            raise fail(
+                f"a script ({shebang!a}), which runs as its interpreter: approve the program "
+                "it starts (on LibreOffice installs /usr/lib/libreoffice/program/soffice.bin)"
+            )
+        if real != path:
+            _logger.info("application %s is %s (a symbolic link): approved as %s", path, real, real)
         if st.st_size > MAX_APP_BYTES:
             raise fail(f"larger than {MAX_APP_BYTES} bytes")
         version, digest = hashes.of_fd(fd)

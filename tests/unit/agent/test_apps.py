@@ -102,7 +102,7 @@ def test_an_approved_path_becomes_the_identity_of_its_file(viewer: Path) -> None
         (lambda p: p.unlink(), "cannot open it"),
         (lambda p: p.chmod(0o644), "not a regular executable file"),
         (lambda p: (p.unlink(), p.mkdir()), "not a regular executable file"),
-        (lambda p: p.write_text('#!/bin/sh\nexec cat "$@"\n'), "a script"),
+        (lambda p: p.write_text('#!/bin/sh\nexec cat "$@"\n'), "a script ('#!/bin/sh')"),
     ],
 )
 def test_paths_that_name_no_program_are_refused(viewer: Path, arrange: object, reason: str) -> None:
