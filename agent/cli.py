@@ -84,6 +84,19 @@ def _label_key_path(args: argparse.Namespace) -> Path:
     return Path(args.state_dir) / labels.LABEL_KEY_FILE
 
 
+def _label_key_to_judge(args: argparse.Namespace) -> bytes:
+    """The label key, without which a sealed label cannot be judged as the guard judges
+    it (a tampered label would read as valid); AgentError (exit 2) saying how."""
+    try:
+        return labels.load_label_key(_label_key_path(args))
+    except LabelError as e:
+        raise AgentError(
+            f"cannot check label seals: {e}; a decision on a real file rests on its sealed "
+            "label: run as root with the agent's --state-dir "
+            f"(baomi-agent --state-dir DIR {args.command} ...)"
+        ) from e
+
+
 def _label_key_or_note(args: argparse.Namespace) -> bytes | None:
     """The label key to check seals with; None (and a note on stderr) if unreadable."""
     try:
@@ -159,9 +172,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from agent.decision.tools import explain  # noqa: PLC0415
 
     policyset = PolicySet.load(args.policies)
-    key = _label_key_or_note(args)
-    # Only a labelled file's writes can be decided, and only an existing file is labelled.
+    # Only an existing file has a label; a path that names none is judged unlabelled.
     exists = Path(args.path).exists()
+    key = _label_key_to_judge(args) if exists else None
     pre_content = args.action == "write" and exists and _pre_content_here(args.path)
     print(
         explain(
@@ -189,7 +202,7 @@ def _cmd_policy_test(args: argparse.Namespace) -> int:
     from agent.decision.tools import policy_test  # noqa: PLC0415
 
     policyset = PolicySet.load(args.policies)
-    mismatches = policy_test(policyset, args.table, key=_label_key_or_note(args))
+    mismatches = policy_test(policyset, args.table, load_key=lambda: _label_key_to_judge(args))
     for m in mismatches:
         print(m)
     if mismatches:

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 VAR = Path("var")
@@ -155,6 +156,7 @@ def main() -> int:
         cabinet = subprocess.Popen(
             [str(BIN / "baomi-cabinet-sim"), "--listen", "127.0.0.1:5020", "--slots", "2"]
         )
+        launched = datetime.now(UTC).isoformat(timespec="seconds")
         agent = subprocess.Popen(
             [
                 agent_cli,
@@ -171,6 +173,9 @@ def main() -> int:
                 "r301",
             ]
         )
+        if not _wait_until_started(collector_cli, launched, agent):
+            print("the agent did not start; see its log above", file=sys.stderr)
+            return 1
         print(
             "\nBaomi demo is running: collector on "
             f"{LISTEN} (mTLS; enrolment on {ENROLL}), one agent 'demo-host'.\n"
@@ -179,7 +184,8 @@ def main() -> int:
             f"--witness {WITNESS}\n"
             f"  guarded: cat {SECRET}/finance/budget-2027.xlsx   (root is not in subjects.toml:"
             " denied)\n"
-            f"  why:     .venv/bin/baomi-agent explain --user wang --action read --path "
+            f"  why:     .venv/bin/baomi-agent --state-dir {AGENT_STATE} explain --user wang "
+            "--action read --path "
             f"{SECRET.resolve()}/finance/budget-2027.xlsx --policies {DEMO / 'policies'}\n"
             f"  meeting: .venv/bin/baomi-agent meeting check --room r301 --meeting "
             "m-2026-12-01 --state-dir var/agent   (cabinet simulated on 127.0.0.1:5020)\n"
@@ -210,6 +216,24 @@ def main() -> int:
             )
         print("stopped")
     return 0
+
+
+def _wait_until_started(
+    collector_cli: str, since: str, agent: subprocess.Popen[bytes], timeout_s: float = 90
+) -> bool:
+    """Whether the agent said it started (its sensors guarding) at the collector, so the
+    banner's commands meet a guarded tree; False when it ended or stayed silent."""
+    deadline = time.monotonic() + timeout_s
+    while agent.poll() is None and time.monotonic() < deadline:
+        listed = subprocess.run(
+            [collector_cli, "events", "--store", STORE, "--host", "demo-host",
+             "--kind", "agent_status", "--since", since, "--json"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if '"state": "started"' in listed.stdout:
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def _interrupt(signum: int, frame: object) -> None:

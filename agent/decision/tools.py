@@ -7,7 +7,9 @@ two (which the differential tests rule out) could never go unnoticed in the fiel
 from __future__ import annotations
 
 import csv
+import os
 import pwd
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -274,12 +276,14 @@ def policy_test(
     *,
     today: date | None = None,
     key: bytes | None = None,
+    load_key: Callable[[], bytes] | None = None,
 ) -> list[Mismatch]:
     """Decide every row of a test table; the rows whose decision differs from expected.
 
     Rows: ``user, path-or-label-spec, action, allow|deny[, exe[, YYYY-MM-DD]]``; ``#``
     comments, blank lines and a header row starting with ``user`` are skipped. Labels
-    read from files have their seals checked with ``key`` when one is given. A row
+    read from files have their seals checked with ``key``, or with what ``load_key``
+    gives when the first row names an existing file (it raises when it cannot). A row
     where the engine and reference Casbin disagree is a mismatch too. A malformed row
     raises PolicyError with its line.
     """
@@ -313,6 +317,8 @@ def policy_test(
         except ValueError as e:
             raise PolicyError(table, n, str(e)) from e
         if not given:
+            if key is None and load_key is not None and os.path.lexists(path):
+                key = load_key()
             try:
                 label = read_label(path, key)
             except OSError:

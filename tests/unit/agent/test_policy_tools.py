@@ -321,6 +321,35 @@ def test_cli_explain(site: Path) -> None:
     assert "user.baomi.seal is missing" in r.stdout
 
 
+def test_cli_explain_and_policy_test_refuse_to_judge_a_real_file_without_the_key(
+    site: Path,
+) -> None:
+    """Without the label key a tampered seal would read as valid: exit 2, saying how."""
+    state = site.parent / "state"
+    doc = _secret(site) / "finance" / "q3.xlsx"
+    doc.write_bytes(b"")
+    set_label(doc, "机密", key=load_label_key(state / LABEL_KEY_FILE, create=True))
+    no_key = site.parent / "no-state"
+    r = _cli("explain", "--user", "wang", "--path", str(doc), "--action", "read",
+             "--policies", str(site), state=no_key)  # fmt: skip
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert "cannot check label seals" in r.stderr
+    assert "baomi-agent --state-dir DIR explain" in r.stderr
+    table = _table(site, [f"wang, {doc}, read, allow"])
+    r = _cli("policy", "test", str(table), "--policies", str(site), state=no_key)
+    assert r.returncode == 2
+    assert "baomi-agent --state-dir DIR policy" in r.stderr
+    # With the key both judge the file; rows and paths naming no file need none.
+    r = _cli("policy", "test", str(table), "--policies", str(site), state=state)
+    assert r.returncode == 0, r.stdout + r.stderr
+    missing = str(doc.parent / "not-there")
+    r = _cli("explain", "--user", "wang", "--path", missing, "--action", "read",
+             "--policies", str(site), state=no_key)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert not no_key.exists()  # judging never makes a key
+
+
 def test_cli_policy_test(site: Path) -> None:
     s = _secret(site)
     good = _table(site, [f"wang, {s}/finance/a;level=机密, read, allow"])
