@@ -77,11 +77,22 @@ def _present() -> list[Observed]:
         ) from e
 
 
+def _policies(args: argparse.Namespace) -> Path:
+    """The device policy to judge by: ``--policies``, else the bundle the agent of
+    ``--state-dir`` enforces (``STATE/policy``, where the collector's pushes land, so a
+    stick approved in the console shows as allowed), else ``./policies``."""
+    if args.policies is None:
+        enforced = Path(args.state_dir) / "policy"
+        args.policies = enforced if (enforced / "devices.rules").is_file() else DEFAULT_POLICIES
+        print(f"device policy: {args.policies}", file=sys.stderr)
+    return Path(args.policies)
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from agent.devices.policy import DevicePolicy  # noqa: PLC0415 - see the imports
     from agent.sensors.usb import decide  # noqa: PLC0415
 
-    policy = DevicePolicy.load(args.policies)
+    policy = DevicePolicy.load(_policies(args))
     rows = []
     for observed in _present():
         device = observed.device
@@ -133,7 +144,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from agent.devices.policy import DevicePolicy, generate_rules  # noqa: PLC0415 - see imports
     from agent.devices.rules import device_bytes, quote  # noqa: PLC0415
 
-    policy = DevicePolicy.load(args.policies)
+    policy = DevicePolicy.load(_policies(args))
     pinned, left_out = [], []
     for observed in _present():
         device = observed.device
@@ -188,8 +199,9 @@ def add_parser(subparsers: Any) -> None:
         p.add_argument(
             "--policies",
             type=Path,
-            default=DEFAULT_POLICIES,
-            help=f"directory of devices.rules and usb-registry.toml (default ./{DEFAULT_POLICIES})",
+            help="directory of devices.rules and usb-registry.toml (default: the policy "
+            "the agent of --state-dir enforces, STATE/policy, if it has one, else "
+            f"./{DEFAULT_POLICIES})",
         )
 
     ls = sub.add_parser("list", help="every USB device present, its classes and decision")

@@ -133,3 +133,25 @@ def test_generate_policy_to_stdout_includes_all_only_when_asked(
     assert out.isascii() and TERMINAL_CONTROL.search(out.replace("\n", "")) is None
     (observed,) = list_devices()
     assert rule.applies_to(observed.device) is True
+
+
+def test_list_defaults_to_the_policy_the_agent_enforces(
+    testbed: Testbed, policies: Policies, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stick allowed by the bundle in STATE/policy (as a console approval delivers it)
+    is listed as allowed without --policies; an explicit --policies still wins."""
+    testbed.add_file(shared("umockdev/sony-xperia-mini-pro.umockdev"))
+    state = tmp_path / "state"
+    (state / "policy").mkdir(parents=True)
+    (state / "policy" / "devices.rules").write_text("allow id 0fce:0166\n")
+    code = main(["--state-dir", str(state), "devices", "list"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert f"device policy: {state / 'policy'}" in captured.err
+    phone = next(line for line in captured.out.splitlines() if line.startswith("1-1.5.2.4 "))
+    assert " allow " in phone
+    code, out = _run(capsys, "--state-dir", str(state), "devices", "list", "--policies",
+                     str(policies.path))  # fmt: skip
+    assert code == 0
+    phone = next(line for line in out.splitlines() if line.startswith("1-1.5.2.4 "))
+    assert " block " in phone
