@@ -131,6 +131,6 @@ def load_identity(state_dir: Path) -> Identity:
         )
     except (OSError, ValueError, KeyError) as e:
         raise ConfigError(
-            f"this host is not enrolled ({e}); run 'baomi-agent enroll --collector ADDR "
-            f"--token TOKEN --ca CA.pem --state-dir {state_dir}'"
+            f"this host is not enrolled ({e}); run 'baomi-agent --state-dir {state_dir} "
+            "enroll --collector HOST:PORT --token TOKEN --ca CA.pem'"
         ) from e

@@ -49,7 +49,8 @@ class Spool:
         """Open an existing spool; refuse one that is missing or corrupt."""
         if not path.exists():
             raise SpoolError(
-                f"no spool at {path}: enrol this host first ('baomi-agent enroll ...'), "
+                f"no spool at {path}: enrol this host first ('baomi-agent --state-dir "
+                f"{path.parent} enroll --collector HOST:PORT --token TOKEN --ca CA.pem'), "
                 "which creates it"
             )
         self.path = path
