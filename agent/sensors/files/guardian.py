@@ -8,11 +8,19 @@ it -- labelled files denied -- while no agent does. ``GuardianLink`` is what
 the gap's journal read back), or ``spawn()`` one for a new group; a thread watches the
 guardian's pidfd and respawns it, reporting ``guardian_died``; ``hold()`` hands the
 group over on a clean stop. ``release()`` (``baomi-agent guardian stop``) ends it.
+
+The guardian hands every gap over until an agent ``confirm()``s it as recorded, so a
+kill between adopting and recording loses none. The ids confirmed are remembered in
+``STATE/guardian.recorded`` first: if the confirmation itself is lost, the next agent
+skips those gaps instead of recording them twice. A kill after the gap's events are
+recorded but before that file is written still records them twice (a duplicate, not
+a loss).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -25,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent.errors import AgentError
 
@@ -34,6 +42,7 @@ _logger = logging.getLogger(__name__)
 SOCKET_NAME = "guardian.sock"
 JOURNAL_NAME = "guardian.journal"
 LOG_NAME = "guardian.log"
+RECORDED_NAME = "guardian.recorded"  # ids of gaps recorded, their confirmation maybe lost
 REPLY_TIMEOUT = 5.0  # seconds a control command waits for the guardian's reply
 SPAWN_TIMEOUT = 10.0  # seconds a new guardian may take to listen
 REPLY_BYTES = 4096  # the longest reply line
@@ -41,6 +50,14 @@ GAP_BYTES = 64 * 1024 * 1024  # of one gap's journal read back at most
 _PEERCRED = struct.Struct("3i")
 
 GapRecords = list[dict[str, Any]]
+
+
+class Gap(NamedTuple):
+    """One gap read back: its id ("" for one no guardian waits to hear about) and
+    records."""
+
+    id: str
+    records: GapRecords
 
 
 class GuardianError(AgentError):
@@ -101,16 +118,22 @@ def status(state_dir: Path) -> dict[str, Any] | None:
 
 
 def read_gap(journal: Path, offset: int) -> GapRecords:
-    """The records of the gap that starts at ``offset`` of ``journal`` (to its end)."""
+    """The records of the gap that starts at ``offset`` of ``journal``: up to its
+    ``gap_end``, the next gap's start or the journal's end."""
     if offset < 0:
         return []
     with journal.open("rb") as f:
         f.seek(offset)
         raw = f.read(GAP_BYTES)
-    records = []
+    records: GapRecords = []
     for line in raw.splitlines():
         with contextlib.suppress(ValueError):
-            records.append(json.loads(line.decode("utf-8", "surrogateescape")))
+            record = json.loads(line.decode("utf-8", "surrogateescape"))
+            if records and record.get("event") == "gap_start":
+                break
+            records.append(record)
+            if record.get("event") == "gap_end":
+                break
     return records
 
 
@@ -152,14 +175,17 @@ class GuardianLink:
         self.problem = ""  # why the group is not held by a guardian ("" when it is)
         #: adopt() found no guardian but the journal of one that stopped while holding.
         self.unfinished: GapRecords = []
+        self._handed: list[str] = []  # ids of the gaps adopt() was handed, oldest first
+        self._remembered: set[str] = set()  # of those, recorded by an earlier agent
 
     @property
     def pid(self) -> int:
         """The guardian's pid (0: none)."""
         return self._pid
 
-    def adopt(self) -> tuple[int, GapRecords] | None:
-        """The group fd of a running guardian and the gap it journalled; None if none runs."""
+    def adopt(self) -> tuple[int, list[Gap]] | None:
+        """The group fd of a running guardian and the gaps it journalled that are not on
+        record yet, oldest first (``confirm()`` them once recorded); None if none runs."""
         try:
             reply, fds = request(self.dir, "adopt")
         except (FileNotFoundError, ConnectionRefusedError):
@@ -182,7 +208,49 @@ class GuardianLink:
         os.set_inheritable(fan_fd, False)
         self._fan_fd = fan_fd
         self._track(int(reply["pid"]), None)
-        return fan_fd, read_gap(Path(reply["journal"]), int(reply["gap_offset"]))
+        journal = Path(reply["journal"])
+        if "gaps" not in reply:  # a guardian older than confirmation: the last gap only
+            return fan_fd, [Gap("", read_gap(journal, int(reply["gap_offset"])))]
+        self._handed = [str(g["gap"]) for g in reply["gaps"]]
+        self._remembered = self._read_recorded() & set(self._handed)
+        gaps = [
+            Gap(str(g["gap"]), read_gap(journal, int(g["offset"])))
+            for g in reply["gaps"]
+            if str(g["gap"]) not in self._remembered
+        ]
+        return fan_fd, gaps
+
+    def confirm(self, recorded: list[str]) -> None:
+        """Tell the guardian the gaps ``adopt()`` handed over are on record, as far as
+        they are: those in ``recorded`` (ids) and those an earlier agent recorded."""
+        done = self._remembered | set(recorded)
+        ids = [gap for gap in self._handed if gap in done]
+        confirmed = list(itertools.takewhile(done.__contains__, self._handed))
+        if not confirmed:
+            return
+        path = self.dir / RECORDED_NAME
+        try:
+            # Before the guardian is told: if its reply is lost, the next agent skips them.
+            tmp = path.with_name(RECORDED_NAME + ".tmp")
+            tmp.write_text("".join(f"{gap}\n" for gap in ids))
+            tmp.replace(path)
+        except OSError as e:
+            _logger.error("cannot remember the recorded gaps in %s: %s", path, e)
+        try:
+            reply, _ = request(self.dir, f"recorded {confirmed[-1]}")
+        except (OSError, GuardianError) as e:
+            _logger.error("cannot tell the guardian the gap is recorded: %s", e)
+            return
+        if not reply.get("ok"):
+            _logger.error("the guardian refused the gap as recorded: %s", reply.get("error"))
+            return
+        self._handed = self._handed[len(confirmed) :]
+
+    def _read_recorded(self) -> set[str]:
+        try:
+            return set((self.dir / RECORDED_NAME).read_text().split())
+        except (FileNotFoundError, UnicodeDecodeError):
+            return set()
 
     def spawn(self, fan_fd: int) -> None:
         """Start a guardian holding ``fan_fd`` and watching this process."""

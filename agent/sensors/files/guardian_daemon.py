@@ -13,10 +13,18 @@ denied by fd number first (``_guardian.deny_pending``).
 
 Control (unix socket ``STATE/guardian.sock``, root peers only; one JSON reply line):
 ``adopt`` (the group fd comes back over SCM_RIGHTS, the gap is closed and the caller
-watched), ``hold`` (the agent stops; serve from now), ``release`` (flush the marks,
-answer what is pending, exit; refused while an agent runs) and ``status``. SIGTERM,
+watched; the reply names every gap not yet on record, see below), ``recorded GAP``
+(the agent has recorded gap ``GAP`` and every older one it was handed), ``hold``
+(the agent stops; serve from now), ``release`` (flush the marks, answer what is
+pending, exit; refused while an agent runs) and ``status``. SIGTERM,
 SIGINT and SIGHUP are ignored: only ``release`` ends the guardian (SIGKILL cannot be
 refused, and fails open).
+
+A gap handed over stays *unconfirmed* until an agent says ``recorded``: an agent
+killed after ``adopt`` but before its events were journalled would otherwise lose the
+gap, since the next agent is only handed the gaps since. So ``adopt`` returns every
+unconfirmed gap (``gaps``: offset and id, oldest first), and the journal is not
+rotated while one is unconfirmed (rotation would move it out of reach).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import json
 import logging
 import os
 import resource
+import secrets
 import select
 import signal
 import socket
@@ -73,6 +82,10 @@ class Guardian:
         self.agent_pidfd = -1
         self.agent_fd_limit = 0
         self.gap_offset = -1  # journal offset of the open gap's first line; -1: none
+        self.gap_id = ""  # the open gap's id (its gap_start's "gap")
+        #: Gaps handed to an agent that has not said ``recorded`` yet: (offset, id),
+        #: oldest first, all in the current journal.
+        self.unconfirmed: list[tuple[int, str]] = []
         self.tally = [0, 0, 0]  # denied, allowed, unrecorded in the open gap
         self.released = False
         if agent_pid:
@@ -166,17 +179,29 @@ class Guardian:
         return fd
 
     def _gap_start(self, reason: str) -> None:
-        if os.fstat(self.journal_fd).st_size > JOURNAL_ROTATE_BYTES:
+        # Not while a gap is unconfirmed: its offset names the current journal. Agents
+        # killed before recording one in a row let the journal grow past the limit.
+        if os.fstat(self.journal_fd).st_size > JOURNAL_ROTATE_BYTES and not self.unconfirmed:
             self.journal_path.replace(self.journal_path.with_name(JOURNAL_NAME + ".1"))
             os.close(self.journal_fd)
             self.journal_fd = self._open_journal()
         self.gap_offset = os.lseek(self.journal_fd, 0, os.SEEK_END)
+        self.gap_id = secrets.token_hex(8)
         self.tally = [0, 0, 0]
-        self._journal({"event": "gap_start", "reason": reason, "agent_pid": self.agent_pid})
+        self._journal(
+            {
+                "event": "gap_start",
+                "gap": self.gap_id,
+                "reason": reason,
+                "agent_pid": self.agent_pid,
+            }
+        )
 
     def _gap_end(self, new_agent: int) -> int:
+        """End the open gap (if any), unconfirmed until an agent has recorded it."""
         offset = self.gap_offset
         if offset >= 0:
+            self.unconfirmed.append((offset, self.gap_id))
             denied, allowed, unrecorded = self.tally
             self._journal(
                 {
@@ -225,6 +250,8 @@ class Guardian:
             return status, []
         if command == "adopt":
             return self._adopt(pid, alive)
+        if command.startswith("recorded "):
+            return self._recorded(command.removeprefix("recorded ").strip()), []
         if command == "hold":
             return self._hold(pid, alive), []
         if command == "release":
@@ -239,7 +266,19 @@ class Guardian:
         offset = self._gap_end(pid)
         self._watch(pid)
         reply = {"ok": True, "pid": os.getpid(), "journal": str(self.journal_path)}
-        return reply | {"gap_offset": offset}, [self.fan_fd]
+        gaps = [{"offset": at, "gap": gap} for at, gap in self.unconfirmed]
+        # gap_offset: the gap just ended, for an agent older than ``gaps``.
+        return reply | {"gap_offset": offset, "gaps": gaps}, [self.fan_fd]
+
+    def _recorded(self, gap: str) -> dict[str, Any]:
+        """An agent has recorded gap ``gap`` and every older one: no adopt hands them
+        over again."""
+        ids = [known for _, known in self.unconfirmed]
+        if gap not in ids:
+            return {"ok": False, "error": f"no unrecorded gap {gap!r}"}
+        del self.unconfirmed[: ids.index(gap) + 1]
+        self._journal({"event": "gap_recorded", "gap": gap})
+        return {"ok": True}
 
     def _hold(self, pid: int, alive: bool) -> dict[str, Any]:
         """The watched agent stops: answer the group from now on."""

@@ -819,7 +819,10 @@ class FileGuard:
     # -- the guardian's gap ---------------------------------------------------------------
     def _gap_recorded(self, records: list[dict[str, Any]]) -> None:
         """Record what the guardian journalled while no agent ran: one ``guard_gap``
-        tamper event (start, end, counts) and one ``file_access`` per open it answered."""
+        tamper event (start, end, counts) and one ``file_access`` per open it answered.
+
+        The sink (the recorder) journals each event before it returns, so once this
+        returns the guardian is told the gap is on record and stops handing it over."""
         start = next((r for r in records if r.get("event") == "gap_start"), {})
         end = next((r for r in records if r.get("event") == "gap_end"), {})
         pending = sum(int(r.get("count", 0)) for r in records if r.get("event") == "pending_denied")
