@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.sensors.files.guardian import GapProgress
 from agent.sensors.files.permission import Access, PermissionGuard
 
 SLOW_SECONDS = 60.0  # a decision this slow outlives the test's kill -9
@@ -49,8 +50,9 @@ def main() -> None:
             time.sleep(SLOW_SECONDS)
         return True
 
-    def on_gap(records: list[dict[str, Any]]) -> None:
-        emit({"event": "gap", "records": records})
+    def on_gap(records: list[dict[str, Any]], progress: GapProgress) -> None:
+        emit({"event": "gap", "records": records, "recorded_before": progress.recorded})
+        progress.one_more()
         while args.hang_on_gap:
             time.sleep(SLOW_SECONDS)
 

@@ -318,8 +318,9 @@ def test_a_gap_outlives_an_agent_killed_before_it_recorded_the_gap(site: Site) -
     site.start_agent()
     assert site.guardian_pid() == held_by
     _, again, second = site.records("gap")
-    assert again == first  # the first gap is recorded after all
-    assert second["records"][0]["agent_pid"] == hung.pid
+    assert again["records"] == first["records"]  # the first gap is recorded after all,
+    assert (first["recorded_before"], again["recorded_before"]) == (0, 1)  # on from there
+    assert second["records"][0]["agent_pid"] == hung.pid and second["recorded_before"] == 0
     assert _opens(second) == [(str(site.root / "finance" / "plan.txt"), "deny")]
     confirmed = [r["gap"] for r in site.journal() if r["event"] == "gap_recorded"]
     assert confirmed == [second["records"][0]["gap"]]  # the newest, and with it the first

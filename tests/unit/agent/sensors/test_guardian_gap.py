@@ -19,6 +19,7 @@ from agent.sensors.files.guardian import (
     JOURNAL_NAME,
     RECORDED_NAME,
     SOCKET_NAME,
+    Gap,
     GuardianLink,
     read_gap,
     unfinished_gap,
@@ -204,12 +205,14 @@ def test_a_gap_whose_confirmation_was_lost_is_not_recorded_twice(guardian: Guard
     assert adopted is not None
     fan_fd, [gap] = adopted
     os.close(fan_fd)
-    first.close()
+    gap.progress.one_more()
+    gap.progress.finish()
     sock = guardian.dir / SOCKET_NAME
     sock.rename(sock.with_name("elsewhere"))  # the confirmation gets lost
-    first.confirm([gap.id])
+    first.confirm()
+    first.close()
     sock.with_name("elsewhere").rename(sock)
-    assert (guardian.dir / RECORDED_NAME).read_text() == f"{gap.id}\n"
+    assert (guardian.dir / RECORDED_NAME).read_text() == f"{gap.id} 000000000001 1\n"
     assert [g for _, g in guardian.unconfirmed] == [gap.id]
 
     second = GuardianLink(guardian.dir, lambda detail: None)
@@ -222,6 +225,46 @@ def test_a_gap_whose_confirmation_was_lost_is_not_recorded_twice(guardian: Guard
     second.close()
     assert gaps == []  # recorded by the first agent: not handed to on_gap again
     served = _serve(guardian)
-    second.confirm([])
+    second.confirm()
     served.join()
     assert guardian.unconfirmed == []  # but confirmed this time
+
+
+def _adopt(g: Guardian, links: list[GuardianLink]) -> list[Gap]:
+    """A new agent's adopt of ``g``'s group (its link added to ``links``, to close when
+    done with its gaps): the gaps handed to it."""
+    link = GuardianLink(g.dir, lambda detail: None)
+    links.append(link)
+    served = _serve(g)
+    adopted = link.adopt()
+    served.join()
+    assert adopted is not None
+    os.close(adopted[0])
+    return adopted[1]
+
+
+@pytest.mark.root
+@needs_root
+def test_an_agent_killed_while_recording_a_gap_leaves_the_next_where_to_go_on(
+    guardian: Guardian, tmp_path: Path
+) -> None:
+    links: list[GuardianLink] = []
+    assert _ask(guardian, "hold")["ok"]  # gap a
+    [a] = _adopt(guardian, links)
+    assert _ask(guardian, "hold")["ok"]  # gap b; a was not recorded at all
+    [again, b] = _adopt(guardian, links)
+    assert again.id == a.id and again.progress.recorded == 0
+    again.progress.one_more()
+    again.progress.one_more()  # and the agent is killed: never finish()ed, or confirmed
+    [a2, b2] = _adopt(guardian, links)
+    assert (a2.id, a2.progress.recorded, a2.progress.done) == (a.id, 2, False)
+    assert (b2.id, b2.progress.recorded) == (b.id, 0)
+
+    # The file guard records what is left of a gap: here the last of its three events.
+    sink: list[events_pb2.Event] = []
+    guard = FileGuard(FileGuardConfig(roots=(tmp_path,), label_key=b"k" * 32), sink.append)
+    guard._gap_recorded([START, DENIED, ALLOWED, END], a2.progress)
+    assert [e.file_access.path for e in sink] == [ALLOWED["path"]]
+    assert a2.progress.recorded == 3
+    for link in links:
+        link.close()
