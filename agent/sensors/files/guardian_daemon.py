@@ -57,6 +57,11 @@ RELEASE_IDLE_MS = 200  # ms without events after which release() has answered al
 RECORDS_PER_GAP = 100_000  # opens journalled one by one per gap; the rest only counted
 STEP_RETRY = 0.1  # seconds before the main loop goes on after an unexpected error
 JOURNAL_ROTATE_BYTES = 64 * 1024 * 1024  # at a gap's start a bigger journal becomes .1
+# ... unless a gap in it is unconfirmed, up to this size (then those gaps are dropped).
+JOURNAL_HOLD_BYTES = 4 * JOURNAL_ROTATE_BYTES
+# Gaps kept unconfirmed at most (agents that never confirm: a crash loop, an agent
+# older than confirmation); the oldest is dropped beyond. Keeps adopt's reply short.
+UNCONFIRMED_GAPS = 16
 _PEERCRED = struct.Struct("3i")
 
 
@@ -181,7 +186,10 @@ class Guardian:
     def _gap_start(self, reason: str) -> None:
         # Not while a gap is unconfirmed: its offset names the current journal. Agents
         # killed before recording one in a row let the journal grow past the limit.
-        if os.fstat(self.journal_fd).st_size > JOURNAL_ROTATE_BYTES and not self.unconfirmed:
+        size = os.fstat(self.journal_fd).st_size
+        if size > JOURNAL_ROTATE_BYTES and (not self.unconfirmed or size > JOURNAL_HOLD_BYTES):
+            while self.unconfirmed:
+                self._drop_gap(f"the journal passed {JOURNAL_HOLD_BYTES} bytes")
             self.journal_path.replace(self.journal_path.with_name(JOURNAL_NAME + ".1"))
             os.close(self.journal_fd)
             self.journal_fd = self._open_journal()
@@ -202,6 +210,8 @@ class Guardian:
         offset = self.gap_offset
         if offset >= 0:
             self.unconfirmed.append((offset, self.gap_id))
+            if len(self.unconfirmed) > UNCONFIRMED_GAPS:
+                self._drop_gap(f"more than {UNCONFIRMED_GAPS} gaps were not recorded")
             denied, allowed, unrecorded = self.tally
             self._journal(
                 {
@@ -214,6 +224,12 @@ class Guardian:
             )
         self.gap_offset = -1
         return offset
+
+    def _drop_gap(self, why: str) -> None:
+        """Stop handing the oldest unconfirmed gap over: it stays in the journal only."""
+        _offset, gap = self.unconfirmed.pop(0)
+        _logger.error("gap %s is no longer handed to agents: %s", gap, why)
+        self._journal({"event": "gap_dropped", "gap": gap, "reason": why})
 
     # -- control ---------------------------------------------------------------------------
     def _control(self) -> None:

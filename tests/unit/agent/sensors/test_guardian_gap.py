@@ -268,3 +268,27 @@ def test_an_agent_killed_while_recording_a_gap_leaves_the_next_where_to_go_on(
     assert a2.progress.recorded == 3
     for link in links:
         link.close()
+
+
+@pytest.mark.root
+@needs_root
+def test_gaps_never_confirmed_are_dropped_past_the_limits(
+    guardian: Guardian, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Agents that never confirm (a crash loop, an agent older than confirmation) must
+    not grow adopt's reply or the journal without end."""
+    monkeypatch.setattr(guardian_daemon, "UNCONFIRMED_GAPS", 2)
+    ids = []
+    for _ in range(3):
+        assert _ask(guardian, "hold")["ok"]
+        ids.append(_gap_ids(guardian, _ask(guardian, "adopt"))[-1])
+    assert _gap_ids(guardian, _ask(guardian, "adopt")) == ids[1:]
+    journal = [json.loads(line) for line in guardian.journal_path.read_text().splitlines()]
+    assert [r["gap"] for r in journal if r["event"] == "gap_dropped"] == ids[:1]
+
+    monkeypatch.setattr(guardian_daemon, "JOURNAL_ROTATE_BYTES", 0)
+    monkeypatch.setattr(guardian_daemon, "JOURNAL_HOLD_BYTES", 1)
+    assert _ask(guardian, "hold")["ok"]  # past the hold limit: rotated all the same
+    assert guardian.journal_path.with_name(JOURNAL_NAME + ".1").exists()
+    [now] = _gap_ids(guardian, _ask(guardian, "adopt"))
+    assert now not in ids
