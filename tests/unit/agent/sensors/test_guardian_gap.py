@@ -292,3 +292,28 @@ def test_gaps_never_confirmed_are_dropped_past_the_limits(
     assert guardian.journal_path.with_name(JOURNAL_NAME + ".1").exists()
     [now] = _gap_ids(guardian, _ask(guardian, "adopt"))
     assert now not in ids
+
+
+@pytest.mark.root
+@needs_root
+def test_a_guardian_older_than_confirmation_still_hands_over_its_last_gap(
+    guardian: Guardian, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A guardian outlives the agent's upgrade: one whose adopt reply has no ``gaps``
+    still has its last gap recorded, and is not sent a request it would not know."""
+    adopt = Guardian._adopt
+
+    def older_adopt(self: Guardian, pid: int, alive: bool) -> tuple[dict[str, Any], list[int]]:
+        reply, fds = adopt(self, pid, alive)
+        del reply["gaps"]
+        return reply, fds
+
+    monkeypatch.setattr(Guardian, "_adopt", older_adopt)
+    assert _ask(guardian, "hold")["ok"]
+    links: list[GuardianLink] = []
+    [gap] = _adopt(guardian, links)
+    assert gap.id == "" and [r["event"] for r in gap.records] == ["gap_start", "gap_end"]
+    gap.progress.finish()
+    links[0].confirm()  # nothing to confirm to this guardian
+    links[0].close()
+    assert "gap_recorded" not in guardian.journal_path.read_text()
