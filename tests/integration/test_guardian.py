@@ -95,18 +95,22 @@ class Site:
     def out(self) -> Path:
         return self.base / "agent.out"
 
-    def start_agent(self, slow: str = "") -> subprocess.Popen[bytes]:
-        """An agent guarding ``root``; returns once it says it is ready."""
-        seen = len(self.records("ready"))
+    def start_agent(self, slow: str = "", hang_on_gap: bool = False) -> subprocess.Popen[bytes]:
+        """An agent guarding ``root``; returns once it says it is ready (with
+        ``hang_on_gap``: once it has been handed a gap, in which it then hangs)."""
+        awaited = "gap" if hang_on_gap else "ready"
+        seen = len(self.records(awaited))
         argv = [sys.executable, "-m", "tests.guardian_agent", "--root", str(self.root)]
         argv += ["--state", str(self.state), "--out", str(self.out), "--slow", slow]
+        argv += ["--hang-on-gap"] if hang_on_gap else []
         log = (self.base / "agent.log").open("ab")
         agent = subprocess.Popen(argv, stdout=log, stderr=log, cwd=Path(__file__).parents[2])
         log.close()
         self.agents.append(agent)
-        wait_for(lambda: len(self.records("ready")) > seen or agent.poll() is not None)
+        wait_for(lambda: len(self.records(awaited)) > seen or agent.poll() is not None)
         assert agent.poll() is None, (self.base / "agent.log").read_text()
-        self.guardians.add(self.records("ready")[-1]["guardian"])
+        if not hang_on_gap:
+            self.guardians.add(self.records("ready")[-1]["guardian"])
         return agent
 
     def records(self, event: str) -> list[dict[str, Any]]:
@@ -292,6 +296,40 @@ def test_a_restarted_agent_adopts_the_guardian_and_reports_the_gap(site: Site) -
     denied = [r for r in gap["records"] if r["event"] == "open" and r["decision"] == "deny"]
     assert [r["path"] for r in denied] == [str(site.root / "secret.txt")]
     assert can_read(BOB, site.root / "secret.txt")  # the new agent decides again
+
+
+def _opens(gap: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(r["path"], r["decision"]) for r in gap["records"] if r["event"] == "open"]
+
+
+def test_a_gap_outlives_an_agent_killed_before_it_recorded_the_gap(site: Site) -> None:
+    """An agent killed after adopting the group but before it told the guardian the gap
+    is recorded (hung in on_gap) leaves that gap with the guardian: the next agent is
+    handed it again, with the gap of the kill; once it confirmed them, none is handed
+    over twice."""
+    kill(site.start_agent())
+    held_by = site.guardian_pid()
+    assert not can_read(BOB, site.root / "secret.txt")  # in the first gap
+    hung = site.start_agent(hang_on_gap=True)
+    [first] = site.records("gap")
+    assert _opens(first) == [(str(site.root / "secret.txt"), "deny")]
+    kill(hung)  # adopted, handed the first gap, never confirmed it
+    assert not can_read(BOB, site.root / "finance" / "plan.txt")  # in the second gap
+    site.start_agent()
+    assert site.guardian_pid() == held_by
+    _, again, second = site.records("gap")
+    assert again["records"] == first["records"]  # the first gap is recorded after all,
+    assert (first["recorded_before"], again["recorded_before"]) == (0, 1)  # on from there
+    assert second["records"][0]["agent_pid"] == hung.pid and second["recorded_before"] == 0
+    assert _opens(second) == [(str(site.root / "finance" / "plan.txt"), "deny")]
+    confirmed = [r["gap"] for r in site.journal() if r["event"] == "gap_recorded"]
+    assert confirmed == [second["records"][0]["gap"]]  # the newest, and with it the first
+    kill(site.agents[-1])
+    site.start_agent()  # handed only the gap of that kill
+    *_, third = site.records("gap")
+    assert len(site.records("gap")) == 4
+    assert third["records"][0]["gap"] not in {first["records"][0]["gap"], confirmed[0]}
+    assert _opens(third) == []
 
 
 def test_an_agent_restarted_at_once_adopts_the_guardian(site: Site) -> None:

@@ -8,11 +8,19 @@ it -- labelled files denied -- while no agent does. ``GuardianLink`` is what
 the gap's journal read back), or ``spawn()`` one for a new group; a thread watches the
 guardian's pidfd and respawns it, reporting ``guardian_died``; ``hold()`` hands the
 group over on a clean stop. ``release()`` (``baomi-agent guardian stop``) ends it.
+
+The guardian hands every gap over until an agent ``confirm()``s it as recorded, so a
+kill between adopting and recording loses none. How far each gap handed over is
+recorded is kept in ``STATE/guardian.recorded`` (``GapProgress``: events recorded, and
+whether all are), written right after each event is: the next agent goes on where a
+killed one stopped and skips a gap recorded in full whose confirmation was lost. A
+kill between an event's recording and that write records that one event twice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -25,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent.errors import AgentError
 
@@ -34,6 +42,7 @@ _logger = logging.getLogger(__name__)
 SOCKET_NAME = "guardian.sock"
 JOURNAL_NAME = "guardian.journal"
 LOG_NAME = "guardian.log"
+RECORDED_NAME = "guardian.recorded"  # how far each gap handed over is recorded
 REPLY_TIMEOUT = 5.0  # seconds a control command waits for the guardian's reply
 SPAWN_TIMEOUT = 10.0  # seconds a new guardian may take to listen
 REPLY_BYTES = 4096  # the longest reply line
@@ -41,6 +50,68 @@ GAP_BYTES = 64 * 1024 * 1024  # of one gap's journal read back at most
 _PEERCRED = struct.Struct("3i")
 
 GapRecords = list[dict[str, Any]]
+
+
+class GapProgress:
+    """How many of one gap's events are on record, and whether all are. Kept in a line
+    of ``guardian.recorded`` by ``pwrite`` (the page cache outlives a ``kill -9``);
+    without a file (a gap no guardian waits to hear about) only in memory."""
+
+    def __init__(self, gap: str = "", recorded: int = 0, done: bool = False) -> None:
+        self.id = gap
+        #: Events recorded so far: whoever records the gap goes on after as many.
+        self.recorded = recorded
+        self.done = done
+        self._fd, self._at = -1, 0
+
+    def keep_in(self, fd: int, at: int) -> None:
+        """Keep the progress from now on in the line at offset ``at`` of ``fd``."""
+        self._fd, self._at = fd, at
+
+    def one_more(self) -> None:
+        """One more of the gap's events is on record (call right after it is)."""
+        self.recorded += 1
+        self._write()
+
+    def finish(self) -> None:
+        """Every event of the gap is on record."""
+        self.done = True
+        self._write()
+
+    def line(self) -> bytes:
+        """This gap's line of ``guardian.recorded``: "ID RECORDED DONE", of a width
+        that does not change as it is rewritten."""
+        return f"{self.id} {self.recorded:012d} {int(self.done)}\n".encode()
+
+    def _write(self) -> None:
+        if self._fd >= 0:
+            try:
+                os.pwrite(self._fd, self.line(), self._at)
+            except OSError as e:  # then only a duplicate at worst: go on recording
+                _logger.error("cannot keep how far a gap is recorded: %s", e)
+
+
+def _read_progress(path: Path) -> dict[str, GapProgress]:
+    """Each gap's progress as ``guardian.recorded`` keeps it (by gap id)."""
+    try:
+        lines = path.read_bytes().splitlines()
+    except FileNotFoundError:
+        return {}
+    progress = {}
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            gap, recorded, done = line.split()
+            progress[gap.decode()] = GapProgress(gap.decode(), int(recorded), done == b"1")
+    return progress
+
+
+class Gap(NamedTuple):
+    """One gap read back: its id ("" for one no guardian waits to hear about), records
+    and how far they are recorded."""
+
+    id: str
+    records: GapRecords
+    progress: GapProgress
 
 
 class GuardianError(AgentError):
@@ -101,16 +172,22 @@ def status(state_dir: Path) -> dict[str, Any] | None:
 
 
 def read_gap(journal: Path, offset: int) -> GapRecords:
-    """The records of the gap that starts at ``offset`` of ``journal`` (to its end)."""
+    """The records of the gap that starts at ``offset`` of ``journal``: up to its
+    ``gap_end``, the next gap's start or the journal's end."""
     if offset < 0:
         return []
     with journal.open("rb") as f:
         f.seek(offset)
         raw = f.read(GAP_BYTES)
-    records = []
+    records: GapRecords = []
     for line in raw.splitlines():
         with contextlib.suppress(ValueError):
-            records.append(json.loads(line.decode("utf-8", "surrogateescape")))
+            record = json.loads(line.decode("utf-8", "surrogateescape"))
+            if records and record.get("event") == "gap_start":
+                break
+            records.append(record)
+            if record.get("event") == "gap_end":
+                break
     return records
 
 
@@ -152,14 +229,18 @@ class GuardianLink:
         self.problem = ""  # why the group is not held by a guardian ("" when it is)
         #: adopt() found no guardian but the journal of one that stopped while holding.
         self.unfinished: GapRecords = []
+        #: The gaps adopt() was handed, oldest first, by id.
+        self._handed: dict[str, GapProgress] = {}
+        self._progress_fd = -1  # guardian.recorded, while _handed is being recorded
 
     @property
     def pid(self) -> int:
         """The guardian's pid (0: none)."""
         return self._pid
 
-    def adopt(self) -> tuple[int, GapRecords] | None:
-        """The group fd of a running guardian and the gap it journalled; None if none runs."""
+    def adopt(self) -> tuple[int, list[Gap]] | None:
+        """The group fd of a running guardian and the gaps it journalled that are not on
+        record yet, oldest first (``confirm()`` them once recorded); None if none runs."""
         try:
             reply, fds = request(self.dir, "adopt")
         except (FileNotFoundError, ConnectionRefusedError):
@@ -182,7 +263,63 @@ class GuardianLink:
         os.set_inheritable(fan_fd, False)
         self._fan_fd = fan_fd
         self._track(int(reply["pid"]), None)
-        return fan_fd, read_gap(Path(reply["journal"]), int(reply["gap_offset"]))
+        journal = Path(reply["journal"])
+        if "gaps" not in reply:  # a guardian older than confirmation: the last gap only
+            legacy = read_gap(journal, int(reply["gap_offset"]))
+            return fan_fd, [Gap("", legacy, GapProgress())]
+        self._handed = self._keep_progress([str(g["gap"]) for g in reply["gaps"]])
+        gaps = [
+            Gap(gap, read_gap(journal, int(g["offset"])), self._handed[gap])
+            for g in reply["gaps"]
+            if not self._handed[gap := str(g["gap"])].done
+        ]
+        return fan_fd, gaps
+
+    def _keep_progress(self, ids: list[str]) -> dict[str, GapProgress]:
+        """The progress of the gaps ``ids`` as an earlier agent left it, from now on
+        kept in ``guardian.recorded`` (which then holds these gaps only)."""
+        path = self.dir / RECORDED_NAME
+        known = _read_progress(path)
+        handed = {gap: known.get(gap) or GapProgress(gap) for gap in ids}
+        try:
+            tmp = path.with_name(RECORDED_NAME + ".tmp")
+            tmp.write_bytes(b"".join(p.line() for p in handed.values()))
+            tmp.replace(path)
+            self._progress_fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as e:  # then a kill while recording records the gaps again
+            _logger.error("cannot keep how far the gaps are recorded in %s: %s", path, e)
+            return handed
+        at = 0
+        for progress in handed.values():
+            progress.keep_in(self._progress_fd, at)
+            at += len(progress.line())
+        return handed
+
+    def confirm(self) -> None:
+        """Tell the guardian the gaps ``adopt()`` handed over are on record, as far as
+        they are (``GapProgress.finish()``, now or by an earlier agent), oldest first."""
+        self._forget_progress_fd()
+        done = list(itertools.takewhile(lambda g: self._handed[g].done, self._handed))
+        if not done:
+            return
+        try:
+            reply, _ = request(self.dir, f"recorded {done[-1]}")
+        except (OSError, GuardianError) as e:
+            _logger.error("cannot tell the guardian the gap is recorded: %s", e)
+            return
+        if not reply.get("ok"):
+            _logger.error("the guardian refused the gap as recorded: %s", reply.get("error"))
+            return
+        for gap in done:
+            del self._handed[gap]
+
+    def _forget_progress_fd(self) -> None:
+        """Close guardian.recorded; no progress writes to its number once reused."""
+        for progress in self._handed.values():
+            progress.keep_in(-1, 0)
+        if self._progress_fd >= 0:
+            os.close(self._progress_fd)
+            self._progress_fd = -1
 
     def spawn(self, fan_fd: int) -> None:
         """Start a guardian holding ``fan_fd`` and watching this process."""
@@ -280,6 +417,7 @@ class GuardianLink:
     def close(self) -> None:
         """Stop watching the guardian (it keeps running)."""
         self._closing = True
+        self._forget_progress_fd()  # start() failed before the gaps were recorded
         if self._watcher is not None:
             os.write(self._wake_w, b"x")
             self._watcher.join(SPAWN_TIMEOUT + REPLY_TIMEOUT)

@@ -13,10 +13,18 @@ denied by fd number first (``_guardian.deny_pending``).
 
 Control (unix socket ``STATE/guardian.sock``, root peers only; one JSON reply line):
 ``adopt`` (the group fd comes back over SCM_RIGHTS, the gap is closed and the caller
-watched), ``hold`` (the agent stops; serve from now), ``release`` (flush the marks,
-answer what is pending, exit; refused while an agent runs) and ``status``. SIGTERM,
+watched; the reply names every gap not yet on record, see below), ``recorded GAP``
+(the agent has recorded gap ``GAP`` and every older one it was handed), ``hold``
+(the agent stops; serve from now), ``release`` (flush the marks, answer what is
+pending, exit; refused while an agent runs) and ``status``. SIGTERM,
 SIGINT and SIGHUP are ignored: only ``release`` ends the guardian (SIGKILL cannot be
 refused, and fails open).
+
+A gap handed over stays *unconfirmed* until an agent says ``recorded``: an agent
+killed after ``adopt`` but before its events were journalled would otherwise lose the
+gap, since the next agent is only handed the gaps since. So ``adopt`` returns every
+unconfirmed gap (``gaps``: offset and id, oldest first), and the journal is not
+rotated while one is unconfirmed (rotation would move it out of reach).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import json
 import logging
 import os
 import resource
+import secrets
 import select
 import signal
 import socket
@@ -48,6 +57,11 @@ RELEASE_IDLE_MS = 200  # ms without events after which release() has answered al
 RECORDS_PER_GAP = 100_000  # opens journalled one by one per gap; the rest only counted
 STEP_RETRY = 0.1  # seconds before the main loop goes on after an unexpected error
 JOURNAL_ROTATE_BYTES = 64 * 1024 * 1024  # at a gap's start a bigger journal becomes .1
+# ... unless a gap in it is unconfirmed, up to this size (then those gaps are dropped).
+JOURNAL_HOLD_BYTES = 4 * JOURNAL_ROTATE_BYTES
+# Gaps kept unconfirmed at most (agents that never confirm: a crash loop, an agent
+# older than confirmation); the oldest is dropped beyond. Keeps adopt's reply short.
+UNCONFIRMED_GAPS = 16
 _PEERCRED = struct.Struct("3i")
 
 
@@ -73,6 +87,10 @@ class Guardian:
         self.agent_pidfd = -1
         self.agent_fd_limit = 0
         self.gap_offset = -1  # journal offset of the open gap's first line; -1: none
+        self.gap_id = ""  # the open gap's id (its gap_start's "gap")
+        #: Gaps handed to an agent that has not said ``recorded`` yet: (offset, id),
+        #: oldest first, all in the current journal.
+        self.unconfirmed: list[tuple[int, str]] = []
         self.tally = [0, 0, 0]  # denied, allowed, unrecorded in the open gap
         self.released = False
         if agent_pid:
@@ -166,17 +184,34 @@ class Guardian:
         return fd
 
     def _gap_start(self, reason: str) -> None:
-        if os.fstat(self.journal_fd).st_size > JOURNAL_ROTATE_BYTES:
+        # Not while a gap is unconfirmed: its offset names the current journal. Agents
+        # killed before recording one in a row let the journal grow past the limit.
+        size = os.fstat(self.journal_fd).st_size
+        if size > JOURNAL_ROTATE_BYTES and (not self.unconfirmed or size > JOURNAL_HOLD_BYTES):
+            while self.unconfirmed:
+                self._drop_gap(f"the journal passed {JOURNAL_HOLD_BYTES} bytes")
             self.journal_path.replace(self.journal_path.with_name(JOURNAL_NAME + ".1"))
             os.close(self.journal_fd)
             self.journal_fd = self._open_journal()
         self.gap_offset = os.lseek(self.journal_fd, 0, os.SEEK_END)
+        self.gap_id = secrets.token_hex(8)
         self.tally = [0, 0, 0]
-        self._journal({"event": "gap_start", "reason": reason, "agent_pid": self.agent_pid})
+        self._journal(
+            {
+                "event": "gap_start",
+                "gap": self.gap_id,
+                "reason": reason,
+                "agent_pid": self.agent_pid,
+            }
+        )
 
     def _gap_end(self, new_agent: int) -> int:
+        """End the open gap (if any), unconfirmed until an agent has recorded it."""
         offset = self.gap_offset
         if offset >= 0:
+            self.unconfirmed.append((offset, self.gap_id))
+            if len(self.unconfirmed) > UNCONFIRMED_GAPS:
+                self._drop_gap(f"more than {UNCONFIRMED_GAPS} gaps were not recorded")
             denied, allowed, unrecorded = self.tally
             self._journal(
                 {
@@ -189,6 +224,12 @@ class Guardian:
             )
         self.gap_offset = -1
         return offset
+
+    def _drop_gap(self, why: str) -> None:
+        """Stop handing the oldest unconfirmed gap over: it stays in the journal only."""
+        _offset, gap = self.unconfirmed.pop(0)
+        _logger.error("gap %s is no longer handed to agents: %s", gap, why)
+        self._journal({"event": "gap_dropped", "gap": gap, "reason": why})
 
     # -- control ---------------------------------------------------------------------------
     def _control(self) -> None:
@@ -225,6 +266,8 @@ class Guardian:
             return status, []
         if command == "adopt":
             return self._adopt(pid, alive)
+        if command.startswith("recorded "):
+            return self._recorded(command.removeprefix("recorded ").strip()), []
         if command == "hold":
             return self._hold(pid, alive), []
         if command == "release":
@@ -239,7 +282,19 @@ class Guardian:
         offset = self._gap_end(pid)
         self._watch(pid)
         reply = {"ok": True, "pid": os.getpid(), "journal": str(self.journal_path)}
-        return reply | {"gap_offset": offset}, [self.fan_fd]
+        gaps = [{"offset": at, "gap": gap} for at, gap in self.unconfirmed]
+        # gap_offset: the gap just ended, for an agent older than ``gaps``.
+        return reply | {"gap_offset": offset, "gaps": gaps}, [self.fan_fd]
+
+    def _recorded(self, gap: str) -> dict[str, Any]:
+        """An agent has recorded gap ``gap`` and every older one: no adopt hands them
+        over again."""
+        ids = [known for _, known in self.unconfirmed]
+        if gap not in ids:
+            return {"ok": False, "error": f"no unrecorded gap {gap!r}"}
+        del self.unconfirmed[: ids.index(gap) + 1]
+        self._journal({"event": "gap_recorded", "gap": gap})
+        return {"ok": True}
 
     def _hold(self, pid: int, alive: bool) -> dict[str, Any]:
         """The watched agent stops: answer the group from now on."""

@@ -65,7 +65,13 @@ from agent.sensors.files.fanotify import (
     fd_path,
     pre_content_problem,
 )
-from agent.sensors.files.guardian import GapRecords, GuardianError, GuardianLink
+from agent.sensors.files.guardian import (
+    Gap,
+    GapProgress,
+    GapRecords,
+    GuardianError,
+    GuardianLink,
+)
 from agent.sensors.files.trees import OnOverflow, TreeWatcher
 from agent.sensors.files.writers import may_write
 
@@ -209,11 +215,16 @@ class PermissionGuard:
       Opens after ``stop()`` are not guarded, which is what stopping means.
     * **With a guardian** (``guardian_dir``, the agent's state directory) the group
       fails closed instead: a guardian process (``guardian``) holds it too, adopted
-      at ``start()`` (marks intact; ``on_gap(records)`` gets what it journalled while
-      no agent ran) or spawned for a new group. ``stop()`` then keeps the marks,
-      decides what was read and hands the group over (``hold``); a ``kill -9`` of the
-      agent makes the guardian answer by itself (labelled files denied). A guardian
-      that dies is reported (``on_tamper("guardian_died", ...)``) and started again.
+      at ``start()`` (marks intact; ``on_gap(records, progress)`` gets what it
+      journalled while no agent ran, once per gap; it records the gap's events
+      durably, skipping the ``progress.recorded`` first ones (an agent killed while
+      recording the gap recorded those) and calling ``progress.one_more()`` after
+      each. The guardian is told each gap ``on_gap`` returned for is on record: until
+      then every adopt hands it over again) or spawned for a new group.
+      ``stop()`` then keeps the marks, decides what was read and hands the group
+      over (``hold``); a ``kill -9`` of the agent makes the guardian answer by
+      itself (labelled files denied). A guardian that dies is reported
+      (``on_tamper("guardian_died", ...)``) and started again.
     * **Reader failure fails open, loudly.** If reading the group fails, the fd is
       closed (the kernel then allows every open, rather than every open hanging)
       and health turns ``failed``. With a guardian, the guardian answers instead.
@@ -247,7 +258,7 @@ class PermissionGuard:
         on_error: OnError | None = None,
         max_stuck: int = DEFAULT_MAX_STUCK,
         guardian_dir: Path | None = None,
-        on_gap: Callable[[GapRecords], None] | None = None,
+        on_gap: Callable[[GapRecords, GapProgress], None] | None = None,
         on_tamper: OnTamper | None = None,
         pre_content: bool = True,
         journal_fd: int = -1,
@@ -316,7 +327,7 @@ class PermissionGuard:
         adopted = self._adopt_guardian() if self._guardian_dir is not None else None
         if adopted is None and not self._new_group():
             return
-        gap = adopted if adopted is not None else self._orphan_gap
+        gaps = adopted if adopted is not None else [Gap("", self._orphan_gap, GapProgress())]
         self._orphan_gap = []
         tree = TreeWatcher(
             "guard-dirs",
@@ -364,8 +375,11 @@ class PermissionGuard:
             self._tree_warning = f"new directories are not followed: {err}"
             _logger.error("file guard: %s", self._tree_warning)
         self._health = self._current_health()
-        if gap:
-            self._report_gap(gap)
+        for gap in gaps:
+            if not gap.records or self._report_gap(gap):
+                gap.progress.finish()
+        if adopted is not None and self._guardian is not None:
+            self._guardian.confirm()
 
     def _new_answers(self) -> Answers:
         """The C read loop, journalling its repeats when a journal is given."""
@@ -481,9 +495,9 @@ class PermissionGuard:
         poker.join(STOP_TIMEOUT)
 
     # -- the guardian ------------------------------------------------------------------------
-    def _adopt_guardian(self) -> GapRecords | None:
-        """Take the group over from a running guardian: the records of the gap it
-        answered; None when no guardian runs (the link is kept, to spawn one)."""
+    def _adopt_guardian(self) -> list[Gap] | None:
+        """Take the group over from a running guardian: the gaps it answered that are
+        not on record yet; None when no guardian runs (the link is kept, to spawn one)."""
         assert self._guardian_dir is not None  # noqa: S101 - only called with one
         self._guardian_problem = ""
         link = GuardianLink(self._guardian_dir, self._guardian_died)
@@ -497,9 +511,9 @@ class PermissionGuard:
         if adopted is None:
             self._orphan_gap = link.unfinished  # reported once the trees are guarded
             return None
-        self._fan_fd, gap = adopted
+        self._fan_fd, gaps = adopted
         _logger.info("file guard adopted the group of guardian %d", link.pid)
-        return gap
+        return gaps
 
     @property
     def guardian_pid(self) -> int:
@@ -529,14 +543,18 @@ class PermissionGuard:
     def _guardian_died(self, detail: str) -> None:
         self._call_tamper("guardian_died", detail)
 
-    def _report_gap(self, records: GapRecords) -> None:
+    def _report_gap(self, gap: Gap) -> bool:
+        """Hand one gap to ``on_gap``; True once it has recorded it."""
         if self._on_gap is None:
-            _logger.warning("file guard: %d records of a guarded gap not reported", len(records))
-            return
+            count = len(gap.records)
+            _logger.warning("file guard: %d records of a guarded gap not reported", count)
+            return True  # nobody to report to: handing it over again would not change that
         try:
-            self._on_gap(records)
+            self._on_gap(gap.records, gap.progress)
         except Exception:
             _logger.exception("file guard on_gap failed")
+            return False
+        return True
 
     def _call_tamper(self, kind: str, detail: str) -> None:
         if self._on_tamper is None:

@@ -47,6 +47,7 @@ from agent.sensors.files import inodes
 from agent.sensors.files.changes import Change, ChangeWatcher
 from agent.sensors.files.dac import DacKeeper
 from agent.sensors.files.fanotify import under_roots
+from agent.sensors.files.guardian import GapProgress
 from agent.sensors.files.opener import Opener, Openers, unapproved
 from agent.sensors.files.permission import Access, PermissionGuard
 from agent.sensors.files.refusals import RefusalRecorder
@@ -817,9 +818,17 @@ class FileGuard:
         )
 
     # -- the guardian's gap ---------------------------------------------------------------
-    def _gap_recorded(self, records: list[dict[str, Any]]) -> None:
+    def _gap_recorded(
+        self, records: list[dict[str, Any]], progress: GapProgress | None = None
+    ) -> None:
         """Record what the guardian journalled while no agent ran: one ``guard_gap``
-        tamper event (start, end, counts) and one ``file_access`` per open it answered."""
+        tamper event (start, end, counts) and one ``file_access`` per open it answered,
+        after the ``progress.recorded`` first of them (an agent killed while recording
+        this gap recorded those).
+
+        The sink (the recorder) journals each event before it returns, so each is on
+        record when ``progress`` counts it, and once this returns the guardian is told
+        the gap is recorded and stops handing it over."""
         start = next((r for r in records if r.get("event") == "gap_start"), {})
         end = next((r for r in records if r.get("event") == "gap_end"), {})
         pending = sum(int(r.get("count", 0)) for r in records if r.get("event") == "pending_denied")
@@ -841,10 +850,12 @@ class FileGuard:
             tamper.gap_start.FromNanoseconds(int(float(start["time"]) * 1e9))
         if "time" in end:
             tamper.gap_end.FromNanoseconds(int(float(end["time"]) * 1e9))
-        self._sink(events_pb2.Event(severity=events_pb2.SEVERITY_HIGH, tamper=tamper))
-        for r in records:
-            if r.get("event") == "open":
-                self._sink(_gap_access(r))
+        events = [events_pb2.Event(severity=events_pb2.SEVERITY_HIGH, tamper=tamper)]
+        events += [_gap_access(r) for r in opens]
+        for event in events[progress.recorded if progress is not None else 0 :]:
+            self._sink(event)
+            if progress is not None:
+                progress.one_more()
 
 
 def _gap_access(record: dict[str, Any]) -> events_pb2.Event:
