@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from baomi.cliparse import HelpfulParser
+
 from agent import labels
 from agent.core import AgentConfig, run_agent
 from agent.decision.errors import LabelError
@@ -223,19 +225,20 @@ def _add_policies_option(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line grammar."""
-    p = argparse.ArgumentParser(prog="baomi-agent", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true")
+    p = HelpfulParser(prog="baomi-agent", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
     p.add_argument(
         "--state-dir",
         type=Path,
         default=DEFAULT_STATE,
-        help=f"certificates, spool and policy (default {DEFAULT_STATE})",
+        help="certificates, label key, spool, journals and the policy in force "
+        "(every subcommand uses it; give it before the subcommand)",
     )
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("enroll", help="enrol this host with a single-use token")
     e.add_argument("--collector", required=True, help="HOST:PORT of the collector's agent port")
-    e.add_argument("--token", required=True)
+    e.add_argument("--token", required=True, help="the single-use token from the collector")
     e.add_argument("--ca", type=Path, required=True, help="the collector's CA certificate (PEM)")
     e.add_argument("--enroll-address", help="HOST:PORT of enrolment (default: agent port + 1)")
     e.set_defaults(func=_cmd_enroll)
@@ -243,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the agent")
     r.add_argument("--heartbeat", type=float, default=30.0, help="seconds between heartbeats")
     r.add_argument("--spool-max-mb", type=int, default=1024, help="spool size that raises an alarm")
-    r.add_argument("--batch-events", type=int, default=500)
+    r.add_argument("--batch-events", type=int, default=500, help="events sent per batch at most")
     r.add_argument(
         "--protect",
         type=Path,
@@ -255,8 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--policies",
         type=Path,
         default=None,
-        help="local policy directory (model.conf, policy.csv, subjects.toml); "
-        "a signed bundle from the collector takes precedence",
+        help="local policy directory (model.conf, policy.csv, subjects.toml, and for "
+        "--usb devices.rules and usb-registry.toml); a signed bundle from the collector "
+        "takes precedence (default: STATE/policy, where the collector's bundles land)",
     )
     r.add_argument(
         "--network",
@@ -275,20 +279,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="bring offending links down and delete offending default routes",
     )
     r.add_argument("--meeting-room", help="run the pre-meeting check of this room by itself")
-    r.add_argument("--rooms", type=Path, default=Path("policies/rooms.toml"))
+    r.add_argument(
+        "--rooms",
+        type=Path,
+        default=Path("policies/rooms.toml"),
+        help="the meeting rooms and their devices (relative to the working directory)",
+    )
     r.add_argument(
         "--meetings",
         type=Path,
         default=Path("policies/meetings.toml"),
-        help="local meeting schedule; the collector's (in its policy bundle) takes precedence",
+        help="local meeting schedule, relative to the working directory; the collector's "
+        "(in its policy bundle) takes precedence",
     )
     r.add_argument(
         "--subjects",
         type=Path,
         default=Path("policies/subjects.toml"),
-        help="local register of people; the collector's takes precedence",
+        help="local register of people, relative to the working directory; the "
+        "collector's takes precedence",
     )
-    r.add_argument("--meeting-sweep", type=Path, help="the room's latest rtl_power sweep")
+    r.add_argument(
+        "--meeting-sweep",
+        type=Path,
+        help="the room's latest RF sweep (C5, C10): the CSV that e.g. 'rtl_power -f "
+        "400M:1000M:100k -i 10 -e 5m FILE' writes; it must cover 470-790 MHz and the "
+        "room's jammer_bands",
+    )
     r.add_argument(
         "--meeting-lead-min",
         type=float,
@@ -298,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--usb",
         action="store_true",
-        help="decide every USB device: registered sticks only, no recorders or phones",
+        help="decide every USB device: registered sticks only, no recorders or phones; "
+        "reads devices.rules and usb-registry.toml from --policies",
     )
     r.add_argument(
         "--unsafe-usb-report-only",
@@ -340,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         "where it is now -- is sealed into the label: policy rules match the home, "
         "whatever path the file is later reached through.",
     )
-    ls.add_argument("path")
+    ls.add_argument("path", help="the file (with -r, the directory)")
     ls.add_argument(
         "-r",
         "--recursive",
@@ -354,15 +372,15 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--id", help="classification record the label comes from")
     ls.set_defaults(func=_cmd_label_set)
     lshow = lsub.add_parser("show", help="print a file's label")
-    lshow.add_argument("path")
+    lshow.add_argument("path", help="the file")
     lshow.set_defaults(func=_cmd_label_show)
     lclear = lsub.add_parser("clear", help="remove a file's label")
-    lclear.add_argument("path")
+    lclear.add_argument("path", help="the file")
     lclear.set_defaults(func=_cmd_label_clear)
 
     x = sub.add_parser("explain", help="what the file guard decides for one access, and why")
     x.add_argument("--user", required=True, help="login name, uid or uid:N")
-    x.add_argument("--path", required=True)
+    x.add_argument("--path", required=True, help="the file (need not exist: then unlabelled)")
     x.add_argument("--action", required=True, help="read, write, execute, delete or export")
     x.add_argument("--exe", help="executable that opens the file")
     _add_policies_option(x)
