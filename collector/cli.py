@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from baomi import display
 from baomi.v1 import events_pb2
 from google.protobuf import json_format
 
@@ -53,16 +54,18 @@ def event_dict(row: EventRow) -> dict[str, object]:
 def _print_events(rows: list[EventRow], as_json: bool) -> None:
     for row in rows:
         doc = event_dict(row)
+        # Device strings, paths and the like cannot drive the terminal or reorder the
+        # line: json.dumps escapes C0 controls, escape_json the rest (DEL, C1, bidi).
         if as_json:
-            print(json.dumps(doc, ensure_ascii=False))
+            print(display.escape_json(json.dumps(doc, ensure_ascii=False)))
             continue
         when = dt.datetime.fromtimestamp(row.event_time_us / 1e6, dt.UTC).isoformat(
             timespec="seconds"
         )
         severity = events_pb2.Severity.Name(row.severity).removeprefix("SEVERITY_").lower()
-        # json.dumps escapes control characters, so device strings cannot drive the terminal.
-        detail = json.dumps(doc.get(row.kind, {}), ensure_ascii=False)
-        print(f"{when}  {row.host_id}  #{row.seq}  {severity:<8} {row.kind:<14} {detail}")
+        detail = display.escape_json(json.dumps(doc.get(row.kind, {}), ensure_ascii=False))
+        host, kind = display.escape(row.host_id), display.escape(row.kind)
+        print(f"{when}  {host}  #{row.seq}  {severity:<8} {kind:<14} {detail}")
 
 
 def _cmd_pki_init(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
+from baomi import display
 from baomi.v1 import events_pb2
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
@@ -107,7 +108,9 @@ class Console:
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
+            finalize=display.finalize,  # control and bidi characters shown as escapes
         )
+        self.env.filters["lines"] = display.Lines
         self.settings: dict[str, str] = {}
         self.tz = ZoneInfo(DEFAULT_TZ)
         # __Host-: the browser sends it only to this origin over TLS, never set by a
