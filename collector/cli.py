@@ -79,9 +79,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.console:
         from collector.console import ConsoleConfig  # noqa: PLC0415 - web stack on use
 
-        console = ConsoleConfig(listen=args.console, cert=args.console_cert, key=args.console_key)
-    elif args.console_cert or args.console_key:
-        raise CollectorError("--console-cert and --console-key need --console HOST:PORT")
+        console = ConsoleConfig(
+            listen=args.console,
+            cert=args.console_cert,
+            key=args.console_key,
+            metrics_token_file=args.metrics_token_file,
+        )
+    elif args.console_cert or args.console_key or args.metrics_token_file:
+        raise CollectorError(
+            "--console-cert, --console-key and --metrics-token-file need --console HOST:PORT"
+        )
     reports = None
     if args.reports_dir is not None:
         from collector.reports.schedule import ScheduleConfig  # noqa: PLC0415 - on use
@@ -251,6 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--unit", default="", help="the organisation named on report covers")
     s.add_argument("--console-cert", type=Path, help="PEM certificate: the console speaks TLS")
     s.add_argument("--console-key", type=Path, help="PEM private key of --console-cert")
+    s.add_argument(
+        "--metrics-token-file",
+        type=Path,
+        metavar="PATH",
+        help="serve /metrics on the console to a scraper sending this file's token as "
+        "'Authorization: Bearer TOKEN' (without it, /metrics answers 404)",
+    )
     s.set_defaults(func=_cmd_serve)
 
     tok = sub.add_parser("token", help="enrolment tokens")

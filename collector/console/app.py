@@ -113,6 +113,7 @@ class Console:
         )
         self.env.filters["lines"] = display.Lines
         self.settings: dict[str, str] = {}
+        self.metrics_token: str | None = None  # /metrics answers 404 without one
         self.tz = ZoneInfo(DEFAULT_TZ)
         # __Host-: the browser sends it only to this origin over TLS, never set by a
         # sibling domain; without TLS the prefix is not allowed.

@@ -1008,7 +1008,17 @@ async def switch_lang(c: Ctx) -> Response:
 
 
 async def metrics_text(c: Ctx) -> Response:
-    """Prometheus metrics (no login, like any scrape target; counts only, no event data)."""
+    """Prometheus metrics for a scraper with the bearer token of ``serve
+    --metrics-token-file`` (no console login; counts and host ids, no event data)."""
+    token = c.console.metrics_token
+    if token is None:
+        return c.error(404, c.t("not_found"))
+    if not auth.same_token(f"Bearer {token}", c.request.headers.get("authorization")):
+        return PlainTextResponse(
+            "a bearer token is required (the one in serve --metrics-token-file)",
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer realm="baomi-metrics"'},
+        )
     ingest = c.console.collector.ingest
     text = metrics.render(
         committed=ingest.writer.committed,
