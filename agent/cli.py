@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from baomi.display import escape
+
 from agent import labels
 from agent.core import AgentConfig, run_agent
 from agent.decision.errors import LabelError
@@ -164,10 +166,10 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     exists = Path(args.path).exists()
     pre_content = args.action == "write" and exists and _pre_content_here(args.path)
     print(
-        explain(
+        escape(explain(
             policyset, args.user, args.path, args.action, args.exe, key=key,
             pre_content=pre_content,
-        )
+        ), lines=True)  # a path on disk may hold any character but / and NUL
     )  # fmt: skip
     return 0
 
@@ -191,7 +193,7 @@ def _cmd_policy_test(args: argparse.Namespace) -> int:
     policyset = PolicySet.load(args.policies)
     mismatches = policy_test(policyset, args.table, key=_label_key_or_note(args))
     for m in mismatches:
-        print(m)
+        print(escape(str(m)))
     if mismatches:
         print(f"{len(mismatches)} row(s) of {args.table} do not decide as expected")
         return 1
