@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from baomi.cliparse import HelpfulParser
+from baomi.display import escape
 
 from agent import labels
 from agent.core import AgentConfig, run_agent
@@ -179,10 +180,10 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     key = _label_key_to_judge(args) if exists else None
     pre_content = args.action == "write" and exists and _pre_content_here(args.path)
     print(
-        explain(
+        escape(explain(
             policyset, args.user, args.path, args.action, args.exe, key=key,
             pre_content=pre_content,
-        )
+        ), lines=True)  # a path on disk may hold any character but / and NUL
     )  # fmt: skip
     return 0
 
@@ -206,7 +207,7 @@ def _cmd_policy_test(args: argparse.Namespace) -> int:
     policyset = PolicySet.load(args.policies)
     mismatches = policy_test(policyset, args.table, load_key=lambda: _label_key_to_judge(args))
     for m in mismatches:
-        print(m)
+        print(escape(str(m)))
     if mismatches:
         print(f"{len(mismatches)} row(s) of {args.table} do not decide as expected")
         return 1

@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from baomi import display
 from baomi.v1 import events_pb2
 from google.protobuf import json_format
 
@@ -53,16 +54,18 @@ def event_dict(row: EventRow) -> dict[str, object]:
 def _print_events(rows: list[EventRow], as_json: bool) -> None:
     for row in rows:
         doc = event_dict(row)
+        # Device strings, paths and the like cannot drive the terminal or reorder the
+        # line: json.dumps escapes C0 controls, escape_json the rest (DEL, C1, bidi).
         if as_json:
-            print(json.dumps(doc, ensure_ascii=False))
+            print(display.escape_json(json.dumps(doc, ensure_ascii=False)))
             continue
         when = dt.datetime.fromtimestamp(row.event_time_us / 1e6, dt.UTC).isoformat(
             timespec="seconds"
         )
         severity = events_pb2.Severity.Name(row.severity).removeprefix("SEVERITY_").lower()
-        # json.dumps escapes control characters, so device strings cannot drive the terminal.
-        detail = json.dumps(doc.get(row.kind, {}), ensure_ascii=False)
-        print(f"{when}  {row.host_id}  #{row.seq}  {severity:<8} {row.kind:<14} {detail}")
+        detail = display.escape_json(json.dumps(doc.get(row.kind, {}), ensure_ascii=False))
+        host, kind = display.escape(row.host_id), display.escape(row.kind)
+        print(f"{when}  {host}  #{row.seq}  {severity:<8} {kind:<14} {detail}")
 
 
 def _cmd_pki_init(args: argparse.Namespace) -> int:
@@ -76,9 +79,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.console:
         from collector.console import ConsoleConfig  # noqa: PLC0415 - web stack on use
 
-        console = ConsoleConfig(listen=args.console, cert=args.console_cert, key=args.console_key)
-    elif args.console_cert or args.console_key:
-        raise CollectorError("--console-cert and --console-key need --console HOST:PORT")
+        console = ConsoleConfig(
+            listen=args.console,
+            cert=args.console_cert,
+            key=args.console_key,
+            metrics_token_file=args.metrics_token_file,
+        )
+    elif args.console_cert or args.console_key or args.metrics_token_file:
+        raise CollectorError(
+            "--console-cert, --console-key and --metrics-token-file need --console HOST:PORT"
+        )
     reports = None
     if args.reports_dir is not None:
         from collector.reports.schedule import ScheduleConfig  # noqa: PLC0415 - on use
@@ -248,6 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--unit", default="", help="the organisation named on report covers")
     s.add_argument("--console-cert", type=Path, help="PEM certificate: the console speaks TLS")
     s.add_argument("--console-key", type=Path, help="PEM private key of --console-cert")
+    s.add_argument(
+        "--metrics-token-file",
+        type=Path,
+        metavar="PATH",
+        help="serve /metrics on the console to a scraper sending this file's token as "
+        "'Authorization: Bearer TOKEN' (without it, /metrics answers 404)",
+    )
     s.set_defaults(func=_cmd_serve)
 
     tok = sub.add_parser("token", help="enrolment tokens")

@@ -46,7 +46,7 @@ from agent.meeting.rooms import RoomsError, load_meetings, load_rooms
 from agent.sensors.usb import parse_descriptors, usbguard_hash
 from collector import audit, checkpoint
 from collector.console import eventview, pages
-from collector.console.app import DEFAULT_TZ, Ctx, parse_id
+from collector.console.app import DEFAULT_TZ, ID_MAX, Ctx, parse_id
 from collector.console.errors import ConsoleError
 from collector.ingest import COLLECTOR_HOST, ForeignHost, HostChain, Rejected, to_row
 from collector.store.base import CheckpointRow, EventRow
@@ -589,6 +589,8 @@ def _route_ids(store: SQLiteStore, path: str) -> None:
         if match == Match.NONE:
             continue
         params = child["path_params"]
+        if any(isinstance(v, int) and not 0 < v <= ID_MAX for v in params.values()):
+            continue  # app.guard answers 400 before the handler
         if "seq" in params and "\x00" not in params["host"]:  # pages.event_detail
             store.event(params["host"], params["seq"])
         if "number" in params:

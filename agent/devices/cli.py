@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from baomi.display import escape
+
 from agent.devices.classes import BADUSB, RECORDING_OR_PHONE, STORAGE, WIRELESS_HID
 from agent.errors import AgentError, ConfigError
 
@@ -36,28 +38,6 @@ RULE_CHARS = 60  # of the deciding rule printed in the table; --json has all of 
 #: Classes generate-policy does not pin: an allow rule would override Baomi's defaults
 #: for them (sticks belong in usb-registry.toml, the rest must stay blocked).
 NOT_PINNED: Final = RECORDING_OR_PHONE | {BADUSB, WIRELESS_HID, STORAGE}
-
-
-def escape(text: str) -> str:
-    """``text`` safe for a terminal: printable characters (CJK included) as they are,
-    backslash and every control, escape, bidi override or undecodable byte as
-    ``\\xNN``, ``\\uNNNN`` or ``\\UNNNNNNNN``."""
-    out = []
-    for char in text:
-        point = ord(char)
-        if char == "\\":
-            out.append("\\\\")
-        elif char.isprintable():
-            out.append(char)
-        elif 0xDC80 <= point <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
-            out.append(f"\\x{point - 0xDC00:02x}")
-        elif point <= 0xFF:
-            out.append(f"\\x{point:02x}")
-        elif point <= 0xFFFF:
-            out.append(f"\\u{point:04x}")
-        else:
-            out.append(f"\\U{point:08x}")
-    return "".join(out)
 
 
 def _cell(text: str, width: int = CELL_CHARS) -> str:

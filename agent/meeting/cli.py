@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from baomi.display import escape, escape_json
 from baomi.v1 import events_pb2
 
 from agent.decision.errors import PolicyError
@@ -49,9 +50,11 @@ def _meeting(args: argparse.Namespace, room: str | None) -> Meeting | None:
 def _print(items: list[Item], *, as_json: bool, header: str, signed: str) -> None:
     from agent.meeting.check import cleared  # noqa: PLC0415 - see the imports
 
+    # Evidence names what the room's scans found (device and network names): chosen by
+    # whoever brought the device, so shown through the one escaping rule.
     if as_json:
         print(
-            json.dumps(
+            escape_json(json.dumps(
                 {
                     "header": header,
                     "cleared": cleared(items),
@@ -68,14 +71,16 @@ def _print(items: list[Item], *, as_json: bool, header: str, signed: str) -> Non
                     ],
                 },
                 ensure_ascii=False,
-            )
-        )
+            ))
+        )  # fmt: skip
         return
     print(header)
     print(f"{'ID':<4} {'RESULT':<8} {'M':<1} {'ITEM':<46} EVIDENCE")
     for i in items:
-        evidence = i.evidence if len(i.evidence) <= EVIDENCE_WIDTH else i.evidence[:99] + "…"
-        print(f"{i.id:<4} {i.result:<8} {'*' if i.mandatory else ' '} {i.title:<46} {evidence}")
+        shown = escape(i.evidence)
+        evidence = shown if len(shown) <= EVIDENCE_WIDTH else shown[:99] + "…"
+        title = escape(i.title)
+        print(f"{i.id:<4} {i.result:<8} {'*' if i.mandatory else ' '} {title:<46} {evidence}")
     print(f"{'CLEARED' if cleared(items) else 'NOT CLEARED'} (* mandatory); {signed}")
 
 

@@ -21,6 +21,7 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
+from baomi import display
 from baomi.v1 import events_pb2
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
@@ -54,7 +55,8 @@ CSRF_FIELD = "csrf"
 CSRF_HEADER = "x-csrf-token"
 LANG_COOKIE = "baomi_lang"
 LOGIN_COOKIE = "baomi_login"  # double-submit CSRF token of the login form
-ID_DIGITS = 18  # of a seq or id in a link or form: always within the stores' 64-bit columns
+ID_MAX = 2**63 - 1  # a seq or id: the stores' signed 64-bit columns
+ID_DIGITS = len(str(ID_MAX))
 
 # script-src 'self' and no 'unsafe-inline': markup injected through event data cannot
 # run, even if escaping were ever missed. The SVG charts use attributes, not style.
@@ -107,8 +109,11 @@ class Console:
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
+            finalize=display.finalize,  # control and bidi characters shown as escapes
         )
+        self.env.filters["lines"] = display.Lines
         self.settings: dict[str, str] = {}
+        self.metrics_token: str | None = None  # /metrics answers 404 without one
         self.tz = ZoneInfo(DEFAULT_TZ)
         # __Host-: the browser sends it only to this origin over TLS, never set by a
         # sibling domain; without TLS the prefix is not allowed.
@@ -231,25 +236,43 @@ class Ctx:
 
 
 def parse_id(text: str) -> int | None:
-    """A seq or id from a form: 1 to ID_DIGITS ASCII digits; None for anything else."""
+    """A seq or id from a form: ASCII digits for 1 to ID_MAX; None for anything else."""
     if 0 < len(text) <= ID_DIGITS and text.isascii() and text.isdigit():
-        return int(text)
+        number = int(text)
+        return number if 0 < number <= ID_MAX else None
     return None
 
 
-class IdConvertor(Convertor[int]):
-    """``{name:id}`` in a route: a seq or id as parse_id takes it (a longer number is no
-    route, rather than a value no store column holds)."""
+def form_id(text: str, name: str) -> int:
+    """``parse_id``, or ConsoleError saying what a valid ``name`` is."""
+    number = parse_id(text)
+    if number is None:
+        raise ConsoleError(f"{name} {text[:24]!r} is not a whole number from 1 to {ID_MAX}")
+    return number
 
-    regex = f"[0-9]{{1,{ID_DIGITS}}}"
+
+class IdConvertor(Convertor[int]):
+    """``{name:id}`` in a route: any run of digits, so that a number no store column
+    holds reaches :func:`guard`, which answers 400 (ID_MAX + 1 stands for every number
+    too long to convert: int() refuses more than 4300 digits)."""
+
+    regex = "[0-9]+"
 
     def convert(self, value: str) -> int:
-        """The id as a number."""
-        return int(value)
+        """The id as a number (ID_MAX + 1 when it has more digits than ID_MAX)."""
+        digits = value.lstrip("0")
+        return int(digits or "0") if len(digits) <= ID_DIGITS else ID_MAX + 1
 
     def to_string(self, value: int) -> str:
         """The id as it appears in a path."""
         return str(value)
+
+
+def check_path_ids(request: Request) -> None:
+    """ConsoleError (400) when an id in the path is outside 1..ID_MAX."""
+    for name, value in request.path_params.items():
+        if isinstance(value, int) and not 0 < value <= ID_MAX:
+            raise ConsoleError(f"{name} in the address must be a whole number from 1 to {ID_MAX}")
 
 
 register_url_convertor("id", IdConvertor())
@@ -306,9 +329,10 @@ def guard(console: Console, page: Page) -> Callable[[Request], Awaitable[Respons
         if refused is not None:
             return refused
         try:
+            check_path_ids(request)
             return await page.handler(ctx)
         except ConsoleError as e:
-            return ctx.error(400, str(e))
+            return await refuse_input(ctx, e)
 
     return endpoint
 
@@ -338,21 +362,34 @@ async def _refusal(ctx: Ctx, page: Page) -> Response | None:
     return None
 
 
+async def refuse_input(ctx: Ctx, error: ConsoleError) -> HTMLResponse:
+    """The 400 answer to bad input, recorded in the audit log like any refusal."""
+    what = f"{ctx.request.method} {ctx.request.url.path}"[:300]
+    await ctx.audit("bad_input", what, str(error)[:500], ok=False, severity=events_pb2.SEVERITY_LOW)
+    return ctx.error(400, str(error))
+
+
+def security_headers(*, tls: bool) -> list[tuple[bytes, bytes]]:
+    """The headers every answer carries, pages and errors alike."""
+    headers = [
+        (b"content-security-policy", CSP.encode()),
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"cross-origin-opener-policy", b"same-origin"),
+        (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), usb=()"),
+    ]
+    if tls:
+        headers.append((b"strict-transport-security", b"max-age=31536000"))
+    return headers
+
+
 class SecurityHeaders:
     """ASGI middleware: security headers on every response, and a request body limit."""
 
     def __init__(self, app: ASGIApp, *, tls: bool) -> None:
         self.app = app
-        self.headers = [
-            (b"content-security-policy", CSP.encode()),
-            (b"x-content-type-options", b"nosniff"),
-            (b"x-frame-options", b"DENY"),
-            (b"referrer-policy", b"no-referrer"),
-            (b"cross-origin-opener-policy", b"same-origin"),
-            (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), usb=()"),
-        ]
-        if tls:
-            self.headers.append((b"strict-transport-security", b"max-age=31536000"))
+        self.headers = security_headers(tls=tls)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Wrap ``send`` to add headers; refuse oversized bodies before reading them."""
@@ -409,7 +446,20 @@ def create_app(console: Console) -> Starlette:
         for path, handler, methods in pages.PUBLIC
     ]
     routes.append(Mount("/static", StaticFiles(directory=HERE / "static"), name="static"))
-    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders, tls=console.tls)])
+    headers = [*security_headers(tls=console.tls), (b"cache-control", b"no-store")]
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        # Starlette answers an unhandled exception outside every middleware, so this
+        # answer brings its own security headers. The exception is logged by uvicorn.
+        response = PlainTextResponse("internal error: the collector's log says more", 500)
+        response.raw_headers.extend(headers)
+        return response
+
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(SecurityHeaders, tls=console.tls)],
+        exception_handlers={Exception: server_error},
+    )
     app.state.console = console
     return app
 

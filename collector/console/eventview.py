@@ -1,8 +1,9 @@
 """Events as the console shows them: decoded, summarised, filtered and searched.
 
 Every string taken from an event may have been chosen by an attacker (a USB product
-name, a file name, a user name). Nothing here marks any of it safe: templates escape it,
-CSV export neutralises formulas, JSON encodes it.
+name, a file name, a user name). Nothing here marks any of it safe: templates escape it
+(HTML, and control and bidi characters through :func:`baomi.display.escape`), CSV export
+neutralises formulas, JSON encodes it.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
+from baomi import display
 from baomi.v1 import events_pb2
 from google.protobuf import json_format
 
@@ -99,16 +102,17 @@ class EventView:
         return doc
 
     def brief(self, tz: ZoneInfo) -> dict[str, object]:
-        """What a row of the live view shows, JSON-ready (the browser inserts it as text)."""
+        """What a row of the live view shows, JSON-ready (the browser inserts it as text,
+        escaped as the pages' templates escape it)."""
         return {
             "time": format_time(self.row.event_time_us, tz),
-            "host": self.row.host_id,
+            "host": display.escape(self.row.host_id),
             "seq": self.row.seq,
             "severity": self.severity,
             "kind": self.kind,
-            "user": self.user,
-            "summary": self.summary,
-            "href": f"/events/{self.row.host_id}/{self.row.seq}",
+            "user": display.escape(self.user),
+            "summary": display.escape(self.summary),
+            "href": f"/events/{quote(self.row.host_id, safe='')}/{self.row.seq}",
         }
 
 
@@ -135,8 +139,8 @@ def _file_change(ev: events_pb2.Event) -> tuple[str, tuple[str, ...], str]:
 def _device(ev: events_pb2.Event) -> tuple[str, tuple[str, ...], str]:
     d = ev.device
     text = (
-        f"{d.action} {d.device_class} {d.name!r} {d.vendor_id}:{d.product_id} "
-        f"serial {d.serial!r} {_DECISION.get(d.decision, '')}"
+        f"{d.action} {d.device_class} '{d.name}' {d.vendor_id}:{d.product_id} "
+        f"serial '{d.serial}' {_DECISION.get(d.decision, '')}"
     )
     return "", (), text
 

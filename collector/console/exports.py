@@ -12,6 +12,8 @@ import io
 from collections.abc import Iterable
 from zoneinfo import ZoneInfo
 
+from baomi import display
+
 from collector.console.eventview import EventView, format_time
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -19,8 +21,9 @@ COLUMNS = ("time", "host", "seq", "severity", "kind", "user", "paths", "summary"
 
 
 def cell(value: object) -> str:
-    """``value`` as a CSV cell that is never a formula."""
-    text = str(value)
+    """``value`` as a CSV cell that is never a formula, its control and bidi characters
+    shown as escapes (:func:`baomi.display.escape`)."""
+    text = display.escape(str(value))
     return "'" + text if text.startswith(FORMULA_START) else text
 
 

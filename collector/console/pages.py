@@ -43,9 +43,10 @@ from collector.console.app import (
     Page,
     _local,
     current_user,
+    form_id,
     lang_of,
     new_token,
-    parse_id,
+    refuse_input,
 )
 from collector.console.errors import ConsoleError
 from collector.console.eventview import Filters, format_time, search, view
@@ -525,9 +526,7 @@ async def policy_version(c: Ctx) -> Response:
 
 async def policy_rollback(c: Ctx) -> Response:
     """Publish an earlier version's files again, as a new version."""
-    number = parse_id(await c.field("number", 20))
-    if number is None:
-        raise ConsoleError(c.t("not_found"))
+    number = form_id(await c.field("number", 20), "version number")
     row = await c.run(c.store.policy_version, number)
     if row is None:
         return c.error(404, c.t("not_found"))
@@ -563,8 +562,8 @@ async def devices_page(c: Ctx) -> Response:
 async def device_approve(c: Ctx) -> Response:
     """Register a stick: allow rule and registry entry, published to every agent."""
     host = await c.field("host", 63)
-    seq = parse_id(await c.field("seq", 20))
-    row = await c.run(c.store.event, host, seq) if seq is not None else None
+    seq = form_id(await c.field("seq", 20), "event seq")
+    row = await c.run(c.store.event, host, seq)
     if row is None or row.kind != "device":
         raise ConsoleError(c.t("not_found"))
     device = events_pb2.Event.FromString(row.body).device
@@ -622,8 +621,8 @@ def _due(text: str) -> str:
 async def finding_create(c: Ctx) -> Response:
     """Make a finding of a violation event."""
     host = await c.field("host", 63)
-    seq = parse_id(await c.field("seq", 20))
-    row = await c.run(c.store.event, host, seq) if seq is not None else None
+    seq = form_id(await c.field("seq", 20), "event seq")
+    row = await c.run(c.store.event, host, seq)
     if row is None:
         raise ConsoleError(c.t("not_found"))
     v = view(row)
@@ -871,6 +870,7 @@ async def report_generate(c: Ctx) -> Response:
     fmt = await c.field("format", 8)
     lang = "en" if c.lang == "en" else "zh"
     if fmt not in REPORT_FORMATS:
+        await c.audit("report_generate", period, f"format {fmt!r} refused", ok=False)
         return await reports_page(c, c.t("report_format_bad"), 400)
     collector = c.console.collector
     now = dt.datetime.now(dt.UTC)
@@ -1008,7 +1008,17 @@ async def switch_lang(c: Ctx) -> Response:
 
 
 async def metrics_text(c: Ctx) -> Response:
-    """Prometheus metrics (no login, like any scrape target; counts only, no event data)."""
+    """Prometheus metrics for a scraper with the bearer token of ``serve
+    --metrics-token-file`` (no console login; counts and host ids, no event data)."""
+    token = c.console.metrics_token
+    if token is None:
+        return c.error(404, c.t("not_found"))
+    if not auth.same_token(f"Bearer {token}", c.request.headers.get("authorization")):
+        return PlainTextResponse(
+            "a bearer token is required (the one in serve --metrics-token-file)",
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer realm="baomi-metrics"'},
+        )
     ingest = c.console.collector.ingest
     text = metrics.render(
         committed=ingest.writer.committed,
@@ -1029,7 +1039,7 @@ def public(console: Console, handler: Handler) -> Callable[[Request], Awaitable[
         try:
             return await handler(ctx)
         except ConsoleError as e:
-            return ctx.error(400, str(e))
+            return await refuse_input(ctx, e)
 
     return endpoint
 

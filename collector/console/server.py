@@ -27,6 +27,7 @@ _logger = logging.getLogger(__name__)
 
 HOUSEKEEPING_SECONDS = 2.0  # between silence checks and audits of accounts made by the CLI
 SHUTDOWN_SECONDS = 2  # open requests (live views) get this long when the collector stops
+METRICS_TOKEN_MIN_CHARS = 20  # a guessable scrape token would open /metrics to anyone
 CLI_AUDITED = "cli_accounts_audited_us"  # setting: newest CLI-made account already audited
 
 
@@ -37,6 +38,21 @@ class ConsoleConfig:
     listen: str = "127.0.0.1:8080"
     cert: Path | None = None  # PEM certificate chain; with key, the console serves HTTPS
     key: Path | None = None
+    metrics_token_file: Path | None = None  # bearer token of /metrics; without it, 404
+
+
+def read_metrics_token(path: Path) -> str:
+    """The scrape token in ``path`` (one line, surrounding whitespace ignored)."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the metrics token file {path}: {e}") from e
+    if len(token) < METRICS_TOKEN_MIN_CHARS or not token.isascii() or not token.isprintable():
+        raise ConfigError(
+            f"the metrics token in {path} must be at least {METRICS_TOKEN_MIN_CHARS} printable "
+            "ASCII characters (e.g. openssl rand -hex 32 > FILE)"
+        )
+    return token
 
 
 class _Server(uvicorn.Server):
@@ -74,6 +90,8 @@ class ConsoleServer:
             raise ConfigError("give both --console-cert and --console-key, or neither")
         self.config = config
         self.console = Console(collector, tls=config.cert is not None)
+        if config.metrics_token_file is not None:
+            self.console.metrics_token = read_metrics_token(config.metrics_token_file)
         self._server: _Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
 

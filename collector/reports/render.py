@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jinja2
+from baomi import display
 
 from collector.reports.common import Report, ReportError
 from collector.reports.text import LANGS, label, translator
@@ -32,8 +33,10 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,  # a misspelt figure fails the build, not the page
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=display.finalize,  # control and bidi characters shown as escapes
     )
     env.filters["num"] = _num
+    env.filters["lines"] = display.Lines
     return env
 
 

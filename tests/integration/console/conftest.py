@@ -16,6 +16,7 @@ from tests.integration.console.web import Client
 
 REPO = Path(__file__).resolve().parents[3]
 PASSWORD = "correct-horse-battery"  # noqa: S105 - a test account's
+METRICS_TOKEN = "scrape-" + "0123456789abcdef" * 2
 ROLE_ACCOUNTS = {"sysadmin": "sam", "secadmin": "sue", "auditor": "aud"}
 
 
@@ -65,15 +66,28 @@ def start_console(store: Store, pki_dir: Path, **config: object) -> RunningColle
     )
 
 
-@pytest.fixture
-def console(store: Store, pki_dir: Path) -> Iterator[Console]:
-    """A collector serving the console over ``store`` (SQLite and PostgreSQL), with
-    one account per role (password ``PASSWORD``)."""
+def _serve(store: Store, pki_dir: Path, config: ConsoleConfig) -> Iterator[Console]:
     for role, name in ROLE_ACCOUNTS.items():
         create_account(store, name, role=role, by="cli:test", password=PASSWORD)
-    running = start_console(store, pki_dir)
+    running = start_console(store, pki_dir, console=config)
     c = Console(running, f"http://127.0.0.1:{running.collector.ports['console']}")
     try:
         yield c
     finally:
         c.running.stop()  # a test may have restarted it
+
+
+@pytest.fixture
+def console(store: Store, pki_dir: Path) -> Iterator[Console]:
+    """A collector serving the console over ``store`` (SQLite and PostgreSQL), with
+    one account per role (password ``PASSWORD``)."""
+    yield from _serve(store, pki_dir, ConsoleConfig(listen="127.0.0.1:0"))
+
+
+@pytest.fixture
+def scraped_console(store: Store, pki_dir: Path, tmp_path: Path) -> Iterator[Console]:
+    """``console``, serving /metrics to a scraper with ``METRICS_TOKEN``."""
+    token_file = tmp_path / "metrics.token"
+    token_file.write_text(METRICS_TOKEN + "\n")
+    config = ConsoleConfig(listen="127.0.0.1:0", metrics_token_file=token_file)
+    yield from _serve(store, pki_dir, config)

@@ -1,4 +1,5 @@
-"""Alerts out to a webhook (JSON) and syslog (RFC 5424, UDP and TCP); Prometheus metrics."""
+"""Alerts out to a webhook (JSON) and syslog (RFC 5424, UDP and TCP), metadata only;
+Prometheus metrics behind a scrape token."""
 
 from __future__ import annotations
 
@@ -19,7 +20,11 @@ from collector.console.alerts import AlertSender
 from collector.console.eventview import view
 from collector.ingest import to_row
 from tests.collector_harness import Host, batch, enroll_host, send_batches
-from tests.integration.console.conftest import Console
+from tests.integration.console.conftest import METRICS_TOKEN, Console
+from tests.integration.console.web import Resp
+
+SECRET_PATH = "/srv/机密/2027-merger-plan.docx"  # noqa: S105 - a path, not a password
+METADATA = {"source", "host_id", "seq", "kind", "severity", "time", "hash", "console_path"}
 
 # RFC 5424: <PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID [SD] BOM MSG
 SYSLOG_RE = re.compile(
@@ -35,6 +40,7 @@ class Hook:
 
     def __init__(self, fail: int = 0, block: threading.Event | None = None) -> None:
         self.bodies: list[dict[str, object]] = []
+        self.raw: list[bytes] = []
         self.attempts = 0
         hook = self
 
@@ -47,6 +53,7 @@ class Hook:
                 if hook.attempts <= fail:
                     self.send_response(500)
                 else:
+                    hook.raw.append(body)
                     hook.bodies.append(json.loads(body))
                     self.send_response(200)
                 self.end_headers()
@@ -79,9 +86,15 @@ def _send(console: Console, host: Host, severity: int, **kind: object) -> None:
     send_batches(host, console.running.address, [batch(events)])
 
 
+def _scrape(console: Console, token: str | None = METRICS_TOKEN) -> Resp:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else None
+    return console.client().get("/metrics", headers=headers)
+
+
 def test_high_severity_events_go_to_webhook_and_syslog(
-    console: Console, udp: socket.socket, monkeypatch: pytest.MonkeyPatch
+    scraped_console: Console, udp: socket.socket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    console = scraped_console
     monkeypatch.setattr(alerts, "BACKOFF_SECONDS", 0.05)
     hook = Hook(fail=1)  # the first attempt fails: delivered on the retry
     try:
@@ -106,34 +119,43 @@ def test_high_severity_events_go_to_webhook_and_syslog(
         _send(
             console, host, events_pb2.SEVERITY_INFO, network=events_pb2.Network(action="link_new")
         )
+        # A HIGH event whose content the system administrator may not read (三员分立).
         _send(
             console,
             host,
             events_pb2.SEVERITY_HIGH,
-            network=events_pb2.Network(
-                action="link_up", interface="wlan0", link_kind="wireless", violation=True
+            file_access=events_pb2.FileAccess(
+                path=SECRET_PATH, action="read", user="zhang", executable="/usr/bin/wps"
             ),
         )
         data, _ = udp.recvfrom(65536)
         m = SYSLOG_RE.match(data)
         assert m, data
         assert int(m["pri"]) == 13 * 8 + 3  # log audit, error
-        assert (m["h"], m["seq"], m["kind"], m["sev"]) == (b"ws-01", b"2", b"network", b"high")
+        assert (m["h"], m["seq"], m["kind"], m["sev"]) == (b"ws-01", b"2", b"file_access", b"high")
         doc = json.loads(m["msg"])
-        assert doc["network"]["interface"] == "wlan0" and doc["host_id"] == "ws-01"
+        assert set(doc) == METADATA and doc["console_path"] == "/events/ws-01/2"
         deadline = time.monotonic() + 10
         while not hook.bodies and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(hook.bodies) == 1 and hook.attempts == 2
         body = hook.bodies[0]
-        assert (body["host_id"], body["seq"], body["severity"]) == ("ws-01", 2, "high")
-        assert body["event"]["network"]["violation"] is True  # type: ignore[index]
+        assert set(body) == METADATA
+        assert (body["host_id"], body["seq"], body["kind"], body["severity"]) == (
+            "ws-01",
+            2,
+            "file_access",
+            "high",
+        )
+        assert str(body["time"]).startswith("20") and body["console_path"] == "/events/ws-01/2"
+        for sent in (hook.raw[0].decode(), data.decode()):
+            for content in (SECRET_PATH, "机密", "merger", "zhang", "wps"):
+                assert content not in sent, (content, sent)
         # Only the high event went out (the info one did not).
         udp.settimeout(0.5)
         with pytest.raises(TimeoutError):
             udp.recvfrom(65536)
-        metrics = console.client().get("/metrics").text
-        assert "baomi_alerts_sent_total 2" in metrics
+        assert "baomi_alerts_sent_total 2" in _scrape(console).text
     finally:
         hook.close()
 
@@ -168,7 +190,7 @@ def test_syslog_over_tcp_uses_octet_counting() -> None:
         first = rest[: int(length)]
         m = SYSLOG_RE.match(first)
         assert m and m["host"] == b"collectorone" and int(m["pri"]) == 13 * 8 + 2
-        assert json.loads(m["msg"])["tamper"]["detail"] == detail
+        assert json.loads(m["msg"])["kind"] == "tamper" and detail not in data.decode()
         conn.close()
     finally:
         sender.close()
@@ -206,12 +228,30 @@ def test_bad_alert_targets_are_refused(console: Console) -> None:
     assert console.store.settings().get("webhooks", "") == ""
 
 
-def test_metrics_text(console: Console) -> None:
+def test_without_a_scrape_token_there_are_no_metrics(console: Console) -> None:
+    for token in (None, METRICS_TOKEN):
+        resp = _scrape(console, token)
+        assert resp.status == 404 and "baomi_" not in resp.text
+
+
+def test_metrics_need_the_scrape_token(scraped_console: Console) -> None:
+    for token in (None, "", "wrong", METRICS_TOKEN + "x", METRICS_TOKEN[:-1]):
+        resp = _scrape(scraped_console, token)
+        assert resp.status == 401, token
+        assert resp.headers["www-authenticate"].startswith("Bearer")
+        assert "baomi_" not in resp.text
+    aud = scraped_console.as_role("auditor")  # a console login is not a scrape token
+    assert aud.get("/metrics").status == 401
+    assert _scrape(scraped_console).status == 200
+
+
+def test_metrics_text(scraped_console: Console) -> None:
+    console = scraped_console
     host = enroll_host(console.running, "ws-01")
     send_batches(host, console.running.address, [batch(host.events(25))])
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        resp = console.client().get("/metrics")  # no login: a scrape target
+        resp = _scrape(console)
         if 'baomi_stream_lag_seconds{host="ws-01"}' in resp.text and (
             "baomi_agents_connected 0" in resp.text
         ):

@@ -11,9 +11,9 @@ import struct
 from pathlib import Path
 
 import pytest
+from baomi.display import escape
 from baomi.v1 import events_pb2
 
-from agent.devices.cli import escape
 from agent.devices.model import UsbDevice, UsbInterface
 from agent.devices.policy import DevicePolicy
 from agent.sensors import usb
@@ -199,8 +199,7 @@ def test_event_keeps_strings_verbatim_but_valid() -> None:
 
 def test_escape_for_terminals() -> None:
     assert (
-        escape("\x1b[2J\r\n\x07\x9b\u202e机密 ok\\")
-        == "\\x1b[2J\\x0d\\x0a\\x07\\x9b\\u202e机密 ok\\\\"
+        escape("\x1b[2J\r\n\x07\x9b\u202e机密 ok\\") == "\\x1b[2J\\r\\n\\x07\\x9b\\u202e机密 ok\\\\"
     )
     assert escape("bad\udcfe") == "bad\\xfe"
     assert re.fullmatch(r"[ -~]*", escape("".join(map(chr, range(0x20)))))
