@@ -207,25 +207,29 @@ def can_read(uid: int, path: Path) -> bool:
 def test_the_kernel_matches_a_response_by_the_dead_readers_fd_number(site: Site) -> None:
     """What the guardian relies on (kernel 6.18): an event read by a process that died
     unanswered still waits, and a FAN_DENY for its fd number from another holder of
-    the group answers it; a number with no pending event is ENOENT."""
+    the group answers it; a number with no pending event is ENOENT. deny_pending
+    returns the numbers it answered: the event's, as the dead reader was given it."""
     fan = fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC, EVENT_F_FLAGS)
     reader = opener = None
     try:
         fanotify_mark(fan, FAN_MARK_ADD, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD, AT_FDCWD, site.root)
-        script = "import os,sys,time; os.read(int(sys.argv[1]), 4096); print('read', flush=True)"
-        script += "; time.sleep(60)"
+        # The reader prints the fd number its event came as (fanotify_event_metadata.fd).
+        script = "import os,struct,sys,time; b = os.read(int(sys.argv[1]), 4096)"
+        script += "; print(struct.unpack_from('=IBBHQii', b)[5], flush=True); time.sleep(60)"
         reader = subprocess.Popen(
             [sys.executable, "-c", script, str(fan)], stdout=subprocess.PIPE, pass_fds=(fan,)
         )
         opener = read_as(BOB, site.root / "menu.txt")
-        assert reader.stdout is not None and reader.stdout.readline() == b"read\n"
+        assert reader.stdout is not None
+        event_fd = int(reader.stdout.readline())
         kill(reader)
         time.sleep(0.2)
         assert opener.poll() is None  # still waiting for an answer nobody will give
         with pytest.raises(OSError) as no_event:
             os.write(fan, RESPONSE.pack(999, FAN_DENY))
         assert no_event.value.errno == errno.ENOENT
-        assert _guardian.deny_pending(fan, 64) == 1
+        assert _guardian.deny_pending(fan, 64) == [event_fd]
+        assert _guardian.deny_pending(fan, 64) == []  # answered: nothing pending now
         _, err = opener.communicate(timeout=CHILD_TIMEOUT_S)
         assert opener.returncode != 0 and b"Operation not permitted" in err
     finally:
