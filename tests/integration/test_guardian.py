@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -29,7 +30,7 @@ from typing import Any
 import pytest
 from baomi.v1 import events_pb2
 
-from agent.sensors.files import _guardian, guardian
+from agent.sensors.files import _guardian, answering, guardian, sensor
 from agent.sensors.files.fanotify import (
     AT_FDCWD,
     EVENT_F_FLAGS,
@@ -534,3 +535,63 @@ def test_a_restarted_cli_agent_sends_the_gap_to_the_collector(deployment: Deploy
     paths = {(a.path, a.decision, a.uid) for a in by_guardian}
     assert (str(site.root / "s1.txt"), events_pb2.DECISION_DENY, BOB) in paths
     assert (str(site.root / "menu.txt"), events_pb2.DECISION_ALLOW, BOB) in paths
+
+
+def test_an_allowed_open_the_killed_agent_never_answered_is_recorded_as_denied(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent records bob's allowed open of s1.txt, and is killed before its answer
+    is written (a test-only pause between the two): the guardian denies the open by its
+    fd number, and the next agent records that the access ended denied, next to the
+    ALLOW it stands by (the record is append-only)."""
+    site = deployment.site
+    s1 = str(site.root / "s1.txt")
+    monkeypatch.setenv(sensor.PAUSE_ENV, "/s1.txt")
+    agent = deployment.start_agent("agent")
+    opener = read_as(BOB, site.root / "s1.txt")
+
+    def of_opener(decision: int) -> list[events_pb2.FileAccess]:
+        return [
+            e.file_access
+            for e in deployment.events()
+            if (e.file_access.path, e.file_access.pid, e.file_access.decision)
+            == (s1, opener.pid, decision)
+        ]
+
+    [recorded] = wait_for(lambda: of_opener(events_pb2.DECISION_ALLOW))
+    time.sleep(0.2)
+    assert opener.poll() is None  # recorded, and waiting for the answer
+    agent.kill()
+    _, err = opener.communicate(timeout=CHILD_TIMEOUT_S)
+    assert opener.returncode != 0 and b"Operation not permitted" in err
+    monkeypatch.delenv(sensor.PAUSE_ENV)
+    deployment.start_agent("agent-again")
+
+    [corrected] = wait_for(lambda: of_opener(events_pb2.DECISION_DENY))
+    assert corrected.reason == answering.NOT_DELIVERED
+    assert (corrected.uid, corrected.user, corrected.executable, corrected.action) == (
+        recorded.uid,
+        recorded.user,
+        recorded.executable,
+        "read",
+    )
+    assert corrected.uid == BOB and corrected.executable == "/usr/bin/cat"
+    assert of_opener(events_pb2.DECISION_ALLOW) == [recorded]  # still on record
+    [pending] = [r for r in journal_records(deployment.state) if r["event"] == "pending_denied"]
+    assert pending["count"] >= 1 and len(pending["fds"]) == pending["count"]
+    [gap] = [e.tamper.detail for e in deployment.events() if e.tamper.kind == "guard_gap"]
+    numbers = re.search(
+        r"denied (\d+) opens the agent had not answered \((\d+) attributed .*?(\d+) of them "
+        r"recorded as allowed and corrected; (\d+) unattributed",
+        gap,
+    )
+    assert numbers is not None, gap
+    denied, attributed, corrections, unattributed = map(int, numbers.groups())
+    assert denied == pending["count"] == attributed + unattributed
+    assert attributed >= 1 and corrections == 1
+
+
+def journal_records(state: Path) -> list[dict[str, Any]]:
+    """The guardian journal of ``state``, parsed."""
+    path = state / guardian.JOURNAL_NAME
+    return [json.loads(line) for line in path.read_text().splitlines()]
