@@ -8,7 +8,10 @@ the record would say ALLOW while the person was denied. The file guard notes eac
 access here (``hold``) once it is recorded and before its answer is written, and
 forgets it (``release``) once the answer is written; the next agent reads what was
 left (``read_back``) and, for each number the guardian denied, records what the access
-became (``attribute_pending``).
+became (``attribute_pending``). What a killed agent left is moved aside
+(``keep_left``: ``answering.PID``) until the gap naming its pid is recorded
+(``forget_left``): an agent killed in turn while recording that gap would otherwise
+take the notes with it.
 
 Why not the event journal: its records carry no fd number, the spool may have taken
 the record already (a batch commits 20 ms after the record), and the last record
@@ -24,6 +27,7 @@ and cleared first, so a slot killed half-written reads as free.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import os
@@ -70,16 +74,7 @@ class AnswersInFlight:
     def read_back(self) -> tuple[int, dict[int, bytes]]:
         """The pid of the agent that wrote the map and the accesses it left unanswered,
         by fd number ({} from a map of no agent)."""
-        magic, pid = _HEADER.unpack_from(self._map, 0)
-        if magic != MAGIC:
-            return 0, {}
-        held: dict[int, bytes] = {}
-        for slot in range(SLOTS):
-            at = HEADER_BYTES + slot * SLOT_BYTES
-            length, fd = _SLOT.unpack_from(self._map, at)
-            if 0 < length <= BODY_BYTES:
-                held[fd] = self._map[at + _SLOT.size : at + _SLOT.size + length]
-        return pid, held
+        return _notes(self._map)
 
     def start(self, pid: int) -> None:
         """Forget what the map holds; from now on agent ``pid`` writes it."""
@@ -118,16 +113,56 @@ class AnswersInFlight:
         self._map.close()
 
 
+def _notes(buf: bytes | mmap.mmap) -> tuple[int, dict[int, bytes]]:
+    if len(buf) != FILE_BYTES:
+        return 0, {}
+    magic, pid = _HEADER.unpack_from(buf, 0)
+    if magic != MAGIC:
+        return 0, {}
+    held: dict[int, bytes] = {}
+    for slot in range(SLOTS):
+        at = HEADER_BYTES + slot * SLOT_BYTES
+        length, fd = _SLOT.unpack_from(buf, at)
+        if 0 < length <= BODY_BYTES:
+            held[fd] = bytes(buf[at + _SLOT.size : at + _SLOT.size + length])
+    return pid, held
+
+
+def keep_left(directory: Path) -> dict[int, dict[int, bytes]]:
+    """What killed agents left unanswered, by their pid, then by fd number: the map an
+    agent left is moved aside to ``answering.PID``, where it stays until
+    ``forget_left``. Call before ``AnswersInFlight`` opens the map afresh."""
+    current = directory / ANSWERING_NAME
+    with contextlib.suppress(FileNotFoundError):
+        pid, notes = _notes(current.read_bytes())
+        if notes:
+            current.replace(directory / f"{ANSWERING_NAME}.{pid}")
+    left: dict[int, dict[int, bytes]] = {}
+    for path in directory.glob(f"{ANSWERING_NAME}.*"):
+        pid, notes = _notes(path.read_bytes())
+        if notes and path.name == f"{ANSWERING_NAME}.{pid}":
+            left[pid] = notes
+        else:
+            path.unlink(missing_ok=True)
+    return left
+
+
+def forget_left(directory: Path, pids: set[int]) -> None:
+    """The opens the agents ``pids`` left unanswered are on record."""
+    for pid in pids:
+        (directory / f"{ANSWERING_NAME}.{pid}").unlink(missing_ok=True)
+
+
 def attribute_pending(
-    records: list[dict[str, Any]], dead_pid: int, unanswered: dict[int, bytes]
+    records: list[dict[str, Any]], left: dict[int, dict[int, bytes]]
 ) -> tuple[list[events_pb2.Event], int, int]:
     """What the opens the guardian denied for a dead agent became: (a ``file_access``
     DENY correcting each access it had recorded as allowed, how many of the denied were
     attributed to an access it had recorded, how many were denied in all).
 
     ``records`` are a gap's (``pending_denied`` names the fd numbers denied and whose
-    they were), ``unanswered`` what agent ``dead_pid`` left in flight by fd number
-    (``AnswersInFlight.read_back``). An access recorded as denied needs no correction.
+    they were), ``left`` what killed agents left in flight, by pid and fd number
+    (``keep_left``). An access recorded as denied needs no correction.
     """
     corrections: list[events_pb2.Event] = []
     attributed = denied = 0
@@ -135,8 +170,7 @@ def attribute_pending(
         if record.get("event") != "pending_denied":
             continue
         denied += int(record.get("count", 0))
-        if not dead_pid or record.get("agent_pid") != dead_pid:
-            continue  # another agent's opens: its notes are gone
+        unanswered = left.get(record.get("agent_pid", 0), {})  # {}: its notes are gone
         for fd in record.get("fds", []):
             body = unanswered.get(fd)
             if body is None:

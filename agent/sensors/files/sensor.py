@@ -44,7 +44,7 @@ from agent.labels import (
     read_label,
 )
 from agent.sensors.base import EventSink, Health
-from agent.sensors.files import inodes
+from agent.sensors.files import answering, inodes
 from agent.sensors.files.answering import ANSWERING_NAME, AnswersInFlight, attribute_pending
 from agent.sensors.files.changes import Change, ChangeWatcher
 from agent.sensors.files.dac import DacKeeper
@@ -185,10 +185,11 @@ class FileGuard:
         # (dev, ino) of every approved program (of any policy loaded): runs watched
         self._programs_run: frozenset[tuple[int, int]] = frozenset()
         self._journal: RepeatJournal | None = None
-        # The accesses being answered, by fd number (answering.py); and those a killed
-        # agent left unanswered: its pid and its notes, until its gap is recorded.
+        # The accesses being answered, by fd number (answering.py); those killed agents
+        # left unanswered, by their pid; and the pids whose gaps came (and were recorded).
         self._in_flight: AnswersInFlight | None = None
-        self._unanswered: tuple[int, dict[int, bytes]] = (0, {})
+        self._unanswered: dict[int, dict[int, bytes]] = {}
+        self._gap_pids: tuple[set[int], set[int]] = (set(), set())
         self._pause_marker = os.environ.get(PAUSE_ENV, "")
         self._guard = PermissionGuard(
             config.roots,
@@ -254,6 +255,7 @@ class FileGuard:
         self._open_repeat_journal()
         self._open_answers_in_flight()
         self._guard.start()
+        self._forget_unanswered()
         self._watch_programs()
         self._guard_labelled_inodes()
         self._changes.start()
@@ -289,14 +291,28 @@ class FileGuard:
         if directory is None:
             return
         try:
+            self._unanswered = answering.keep_left(directory)
             in_flight = AnswersInFlight(directory / ANSWERING_NAME)
         except OSError as e:
             _logger.error("file guard: answers in flight not kept: %s", e)
             self._tamper("answers_in_flight", f"cannot keep the answers in flight: {e}")
             return
-        self._unanswered = in_flight.read_back()
         in_flight.start(os.getpid())
         self._in_flight = in_flight
+
+    def _forget_unanswered(self) -> None:
+        """Once the gaps handed over are recorded: forget the notes of the agents they
+        name, and of agents no gap named (the guardian dropped it, or died with it);
+        keep those of a gap not recorded, handed over again at the next start."""
+        directory = self._config.guardian_dir
+        named, recorded = self._gap_pids
+        done = {pid for pid in self._unanswered if pid in recorded or pid not in named}
+        if directory is not None and done:
+            try:
+                answering.forget_left(directory, done)
+            except OSError as e:
+                _logger.error("file guard: cannot forget answers in flight: %s", e)
+        self._unanswered = {}
 
     def _open_repeat_journal(self) -> None:
         """Record the repeats a killed agent answered but never recorded, then hand the
@@ -873,7 +889,9 @@ class FileGuard:
         the gap is recorded and stops handing it over."""
         start = next((r for r in records if r.get("event") == "gap_start"), {})
         end = next((r for r in records if r.get("event") == "gap_end"), {})
-        corrections, attributed, pending = attribute_pending(records, *self._unanswered)
+        pids = {int(r.get("agent_pid", 0)) for r in records if r.get("event") == "pending_denied"}
+        self._gap_pids[0].update(pids)
+        corrections, attributed, pending = attribute_pending(records, self._unanswered)
         opens = [r for r in records if r.get("event") == "open"]
         denied = sum(r.get("decision") != "allow" for r in opens)
         detail = (
@@ -907,6 +925,7 @@ class FileGuard:
             self._sink(event)
             if progress is not None:
                 progress.one_more()
+        self._gap_pids[1].update(pids)
 
 
 def _gap_access(record: dict[str, Any]) -> events_pb2.Event:

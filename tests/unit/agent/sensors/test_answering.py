@@ -97,7 +97,8 @@ def test_a_file_of_another_kind_is_started_afresh(tmp_path: Path) -> None:
 
 def test_an_allowed_access_the_guardian_denied_is_corrected() -> None:
     records = [{"event": "gap_start"}, _pending([5, 12, 40]), {"event": "gap_end"}]
-    corrections, attributed, denied = attribute_pending(records, DEAD, {12: ALLOWED, 30: DENIED})
+    left = {DEAD: {12: ALLOWED, 30: DENIED}}
+    corrections, attributed, denied = attribute_pending(records, left)
     assert (attributed, denied) == (1, 3)  # 5 and 40: answered in C, or not yet recorded
     [event] = corrections
     a = event.file_access
@@ -116,23 +117,23 @@ def test_an_allowed_access_the_guardian_denied_is_corrected() -> None:
 
 
 def test_an_access_recorded_as_denied_is_attributed_without_a_correction() -> None:
-    corrections, attributed, denied = attribute_pending([_pending([30])], DEAD, {30: DENIED})
+    corrections, attributed, denied = attribute_pending([_pending([30])], {DEAD: {30: DENIED}})
     assert (corrections, attributed, denied) == ([], 1, 1)
 
 
 def test_notes_of_another_agent_or_numbers_not_denied_attribute_nothing() -> None:
-    notes = {12: ALLOWED}
-    assert attribute_pending([_pending([12], pid=DEAD + 1)], DEAD, notes) == ([], 0, 1)
-    assert attribute_pending([_pending([13])], DEAD, notes) == ([], 0, 1)
-    assert attribute_pending([_pending([12])], 0, notes) == ([], 0, 1)  # no notes read
+    notes = {DEAD: {12: ALLOWED}}
+    assert attribute_pending([_pending([12], pid=DEAD + 1)], notes) == ([], 0, 1)
+    assert attribute_pending([_pending([13])], notes) == ([], 0, 1)
+    assert attribute_pending([_pending([12])], {}) == ([], 0, 1)  # no notes left
     # A guardian older than the numbers: a count only.
-    assert attribute_pending([{"event": "pending_denied", "count": 4}], DEAD, notes) == (
+    assert attribute_pending([{"event": "pending_denied", "count": 4}], notes) == (
         [],
         0,
         4,
     )
     # Past PENDING_FDS_KEPT the count goes on; the numbers named are attributed.
-    many = attribute_pending([_pending([12], count=5000)], DEAD, notes)
+    many = attribute_pending([_pending([12], count=5000)], notes)
     assert (len(many[0]), many[1], many[2]) == (1, 1, 5000)
 
 
@@ -141,7 +142,7 @@ def test_the_gap_records_the_correction_last_and_counts_what_is_unattributed(
 ) -> None:
     sink: list[events_pb2.Event] = []
     guard = FileGuard(FileGuardConfig(roots=(tmp_path,), label_key=b"k" * 32), sink.append)
-    guard._unanswered = (DEAD, {12: ALLOWED, 30: DENIED})
+    guard._unanswered = {DEAD: {12: ALLOWED, 30: DENIED}}
     opened = {
         "event": "open",
         "time": 1001.0,
@@ -172,3 +173,42 @@ def test_the_gap_records_the_correction_last_and_counts_what_is_unattributed(
     assert by_guardian.file_access.pid == 90
     assert correction.file_access.path == "/srv/secret/s1.txt"
     assert correction.file_access.reason == NOT_DELIVERED
+
+
+def test_what_an_agent_left_is_kept_aside_until_its_gap_is_recorded(tmp_path: Path) -> None:
+    """An agent killed while recording the gap of the one before it must not take that
+    one's notes with it: they stay in answering.PID until forget_left."""
+    left_by_first = AnswersInFlight(tmp_path / "answering")
+    left_by_first.start(DEAD)
+    left_by_first.hold(12, ALLOWED)
+    assert answering.keep_left(tmp_path) == {DEAD: {12: ALLOWED}}
+    second = AnswersInFlight(tmp_path / "answering")
+    second.start(DEAD + 1)  # the next agent, killed before the gap was recorded
+    second.hold(7, DENIED)
+    assert answering.keep_left(tmp_path) == {DEAD: {12: ALLOWED}, DEAD + 1: {7: DENIED}}
+    AnswersInFlight(tmp_path / "answering").start(DEAD + 2)  # a clean map: nothing kept
+    answering.forget_left(tmp_path, {DEAD})
+    assert answering.keep_left(tmp_path) == {DEAD + 1: {7: DENIED}}
+    (tmp_path / "answering.99").write_bytes(b"torn")  # not a map: removed
+    assert answering.keep_left(tmp_path) == {DEAD + 1: {7: DENIED}}
+    assert not (tmp_path / "answering.99").exists()
+
+
+def test_the_guard_forgets_the_notes_of_a_recorded_gap_and_keeps_a_failed_ones(
+    tmp_path: Path,
+) -> None:
+    for pid, fd in [(DEAD, 12), (DEAD + 1, 13), (DEAD + 2, 14)]:
+        notes = AnswersInFlight(tmp_path / "answering")
+        notes.start(pid)
+        notes.hold(fd, ALLOWED)
+        answering.keep_left(tmp_path)
+    sink: list[events_pb2.Event] = []
+    config = FileGuardConfig(roots=(tmp_path,), label_key=b"k" * 32, guardian_dir=tmp_path)
+    guard = FileGuard(config, sink.append)
+    guard._open_answers_in_flight()
+    assert set(guard._unanswered) == {DEAD, DEAD + 1, DEAD + 2}
+    guard._gap_recorded([_pending([12])])  # recorded: forgotten
+    guard._gap_pids[0].add(DEAD + 1)  # handed over, its recording failed: kept
+    guard._forget_unanswered()  # DEAD + 2: no gap names it (dropped): forgotten
+    assert sorted(p.name for p in tmp_path.glob("answering.*")) == [f"answering.{DEAD + 1}"]
+    assert sink[-1].file_access.reason == NOT_DELIVERED
