@@ -12,7 +12,8 @@ record must hold every answered open: for each file and answer, the stored
 ``file_access`` events (of the agent, or of the guardian for a gap; ``count`` folded
 repeats) count at least as many opens as were answered so -- save the opens a killed
 agent had read but not yet decided, which the guardian denies by fd number and the
-record counts, without a path, in its ``guard_gap`` event. ``audit verify`` passes;
+record counts in its ``guard_gap`` event (without a path unless the agent had
+recorded the access: then it is on record as denied too, ``answering.py``). ``audit verify`` passes;
 the only collector alerts are ``uncovered_at_start``; and there is one
 ``unclean_stop`` per kill of the agent.
 

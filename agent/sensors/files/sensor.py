@@ -610,7 +610,10 @@ class FileGuard:
 
     def _answering(self, access: Access, result: object) -> None:
         """Just before the answer: record the access. The recorder journals the event
-        before it returns, so an agent killed right after the answer still has it."""
+        before it returns, so an agent killed right after the answer still has it; and
+        note it in flight by its event's fd number until the answer is written
+        (``_decided``), so that if a kill lets the guardian answer it instead, the next
+        agent records what it became (answering.py)."""
         if isinstance(result, _Decided):
             result.recorded = self._record(access, result.label, result.verdict)
             if self._in_flight is not None:
