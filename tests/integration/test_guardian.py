@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -29,7 +30,7 @@ from typing import Any
 import pytest
 from baomi.v1 import events_pb2
 
-from agent.sensors.files import _guardian, guardian
+from agent.sensors.files import _guardian, answering, guardian, sensor
 from agent.sensors.files.fanotify import (
     AT_FDCWD,
     EVENT_F_FLAGS,
@@ -207,25 +208,29 @@ def can_read(uid: int, path: Path) -> bool:
 def test_the_kernel_matches_a_response_by_the_dead_readers_fd_number(site: Site) -> None:
     """What the guardian relies on (kernel 6.18): an event read by a process that died
     unanswered still waits, and a FAN_DENY for its fd number from another holder of
-    the group answers it; a number with no pending event is ENOENT."""
+    the group answers it; a number with no pending event is ENOENT. deny_pending
+    returns the numbers it answered: the event's, as the dead reader was given it."""
     fan = fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC, EVENT_F_FLAGS)
     reader = opener = None
     try:
         fanotify_mark(fan, FAN_MARK_ADD, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD, AT_FDCWD, site.root)
-        script = "import os,sys,time; os.read(int(sys.argv[1]), 4096); print('read', flush=True)"
-        script += "; time.sleep(60)"
+        # The reader prints the fd number its event came as (fanotify_event_metadata.fd).
+        script = "import os,struct,sys,time; b = os.read(int(sys.argv[1]), 4096)"
+        script += "; print(struct.unpack_from('=IBBHQii', b)[5], flush=True); time.sleep(60)"
         reader = subprocess.Popen(
             [sys.executable, "-c", script, str(fan)], stdout=subprocess.PIPE, pass_fds=(fan,)
         )
         opener = read_as(BOB, site.root / "menu.txt")
-        assert reader.stdout is not None and reader.stdout.readline() == b"read\n"
+        assert reader.stdout is not None
+        event_fd = int(reader.stdout.readline())
         kill(reader)
         time.sleep(0.2)
         assert opener.poll() is None  # still waiting for an answer nobody will give
         with pytest.raises(OSError) as no_event:
             os.write(fan, RESPONSE.pack(999, FAN_DENY))
         assert no_event.value.errno == errno.ENOENT
-        assert _guardian.deny_pending(fan, 64) == 1
+        assert _guardian.deny_pending(fan, 64) == [event_fd]
+        assert _guardian.deny_pending(fan, 64) == []  # answered: nothing pending now
         _, err = opener.communicate(timeout=CHILD_TIMEOUT_S)
         assert opener.returncode != 0 and b"Operation not permitted" in err
     finally:
@@ -530,3 +535,63 @@ def test_a_restarted_cli_agent_sends_the_gap_to_the_collector(deployment: Deploy
     paths = {(a.path, a.decision, a.uid) for a in by_guardian}
     assert (str(site.root / "s1.txt"), events_pb2.DECISION_DENY, BOB) in paths
     assert (str(site.root / "menu.txt"), events_pb2.DECISION_ALLOW, BOB) in paths
+
+
+def test_an_allowed_open_the_killed_agent_never_answered_is_recorded_as_denied(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent records bob's allowed open of s1.txt, and is killed before its answer
+    is written (a test-only pause between the two): the guardian denies the open by its
+    fd number, and the next agent records that the access ended denied, next to the
+    ALLOW it stands by (the record is append-only)."""
+    site = deployment.site
+    s1 = str(site.root / "s1.txt")
+    monkeypatch.setenv(sensor.PAUSE_ENV, "/s1.txt")
+    agent = deployment.start_agent("agent")
+    opener = read_as(BOB, site.root / "s1.txt")
+
+    def of_opener(decision: int) -> list[events_pb2.FileAccess]:
+        return [
+            e.file_access
+            for e in deployment.events()
+            if (e.file_access.path, e.file_access.pid, e.file_access.decision)
+            == (s1, opener.pid, decision)
+        ]
+
+    [recorded] = wait_for(lambda: of_opener(events_pb2.DECISION_ALLOW))
+    time.sleep(0.2)
+    assert opener.poll() is None  # recorded, and waiting for the answer
+    agent.kill()
+    _, err = opener.communicate(timeout=CHILD_TIMEOUT_S)
+    assert opener.returncode != 0 and b"Operation not permitted" in err
+    monkeypatch.delenv(sensor.PAUSE_ENV)
+    deployment.start_agent("agent-again")
+
+    [corrected] = wait_for(lambda: of_opener(events_pb2.DECISION_DENY))
+    assert corrected.reason == answering.NOT_DELIVERED
+    assert (corrected.uid, corrected.user, corrected.executable, corrected.action) == (
+        recorded.uid,
+        recorded.user,
+        recorded.executable,
+        "read",
+    )
+    assert corrected.uid == BOB and corrected.executable == "/usr/bin/cat"
+    assert of_opener(events_pb2.DECISION_ALLOW) == [recorded]  # still on record
+    [pending] = [r for r in journal_records(deployment.state) if r["event"] == "pending_denied"]
+    assert pending["count"] >= 1 and len(pending["fds"]) == pending["count"]
+    [gap] = [e.tamper.detail for e in deployment.events() if e.tamper.kind == "guard_gap"]
+    numbers = re.search(
+        r"denied (\d+) opens the agent had not answered \((\d+) attributed .*?(\d+) of them "
+        r"recorded as allowed and corrected; (\d+) unattributed",
+        gap,
+    )
+    assert numbers is not None, gap
+    denied, attributed, corrections, unattributed = map(int, numbers.groups())
+    assert denied == pending["count"] == attributed + unattributed
+    assert attributed >= 1 and corrections == 1
+
+
+def journal_records(state: Path) -> list[dict[str, Any]]:
+    """The guardian journal of ``state``, parsed."""
+    path = state / guardian.JOURNAL_NAME
+    return [json.loads(line) for line in path.read_text().splitlines()]

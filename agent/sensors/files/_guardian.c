@@ -12,7 +12,9 @@
  * matches a response by the fd number the event was delivered as, so writing FAN_DENY
  * for each of the dead reader's possible numbers denies exactly those (ENOENT for a
  * number with no pending event). It must run before serve() reads anything, or it
- * would deny the guardian's own events by number.
+ * would deny the guardian's own events by number. It returns the numbers it denied,
+ * so that the dead agent's own record of the events it was answering (by fd number,
+ * answering.py) tells whose opens they were.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -22,6 +24,7 @@
 #include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/fanotify.h>
 #include <sys/stat.h>
@@ -267,22 +270,29 @@ static PyObject *guardian_serve(PyObject *Py_UNUSED(mod), PyObject *args, PyObje
 }
 
 PyDoc_STRVAR(deny_pending_doc,
-"deny_pending(fan_fd, fd_limit) -> int\n\n"
-"Write FAN_DENY for every fd number 0..fd_limit-1 and return how many matched an\n"
-"event still waiting (read by a reader that died before answering).");
+"deny_pending(fan_fd, fd_limit) -> list[int]\n\n"
+"Write FAN_DENY for every fd number 0..fd_limit-1 and return the numbers that matched\n"
+"an event still waiting (read by a reader that died before answering), ascending:\n"
+"the dead reader's records of what it was answering name those numbers.");
 
 static PyObject *guardian_deny_pending(PyObject *Py_UNUSED(mod), PyObject *args)
 {
 	int fan_fd, limit;
 	if (!PyArg_ParseTuple(args, "ii", &fan_fd, &limit))
 		return NULL;
-	long denied = 0;
+	if (limit < 0)
+		limit = 0;
+	/* One byte per number, filled without the GIL; a pending event is a blocked
+	 * task, so few are set. */
+	unsigned char *denied = calloc((size_t)limit + 1, 1);
+	if (!denied)
+		return PyErr_NoMemory();
 	int err = 0;
 	Py_BEGIN_ALLOW_THREADS
 	for (int fd = 0; fd < limit; fd++) {
 		int rc = respond(fan_fd, fd, 0);
 		if (rc == 0)
-			denied++;
+			denied[fd] = 1;
 		else if (rc != -ENOENT && rc != -EINVAL) {
 			err = -rc;
 			break;
@@ -290,10 +300,21 @@ static PyObject *guardian_deny_pending(PyObject *Py_UNUSED(mod), PyObject *args)
 	}
 	Py_END_ALLOW_THREADS
 	if (err) {
+		free(denied);
 		errno = err;
 		return PyErr_SetFromErrno(PyExc_OSError);
 	}
-	return PyLong_FromLong(denied);
+	PyObject *fds = PyList_New(0);
+	for (int fd = 0; fds && fd < limit; fd++) {
+		if (!denied[fd])
+			continue;
+		PyObject *n = PyLong_FromLong(fd);
+		if (!n || PyList_Append(fds, n) < 0)
+			Py_CLEAR(fds);
+		Py_XDECREF(n);
+	}
+	free(denied);
+	return fds;
 }
 
 static PyMethodDef guardian_methods[] = {

@@ -10,5 +10,5 @@ def serve(
 ) -> tuple[int, int, int]:
     """Answer the group (labelled or uninspectable: deny) until stop_fd is readable."""
 
-def deny_pending(fan_fd: int, fd_limit: int, /) -> int:
-    """Deny the events a dead reader held as fds 0..fd_limit-1; how many matched."""
+def deny_pending(fan_fd: int, fd_limit: int, /) -> list[int]:
+    """Deny the events a dead reader held as fds 0..fd_limit-1; the numbers that matched."""

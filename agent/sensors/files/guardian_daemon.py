@@ -9,7 +9,7 @@ on a clean stop (``hold``), the guardian answers the group itself, in C
 labelled files, of files in labelled directories and of files it cannot inspect are
 denied, the rest allowed, each journalled as a JSON line in ``STATE/guardian.journal``
 (root, 0600). A dead agent's unanswered events are
-denied by fd number first (``_guardian.deny_pending``).
+denied by fd number first (``_guardian.deny_pending``), and the numbers journalled.
 
 Control (unix socket ``STATE/guardian.sock``, root peers only; one JSON reply line):
 ``adopt`` (the group fd comes back over SCM_RIGHTS, the gap is closed and the caller
@@ -53,6 +53,7 @@ _logger = logging.getLogger(__name__)
 REQUEST_BYTES = 64  # the longest control request
 REQUEST_TIMEOUT = 2.0  # seconds a control peer may take to send its request
 FD_LIMIT_CAP = 1 << 20  # fd numbers of a dead agent denied at most
+PENDING_FDS_KEPT = 4096  # fd numbers a pending_denied record names at most (count: all)
 RELEASE_IDLE_MS = 200  # ms without events after which release() has answered all
 RECORDS_PER_GAP = 100_000  # opens journalled one by one per gap; the rest only counted
 STEP_RETRY = 0.1  # seconds before the main loop goes on after an unexpected error
@@ -165,7 +166,16 @@ class Guardian:
         self._unwatch()
         self._gap_start("agent died")
         denied = _guardian.deny_pending(self.fan_fd, self.agent_fd_limit)
-        self._journal({"event": "pending_denied", "count": denied, "agent_pid": self.agent_pid})
+        # The fd numbers let the next agent say whose opens these were: the dead agent
+        # noted each event it was answering by that number (answering.py).
+        self._journal(
+            {
+                "event": "pending_denied",
+                "count": len(denied),
+                "fds": denied[:PENDING_FDS_KEPT],
+                "agent_pid": self.agent_pid,
+            }
+        )
 
     # -- the journal -----------------------------------------------------------------------
     def _journal(self, record: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ import functools
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -43,7 +44,8 @@ from agent.labels import (
     read_label,
 )
 from agent.sensors.base import EventSink, Health
-from agent.sensors.files import inodes
+from agent.sensors.files import answering, inodes
+from agent.sensors.files.answering import ANSWERING_NAME, AnswersInFlight, attribute_pending
 from agent.sensors.files.changes import Change, ChangeWatcher
 from agent.sensors.files.dac import DacKeeper
 from agent.sensors.files.fanotify import under_roots
@@ -65,6 +67,11 @@ SEVERITY_OF = {
     (False, True): events_pb2.SEVERITY_HIGH,  # denied over an invalid label
 }
 _MISSING = object()
+#: Test-only: a decided open whose path contains this is recorded and noted in flight,
+#: then its answer waits for good -- the instant a kill test aims at (the guardian
+#: denies it; the next agent records that).
+PAUSE_ENV = "BAOMI_TEST_PAUSE_BEFORE_ANSWER"
+PAUSE_SECONDS = 3600.0
 
 
 def enforcement(decides_writes: bool) -> str:
@@ -134,6 +141,7 @@ class _Decided:
     identity: bytes  # the file's identity when its label was just read; else b""
     opener: Opener | None  # the process as the policy saw it (None: no policy)
     recorded: bytes = b""  # the access's event as recorded (_answering): for its repeats
+    in_flight: int = -1  # its slot in the answers in flight until answered (-1: none)
 
     def __bool__(self) -> bool:
         return self.verdict.allow
@@ -177,6 +185,12 @@ class FileGuard:
         # (dev, ino) of every approved program (of any policy loaded): runs watched
         self._programs_run: frozenset[tuple[int, int]] = frozenset()
         self._journal: RepeatJournal | None = None
+        # The accesses being answered, by fd number (answering.py); those killed agents
+        # left unanswered, by their pid; and the pids whose gaps came (and were recorded).
+        self._in_flight: AnswersInFlight | None = None
+        self._unanswered: dict[int, dict[int, bytes]] = {}
+        self._gap_pids: tuple[set[int], set[int]] = (set(), set())
+        self._pause_marker = os.environ.get(PAUSE_ENV, "")
         self._guard = PermissionGuard(
             config.roots,
             self._decide,
@@ -239,7 +253,9 @@ class FileGuard:
             except PolicyError as e:
                 _logger.error("%s; every open under the protected roots is denied", e)
         self._open_repeat_journal()
+        self._open_answers_in_flight()
         self._guard.start()
+        self._forget_unanswered()
         self._watch_programs()
         self._guard_labelled_inodes()
         self._changes.start()
@@ -263,6 +279,40 @@ class FileGuard:
         if self._journal is not None:
             self._journal.close()
             self._journal = None
+        if self._in_flight is not None:
+            self._in_flight.close()
+            self._in_flight = None
+
+    def _open_answers_in_flight(self) -> None:
+        """Read what a killed agent left being answered (its gap, handed over when the
+        guard starts, says which of those the guardian denied), then note this run's.
+        Only with a guardian: without one, nobody denies a dead agent's opens."""
+        directory = self._config.guardian_dir
+        if directory is None:
+            return
+        try:
+            self._unanswered = answering.keep_left(directory)
+            in_flight = AnswersInFlight(directory / ANSWERING_NAME)
+        except OSError as e:
+            _logger.error("file guard: answers in flight not kept: %s", e)
+            self._tamper("answers_in_flight", f"cannot keep the answers in flight: {e}")
+            return
+        in_flight.start(os.getpid())
+        self._in_flight = in_flight
+
+    def _forget_unanswered(self) -> None:
+        """Once the gaps handed over are recorded: forget the notes of the agents they
+        name, and of agents no gap named (the guardian dropped it, or died with it);
+        keep those of a gap not recorded, handed over again at the next start."""
+        directory = self._config.guardian_dir
+        named, recorded = self._gap_pids
+        done = {pid for pid in self._unanswered if pid in recorded or pid not in named}
+        if directory is not None and done:
+            try:
+                answering.forget_left(directory, done)
+            except OSError as e:
+                _logger.error("file guard: cannot forget answers in flight: %s", e)
+        self._unanswered = {}
 
     def _open_repeat_journal(self) -> None:
         """Record the repeats a killed agent answered but never recorded, then hand the
@@ -560,15 +610,25 @@ class FileGuard:
 
     def _answering(self, access: Access, result: object) -> None:
         """Just before the answer: record the access. The recorder journals the event
-        before it returns, so an agent killed right after the answer still has it."""
+        before it returns, so an agent killed right after the answer still has it; and
+        note it in flight by its event's fd number until the answer is written
+        (``_decided``), so that if a kill lets the guardian answer it instead, the next
+        agent records what it became (answering.py)."""
         if isinstance(result, _Decided):
             result.recorded = self._record(access, result.label, result.verdict)
+            if self._in_flight is not None:
+                result.in_flight = self._in_flight.hold(access.fd, result.recorded)
+            if self._pause_marker and self._pause_marker in access.path:
+                _logger.warning("%s: not answering %s (test)", PAUSE_ENV, access.path)
+                time.sleep(PAUSE_SECONDS)
 
     def _decided(self, access: Access, result: object) -> None:
         """After the answer (the event fd still open): keep a labelled inode, compare
         the label with the last one seen and keep the answer for its repeats."""
         if not isinstance(result, _Decided):
             return  # an approved program run: nothing to record
+        if self._in_flight is not None:
+            self._in_flight.release(result.in_flight)
         label, verdict, engine = result.label, result.verdict, result.engine
         if result.identity:  # the label was just read from the file
             if label is not None:
@@ -822,16 +882,19 @@ class FileGuard:
         self, records: list[dict[str, Any]], progress: GapProgress | None = None
     ) -> None:
         """Record what the guardian journalled while no agent ran: one ``guard_gap``
-        tamper event (start, end, counts) and one ``file_access`` per open it answered,
-        after the ``progress.recorded`` first of them (an agent killed while recording
-        this gap recorded those).
+        tamper event (start, end, counts), one ``file_access`` per open it answered, and
+        one DENY per access the killed agent had recorded as allowed whose answer the
+        guardian gave instead (``answering``) -- after the ``progress.recorded`` first
+        of them (an agent killed while recording this gap recorded those).
 
         The sink (the recorder) journals each event before it returns, so each is on
         record when ``progress`` counts it, and once this returns the guardian is told
         the gap is recorded and stops handing it over."""
         start = next((r for r in records if r.get("event") == "gap_start"), {})
         end = next((r for r in records if r.get("event") == "gap_end"), {})
-        pending = sum(int(r.get("count", 0)) for r in records if r.get("event") == "pending_denied")
+        pids = {int(r.get("agent_pid", 0)) for r in records if r.get("event") == "pending_denied"}
+        self._gap_pids[0].update(pids)
+        corrections, attributed, pending = attribute_pending(records, self._unanswered)
         opens = [r for r in records if r.get("event") == "open"]
         denied = sum(r.get("decision") != "allow" for r in opens)
         detail = (
@@ -840,6 +903,13 @@ class FileGuard:
             f"{end.get('allowed', len(opens) - denied)}, left {end.get('unrecorded', 0)} "
             f"unrecorded, and denied {pending} opens the agent had not answered"
         )
+        if pending:
+            detail += (
+                f" ({attributed} attributed to accesses it had recorded, "
+                f"{len(corrections)} of them recorded as allowed and corrected; "
+                f"{pending - attributed} unattributed: answered in its fast path, "
+                "or read and not yet recorded)"
+            )
         if not end:
             detail += (
                 "; then the guardian stopped (killed, or the host restarted) before an agent "
@@ -851,11 +921,14 @@ class FileGuard:
         if "time" in end:
             tamper.gap_end.FromNanoseconds(int(float(end["time"]) * 1e9))
         events = [events_pb2.Event(severity=events_pb2.SEVERITY_HIGH, tamper=tamper)]
-        events += [_gap_access(r) for r in opens]
+        # The corrections last: an agent killed while recording them, whose successor
+        # no longer has the notes, leaves only them unrecorded (the detail counts them).
+        events += [_gap_access(r) for r in opens] + corrections
         for event in events[progress.recorded if progress is not None else 0 :]:
             self._sink(event)
             if progress is not None:
                 progress.one_more()
+        self._gap_pids[1].update(pids)
 
 
 def _gap_access(record: dict[str, Any]) -> events_pb2.Event:
