@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import agent
@@ -101,6 +102,10 @@ class Room:
     materials: list[str] = field(default_factory=lambda: ["JM-101", "JM-102"])
     pa: list[str] = field(default_factory=lambda: ["0d8c:0014"])
     extra: str = ""
+    #: meeting m1's start: an hour from now, so a check run now is within its window
+    start: str = field(
+        default_factory=lambda: (datetime.now(UTC) + timedelta(hours=1)).isoformat("T", "seconds")
+    )
 
     @property
     def dev(self) -> Path:
@@ -142,7 +147,7 @@ expires = {self.jammer_expires}
             f"""[meetings.m1]
 room = "r1"
 level = "{self.level}"
-start = 2026-12-01T09:00:00+08:00
+start = {self.start}
 attendees = {json.dumps(self.attendees)}
 recordings = {json.dumps(self.recordings)}
 materials = {json.dumps(self.materials)}
