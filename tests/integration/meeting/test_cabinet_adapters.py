@@ -6,10 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import threading
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -25,39 +22,7 @@ from agent.meeting.cabinet import (
 )
 from agent.meeting.check import check_cabinet
 from agent.meeting.rooms import CabinetConfig
-
-GOOD = {
-    "doors": 2,
-    "doors_open": [],
-    "powered": True,
-    "shielding_ok": True,
-    "slots_total": 10,
-    "slots_occupied": 3,
-}
-
-
-@pytest.fixture
-def http_cabinet() -> Iterator[tuple[str, dict[str, bytes]]]:
-    """A cabinet's HTTP endpoint serving ``answer["body"]``; yields (url, answer)."""
-    answer = {"body": json.dumps(GOOD).encode()}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(answer["body"])
-
-        def log_message(self, *_args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/state", answer
-    finally:
-        server.shutdown()
-        server.server_close()
+from tests.integration.meeting.helpers import GOOD
 
 
 def test_http_state(http_cabinet: tuple[str, dict[str, bytes]]) -> None:
