@@ -39,6 +39,10 @@ MAX_CHECK_WINDOW_MIN = 24 * 60  # longest check_before_minutes / check_after_min
 #: Items that need hardware most rooms lack (BT adapter plus reference beacon); a room
 #: makes them mandatory by listing them in ``mandatory_extra``.
 OPTIONAL_BY_DEFAULT = ("C8", "C9")
+MEETING_KEYS = frozenset(
+    {"room", "level", "start", "attendees", "recordings", "materials"}
+    | {"check_before_minutes", "check_after_minutes"}
+)
 _USB_ID_RE = re.compile(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{4}")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -389,6 +393,9 @@ def load_meetings(path: Path) -> dict[str, Meeting]:
 
         if not isinstance(entry, dict) or not _NAME_RE.fullmatch(mid):
             raise fail(None, "must be a table named with letters, digits, '.', '_' or '-'")
+        for key in entry:
+            if key not in MEETING_KEYS:
+                raise fail(key, f"unknown key {key!r} (known: {', '.join(sorted(MEETING_KEYS))})")
         level = LEVELS.get(str(entry.get("level", "")))
         if level is None:
             raise fail("level", f"level must be one of {', '.join(LEVELS)}")

@@ -112,3 +112,11 @@ def test_a_meeting_start_needs_its_offset(tmp_path: Path, start: str, reason: st
     path.write_text(f'[meetings.m1]\nroom = "r1"\nlevel = "秘密"\nstart = {start}\n')
     with pytest.raises(RoomsError, match=rf"meetings\.toml:4: meeting m1: {reason}"):
         load_meetings(path)
+
+
+def test_a_misspelt_meeting_key_is_named(tmp_path: Path) -> None:
+    """A window setting spelt wrong would silently leave the default window."""
+    path = tmp_path / "meetings.toml"
+    path.write_text('[meetings.m1]\nroom = "r1"\nlevel = "秘密"\ncheck_befor_minutes = 240\n')
+    with pytest.raises(RoomsError, match=r"meetings\.toml:4: meeting m1: unknown key 'check_befor"):
+        load_meetings(path)
