@@ -230,6 +230,8 @@ def make_attestation(
     room, the meeting and the time the inspector looked."""
     if attested_at.tzinfo is None:
         raise ValueError("the attestation time needs a time zone")
+    if not inspector:
+        raise ValueError("the attestation must name the inspector")
     key = load_pem_private_key(key_pem, password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise TypeError("the inspectors' key is not an EC private key")
@@ -258,7 +260,8 @@ def read_manual(
     try:
         data = _verified(config, path)
         _bound(data, config, room=room, meeting=meeting, now=now or datetime.now(UTC))
-        return CabinetState("manual", True, source=source, **_fields(data))
+        seen = f"{source} (by {data['inspector']} at {data['attested_at']})"
+        return CabinetState("manual", True, source=seen, **_fields(data))
     except InvalidSignature:
         return _unknown(config, source, "the attestation's signature does not verify")
     except (OSError, ValueError, TypeError) as e:
@@ -278,6 +281,8 @@ def _bound(
         raise ValueError(f"format is {data.get('format')!r}, not {ATTESTATION_FORMAT!r}")
     if data.get("room") != room:
         raise ValueError(f"the attestation is for room {data.get('room')!r}, not {room!r}")
+    if not isinstance(data.get("inspector"), str) or not data["inspector"]:
+        raise ValueError("the attestation names no inspector")
     if not meeting:
         raise ValueError("a manual attestation is bound to a meeting; give --meeting")
     if data.get("meeting") != meeting:

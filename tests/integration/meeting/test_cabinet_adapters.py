@@ -162,6 +162,7 @@ def test_altered_manual_attestation_is_unknown(
         ({"attested_at": "2026-12-01T08:40:00"}, NOW, "m1", "must carry a time zone"),
         ({"format": None}, NOW, "m1", "format is None, not 'baomi-cabinet-attestation/1'"),
         ({"note": "all fine"}, NOW, "m1", "unknown field 'note' in the attestation"),
+        ({"inspector": ""}, NOW, "m1", "the attestation names no inspector"),
     ],
 )
 def test_foreign_or_stale_attestation_is_unknown(

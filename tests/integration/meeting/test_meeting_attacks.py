@@ -136,8 +136,11 @@ def test_attest_then_check_clears(room: Room, office: tuple[Path, Path]) -> None
     assert result.code == 0, result.out + result.err
     verdict, evidence = result.item("C7")
     assert verdict == "pass"
-    assert evidence.endswith("attestation.json: 4 doors closed, powered, shielding ok, "
-                             "2/20 slots occupied")  # fmt: skip
+    when = json.loads((room.dir / "attestation.json").read_text())["attested_at"]
+    assert evidence.endswith(
+        f"attestation.json (by zhou at {when}): 4 doors closed, powered, shielding ok, "
+        "2/20 slots occupied"
+    )
 
 
 def test_attested_open_door_fails_c7(room: Room, office: tuple[Path, Path]) -> None:
