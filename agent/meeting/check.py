@@ -1,4 +1,4 @@
-"""The pre-meeting check (会前保密检查) C1-C12 and the post-meeting sweep C13.
+"""The pre-meeting check (会前保密检查) C0-C12 and the post-meeting sweep C13.
 
 Each item yields ``pass``, ``fail`` or ``unknown`` with its evidence. A meeting is
 cleared to start only when every mandatory item passes: ``unknown`` (no adapter, no
