@@ -38,7 +38,7 @@ from baomi.v1 import events_pb2
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf.message import DecodeError
 
-from collector import checkpoint, validate
+from collector import checkpoint, meeting_signatures, validate
 from collector.rpc import abort
 from collector.store.base import CheckpointRow, EventRow, Store
 
@@ -627,6 +627,9 @@ class Ingest:
                 return
             await self._check_replays(state, bodies, len(rows))
             await self._check_clock(state, rows)
+            await meeting_signatures.check_arrivals(
+                self.alerts, state.host_id, state.events, rows, context
+            )
             if state.breaks:
                 await self.findings.found(state.host_id, "chain_break", list(state.breaks))
                 state.breaks.clear()

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 VAR = Path("var")
@@ -33,6 +33,7 @@ DEMO_ACCOUNTS = (("admin", "sysadmin"), ("secofficer", "secadmin"), ("auditor", 
 BIN = Path(sys.executable).parent
 DEMO = VAR / "demo"
 SECRET = DEMO / "secret"
+DEMO_MEETING = "m-demo"  # written into var/demo/policies/meetings.toml, an hour ahead
 DEMO_FILES = {  # path under SECRET: (level, until, scope)
     "finance/budget-2027.xlsx": ("机密", "2031-06-30", "dept:finance"),
     "shared/notice.txt": ("秘密", None, None),
@@ -57,6 +58,16 @@ def _prepare_demo_tree(agent_cli: str) -> None:
             shutil.copy("/usr/bin/cat", stand_in)
             subjects = subjects.replace(f'"{program}"', f'"{stand_in}"')
     (policies / "subjects.toml").write_text(subjects, encoding="utf-8")
+    # A meeting in room r301 an hour from now, so its pre-meeting check (C0: from two
+    # hours before the start) can clear it today.
+    start = (datetime.now(UTC) + timedelta(hours=1)).replace(second=0, microsecond=0)
+    (policies / "meetings.toml").write_text(
+        f"[meetings.{DEMO_MEETING}]\n"
+        'room = "r301"\nlevel = "机密"\n'
+        f"start = {start.isoformat()}\n"
+        'attendees = ["zhang", "li"]\nrecordings = []\nmaterials = ["JM-DEMO-1"]\n',
+        encoding="utf-8",
+    )
     shipped = (Path("policies") / "policy.csv").read_text(encoding="utf-8")
     (policies / "policy.csv").write_text(shipped.replace("/srv/secret", str(root)), "utf-8")
     for name, (level, until, scope) in DEMO_FILES.items():
@@ -187,8 +198,9 @@ def main() -> int:
             f"  why:     .venv/bin/baomi-agent --state-dir {AGENT_STATE} explain --user wang "
             "--action read --path "
             f"{SECRET.resolve()}/finance/budget-2027.xlsx --policies {DEMO / 'policies'}\n"
-            f"  meeting: .venv/bin/baomi-agent meeting check --room r301 --meeting "
-            "m-2026-12-01 --state-dir var/agent   (cabinet simulated on 127.0.0.1:5020)\n"
+            f"  meeting: .venv/bin/baomi-agent --state-dir {AGENT_STATE} meeting check --room "
+            f"r301 --meeting {DEMO_MEETING} --meetings {DEMO / 'policies' / 'meetings.toml'} "
+            "--record   (cabinet simulated on 127.0.0.1:5020)\n"
             f"  console: http://{CONSOLE}/  (first logins; each role sees only its pages)\n"
             f"{logins}"
             "Ctrl-C stops both.\n",

@@ -1,4 +1,4 @@
-"""The pre-meeting check (会前保密检查) C1-C12 and the post-meeting sweep C13.
+"""The pre-meeting check (会前保密检查) C0-C12 and the post-meeting sweep C13.
 
 Each item yields ``pass``, ``fail`` or ``unknown`` with its evidence. A meeting is
 cleared to start only when every mandatory item passes: ``unknown`` (no adapter, no
@@ -11,15 +11,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from baomi.v1 import events_pb2
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from cryptography.x509 import load_pem_x509_certificate
 
 from agent.decision.subjects import CLEARANCE_NAMES, Subjects
 from agent.devices import classes as device_classes
@@ -28,12 +23,14 @@ from agent.meeting.alsa import CaptureCard, capture_cards
 from agent.meeting.cabinet import CabinetState, read_cabinet
 from agent.meeting.rooms import LEVELS, Meeting, Room
 from agent.meeting.sdr import Sweep, SweepError, jammer_coverage, new_carriers, parse_sweep
+from agent.meeting.signature import sign_meeting_check, signed_bytes, verify_meeting_check
 from agent.sensors.network import classify_link
 from agent.sensors.process import CAPTURE_DEVICES, Detection, ProcessConfig, ProcessSensor
 
 _logger = logging.getLogger(__name__)
 
 TITLES = {
+    "C0": "checked within the meeting's window",
     "C1": "no unapproved audio/video capture device",
     "C2": "PA is wired only",
     "C3": "no recording or streaming software",
@@ -79,6 +76,8 @@ class Inputs:
     sysfs: Path = Path("/sys")
     proc: Path = Path("/proc")
     today: date | None = None
+    #: when the check runs (the meeting window, an attestation's age); None: the clock
+    now: datetime | None = None
     #: lists the USB devices present; None: the usb sensor's udev listing
     usb_devices: Callable[[], list[UsbDevice]] | None = None
 
@@ -278,6 +277,22 @@ def check_recordings(
     return Item("C11", "pass", "no unapproved recording")
 
 
+def check_window(meeting: Meeting | None, now: datetime) -> Item:
+    """C0: the check runs within the meeting's window (by default the 2 h before its
+    start), so yesterday's clean room does not clear today's meeting."""
+    if meeting is None:
+        return Item("C0", "unknown", "no meeting given (--meeting M)")
+    if meeting.start is None:
+        return Item("C0", "unknown", f"meeting {meeting.id} has no start time")
+    opens, closes = meeting.start - meeting.check_before, meeting.start + meeting.check_after
+    window = f"window {opens.isoformat()} to {closes.isoformat()}"
+    if now < opens:
+        return Item("C0", "fail", f"checked at {now.isoformat()}, before the {window}")
+    if now > closes:
+        return Item("C0", "fail", f"checked at {now.isoformat()}, after the {window}")
+    return Item("C0", "pass", f"checked at {now.isoformat()}, within the {window}")
+
+
 def check_attendees(
     meeting: Meeting | None, subjects: Subjects | None, cabinet: CabinetState | None
 ) -> Item:
@@ -316,8 +331,13 @@ def check_attendees(
 
 
 def run_check(inputs: Inputs) -> list[Item]:
-    """Every item C1-C12, in order, each with its mandatory flag from the room."""
+    """Every item C0-C12, in order, each with its mandatory flag from the room (C0, the
+    meeting's window, is always mandatory)."""
     room, meeting = inputs.room, inputs.meeting
+    now = inputs.now or datetime.now(UTC)
+    if meeting is not None and meeting.start is not None:
+        now = now.astimezone(meeting.start.tzinfo)  # evidence in the meeting's own zone
+    c0 = check_window(meeting, now)
     error = ""
     devices: list[UsbDevice] | None
     try:
@@ -337,20 +357,32 @@ def run_check(inputs: Inputs) -> list[Item]:
     c8, c9 = check_ble(inputs.sysfs)
     c4 = check_radio(inputs.sysfs)
     c5, c10 = check_sweep(room, inputs.sweep)
-    c6 = check_jammer(room, inputs.today or date.today())
-    cabinet = read_cabinet(room.cabinet) if room.cabinet else None
+    c6 = check_jammer(room, inputs.today or now.date())
+    cabinet = (
+        read_cabinet(room.cabinet, room=room.name, meeting=meeting.id if meeting else "", now=now)
+        if room.cabinet
+        else None
+    )
     c7 = check_cabinet(cabinet)
     c11 = check_recordings(meeting, unallowed, devices or [], room)
     c12 = check_attendees(meeting, inputs.subjects, cabinet)
-    items = sorted([c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12], key=lambda i: int(i.id[1:]))
+    items = sorted(
+        [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12], key=lambda i: int(i.id[1:])
+    )
     return [
-        Item(i.id, i.result, i.evidence[:EVIDENCE_CHARS], i.id in room.mandatory) for i in items
+        Item(i.id, i.result, i.evidence[:EVIDENCE_CHARS], i.id == "C0" or i.id in room.mandatory)
+        for i in items
     ]
 
 
 def cleared(items: Iterable[Item]) -> bool:
     """Every mandatory item passes (unknown never does)."""
     return all(i.result == "pass" for i in items if i.mandatory)
+
+
+def not_measured(items: Iterable[Item]) -> list[str]:
+    """The optional items that were not measured (``unknown``), for the verdict line."""
+    return [i.id for i in items if not i.mandatory and i.result not in {"pass", "fail"}]
 
 
 def run_sweep(meeting: Meeting, returned: Iterable[str], *, room_checked: bool) -> list[Item]:
@@ -396,35 +428,16 @@ def meeting_message(
     )
 
 
-def signed_bytes(check: events_pb2.MeetingCheck) -> bytes:
-    """What the signature covers: the deterministic serialization, signature empty."""
-    unsigned = events_pb2.MeetingCheck()
-    unsigned.CopyFrom(check)
-    unsigned.signature = b""
-    return unsigned.SerializeToString(deterministic=True)
-
-
-def sign_meeting_check(check: events_pb2.MeetingCheck, key_pem: bytes) -> None:
-    """Sign ``check`` in place with the host's ECDSA P-256 key."""
-    key = load_pem_private_key(key_pem, password=None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise TypeError("the host key is not an EC key")
-    check.signature = key.sign(signed_bytes(check), ec.ECDSA(hashes.SHA256()))
-
-
-def verify_meeting_check(check: events_pb2.MeetingCheck, cert_pem: bytes) -> bool:
-    """Whether ``check`` was signed by the key of the host certificate ``cert_pem``."""
-    public = load_pem_x509_certificate(cert_pem).public_key()
-    if not isinstance(public, ec.EllipticCurvePublicKey) or not check.signature:
-        return False
-    try:
-        public.verify(check.signature, signed_bytes(check), ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        return False
-    return True
-
-
-__all__ = ["Inputs", "Item", "SweepError", "run_check", "run_sweep", "verify_meeting_check"]
+__all__ = [
+    "Inputs",
+    "Item",
+    "SweepError",
+    "run_check",
+    "run_sweep",
+    "sign_meeting_check",
+    "signed_bytes",
+    "verify_meeting_check",
+]
 
 
 def check_severity(check: events_pb2.MeetingCheck) -> int:

@@ -1,4 +1,5 @@
-"""``baomi-agent meeting check`` and ``meeting sweep``: run, print, sign and spool.
+"""``baomi-agent meeting check`` and ``meeting sweep``: run, print, sign and spool;
+``meeting attest``: sign a manual shielding-cabinet attestation.
 
 Exit codes: 0 cleared (every mandatory item passes), 1 not cleared, 2 bad input (the
 error says which file, line and why).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,8 +49,23 @@ def _meeting(args: argparse.Namespace, room: str | None) -> Meeting | None:
     return meeting
 
 
+def verdict(items: list[Item]) -> str:
+    """CLEARED or NOT CLEARED, saying which optional items were not measured: a room
+    cleared without its optional checks was cleared on less than the full list."""
+    from agent.meeting.check import cleared, not_measured  # noqa: PLC0415 - see the imports
+
+    text = "CLEARED" if cleared(items) else "NOT CLEARED"
+    blocking = [f"{i.id} {i.result}" for i in items if i.mandatory and i.result != "pass"]
+    if blocking:
+        text += f": {', '.join(blocking)}"
+    missing = not_measured(items)
+    if missing:
+        text += f" (optional {', '.join(missing)} not measured)"
+    return text
+
+
 def _print(items: list[Item], *, as_json: bool, header: str, signed: str) -> None:
-    from agent.meeting.check import cleared  # noqa: PLC0415 - see the imports
+    from agent.meeting.check import cleared, not_measured  # noqa: PLC0415 - see the imports
 
     # Evidence names what the room's scans found (device and network names): chosen by
     # whoever brought the device, so shown through the one escaping rule.
@@ -58,6 +75,8 @@ def _print(items: list[Item], *, as_json: bool, header: str, signed: str) -> Non
                 {
                     "header": header,
                     "cleared": cleared(items),
+                    "verdict": verdict(items),
+                    "not_measured": not_measured(items),
                     "signed": signed,
                     "items": [
                         {
@@ -81,7 +100,7 @@ def _print(items: list[Item], *, as_json: bool, header: str, signed: str) -> Non
         evidence = shown if len(shown) <= EVIDENCE_WIDTH else shown[:99] + "…"
         title = escape(i.title)
         print(f"{i.id:<4} {i.result:<8} {'*' if i.mandatory else ' '} {title:<46} {evidence}")
-    print(f"{'CLEARED' if cleared(items) else 'NOT CLEARED'} (* mandatory); {signed}")
+    print(f"{verdict(items)} (* mandatory); {signed}")
 
 
 def _emit(check: events_pb2.MeetingCheck, state_dir: Path | None, severity: int) -> str:
@@ -89,7 +108,7 @@ def _emit(check: events_pb2.MeetingCheck, state_dir: Path | None, severity: int)
     from agent.meeting.check import sign_meeting_check  # noqa: PLC0415 - see the imports
 
     if state_dir is None:
-        return "not signed or sent (no --state-dir)"
+        return "not signed or sent (no --record)"
     identity = load_identity(state_dir)
     sign_meeting_check(check, identity.key_pem)
     spool = Spool(state_dir / "spool.db")
@@ -99,6 +118,12 @@ def _emit(check: events_pb2.MeetingCheck, state_dir: Path | None, severity: int)
     finally:
         spool.close()
     return f"signed by {identity.host_id}, spooled as event {event.seq}"
+
+
+def _record_to(args: argparse.Namespace) -> Path | None:
+    """The enrolled state directory to sign and spool with (the global --state-dir),
+    when --record asks for it."""
+    return Path(args.state_dir) if args.record else None
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -120,7 +145,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except (PolicyError, SweepError) as e:
         raise ConfigError(str(e)) from e
     check = meeting_message(room.name, meeting.id if meeting else "", "check", items)
-    signed = _emit(check, args.meeting_state_dir, check_severity(check))
+    signed = _emit(check, _record_to(args), check_severity(check))
     header = f"room {room.name}" + (f", meeting {meeting.id}" if meeting else "")
     _print(items, as_json=args.json, header=header, signed=signed)
     return 0 if check.cleared else 1
@@ -141,43 +166,143 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if missing
         else (events_pb2.SEVERITY_INFO if check.cleared else events_pb2.SEVERITY_MEDIUM)
     )
-    signed = _emit(check, args.meeting_state_dir, severity)
+    signed = _emit(check, _record_to(args), severity)
     header = f"sweep of meeting {meeting.id} in {meeting.room} by {args.inspector}"
     _print(items, as_json=args.json, header=header, signed=signed)
     return 0 if check.cleared else 1
 
 
+def _cmd_attest(args: argparse.Namespace) -> int:
+    """Write a signed manual cabinet attestation for one room and meeting."""
+    from agent.meeting.cabinet import make_attestation  # noqa: PLC0415 - see the imports
+
+    meeting = _meeting(args, args.room)
+    if meeting is None:  # argparse requires --meeting
+        raise ConfigError("meeting attest needs --meeting M")
+    try:
+        key_pem = args.key.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read the inspectors' key {args.key}: {e.strerror}") from e
+    when = args.at or datetime.now().astimezone()
+    if when.tzinfo is None:
+        raise ConfigError(f"--at {args.at.isoformat()} needs a time zone (+08:00)")
+    state = {
+        "doors": args.doors,
+        "doors_open": args.door_open,
+        "powered": not args.unpowered,
+        "shielding_ok": not args.shielding_failed,
+        "slots_total": args.slots_total,
+        "slots_occupied": args.slots_occupied,
+    }
+    try:
+        data = make_attestation(
+            key_pem,
+            room=args.room,
+            meeting=meeting.id,
+            inspector=args.inspector,
+            attested_at=when,
+            state=state,
+        )
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"cannot attest: {e}") from e
+    text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+    try:
+        args.out.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot write {args.out}: {e.strerror}") from e
+    print(
+        f"attested cabinet of room {args.room} for meeting {meeting.id} at "
+        f"{data['attested_at']} by {args.inspector}: {args.out}"
+    )
+    return 0
+
+
+def _when(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as e:
+        why = f"{text!r} is not ISO 8601 (2026-12-01T08:40+08:00)"
+        raise argparse.ArgumentTypeError(why) from e
+
+
 def add_parser(subparsers: Any) -> None:
-    """Add ``meeting check`` and ``meeting sweep`` to ``baomi-agent``."""
+    """Add ``meeting check``, ``meeting sweep`` and ``meeting attest`` to ``baomi-agent``."""
     meeting = subparsers.add_parser("meeting", help="pre-meeting check and post-meeting sweep")
     sub = meeting.add_subparsers(dest="meeting_command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--meetings", type=Path, default=DEFAULT_MEETINGS)
+        p.add_argument(
+            "--meetings",
+            type=Path,
+            default=DEFAULT_MEETINGS,
+            help="the meeting schedule (relative to the working directory)",
+        )
         p.add_argument("--json", action="store_true", help="the result as JSON")
         p.add_argument(
-            "--state-dir",
-            dest="meeting_state_dir",
-            type=Path,
-            help="enrolled agent state: sign the result and spool it (default: print only)",
+            "--record",
+            action="store_true",
+            help="sign the result with this host's key and spool it for the collector "
+            "(the host enrolled in the global --state-dir; without it: print only)",
         )
 
     check = sub.add_parser("check", help="run C1-C12; exit 0 only when cleared to start")
-    check.add_argument("--room", required=True)
+    check.add_argument("--room", required=True, help="room id in --rooms")
     check.add_argument("--meeting", help="meeting id in --meetings (C11, C12 need it)")
-    check.add_argument("--rooms", type=Path, default=DEFAULT_ROOMS)
-    check.add_argument("--subjects", type=Path, default=DEFAULT_SUBJECTS)
+    check.add_argument(
+        "--rooms",
+        type=Path,
+        default=DEFAULT_ROOMS,
+        help="rooms and their devices (relative to the working directory)",
+    )
+    check.add_argument(
+        "--subjects",
+        type=Path,
+        default=DEFAULT_SUBJECTS,
+        help="register of people, for attendees' clearance (C11, C12)",
+    )
     check.add_argument("--sweep", type=Path, help="rtl_power CSV taken now (C5, C10)")
     common(check)
     check.set_defaults(func=_cmd_check)
 
     sweep = sub.add_parser("sweep", help="C13: materials returned and room checked (清场)")
-    sweep.add_argument("--meeting", required=True)
+    sweep.add_argument("--meeting", required=True, help="meeting id in --meetings")
     sweep.add_argument("--inspector", required=True, help="who swept the room")
     sweep.add_argument("--returned", default="", help="document numbers returned, DOC1,DOC2")
     sweep.add_argument("--room-checked", action="store_true", help="room and seats checked")
     common(sweep)
     sweep.set_defaults(func=_cmd_sweep)
+
+    attest = sub.add_parser(
+        "attest",
+        help="sign a manual shielding-cabinet attestation (C7) for one room and meeting",
+    )
+    attest.add_argument("--room", required=True, help="room id the cabinet stands in")
+    attest.add_argument("--meeting", required=True, help="meeting id in --meetings")
+    attest.add_argument(
+        "--meetings",
+        type=Path,
+        default=DEFAULT_MEETINGS,
+        help="the meeting schedule (relative to the working directory)",
+    )
+    attest.add_argument(
+        "--key", type=Path, required=True, help="the inspectors' office EC private key (PEM)"
+    )
+    attest.add_argument("--inspector", required=True, help="who looked at the cabinet")
+    attest.add_argument("--doors", type=int, required=True, help="the cabinet's doors (1-16)")
+    attest.add_argument(
+        "--door-open", type=int, action="append", default=[], metavar="N", help="door N is open"
+    )
+    attest.add_argument("--unpowered", action="store_true", help="the cabinet has no power")
+    attest.add_argument(
+        "--shielding-failed", action="store_true", help="the cabinet's self-test fails"
+    )
+    attest.add_argument("--slots-total", type=int, required=True, help="phone slots")
+    attest.add_argument("--slots-occupied", type=int, required=True, help="slots holding a phone")
+    attest.add_argument(
+        "--at", type=_when, help="when the inspector looked, ISO 8601 with zone (default: now)"
+    )
+    attest.add_argument("--out", type=Path, required=True, help="the attestation file to write")
+    attest.set_defaults(func=_cmd_attest)
 
 
 __all__ = ["AgentError", "add_parser"]

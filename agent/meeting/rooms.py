@@ -17,7 +17,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,9 +29,20 @@ LEVELS: Mapping[str, int] = {"绝密": 3, "机密": 2, "秘密": 1}
 DEFAULT_TIMEOUT = 2.0  # seconds a cabinet adapter may take before the item is unknown
 DEFAULT_MARGIN_DB = 10.0  # dB above baseline that counts as a carrier / a working jammer
 DEFAULT_RSSI_DBM = -70.0  # BLE advertisers weaker than this are outside the room
+DEFAULT_ATTESTATION_AGE_S = 3600.0  # a manual cabinet attestation counts this long
+MAX_ATTESTATION_AGE_MIN = 24 * 60  # longest max_age_minutes a room may set
+#: When a pre-meeting check may clear a meeting: from this long before its start ...
+DEFAULT_CHECK_BEFORE = timedelta(hours=2)
+#: ... to this long after it (0: a check after the start clears nothing).
+DEFAULT_CHECK_AFTER = timedelta(0)
+MAX_CHECK_WINDOW_MIN = 24 * 60  # longest check_before_minutes / check_after_minutes
 #: Items that need hardware most rooms lack (BT adapter plus reference beacon); a room
 #: makes them mandatory by listing them in ``mandatory_extra``.
 OPTIONAL_BY_DEFAULT = ("C8", "C9")
+MEETING_KEYS = frozenset(
+    {"room", "level", "start", "attendees", "recordings", "materials"}
+    | {"check_before_minutes", "check_after_minutes"}
+)
 _USB_ID_RE = re.compile(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{4}")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -67,6 +78,7 @@ class CabinetConfig:
     attestation: Path | None = None  # manual: the signed attestation file
     key: Path | None = None  # manual: PEM public key of the inspectors' office
     timeout: float = DEFAULT_TIMEOUT
+    max_age: float = DEFAULT_ATTESTATION_AGE_S  # manual: seconds an attestation counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +120,8 @@ class Meeting:
     recordings: tuple[str, ...]  # approved recorder programs or USB ids
     materials: tuple[str, ...]  # document numbers issued
     line: int
+    check_before: timedelta = DEFAULT_CHECK_BEFORE  # a check clears it from start - this
+    check_after: timedelta = DEFAULT_CHECK_AFTER  # to start + this
 
 
 class _Lines:
@@ -116,18 +130,46 @@ class _Lines:
     def __init__(self, text: str) -> None:
         self.lines = text.splitlines()
 
-    def of(self, needle: str, start: int = 0) -> int:
-        for i in range(start, len(self.lines)):
-            if needle in self.lines[i]:
+    def table(self, *path: str) -> int:
+        """The line of the header ``[a.b]`` (or ``[[a.b]]``, quoted keys too) of ``path``
+        itself: ``[rooms.r30]`` is not found at ``[rooms.r301]``."""
+        for i, line in enumerate(self.lines):
+            if _header_path(line) == path:
                 return i + 1
-        return start + 1 if start else 1
+        return 1
 
     def key(self, header: int, key: str) -> int:
+        """The line of ``key =`` in the table whose header is on line ``header`` or its
+        sub-tables; the header's line when the key is not there."""
         pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+        table = _header_path(self.lines[header - 1]) if 0 < header <= len(self.lines) else None
         for i in range(header, len(self.lines)):
+            inner = _header_path(self.lines[i])
+            if inner is not None and table is not None and inner[: len(table)] != table:
+                break  # the next table: the key is not in this one
             if pattern.match(self.lines[i]):
                 return i + 1
         return header
+
+
+_HEADER_RE = re.compile(r"^\s*\[\[?\s*(.+?)\s*\]\]?\s*(#.*)?$")
+_KEY_PART_RE = re.compile(r'\s*("(?:[^"\\]|\\.)*"|\'[^\']*\'|[A-Za-z0-9_-]+)\s*(?:\.|$)')
+
+
+def _header_path(line: str) -> tuple[str, ...] | None:
+    """The dotted key path of a table header line, or None when it is not one."""
+    match = _HEADER_RE.match(line)
+    if match is None:
+        return None
+    text, parts, pos = match.group(1), [], 0
+    while pos < len(text):
+        part = _KEY_PART_RE.match(text, pos)
+        if part is None or part.end() == pos:
+            return None
+        token = part.group(1)
+        parts.append(token[1:-1] if token[0] in "\"'" else token)
+        pos = part.end()
+    return tuple(parts)
 
 
 def _read_toml(path: Path) -> tuple[dict[str, Any], _Lines]:
@@ -178,7 +220,7 @@ def load_rooms(path: Path) -> dict[str, Room]:
         raise RoomsError(path, 1, "no [rooms.NAME] table: an empty rooms file is an error")
     rooms: dict[str, Room] = {}
     for name, entry in tables.items():
-        header = lines.of(f"[rooms.{name}")
+        header = lines.table("rooms", name)
 
         def fail(key: str | None, reason: str, *, _h: int = header, _n: str = name) -> RoomsError:
             return RoomsError(path, lines.key(_h, key) if key else _h, f"room {_n}: {reason}")
@@ -223,11 +265,11 @@ def _room(
         pa.append(PaDevice(usb_id.lower(), str(item.get("serial", "")), str(item.get("name", ""))))
     cabinet = None
     if "cabinet" in entry:
-        cabinet = _cabinet(path, entry["cabinet"], lines.of(f"[rooms.{name}.cabinet]"), lines)
+        cabinet = _cabinet(path, entry["cabinet"], lines.table("rooms", name, "cabinet"), lines)
     jammer = None
     if "jammer" in entry:
         j = entry["jammer"]
-        jheader = lines.of(f"[rooms.{name}.jammer]")
+        jheader = lines.table("rooms", name, "jammer")
         if not isinstance(j, dict) or not isinstance(j.get("expires"), date):
             raise RoomsError(
                 path, lines.key(jheader, "expires"), f"room {name}: jammer.expires must be a date"
@@ -316,11 +358,23 @@ def _cabinet(path: Path, entry: Any, header: int, lines: _Lines) -> CabinetConfi
         raise fail("attestation", "a manual cabinet needs attestation = FILE")
     if not isinstance(key, str):
         raise fail("key", "a manual cabinet needs key = PEM public key that signs attestations")
+    max_age = entry.get("max_age_minutes", DEFAULT_ATTESTATION_AGE_S / 60)
+    if (
+        not isinstance(max_age, int | float)
+        or isinstance(max_age, bool)
+        or not 0 < max_age <= MAX_ATTESTATION_AGE_MIN
+    ):
+        raise fail(
+            "max_age_minutes",
+            f"max_age_minutes must be 1-{MAX_ATTESTATION_AGE_MIN}: how long after the "
+            "inspector looked an attestation counts",
+        )
     return CabinetConfig(
         "manual",
         attestation=(path.parent / attestation).resolve(),
         key=(path.parent / key).resolve(),
         timeout=float(timeout),
+        max_age=float(max_age) * 60,
     )
 
 
@@ -332,19 +386,38 @@ def load_meetings(path: Path) -> dict[str, Meeting]:
         raise RoomsError(path, 1, "no [meetings.ID] table")
     meetings = {}
     for mid, entry in tables.items():
-        header = lines.of(f"[meetings.{mid}")
+        header = lines.table("meetings", mid)
 
         def fail(key: str | None, reason: str, *, _h: int = header, _m: str = mid) -> RoomsError:
             return RoomsError(path, lines.key(_h, key) if key else _h, f"meeting {_m}: {reason}")
 
         if not isinstance(entry, dict) or not _NAME_RE.fullmatch(mid):
             raise fail(None, "must be a table named with letters, digits, '.', '_' or '-'")
+        for key in entry:
+            if key not in MEETING_KEYS:
+                raise fail(key, f"unknown key {key!r} (known: {', '.join(sorted(MEETING_KEYS))})")
         level = LEVELS.get(str(entry.get("level", "")))
         if level is None:
             raise fail("level", f"level must be one of {', '.join(LEVELS)}")
         start = entry.get("start")
-        if start is not None and not isinstance(start, datetime):
-            raise fail("start", "start must be a TOML date-time (2026-12-01T09:00:00+08:00)")
+        if start is not None and (not isinstance(start, datetime) or start.tzinfo is None):
+            raise fail(
+                "start",
+                "start must be a TOML date-time with its offset (2026-12-01T09:00:00+08:00)",
+            )
+        window = {}
+        for key, default in (
+            ("check_before_minutes", DEFAULT_CHECK_BEFORE),
+            ("check_after_minutes", DEFAULT_CHECK_AFTER),
+        ):
+            minutes = entry.get(key, default.total_seconds() / 60)
+            if (
+                not isinstance(minutes, int | float)
+                or isinstance(minutes, bool)
+                or not 0 <= minutes <= MAX_CHECK_WINDOW_MIN
+            ):
+                raise fail(key, f"{key} must be 0-{MAX_CHECK_WINDOW_MIN} minutes")
+            window[key] = timedelta(minutes=minutes)
         meetings[mid] = Meeting(
             id=mid,
             room=str(entry.get("room", "")),
@@ -354,6 +427,8 @@ def load_meetings(path: Path) -> dict[str, Meeting]:
             recordings=_strings(entry.get("recordings"), fail, "recordings"),
             materials=_strings(entry.get("materials"), fail, "materials"),
             line=header,
+            check_before=window["check_before_minutes"],
+            check_after=window["check_after_minutes"],
         )
         if not meetings[mid].room:
             raise fail("room", "room is required")

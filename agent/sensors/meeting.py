@@ -119,6 +119,7 @@ class MeetingScheduler:
                     meeting=meeting,
                     subjects=Subjects.load(subjects),
                     sweep=cfg.sweep,
+                    now=now,
                 )
             )
             check = meeting_message(room.name, meeting.id, "check", items, "scheduled")

@@ -32,7 +32,7 @@ from starlette.responses import (
 )
 
 from collector import audit as record_audit
-from collector import pki
+from collector import meeting_signatures, pki
 from collector.console import auth, devices, eventview, metrics, svg
 from collector.console.app import (
     LANG_COOKIE,
@@ -677,11 +677,13 @@ async def meetings(c: Ctx) -> Response:
     rows = await c.run(
         c.store.console_events, ConsoleQuery(kind="meeting_check", limit=MEETING_EVENTS)
     )
+    signatures = await c.run(meeting_signatures.lookup, c.store, rows)
     items = []
     for row in rows:
         m = events_pb2.Event.FromString(row.body).meeting_check
         failed = [i for i in m.items if i.result != "pass"]
-        items.append((row, m, failed, format_time(row.event_time_us, c.console.tz)))
+        signature = signatures[(row.host_id, row.seq)]
+        items.append((row, m, failed, format_time(row.event_time_us, c.console.tz), signature))
     return c.render("meetings.html", items=items)
 
 

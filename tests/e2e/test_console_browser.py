@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from baomi.v1 import events_pb2
 
+from agent.identity import load_identity
+from agent.meeting.signature import sign_meeting_check
 from collector.console.pages import ROUTES
 from collector.store.base import ROLES
 from tests.e2e.conftest import ACCOUNTS, PASSWORD, Site, screenshot_dir
@@ -269,3 +271,45 @@ def test_form_post_without_csrf_token_is_refused(site: Site, browser_for: Any) -
     page.click("form[action='/hosts/token'] button[type=submit]")
     assert page.locator("#token").inner_text().startswith("bmt-")
     page.screenshot(path=str(screenshot_dir() / "sysadmin-hosts-token.png"), full_page=True)
+
+
+def test_meeting_check_signature_status_in_the_browser(site: Site, browser_for: Any) -> None:
+    """The running agent sends a signed check and one altered after signing: the page
+    shows the first valid and cleared, the second INVALID, not cleared, linked to the
+    collector's alert."""
+    key_pem = load_identity(site.agent.agent.config.state_dir).key_pem
+    for name, forge in (("e2e-good", False), ("e2e-forged", True)):
+        check = events_pb2.MeetingCheck(
+            room="r301",
+            meeting=name,
+            phase="check",
+            cleared=not forge,
+            items=[events_pb2.CheckItem(id="C7", title="cabinet", result="pass", mandatory=True)],
+        )
+        sign_meeting_check(check, key_pem)
+        check.cleared = True  # the forged one: flipped after signing
+        site.agent.agent.emit(
+            events_pb2.Event(severity=events_pb2.SEVERITY_INFO, meeting_check=check)
+        )
+    _wait_stored(
+        site,
+        lambda: (
+            {e.meeting_check.meeting for e in _events_of(site, "meeting_check")}
+            >= {"e2e-good", "e2e-forged"}
+        ),
+    )
+    dialogs: list[str] = []
+    page = _open(browser_for(), dialogs)
+    _login(page, site.base, "auditor")
+    page.goto(site.base + "/meetings")
+    good = page.locator("tbody tr", has_text="e2e-good")
+    forged = page.locator("tbody tr", has_text="e2e-forged")
+    assert good.locator("td.signature .badge").inner_text() == "签名有效"
+    assert "准予召开" in good.inner_text()
+    assert forged.locator("td.signature .badge").inner_text() == "签名无效"
+    assert "不准召开" in forged.inner_text()
+    page.screenshot(path=str(screenshot_dir() / "auditor-meetings-signatures.png"), full_page=True)
+    forged.locator("td.signature a").click()
+    page.wait_for_url(re.compile(r".*/events/_collector/\d+$"))
+    assert "meeting_signature" in page.inner_text("main")
+    assert not dialogs

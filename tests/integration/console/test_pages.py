@@ -12,6 +12,7 @@ from collector.console import app, i18n
 from collector.console.eventview import KINDS, SEVERITIES
 from tests.collector_harness import batch, enroll_host, send_batches
 from tests.integration.console.conftest import Console
+from tests.integration.test_ingest_meeting_signatures import meeting_check
 
 TEMPLATES = Path(app.__file__).parent / "templates"
 
@@ -80,6 +81,32 @@ def test_meeting_checks_are_listed(console: Console) -> None:
     assert "C1 pass" not in page
 
 
+def _row(page: str, meeting: str) -> str:
+    (row,) = [r for r in page.split("<tr")[1:] if f"<td>{meeting}</td>" in r]
+    return row
+
+
+def test_meeting_check_signature_status_is_shown(console: Console) -> None:
+    """A check whose signature does not verify is shown INVALID and not cleared, with a
+    link to the collector's alert; a good one is shown valid."""
+    host = enroll_host(console.running, "room-301")
+    good = meeting_check(host, meeting="m-good")
+    forged = meeting_check(host, cleared=False, meeting="m-forged")
+    forged.cleared = True  # flipped after signing
+    events = host.events(1, meeting_check=good) + host.events(1, meeting_check=forged)
+    send_batches(host, console.running.address, [batch(events)])
+    page = console.as_role("auditor").get("/meetings").text
+    valid, invalid = _row(page, "m-good"), _row(page, "m-forged")
+    assert "签名有效" in valid and "准予召开" in valid
+    assert "签名无效" in invalid and "不准召开" in invalid and "准予召开" not in invalid
+    alert = next(r for r in console.store.chain("_collector") if b"meeting_signature" in r.body)
+    assert f'href="/events/_collector/{alert.seq}"' in invalid
+    assert "signature does not verify" in invalid  # the alert's detail, as the title
+    english = console.as_role("auditor")
+    english.get("/lang?to=en&next=/meetings")
+    assert "INVALID" in _row(english.get("/meetings").text, "m-forged")
+
+
 def test_every_message_exists_in_both_languages() -> None:
     assert set(i18n.MESSAGES["zh"]) == set(i18n.MESSAGES["en"])
     used: set[str] = set()
@@ -95,6 +122,7 @@ def test_every_message_exists_in_both_languages() -> None:
         "status_": ("open", "rectifying", "closed"),
         "decision_": ("allow", "block", "reject", "none"),
         "phase_": ("check", "sweep"),
+        "signature_": ("valid", "invalid", "unchecked"),
     }
     for prefix, names in families.items():
         for name in names:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import agent
@@ -29,6 +30,15 @@ START_S = 10.0  # the simulator has this long to listen
 CLI_TIMEOUT_S = 60  # one run of the CLI
 NOISE_DB = -62.5  # the baseline's floor
 JAMMER_MHZ = (925, 965)  # what the simulated jammer raises
+#: A healthy cabinet's JSON state (HTTP adapter, attestation): two doors closed.
+GOOD = {
+    "doors": 2,
+    "doors_open": [],
+    "powered": True,
+    "shielding_ok": True,
+    "slots_total": 10,
+    "slots_occupied": 3,
+}
 
 
 def free_port() -> int:
@@ -101,6 +111,11 @@ class Room:
     materials: list[str] = field(default_factory=lambda: ["JM-101", "JM-102"])
     pa: list[str] = field(default_factory=lambda: ["0d8c:0014"])
     extra: str = ""
+    meeting_extra: str = ""  # more keys of meeting m1
+    #: meeting m1's start: an hour from now, so a check run now is within its window
+    start: str = field(
+        default_factory=lambda: (datetime.now(UTC) + timedelta(hours=1)).isoformat("T", "seconds")
+    )
 
     @property
     def dev(self) -> Path:
@@ -142,10 +157,11 @@ expires = {self.jammer_expires}
             f"""[meetings.m1]
 room = "r1"
 level = "{self.level}"
-start = 2026-12-01T09:00:00+08:00
+start = {self.start}
 attendees = {json.dumps(self.attendees)}
 recordings = {json.dumps(self.recordings)}
 materials = {json.dumps(self.materials)}
+{self.meeting_extra}
 """
         )
         return self

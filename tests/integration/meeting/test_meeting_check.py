@@ -24,7 +24,7 @@ from tests.collector_harness import RunningCollector
 from tests.integration.meeting.helpers import Room, cabinet_sim, run_cli
 from tests.integration.test_agent import FAST, AgentThread, host_events, wait_for
 
-MANDATORY = [f"C{n}" for n in (1, 2, 3, 4, 5, 6, 7, 10, 11, 12)]
+MANDATORY = [f"C{n}" for n in (0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12)]
 CHILD_TIMEOUT = 60  # seconds a recorder stand-in lives at most
 
 
@@ -61,7 +61,10 @@ def test_table_output_says_cleared(room: Room, good_cabinet: int) -> None:
     args = [a for a in room.check_args() if a != "--json"]
     result = run_cli(*args)
     assert result.code == 0
-    assert "CLEARED (* mandatory); not signed or sent (no --state-dir)" in result.out
+    assert (
+        "CLEARED (optional C8, C9 not measured) (* mandatory); not signed or sent (no --record)"
+        in result.out
+    )
     assert result.out.splitlines()[1].split()[:3] == ["ID", "RESULT", "M"]
 
 
@@ -315,12 +318,12 @@ def agent_state(collector: RunningCollector, tmp_path: Path) -> Path:
 def test_signed_results_reach_the_collector_and_verify(
     room: Room, good_cabinet: int, collector: RunningCollector, agent_state: Path
 ) -> None:
-    check = run_cli(*room.check_args("--state-dir", str(agent_state)))
+    check = run_cli("--state-dir", str(agent_state), *room.check_args("--record"))
     assert check.code == 0, check.err
     assert "signed by room-pc, spooled as event" in check.out
     sweep = run_cli(
-        "meeting", "sweep", "--meeting", "m1", "--inspector", "zhou", "--returned", "JM-101",
-        "--meetings", str(room.dir / "meetings.toml"), "--state-dir", str(agent_state),
+        "--state-dir", str(agent_state), "meeting", "sweep", "--meeting", "m1", "--inspector",
+        "zhou", "--returned", "JM-101", "--meetings", str(room.dir / "meetings.toml"), "--record",
     )  # fmt: skip
     assert sweep.code == 1
 
@@ -339,7 +342,7 @@ def test_signed_results_reach_the_collector_and_verify(
     first, second = stored
     assert first.meeting_check.phase == "check" and first.meeting_check.cleared
     assert first.severity == events_pb2.SEVERITY_INFO
-    assert [i.id for i in first.meeting_check.items] == [f"C{n}" for n in range(1, 13)]
+    assert [i.id for i in first.meeting_check.items] == [f"C{n}" for n in range(13)]
     assert verify_meeting_check(first.meeting_check, cert)
     assert second.meeting_check.phase == "sweep" and not second.meeting_check.cleared
     assert second.meeting_check.inspector == "zhou"

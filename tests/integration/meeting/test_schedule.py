@@ -54,7 +54,7 @@ def _config(room: Room, key_pem: bytes, **more: Any) -> MeetingScheduleConfig:
 
 @pytest.fixture
 def room(tmp_path: Path) -> Iterator[Room]:
-    room = Room(tmp_path).write()
+    room = Room(tmp_path, start=START.isoformat()).write()
     with cabinet_sim("--slots", "2") as port:
         room.modbus(port)
         room.write()
