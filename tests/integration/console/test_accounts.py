@@ -222,3 +222,19 @@ def test_user_commands_work_and_are_audited(console: Console, store_url: str) ->
     assert all(a.actor.startswith("cli:") and a.client == "cli" for a in done)  # type: ignore[attr-defined]
     assert {a.target for a in done} == {"dan"}  # type: ignore[attr-defined]
     assert console.store.pending_actions() == []
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_password_change_guessing_waits_too(console: Console) -> None:
+    """Someone at an unattended logged-in browser cannot guess the current password."""
+    aud = console.as_role("auditor")
+    form = {"current": "wrong-password-x", "new": NEW_PASSWORD, "confirm": NEW_PASSWORD}
+    statuses = [aud.post("/password", form).status for _ in range(ratelimit.NAME_FREE + 1)]
+    assert statuses == [400] * (ratelimit.NAME_FREE - 1) + [429, 429]
+    # While waiting the right one is not checked either; after the wait it works.
+    right = {**form, "current": PASSWORD}
+    assert aud.post("/password", right).status == 429
+    time.sleep(1.2)
+    assert aud.post("/password", right).status == 303
+    refused = [a for a in map(_ca, console.audit()) if a.action == "password_change"]
+    assert [a.ok for a in refused] == [False] * (ratelimit.NAME_FREE + 2) + [True]  # type: ignore[attr-defined]
