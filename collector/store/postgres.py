@@ -166,6 +166,7 @@ class PostgresStore(SqlStore):
 
     PLACEHOLDER = "%s"
     CONTAINS_TERM = "position(?::bytea in body) > 0"
+    FOR_UPDATE = " FOR UPDATE"
     NAME = "PostgreSQL"
     _reports_exist = False  # set once the reports table is known to exist
 

@@ -85,6 +85,9 @@ class SqlStore:
     CONTAINS_TERM: ClassVar[str]
     #: Put before event_time to keep its index out of a byte search (see console_events).
     UNINDEXED: ClassVar[str] = ""
+    #: Ends a SELECT that locks its rows until the transaction ends ("" where a write
+    #: transaction locks the whole database already, as SQLite's BEGIN IMMEDIATE does).
+    FOR_UPDATE: ClassVar[str] = ""
     #: What the backend is called in errors.
     NAME: ClassVar[str]
 
@@ -395,6 +398,7 @@ class SqlStore:
     def revoke_role(self, name: str) -> bool:
         """Take a role, unless that leaves the role without an enabled account."""
         with self._transaction() as tx:
+            self._lock_role_of(tx, name)
             cur = tx.execute(
                 (
                     "UPDATE console_accounts SET role = NULL, granted_by = NULL, "
@@ -410,6 +414,7 @@ class SqlStore:
     def disable_account(self, name: str, by: str, now_us: int) -> bool:
         """Disable an account, unless it is the last enabled one of its role."""
         with self._transaction() as tx:
+            self._lock_role_of(tx, name)
             cur = tx.execute(
                 (
                     "INSERT INTO console_disabled (name, disabled_at, disabled_by) "
@@ -422,6 +427,16 @@ class SqlStore:
                 return False
             tx.execute("DELETE FROM console_sessions WHERE name = ?", (name,))
         return True
+
+    def _lock_role_of(self, tx: Transaction, name: str) -> None:
+        # Two administrators taking out the last two holders of a role at once must not
+        # both see the other one still enabled: the second waits for the first (under
+        # PostgreSQL's READ COMMITTED its next statement then sees the first's change).
+        tx.execute(
+            "SELECT name FROM console_accounts WHERE role = "
+            f"(SELECT role FROM console_accounts WHERE name = ?){self.FOR_UPDATE}",
+            (name,),
+        )
 
     def enable_account(self, name: str) -> bool:
         """Enable a disabled account."""

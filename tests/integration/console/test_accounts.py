@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from collector.console import ratelimit
 from collector.console.auth import create_account, hash_password
+from collector.store import Store
 from tests.integration.console.conftest import PASSWORD, Console
 from tests.integration.console.web import Client
 
 NEW_PASSWORD = "a-new-long-password"  # noqa: S105 - a test account's
 CLI_TIMEOUT_S = 60
+ROUNDS = 20  # of two simultaneous disables
 
 
 def _one_time(page: str) -> str:
@@ -238,3 +242,23 @@ def test_password_change_guessing_waits_too(console: Console) -> None:
     assert aud.post("/password", right).status == 303
     refused = [a for a in map(_ca, console.audit()) if a.action == "password_change"]
     assert [a.ok for a in refused] == [False] * (ratelimit.NAME_FREE + 2) + [True]  # type: ignore[attr-defined]
+
+
+def test_two_administrators_cannot_take_out_the_last_two_at_once(store: Store) -> None:
+    """Disabling the only two auditors at the same moment leaves one of them enabled."""
+    for name in ("aud1", "aud2"):
+        create_account(store, name, role="auditor", by="t", password=PASSWORD)
+    barrier = threading.Barrier(2)  # reusable: both start each round together
+
+    def take_out(name: str) -> bool:
+        barrier.wait()
+        return store.disable_account(name, "t", 1)
+
+    for _ in range(ROUNDS):
+        with ThreadPoolExecutor(2) as pool:
+            done = list(pool.map(take_out, ["aud1", "aud2"]))
+        assert done.count(True) == 1
+        enabled = [a.name for a in store.accounts() if a.role == "auditor" and not a.disabled]
+        assert len(enabled) == 1
+        store.enable_account("aud1")
+        store.enable_account("aud2")
