@@ -18,7 +18,7 @@ from collector import audit, checkpoint, pki
 from collector.errors import CollectorError
 from collector.reports.cli import add_report_commands
 from collector.server import TOKEN_SECONDS, ServerConfig, create_token, serve
-from collector.store import CheckpointRow, EventQuery, EventRow, open_store
+from collector.store import CheckpointRow, EventQuery, EventRow, Store, open_store
 
 _logger = logging.getLogger("collector")
 
@@ -179,39 +179,48 @@ def _cmd_user_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_user_action(args: argparse.Namespace) -> int:
-    """grant, reset, revoke, disable, enable, unlock: done, queued for the audit log,
-    and a one-time password printed where one is set."""
-    from collector.console import accounts  # noqa: PLC0415 - argon2 on use
+    """grant, reset, revoke, disable, enable, unlock: done (or refused), queued for the
+    audit log either way, and a one-time password printed where one is set."""
     from collector.ingest import now_us  # noqa: PLC0415 - the server stack on use
     from collector.store.base import PendingAction  # noqa: PLC0415
 
     by, name, command = _cli_actor(), args.name, args.user_command
+    action = _USER_ACTIONS[command]
     store = open_store(args.store)
     try:
-        password = ""
-        if command == "grant":
-            password = accounts.grant(store, name, args.role, by)
-            detail = f"{args.role}; one-time password set, earlier credentials ended"
-        elif command == "reset":
-            password = accounts.reset(store, name)
-            detail = "one-time password set, sessions ended"
-        elif command == "revoke":
-            detail = f"{accounts.revoke(store, name)} revoked, sessions ended"
-        elif command == "disable":
-            accounts.disable(store, name, by)
-            detail = "sessions ended"
-        elif command == "enable":
-            accounts.enable(store, name)
-            detail = ""
-        else:
-            had = accounts.unlock(store, name)
-            detail = "guessing wait cleared" if had else "no failed attempts counted"
-        action = _USER_ACTIONS[command]
+        try:
+            detail, password = _user_change(store, args, by)
+        except CollectorError as e:
+            # Refused on the command line is on record too, as in the console.
+            store.queue_action(PendingAction(0, now_us(), by, action, name, str(e), ok=False))
+            raise
         store.queue_action(PendingAction(0, now_us(), by, action, name, detail))
     finally:
         store.close()
     print(f"{command}: {name}" + (f"; one-time password: {password}" if password else ""))
     return 0
+
+
+def _user_change(store: Store, args: argparse.Namespace, by: str) -> tuple[str, str]:
+    """Carry out one ``user`` command: the audit detail, and a one-time password or ""."""
+    from collector.console import accounts  # noqa: PLC0415 - argon2 on use
+
+    name, command = args.name, args.user_command
+    if command == "grant":
+        password = accounts.grant(store, name, args.role, by)
+        return f"{args.role}; one-time password set, earlier credentials ended", password
+    if command == "reset":
+        return "one-time password set, sessions ended", accounts.reset(store, name)
+    if command == "revoke":
+        return f"{accounts.revoke(store, name)} revoked, sessions ended", ""
+    if command == "disable":
+        accounts.disable(store, name, by)
+        return "sessions ended", ""
+    if command == "enable":
+        accounts.enable(store, name)
+        return "", ""
+    had = accounts.unlock(store, name)
+    return ("guessing wait cleared" if had else "no failed attempts counted"), ""
 
 
 # The audit log's action of each ``user`` command (the console's own names).

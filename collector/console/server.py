@@ -164,6 +164,7 @@ class ConsoleServer:
                 action=a.action,
                 target=a.target,
                 detail=f"{a.detail} (command line)".lstrip(),
+                ok=a.ok,
                 client="cli",
             )
             # Recorded before dropped: a crash in between records it twice, never not.

@@ -308,6 +308,7 @@ class PendingAction:
     action: str
     target: str
     detail: str
+    ok: bool = True  # False when the command refused it
 
 
 @dataclass(frozen=True, slots=True)

@@ -478,17 +478,28 @@ class SqlStore:
         """Queue a command-line action for the collector's chain."""
         a = action
         self._run(
-            "INSERT INTO console_pending (at, actor, action, target, detail) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (a.at_us, a.actor, a.action, a.target, a.detail),
+            "INSERT INTO console_pending (at, actor, action, target, detail, ok) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (a.at_us, a.actor, a.action, a.target, a.detail, a.ok),
         )
 
     def pending_actions(self) -> list[PendingAction]:
         """Queued command-line actions, oldest first."""
         cur = self._run(
-            "SELECT id, at, actor, action, target, detail FROM console_pending ORDER BY id"
+            "SELECT id, at, actor, action, target, detail, ok FROM console_pending ORDER BY id"
         )
-        return [PendingAction(int(r[0]), int(r[1]), *map(str, r[2:])) for r in cur]
+        return [
+            PendingAction(
+                id=int(r[0]),
+                at_us=int(r[1]),
+                actor=str(r[2]),
+                action=str(r[3]),
+                target=str(r[4]),
+                detail=str(r[5]),
+                ok=bool(r[6]),
+            )
+            for r in cur
+        ]
 
     def drop_action(self, action_id: int) -> None:
         """Remove a recorded action from the queue."""

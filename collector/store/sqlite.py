@@ -283,7 +283,8 @@ CREATE TABLE IF NOT EXISTS console_pending (
     actor  TEXT    NOT NULL,
     action TEXT    NOT NULL,
     target TEXT    NOT NULL,
-    detail TEXT    NOT NULL
+    detail TEXT    NOT NULL,
+    ok     INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS policy_versions (
     number     INTEGER PRIMARY KEY,
