@@ -19,7 +19,7 @@ from collector import audit, checkpoint, pki
 from collector.errors import CollectorError
 from collector.reports.cli import add_report_commands
 from collector.server import TOKEN_SECONDS, ServerConfig, create_token, serve
-from collector.store import CheckpointRow, EventQuery, EventRow, open_store
+from collector.store import CheckpointRow, EventQuery, EventRow, Store, open_store
 
 _logger = logging.getLogger("collector")
 
@@ -153,10 +153,8 @@ def _cmd_user_add(args: argparse.Namespace) -> int:
         password = sys.stdin.readline().rstrip("\r\n")
     store = open_store(args.store)
     try:
-        # "cli:" marks it for the running collector, which records it in the audit log.
-        by = f"cli:{getpass.getuser()}"
         account, password = create_account(
-            store, args.name, role=args.role, by=by, password=password
+            store, args.name, role=args.role, by=_cli_actor(), password=password
         )
     finally:
         store.close()
@@ -165,6 +163,85 @@ def _cmd_user_add(args: argparse.Namespace) -> int:
     else:
         print(f"created {account.name} ({account.role}); password: {password}")
     return 0
+
+
+def _cli_actor() -> str:
+    # "cli:" marks it for the running collector, which records it in the audit log.
+    return f"cli:{getpass.getuser()}"
+
+
+def _cmd_user_list(args: argparse.Namespace) -> int:
+    from collector.console import accounts  # noqa: PLC0415 - argon2 on use
+
+    store = open_store(args.store)
+    try:
+        rows = [(a, accounts.wait_of(store, a.name)) for a in store.accounts()]
+    finally:
+        store.close()
+    print(f"{'NAME':<20} {'ROLE':<10} {'STATE':<10} {'WAIT':>6}  CREATED BY / GRANTED BY")
+    for a, wait in rows:
+        state = "disabled" if a.disabled else ("change-pw" if a.must_change else "enabled")
+        print(
+            f"{a.name:<20} {a.role or '-':<10} {state:<10} {wait:>5}s  "
+            f"{a.created_by} / {a.granted_by or '-'}"
+        )
+    return 0
+
+
+def _cmd_user_action(args: argparse.Namespace) -> int:
+    """grant, reset, revoke, disable, enable, unlock: done (or refused), queued for the
+    audit log either way, and a one-time password printed where one is set."""
+    from collector.ingest import now_us  # noqa: PLC0415 - the server stack on use
+    from collector.store.base import PendingAction  # noqa: PLC0415
+
+    by, name, command = _cli_actor(), args.name, args.user_command
+    action = _USER_ACTIONS[command]
+    store = open_store(args.store)
+    try:
+        try:
+            detail, password = _user_change(store, args, by)
+        except CollectorError as e:
+            # Refused on the command line is on record too, as in the console.
+            store.queue_action(PendingAction(0, now_us(), by, action, name, str(e), ok=False))
+            raise
+        store.queue_action(PendingAction(0, now_us(), by, action, name, detail))
+    finally:
+        store.close()
+    print(f"{command}: {name}" + (f"; one-time password: {password}" if password else ""))
+    return 0
+
+
+def _user_change(store: Store, args: argparse.Namespace, by: str) -> tuple[str, str]:
+    """Carry out one ``user`` command: the audit detail, and a one-time password or ""."""
+    from collector.console import accounts  # noqa: PLC0415 - argon2 on use
+
+    name, command = args.name, args.user_command
+    if command == "grant":
+        password = accounts.grant(store, name, args.role, by)
+        return f"{args.role}; one-time password set, earlier credentials ended", password
+    if command == "reset":
+        return "one-time password set, sessions ended", accounts.reset(store, name)
+    if command == "revoke":
+        return f"{accounts.revoke(store, name)} revoked, sessions ended", ""
+    if command == "disable":
+        accounts.disable(store, name, by)
+        return "sessions ended", ""
+    if command == "enable":
+        accounts.enable(store, name)
+        return "", ""
+    had = accounts.unlock(store, name)
+    return ("guessing wait cleared" if had else "no failed attempts counted"), ""
+
+
+# The audit log's action of each ``user`` command (the console's own names).
+_USER_ACTIONS = {
+    "grant": "role_grant",
+    "reset": "password_reset",
+    "revoke": "role_revoke",
+    "disable": "account_disable",
+    "enable": "account_enable",
+    "unlock": "account_unlock",
+}
 
 
 def _host_seq(text: str) -> tuple[str, int]:
@@ -293,6 +370,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the password from the first line of stdin (else one is generated)",
     )
     add.set_defaults(func=_cmd_user_add)
+    ls = with_store(us_sub.add_parser("list", help="every account, its role and state"))
+    ls.set_defaults(func=_cmd_user_list)
+    helps = {
+        "grant": "give an account without a role its role; prints a one-time password",
+        "reset": "set a new one-time password (changed at next login); ends sessions",
+        "revoke": "take an account's role; ends its sessions",
+        "disable": "stop an account from logging in; ends its sessions",
+        "enable": "let a disabled account log in again",
+        "unlock": "clear the wait that failed logins put on an account",
+    }
+    for command, text in helps.items():
+        cmd = with_store(us_sub.add_parser(command, help=text))
+        cmd.add_argument("name")
+        if command == "grant":
+            cmd.add_argument("--role", required=True, choices=["sysadmin", "secadmin", "auditor"])
+        cmd.set_defaults(func=_cmd_user_action)
 
     au = sub.add_parser("audit", help="check the record")
     au_sub = au.add_subparsers(dest="audit_command", required=True)

@@ -302,6 +302,8 @@ class CollectorChain:
         detail: str = "",
         ok: bool = True,
         severity: int = events_pb2.SEVERITY_INFO,
+        client: str = "",
+        user_agent: str = "",
     ) -> EventRow:
         """Record what someone did in the web console, durably, before it is answered."""
         return await self.record(
@@ -314,6 +316,8 @@ class CollectorChain:
                 target=target[:500],
                 detail=detail[:2000],
                 ok=ok,
+                client=client[:100],
+                user_agent=user_agent[:300],
             ),
         )
 

@@ -57,6 +57,7 @@ LANG_COOKIE = "baomi_lang"
 LOGIN_COOKIE = "baomi_login"  # double-submit CSRF token of the login form
 ID_MAX = 2**63 - 1  # a seq or id: the stores' signed 64-bit columns
 ID_DIGITS = len(str(ID_MAX))
+USER_AGENT_CHARS = 300  # of a User-Agent kept in the audit log: it is what the client says
 
 # script-src 'self' and no 'unsafe-inline': markup injected through event data cannot
 # run, even if escaping were ever missed. The SVG charts use attributes, not style.
@@ -117,7 +118,14 @@ class Console:
         self.tz = ZoneInfo(DEFAULT_TZ)
         # __Host-: the browser sends it only to this origin over TLS, never set by a
         # sibling domain; without TLS the prefix is not allowed.
-        self.session_cookie = "__Host-baomi_session" if tls else "baomi_session"
+        self.session_cookie = self.cookie_name("baomi_session")
+        # Signs login form tokens; a restart only makes open login forms load again.
+        self.login_secret = secrets.token_bytes(32)
+
+    def cookie_name(self, name: str) -> str:
+        """``name`` with the __Host- prefix under TLS (Secure, Path=/, no Domain: no
+        sibling site can set or shadow it)."""
+        return f"__Host-{name}" if self.tls else name
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` on the console's store threads."""
@@ -151,6 +159,11 @@ class Console:
             samesite="strict",
         )
 
+    def drop_cookie(self, response: Response, name: str) -> None:
+        """Delete a cookie with the attributes it was set with (a browser keeps a
+        __Host- cookie whose deletion lacks Secure)."""
+        response.delete_cookie(name, path="/", secure=self.tls, httponly=True, samesite="strict")
+
 
 @dataclass
 class Ctx:
@@ -166,6 +179,11 @@ class Ctx:
     def store(self) -> Any:
         """The collector's store."""
         return self.console.store
+
+    @property
+    def client(self) -> str:
+        """The client's address as the connection shows it (no proxy is trusted)."""
+        return self.request.client.host if self.request.client else ""
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` on the console's store threads."""
@@ -212,6 +230,8 @@ class Ctx:
             detail=detail,
             ok=ok,
             severity=severity,
+            client=self.client,
+            user_agent=self.request.headers.get("user-agent", "")[:USER_AGENT_CHARS],
         )
 
     def render(self, template: str, status: int = 200, **values: object) -> HTMLResponse:
@@ -292,7 +312,7 @@ def _local(target: str) -> str:
 
 def lang_of(request: Request) -> str:
     """The language chosen by cookie; Chinese by default."""
-    lang = request.cookies.get(LANG_COOKIE, "zh")
+    lang = request.cookies.get(request.app.state.console.cookie_name(LANG_COOKIE), "zh")
     return lang if lang in LANGS else "zh"
 
 
@@ -462,8 +482,3 @@ def create_app(console: Console) -> Starlette:
     )
     app.state.console = console
     return app
-
-
-def new_token() -> str:
-    """A random token for a login form's double-submit cookie."""
-    return secrets.token_urlsafe(32)

@@ -1,8 +1,9 @@
-"""Console accounts: argon2 passwords, server-side sessions, CSRF tokens, lockout.
+"""Console accounts: argon2 passwords, server-side sessions, CSRF tokens, guessing limits.
 
 A session cookie carries a random token; the store keeps only its SHA-256, so a copy of
 the database does not let anyone log in. Each session has its own CSRF token, which
-every form and every state-changing request must send back.
+every form and every state-changing request must send back. The login form, which has
+no session yet, carries a token the server signs (``login_token``).
 """
 
 from __future__ import annotations
@@ -12,19 +13,22 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from collector.console import ratelimit
 from collector.console.errors import ConsoleError
 from collector.ingest import now_us
 from collector.store.base import ROLES, AccountRow, SessionRow, Store
 
 PASSWORD_MIN_CHARS = 12
 PASSWORD_MAX_CHARS = 256  # argon2 takes any length; a bound keeps hashing cheap to refuse
-LOCKOUT_FAILURES = 5  # failed logins in a row that lock an account
-LOCKOUT_SECONDS = 15 * 60  # how long a locked account stays locked
+LOGIN_TOKEN_SECONDS = 3600  # a login form must be sent within this long of being shown
 SESSION_IDLE_SECONDS = 30 * 60  # a session unused this long has ended
 SESSION_MAX_SECONDS = 12 * 3600  # and none lasts longer than this
 TOUCH_SECONDS = 60  # write a session's last use at most this often
@@ -121,31 +125,85 @@ class Login:
 
     account: AccountRow | None  # the account when the name is known
     ok: bool
-    reason: str = ""  # bad_credentials, locked, no_role
-    locked_now: bool = False  # this failure locked the account
+    reason: str = ""  # bad_credentials, wait, no_role
+    wait_s: int = 0  # seconds before the next attempt under this name or from this client
+    detail: str = ""  # for the audit log only: why, as the answer must not say
 
 
-def authenticate(store: Store, name: str, password: str) -> Login:
-    """Check a name and password, counting failures and honouring the lockout."""
+def authenticate(store: Store, name: str, password: str, client: str) -> Login:
+    """Check a name and password from ``client``, honouring and counting guessing limits.
+
+    Unknown, disabled and wrongly guessed names get the same answers in the same
+    sequence: a failure is counted under the name whether an account has it or not.
+    """
     now = now_us()
+    attempt = ratelimit.keys(name, client)
     account = store.account(name) if NAME_RE.fullmatch(name) else None
+    wait = ratelimit.wait_s(store, attempt, now)
+    if wait:
+        # Not even checked: a name that is waiting must not become a password oracle.
+        return Login(account, ok=False, reason="wait", wait_s=wait, detail=f"waiting {wait} s")
     if account is None or len(password) > PASSWORD_MAX_CHARS:
         verify_password(_dummy_hash(), password[:PASSWORD_MAX_CHARS])
-        return Login(account, ok=False, reason="bad_credentials")
-    if account.locked_until_us > now:
-        # Not even checked: a locked account must not become a password oracle.
-        verify_password(_dummy_hash(), password)
-        return Login(account, ok=False, reason="locked")
-    if not verify_password(account.password_hash, password):
-        after = store.login_failed(name, now, LOCKOUT_FAILURES, LOCKOUT_SECONDS * 1_000_000)
-        locked = after is not None and after.locked_until_us > now
-        return Login(after or account, ok=False, reason="bad_credentials", locked_now=locked)
-    store.login_ok(name)
-    if account.role is None:
-        return Login(account, ok=False, reason="no_role")
-    if _hasher.check_needs_rehash(account.password_hash):
-        store.set_password(name, hash_password(password), must_change=account.must_change)
-    return Login(account, ok=True)
+        detail = "unknown name"
+    elif not verify_password(account.password_hash, password):
+        detail = "wrong password"
+    elif account.disabled:
+        detail = "disabled"
+    else:
+        ratelimit.succeeded(store, name)
+        if account.role is None:
+            return Login(account, ok=False, reason="no_role", detail="no role")
+        if _hasher.check_needs_rehash(account.password_hash):
+            store.set_password(name, hash_password(password), must_change=account.must_change)
+        return Login(account, ok=True)
+    wait = ratelimit.failed(store, attempt, now)
+    if wait:
+        detail += f"; waiting {wait} s"
+    return Login(account, ok=False, reason="bad_credentials", wait_s=wait, detail=detail)
+
+
+def login_token(secret: bytes, now_s: int | None = None) -> str:
+    """A fresh login form token: expiry and nonce, signed with the console's secret.
+
+    Issued on every GET /login and never taken from a cookie, so a token planted by
+    another site is not adopted; the signature and expiry make one the server did not
+    issue (or issued long ago) worthless.
+    """
+    expires = (int(time.time()) if now_s is None else now_s) + LOGIN_TOKEN_SECONDS
+    body = f"{expires}.{secrets.token_urlsafe(16)}"
+    return f"{body}.{_sign(secret, body)}"
+
+
+def login_token_ok(secret: bytes, cookie: str, form: str, now_s: int | None = None) -> bool:
+    """True when the form and the cookie carry the same token, signed here and unexpired."""
+    if not same_token(cookie, form) or len(cookie) > 200:
+        return False
+    body, _, mac = cookie.rpartition(".")
+    expires = body.split(".", 1)[0]
+    if not expires.isdigit() or not hmac.compare_digest(_sign(secret, body), mac):
+        return False
+    return int(expires) >= (int(time.time()) if now_s is None else now_s)
+
+
+def _sign(secret: bytes, body: str) -> str:
+    return hmac.new(secret, body.encode(), hashlib.sha256).hexdigest()
+
+
+def cross_site(headers: Mapping[str, str]) -> bool:
+    """True when a browser says the request came from another site or origin.
+
+    Sec-Fetch-Site is trusted first. Without it, Origin decides, except ``null``: with
+    Referrer-Policy no-referrer Chromium sends ``Origin: null`` on some same-origin form
+    posts, and the signed token still protects those.
+    """
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        return site not in ("same-origin", "none")
+    origin = headers.get("origin")
+    if origin is None or origin == "null":
+        return False
+    return urlsplit(origin).netloc != headers.get("host", "")
 
 
 def token_hash(token: str) -> bytes:
@@ -184,7 +242,7 @@ def resume_session(store: Store, token: str) -> tuple[SessionRow, AccountRow] | 
         store.end_sessions(token_hash=digest)
         return None
     account = store.account(session.name)
-    if account is None or account.role is None:
+    if account is None or account.role is None or account.disabled:
         store.end_sessions(token_hash=digest)
         return None
     if now - session.seen_us > TOUCH_SECONDS * 1_000_000:

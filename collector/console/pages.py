@@ -1,10 +1,12 @@
 """The console's pages and the route table that says who may use each.
 
 Roles (三员分立):
-- sysadmin: hosts and agents (enrolment tokens, decommission), accounts (create),
+- sysadmin: hosts and agents (enrolment tokens, decommission), accounts (create, never
+  seeing a password of them),
   collector settings;
 - secadmin: policy (editor, history, rollback), devices (approve a registered stick),
-  findings, meeting checks, accounts (grant a role), and the events behind them;
+  findings, meeting checks, accounts (grant and revoke a role, reset, disable, enable,
+  unlock; see collector/console/accounts.py), and the events behind them;
 - auditor: every event, export, the console's audit log, chain verification,
   findings and meeting checks to read; nothing else.
 """
@@ -34,9 +36,21 @@ from starlette.responses import (
 from collector import audit as record_audit
 from collector import meeting_signatures, pki
 from collector.console import auth, devices, eventview, metrics, svg
+from collector.console.accounts import (
+    account_create,
+    account_disable,
+    account_enable,
+    account_grant,
+    account_reset,
+    account_revoke,
+    account_unlock,
+    accounts,
+    login,
+    logout,
+    password,
+)
 from collector.console.app import (
     LANG_COOKIE,
-    LOGIN_COOKIE,
     Console,
     Ctx,
     Handler,
@@ -45,7 +59,6 @@ from collector.console.app import (
     current_user,
     form_id,
     lang_of,
-    new_token,
     refuse_input,
 )
 from collector.console.errors import ConsoleError
@@ -62,7 +75,6 @@ from collector.store.base import (
     ConsoleQuery,
     FindingRow,
     PolicyVersionRow,
-    SessionRow,
 )
 
 SYS, SEC, AUD = "sysadmin", "secadmin", "auditor"
@@ -690,50 +702,6 @@ async def meetings(c: Ctx) -> Response:
 # ------------------------------------------------------------------ accounts, settings
 
 
-def _accounts_page(
-    c: Ctx, accounts: list[AccountRow], created: tuple[str, str] | None = None
-) -> HTMLResponse:
-    now = now_us()
-    return c.render(
-        "accounts.html",
-        accounts=[
-            (a, format_time(a.created_us, c.console.tz), a.locked_until_us > now) for a in accounts
-        ],
-        created=created,
-        roles=ROLES,
-        can_create=c.user is not None and c.user.role == SYS,
-        can_grant=c.user is not None and c.user.role == SEC,
-    )
-
-
-async def accounts(c: Ctx) -> Response:
-    """Accounts: a system administrator creates, a security administrator grants."""
-    return _accounts_page(c, await c.run(c.store.accounts))
-
-
-async def account_create(c: Ctx) -> Response:
-    """A new account without a role; its password is shown once and must be changed."""
-    name = (await c.field("name", 32)).strip()
-    account, password = await c.run(
-        lambda: auth.create_account(c.store, name, role=None, by=_user(c).name, must_change=True)
-    )
-    await c.audit(
-        "account_create", account.name, "no role until a security administrator grants one"
-    )
-    return _accounts_page(c, await c.run(c.store.accounts), (account.name, password))
-
-
-async def account_grant(c: Ctx) -> Response:
-    """Give a role to an account that has none (one role per account, once)."""
-    name = (await c.field("name", 32)).strip()
-    role = auth.check_role(await c.field("role", 20))
-    granted = await c.run(c.store.grant_role, name, role, _user(c).name, now_us())
-    await c.audit("role_grant", name, role, ok=granted)
-    if not granted:
-        raise ConsoleError(c.t("grant_refused"))
-    return RedirectResponse("/accounts", status_code=303)
-
-
 async def settings(c: Ctx) -> Response:
     """Collector settings: alert targets and the time zone pages use."""
     return c.render("settings.html", s=c.console.settings, saved=False)
@@ -899,105 +867,7 @@ async def report_generate(c: Ctx) -> Response:
     return await reports_page(c)
 
 
-# ------------------------------------------------------------------ own account
-
-
-async def password(c: Ctx) -> Response:
-    """Change one's own password (required after an administrator set it)."""
-    if c.request.method == "GET":
-        return c.render("password.html", error="")
-    account = _user(c)
-    current = await c.field("current", auth.PASSWORD_MAX_CHARS)
-    new = await c.field("new", auth.PASSWORD_MAX_CHARS)
-    if not await c.run(auth.verify_password, account.password_hash, current):
-        await c.audit("password_change", account.name, "current password wrong", ok=False)
-        return c.render("password.html", status=400, error=c.t("password_wrong"))
-    if new != await c.field("confirm", auth.PASSWORD_MAX_CHARS) or new == current:
-        return c.render("password.html", status=400, error=c.t("password_mismatch"))
-    try:
-        auth.check_password(new)
-    except ConsoleError:
-        return c.render(
-            "password.html", status=400, error=c.t("password_short", n=auth.PASSWORD_MIN_CHARS)
-        )
-    digest = await c.run(auth.hash_password, new)
-
-    def save() -> tuple[str, SessionRow]:
-        c.store.set_password(account.name, digest, must_change=False)
-        c.store.end_sessions(name=account.name)  # every other browser logs in again
-        return auth.start_session(c.store, account.name)
-
-    token, _ = await c.run(save)
-    await c.audit("password_change", account.name)
-    response = RedirectResponse("/", status_code=303)
-    c.console.cookie(response, c.console.session_cookie, token, None)
-    return response
-
-
-async def logout(c: Ctx) -> Response:
-    """End the session."""
-    token = c.request.cookies.get(c.console.session_cookie, "")
-    await c.run(lambda: c.store.end_sessions(token_hash=auth.token_hash(token)))
-    await c.audit("logout")
-    response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(c.console.session_cookie, path="/")
-    return response
-
-
 # ------------------------------------------------------------------ public
-
-
-async def login(c: Ctx) -> Response:
-    """The login form, and logging in (lockout after repeated failures)."""
-    request = c.request
-    next_page = _local(request.query_params.get("next", "/"))
-    if request.method == "GET":
-        if c.user is not None:
-            return RedirectResponse(next_page, status_code=303)
-        token = request.cookies.get(LOGIN_COOKIE) or new_token()
-        response = c.render("login.html", error="", token=token, next_page=next_page)
-        c.console.cookie(response, LOGIN_COOKIE, token, 3600)
-        return response
-    expected = request.cookies.get(LOGIN_COOKIE, "")
-    name = (await c.field("name", 64)).strip()
-    if not auth.same_token(expected, await c.field("csrf", 100)):
-        await c.audit(
-            "csrf_refused",
-            "POST /login",
-            ok=False,
-            actor=name,
-            role="",
-            severity=events_pb2.SEVERITY_MEDIUM,
-        )
-        return c.error(403, c.t("csrf_refused"))
-    password = await c.field("password", 1000)
-    result = await c.run(auth.authenticate, c.store, name, password)
-    role = result.account.role or "" if result.account else ""
-    if not result.ok:
-        severity = events_pb2.SEVERITY_MEDIUM if result.locked_now else events_pb2.SEVERITY_LOW
-        detail = result.reason + (
-            f"; locked for {auth.LOCKOUT_SECONDS // 60} min" if result.locked_now else ""
-        )
-        await c.audit(
-            "login_failed", name, detail, ok=False, actor=name, role=role, severity=severity
-        )
-        message = {
-            "locked": c.t("login_locked", minutes=auth.LOCKOUT_SECONDS // 60),
-            "no_role": c.t("login_no_role"),
-        }.get(result.reason, c.t("login_failed"))
-        if result.locked_now:
-            message = c.t("login_locked", minutes=auth.LOCKOUT_SECONDS // 60)
-        response = c.render(
-            "login.html", status=401, error=message, token=expected, next_page=next_page
-        )
-        return response
-    token, _ = await c.run(auth.start_session, c.store, name)
-    await c.audit("login", name, actor=name, role=role)
-    must_change = result.account is not None and result.account.must_change
-    done = RedirectResponse("/password" if must_change else next_page, status_code=303)
-    c.console.cookie(done, c.console.session_cookie, token, None)
-    done.delete_cookie(LOGIN_COOKIE, path="/")
-    return done
 
 
 async def switch_lang(c: Ctx) -> Response:
@@ -1005,7 +875,7 @@ async def switch_lang(c: Ctx) -> Response:
     lang = c.request.query_params.get("to", "zh")
     response = RedirectResponse(_local(c.request.query_params.get("next", "/")), status_code=303)
     if lang in LANGS:
-        c.console.cookie(response, LANG_COOKIE, lang, 365 * 86_400)
+        c.console.cookie(response, c.console.cookie_name(LANG_COOKIE), lang, 365 * 86_400)
     return response
 
 
@@ -1073,6 +943,11 @@ ROUTES: list[Page] = [
     Page("/accounts", accounts, frozenset({SYS, SEC}), nav="nav_accounts"),
     Page("/accounts/new", account_create, frozenset({SYS}), ("POST",)),
     Page("/accounts/grant", account_grant, frozenset({SEC}), ("POST",)),
+    Page("/accounts/revoke", account_revoke, frozenset({SEC}), ("POST",)),
+    Page("/accounts/reset", account_reset, frozenset({SEC}), ("POST",)),
+    Page("/accounts/disable", account_disable, frozenset({SEC}), ("POST",)),
+    Page("/accounts/enable", account_enable, frozenset({SEC}), ("POST",)),
+    Page("/accounts/unlock", account_unlock, frozenset({SEC}), ("POST",)),
     Page("/settings", settings, frozenset({SYS}), nav="nav_settings"),
     Page("/settings", settings_save, frozenset({SYS}), ("POST",)),
     Page("/audit", audit_log, frozenset({AUD}), nav="nav_audit"),

@@ -138,6 +138,7 @@ class ConsoleServer:
             try:
                 await self.console.feed.check_silence()
                 await self.audit_cli_accounts()
+                await self.audit_cli_actions()
             except Exception:
                 _logger.exception("console housekeeping failed; retrying")
 
@@ -163,6 +164,27 @@ class ConsoleServer:
                 action="account_create",
                 target=a.name,
                 detail=f"role {a.role or '-'} (command line)",
+                client="cli",
             )
             await run(store.set_setting, CLI_AUDITED, str(a.created_us))
         return len(new)
+
+    async def audit_cli_actions(self) -> int:
+        """Record the account actions ``baomi-collector user`` queued in the store (it
+        cannot append to the chain itself, as above), oldest first, each once."""
+        store = self.console.store
+        pending = await self.console.run(store.pending_actions)
+        chain = self.console.collector.ingest.alerts
+        for a in pending:
+            await chain.console_action(
+                actor=a.actor,
+                role="",
+                action=a.action,
+                target=a.target,
+                detail=f"{a.detail} (command line)".lstrip(),
+                ok=a.ok,
+                client="cli",
+            )
+            # Recorded before dropped: a crash in between records it twice, never not.
+            await self.console.run(store.drop_action, a.id)
+        return len(pending)

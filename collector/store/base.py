@@ -163,18 +163,44 @@ class Store(Protocol):
     def accounts(self) -> list[AccountRow]:
         """Every account, by name."""
 
-    def grant_role(self, name: str, role: str, by: str, now_us: int) -> bool:
-        """Give ``role`` to an account that has none yet; False otherwise (one role each)."""
+    def grant_role(self, name: str, role: str, by: str, now_us: int, password_hash: str) -> bool:
+        """Give ``role`` to an enabled account that has none yet, with a new one-time
+        password and no sessions left; False otherwise (one role each)."""
+
+    def revoke_role(self, name: str) -> bool:
+        """Take an account's role and end its sessions; False when it has none or is the
+        last enabled account of its role."""
+
+    def disable_account(self, name: str, by: str, now_us: int) -> bool:
+        """Disable an enabled account and end its sessions; False when it is unknown,
+        disabled already, or the last enabled account of its role."""
+
+    def enable_account(self, name: str) -> bool:
+        """Enable a disabled account; False when it is not disabled."""
 
     def set_password(self, name: str, password_hash: str, *, must_change: bool) -> None:
         """Replace an account's password hash."""
 
-    def login_failed(self, name: str, now_us: int, limit: int, lock_us: int) -> AccountRow | None:
-        """Count a failed login; at ``limit`` failures lock the account until now + lock_us
-        (and start counting again). Returns the account after, or None if unknown."""
+    def backoff(self, key: str) -> tuple[int, int] | None:
+        """Failed attempts counted under ``key`` (a name or a client address) and the time
+        of the last one, or None."""
 
-    def login_ok(self, name: str) -> None:
-        """Forget an account's failed logins."""
+    def backoff_failed(self, key: str, now_us: int, forget_us: int) -> int:
+        """Count a failed attempt under ``key`` (starting again when the last one is older
+        than ``forget_us``); the count after. Forgotten keys are removed."""
+
+    def backoff_clear(self, key: str) -> None:
+        """Forget the failed attempts counted under ``key``."""
+
+    def queue_action(self, action: PendingAction) -> None:
+        """Keep an account action taken on the command line until the collector, which
+        alone appends to its chain, records it."""
+
+    def pending_actions(self) -> list[PendingAction]:
+        """Queued command-line actions, oldest first."""
+
+    def drop_action(self, action_id: int) -> None:
+        """Remove a queued action once it is recorded."""
 
     def add_session(self, session: SessionRow) -> None:
         """Store a new login session (by the SHA-256 of its token)."""
@@ -269,6 +295,20 @@ class AccountRow:
     created_us: int
     created_by: str
     granted_by: str | None = None
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PendingAction:
+    """An account action taken with ``baomi-collector user``, waiting to be recorded."""
+
+    id: int  # 0 until stored
+    at_us: int
+    actor: str
+    action: str
+    target: str
+    detail: str
+    ok: bool = True  # False when the command refused it
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from collector.store.base import (
     EventQuery,
     EventRow,
     FindingRow,
+    PendingAction,
     PolicyVersionRow,
     ReportRow,
     SessionRow,
@@ -40,6 +41,17 @@ REPORT_COLUMNS = "id, kind, subject, fmt, lang, created_at, digest, size, path, 
 ACCOUNT_COLUMNS = (
     "name, role, password_hash, must_change, failed, locked_until, created_at, created_by, "
     "granted_by"
+)
+_ACCOUNT_SELECT = (
+    f"SELECT {ACCOUNT_COLUMNS}, name IN (SELECT name FROM console_disabled) FROM console_accounts"
+)
+# Terms of an UPDATE or SELECT on console_accounts: the account is enabled; another enabled
+# account has its role (so taking this one out leaves the role to someone).
+_ENABLED = "name NOT IN (SELECT name FROM console_disabled)"
+_NOT_LAST = (
+    "EXISTS (SELECT 1 FROM console_accounts o WHERE o.role = console_accounts.role "
+    "AND o.name <> console_accounts.name "
+    "AND o.name NOT IN (SELECT name FROM console_disabled))"
 )
 FINDING_COLUMNS = (
     "id, host_id, seq, title, severity, owner, due, status, note, created_at, created_by, "
@@ -73,6 +85,9 @@ class SqlStore:
     CONTAINS_TERM: ClassVar[str]
     #: Put before event_time to keep its index out of a byte search (see console_events).
     UNINDEXED: ClassVar[str] = ""
+    #: Ends a SELECT that locks its rows until the transaction ends ("" where a write
+    #: transaction locks the whole database already, as SQLite's BEGIN IMMEDIATE does).
+    FOR_UPDATE: ClassVar[str] = ""
     #: What the backend is called in errors.
     NAME: ClassVar[str]
 
@@ -356,21 +371,76 @@ class SqlStore:
 
     def account(self, name: str) -> AccountRow | None:
         """One account, or None."""
-        row = self._one(f"SELECT {ACCOUNT_COLUMNS} FROM console_accounts WHERE name = ?", (name,))
+        row = self._one(f"{_ACCOUNT_SELECT} WHERE name = ?", (name,))
         return account_row(row) if row else None
 
     def accounts(self) -> list[AccountRow]:
         """Every account, by name."""
-        cur = self._run(f"SELECT {ACCOUNT_COLUMNS} FROM console_accounts ORDER BY name")
+        cur = self._run(f"{_ACCOUNT_SELECT} ORDER BY name")
         return [account_row(r) for r in cur]
 
-    def grant_role(self, name: str, role: str, by: str, now_us: int) -> bool:
-        """Give a role to an account without one."""
-        cur = self._run(
-            "UPDATE console_accounts SET role = ?, granted_by = ?, granted_at = ? "
-            "WHERE name = ? AND role IS NULL",
-            (role, by, now_us, name),
+    def grant_role(self, name: str, role: str, by: str, now_us: int, password_hash: str) -> bool:
+        """Give a role to an enabled account without one; a new one-time password."""
+        with self._transaction() as tx:
+            cur = tx.execute(
+                (
+                    "UPDATE console_accounts SET role = ?, granted_by = ?, granted_at = ?, "
+                    "password_hash = ?, must_change = ? "
+                    f"WHERE name = ? AND role IS NULL AND {_ENABLED}"
+                ),
+                (role, by, now_us, password_hash, True, name),
+            )
+            if int(cur.rowcount) != 1:
+                return False
+            tx.execute("DELETE FROM console_sessions WHERE name = ?", (name,))
+        return True
+
+    def revoke_role(self, name: str) -> bool:
+        """Take a role, unless that leaves the role without an enabled account."""
+        with self._transaction() as tx:
+            self._lock_role_of(tx, name)
+            cur = tx.execute(
+                (
+                    "UPDATE console_accounts SET role = NULL, granted_by = NULL, "
+                    f"granted_at = NULL WHERE name = ? AND role IS NOT NULL AND {_NOT_LAST}"
+                ),
+                (name,),
+            )
+            if int(cur.rowcount) != 1:
+                return False
+            tx.execute("DELETE FROM console_sessions WHERE name = ?", (name,))
+        return True
+
+    def disable_account(self, name: str, by: str, now_us: int) -> bool:
+        """Disable an account, unless it is the last enabled one of its role."""
+        with self._transaction() as tx:
+            self._lock_role_of(tx, name)
+            cur = tx.execute(
+                (
+                    "INSERT INTO console_disabled (name, disabled_at, disabled_by) "
+                    "SELECT name, ?, ? FROM console_accounts "
+                    f"WHERE name = ? AND {_ENABLED} AND (role IS NULL OR {_NOT_LAST})"
+                ),
+                (now_us, by, name),
+            )
+            if int(cur.rowcount) != 1:
+                return False
+            tx.execute("DELETE FROM console_sessions WHERE name = ?", (name,))
+        return True
+
+    def _lock_role_of(self, tx: Transaction, name: str) -> None:
+        # Two administrators taking out the last two holders of a role at once must not
+        # both see the other one still enabled: the second waits for the first (under
+        # PostgreSQL's READ COMMITTED its next statement then sees the first's change).
+        tx.execute(
+            "SELECT name FROM console_accounts WHERE role = "
+            f"(SELECT role FROM console_accounts WHERE name = ?){self.FOR_UPDATE}",
+            (name,),
         )
+
+    def enable_account(self, name: str) -> bool:
+        """Enable a disabled account."""
+        cur = self._run("DELETE FROM console_disabled WHERE name = ?", (name,))
         return int(cur.rowcount) == 1
 
     def set_password(self, name: str, password_hash: str, *, must_change: bool) -> None:
@@ -380,21 +450,60 @@ class SqlStore:
             (password_hash, must_change, name),
         )
 
-    def login_failed(self, name: str, now_us: int, limit: int, lock_us: int) -> AccountRow | None:
-        """Count a failed login; lock at the limit."""
-        # One statement, so two concurrent failures cannot both read the old count.
-        row = self._one(
-            "UPDATE console_accounts SET "
-            "locked_until = CASE WHEN failed + 1 >= ? THEN ? ELSE locked_until END, "
-            "failed = CASE WHEN failed + 1 >= ? THEN 0 ELSE failed + 1 END "
-            f"WHERE name = ? RETURNING {ACCOUNT_COLUMNS}",
-            (limit, now_us + lock_us, limit, name),
-        )
-        return account_row(row) if row else None
+    def backoff(self, key: str) -> tuple[int, int] | None:
+        """Failed attempts under ``key`` and when the last was."""
+        row = self._one("SELECT failures, last_at FROM console_backoff WHERE key = ?", (key,))
+        return (int(row[0]), int(row[1])) if row else None
 
-    def login_ok(self, name: str) -> None:
-        """Forget failed logins."""
-        self._run("UPDATE console_accounts SET failed = 0 WHERE name = ?", (name,))
+    def backoff_failed(self, key: str, now_us: int, forget_us: int) -> int:
+        """Count a failed attempt under ``key``; the count after."""
+        # One statement for the count, so two concurrent failures cannot both read it.
+        row = self._one(
+            "INSERT INTO console_backoff (key, failures, last_at) VALUES (?, 1, ?) "
+            "ON CONFLICT (key) DO UPDATE SET "
+            "failures = CASE WHEN console_backoff.last_at < ? THEN 1 "
+            "ELSE console_backoff.failures + 1 END, last_at = excluded.last_at "
+            "RETURNING failures",
+            (key, now_us, now_us - forget_us),
+        )
+        # Names nobody has (guessed ones) would otherwise stay forever.
+        self._run("DELETE FROM console_backoff WHERE last_at < ?", (now_us - forget_us,))
+        return int(row[0]) if row else 1
+
+    def backoff_clear(self, key: str) -> None:
+        """Forget ``key``'s failed attempts."""
+        self._run("DELETE FROM console_backoff WHERE key = ?", (key,))
+
+    def queue_action(self, action: PendingAction) -> None:
+        """Queue a command-line action for the collector's chain."""
+        a = action
+        self._run(
+            "INSERT INTO console_pending (at, actor, action, target, detail, ok) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (a.at_us, a.actor, a.action, a.target, a.detail, a.ok),
+        )
+
+    def pending_actions(self) -> list[PendingAction]:
+        """Queued command-line actions, oldest first."""
+        cur = self._run(
+            "SELECT id, at, actor, action, target, detail, ok FROM console_pending ORDER BY id"
+        )
+        return [
+            PendingAction(
+                id=int(r[0]),
+                at_us=int(r[1]),
+                actor=str(r[2]),
+                action=str(r[3]),
+                target=str(r[4]),
+                detail=str(r[5]),
+                ok=bool(r[6]),
+            )
+            for r in cur
+        ]
+
+    def drop_action(self, action_id: int) -> None:
+        """Remove a recorded action from the queue."""
+        self._run("DELETE FROM console_pending WHERE id = ?", (action_id,))
 
     def add_session(self, session: SessionRow) -> None:
         """Store a session."""
@@ -576,7 +685,7 @@ def report_row(row: Sequence[Any]) -> ReportRow:
 
 def account_row(row: Sequence[Any]) -> AccountRow:
     """A console_accounts row (``ACCOUNT_COLUMNS``) as an AccountRow."""
-    name, role, pw, must, failed, locked, created, by, granted = row
+    name, role, pw, must, failed, locked, created, by, granted, disabled = row
     return AccountRow(
         name=str(name),
         role=role,
@@ -587,4 +696,5 @@ def account_row(row: Sequence[Any]) -> AccountRow:
         created_us=int(created),
         created_by=str(by),
         granted_by=granted,
+        disabled=bool(disabled),
     )

@@ -267,6 +267,25 @@ CREATE TABLE IF NOT EXISTS console_sessions (
     created_at INTEGER NOT NULL,
     seen_at    INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS console_disabled (
+    name        TEXT PRIMARY KEY,
+    disabled_at INTEGER NOT NULL,
+    disabled_by TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS console_backoff (
+    key      TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL,
+    last_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS console_pending (
+    id     INTEGER PRIMARY KEY,
+    at     INTEGER NOT NULL,
+    actor  TEXT    NOT NULL,
+    action TEXT    NOT NULL,
+    target TEXT    NOT NULL,
+    detail TEXT    NOT NULL,
+    ok     INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS policy_versions (
     number     INTEGER PRIMARY KEY,
     version    TEXT    NOT NULL,

@@ -1,5 +1,6 @@
 """The console in Debian Chromium: roles, live events from a running agent, hostile
-strings inert on screen and in the export, CSRF refusal, approval reaching the agent.
+strings inert on screen and in the export, CSRF refusal (login CSRF by a planted cookie
+too), approval reaching the agent, an account's grant and first login.
 
 Screenshots of every page are kept under test-artifacts/screenshots/.
 """
@@ -7,9 +8,12 @@ Screenshots of every page are kept under test-artifacts/screenshots/.
 from __future__ import annotations
 
 import csv
+import http.server
 import io
 import re
+import threading
 import time
+import urllib.request
 from typing import Any
 
 import pytest
@@ -17,6 +21,7 @@ from baomi.v1 import events_pb2
 
 from agent.identity import load_identity
 from agent.meeting.signature import sign_meeting_check
+from collector.console.auth import create_account
 from collector.console.pages import ROUTES
 from collector.store.base import ROLES
 from tests.e2e.conftest import ACCOUNTS, PASSWORD, Site, screenshot_dir
@@ -313,3 +318,113 @@ def test_meeting_check_signature_status_in_the_browser(site: Site, browser_for: 
     page.wait_for_url(re.compile(r".*/events/_collector/\d+$"))
     assert "meeting_signature" in page.inner_text("main")
     assert not dialogs
+
+
+class _AttackerSite:
+    """A page on a sibling origin (same host, another port: same site, so it may set
+    cookies the console receives) that plants a login token and posts the login form."""
+
+    def __init__(self, page_html: str) -> None:
+        body = page_html.encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_login_csrf_by_cookie_planting_fails(site: Site, browser_for: Any) -> None:
+    """The attacker gets a valid login token for itself, plants it as the victim's
+    login cookie from a sibling origin and posts its own name and password: the victim
+    must not end up logged in as the attacker, and logs in as itself afterwards."""
+    store = site.running.store
+    create_account(store, "mallory", role="auditor", by="cli:test", password=PASSWORD)
+    with urllib.request.urlopen(site.base + "/login") as r:  # noqa: S310 - the test's own URL
+        token = re.search(r'name="csrf" value="([^"]+)"', r.read().decode())
+    assert token
+    attacker = _AttackerSite(
+        f"""<!doctype html><body>
+<form id="f" method="post" action="{site.base}/login">
+<input name="csrf" value="{token.group(1)}"><input name="name" value="mallory">
+<input name="password" value="{PASSWORD}"></form>
+<script>
+document.cookie = "baomi_login={token.group(1)}; path=/";
+document.getElementById("f").submit();
+</script></body>"""
+    )
+    try:
+        page = _open(browser_for(), [])
+        with page.expect_response(re.compile(r"/login$")) as posted:
+            page.goto(attacker.base + "/")
+        assert posted.value.status == 403
+        # Not logged in as anyone: the console sends the victim to its login page.
+        page.goto(site.base + "/")
+        assert page.url.startswith(site.base + "/login")
+        # Planted again, the login page still issues its own token, and the victim's
+        # own login works and is the victim's.
+        page.context.add_cookies(
+            [{"name": "baomi_login", "value": token.group(1), "url": site.base}]
+        )
+        page.goto(site.base + "/login")
+        assert page.locator("input[name=csrf]").get_attribute("value") != token.group(1)
+        _login(page, site.base, "auditor")
+        page.goto(site.base + "/audit")
+        assert page.locator("header").inner_text().count("aud") >= 1
+        assert "mallory" not in page.locator("header").inner_text()
+    finally:
+        attacker.close()
+    actions = [
+        events_pb2.Event.FromString(r.body).console_action
+        for r in store.chain("_collector")
+        if r.kind == "console_action"
+    ]
+    assert not any(a.action == "login" and a.actor == "mallory" for a in actions)
+    refused = [a for a in actions if a.action == "csrf_refused" and a.actor == "mallory"]
+    assert refused and refused[-1].client == "127.0.0.1"
+    assert "Chrome" in refused[-1].user_agent
+
+
+def test_granted_account_first_login_in_the_browser(site: Site, browser_for: Any) -> None:
+    """Create (sysadmin, no password shown), grant (secadmin sees a one-time password),
+    first login must change it: all in Chromium, same-origin posts included."""
+    sam = _open(browser_for(), [])
+    _login(sam, site.base, "sysadmin")
+    sam.goto(site.base + "/accounts")
+    sam.fill("form[action='/accounts/new'] input[name=name]", "erin")
+    sam.click("form[action='/accounts/new'] button[type=submit]")
+    sam.wait_for_url(site.base + "/accounts")
+    assert sam.locator("#account-erin").is_visible()
+    assert sam.locator("#new-password").count() == 0
+    sue = _open(browser_for(), [])
+    _login(sue, site.base, "secadmin")
+    sue.goto(site.base + "/accounts")
+    sue.select_option("#account-erin select[name=role]", "auditor")
+    sue.click("#account-erin form[action='/accounts/grant'] button[type=submit]")
+    one_time = sue.locator("#new-password").inner_text()
+    sue.screenshot(path=str(screenshot_dir() / "secadmin-one-time-password.png"))
+    erin = _open(browser_for(), [])
+    erin.goto(site.base + "/login")
+    erin.fill("input[name=name]", "erin")
+    erin.fill("input[name=password]", one_time)
+    erin.click("button[type=submit]")
+    erin.wait_for_url(site.base + "/password")
+    erin.fill("input[name=current]", one_time)
+    erin.fill("input[name=new]", "erins-own-password")
+    erin.fill("input[name=confirm]", "erins-own-password")
+    erin.click("form[action='/password'] button[type=submit]")
+    erin.wait_for_url(site.base + "/")
+    assert erin.goto(site.base + "/audit").status == 200

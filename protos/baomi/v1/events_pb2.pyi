@@ -264,20 +264,24 @@ class Tamper(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., detail: _Optional[str] = ..., gap_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., gap_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subject_host: _Optional[str] = ..., subject_seq: _Optional[int] = ..., subject_seqs: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ConsoleAction(_message.Message):
-    __slots__ = ("actor", "role", "action", "target", "detail", "ok")
+    __slots__ = ("actor", "role", "action", "target", "detail", "ok", "client", "user_agent")
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    USER_AGENT_FIELD_NUMBER: _ClassVar[int]
     actor: str
     role: str
     action: str
     target: str
     detail: str
     ok: bool
-    def __init__(self, actor: _Optional[str] = ..., role: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[str] = ..., detail: _Optional[str] = ..., ok: _Optional[bool] = ...) -> None: ...
+    client: str
+    user_agent: str
+    def __init__(self, actor: _Optional[str] = ..., role: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[str] = ..., detail: _Optional[str] = ..., ok: _Optional[bool] = ..., client: _Optional[str] = ..., user_agent: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("host_id", "seq", "time", "prev_hash", "severity", "file_access", "file_change", "device", "network", "process", "meeting_check", "agent_status", "policy_applied", "tamper", "console_action")

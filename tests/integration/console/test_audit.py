@@ -37,8 +37,10 @@ def test_every_action_is_in_the_audit_log_with_actor_role_and_time(console: Cons
     assert aud.get("/events/export.csv?kind=file_access").status == 200
     assert sam.post("/hosts/token", {"host": "ws-02"}).status == 200
     assert sam.post("/hosts/decommission", {"host": "ws-01"}).status == 303
-    assert sam.post("/accounts/new", {"name": "ned"}).status == 200
-    assert sue.post("/accounts/grant", {"name": "ned", "role": "auditor"}).status == 303
+    # Creating answers 303 (no password shown to the creator); granting answers 200 with
+    # the one-time password for the grantor.
+    assert sam.post("/accounts/new", {"name": "ned"}).status == 303
+    assert sue.post("/accounts/grant", {"name": "ned", "role": "auditor"}).status == 200
     assert sam.post("/settings", {"webhooks": "", "syslog": "", "timezone": "UTC"}).status == 200
     assert (
         sue.post("/findings/new", {"host": "ws-01", "seq": "1", "owner": "li", "due": ""}).status

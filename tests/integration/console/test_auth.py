@@ -1,18 +1,22 @@
-"""Logins, sessions, CSRF tokens, lockout, and the two-person account flow."""
+"""Logins, sessions, CSRF tokens, guessing limits, and the two-person account flow."""
 
 from __future__ import annotations
 
+import http.cookiejar
+import re
 import ssl
+import time
 from pathlib import Path
 
 import pytest
 
-from collector.console import ConsoleConfig, auth
+from collector.console import ConsoleConfig, auth, ratelimit
 from collector.console.auth import create_account
+from collector.console.i18n import translate
 from collector.ingest import now_us
 from collector.store import Store
 from tests.integration.console.conftest import PASSWORD, Console, start_console
-from tests.integration.console.web import CSRF_RE, Client
+from tests.integration.console.web import CSRF_RE, Client, Resp
 
 
 def _actions(console: Console, action: str) -> list[object]:
@@ -57,32 +61,147 @@ def test_login_form_needs_its_csrf_token(console: Console) -> None:
     assert _actions(console, "csrf_refused")[0].target == "POST /login"  # type: ignore[attr-defined]
 
 
-def test_lockout_after_five_failures(console: Console) -> None:
+def test_login_token_is_issued_fresh_and_signed(console: Console) -> None:
+    """A token another site planted as the login cookie is neither adopted by GET /login
+    nor accepted by POST /login; one signed here but expired is refused too."""
     c = console.client()
-    for _ in range(auth.LOCKOUT_FAILURES - 1):
-        assert c.login("sam", "wrong-password-x").status == 401
-    resp = c.login("sam", "wrong-password-x")
-    assert resp.status == 401 and "15" in resp.text
-    assert console.store.account("sam").locked_until_us > now_us()  # type: ignore[union-attr]
-    # Locked: even the right password is refused, and says so only as "locked".
-    assert c.login("sam", PASSWORD).status == 401
+    planted = "planted-by-a-sibling-site-0123456789"
+    c.jar.set_cookie(_cookie("baomi_login", planted))
+    page = c.get("/login")
+    token = CSRF_RE.search(page.text)
+    assert token and token.group(1) != planted
+    sent = [h for h in page.header_all("set-cookie") if h.startswith("baomi_login=")]
+    assert sent == [sent[0]] and sent[0].startswith(f"baomi_login={token.group(1)};")
+    # The planted value sent as both cookie and form field (double submit) is refused.
+    forged = console.client()
+    forged.jar.set_cookie(_cookie("baomi_login", planted))
+    form = {"csrf": planted, "name": "sam", "password": PASSWORD}
+    assert forged.request("POST", "/login", form).status == 403
+    secret = b"x" * 32
+    old = auth.login_token(secret, now_s=1_000_000)
+    assert auth.login_token_ok(secret, old, old, now_s=1_000_000)
+    assert not auth.login_token_ok(secret, old, old, now_s=1_000_000 + auth.LOGIN_TOKEN_SECONDS + 1)
+    assert not auth.login_token_ok(b"y" * 32, old, old, now_s=1_000_000)
+
+
+def _cookie(name: str, value: str) -> http.cookiejar.Cookie:
+    return http.cookiejar.Cookie(
+        0,
+        name,
+        value,
+        None,
+        False,
+        "127.0.0.1",
+        False,
+        False,
+        "/",
+        True,
+        False,
+        None,
+        False,
+        None,
+        None,
+        {},
+    )
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_cross_site_login_post_is_refused_same_origin_null_is_not(console: Console) -> None:
+    def attempt(headers: dict[str, str]) -> int:
+        c = console.client()
+        token = CSRF_RE.search(c.get("/login").text)
+        assert token
+        form = {"csrf": token.group(1), "name": "sam", "password": PASSWORD}
+        return c.request("POST", "/login", form, headers=headers).status
+
+    assert attempt({"Sec-Fetch-Site": "same-site"}) == 403  # a sibling origin
+    assert attempt({"Sec-Fetch-Site": "cross-site"}) == 403
+    assert attempt({"Origin": "http://evil.example"}) == 403
+    # Referrer-Policy no-referrer: Chromium may send Origin: null on our own forms.
+    assert attempt({"Origin": "null"}) == 303
+    assert attempt({"Sec-Fetch-Site": "same-origin", "Origin": "null"}) == 303
+    assert attempt({"Sec-Fetch-Site": "none"}) == 303
+
+
+def _error(resp: Resp) -> tuple[int, str]:
+    """Status and error line of a login or password page (not its fresh token)."""
+    found = re.search(r'<p class="error"[^>]*>([^<]*)</p>', resp.text)
+    return resp.status, found.group(1) if found else ""
+
+
+def _wait(seconds: int) -> str:
+    return translate("zh", "login_wait", s=seconds)
+
+
+def test_guessing_waits_longer_each_time_and_recovers_alone(console: Console) -> None:
+    c = console.client()
+    for _ in range(ratelimit.NAME_FREE - 1):
+        assert _error(c.login("sam", "wrong-password-x")) == (401, "账号或密码错误。")
+    assert _error(c.login("sam", "wrong-password-x")) == (429, _wait(1))
+    # While waiting even the right password is not checked.
+    assert c.login("sam", PASSWORD).status == 429
+    time.sleep(1.2)
+    assert _error(c.login("sam", "wrong-password-x")) == (429, _wait(2))
+    time.sleep(2.2)
+    # No administrator needed: after the wait the right password works.
+    assert c.login("sam", PASSWORD).status == 303
     failed = _actions(console, "login_failed")
-    assert len(failed) == auth.LOCKOUT_FAILURES + 1
+    assert [a.detail for a in failed] == [  # type: ignore[attr-defined]
+        *["wrong password"] * (ratelimit.NAME_FREE - 1),
+        "wrong password; waiting 1 s",
+        "waiting 1 s",
+        "wrong password; waiting 2 s",
+    ]
     assert all(a.actor == "sam" and a.role == "sysadmin" and not a.ok for a in failed)  # type: ignore[attr-defined]
-    assert "locked for 15 min" in failed[auth.LOCKOUT_FAILURES - 1].detail  # type: ignore[attr-defined]
-    assert failed[-1].detail == "locked"  # type: ignore[attr-defined]
     # Unknown names are recorded too, without a role.
-    assert c.login("mallory", "whatever-password").status == 401
+    assert console.client().login("mallory", "whatever-password").status == 401
     assert _actions(console, "login_failed")[-1].role == ""  # type: ignore[attr-defined]
 
 
-def test_lock_expires(store: Store) -> None:
-    create_account(store, "eve", role="auditor", by="t", password=PASSWORD)
-    for _ in range(auth.LOCKOUT_FAILURES):
-        assert not auth.authenticate(store, "eve", "nope-nope-nope").ok
-    assert auth.authenticate(store, "eve", PASSWORD).reason == "locked"
-    store.login_failed("eve", now_us() - 10**12, 1, 0)  # as if the lock ran out long ago
-    assert auth.authenticate(store, "eve", PASSWORD).ok
+def test_unknown_disabled_and_waiting_names_answer_alike(console: Console) -> None:
+    create_account(console.store, "dora", role="auditor", by="t", password=PASSWORD)
+    assert console.store.disable_account("dora", "t", now_us())
+    answers = {}
+    for name, password in [
+        ("sam", "wrong-password-x"),  # a real account, wrong password
+        ("mallory", "wrong-password-x"),  # nobody
+        ("dora", PASSWORD),  # disabled, the right password
+    ]:
+        console.store.backoff_clear("addr:127.0.0.1")  # each name from a fresh address
+        c = console.client()
+        answers[name] = [_error(c.login(name, password)) for _ in range(ratelimit.NAME_FREE + 1)]
+    assert answers["sam"] == answers["mallory"] == answers["dora"]
+    assert answers["sam"][-1] == (429, _wait(1))
+    # The audit log (for the auditor, not the answer) tells them apart.
+    first: dict[str, str] = {}
+    for a in _actions(console, "login_failed"):
+        first.setdefault(a.actor, a.detail)  # type: ignore[attr-defined]
+    assert first == {"sam": "wrong password", "mallory": "unknown name", "dora": "disabled"}
+
+
+def test_one_client_guessing_many_names_waits(console: Console) -> None:
+    c = console.client()
+    for i in range(ratelimit.ADDRESS_FREE - 1):
+        assert c.login(f"guess{i}", "wrong-password-x").status == 401
+    assert c.login("guessx", "wrong-password-x").status == 429
+    # A fresh name from the same address waits too; the name itself has no failures.
+    resp = c.login("sam", PASSWORD)
+    assert resp.status == 429
+    assert console.store.backoff("name:sam") is None
+
+
+def test_wait_doubles_up_to_a_cap_and_is_forgotten(store: Store) -> None:
+    waits = [ratelimit.wait_after(n, 3) for n in range(1, 14)]
+    assert waits == [0, 0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]
+    key = [ratelimit.name_key("eve")]
+    t = now_us()
+    for _ in range(3):
+        ratelimit.failed(store, key, t)
+    assert ratelimit.wait_s(store, key, t) == 1
+    assert ratelimit.wait_s(store, key, t + 1_000_001) == 0
+    # An hour later the count starts again.
+    later = t + (ratelimit.FORGET_S + 1) * 1_000_000
+    assert store.backoff_failed("name:eve", later, ratelimit.FORGET_S * 1_000_000) == 1
 
 
 def test_idle_session_ends(store: Store) -> None:
@@ -100,19 +219,21 @@ def test_sysadmin_creates_secadmin_grants_nobody_alone(console: Console) -> None
     # cannot grant roles.
     assert sue.post("/accounts/new", {"name": "newbie"}).status == 403
     resp = sam.post("/accounts/new", {"name": "newbie"})
-    assert resp.status == 200
-    password = resp.text.split('<pre id="new-password">')[1].split("</pre>")[0]
+    # Changed: 303 and no password. The creator must not know any credential of it.
+    assert resp.status == 303
+    assert "new-password" not in sam.get("/accounts").text
     assert console.store.account("newbie").role is None  # type: ignore[union-attr]
     assert sam.post("/accounts/grant", {"name": "newbie", "role": "sysadmin"}).status == 403
-    # Without a role the account cannot log in.
-    newbie = console.client()
-    resp = newbie.login("newbie", password)
-    assert resp.status == 401 and "尚未授权角色" in resp.text
-    assert sue.post("/accounts/grant", {"name": "newbie", "role": "auditor"}).status == 303
+    # Changed: the grant answers 200 with the one-time password, for the grantor only.
+    resp = sue.post("/accounts/grant", {"name": "newbie", "role": "auditor"})
+    assert resp.status == 200
+    password = resp.text.split('<pre id="new-password">')[1].split("</pre>")[0]
     # One role, once: a second grant is refused.
-    assert sue.post("/accounts/grant", {"name": "newbie", "role": "secadmin"}).status == 400
+    resp = sue.post("/accounts/grant", {"name": "newbie", "role": "secadmin"})
+    assert resp.status == 400 and "revoke it first" in resp.text
     assert console.store.account("newbie").role == "auditor"  # type: ignore[union-attr]
-    # First login: the password the administrator saw must be replaced before anything.
+    # First login: the one-time password must be replaced before anything.
+    newbie = console.client()
     resp = newbie.login("newbie", password)
     assert resp.headers["location"] == "/password"
     assert newbie.get("/events").status == 303
@@ -127,6 +248,12 @@ def test_sysadmin_creates_secadmin_grants_nobody_alone(console: Console) -> None
     assert ("account_create", "sam", "sysadmin", "newbie") in actions
     assert ("role_grant", "sue", "secadmin", "newbie") in actions
     assert ("password_change", "newbie", "auditor", "newbie") in actions
+
+
+def test_account_without_role_cannot_log_in(console: Console) -> None:
+    create_account(console.store, "newbie", role=None, by="t", password=PASSWORD)
+    resp = console.client().login("newbie", PASSWORD)
+    assert resp.status == 401 and "尚未授权角色" in resp.text
 
 
 def _ca(event: object) -> object:
@@ -165,5 +292,20 @@ def test_tls_console_sets_secure_host_cookie(store: Store, pki_dir: Path) -> Non
         )
         cookie = next(h for h in resp.header_all("set-cookie") if "baomi_session" in h)
         assert cookie.startswith("__Host-baomi_session=") and "Secure" in cookie
+        # Every cookie is __Host-: the login form's and the language's too.
+        assert [h.split("=")[0] for h in page.header_all("set-cookie")] == ["__Host-baomi_login"]
+        lang = c.get("/lang?to=en").header_all("set-cookie")
+        assert lang and lang[0].startswith("__Host-baomi_lang=") and "Secure" in lang[0]
+        c.refresh_csrf()
+        assert c.get("/").status == 200
+        # Logout deletes the session cookie with the attributes it was set with, so the
+        # browser really drops it (a deletion without Secure is ignored for __Host-).
+        out = c.post("/logout")
+        assert out.status == 303
+        gone = next(h for h in out.header_all("set-cookie") if "baomi_session" in h)
+        assert gone.startswith("__Host-baomi_session=") and "Secure" in gone
+        assert "Max-Age=0" in gone and "Path=/" in gone and "Domain" not in gone
+        assert not any("baomi_session" in k.name for k in c.jar)
+        assert c.get("/").status == 303
     finally:
         running.stop()
