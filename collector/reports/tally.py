@@ -17,6 +17,7 @@ from baomi.v1 import events_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from collector.ingest import COLLECTOR_HOST
+from collector.meeting_signatures import ALERT_KIND as SIGNATURE_ALERT
 from collector.store.base import EventRow
 
 LIST_LIMIT = 50  # rows kept for detail tables (the most recent ones); totals are exact
@@ -147,6 +148,10 @@ class Tally:
     not_cleared: collections.deque[dict[str, object]] = field(
         default_factory=lambda: collections.deque(maxlen=LIST_LIMIT)
     )
+    # meeting checks counted as cleared, (host, seq) -> (room, phase): a signature alert
+    # naming one later takes it back; (host, seq) of checks such alerts name
+    cleared_checks: dict[tuple[str, int], events_pb2.MeetingCheck] = field(default_factory=dict)
+    unsigned_checks: set[tuple[str, int]] = field(default_factory=set)
     # files declassified: (host, path, label_id) -> first time seen
     declassified: dict[tuple[str, str, str], int] = field(default_factory=dict)
     # the record itself
@@ -175,7 +180,10 @@ class Tally:
             if host_id == COLLECTOR_HOST:
                 # The collector's own chain: alerts about the record, not a computer.
                 if kind == "tamper":
-                    self.collector_alerts[parse(row.body).tamper.kind] += 1
+                    t = parse(row.body).tamper
+                    self.collector_alerts[t.kind] += 1
+                    if t.kind == SIGNATURE_ALERT:
+                        self._unsigned(t, when)
                 continue
             h = hosts.get(host_id)
             if h is None:
@@ -258,7 +266,7 @@ class Tally:
                             }
                         )
             elif kind == "meeting_check":
-                self._meeting(parse(row.body).meeting_check, host_id, when)
+                self._meeting(parse(row.body).meeting_check, host_id, row.seq, when)
             elif kind == "file_change":
                 change = parse(row.body).file_change
                 if change.change == "declassified":
@@ -304,24 +312,29 @@ class Tally:
         stick.hosts.add(host_id)
         stick.last_us = when
 
-    def _meeting(self, m: events_pb2.MeetingCheck, host_id: str, when: int) -> None:
+    def _meeting(self, m: events_pb2.MeetingCheck, host_id: str, seq: int, when: int) -> None:
+        # A check whose signature the collector found wrong on arrival never counts as
+        # cleared, whatever its own flag says (the alert may come before or after it).
+        cleared = m.cleared and (host_id, seq) not in self.unsigned_checks
+        if cleared:
+            self.cleared_checks[(host_id, seq)] = m
         if m.phase == "sweep":
             self.sweeps += 1
-            self.sweeps_cleared += m.cleared
+            self.sweeps_cleared += cleared
             return
         self.checks += 1
-        self.checks_cleared += m.cleared
+        self.checks_cleared += cleared
         room = self.rooms.setdefault(m.room, [0, 0])
         room[0] += 1
-        room[1] += m.cleared
-        failed = []
+        room[1] += cleared
+        failed = ["signature"] if m.cleared and not cleared else []
         for item in m.items:
             if item.result == "fail":
                 self.failed_items[(item.id, item.title)] += 1
                 failed.append(item.id)
             elif item.result != "pass":
                 self.unknown_items[(item.id, item.title)] += 1
-        if not m.cleared and not self.light:
+        if not cleared and not self.light:
             self.not_cleared.append(
                 {
                     "time": when,
@@ -332,6 +345,25 @@ class Tally:
                     "inspector": m.inspector,
                 }
             )
+
+    def _unsigned(self, alert: events_pb2.Tamper, when: int) -> None:
+        """A meeting_signature alert: the checks it names are not cleared."""
+        for seq in {alert.subject_seq, *alert.subject_seqs}:
+            key = (alert.subject_host, seq)
+            self.unsigned_checks.add(key)
+            m = self.cleared_checks.pop(key, None)
+            if m is None:
+                continue
+            if m.phase == "sweep":
+                self.sweeps_cleared -= 1
+                continue
+            self.checks_cleared -= 1
+            self.rooms[m.room][1] -= 1
+            if not self.light:
+                self.not_cleared.append(
+                    {"time": when, "host": alert.subject_host, "room": m.room,
+                     "meeting": m.meeting, "failed": ["signature"], "inspector": m.inspector}
+                )  # fmt: skip
 
 
 def _ts_us(ts: Timestamp) -> int:
