@@ -126,3 +126,5 @@ def test_refusals_of_bad_input_are_audited(console: Console) -> None:
         assert (last.action, last.target, last.ok) == ("bad_input", f"POST {path}", False), last
         assert detail in last.detail
         assert last.actor == ("sam" if client is sam else "sue")
+        assert last.client == "127.0.0.1"  # who refused what, from where
+        assert last.user_agent
