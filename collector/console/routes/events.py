@@ -17,9 +17,7 @@ from collector.console.eventview import Filters, format_time, search, view
 from collector.console.exports import events_csv
 
 EXPORT_EVENTS = 50_000  # rows in one CSV export
-
 EXPORT_SCAN = 500_000  # rows an export with a user/path filter examines at most
-
 KEEPALIVE_SECONDS = 15.0  # SSE comment lines keep proxies from closing an idle stream
 
 
