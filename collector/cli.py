@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from baomi import display
+from baomi.cliparse import HelpfulParser
 from baomi.v1 import events_pb2
 from google.protobuf import json_format
 
@@ -290,7 +291,7 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line grammar."""
-    p = argparse.ArgumentParser(prog="baomi-collector", description=__doc__)
+    p = HelpfulParser(prog="baomi-collector", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -305,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     pki_p = sub.add_parser("pki", help="the collector's certificate authority")
     pki_sub = pki_p.add_subparsers(dest="pki_command", required=True)
     init = pki_sub.add_parser("init", help="create a CA, server certificate and signing key")
-    init.add_argument("--dir", type=Path, default=DEFAULT_PKI)
+    init.add_argument(
+        "--dir", type=Path, default=DEFAULT_PKI, help="where the CA and signing keys are made"
+    )
     init.add_argument(
         "--name",
         action="append",
@@ -314,11 +317,22 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(func=_cmd_pki_init)
 
     s = with_store(sub.add_parser("serve", help="run the collector"))
-    s.add_argument("--pki", type=Path, default=DEFAULT_PKI)
+    s.add_argument(
+        "--pki",
+        type=Path,
+        default=DEFAULT_PKI,
+        help="the directory 'pki init' made: CA (signs host certificates), the "
+        "collector's TLS certificate and the checkpoint signing key",
+    )
     s.add_argument("--listen", default="127.0.0.1:7443", help="mTLS address for agents")
     s.add_argument("--enroll-listen", default="127.0.0.1:7444", help="TLS address for enrolment")
     s.add_argument("--policies", type=Path, default=None, help="policy directory to distribute")
-    s.add_argument("--checkpoint-seconds", type=float, default=10.0)
+    s.add_argument(
+        "--checkpoint-seconds",
+        type=float,
+        default=10.0,
+        help="how often the chain heads are signed into a checkpoint",
+    )
     s.add_argument(
         "--witness",
         type=Path,
@@ -348,23 +362,27 @@ def build_parser() -> argparse.ArgumentParser:
     tok = sub.add_parser("token", help="enrolment tokens")
     tok_sub = tok.add_subparsers(dest="token_command", required=True)
     create = with_store(tok_sub.add_parser("create", help="print a single-use token for a host"))
-    create.add_argument("--host", required=True)
+    create.add_argument("--host", required=True, help="the host id the token enrols")
     create.add_argument("--ttl", type=int, default=TOKEN_SECONDS, help="seconds (default 1 day)")
     create.set_defaults(func=_cmd_token_create)
 
     ev = with_store(sub.add_parser("events", help="print stored events, newest first"))
-    ev.add_argument("--host")
-    ev.add_argument("--kind")
+    ev.add_argument("--host", help="only this host's events (_collector: its own alerts)")
+    ev.add_argument(
+        "--kind", help="only this kind: file_access, usb_device, tamper, agent_status, ..."
+    )
     ev.add_argument("--since", help="ISO 8601 date or time")
-    ev.add_argument("--limit", type=int, default=100)
+    ev.add_argument("--limit", type=int, default=100, help="newest events listed at most")
     ev.add_argument("--json", action="store_true", help="one JSON object per line")
     ev.set_defaults(func=_cmd_events)
 
     us = sub.add_parser("user", help="console accounts")
     us_sub = us.add_subparsers(dest="user_command", required=True)
     add = with_store(us_sub.add_parser("add", help="create a console account with its role"))
-    add.add_argument("name")
-    add.add_argument("--role", required=True, choices=["sysadmin", "secadmin", "auditor"])
+    add.add_argument("name", help="the account's login name")
+    add.add_argument(
+        "--role", required=True, choices=["sysadmin", "secadmin", "auditor"], help="its role"
+    )
     add.add_argument(
         "--password-stdin",
         action="store_true",
@@ -383,15 +401,25 @@ def build_parser() -> argparse.ArgumentParser:
     }
     for command, text in helps.items():
         cmd = with_store(us_sub.add_parser(command, help=text))
-        cmd.add_argument("name")
+        cmd.add_argument("name", help="the account's login name")
         if command == "grant":
-            cmd.add_argument("--role", required=True, choices=["sysadmin", "secadmin", "auditor"])
+            cmd.add_argument(
+                "--role",
+                required=True,
+                choices=["sysadmin", "secadmin", "auditor"],
+                help="the role to grant",
+            )
         cmd.set_defaults(func=_cmd_user_action)
 
     au = sub.add_parser("audit", help="check the record")
     au_sub = au.add_subparsers(dest="audit_command", required=True)
     ver = with_store(au_sub.add_parser("verify", help="recompute every chain and checkpoint"))
-    ver.add_argument("--pki", type=Path, default=DEFAULT_PKI)
+    ver.add_argument(
+        "--pki",
+        type=Path,
+        default=DEFAULT_PKI,
+        help="where signing.pub is, the key checkpoints are verified with",
+    )
     ver.add_argument(
         "--witness",
         type=Path,

@@ -268,6 +268,7 @@ class CollectorChain:
         self._writer = writer
         self._seq, self._hash = writer.heads.get(COLLECTOR_HOST, (0, chain.GENESIS))
         self._lock = asyncio.Lock()
+        self._recording: set[asyncio.Future[EventRow]] = set()  # kept until written
 
     async def alert(
         self,
@@ -322,7 +323,18 @@ class CollectorChain:
         )
 
     async def record(self, severity: int, **kind: Any) -> EventRow:
-        """Append one event of the collector's own (``kind``: one oneof field) to its chain."""
+        """Append one event of the collector's own (``kind``: one oneof field) to its chain.
+
+        Once asked, the event is recorded even if the caller is cancelled meanwhile (a
+        stream superseded, a browser gone): a cancelled alert that opened an alert window
+        would otherwise hold back, for the whole window, what others find.
+        """
+        task = asyncio.ensure_future(self._record(severity, **kind))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+        return await asyncio.shield(task)
+
+    async def _record(self, severity: int, **kind: Any) -> EventRow:
         async with self._lock:
             event = events_pb2.Event(
                 host_id=COLLECTOR_HOST,
@@ -347,6 +359,10 @@ class CollectorChain:
                 raise
             self._follow(write, row)
             return row
+
+    async def drain(self) -> None:
+        """Wait until every event asked for is written (or failed)."""
+        await asyncio.gather(*self._recording, return_exceptions=True)
 
     def _follow(self, write: asyncio.Future[None], row: EventRow) -> None:
         """Where the chain stands after ``write`` of ``row`` settled."""
@@ -519,9 +535,13 @@ class Ingest:
                 async for ack in self._serve(state, requests, context, superseded):
                     yield ack
             finally:
-                # The next stream of this host starts from what these commits leave.
+                # The next stream of this host starts from what these commits leave, and
+                # from the earlier streams' too: a stream that ended before it served
+                # (superseded or cancelled while it waited) must not drop what it waited
+                # for, or the next one reads a head those commits are about to move.
+                earlier = [slot.settling] if slot.settling is not None else []
                 commits = state.commits if state is not None else set()
-                slot.settling = asyncio.gather(*commits, return_exceptions=True)
+                slot.settling = asyncio.gather(*earlier, *commits, return_exceptions=True)
 
     async def _serve(
         self,
@@ -782,5 +802,6 @@ class Ingest:
         """Alert what open alert windows gathered, commit what is queued and sign a last
         checkpoint."""
         await self.findings.close()
+        await self.alerts.drain()
         await asyncio.to_thread(self.writer.close)
         await self.checkpoint_once()

@@ -8,6 +8,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from collector.reports.common import Report, ReportError, canonical_json
 from collector.reports.host import build_host
@@ -154,7 +155,7 @@ def _cmd_get(args: argparse.Namespace) -> int:
 
 
 def add_report_commands(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    sub: argparse._SubParsersAction[Any],
     with_store: Callable[[argparse.ArgumentParser], argparse.ArgumentParser],
 ) -> None:
     """Add ``report`` and its subcommands to the collector's command line."""
@@ -203,7 +204,7 @@ def add_report_commands(
     lv.set_defaults(func=_cmd_leaver)
 
     ho = common(rep_sub.add_parser("host", help="one computer's inspection record"))
-    ho.add_argument("--host", required=True)
+    ho.add_argument("--host", required=True, help="the host id the report is about")
     ho.add_argument("--period", required=True, help="2026, 2026-H2, 2026-Q4 or 2026-11")
     ho.set_defaults(func=_cmd_host)
 
@@ -211,14 +212,18 @@ def add_report_commands(
         rep_sub.add_parser("scheduled", help="make the due monthly and half-yearly reports"),
         out=False,
     )
-    sch.add_argument("--out-dir", type=Path, default=Path("var/reports"))
+    sch.add_argument(
+        "--out-dir", type=Path, default=Path("var/reports"), help="where the reports are written"
+    )
     sch.set_defaults(func=_cmd_scheduled)
 
     ls = with_store(rep_sub.add_parser("list", help="stored reports, newest first (JSON lines)"))
-    ls.add_argument("--kind", choices=("inspection", "leaver", "host"))
+    ls.add_argument(
+        "--kind", choices=("inspection", "leaver", "host"), help="only reports of this kind"
+    )
     ls.set_defaults(func=_cmd_list)
 
     get = with_store(rep_sub.add_parser("get", help="write a stored report's document"))
-    get.add_argument("--id", type=int, required=True)
-    get.add_argument("--out", type=Path, required=True)
+    get.add_argument("--id", type=int, required=True, help="the report's id ('report list')")
+    get.add_argument("--out", type=Path, required=True, help="the file to write it to")
     get.set_defaults(func=_cmd_get)

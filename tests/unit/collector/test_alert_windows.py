@@ -63,3 +63,45 @@ def test_a_window_that_gathers_too_many_seqs_closes_early(monkeypatch: Any) -> N
         [23],
         list(range(24, 30)),
     ]
+
+
+class HeldWriter:
+    """Stands in for the store's writer: keeps the rows, each write held until released."""
+
+    def __init__(self) -> None:
+        self.heads: dict[str, tuple[int, bytes]] = {}
+        self.rows: list[Any] = []
+        self.release = asyncio.Event()
+
+    async def write(self, rows: list[Any]) -> None:
+        await self.release.wait()
+        self.rows += rows
+
+
+def test_the_alert_that_opens_a_window_is_recorded_even_if_its_stream_is_cancelled() -> None:
+    """A stream superseded while its first chain_break alert waits for the chain must
+    not leave an open window with nothing recorded: the next stream's break would be
+    held back for the whole window (and lost with a crash)."""
+    from baomi.v1 import events_pb2
+
+    async def run() -> list[tuple[str, int]]:
+        writer = HeldWriter()
+        chain = ingest.CollectorChain(writer)  # type: ignore[arg-type]
+        windows = AlertWindows(chain, seconds=3600)
+        busy = asyncio.create_task(chain.alert("foreign_host", "another alert writes first"))
+        await asyncio.sleep(0)
+        stream = asyncio.create_task(windows.found("ws-01", "chain_break", [(26, "why")]))
+        await asyncio.sleep(0.01)  # waiting for the chain behind the first alert
+        stream.cancel()
+        await asyncio.sleep(0.01)
+        writer.release.set()
+        await busy
+        await windows.found("ws-01", "chain_break", [(27, "why")])  # gathered in the window
+        await chain.drain()
+        recorded = []
+        for row in writer.rows:
+            tamper = events_pb2.Event.FromString(row.body).tamper
+            recorded.append((tamper.kind, tamper.subject_seq))
+        return recorded
+
+    assert asyncio.run(run()) == [("foreign_host", 0), ("chain_break", 26)]
