@@ -17,9 +17,10 @@ from baomi.v1 import events_pb2
 from google.protobuf import json_format
 
 from collector import audit, checkpoint, pki
+from collector.enrollment import TOKEN_SECONDS, create_token
 from collector.errors import CollectorError
 from collector.reports.cli import add_report_commands
-from collector.server import TOKEN_SECONDS, ServerConfig, create_token, serve
+from collector.server import ServerConfig, serve
 from collector.store import CheckpointRow, EventQuery, EventRow, Store, open_store
 
 _logger = logging.getLogger("collector")

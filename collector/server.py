@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import logging
 import os
-import secrets
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,20 +23,23 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from collector import checkpoint, pki
+from collector.enrollment import (  # noqa: F401 - moved there; still found here
+    TOKEN_SECONDS,
+    create_token,
+)
 from collector.errors import CollectorError, EnrollmentError
 from collector.ingest import MAX_MESSAGE_BYTES, Ingest, now_us
 from collector.policy import PolicyService, read_directory
 from collector.rpc import abort
-from collector.store import Store, TokenRow
+from collector.store import Store
 
 if TYPE_CHECKING:
-    from collector.console import ConsoleConfig, ConsoleServer
+    from collector.console import Backend, ConsoleConfig, ConsoleServer
     from collector.reports.schedule import ScheduleConfig
 
 _logger = logging.getLogger(__name__)
 
 SERVICE = "baomi.v1.Collector"
-TOKEN_SECONDS = 24 * 3600  # default lifetime of an enrolment token
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,22 +54,6 @@ class ServerConfig:
     witness: Path | None = None  # every signed checkpoint is also appended here
     console: ConsoleConfig | None = None  # the web console; None: not served
     reports: ScheduleConfig | None = None  # scheduled inspection reports; None: none made
-
-
-def create_token(store: Store, host_id: str, seconds: int = TOKEN_SECONDS) -> str:
-    """A new single-use enrolment token for ``host_id``; only its hash is stored."""
-    pki.check_host_id(host_id)
-    # A fixed prefix: a token starting with "-" would read as an option on a command line.
-    token = "bmt-" + secrets.token_urlsafe(24)
-    store.add_token(
-        TokenRow(
-            token_hash=hashlib.sha256(token.encode()).digest(),
-            host_id=host_id,
-            expires_us=now_us() + seconds * 1_000_000,
-            used_us=None,
-        )
-    )
-    return token
 
 
 def peer_identity(context: grpc.aio.ServicerContext) -> tuple[str, bytes] | None:
@@ -281,12 +267,25 @@ class Collector:
         if self.config.console is not None:
             from collector.console import ConsoleServer  # noqa: PLC0415 - web stack on use
 
-            self.console = ConsoleServer(self, self.config.console)
+            self.console = ConsoleServer(self.console_backend(), self.config.console)
             self.ports["console"] = await self.console.start()
         if self.config.reports is not None:
             from collector.reports.schedule import run_scheduler  # noqa: PLC0415 - on use
 
             self._reports = asyncio.create_task(run_scheduler(self.store, self.config.reports))
+
+    def console_backend(self) -> Backend:
+        """The parts of this collector its web console uses."""
+        from collector.console import Backend  # noqa: PLC0415 - web stack on use
+
+        return Backend(
+            store=self.store,
+            ingest=self.ingest,
+            policy=self.policy,
+            verify_key=self.config.pki_dir / "signing.pub",
+            witness=self.config.witness,
+            policies_dir=self.config.policies_dir,
+        )
 
     def _load_policy(self) -> None:
         """The newest stored policy version, else the policy directory (stored as the first

@@ -45,9 +45,12 @@ from agent.devices.rules import DeviceFacts, Rule, RuleError, RuleSet
 from agent.meeting.rooms import RoomsError, load_meetings, load_rooms
 from agent.sensors.usb import parse_descriptors, usbguard_hash
 from collector import audit, checkpoint
-from collector.console import eventview, pages
+from collector.console import eventview, routes
 from collector.console.app import DEFAULT_TZ, ID_MAX, Ctx, parse_id
 from collector.console.errors import ConsoleError
+from collector.console.routes import audit as audit_pages
+from collector.console.routes import events as event_pages
+from collector.console.routes import findings as finding_pages
 from collector.ingest import COLLECTOR_HOST, ForeignHost, HostChain, Rejected, to_row
 from collector.store.base import CheckpointRow, EventRow
 from collector.store.sqlite import SQLiteStore
@@ -574,7 +577,7 @@ def _search(
 
 
 def _routes() -> list[Route]:
-    return [Route(p.path, p.handler, methods=list(p.methods)) for p in pages.ROUTES]
+    return [Route(p.path, p.handler, methods=list(p.methods)) for p in routes.ROUTES]
 
 
 _ROUTES = _routes()
@@ -591,7 +594,7 @@ def _route_ids(store: SQLiteStore, path: str) -> None:
         params = child["path_params"]
         if any(isinstance(v, int) and not 0 < v <= ID_MAX for v in params.values()):
             continue  # app.guard answers 400 before the handler
-        if "seq" in params and "\x00" not in params["host"]:  # pages.event_detail
+        if "seq" in params and "\x00" not in params["host"]:  # event_pages.event_detail
             store.event(params["host"], params["seq"])
         if "number" in params:
             store.policy_version(params["number"])
@@ -637,7 +640,7 @@ async def _form(store: SQLiteStore, body: bytes) -> None:
     if number is not None:  # policy/rollback
         store.policy_version(number)
     with contextlib.suppress(ConsoleError):  # findings
-        pages._due(fields.get("due", ""))
+        finding_pages._due(fields.get("due", ""))
 
 
 MAX_FIELD_CHARS = 2000  # the longest text field the handlers take (a finding's note)
@@ -655,14 +658,17 @@ def console_query(data: bytes) -> None:
     for hidden in (("console_action",), ()):
         with contextlib.suppress(ConsoleError):
             filters = eventview.Filters.of(params, hidden=hidden)
-            _search(store, filters, pages._cursor(params.get("before", "")), eventview.PAGE_EVENTS)
+            _search(
+                store, filters, event_pages._cursor(params.get("before", "")), eventview.PAGE_EVENTS
+            )
     with contextlib.suppress(ConsoleError):
-        # pages.audit_page's filters
+        # audit_pages.audit_page's filters
         actor = params.get("actor", "").strip()[:200]
         filters = eventview.Filters(host=COLLECTOR_HOST, kind="console_action", user=actor)
-        _search(store, filters, pages._cursor(params.get("before", "")), pages.AUDIT_EVENTS)
+        before = event_pages._cursor(params.get("before", ""))
+        _search(store, filters, before, audit_pages.AUDIT_EVENTS)
     status = params.get("status", "")
-    store.findings(status if status in pages.FINDING_STATUSES else None)
+    store.findings(status if status in finding_pages.FINDING_STATUSES else None)
     _route_ids(store, unquote(raw_path.decode("ascii", "replace")))
     _loop().run_until_complete(_form(store, query))
 

@@ -1,9 +1,10 @@
 """The console's web application: request context, the role guard, security headers.
 
-Every page is a row of the route table in :mod:`collector.console.pages` naming the roles
-that may use it; :func:`guard` checks the session, the role and (for anything but GET)
-the CSRF token on the server before the handler runs, and records refusals in the
-audit log. Nothing about access is decided in the browser.
+Every page is a row of the route table in :mod:`collector.console.routes` naming the
+roles that may use it, served by :func:`create_app`; :func:`guard` checks the session,
+the role and (for anything but GET) the CSRF token on the server before the handler
+runs, and records refusals in the audit log. Nothing about access is decided in the
+browser.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import asyncio
 import functools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -35,13 +36,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from collector.console import auth
 from collector.console.alerts import AlertSender
+from collector.console.backend import Backend
 from collector.console.errors import ConsoleError
 from collector.console.feed import LiveFeed
 from collector.console.i18n import LANGS, translate
-from collector.store.base import AccountRow, SessionRow
-
-if TYPE_CHECKING:
-    from collector.server import Collector
+from collector.store.base import ROLES, AccountRow, SessionRow
 
 _logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,6 +57,9 @@ LOGIN_COOKIE = "baomi_login"  # double-submit CSRF token of the login form
 ID_MAX = 2**63 - 1  # a seq or id: the stores' signed 64-bit columns
 ID_DIGITS = len(str(ID_MAX))
 USER_AGENT_CHARS = 300  # of a User-Agent kept in the audit log: it is what the client says
+
+SYS, SEC, AUD = "sysadmin", "secadmin", "auditor"  # the three roles (三员分立)
+ALL = frozenset(ROLES)
 
 # script-src 'self' and no 'unsafe-inline': markup injected through event data cannot
 # run, even if escaping were ever missed. The SVG charts use attributes, not style.
@@ -87,19 +89,20 @@ class User:
 
 
 class Console:
-    """Everything the pages share: the collector, the feed, alerts, templates, settings."""
+    """Everything the pages share: the collector's parts, the feed, alerts, templates,
+    settings."""
 
-    def __init__(self, collector: Collector, *, tls: bool) -> None:
-        self.collector = collector
-        self.store = collector.store
+    def __init__(self, backend: Backend, *, tls: bool) -> None:
+        self.backend = backend
+        self.store = backend.store
         self.tls = tls
         # Store calls run on a few threads of their own: each thread holds a database
         # connection, so a busy console must not open one per request.
         self.executor = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="console-store")
         self.feed = LiveFeed(
-            collector.store,
-            lambda: dict(collector.ingest.writer.heads),
-            collector.ingest.alerts,
+            backend.store,
+            lambda: dict(backend.ingest.writer.heads),
+            backend.chain,
             self.run,
         )
         self.alerts = AlertSender()
@@ -121,6 +124,7 @@ class Console:
         self.session_cookie = self.cookie_name("baomi_session")
         # Signs login form tokens; a restart only makes open login forms load again.
         self.login_secret = secrets.token_bytes(32)
+        self.pages: Sequence[Page] = ()  # the route table create_app serves; the menu's source
 
     def cookie_name(self, name: str) -> str:
         """``name`` with the __Host- prefix under TLS (Secure, Path=/, no Domain: no
@@ -181,6 +185,13 @@ class Ctx:
         return self.console.store
 
     @property
+    def account(self) -> AccountRow:
+        """The logged-in account (guard() runs handlers only for a logged-in user)."""
+        if self.user is None:
+            raise ConsoleError("log in first")
+        return self.user.account
+
+    @property
     def client(self) -> str:
         """The client's address as the connection shows it (no proxy is trusted)."""
         return self.request.client.host if self.request.client else ""
@@ -222,7 +233,7 @@ class Ctx:
         role: str | None = None,
     ) -> None:
         """Record a console action in the collector's chain before answering."""
-        await self.console.collector.ingest.alerts.console_action(
+        await self.console.backend.chain.console_action(
             actor=actor if actor is not None else (self.user.name if self.user else ""),
             role=role if role is not None else (self.user.role if self.user else ""),
             action=action,
@@ -236,14 +247,12 @@ class Ctx:
 
     def render(self, template: str, status: int = 200, **values: object) -> HTMLResponse:
         """A page from ``template`` with the common values."""
-        from collector.console.pages import nav_for  # noqa: PLC0415 - pages import this module
-
         page = self.console.env.get_template(template).render(
             t=self.t,
             lang=self.lang,
             user=self.user,
             csrf=self.user.session.csrf if self.user else "",
-            nav=nav_for(self.user.role) if self.user else [],
+            nav=nav_for(self.console.pages, self.user.role) if self.user else [],
             path=self.request.url.path,
             here=_local(str(self.request.url.path) + _query(self.request)),
             **values,
@@ -330,6 +339,14 @@ class Page:
     nav: str = ""  # message key of its menu entry; "" when it has none
 
 
+PublicPage = tuple[str, Handler, tuple[str, ...]]  # path, handler, methods: no login needed
+
+
+def nav_for(pages: Sequence[Page], role: str) -> list[tuple[str, str]]:
+    """Menu entries (path, message key) of the pages ``role`` may open."""
+    return [(p.path, p.nav) for p in pages if p.nav and role in p.roles]
+
+
 async def current_user(console: Console, request: Request) -> User | None:
     """The user whose session cookie came with ``request``, if it is live."""
     token = request.cookies.get(console.session_cookie, "")
@@ -351,6 +368,19 @@ def guard(console: Console, page: Page) -> Callable[[Request], Awaitable[Respons
         try:
             check_path_ids(request)
             return await page.handler(ctx)
+        except ConsoleError as e:
+            return await refuse_input(ctx, e)
+
+    return endpoint
+
+
+def public(console: Console, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """An endpoint open without login (the handler sees the user if there is one)."""
+
+    async def endpoint(request: Request) -> Response:
+        ctx = Ctx(console, request, await current_user(console, request), lang_of(request))
+        try:
+            return await handler(ctx)
         except ConsoleError as e:
             return await refuse_input(ctx, e)
 
@@ -454,16 +484,18 @@ class SecurityHeaders:
         return wrapped
 
 
-def create_app(console: Console) -> Starlette:
-    """The Starlette application of ``console``."""
-    from collector.console import pages  # noqa: PLC0415 - pages import this module
-
+def create_app(
+    console: Console, pages: Sequence[Page], open_pages: Sequence[PublicPage]
+) -> Starlette:
+    """The Starlette application of ``console``: ``pages`` behind :func:`guard`,
+    ``open_pages`` without login (the route table, :mod:`collector.console.routes`)."""
+    console.pages = pages
     routes: list[Route | Mount] = [
-        Route(p.path, guard(console, p), methods=list(p.methods)) for p in pages.ROUTES
+        Route(p.path, guard(console, p), methods=list(p.methods)) for p in pages
     ]
     routes += [
-        Route(path, pages.public(console, handler), methods=list(methods))
-        for path, handler, methods in pages.PUBLIC
+        Route(path, public(console, handler), methods=list(methods))
+        for path, handler, methods in open_pages
     ]
     routes.append(Mount("/static", StaticFiles(directory=HERE / "static"), name="static"))
     headers = [*security_headers(tls=console.tls), (b"cache-control", b"no-store")]

@@ -13,15 +13,13 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import uvicorn
 
+from collector.console import routes
 from collector.console.app import Console, create_app
+from collector.console.backend import Backend
 from collector.errors import ConfigError
-
-if TYPE_CHECKING:
-    from collector.server import Collector
 
 _logger = logging.getLogger(__name__)
 
@@ -85,11 +83,11 @@ def _bind(listen: str) -> socket.socket:
 class ConsoleServer:
     """The web console of one collector."""
 
-    def __init__(self, collector: Collector, config: ConsoleConfig) -> None:
+    def __init__(self, backend: Backend, config: ConsoleConfig) -> None:
         if (config.cert is None) != (config.key is None):
             raise ConfigError("give both --console-cert and --console-key, or neither")
         self.config = config
-        self.console = Console(collector, tls=config.cert is not None)
+        self.console = Console(backend, tls=config.cert is not None)
         if config.metrics_token_file is not None:
             self.console.metrics_token = read_metrics_token(config.metrics_token_file)
         self._server: _Server | None = None
@@ -101,7 +99,7 @@ class ConsoleServer:
         await self.console.feed.start()
         sock = _bind(self.config.listen)
         config = uvicorn.Config(
-            create_app(self.console),
+            create_app(self.console, routes.ROUTES, routes.PUBLIC),
             log_level="warning",
             access_log=False,
             lifespan="off",
@@ -156,7 +154,7 @@ class ConsoleServer:
             (a for a in accounts if a.created_by.startswith("cli") and a.created_us > done),
             key=lambda a: a.created_us,
         )
-        chain = self.console.collector.ingest.alerts
+        chain = self.console.backend.chain
         for a in new:
             await chain.console_action(
                 actor=a.created_by,
@@ -174,7 +172,7 @@ class ConsoleServer:
         cannot append to the chain itself, as above), oldest first, each once."""
         store = self.console.store
         pending = await self.console.run(store.pending_actions)
-        chain = self.console.collector.ingest.alerts
+        chain = self.console.backend.chain
         for a in pending:
             await chain.console_action(
                 actor=a.actor,

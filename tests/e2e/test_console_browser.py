@@ -22,7 +22,7 @@ from baomi.v1 import events_pb2
 from agent.identity import load_identity
 from agent.meeting.signature import sign_meeting_check
 from collector.console.auth import create_account
-from collector.console.pages import ROUTES
+from collector.console.routes import ROUTES
 from collector.store.base import ROLES
 from tests.e2e.conftest import ACCOUNTS, PASSWORD, Site, screenshot_dir
 

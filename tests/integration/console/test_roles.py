@@ -6,7 +6,7 @@ import re
 
 from baomi.v1 import events_pb2
 
-from collector.console.pages import ROUTES
+from collector.console.routes import ROUTES
 from collector.ingest import now_us
 from collector.store.base import ROLES, FindingRow, ReportRow
 from tests.collector_harness import batch, enroll_host, send_batches

@@ -13,10 +13,10 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.routing import Match, Route
 
-from collector.console import pages
 from collector.console.app import ID_MAX, Ctx, parse_id
 from collector.console.errors import ConsoleError
 from collector.console.eventview import Filters
+from collector.console.routes import events as pages
 
 if TYPE_CHECKING:
     from starlette.types import Message
