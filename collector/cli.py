@@ -139,6 +139,11 @@ def _cmd_events(args: argparse.Namespace) -> int:
                 kind=args.kind,
                 since_us=_parse_time(args.since) if args.since else None,
                 limit=args.limit,
+                # Heartbeats (one per host every half minute) bury what an officer
+                # looks for: listed only when asked for.
+                exclude_kinds=()
+                if args.heartbeats or args.kind == "agent_status"
+                else ("agent_status",),
             )
         )
     finally:
@@ -373,6 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--since", help="ISO 8601 date or time")
     ev.add_argument("--limit", type=int, default=100, help="newest events listed at most")
+    ev.add_argument(
+        "--heartbeats",
+        action="store_true",
+        help="list the agents' heartbeats (agent_status) too; left out otherwise",
+    )
     ev.add_argument("--json", action="store_true", help="one JSON object per line")
     ev.set_defaults(func=_cmd_events)
 

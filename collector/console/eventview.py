@@ -23,6 +23,7 @@ from collector.ingest import COLLECTOR_HOST
 from collector.store.base import ConsoleQuery, EventRow, Store
 
 KINDS = tuple(f.name for f in events_pb2.Event.DESCRIPTOR.oneofs_by_name["kind"].fields)
+HEARTBEAT_KIND = "agent_status"
 SEVERITIES: dict[int, str] = {
     events_pb2.SEVERITY_INFO: "info",
     events_pb2.SEVERITY_LOW: "low",
@@ -220,6 +221,7 @@ class Filters:
     path: str = ""  # substring of any path the event names
     since: str = ""
     until: str = ""
+    heartbeats: str = ""  # "1": list agent_status heartbeats too (folded out by default)
     hidden: tuple[str, ...] = ()  # kinds this viewer may not see (set by role, not typed)
 
     @classmethod
@@ -229,6 +231,7 @@ class Filters:
             name: params.get(name, "").strip()[:MAX_FILTER_CHARS]
             for name in ("host", "kind", "severity", "user", "path", "since", "until")
         }
+        heartbeats = "1" if params.get("heartbeats", "") == "1" else ""
         for name, value in values.items():
             if "\x00" in value:  # PostgreSQL text cannot hold one: refused, not a 500 there
                 raise ConsoleError(f"the {name} filter holds a NUL character: remove it")
@@ -238,11 +241,17 @@ class Filters:
             raise ConsoleError(f"unknown severity {values['severity'][:40]!r}")
         if values["kind"] in hidden:
             raise ConsoleError(f"events of kind {values['kind']!r} are not shown to this role")
-        return cls(**values, hidden=hidden)
+        return cls(**values, heartbeats=heartbeats, hidden=hidden)
 
     def params(self) -> dict[str, str]:
         """The non-empty filters, for links that keep them."""
         return {k: v for k in self.__slots__ if k != "hidden" and (v := getattr(self, k))}
+
+    @property
+    def folded(self) -> tuple[str, ...]:
+        """Kinds left out of the listing: heartbeats (one per host every half minute,
+        shown per host on the hosts page) unless asked for or filtered on."""
+        return () if self.heartbeats or self.kind == HEARTBEAT_KIND else (HEARTBEAT_KIND,)
 
     def query(
         self, tz: ZoneInfo, *, limit: int, before: tuple[int, str, int] | None
@@ -258,11 +267,12 @@ class Filters:
             contains=needle.encode("utf-8") if needle else None,
             before=before,
             limit=limit,
+            exclude_kinds=self.folded,
         )
 
     def matches(self, v: EventView) -> bool:
         """The checks the store cannot make: user and path inside the event body."""
-        if v.kind in self.hidden:
+        if v.kind in self.hidden or v.kind in self.folded:
             return False
         if self.user and v.user != self.user:
             return False

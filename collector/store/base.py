@@ -54,6 +54,7 @@ class EventQuery:
     since_us: int | None = None
     until_us: int | None = None
     limit: int | None = 1000
+    exclude_kinds: tuple[str, ...] = ()  # kinds left out (e.g. heartbeats)
 
 
 # -- reports ---------------------------------------------------------------------
@@ -370,3 +371,4 @@ class ConsoleQuery:
     contains: bytes | None = None
     before: tuple[int, str, int] | None = None
     limit: int = 100
+    exclude_kinds: tuple[str, ...] = ()  # kinds left out (heartbeats, unless asked for)

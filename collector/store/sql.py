@@ -194,6 +194,9 @@ class SqlStore:
         # out of the ordering and of the page cursor (a time window the user gave still
         # uses it).
         unindexed = self.UNINDEXED if q.contains is not None else ""
+        if q.exclude_kinds:
+            clauses.append(f"kind NOT IN ({', '.join('?' * len(q.exclude_kinds))})")
+            args.extend(q.exclude_kinds)
         if q.kind is not None and q.kind not in BULK_KINDS:
             clauses.append(RARE_KIND_TERM)  # the partial index of rare kinds applies
         if q.min_severity is not None and q.min_severity >= VIOLATION_SEVERITY:
@@ -663,6 +666,9 @@ def event_filter(q: EventQuery) -> tuple[str, list[object]]:
         if value is not None:
             clauses.append(f"{column} {op} ?")
             args.append(value)
+    if q.exclude_kinds:
+        clauses.append(f"kind NOT IN ({', '.join('?' * len(q.exclude_kinds))})")
+        args.extend(q.exclude_kinds)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 

@@ -13,6 +13,7 @@ import pytest
 from baomi import chain
 from baomi.v1 import events_pb2
 
+from collector import cli
 from collector.console import exports, feed
 from collector.console.eventview import SEVERITY_BY_NAME
 from tests.collector_harness import Host, batch, enroll_host, send_batches
@@ -109,6 +110,51 @@ def test_filters(console: Console) -> None:
     assert aud.get("/events?kind=nonsense").status == 400
     assert aud.get("/events?since=yesterday").status == 400
     assert set(SEVERITY_BY_NAME) == {"info", "low", "medium", "high", "critical"}
+
+
+def test_heartbeats_are_folded_out_unless_asked_for(console: Console) -> None:
+    """One agent_status per host every half minute would bury the accesses an officer
+    looks for: left out of the list, the live view and the export unless asked for."""
+    host = enroll_host(console.running, "ws-01")
+    for _ in range(3):
+        _send(console, host, agent_status=events_pb2.AgentStatus(state="running"))
+    _send(console, host, file_access=events_pb2.FileAccess(path="/srv/secret/x", action="read"))
+    aud = console.as_role("auditor")
+
+    def shown(query: str) -> list[str]:
+        page = aud.get("/events?" + query).text
+        return sorted(
+            line.split('href="/events/')[1].split('"')[0]
+            for line in page.splitlines()
+            if 'href="/events/ws-' in line
+        )
+
+    assert shown("") == ["ws-01/4"]
+    assert shown("heartbeats=1") == ["ws-01/1", "ws-01/2", "ws-01/3", "ws-01/4"]
+    assert shown("kind=agent_status") == ["ws-01/1", "ws-01/2", "ws-01/3"]
+    page = aud.get("/events?heartbeats=1").text
+    assert 'name="heartbeats" value="1" checked' in page
+    assert "heartbeats=1" in page.split('id="export"')[1].split(">")[0]  # the export keeps it
+    rows = list(csv.reader(io.StringIO(aud.get("/events/export.csv?host=ws-01").text)))
+    assert [r[4] for r in rows[1:]] == ["file_access"]
+
+
+def test_cli_listing_folds_heartbeats_out_unless_asked_for(
+    console: Console, store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host = enroll_host(console.running, "ws-01")
+    _send(console, host, agent_status=events_pb2.AgentStatus(state="running"))
+    _send(console, host, file_access=events_pb2.FileAccess(path="/srv/secret/x", action="read"))
+
+    def kinds(*options: str) -> list[str]:
+        assert cli.main(["events", "--store", store_url, "--host", "ws-01", "--json",
+                         *options]) == 0  # fmt: skip
+        return [next(k for k in d if k in ("agent_status", "file_access"))
+                for d in map(json.loads, capsys.readouterr().out.splitlines())]  # fmt: skip
+
+    assert kinds() == ["file_access"]
+    assert kinds("--heartbeats") == ["file_access", "agent_status"]
+    assert kinds("--kind", "agent_status") == ["agent_status"]
 
 
 def test_paging_goes_back_in_time(console: Console) -> None:
