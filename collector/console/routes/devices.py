@@ -21,6 +21,7 @@ async def devices_page(c: Ctx) -> Response:
     files = current_files(c)
     return c.render(
         "devices.html",
+        no_policy=not _has_policy(files),
         rows=[
             (d, format_time(d.last_us, c.console.tz), devices.decide_now(files, d), sorted(d.hosts))
             for d in seen
@@ -29,8 +30,16 @@ async def devices_page(c: Ctx) -> Response:
     )
 
 
+def _has_policy(files: dict[str, bytes]) -> bool:
+    """Whether a policy is in force to add an approval to (the collector was started
+    with --policies, or one was saved in the console)."""
+    return "model.conf" in files
+
+
 async def device_approve(c: Ctx) -> Response:
     """Register a stick: allow rule and registry entry, published to every agent."""
+    if not _has_policy(current_files(c)):
+        raise ConsoleError(c.t("approve_needs_policy"))
     host = await c.field("host", 63)
     seq = form_id(await c.field("seq", 20), "event seq")
     row = await c.run(c.store.event, host, seq)

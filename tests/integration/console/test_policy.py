@@ -11,10 +11,12 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from agent.devices.model import UsbDevice, UsbInterface
 from agent.devices.policy import DevicePolicy
+from collector.console import ConsoleConfig
+from collector.console.auth import create_account
 from collector.policy import signed_bytes
 from collector.store import Store
-from tests.collector_harness import batch, enroll_host, send_batches
-from tests.integration.console.conftest import Console, start_console
+from tests.collector_harness import RunningCollector, batch, enroll_host, send_batches
+from tests.integration.console.conftest import PASSWORD, ROLE_ACCOUNTS, Console, start_console
 
 GOOD_LINE = "p, role:staff, /srv/secret/shared/**, write, deny\n"
 
@@ -269,3 +271,32 @@ def test_a_stick_without_serial_or_with_more_than_storage_cannot_be_registered(
     )
     assert resp.status == 400 and "mass storage and nothing else" in resp.text
     assert [v.number for v in console.store.policy_versions()] == [1]
+
+
+def test_without_a_policy_in_force_approval_is_hidden_with_the_reason(
+    store: Store, pki_dir: Path
+) -> None:
+    """A collector started without --policies has nothing to add an approval to: the
+    page says so instead of offering a button that answers 422 "model.conf"."""
+    for role, name in ROLE_ACCOUNTS.items():
+        create_account(store, name, role=role, by="cli:test", password=PASSWORD)
+    running = RunningCollector(
+        store, pki_dir, checkpoint_seconds=3600, policies_dir=None,
+        console=ConsoleConfig(listen="127.0.0.1:0"),
+    )  # fmt: skip
+    console = Console(running, f"http://127.0.0.1:{running.collector.ports['console']}")
+    try:
+        host = enroll_host(running, "ws-01")
+        send_batches(host, running.address, [batch(host.events(1, device=_stick("stick")))])
+        sue = console.as_role("secadmin")
+        page = sue.get("/devices").text
+        assert 'id="no-policy"' in page and "--policies" in page
+        assert 'action="/devices/approve"' not in page
+        resp = sue.post(
+            "/devices/approve",
+            {"host": "ws-01", "seq": "1", "label": "BM-1", "owner": "wang", "level": "秘密"},
+        )
+        assert resp.status == 400 and "--policies" in resp.text
+        assert store.policy_versions() == []
+    finally:
+        running.stop()
