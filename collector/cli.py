@@ -13,6 +13,7 @@ from pathlib import Path
 
 from baomi import display
 from baomi.cliparse import HelpfulParser
+from baomi.clitext import lang, t, table
 from baomi.v1 import events_pb2
 from google.protobuf import json_format
 
@@ -54,20 +55,37 @@ def event_dict(row: EventRow) -> dict[str, object]:
 
 
 def _print_events(rows: list[EventRow], as_json: bool) -> None:
+    if as_json:
+        for row in rows:
+            # Device strings, paths and the like cannot drive the terminal or reorder the
+            # line: json.dumps escapes C0 controls, escape_json the rest (DEL, C1, bidi).
+            print(display.escape_json(json.dumps(event_dict(row), ensure_ascii=False)))
+        return
+    if not rows:
+        return
+    language = lang()
+    columns = ("time", "host", "seq", "severity", "kind", "detail")
+    shown = [tuple(t(f"events.col.{c}", language) for c in columns)]
     for row in rows:
         doc = event_dict(row)
-        # Device strings, paths and the like cannot drive the terminal or reorder the
-        # line: json.dumps escapes C0 controls, escape_json the rest (DEL, C1, bidi).
-        if as_json:
-            print(display.escape_json(json.dumps(doc, ensure_ascii=False)))
-            continue
         when = dt.datetime.fromtimestamp(row.event_time_us / 1e6, dt.UTC).isoformat(
             timespec="seconds"
         )
         severity = events_pb2.Severity.Name(row.severity).removeprefix("SEVERITY_").lower()
         detail = display.escape_json(json.dumps(doc.get(row.kind, {}), ensure_ascii=False))
-        host, kind = display.escape(row.host_id), display.escape(row.kind)
-        print(f"{when}  {host}  #{row.seq}  {severity:<8} {kind:<14} {detail}")
+        shown.append(
+            (
+                when,
+                display.escape(row.host_id),
+                f"#{row.seq}",
+                t(f"events.severity.{severity}", language, default=severity),
+                display.escape(t(f"events.kind.{row.kind}", language, default=row.kind)),
+                detail,
+            )
+        )
+    # Columns padded in terminal cells, so a Chinese kind or host name keeps them aligned.
+    for line in table(shown):
+        print(line)
 
 
 def _cmd_pki_init(args: argparse.Namespace) -> int:

@@ -19,6 +19,15 @@ import pytest
 from collector.store import Store, open_store
 from tests.command_child import children  # noqa: F401 - a fixture for every test
 
+# The CLIs speak Chinese or English by LC_ALL, LC_MESSAGES and LANG (baomi.clitext), and
+# CLIs run in-process or as children inherit this process's environment: tests that read
+# English output must not depend on the runner's locale. Messages are English for the
+# whole suite (LC_ALL, which would override that, becomes LANG so character types stay
+# as they were); tests of the Chinese output set the variables themselves.
+if os.environ.get("LC_ALL"):
+    os.environ["LANG"] = os.environ.pop("LC_ALL")
+os.environ["LC_MESSAGES"] = "C"
+
 PG_ROOT = Path("/usr/lib/postgresql")  # Debian/Ubuntu layout: PG_ROOT/<major>/bin
 PG_START_TIMEOUT_S = 60  # seconds pg_ctl waits for the server to accept connections
 PG_START_ATTEMPTS = 3  # another process may grab the free port between probe and bind

@@ -15,6 +15,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from baomi.clitext import lang, pad, t
+
 from agent.decision.engine import Engine, Verdict
 from agent.decision.errors import PolicyError
 from agent.decision.policy import ACTIONS, ENFORCED_BY, PolicySet
@@ -32,6 +34,9 @@ from agent.labels import (
 )
 
 _SPEC_KEYS = frozenset({"path", "level", "until", "scope", "id", "problem"})
+#: Cells the labels of explain's lines are padded to: the Chinese labels all fit; English
+#: keeps the layout scripts have read since before Chinese ("enforced:" sticks out).
+LABEL_CELLS = {"en": 8, "zh": 10}
 
 
 def resolve_uid(policyset: PolicySet, user: str) -> int:
@@ -131,8 +136,10 @@ def explain(
     today: date | None = None,
     key: bytes | None = None,
     pre_content: bool = False,
+    language: str | None = None,
 ) -> str:
-    """A few lines saying what the agent decides for this access, and why.
+    """A few lines saying what the agent decides for this access, and why, labelled in
+    ``language`` (default: the environment's, :func:`baomi.clitext.lang`).
 
     The label is read from ``path`` when the file exists (its seal checked with ``key``
     when one is given, as the agent checks it); otherwise the file counts as
@@ -188,27 +195,46 @@ def explain(
         enforced = with_pre_content(enforced, action=action, label=label, verdict=verdict)
     kernel, how = enforced
     # The first word is what the host's kernel does, never a decision it does not make.
-    word = "NOT ENFORCED" if kernel is None else ("ALLOW" if kernel else "DENY")
+    language = language or lang()
+    word = t(
+        "explain.not_enforced"
+        if kernel is None
+        else ("explain.allow" if kernel else "explain.deny"),
+        language,
+    )
     policy_word = "allows" if verdict.allow else "denies"
+
+    def line(label: str, value: str) -> str:
+        # Labels padded in terminal cells: Chinese labels line up with each other too.
+        name = t(f"explain.{label}", language) + t("explain.label_end", language)
+        return f"  {pad(name, LABEL_CELLS[language])} {value}"
+
     lines = [
         f"{word}  {action} {path}",
-        f"  who:     {who}",
-        f"  with:    {exe or '(executable not given)'}",
-        *([f"  home:    {home} (the rules match the file's home)"] if home != path else []),
-        f"  label:   {what}",
-        f"  enforced: {how}",
+        line("who", who),
+        line("with", exe or "(executable not given)"),
+        *([line("home", f"{home} (the rules match the file's home)")] if home != path else []),
+        line("label", what),
+        line("enforced", how),
         *(
-            [f"  note:    the policy {policy_word} it ({'with ' + exe if exe else 'any program'})"]
+            [
+                line(
+                    "note",
+                    f"the policy {policy_word} it ({'with ' + exe if exe else 'any program'})",
+                )
+            ]
             if kernel is not None and kernel != verdict.allow
             else []
         ),
-        f"  reason:  {verdict.reason}",
-        f"  rule:    {verdict.rule or '(none)'}",
-        f"  casbin:  {casbin}, {'agrees' if agree else 'DISAGREES: ' + (reference.rule or '')}",
-        f"  policy:  {policyset.version[:12]} from {policyset.directory}, day {day}",
+        line("reason", verdict.reason),
+        line("rule", verdict.rule or "(none)"),
+        line(
+            "casbin", f"{casbin}, {'agrees' if agree else 'DISAGREES: ' + (reference.rule or '')}"
+        ),
+        line("policy", f"{policyset.version[:12]} from {policyset.directory}, day {day}"),
     ]
     if action not in ACTIONS:
-        lines.insert(1, f"  note:    {action!r} is not an action ({', '.join(ACTIONS)})")
+        lines.insert(1, line("note", f"{action!r} is not an action ({', '.join(ACTIONS)})"))
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from baomi.clitext import fit, lang, t, table
 from baomi.display import escape
 
 from agent.devices.classes import BADUSB, RECORDING_OR_PHONE, STORAGE, WIRELESS_HID
@@ -33,16 +34,16 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 DEFAULT_POLICIES = Path("policies")  # relative to the working directory, as the agent's
-CELL_CHARS = 40  # widest a device string is printed in the table (escaped characters)
-RULE_CHARS = 60  # of the deciding rule printed in the table; --json has all of it
+CELL_CHARS = 40  # widest a device string is printed in the table (terminal cells, escaped)
+RULE_CHARS = 60  # cells of the deciding rule printed in the table; --json has all of it
+COLUMNS = ("port", "id", "auth", "decision", "class", "name", "serial", "rule")
 #: Classes generate-policy does not pin: an allow rule would override Baomi's defaults
 #: for them (sticks belong in usb-registry.toml, the rest must stay blocked).
 NOT_PINNED: Final = RECORDING_OR_PHONE | {BADUSB, WIRELESS_HID, STORAGE}
 
 
 def _cell(text: str, width: int = CELL_CHARS) -> str:
-    shown = escape(text)
-    return shown if len(shown) <= width else shown[: width - 1] + "…"
+    return fit(escape(text), width)
 
 
 def _present() -> list[Observed]:
@@ -98,13 +99,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
         # ensure_ascii: every control character and non-ASCII byte is a \u escape.
         print(json.dumps(rows, ensure_ascii=True, indent=2))
         return 0
-    header = ("PORT", "ID", "AUTH", "DECISION", "CLASS", "NAME", "SERIAL", "RULE")
-    table = [header] + [
+    language = lang()
+    header = tuple(t(f"devices.col.{c}", language) for c in COLUMNS)
+    rows_shown = [header] + [
         (
             _cell(str(r["port"]), 16),
             str(r["id"]),
             _cell(str(r["authorized"]), 4),
-            str(r["decision"]),
+            t(f"devices.decision.{r['decision']}", language, default=str(r["decision"])),
             _cell(",".join(r["classes"]) or "-", 24),
             _cell(str(r["name"])),
             _cell(str(r["serial"]), 24),
@@ -112,11 +114,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
         )
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for line in table(rows_shown):
+        print(line)
     if not rows:
-        print("(no USB devices)")
+        print(t("devices.none", language))
     return 0
 
 

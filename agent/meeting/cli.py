@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from baomi.clitext import cells, fit, lang, pad, t
 from baomi.display import escape, escape_json
 from baomi.v1 import events_pb2
 
@@ -34,7 +36,32 @@ if TYPE_CHECKING:
 DEFAULT_ROOMS = Path("policies/rooms.toml")
 DEFAULT_MEETINGS = Path("policies/meetings.toml")
 DEFAULT_SUBJECTS = Path("policies/subjects.toml")
-EVIDENCE_WIDTH = 100  # characters of evidence per table row
+EVIDENCE_WIDTH = 100  # terminal cells of evidence per table row
+WIDTHS = (4, 8, 1, 46)  # narrowest ID, RESULT, M and ITEM columns, in terminal cells
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The line above the table: the room and meeting checked, or the sweep's."""
+
+    room: str
+    meeting: str = ""
+    inspector: str = ""  # given for a sweep
+
+    def text(self, language: str = "en") -> str:
+        """The header in ``language`` (English is what the JSON output says)."""
+        if self.inspector:
+            return t(
+                "meeting.header_sweep",
+                language,
+                meeting=self.meeting,
+                room=self.room,
+                inspector=self.inspector,
+            )
+        text = t("meeting.header_room", language, room=self.room)
+        if self.meeting:
+            text += t("meeting.header_meeting", language, meeting=self.meeting)
+        return text
 
 
 def _meeting(args: argparse.Namespace, room: str | None) -> Meeting | None:
@@ -49,22 +76,46 @@ def _meeting(args: argparse.Namespace, room: str | None) -> Meeting | None:
     return meeting
 
 
-def verdict(items: list[Item]) -> str:
+def verdict(items: list[Item], language: str = "en") -> str:
     """CLEARED or NOT CLEARED, saying which optional items were not measured: a room
-    cleared without its optional checks was cleared on less than the full list."""
+    cleared without its optional checks was cleared on less than the full list.
+
+    English by default: it is also the JSON output's ``verdict``, which never changes
+    with the language."""
     from agent.meeting.check import cleared, not_measured  # noqa: PLC0415 - see the imports
 
-    text = "CLEARED" if cleared(items) else "NOT CLEARED"
-    blocking = [f"{i.id} {i.result}" for i in items if i.mandatory and i.result != "pass"]
+    text = t("meeting.cleared" if cleared(items) else "meeting.not_cleared", language)
+    blocking = [
+        f"{i.id} {_result(i.result, language)}" for i in items if i.mandatory and i.result != "pass"
+    ]
+    separator = t("list_separator", language)
     if blocking:
-        text += f": {', '.join(blocking)}"
+        text += t("meeting.blocking", language, items=separator.join(blocking))
     missing = not_measured(items)
     if missing:
-        text += f" (optional {', '.join(missing)} not measured)"
+        text += t("meeting.optional_missing", language, items=separator.join(missing))
     return text
 
 
-def _print(items: list[Item], *, as_json: bool, header: str, signed: str) -> None:
+def _result(result: str, language: str) -> str:
+    return t(f"meeting.result.{result}", language, default=result)
+
+
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """Who signed a check and as which spooled event; no host: not signed."""
+
+    host: str = ""
+    seq: int = 0
+
+    def text(self, language: str = "en") -> str:
+        """What was done, in ``language`` (English is what the JSON output says)."""
+        if not self.host:
+            return t("meeting.not_signed", language)
+        return t("meeting.signed", language, host=self.host, seq=self.seq)
+
+
+def _print(items: list[Item], *, as_json: bool, header: Header, signed: Signed) -> None:
     from agent.meeting.check import cleared, not_measured  # noqa: PLC0415 - see the imports
 
     # Evidence names what the room's scans found (device and network names): chosen by
@@ -73,11 +124,11 @@ def _print(items: list[Item], *, as_json: bool, header: str, signed: str) -> Non
         print(
             escape_json(json.dumps(
                 {
-                    "header": header,
+                    "header": header.text(),
                     "cleared": cleared(items),
                     "verdict": verdict(items),
                     "not_measured": not_measured(items),
-                    "signed": signed,
+                    "signed": signed.text(),
                     "items": [
                         {
                             "id": i.id,
@@ -93,22 +144,44 @@ def _print(items: list[Item], *, as_json: bool, header: str, signed: str) -> Non
             ))
         )  # fmt: skip
         return
-    print(header)
-    print(f"{'ID':<4} {'RESULT':<8} {'M':<1} {'ITEM':<46} EVIDENCE")
-    for i in items:
-        shown = escape(i.evidence)
-        evidence = shown if len(shown) <= EVIDENCE_WIDTH else shown[:99] + "…"
-        title = escape(i.title)
-        print(f"{i.id:<4} {i.result:<8} {'*' if i.mandatory else ' '} {title:<46} {evidence}")
-    print(f"{verdict(items)} (* mandatory); {signed}")
+    language = lang()
+    print(escape(header.text(language)))
+    columns = ("id", "result", "mandatory", "item")
+    names = [t(f"meeting.col.{c}", language) for c in columns]
+    rows = [
+        (
+            i.id,
+            _result(i.result, language),
+            "*" if i.mandatory else " ",
+            escape(t(f"meeting.item.{i.id}", language, default=i.title)),
+        )
+        for i in items
+    ]
+    # Every row's evidence starts at the same cell, whatever the language of the titles.
+    widths = [
+        max(minimum, *(cells(r[n]) for r in [names, *rows])) for n, minimum in enumerate(WIDTHS)
+    ]
+    evidence = t("meeting.col.evidence", language)
+    print(" ".join(pad(c, w) for c, w in zip(names, widths, strict=True)), evidence)
+    for i, row in zip(items, rows, strict=True):
+        cut = fit(escape(i.evidence), EVIDENCE_WIDTH)
+        print(" ".join(pad(c, w) for c, w in zip(row, widths, strict=True)), cut)
+    print(
+        t(
+            "meeting.verdict_line",
+            language,
+            verdict=verdict(items, language),
+            signed=signed.text(language),
+        )
+    )
 
 
-def _emit(check: events_pb2.MeetingCheck, state_dir: Path | None, severity: int) -> str:
+def _emit(check: events_pb2.MeetingCheck, state_dir: Path | None, severity: int) -> Signed:
     """Sign and spool ``check`` when the host is enrolled; say what was done."""
     from agent.meeting.check import sign_meeting_check  # noqa: PLC0415 - see the imports
 
     if state_dir is None:
-        return "not signed or sent (no --record)"
+        return Signed()
     identity = load_identity(state_dir)
     sign_meeting_check(check, identity.key_pem)
     spool = Spool(state_dir / "spool.db")
@@ -117,7 +190,7 @@ def _emit(check: events_pb2.MeetingCheck, state_dir: Path | None, severity: int)
         spool.append([event])
     finally:
         spool.close()
-    return f"signed by {identity.host_id}, spooled as event {event.seq}"
+    return Signed(identity.host_id, event.seq)
 
 
 def _record_to(args: argparse.Namespace) -> Path | None:
@@ -146,7 +219,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         raise ConfigError(str(e)) from e
     check = meeting_message(room.name, meeting.id if meeting else "", "check", items)
     signed = _emit(check, _record_to(args), check_severity(check))
-    header = f"room {room.name}" + (f", meeting {meeting.id}" if meeting else "")
+    header = Header(room.name, meeting.id if meeting else "")
     _print(items, as_json=args.json, header=header, signed=signed)
     return 0 if check.cleared else 1
 
@@ -167,7 +240,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         else (events_pb2.SEVERITY_INFO if check.cleared else events_pb2.SEVERITY_MEDIUM)
     )
     signed = _emit(check, _record_to(args), severity)
-    header = f"sweep of meeting {meeting.id} in {meeting.room} by {args.inspector}"
+    header = Header(meeting.room, meeting.id, args.inspector)
     _print(items, as_json=args.json, header=header, signed=signed)
     return 0 if check.cleared else 1
 

@@ -199,11 +199,12 @@ class Result:
         return str(found["result"]), str(found["evidence"])
 
 
-def run_cli(*args: str) -> Result:
-    """``baomi-agent ARGS`` as a subprocess."""
+def run_cli(*args: str, env: dict[str, str] | None = None) -> Result:
+    """``baomi-agent ARGS`` as a subprocess (in ``env``, else this process's environment)."""
     done = subprocess.run(
         [sys.executable, "-m", "agent.cli", *args],
         cwd=REPO,
+        env=env,
         capture_output=True,
         text=True,
         timeout=CLI_TIMEOUT_S,

@@ -14,12 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from baomi.clitext import fit
+from baomi.display import escape
 from baomi.v1 import events_pb2
 
 from agent.core import AgentConfig
 from agent.identity import enroll, load_identity
 from agent.meeting.check import verify_meeting_check
 from collector.server import create_token
+from tests.cells import ZH, C, cell_at, locale_env
 from tests.collector_harness import RunningCollector
 from tests.integration.meeting.helpers import Room, cabinet_sim, run_cli
 from tests.integration.test_agent import FAST, AgentThread, host_events, wait_for
@@ -66,6 +69,47 @@ def test_table_output_says_cleared(room: Room, good_cabinet: int) -> None:
         in result.out
     )
     assert result.out.splitlines()[1].split()[:3] == ["ID", "RESULT", "M"]
+
+
+def _untimed(out: str) -> dict[str, object]:
+    """A ``--json`` result without C0's evidence, which says when the check ran."""
+    doc = json.loads(out)
+    for item in doc["items"]:
+        if item["id"] == "C0":
+            item["evidence"] = ""
+    return dict(doc)
+
+
+def test_table_speaks_the_locales_language_json_does_not(room: Room, good_cabinet: int) -> None:
+    table = [a for a in room.check_args() if a != "--json"]
+    zh, c = run_cli(*table, env=locale_env(ZH)), run_cli(*table, env=locale_env(C))
+    assert zh.code == c.code == 0, zh.err + c.err
+    zh_lines, c_lines = zh.out.splitlines(), c.out.splitlines()
+    assert zh_lines[0].startswith("会议室 ") and zh_lines[0].endswith("，会议 m1")  # noqa: RUF001
+    assert zh_lines[1].split() == ["编号", "结果", "必", "检查项", "证据"]
+    c1 = next(line for line in zh_lines if line.startswith("C1 "))
+    assert c1.split()[1:4] == ["通过", "*", "无未经批准的音视频采集设备"]
+    c8 = next(line for line in zh_lines if line.startswith("C8 "))
+    assert c8.split()[1:3] == ["无法判定", "屏蔽柜确实屏蔽（BLE信标）"]  # noqa: RUF001
+    assert zh_lines[-1] == (
+        "准予召开（选查项 C8、C9 未测量）（* 为必查项）；未签名，未发送（未加 --record）"  # noqa: RUF001
+    )
+    assert c_lines[0] == zh_lines[0].replace("会议室 ", "room ").replace("，会议 ", ", meeting ")  # noqa: RUF001
+    assert c_lines[1].split() == ["ID", "RESULT", "M", "ITEM", "EVIDENCE"]
+    assert c_lines[-1].startswith("CLEARED (optional C8, C9 not measured) (* mandatory); ")
+    assert not any(word in c.out for word in ("通过", "准予", "无法判定", "检查项"))
+    # Every row's evidence starts at the header's evidence cell, in both languages.
+    json_zh = run_cli(*room.check_args(), env=locale_env(ZH))
+    json_c = run_cli(*room.check_args(), env=locale_env(C))
+    assert _untimed(json_zh.out) == _untimed(json_c.out)
+    items = json.loads(json_c.out)["items"]
+    for lines, word in ((zh_lines, "证据"), (c_lines, "EVIDENCE")):
+        rows = lines[2:-1]
+        assert [row.split()[0] for row in rows] == [i["id"] for i in items]
+        starts = {cell_at(lines[1], word)}
+        for row, item in zip(rows, items, strict=True):
+            starts.add(cell_at(row, fit(escape(item["evidence"]), 100)[:16]))
+        assert len(starts) == 1, (starts, lines)
 
 
 def test_recorder_process_fails_c3(room: Room, good_cabinet: int, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from agent.cli import main
 from agent.devices.policy import DevicePolicy
 from agent.devices.rules import RuleSet
 from agent.sensors.usb import list_devices
+from tests.cells import ZH, C, cell_at, use_locale
 from tests.integration.usb.conftest import Policies, Testbed, asset, shared
 
 pytestmark = pytest.mark.umockdev
@@ -42,6 +43,42 @@ def test_list_shows_class_and_decision(
     assert "baomi:recording-or-phone" in phone
     hub = next(line for line in lines if line.startswith("usb1 "))
     assert " allow " in hub and "hub" in hub
+
+
+def test_list_speaks_the_locales_language_json_does_not(
+    testbed: Testbed,
+    policies: Policies,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    testbed.add_file(shared("umockdev/sony-xperia-mini-pro.umockdev"))
+    listing = ("devices", "list", "--policies", str(policies.path))
+    use_locale(monkeypatch, ZH)
+    code, zh = _run(capsys, *listing)
+    assert code == 0
+    _, zh_json = _run(capsys, *listing, "--json")
+    use_locale(monkeypatch, C)
+    code, c = _run(capsys, *listing)
+    assert code == 0
+    _, c_json = _run(capsys, *listing, "--json")
+    assert zh_json == c_json
+    header = ["端口", "ID", "授权", "判定", "类别", "名称", "序列号", "规则"]
+    lines = zh.splitlines()
+    assert lines[0].split() == header
+    phone = next(line for line in lines if line.startswith("1-1.5.2.4 "))
+    hub = next(line for line in lines if line.startswith("usb1 "))
+    assert " 阻断 " in phone and " 放行 " in hub
+    assert " block " in next(line for line in c.splitlines() if line.startswith("1-1.5.2.4 "))
+    assert not any(word in c for word in ("阻断", "放行", "端口"))
+    # Each column starts at the header's cell in every row (the ID column: usb ids).
+    rows = json.loads(c_json)
+    for lines in (zh.splitlines(), c.splitlines()):
+        for n, column in ((1, "id"), (4, "classes")):
+            starts = {cell_at(lines[0], lines[0].split()[n])}
+            for line, row in zip(lines[1:], rows, strict=True):
+                shown = ",".join(row[column]) or "-" if column == "classes" else row[column]
+                starts.add(cell_at(line, f" {shown[:8]}") + 1)
+            assert len(starts) == 1, (column, starts, lines)
 
 
 def test_list_escapes_attacker_strings(

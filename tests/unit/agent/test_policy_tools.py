@@ -29,6 +29,7 @@ from agent.labels import (
     read_label,
     set_label,
 )
+from tests.cells import ZH, C, cell_at, locale_env
 
 REPO = Path(__file__).resolve().parents[3]
 TODAY = date(2026, 11, 27)
@@ -208,13 +209,14 @@ def test_policy_test_bad_rows(site: Path, row: str, reason: str) -> None:
 
 
 def _cli(
-    *args: str, cwd: Path = REPO, state: Path | None = None
+    *args: str, cwd: Path = REPO, state: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``baomi-agent ARGS``; with ``state``, its --state-dir (where the label key is)."""
     options = ["--state-dir", str(state)] if state is not None else []
     return subprocess.run(
         [sys.executable, "-m", "agent.cli", *options, *args],
         cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
         timeout=CLI_TIMEOUT_S,
@@ -319,6 +321,33 @@ def test_cli_explain(site: Path) -> None:
     r = _cli(*args, "--exe", "/usr/bin/wps", cwd=site.parent, state=state)
     assert r.stdout.startswith("DENY  read")
     assert "user.baomi.seal is missing" in r.stdout
+
+
+def test_cli_explain_speaks_the_locales_language(site: Path) -> None:
+    state = site.parent / "state"
+    doc = _secret(site) / "finance" / "q3.xlsx"
+    doc.write_bytes(b"")
+    set_label(doc, "绝密", key=load_label_key(state / LABEL_KEY_FILE, create=True))
+    args = ["explain", "--user", "li", "--path", str(doc), "--action", "read"]
+    denied = [*args, "--exe", "/usr/bin/cat", "--policies", str(site)]
+    zh = _cli(*denied, state=state, env=locale_env(ZH))
+    c = _cli(*denied, state=state, env=locale_env(C))
+    assert zh.returncode == c.returncode == 0, zh.stderr + c.stderr
+    assert zh.stdout.startswith(f"拒绝  read {doc}\n")
+    assert c.stdout.startswith(f"DENY  read {doc}\n")
+    allowed = _cli(*args, "--exe", "/usr/bin/wps", cwd=site.parent, state=state, env=locale_env(ZH))
+    assert allowed.stdout.startswith("允许  read")
+    labels = ["人员", "程序", "密级标识", "执行方式", "原因", "规则", "Casbin", "策略"]
+    zh_lines = zh.stdout.splitlines()[1:]
+    assert [line.split("：")[0].strip() for line in zh_lines] == labels  # noqa: RUF001
+    # The values start at one cell, after labels of two to four Chinese characters.
+    values = [line.split("：", 1)[1].lstrip() for line in zh_lines]  # noqa: RUF001
+    assert {cell_at(line, value) for line, value in zip(zh_lines, values, strict=True)} == {13}
+    # The values themselves are the same words in both languages.
+    c_values = [line.split(":", 1)[1].lstrip() for line in c.stdout.splitlines()[1:]]
+    assert values == c_values
+    assert "application /usr/bin/cat not approved for 绝密" in zh.stdout
+    assert c.stdout.splitlines()[1].startswith("  who:     li ")
 
 
 def test_cli_explain_and_policy_test_refuse_to_judge_a_real_file_without_the_key(
