@@ -111,7 +111,7 @@ def test_agent_event_appears_in_the_live_view_within_two_seconds(
     dialogs: list[str] = []
     page = _open(browser_for(), dialogs)
     _login(page, site.base, "auditor")
-    page.goto(site.base + "/events?host=ws-01")
+    page.goto(site.base + "/events?host=ws-01&heartbeats=1")  # heartbeats: live
     # Heartbeats of the running agent arrive live first: the stream is connected.
     page.wait_for_selector("#events-body tr.new", timeout=10_000)
     marker = f"/srv/secret/live-{time.time_ns()}.docx"
@@ -135,7 +135,7 @@ def test_hostile_device_name_and_path_are_inert(site: Site, browser_for: Any) ->
     dialogs: list[str] = []
     auditor = _open(browser_for(), dialogs)
     _login(auditor, site.base, "auditor")
-    auditor.goto(site.base + "/events?host=ws-01")
+    auditor.goto(site.base + "/events?host=ws-01&heartbeats=1")  # heartbeats: live
     auditor.wait_for_selector("#events-body tr.new", timeout=10_000)  # live
     agent = site.agent.agent
     agent.emit(
