@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from baomi.cliparse import HelpfulParser
+from baomi.config import ConfigFileError, add_config_option, parse_with_config
 from baomi.display import escape
 
 from agent import labels
@@ -22,6 +23,7 @@ from agent.meeting import cli as meeting_cli
 from agent.stream import StreamConfig
 
 DEFAULT_STATE = Path("/var/lib/baomi")
+DEFAULT_CONFIG = Path("/etc/baomi/agent.toml")
 DEFAULT_POLICIES = Path("policies")  # relative to the working directory, for now
 
 
@@ -228,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line grammar."""
     p = HelpfulParser(prog="baomi-agent", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
+    add_config_option(p, DEFAULT_CONFIG)
     p.add_argument(
         "--state-dir",
         type=Path,
@@ -412,7 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``baomi-agent``."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = parse_with_config(
+            build_parser(), sys.argv[1:] if argv is None else argv, DEFAULT_CONFIG
+        )
+    except ConfigFileError as e:
+        print(f"baomi-agent: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -14,6 +14,7 @@ from pathlib import Path
 from baomi import display
 from baomi.cliparse import HelpfulParser
 from baomi.clitext import lang, t, table
+from baomi.config import ConfigFileError, add_config_option, parse_with_config
 from baomi.v1 import events_pb2
 from google.protobuf import json_format
 
@@ -28,6 +29,7 @@ _logger = logging.getLogger("collector")
 
 DEFAULT_STORE = "sqlite:///var/collector.db"
 DEFAULT_PKI = Path("var/pki")
+DEFAULT_CONFIG = Path("/etc/baomi/collector.toml")
 
 
 def _parse_time(text: str) -> int:
@@ -316,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line grammar."""
     p = HelpfulParser(prog="baomi-collector", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    add_config_option(p, DEFAULT_CONFIG)
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_store(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -478,7 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``baomi-collector``."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = parse_with_config(
+            build_parser(), sys.argv[1:] if argv is None else argv, DEFAULT_CONFIG
+        )
+    except ConfigFileError as e:
+        print(f"baomi-collector: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
