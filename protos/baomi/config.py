@@ -66,7 +66,7 @@ def parse_with_config(
     parser: argparse.ArgumentParser, argv: list[str], default: Path
 ) -> argparse.Namespace:
     """``parser.parse_args(argv)`` with the configuration file's values as defaults."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument(CONFIG_OPTION, type=Path)
     given = pre.parse_known_args(argv)[0].config
     path = given if given is not None else default
