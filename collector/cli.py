@@ -161,9 +161,7 @@ def _cmd_events(args: argparse.Namespace) -> int:
                 limit=args.limit,
                 # Heartbeats (one per host every half minute) bury what an officer
                 # looks for: listed only when asked for.
-                exclude_kinds=()
-                if args.heartbeats or args.kind == "agent_status"
-                else ("agent_status",),
+                fold_heartbeats=not args.heartbeats and args.kind != "agent_status",
             )
         )
     finally:

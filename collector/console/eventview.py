@@ -248,10 +248,11 @@ class Filters:
         return {k: v for k in self.__slots__ if k != "hidden" and (v := getattr(self, k))}
 
     @property
-    def folded(self) -> tuple[str, ...]:
-        """Kinds left out of the listing: heartbeats (one per host every half minute,
-        shown per host on the hosts page) unless asked for or filtered on."""
-        return () if self.heartbeats or self.kind == HEARTBEAT_KIND else (HEARTBEAT_KIND,)
+    def folds_heartbeats(self) -> bool:
+        """Whether routine heartbeats (agent_status at INFO, one per host every half
+        minute, shown per host on the hosts page) are left out: unless asked for or
+        filtered on. An agent's alarm (spool_full, HIGH) is always listed."""
+        return not self.heartbeats and self.kind != HEARTBEAT_KIND
 
     def query(
         self, tz: ZoneInfo, *, limit: int, before: tuple[int, str, int] | None
@@ -267,12 +268,15 @@ class Filters:
             contains=needle.encode("utf-8") if needle else None,
             before=before,
             limit=limit,
-            exclude_kinds=self.folded,
+            fold_heartbeats=self.folds_heartbeats,
         )
 
     def matches(self, v: EventView) -> bool:
         """The checks the store cannot make: user and path inside the event body."""
-        if v.kind in self.hidden or v.kind in self.folded:
+        if v.kind in self.hidden:
+            return False
+        routine = v.kind == HEARTBEAT_KIND and v.row.severity <= events_pb2.SEVERITY_INFO
+        if routine and self.folds_heartbeats:
             return False
         if self.user and v.user != self.user:
             return False

@@ -54,7 +54,9 @@ class EventQuery:
     since_us: int | None = None
     until_us: int | None = None
     limit: int | None = 1000
-    exclude_kinds: tuple[str, ...] = ()  # kinds left out (e.g. heartbeats)
+    #: leave out routine heartbeats: agent_status events of severity INFO (an alarm
+    #: such as spool_full is HIGH and stays)
+    fold_heartbeats: bool = False
 
 
 # -- reports ---------------------------------------------------------------------
@@ -371,4 +373,4 @@ class ConsoleQuery:
     contains: bytes | None = None
     before: tuple[int, str, int] | None = None
     limit: int = 100
-    exclude_kinds: tuple[str, ...] = ()  # kinds left out (heartbeats, unless asked for)
+    fold_heartbeats: bool = False  # see EventQuery

@@ -194,9 +194,9 @@ class SqlStore:
         # out of the ordering and of the page cursor (a time window the user gave still
         # uses it).
         unindexed = self.UNINDEXED if q.contains is not None else ""
-        if q.exclude_kinds:
-            clauses.append(f"kind NOT IN ({', '.join('?' * len(q.exclude_kinds))})")
-            args.extend(q.exclude_kinds)
+        if q.fold_heartbeats:
+            clauses.append(HEARTBEAT_FOLD_TERM)
+            args.extend(HEARTBEAT_FOLD_ARGS)
         if q.kind is not None and q.kind not in BULK_KINDS:
             clauses.append(RARE_KIND_TERM)  # the partial index of rare kinds applies
         if q.min_severity is not None and q.min_severity >= VIOLATION_SEVERITY:
@@ -653,6 +653,11 @@ def event_row(row: Sequence[Any]) -> EventRow:
     return EventRow(str(h), int(s), str(k), int(sev), int(t), int(r), bytes(x), bytes(b))
 
 
+# Routine heartbeats (agent_status at INFO) folded out of listings; alarms stay.
+HEARTBEAT_FOLD_TERM = "NOT (kind = ? AND severity <= ?)"
+HEARTBEAT_FOLD_ARGS = ("agent_status", 1)  # events_pb2.SEVERITY_INFO
+
+
 def event_filter(q: EventQuery) -> tuple[str, list[object]]:
     """The WHERE clause (with ``?``) and its arguments for an EventQuery."""
     clauses: list[str] = []
@@ -666,9 +671,9 @@ def event_filter(q: EventQuery) -> tuple[str, list[object]]:
         if value is not None:
             clauses.append(f"{column} {op} ?")
             args.append(value)
-    if q.exclude_kinds:
-        clauses.append(f"kind NOT IN ({', '.join('?' * len(q.exclude_kinds))})")
-        args.extend(q.exclude_kinds)
+    if q.fold_heartbeats:
+        clauses.append(HEARTBEAT_FOLD_TERM)
+        args.extend(HEARTBEAT_FOLD_ARGS)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 

@@ -119,6 +119,8 @@ def test_heartbeats_are_folded_out_unless_asked_for(console: Console) -> None:
     for _ in range(3):
         _send(console, host, agent_status=events_pb2.AgentStatus(state="running"))
     _send(console, host, file_access=events_pb2.FileAccess(path="/srv/secret/x", action="read"))
+    alarm = events_pb2.AgentStatus(state="spool_full")
+    _send(console, host, events_pb2.SEVERITY_HIGH, agent_status=alarm)  # an alarm: listed
     aud = console.as_role("auditor")
 
     def shown(query: str) -> list[str]:
@@ -129,14 +131,14 @@ def test_heartbeats_are_folded_out_unless_asked_for(console: Console) -> None:
             if 'href="/events/ws-' in line
         )
 
-    assert shown("") == ["ws-01/4"]
-    assert shown("heartbeats=1") == ["ws-01/1", "ws-01/2", "ws-01/3", "ws-01/4"]
-    assert shown("kind=agent_status") == ["ws-01/1", "ws-01/2", "ws-01/3"]
+    assert shown("") == ["ws-01/4", "ws-01/5"]
+    assert shown("heartbeats=1") == ["ws-01/1", "ws-01/2", "ws-01/3", "ws-01/4", "ws-01/5"]
+    assert shown("kind=agent_status") == ["ws-01/1", "ws-01/2", "ws-01/3", "ws-01/5"]
     page = aud.get("/events?heartbeats=1").text
     assert 'name="heartbeats" value="1" checked' in page
     assert "heartbeats=1" in page.split('id="export"')[1].split(">")[0]  # the export keeps it
     rows = list(csv.reader(io.StringIO(aud.get("/events/export.csv?host=ws-01").text)))
-    assert [r[4] for r in rows[1:]] == ["file_access"]
+    assert [r[4] for r in rows[1:]] == ["agent_status", "file_access"]  # the alarm, the access
 
 
 def test_cli_listing_folds_heartbeats_out_unless_asked_for(
@@ -145,6 +147,8 @@ def test_cli_listing_folds_heartbeats_out_unless_asked_for(
     host = enroll_host(console.running, "ws-01")
     _send(console, host, agent_status=events_pb2.AgentStatus(state="running"))
     _send(console, host, file_access=events_pb2.FileAccess(path="/srv/secret/x", action="read"))
+    alarm = events_pb2.AgentStatus(state="spool_full")
+    _send(console, host, events_pb2.SEVERITY_HIGH, agent_status=alarm)
 
     def kinds(*options: str) -> list[str]:
         assert cli.main(["events", "--store", store_url, "--host", "ws-01", "--json",
@@ -152,9 +156,9 @@ def test_cli_listing_folds_heartbeats_out_unless_asked_for(
         return [next(k for k in d if k in ("agent_status", "file_access"))
                 for d in map(json.loads, capsys.readouterr().out.splitlines())]  # fmt: skip
 
-    assert kinds() == ["file_access"]
-    assert kinds("--heartbeats") == ["file_access", "agent_status"]
-    assert kinds("--kind", "agent_status") == ["agent_status"]
+    assert kinds() == ["agent_status", "file_access"]  # the spool_full alarm stays
+    assert kinds("--heartbeats") == ["agent_status", "file_access", "agent_status"]
+    assert kinds("--kind", "agent_status") == ["agent_status", "agent_status"]
 
 
 def test_paging_goes_back_in_time(console: Console) -> None:
