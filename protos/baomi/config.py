@@ -21,7 +21,9 @@ with half a configuration.
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +88,7 @@ def apply_file(
 ) -> None:
     """Set the defaults of ``parser`` and its subcommands from the file at ``path``."""
     try:
+        _check_trusted(path)
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigFileError(path, 0, f"cannot read it: {e}") from e
@@ -95,6 +98,29 @@ def apply_file(
         line = int(m.group(1)) if (m := re.search(r"line (\d+)", str(e))) else 0
         raise ConfigFileError(path, line, f"not TOML: {e}") from e
     _apply_table(parser, doc, (), path=path, text=text, applied=applied or _Applied())
+
+
+def _check_trusted(path: Path) -> None:
+    """Refuse a file that someone other than root or this user could have written: the
+    file and every directory above it owned by one of them and not writable by group or
+    others (a sticky directory such as /tmp excepted), as sshd's StrictModes. A guard
+    configured by whoever can write its file guards nothing."""
+    me = os.geteuid()
+    real = Path(os.path.realpath(path))
+    for p in (real, *real.parents):
+        st = p.stat()
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if st.st_uid not in (0, me):
+            raise ConfigFileError(
+                path, 0, f"{p} is owned by uid {st.st_uid}: only root (or uid {me}) may own "
+                "a configuration file and the directories above it",
+            )  # fmt: skip
+        sticky = is_dir and st.st_mode & stat.S_ISVTX
+        if st.st_mode & 0o022 and not sticky:
+            raise ConfigFileError(
+                path, 0, f"{p} is writable by group or others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}): chmod go-w {p}",
+            )  # fmt: skip
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

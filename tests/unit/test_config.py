@@ -4,6 +4,7 @@ file is refused naming the file, the line and what to fix."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import pytest
@@ -28,9 +29,19 @@ def _refused(tmp_path: Path, text: str, *argv: str) -> ConfigFileError:
     return info.value
 
 
-def test_the_shipped_agent_config_runs_the_sensors_a_secret_computer_needs() -> None:
+def _shipped(name: str, tmp_path: Path) -> str:
+    """A copy of a shipped example (the checkout's own directories may be group-writable,
+    which a configuration file's may not)."""
+    copy = tmp_path / name
+    copy.write_bytes((REPO / "deploy" / "etc" / name).read_bytes())
+    return str(copy)
+
+
+def test_the_shipped_agent_config_runs_the_sensors_a_secret_computer_needs(
+    tmp_path: Path,
+) -> None:
     args = parse_with_config(
-        agent_parser(), ["--config", str(REPO / "deploy/etc/agent.toml"), "run"], NONE
+        agent_parser(), ["--config", _shipped("agent.toml", tmp_path), "run"], NONE
     )
     assert args.command == "run"
     assert args.protect == [Path("/srv/secret")]
@@ -39,8 +50,10 @@ def test_the_shipped_agent_config_runs_the_sensors_a_secret_computer_needs() -> 
     assert args.state_dir == Path("/var/lib/baomi")
 
 
-def test_the_shipped_collector_config_sets_store_everywhere_and_serve_options() -> None:
-    config = str(REPO / "deploy/etc/collector.toml")
+def test_the_shipped_collector_config_sets_store_everywhere_and_serve_options(
+    tmp_path: Path,
+) -> None:
+    config = _shipped("collector.toml", tmp_path)
     serve = parse_with_config(collector_parser(), ["--config", config, "serve"], NONE)
     assert serve.store == "sqlite:///var/lib/baomi/collector.db"
     assert serve.console == "0.0.0.0:8443" and serve.pki == Path("/etc/baomi/pki")
@@ -117,3 +130,23 @@ def test_the_cli_reports_a_bad_file_and_exits_2(
     config.write_text('[run]\nusb = "yes"\n', encoding="utf-8")
     assert main(["--config", str(config), "run"]) == 2
     assert f"baomi-agent: {config}:2: usb: a switch" in capsys.readouterr().err
+
+
+def test_a_file_others_could_write_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text("[run]\nusb = true\n", encoding="utf-8")
+    config.chmod(0o666)
+    with pytest.raises(ConfigFileError, match=r"writable by group or others \(mode 0666\)"):
+        parse_with_config(agent_parser(), ["--config", str(config), "run"], NONE)
+    config.chmod(0o644)
+    tmp_path.chmod(0o777)  # a directory above it, writable by all and not sticky
+    try:
+        with pytest.raises(ConfigFileError, match=f"{tmp_path} is writable by group or others"):
+            parse_with_config(agent_parser(), ["--config", str(config), "run"], NONE)
+    finally:
+        tmp_path.chmod(0o700)
+    if os.geteuid() != 0:
+        return  # giving a file away needs root
+    os.chown(config, 4242, 4242)
+    with pytest.raises(ConfigFileError, match="is owned by uid 4242"):
+        parse_with_config(agent_parser(), ["--config", str(config), "run"], NONE)
