@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import urllib.parse
 
 import pytest
 from baomi import chain
@@ -89,3 +90,16 @@ def test_cli_listing_shows_escapes(
     docs = [json.loads(line) for line in lines]  # still JSON, the same values
     assert {d.get("device", {}).get("name") for d in docs} >= {NAME}
     assert {d.get("file_access", {}).get("path") for d in docs} >= {PATH}
+
+
+def test_typed_backslashes_survive_a_round_trip_through_a_form(hostile: Console) -> None:
+    """What a user typed comes back as typed in the form's field (not doubled), so
+    saving a finding again, or searching again, does not change it."""
+    aud, sec = hostile.as_role("auditor"), hostile.as_role("secadmin")
+    page = aud.get("/events?path=" + urllib.parse.quote("C:\\temp\\x")).text
+    assert 'name="path" value="C:\\temp\\x"' in page
+    note = "copied from D:\\share\\plan.docx"
+    resp = sec.post("/findings/new", {"host": "ws-01", "seq": "1", "note": note, "owner": "li"})
+    assert resp.status in (200, 303), resp.text
+    page = sec.get("/findings").text
+    assert f'name="note" value="{note}"' in page
