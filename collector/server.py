@@ -8,6 +8,7 @@ only ``Enroll`` succeeds, since the others need a client certificate to name the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -22,7 +23,7 @@ from baomi.v1 import collector_pb2, events_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from collector import checkpoint, pki
+from collector import checkpoint, cli_audit, pki
 from collector.enrollment import (  # noqa: F401 - moved there; still found here
     TOKEN_SECONDS,
     create_token,
@@ -226,6 +227,7 @@ class Collector:
         self._servers: list[grpc.aio.Server] = []
         self._checkpoints: asyncio.Task[None] | None = None
         self._reports: asyncio.Task[None] | None = None
+        self._cli_audit: asyncio.Task[None] | None = None
         self.ports: dict[str, int] = {}
 
     async def start(self) -> None:
@@ -259,6 +261,7 @@ class Collector:
             await server.start()
             self._servers.append(server)
         self._checkpoints = asyncio.create_task(self.ingest.run_checkpoints())
+        self._cli_audit = asyncio.create_task(cli_audit.run_forever(self.store, self.ingest.alerts))
         _logger.info(
             "collector serving agents on port %d, enrolment on port %d",
             self.ports["agents"],
@@ -314,9 +317,11 @@ class Collector:
         if self.console is not None:
             await self.console.stop()
         await asyncio.gather(*(s.stop(grace) for s in self._servers))
-        for task in (self._checkpoints, self._reports):
+        for task in (self._checkpoints, self._reports, self._cli_audit):
             if task is not None:
                 task.cancel()
+        with contextlib.suppress(Exception):  # a last look: what the CLI did lately
+            await cli_audit.record_cli_work(self.store, self.ingest.alerts)
         await self.ingest.close()
 
 

@@ -98,8 +98,8 @@ class MeetingScheduler:
             self._stop.wait(self._config.poll_seconds)
 
     def run_due(self, now: datetime) -> list[str]:
-        """Check every meeting of the room whose start is within ``lead`` of ``now``;
-        returns the ids checked."""
+        """Check every meeting of the room whose start is within ``lead`` of ``now``
+        (or within its own check window, if that is shorter); returns the ids checked."""
         cfg = self._config
         room = load_rooms(cfg.rooms).get(cfg.room)
         if room is None:
@@ -111,7 +111,9 @@ class MeetingScheduler:
             start = meeting.start
             if meeting.room != cfg.room or start is None or (meeting.id, start) in self._done:
                 continue
-            if not start - cfg.lead <= now < start:
+            # Never earlier than the meeting's own window opens (C0 would fail it).
+            lead = min(cfg.lead, meeting.check_before)
+            if not start - lead <= now < start:
                 continue
             items = run_check(
                 Inputs(

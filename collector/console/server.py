@@ -23,10 +23,9 @@ from collector.errors import ConfigError
 
 _logger = logging.getLogger(__name__)
 
-HOUSEKEEPING_SECONDS = 2.0  # between silence checks and audits of accounts made by the CLI
+HOUSEKEEPING_SECONDS = 2.0  # between checks for hosts gone silent
 SHUTDOWN_SECONDS = 2  # open requests (live views) get this long when the collector stops
 METRICS_TOKEN_MIN_CHARS = 20  # a guessable scrape token would open /metrics to anyone
-CLI_AUDITED = "cli_accounts_audited_us"  # setting: newest CLI-made account already audited
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,54 +134,5 @@ class ConsoleServer:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
             try:
                 await self.console.feed.check_silence()
-                await self.audit_cli_accounts()
-                await self.audit_cli_actions()
             except Exception:
                 _logger.exception("console housekeeping failed; retrying")
-
-    async def audit_cli_accounts(self) -> int:
-        """Record accounts made with ``baomi-collector user add`` in the audit log.
-
-        The command line cannot append to the collector's chain while the collector
-        runs (it would fork the chain), so the collector records them when it sees them.
-        """
-        store = self.console.store
-        run = self.console.run
-        accounts, settings = await asyncio.gather(run(store.accounts), run(store.settings))
-        done = int(settings.get(CLI_AUDITED, "0"))
-        new = sorted(
-            (a for a in accounts if a.created_by.startswith("cli") and a.created_us > done),
-            key=lambda a: a.created_us,
-        )
-        chain = self.console.backend.chain
-        for a in new:
-            await chain.console_action(
-                actor=a.created_by,
-                role="",
-                action="account_create",
-                target=a.name,
-                detail=f"role {a.role or '-'} (command line)",
-                client="cli",
-            )
-            await run(store.set_setting, CLI_AUDITED, str(a.created_us))
-        return len(new)
-
-    async def audit_cli_actions(self) -> int:
-        """Record the account actions ``baomi-collector user`` queued in the store (it
-        cannot append to the chain itself, as above), oldest first, each once."""
-        store = self.console.store
-        pending = await self.console.run(store.pending_actions)
-        chain = self.console.backend.chain
-        for a in pending:
-            await chain.console_action(
-                actor=a.actor,
-                role="",
-                action=a.action,
-                target=a.target,
-                detail=f"{a.detail} (command line)".lstrip(),
-                ok=a.ok,
-                client="cli",
-            )
-            # Recorded before dropped: a crash in between records it twice, never not.
-            await self.console.run(store.drop_action, a.id)
-        return len(pending)

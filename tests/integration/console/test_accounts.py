@@ -7,12 +7,15 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
+from baomi.v1 import events_pb2
 
 from collector.console import ratelimit
 from collector.console.auth import create_account, hash_password
 from collector.store import Store
+from tests.collector_harness import RunningCollector
 from tests.integration.console.conftest import PASSWORD, Console
 from tests.integration.console.web import Client
 
@@ -89,7 +92,9 @@ def test_every_console_action_records_the_client(console: Console) -> None:
     audit = c.get("/audit").text
     assert "127.0.0.1" in audit
     actions = [e.console_action for e in console.audit()]  # type: ignore[attr-defined]
-    assert actions and all(a.client == "127.0.0.1" for a in actions)
+    web = [a for a in actions if not a.actor.startswith("cli:")]  # the fixture's accounts
+    assert web and all(a.client == "127.0.0.1" for a in web)
+    assert all(a.client == "cli" for a in actions if a.actor.startswith("cli:"))
     login = _actions(console, "login")[-1]
     assert login.user_agent == long_agent[:300]  # type: ignore[attr-defined]
 
@@ -270,3 +275,35 @@ def test_two_administrators_cannot_take_out_the_last_two_at_once(store: Store) -
         assert len(enabled) == 1
         store.enable_account("aud1")
         store.enable_account("aud2")
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_a_collector_without_console_records_the_command_lines_work(
+    store: Store, store_url: str, pki_dir: Path
+) -> None:
+    """Accounts are kept from the command line on a collector that serves no console
+    too: what ``baomi-collector user`` did reaches the chain all the same."""
+    running = RunningCollector(store, pki_dir, checkpoint_seconds=3600)
+    try:
+        assert cli("user", "add", "ops", "--role", "sysadmin", "--store", store_url).returncode == 0
+        assert (
+            cli("user", "add", "ops2", "--role", "sysadmin", "--store", store_url).returncode == 0
+        )
+        assert cli("user", "disable", "ops2", "--store", store_url).returncode == 0
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            actions = [
+                events_pb2.Event.FromString(r.body).console_action
+                for r in store.chain("_collector")
+                if r.kind == "console_action"
+            ]
+            if len(actions) >= 3 and not store.pending_actions():
+                break
+            time.sleep(0.3)
+        assert [(a.action, a.target, a.client) for a in actions] == [
+            ("account_create", "ops", "cli"),
+            ("account_create", "ops2", "cli"),
+            ("account_disable", "ops2", "cli"),
+        ]
+    finally:
+        running.stop()

@@ -81,6 +81,20 @@ def test_check_runs_once_within_the_lead_time_and_is_signed(room: Room) -> None:
     assert verify_meeting_check(check, cert_pem)
 
 
+def test_a_lead_longer_than_the_meetings_window_waits_for_the_window(room: Room) -> None:
+    """--meeting-lead-min 180 against the default 120-minute window: the check runs when
+    the window opens, not before it (where C0 would fail it)."""
+    key_pem, _ = _key_and_cert()
+    events: list[events_pb2.Event] = []
+    scheduler = MeetingScheduler(_config(room, key_pem, lead=timedelta(minutes=180)), events.append)
+    assert scheduler.run_due(START - timedelta(minutes=150)) == []  # inside lead, before window
+    assert scheduler.run_due(START - timedelta(minutes=119)) == ["m1"]
+    (event,) = events
+    assert event.meeting_check.cleared
+    c0 = next(i for i in event.meeting_check.items if i.id == "C0")
+    assert c0.result == "pass"
+
+
 def test_moved_meeting_is_checked_again_and_a_failure_is_high(room: Room) -> None:
     key_pem, _ = _key_and_cert()
     events: list[events_pb2.Event] = []
