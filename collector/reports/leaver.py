@@ -17,6 +17,8 @@ from typing import Any
 
 from baomi.v1 import events_pb2
 
+from collector.ingest import COLLECTOR_HOST
+from collector.meeting_signatures import ALERT_KIND as SIGNATURE_ALERT
 from collector.reports.common import (
     FORMAT_VERSION,
     Report,
@@ -88,6 +90,8 @@ def build_leaver(
     days: set[tuple[str, int]] = set()  # (host, local day) the person used
     devices: dict[tuple[str, int], list[dict[str, Any]]] = collections.defaultdict(list)
     meetings: list[dict[str, Any]] = []
+    checked: list[tuple[str, int]] = []  # (host, seq) of each entry of meetings
+    unsigned: set[tuple[str, int]] = set()  # meeting checks a signature alert names
     names = [_word(login)] + ([_word(display)] if display else [])
     accesses = 0
     parse = events_pb2.Event.FromString
@@ -138,6 +142,10 @@ def build_leaver(
                         "decision": "deny" if dev.decision == _DENY else "allow",
                     }
                 )
+        elif kind == "tamper" and row.host_id == COLLECTOR_HOST:
+            t = parse(row.body).tamper
+            if t.kind == SIGNATURE_ALERT:  # these checks failed their signature on arrival
+                unsigned.update((t.subject_host, q) for q in (t.subject_seq, *t.subject_seqs))
         elif kind == "meeting_check":
             m = parse(row.body).meeting_check
             role = ""
@@ -160,6 +168,10 @@ def build_leaver(
                         "role": role,
                     }
                 )
+                checked.append((row.host_id, row.seq))
+    for entry, check in zip(meetings, checked, strict=True):
+        if check in unsigned:
+            entry["cleared"] = False  # never cleared on a check whose signature failed
 
     used = sorted(
         (d for key in days for d in devices.get(key, ())),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from baomi.v1 import events_pb2
 
 from collector.ingest import COLLECTOR_HOST, to_row
@@ -51,3 +53,18 @@ def test_a_check_a_signature_alert_names_is_not_cleared_whichever_comes_first() 
     signature = [n for n in t.not_cleared if n["failed"] == ["signature"]]
     assert sorted(str(n["meeting"]) for n in signature) == ["m-3", "m-5"]
     assert len(t.not_cleared) == 3  # the two forged and the one not cleared by itself
+
+
+def test_the_leaver_review_never_shows_an_unsigned_check_as_cleared(tmp_path: Path) -> None:
+    from collector.reports.leaver import build_leaver
+    from collector.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
+    try:
+        store.append([_check("room-pc", 1, "r301"), _check("room-pc", 2, "r301"),
+                      _alert(1, "room-pc", [2])])  # fmt: skip
+        report = build_leaver(store, "zhou", policies_dir=tmp_path)
+    finally:
+        store.close()
+    shown = {m["meeting"]: m["cleared"] for m in report.figures["meetings"]}
+    assert shown == {"m-1": True, "m-2": False}
