@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from baomi.tomllines import TomlLines, error_line
+
 from agent.errors import ConfigError
 
 ADAPTERS = ("modbus", "http", "manual")
@@ -124,55 +126,7 @@ class Meeting:
     check_after: timedelta = DEFAULT_CHECK_AFTER  # to start + this
 
 
-class _Lines:
-    """Finds the line of a table or key, for error messages (tomllib gives none)."""
-
-    def __init__(self, text: str) -> None:
-        self.lines = text.splitlines()
-
-    def table(self, *path: str) -> int:
-        """The line of the header ``[a.b]`` (or ``[[a.b]]``, quoted keys too) of ``path``
-        itself: ``[rooms.r30]`` is not found at ``[rooms.r301]``."""
-        for i, line in enumerate(self.lines):
-            if _header_path(line) == path:
-                return i + 1
-        return 1
-
-    def key(self, header: int, key: str) -> int:
-        """The line of ``key =`` in the table whose header is on line ``header`` or its
-        sub-tables; the header's line when the key is not there."""
-        pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
-        table = _header_path(self.lines[header - 1]) if 0 < header <= len(self.lines) else None
-        for i in range(header, len(self.lines)):
-            inner = _header_path(self.lines[i])
-            if inner is not None and table is not None and inner[: len(table)] != table:
-                break  # the next table: the key is not in this one
-            if pattern.match(self.lines[i]):
-                return i + 1
-        return header
-
-
-_HEADER_RE = re.compile(r"^\s*\[\[?\s*(.+?)\s*\]\]?\s*(#.*)?$")
-_KEY_PART_RE = re.compile(r'\s*("(?:[^"\\]|\\.)*"|\'[^\']*\'|[A-Za-z0-9_-]+)\s*(?:\.|$)')
-
-
-def _header_path(line: str) -> tuple[str, ...] | None:
-    """The dotted key path of a table header line, or None when it is not one."""
-    match = _HEADER_RE.match(line)
-    if match is None:
-        return None
-    text, parts, pos = match.group(1), [], 0
-    while pos < len(text):
-        part = _KEY_PART_RE.match(text, pos)
-        if part is None or part.end() == pos:
-            return None
-        token = part.group(1)
-        parts.append(token[1:-1] if token[0] in "\"'" else token)
-        pos = part.end()
-    return tuple(parts)
-
-
-def _read_toml(path: Path) -> tuple[dict[str, Any], _Lines]:
+def _read_toml(path: Path) -> tuple[dict[str, Any], TomlLines]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -180,9 +134,8 @@ def _read_toml(path: Path) -> tuple[dict[str, Any], _Lines]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        match = re.search(r"at line (\d+)", str(e))
-        raise RoomsError(path, int(match.group(1)) if match else 0, str(e)) from e
-    return data, _Lines(text)
+        raise RoomsError(path, error_line(e), str(e)) from e
+    return data, TomlLines(text)
 
 
 def _strings(value: Any, fail: Any, key: str) -> tuple[str, ...]:
@@ -238,7 +191,7 @@ def load_rooms(path: Path) -> dict[str, Room]:
 
 
 def _room(
-    path: Path, name: str, entry: dict[str, Any], *, header: int, fail: Any, lines: _Lines
+    path: Path, name: str, entry: dict[str, Any], *, header: int, fail: Any, lines: TomlLines
 ) -> Room:
     known = {
         "pa", "allowed_software", "cabinet", "jammer", "margin_db", "rssi_dbm", "baseline",
@@ -320,7 +273,7 @@ def _room(
     )
 
 
-def _cabinet(path: Path, entry: Any, header: int, lines: _Lines) -> CabinetConfig:
+def _cabinet(path: Path, entry: Any, header: int, lines: TomlLines) -> CabinetConfig:
     def fail(key: str, reason: str) -> RoomsError:
         return RoomsError(path, lines.key(header, key), f"cabinet: {reason}")
 

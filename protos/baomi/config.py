@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from baomi.tomllines import TomlLines, error_line
 
 CONFIG_OPTION = "--config"
 
@@ -95,9 +96,8 @@ def apply_file(
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        line = int(m.group(1)) if (m := re.search(r"line (\d+)", str(e))) else 0
-        raise ConfigFileError(path, line, f"not TOML: {e}") from e
-    _apply_table(parser, doc, (), path=path, text=text, applied=applied or _Applied())
+        raise ConfigFileError(path, error_line(e), f"not TOML: {e}") from e
+    _apply_table(parser, doc, (), path=path, lines=TomlLines(text), applied=applied or _Applied())
 
 
 def _check_trusted(path: Path) -> None:
@@ -154,22 +154,23 @@ def _apply_table(
     where: tuple[str, ...],
     *,
     path: Path,
-    text: str,
+    lines: TomlLines,
     applied: _Applied,
 ) -> None:
     subs = _subcommands(parser)
     command = " ".join(where) or "the program"
     for key, value in table.items():
-        line = _line_of(text, where, key)
         if isinstance(value, dict):
+            line = lines.table(*where, key)
             if key not in subs:
                 known = ", ".join(sorted(subs)) or "none"
                 raise ConfigFileError(
                     path, line, f"[{'.'.join((*where, key))}]: {command} has no subcommand "
                     f"{key!r} (its subcommands: {known})",
                 )  # fmt: skip
-            _apply_table(subs[key], value, (*where, key), path=path, text=text, applied=applied)
+            _apply_table(subs[key], value, (*where, key), path=path, lines=lines, applied=applied)
             continue
+        line = lines.key(lines.table(*where) if where else 0, key)
         if key == CONFIG_OPTION[2:]:
             raise ConfigFileError(path, line, "config: a file cannot name another")
         # At the top level a key sets the option wherever a command has it (store for
@@ -219,19 +220,3 @@ def _scalar(action: argparse.Action, key: str, value: Any, fail: Any) -> Any:
     if action.choices is not None and converted not in action.choices:
         raise fail(f"{text!r} is not one of {', '.join(map(str, action.choices))}")
     return converted
-
-
-def _line_of(text: str, where: tuple[str, ...], key: str) -> int:
-    """The line of ``key`` in the table ``where`` (1-based; 0 when not found)."""
-    table: tuple[str, ...] = ()
-    header = re.compile(r"^\s*\[\s*([^\]]+?)\s*\]\s*(?:#.*)?$")
-    assignment = re.compile(rf'^\s*(?:{re.escape(key)}|"{re.escape(key)}")\s*=')
-    for n, line in enumerate(text.splitlines(), 1):
-        if m := header.match(line):
-            table = tuple(part.strip().strip('"') for part in m.group(1).split("."))
-            if table == (*where, key):
-                return n
-            continue
-        if table == where and assignment.match(line):
-            return n
-    return 0
