@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 from agent.cli import build_parser
+from tests.cli_help import help_of, undocumented
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -40,28 +39,9 @@ def test_the_not_enrolled_hint_is_a_command_the_cli_accepts(tmp_path: Path) -> N
     assert "usage:" not in r.stderr and "unrecognized" not in r.stderr, r.stderr
 
 
-def _commands(
-    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
-) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
-    yield path, parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield from _commands(sub, (*path, name))
-
-
 def test_every_option_of_every_command_says_what_it_does_and_its_default() -> None:
-    missing = []
-    for path, parser in _commands(build_parser()):
-        assert "exit status:" in (parser.epilog or ""), path
-        for action in parser._actions:
-            if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
-                continue
-            if not action.help:
-                missing.append((" ".join(path), action.dest))
-    assert missing == []
-    run = next(c for path, c in _commands(build_parser()) if path == ("run",))
-    help_text = " ".join(run.format_help().split())  # unwrapped
+    assert undocumented(build_parser()) == []
+    help_text = help_of(build_parser(), "run")
     assert "(default: 30.0)" in help_text  # --heartbeat
     assert "reads devices.rules and usb" in help_text  # (argparse wraps at the hyphen)
     assert "rtl_power" in help_text

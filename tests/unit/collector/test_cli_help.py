@@ -3,34 +3,11 @@ what the exit status means."""
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Iterator
-
 from collector.cli import build_parser
-
-
-def _commands(
-    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
-) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
-    yield path, parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield from _commands(sub, (*path, name))
+from tests.cli_help import help_of, undocumented
 
 
 def test_every_option_of_every_command_says_what_it_does() -> None:
-    missing = []
-    for path, parser in _commands(build_parser()):
-        assert "exit status:" in (parser.epilog or ""), path
-        for action in parser._actions:
-            if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
-                continue
-            if not action.help:
-                missing.append((" ".join(path), action.dest))
-    assert missing == []
-    events = next(c for path, c in _commands(build_parser()) if path == ("events",))
-    text = " ".join(events.format_help().split())
-    assert "(default: 100)" in text  # --limit
-    serve = next(c for path, c in _commands(build_parser()) if path == ("serve",))
-    assert "(default: var/pki)" in " ".join(serve.format_help().split())
+    assert undocumented(build_parser()) == []
+    assert "(default: 100)" in help_of(build_parser(), "events")  # --limit
+    assert "(default: var/pki)" in help_of(build_parser(), "serve")
