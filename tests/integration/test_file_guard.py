@@ -431,8 +431,12 @@ def test_new_file_in_labelled_directory_inherits_its_label(
     sub = site.root / "finance"
     sub.mkdir()
     set_label(sub, level="机密", scope="dept:finance", key=site.key)
-    # creating an entry needs delete on the directory (the agent's DAC grants rwx)
-    _publish(site, guarded[1], 1, extra=f"p, alice, {sub}, delete, allow\n")
+    # Creating an entry needs delete on the directory (the agent's DAC grants rwx), and
+    # writing it needs write on its files: the writes through the creating descriptor
+    # are asked whenever the change watcher has marked the new inode before the
+    # kernel opened it (a race either side may win).
+    rules = f"p, alice, {sub}, delete, allow\np, alice, {sub}/**, write, allow\n"
+    _publish(site, guarded[1], 1, extra=rules)
     made = subprocess.run(
         ["/bin/sh", "-c", f"echo new > {sub}/made.txt"],
         user=2001,
@@ -446,6 +450,12 @@ def test_new_file_in_labelled_directory_inherits_its_label(
         pytest.fail(f"creating made.txt failed ({made.stderr!r}); recorded: {why}")
     assert os.getxattr(sub / "made.txt", "user.baomi.level") == os.getxattr(sub, "user.baomi.level")
     assert not site.open_as(2002, "finance/made.txt")  # bob: 一般 < 机密
+    # the new inode is guarded by now: alice's next write is asked, and her rule allows it
+    more = subprocess.run(
+        ["/bin/sh", "-c", f"echo more >> {sub}/made.txt"], user=2001, check=False, timeout=10
+    )
+    assert more.returncode == 0
+    wait_for(lambda: any(a.action == "write" and "made" in a.path for a in _accesses(guarded[1])))
 
 
 def test_bad_policy_is_refused_and_last_good_stays(
