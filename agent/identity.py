@@ -17,10 +17,6 @@ from pathlib import Path
 
 import grpc
 from baomi.v1 import collector_pb2
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from agent.errors import ConfigError, EnrollError
 from agent.spool import Spool
@@ -71,6 +67,13 @@ def enroll(
     enroll_address: str | None = None,
 ) -> Identity:
     """Send a CSR with ``token``; store the certificate, key and a fresh spool."""
+    # Here, not at the top: ``run`` never makes a CSR, and cryptography's X.509 layer
+    # would be some 8 MB of the idle agent's memory.
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
         x509.CertificateSigningRequestBuilder()
