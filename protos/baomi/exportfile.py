@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 from dataclasses import asdict, dataclass, replace
 from typing import TypeVar
@@ -129,8 +130,12 @@ def chain_problem(export: ExportFile) -> tuple[int, str] | None:
     """The first seq at which the events do not form the chain the export names, and
     what is wrong there; None when they run unbroken from ``prev_hash`` to ``head_hash``."""
     expected, prev = export.first_seq, export.prev_hash
+    seqs = set()
     for body in export.bodies:
-        if (problem := _link_problem(export, body, expected, prev)) is not None:
+        with contextlib.suppress(DecodeError):
+            seqs.add(events_pb2.Event.FromString(body).seq)
+    for body in export.bodies:
+        if (problem := _link_problem(export, body, expected, prev, seqs)) is not None:
             return problem
         expected, prev = expected + 1, chain.bytes_hash(body)
     if expected <= export.last_seq:
@@ -142,9 +147,10 @@ def chain_problem(export: ExportFile) -> tuple[int, str] | None:
 
 
 def _link_problem(  # noqa: PLR0911 - one return per way a link breaks
-    export: ExportFile, body: bytes, expected: int, prev: bytes
+    export: ExportFile, body: bytes, expected: int, prev: bytes, seqs: set[int]
 ) -> tuple[int, str] | None:
-    """What is wrong with ``body`` as the event at seq ``expected`` after hash ``prev``."""
+    """What is wrong with ``body`` as the event at seq ``expected`` after hash ``prev``
+    (``seqs``: every seq the export's events name)."""
     try:
         event = events_pb2.Event.FromString(body)
     except DecodeError:
@@ -152,6 +158,8 @@ def _link_problem(  # noqa: PLR0911 - one return per way a link breaks
     if event.host_id != export.host_id:
         return event.seq, f"seq {event.seq}: the event names host {event.host_id!r}"
     if event.seq > expected:
+        if expected in seqs:
+            return expected, f"seq {expected} is out of order (seq {event.seq} comes before it)"
         return expected, f"seq {expected} is missing (the next event is seq {event.seq})"
     if event.seq < expected:
         return event.seq, f"seq {event.seq} is out of order (it follows seq {expected - 1})"
