@@ -161,6 +161,8 @@ def _link_problem(  # noqa: PLR0911 - one return per way a link breaks
         if expected in seqs:
             return expected, f"seq {expected} is out of order (seq {event.seq} comes before it)"
         return expected, f"seq {expected} is missing (the next event is seq {event.seq})"
+    if event.seq == expected - 1:
+        return event.seq, f"seq {event.seq} comes twice"
     if event.seq < expected:
         return event.seq, f"seq {event.seq} is out of order (it follows seq {expected - 1})"
     if event.prev_hash == prev:
