@@ -13,7 +13,7 @@ from baomi.cliparse import HelpfulParser
 from baomi.config import ConfigFileError, add_config_option, parse_with_config
 from baomi.display import escape
 
-from agent import labels
+from agent import labels, localrecord, offline
 from agent.core import AgentConfig, run_agent
 from agent.decision.errors import LabelError
 from agent.devices import cli as devices_cli
@@ -28,6 +28,28 @@ DEFAULT_POLICIES = Path("policies")  # relative to the working directory, for no
 
 
 def _cmd_enroll(args: argparse.Namespace) -> int:
+    by_file = args.token_file is not None or args.cert_file is not None
+    if by_file and (args.collector or args.token or args.ca):
+        raise AgentError("enrol either by network (--collector, --token, --ca) or by file")
+    if args.token_file is not None:
+        if args.csr_out is None:
+            raise AgentError("--token-file needs --csr-out FILE: where the request is written")
+        host = offline.request_from_token(args.state_dir, args.token_file, args.csr_out)
+        print(
+            f"request of host {host} written to {args.csr_out}; at the collector run "
+            f"'baomi-collector enroll-file sign {args.csr_out.name} --out CERT', then here "
+            f"'baomi-agent --state-dir {args.state_dir} enroll --cert-file CERT'"
+        )
+        return 0
+    if args.cert_file is not None:
+        host = offline.install_certificate(args.state_dir, args.cert_file)
+        print(f"certificate of host {host} installed in {args.state_dir}; exports are signed")
+        return 0
+    if not (args.collector and args.token and args.ca):
+        raise AgentError(
+            "give --collector, --token and --ca (enrolment over the network), or "
+            "--token-file with --csr-out, then --cert-file (an offline host, by file)"
+        )
     try:
         ca = args.ca.read_bytes()
     except OSError as e:
@@ -45,8 +67,45 @@ def _cmd_run(args: argparse.Namespace) -> int:
             spool_max_bytes=args.spool_max_mb * 1024 * 1024,
             stream=StreamConfig(batch_events=args.batch_events),
             sensors=_sensor_settings(args),
+            offline=args.offline,
+            host_id=args.host_id,
         )
     )
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    if args.forget_through is not None:
+        if args.out is not None or args.again:
+            raise AgentError("--forget-through is given alone, after an import")
+        forgotten = offline.forget_through(args.state_dir, args.forget_through)
+        print(f"through seq {args.forget_through}: {forgotten} events confirmed imported")
+        return 0
+    if args.out is None:
+        raise AgentError("give --out FILE (on a registered stick), or --forget-through SEQ")
+    done = offline.export(args.state_dir, args.out, again=args.again)
+    print(
+        f"host {done.host_id}: seq {done.first_seq}..{done.last_seq} exported to {done.path}; "
+        f"at the collector: 'baomi-collector import {done.path.name}'"
+    )
+    return 0
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    for line in localrecord.list_events(
+        args.state_dir,
+        limit=args.limit,
+        kind=args.kind,
+        heartbeats=args.heartbeats,
+        as_json=args.json,
+    ):
+        print(line)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    for line in localrecord.host_report(args.state_dir):
+        print(line)
     return 0
 
 
@@ -240,15 +299,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    e = sub.add_parser("enroll", help="enrol this host with a single-use token")
-    e.add_argument("--collector", required=True, help="HOST:PORT of the collector's agent port")
-    e.add_argument("--token", required=True, help="the single-use token from the collector")
-    e.add_argument("--ca", type=Path, required=True, help="the collector's CA certificate (PEM)")
+    e = sub.add_parser(
+        "enroll",
+        help="enrol this host with a single-use token (over the network, or by file)",
+        description="Enrol this host. Over the network: --collector, --token, --ca. An "
+        "offline host, by files on a registered stick: --token-file T --csr-out R (the "
+        "host key stays here), then, with the collector's answer, --cert-file C.",
+    )
+    e.add_argument("--collector", help="HOST:PORT of the collector's agent port")
+    e.add_argument("--token", help="the single-use token from the collector")
+    e.add_argument("--ca", type=Path, help="the collector's CA certificate (PEM)")
     e.add_argument("--enroll-address", help="HOST:PORT of enrolment (default: agent port + 1)")
+    e.add_argument(
+        "--token-file",
+        type=Path,
+        help="offline: the file of 'baomi-collector enroll-file token'; writes --csr-out",
+    )
+    e.add_argument(
+        "--csr-out", type=Path, help="offline: where the request for the collector is written"
+    )
+    e.add_argument(
+        "--cert-file",
+        type=Path,
+        help="offline: the certificate 'baomi-collector enroll-file sign' wrote: installed",
+    )
     e.set_defaults(func=_cmd_enroll)
 
     r = sub.add_parser("run", help="run the agent")
     r.add_argument("--heartbeat", type=float, default=30.0, help="seconds between heartbeats")
+    r.add_argument(
+        "--offline",
+        action="store_true",
+        help="a host with no collector (涉密单机): guard and record locally, no certificate "
+        "needed; events stay in the spool until exported ('baomi-agent export') and "
+        "confirmed imported",
+    )
+    r.add_argument(
+        "--host-id",
+        help="--offline, before enrolment: the id to record under (default: the host "
+        "name); the token file must name the same",
+    )
     r.add_argument("--spool-max-mb", type=int, default=1024, help="spool size that raises an alarm")
     r.add_argument("--batch-events", type=int, default=500, help="events sent per batch at most")
     r.add_argument(
@@ -352,6 +442,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest a decision may take before the open is denied",
     )
     r.set_defaults(func=_cmd_run)
+
+    x = sub.add_parser(
+        "export",
+        help="offline host: write the events not yet exported to a file, signed",
+        description="Write this host's events not yet exported, chained and signed by the "
+        "host key, to --out (a registered stick) and record the export as an event. "
+        "Exported events stay in the spool until 'baomi-collector import' stored them and "
+        "--forget-through confirms it, so a lost stick loses nothing: export --again.",
+        epilog="exit status: 0 written (or forgotten), 2 refused (the message says why)",
+    )
+    x.add_argument("--out", type=Path, help="the export file to write")
+    x.add_argument(
+        "--again",
+        action="store_true",
+        help="export every event not confirmed imported, exported before or not (a "
+        "lost stick; the collector stores each event once)",
+    )
+    x.add_argument(
+        "--forget-through",
+        type=int,
+        metavar="SEQ",
+        help="the collector's import said it stores this host's events through SEQ: the "
+        "spool may let them go (the last 10000 are kept anyway)",
+    )
+    x.set_defaults(func=_cmd_export)
+
+    ev = sub.add_parser(
+        "events",
+        help="list this host's own record (the spool), newest first",
+        description="This host's events from its spool: every event not confirmed "
+        "imported or acknowledged, and the last 10000 that were. Heartbeats (INFO "
+        "agent_status) are left out unless asked for, as at the collector.",
+    )
+    ev.add_argument("--limit", type=int, default=100, help="newest events listed at most")
+    ev.add_argument("--kind", help="only this kind: file_access, device, tamper, ...")
+    ev.add_argument("--heartbeats", action="store_true", help="list heartbeats too")
+    ev.add_argument("--json", action="store_true", help="one JSON object per line")
+    ev.set_defaults(func=_cmd_events)
+
+    rp = sub.add_parser(
+        "report",
+        help="this host's inspection record from its spool, for an officer on site",
+    )
+    rp.set_defaults(func=_cmd_report)
 
     lab = sub.add_parser("label", help="classification labels on files (user.baomi.* xattrs)")
     lsub = lab.add_subparsers(dest="label_command", required=True)

@@ -3,6 +3,11 @@
 Order of duties at start: open the spool (refusing a corrupt one), spool what the
 event journal holds beyond it (a killed agent's last events), record an unclean
 previous stop as a tamper event, then start sensors, heartbeats and the stream.
+
+An offline host (``offline``, see :mod:`agent.offline`) has no stream and needs no
+certificate: its events stay in the spool until ``baomi-agent export`` carries them to
+the collector and an import there is confirmed; heartbeats and the log say how much
+waits, loudly once the spool passes its limit.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from baomi.v1 import events_pb2
 
 from agent import __version__
 from agent.errors import AgentError
-from agent.identity import load_identity
+from agent.identity import Identity, load_identity
 from agent.journal import EventJournal, JournalError
+from agent.offline import prepare
 from agent.policy import PolicyKeeper
 from agent.recorder import Recorder
 from agent.sensors import REGISTRY, Health, PolicyAware, Sensor
@@ -31,6 +37,10 @@ _logger = logging.getLogger(__name__)
 JOURNAL_NAME = "events.journal"
 #: Events waiting this long with nothing acknowledged make the stream "not delivering".
 NOT_DELIVERING_SECONDS = 60.0
+_EXPORT_HINT = (
+    "export it to a registered stick ('baomi-agent export --out FILE'), import it at the "
+    "collector, then 'baomi-agent export --forget-through SEQ'"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +52,8 @@ class AgentConfig:
     spool_max_bytes: int = DEFAULT_MAX_BYTES
     stream: StreamConfig = field(default_factory=StreamConfig)
     sensors: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> settings
+    offline: bool = False  # no collector: record for export (agent.offline)
+    host_id: str | None = None  # offline, before enrolment: the id to record under
 
 
 class Agent:
@@ -49,18 +61,29 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.identity = load_identity(config.state_dir)
+        if config.offline:
+            self.host_id = prepare(config.state_dir, config.host_id)
+            self.identity: Identity | None = None
+            self.stream: StreamClient | None = None
+        else:
+            identity = self.identity = load_identity(config.state_dir)
+            self.host_id = identity.host_id
         self.spool = Spool(config.state_dir / "spool.db", max_bytes=config.spool_max_bytes)
         self.spool.on_full = self._spool_full
-        self.stream = StreamClient(
-            self.identity, self.spool, config.stream, on_tamper=self._collector_refused
-        )
+        if not config.offline:
+            self.stream = StreamClient(
+                identity, self.spool, config.stream, on_tamper=self._collector_refused
+            )
         try:
             self.journal = EventJournal(config.state_dir / JOURNAL_NAME)
         except (JournalError, OSError) as e:
             raise AgentError(f"cannot open the event journal: {e}") from e
         self.recorder = Recorder(self.spool, self._wake_stream, self.journal)
-        self.policy = PolicyKeeper(config.state_dir, self.identity, self._apply_policy, self.emit)
+        self.policy = (
+            None
+            if self.stream is None
+            else PolicyKeeper(config.state_dir, identity, self._apply_policy, self.emit)
+        )
         self.sensors: list[Sensor] = []
         self.state = "starting"
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -80,18 +103,20 @@ class Agent:
         )
 
     def _wake_stream(self) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self.stream.notify)
+        loop, stream = self._loop, self.stream
+        if stream is not None and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(stream.notify)
 
     def _spool_full(self, size: int) -> None:
         self.state = "spool_full"
         _logger.error(
-            "spool %s holds %d bytes, over its limit of %d: the collector has not "
-            "acknowledged events for a while; nothing is dropped, but check the link",
+            "spool %s holds %d bytes, over its limit of %d: %s; nothing is dropped",
             self.spool.path,
             size,
             self.spool.max_bytes,
+            _EXPORT_HINT
+            if self.stream is None
+            else "the collector has not acknowledged events for a while; check the link",
         )
         # Called with the spool lock held: build and spool the alarm once it is free.
         if self._loop is not None:
@@ -102,9 +127,12 @@ class Agent:
     def _status(self, state: str, severity: int = events_pb2.SEVERITY_INFO) -> events_pb2.Event:
         health = {s.name: s.health() for s in self.sensors}
         waiting = self.spool.pending()
-        quiet = self.stream.quiet_seconds(waiting)
-        if self.stream.last_error and not self.stream.connected:
-            health["stream"] = Health("degraded", self.stream.last_error)
+        stream = self.stream
+        quiet = stream.quiet_seconds(waiting) if stream is not None else 0.0
+        if stream is None:
+            health["stream"] = self._offline_health(waiting)
+        elif stream.last_error and not stream.connected:
+            health["stream"] = Health("degraded", stream.last_error)
         elif quiet > NOT_DELIVERING_SECONDS:
             health["stream"] = Health(
                 "degraded",
@@ -114,7 +142,7 @@ class Agent:
             severity=severity,  # type: ignore[arg-type]
             agent_status=events_pb2.AgentStatus(
                 version=__version__,
-                policy_version=self.policy.version,
+                policy_version=self.policy.version if self.policy is not None else "",
                 sensors=[
                     events_pb2.SensorHealth(name=n, state=h.state, detail=h.detail[:500])
                     for n, h in sorted(health.items())
@@ -125,6 +153,17 @@ class Agent:
                 heartbeat_seconds=max(1, round(self.config.heartbeat_seconds)),
             ),
         )
+
+    def _offline_health(self, waiting: int) -> Health:
+        """How the record of an offline host stands: what waits for export."""
+        exported = self.spool.exported
+        detail = (
+            f"offline: {waiting} events kept until an import is confirmed; "
+            f"exports reach seq {exported}"
+        )
+        if self.spool.full:
+            return Health("degraded", f"{detail}; the spool is over its limit: {_EXPORT_HINT}")
+        return Health("offline", detail)
 
     def _record_unclean_stop(self, recovered: int) -> None:
         unclean, last_alive_us = self.spool.mark_running()
@@ -184,11 +223,14 @@ class Agent:
         self.recorder.start()
         self._record_unclean_stop(recovered)
         self._start_sensors()
-        self.policy.load_last_good()
+        if self.policy is not None:
+            self.policy.load_last_good()
         self.state = "running"
         self.emit(self._status("started"))
-        streaming = asyncio.create_task(self.stream.run())
-        watching = asyncio.create_task(self.policy.watch())
+        streaming = asyncio.create_task(self._stream())
+        watching = asyncio.create_task(
+            self.policy.watch() if self.policy is not None else _forever()
+        )
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -198,7 +240,7 @@ class Agent:
                     self.emit(self._status(self.state))
                 if streaming.done() and not stop.is_set():  # it never should: start it again
                     _logger.error("the event stream ended (%s); starting it again", streaming)
-                    streaming = asyncio.create_task(self.stream.run())
+                    streaming = asyncio.create_task(self._stream())
         finally:
             watching.cancel()
             await _ended(watching, "the policy watch")
@@ -211,16 +253,27 @@ class Agent:
             self.spool.close()
             self.journal.close()
 
+    async def _stream(self) -> None:
+        """Stream to the collector; offline, nothing is sent (the spool keeps it all)."""
+        await (self.stream.run() if self.stream is not None else _forever())
+
     async def _drain(self, streaming: asyncio.Task[None], seconds: float = 3.0) -> None:
         """Give the stream a moment to deliver the last events, then stop it."""
         head, _ = self.spool.head
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                # Polls another task's progress; nothing else waits on it.
-                while self.stream.acked_seq < head and not streaming.done():  # noqa: ASYNC110
-                    await asyncio.sleep(0.05)
+        stream = self.stream
+        if stream is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    # Polls another task's progress; nothing else waits on it.
+                    while stream.acked_seq < head and not streaming.done():  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
         streaming.cancel()
         await _ended(streaming, "the event stream")
+
+
+async def _forever() -> None:
+    """What an offline agent runs in place of the stream and the policy watch."""
+    await asyncio.Event().wait()
 
 
 async def _ended(task: asyncio.Task[None], what: str, seconds: float = 5.0) -> None:
@@ -242,7 +295,12 @@ def run_agent(config: AgentConfig) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        _logger.info("agent %s streaming to %s", agent.identity.host_id, agent.identity.collector)
+        if agent.stream is None:
+            _logger.info(
+                "agent %s offline: recording to %s for export", agent.host_id, agent.spool.path
+            )
+        else:
+            _logger.info("agent %s streaming to %s", agent.host_id, agent.stream.collector)
         await agent.run(stop)
 
     asyncio.run(main())

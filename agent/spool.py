@@ -264,6 +264,49 @@ class Spool:
         if self.full:
             self._check_size()
 
+    @property
+    def exported(self) -> int:
+        """The last seq an export (``baomi-agent export``) carried; the acknowledged seq
+        when none did."""
+        with self._lock:
+            if self._has_meta("exported_seq"):
+                return int(self._meta("exported_seq"))
+            return int(self._meta("acked_seq"))
+
+    def set_exported(self, seq: int) -> None:
+        """Note that an export carried every event up to ``seq``."""
+        with self._lock:
+            self._set_meta(exported_seq=str(seq).encode())
+
+    def read_range(self, after: int, up_to: int) -> list[tuple[int, bytes]]:
+        """The stored events with ``after`` < seq <= ``up_to``, in order."""
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT seq, body FROM events WHERE seq > ? AND seq <= ? ORDER BY seq",
+                (after, up_to),
+            )
+            return [(int(s), bytes(b)) for s, b in cur]
+
+    def forget_through(self, seq: int) -> int:
+        """Take an import at the collector (an offline host's receipt) as the
+        acknowledgement of every event up to ``seq``; how many became acknowledged.
+        Only what an export carried may be forgotten (SpoolError otherwise)."""
+        with self._lock:
+            exported = int(self._meta("exported_seq")) if self._has_meta("exported_seq") else 0
+            acked = int(self._meta("acked_seq"))
+            if seq > exported:
+                raise SpoolError(
+                    f"seq {seq} was never exported (exports reach seq {exported}): export "
+                    "first, import at the collector, then forget what it stored"
+                )
+            if seq <= acked:
+                return 0
+            mine = self._hash_at(seq)
+            if mine is None:  # kept since it is above the acknowledged seq
+                raise SpoolError(f"the spool no longer holds seq {seq}")
+            self._acked_to(seq, mine)
+            return seq - acked
+
     def pending(self) -> int:
         """How many events wait for an acknowledgement."""
         with self._lock:

@@ -67,6 +67,11 @@ class StreamClient:
         self.acked_seq = 0
         self._progress = time.monotonic()  # when the collector last took something
 
+    @property
+    def collector(self) -> str:
+        """HOST:PORT this client streams to."""
+        return self._identity.collector
+
     def notify(self) -> None:
         """New events are in the spool (call on the event loop)."""
         self._wake.set()

@@ -150,6 +150,68 @@ def _cmd_token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_enroll_file_token(args: argparse.Namespace) -> int:
+    from collector import offline  # noqa: PLC0415 - offline hosts on use
+
+    store = open_store(args.store)
+    try:
+        offline.token_file(store, args.pki, args.host, args.out, args.ttl)
+    finally:
+        store.close()
+    print(
+        f"token file for host {args.host} written to {args.out} (single use, valid "
+        f"{args.ttl} s); on the host: 'baomi-agent enroll --token-file {args.out.name} "
+        "--csr-out REQUEST'"
+    )
+    return 0
+
+
+def _cmd_enroll_file_sign(args: argparse.Namespace) -> int:
+    from collector import offline  # noqa: PLC0415 - offline hosts on use
+
+    store = open_store(args.store)
+    try:
+        host = offline.sign_request(store, args.pki, args.request, args.out)
+    except offline.RefusedError as e:
+        print(f"baomi-collector: {e}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(
+        f"certificate of host {host} written to {args.out}; on the host: "
+        f"'baomi-agent enroll --cert-file {args.out.name}'"
+    )
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from collector import offline  # noqa: PLC0415 - offline hosts on use
+
+    ca = pki.load_authority(args.pki).ca_pem
+    store = open_store(args.store)
+    try:
+        done = offline.import_file(store, ca, args.file)
+    except offline.RefusedError as e:
+        print(f"baomi-collector: {e}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    if done.stored:
+        print(
+            f"host {done.host_id}: {done.stored} events stored (export seq "
+            f"{done.first_seq}..{done.last_seq}); the record holds it through seq {done.head_seq}"
+        )
+    else:
+        print(
+            f"host {done.host_id}: nothing new: seq {done.first_seq}..{done.last_seq} were "
+            f"stored before; the record holds it through seq {done.head_seq}"
+        )
+    print(
+        f"on the host, to let its spool go: 'baomi-agent export --forget-through {done.head_seq}'"
+    )
+    return 0
+
+
 def _cmd_events(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     try:
@@ -389,6 +451,59 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--host", required=True, help="the host id the token enrols")
     create.add_argument("--ttl", type=int, default=TOKEN_SECONDS, help="seconds (default 1 day)")
     create.set_defaults(func=_cmd_token_create)
+
+    ef = sub.add_parser(
+        "enroll-file",
+        help="enrol an offline host by files carried on a registered stick",
+        description="Enrol a host that is never networked: 'token' writes a token file "
+        "for the host; 'baomi-agent enroll --token-file' there writes a request file "
+        "(the host key stays on the host); 'sign' turns it into the host's certificate "
+        "file, which 'baomi-agent enroll --cert-file' installs. Both steps are recorded "
+        "in the collector's record.",
+    )
+    ef_sub = ef.add_subparsers(dest="enroll_file_command", required=True)
+
+    def with_pki(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument(
+            "--pki", type=Path, default=DEFAULT_PKI, help=f"CA directory (default {DEFAULT_PKI})"
+        )
+        return with_store(sp)
+
+    eft = with_pki(ef_sub.add_parser("token", help="write a single-use token file for a host"))
+    eft.add_argument("--host", required=True, help="the host id the token enrols")
+    eft.add_argument("--out", type=Path, required=True, help="the token file to write (0600)")
+    eft.add_argument("--ttl", type=int, default=TOKEN_SECONDS, help="seconds (default 1 day)")
+    eft.set_defaults(func=_cmd_enroll_file_token)
+    efs = with_pki(
+        ef_sub.add_parser(
+            "sign",
+            help="sign a host's request file into its certificate file",
+            epilog="exit status: 0 signed, 1 refused (token unknown, used, expired or "
+            "for another host), 2 the file or the CA cannot be read",
+        )
+    )
+    efs.add_argument("request", type=Path, help="the file 'baomi-agent enroll --csr-out' wrote")
+    efs.add_argument("--out", type=Path, required=True, help="the certificate file to write")
+    efs.set_defaults(func=_cmd_enroll_file_sign)
+
+    im = with_pki(
+        sub.add_parser(
+            "import",
+            help="store an offline host's export once (baomi-agent export)",
+            description="Check an offline host's export like a streamed batch (chain, "
+            "values, replays) and more (its own chain unbroken, signed by the key this "
+            "collector certified for the host, continuing the stored chain), then store "
+            "the events the record does not hold yet. Importing a file twice stores "
+            "nothing the second time. Each import, done or refused, is recorded in the "
+            "collector's record; a running collector signs the events into its next "
+            "checkpoint.",
+            epilog="exit status: 0 stored (or nothing new: said so), 1 refused (the "
+            "message names the seq or what is wrong; nothing stored), 2 the file, the "
+            "store or the CA cannot be read",
+        )
+    )
+    im.add_argument("file", type=Path, help="the export file")
+    im.set_defaults(func=_cmd_import)
 
     ev = with_store(sub.add_parser("events", help="print stored events, newest first"))
     ev.add_argument("--host", help="only this host's events (_collector: its own alerts)")

@@ -4,7 +4,9 @@ The command line cannot append to the collector's chain while the collector runs
 writers would fork it), so it leaves its work in the store: accounts it made (their
 ``created_by`` starts with "cli") and account actions it queued. The collector records
 them in its chain as console actions from the client "cli" -- whether or not it serves
-the web console -- each once, oldest first.
+the web console -- each once, oldest first. An import of an offline host's export
+(:mod:`collector.offline`) stored that host's events itself: its head is taken from
+the store, so the next checkpoint signs them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import logging
 
 from collector.ingest import CollectorChain
+from collector.offline import IMPORT_ACTION
 from collector.store.base import Store
 
 _logger = logging.getLogger(__name__)
@@ -61,6 +64,8 @@ async def _accounts(store: Store, chain: CollectorChain) -> int:
 async def _actions(store: Store, chain: CollectorChain) -> int:
     pending = await asyncio.to_thread(store.pending_actions)
     for a in pending:
+        if a.action == IMPORT_ACTION and a.ok:  # the import stored events: checkpoint them
+            await chain.follow_store(a.target)
         await chain.console_action(
             actor=a.actor,
             role="",

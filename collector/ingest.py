@@ -73,6 +73,13 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
 
+    def follow_store(self, host_id: str) -> None:
+        """Take ``host_id``'s head from the store, where another process (an import of an
+        offline host's export) stored its events: the next checkpoint signs them."""
+        head = self._store.head(host_id)
+        if head is not None and head[0] > self.heads.get(host_id, (0, b""))[0]:
+            self.heads[host_id] = head
+
     async def write(self, rows: list[EventRow]) -> None:
         """Commit ``rows`` durably (together with whatever else is waiting)."""
         loop = asyncio.get_running_loop()
@@ -321,6 +328,10 @@ class CollectorChain:
                 user_agent=user_agent[:300],
             ),
         )
+
+    async def follow_store(self, host_id: str) -> None:
+        """See ``Writer.follow_store``: events stored by an import are checkpointed."""
+        await asyncio.to_thread(self._writer.follow_store, host_id)
 
     async def record(self, severity: int, **kind: Any) -> EventRow:
         """Append one event of the collector's own (``kind``: one oneof field) to its chain.

@@ -113,6 +113,21 @@ _ZH: Mapping[str, str] = {
     "events.kind.policy_applied": "策略下发",
     "events.kind.tamper": "篡改告警",
     "events.kind.console_action": "控制台操作",
+    # baomi-agent report (an offline host's own record)
+    "report.title": "涉密计算机检查记录：{host}",
+    "report.made": "生成时间：{when}",
+    "report.record": "记录：seq 1..{head}；本机保存 {kept} 条（{first} 至 {last}）",
+    "report.export": "已导出至 seq {exported}，已确认导入至 seq {acked}，{waiting} 条待确认",
+    "report.chain_ok": "哈希链：完整",
+    "report.chain_broken": "哈希链断裂：seq {seqs}",
+    "report.by_kind": "按类型：{kinds}",
+    "report.section": "{title}：",
+    "report.denied": "拒绝的访问（{count} 次）",
+    "report.usb": "USB设备",
+    "report.links": "违规外联",
+    "report.tamper": "篡改告警",
+    "report.exports": "导出记录",
+    "report.none": "无",
 }
 
 # English is what the programs printed before they spoke Chinese: scripts and tests
@@ -164,6 +179,21 @@ _EN: Mapping[str, str] = {
     "events.col.severity": "SEVERITY",
     "events.col.kind": "KIND",
     "events.col.detail": "DETAIL",
+    "report.title": "Host inspection record: {host}",
+    "report.made": "made: {when}",
+    "report.record": "record: seq 1..{head}; {kept} events kept here ({first} to {last})",
+    "report.export": "exported through seq {exported}, import confirmed through seq {acked}, "
+    "{waiting} waiting for confirmation",
+    "report.chain_ok": "hash chain: unbroken",
+    "report.chain_broken": "hash chain BROKEN at seq {seqs}",
+    "report.by_kind": "events by kind: {kinds}",
+    "report.section": "{title}:",
+    "report.denied": "denied accesses ({count})",
+    "report.usb": "USB devices",
+    "report.links": "illicit links",
+    "report.tamper": "tamper events",
+    "report.exports": "exports",
+    "report.none": "none",
 }
 
 MESSAGES: Mapping[str, Mapping[str, str]] = {"zh": _ZH, "en": _EN}

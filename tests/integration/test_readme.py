@@ -1,5 +1,6 @@
-"""The README's collector set-up, run as written: a PKI, the first account of each role
-and ``serve`` with the console over TLS, in a scratch directory.
+"""The README's command sequences, run as written in a scratch directory: the collector
+set-up (a PKI, the first account of each role and ``serve`` with the console over TLS)
+and an offline host (run, enrolment by files, export, import, forget).
 
 Only what cannot run here is rewritten: the directories (/etc/baomi, /var/lib/baomi) go
 under the test's own, the 0.0.0.0 ports become free loopback ones, and the console's
@@ -109,3 +110,83 @@ def test_the_readme_collector_with_console_and_first_accounts_runs_as_written(
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def _commands(block: str) -> list[str]:
+    """The block's command lines: continuations joined, comments and blank lines left out."""
+    joined = block.replace("\\\n", " ")
+    lines = (line.split("  #", 1)[0].strip() for line in joined.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the file guard's fanotify)")
+def test_the_readme_offline_host_steps_run_as_written(tmp_path: Path) -> None:
+    for d in ("etc", "var", "stick", "secret"):
+        (tmp_path / d).mkdir()
+    shutil.copytree(REPO / "policies", tmp_path / "etc" / "policies")
+    subprocess.run(
+        [BIN / "baomi-collector", "pki", "init", "--dir", tmp_path / "etc" / "pki"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}"}
+    state = tmp_path / "var" / "host"
+    # The host's state goes under the test's directory too (the README uses the default).
+    block = (
+        _local(_block_after("### An offline host"), tmp_path, {})
+        .replace("/media/stick", str(tmp_path / "stick"))
+        .replace("/srv/secret", str(tmp_path / "secret"))
+        .replace("baomi-agent ", f"baomi-agent --state-dir {state} ")
+    )
+    setting, *commands = _commands(block)
+    assert setting.startswith("S=")
+    agent: subprocess.Popen[str] | None = None
+    said: dict[str, str] = {}
+    try:
+        for command in commands:
+            if command.endswith("&"):  # the agent, running while the rest is done
+                agent = subprocess.Popen(
+                    ["bash", "-ec", f"{setting}\nexec {command.removesuffix('&')}"],
+                    cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                    text=True,
+                )  # fmt: skip
+                _wait_recording(state, agent)
+                continue
+            seq = re.search(r"--forget-through (\d+)", said.get("import", ""))
+            assert seq is not None or "SEQ" not in command, said
+            line = command.replace("SEQ", seq.group(1)) if seq is not None else command
+            done = subprocess.run(
+                ["bash", "-ec", f"{setting}\n{line}"], cwd=tmp_path, env=env,
+                capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, (command, done.stderr)
+            said[command.split()[1] if "collector" in command else command.split()[3]] = done.stdout
+    finally:
+        if agent is not None:
+            agent.terminate()
+            agent.wait(timeout=60)
+        subprocess.run(
+            [BIN / "baomi-agent", "--state-dir", state, "guardian", "stop"],
+            capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+    # Each did what the README says.
+    assert "ws-secret-07" in said["report"] and "hash chain: unbroken" in said["report"]
+    assert "agent_status" not in said["events"]  # heartbeats folded
+    assert re.search(r"host ws-secret-07: \d+ events stored", said["import"]), said["import"]
+    assert "confirmed imported" in said["export"]  # the last export line: --forget-through
+    assert (state / "host.pem").exists() and not (tmp_path / "stick" / "host.key").exists()
+
+
+def _wait_recording(state: Path, agent: subprocess.Popen[str]) -> None:
+    """Until the offline agent has spooled its start."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        listed = subprocess.run(
+            [BIN / "baomi-agent", "--state-dir", state, "events", "--heartbeats"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if "started" in listed.stdout:
+            return
+        assert agent.poll() is None, agent.stderr.read() if agent.stderr else ""
+        assert time.monotonic() < deadline, "the offline agent did not start"
+        time.sleep(0.5)
