@@ -21,6 +21,7 @@ from agent import __version__
 from agent.errors import AgentError
 from agent.identity import load_identity
 from agent.journal import EventJournal, JournalError
+from agent.label_orders import LabelOrders
 from agent.policy import PolicyKeeper
 from agent.recorder import Recorder
 from agent.sensors import REGISTRY, Health, PolicyAware, Sensor
@@ -61,6 +62,8 @@ class Agent:
             raise AgentError(f"cannot open the event journal: {e}") from e
         self.recorder = Recorder(self.spool, self._wake_stream, self.journal)
         self.policy = PolicyKeeper(config.state_dir, self.identity, self._apply_policy, self.emit)
+        roots = [Path(r) for r in config.sensors.get("files", {}).get("roots", [])]
+        self.label_orders = LabelOrders(config.state_dir, self.identity, self.emit, roots)
         self.sensors: list[Sensor] = []
         self.state = "starting"
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -189,6 +192,7 @@ class Agent:
         self.emit(self._status("started"))
         streaming = asyncio.create_task(self.stream.run())
         watching = asyncio.create_task(self.policy.watch())
+        ordering = asyncio.create_task(self.label_orders.run(self.config.heartbeat_seconds))
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -202,6 +206,8 @@ class Agent:
         finally:
             watching.cancel()
             await _ended(watching, "the policy watch")
+            ordering.cancel()
+            await _ended(ordering, "the label orders")
             for sensor in self.sensors:
                 sensor.stop()
             self.emit(self._status("stopping"))
