@@ -22,6 +22,7 @@ from agent.errors import AgentError
 from agent.identity import load_identity
 from agent.journal import EventJournal, JournalError
 from agent.label_orders import LabelOrders
+from agent.labels import LABEL_KEY_FILE
 from agent.policy import PolicyKeeper
 from agent.recorder import Recorder
 from agent.sensors import REGISTRY, Health, PolicyAware, Sensor
@@ -62,8 +63,14 @@ class Agent:
             raise AgentError(f"cannot open the event journal: {e}") from e
         self.recorder = Recorder(self.spool, self._wake_stream, self.journal)
         self.policy = PolicyKeeper(config.state_dir, self.identity, self._apply_policy, self.emit)
-        roots = [Path(r) for r in config.sensors.get("files", {}).get("roots", [])]
-        self.label_orders = LabelOrders(config.state_dir, self.identity, self.emit, roots)
+        files = config.sensors.get("files", {})
+        self.label_orders = LabelOrders(
+            config.state_dir,
+            self.identity,
+            self.emit,
+            roots=[Path(r) for r in files.get("roots", [])],
+            label_key=Path(files.get("label_key") or config.state_dir / LABEL_KEY_FILE),
+        )
         self.sensors: list[Sensor] = []
         self.state = "starting"
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -211,7 +211,9 @@ class LabelOrders:
         state_dir: Path,
         identity: Identity,
         emit: Callable[[events_pb2.Event], None],
+        *,
         roots: Sequence[Path],
+        label_key: Path,
     ) -> None:
         key = load_pem_public_key(identity.signing_pub_pem)
         if not isinstance(key, ed25519.Ed25519PublicKey):
@@ -219,7 +221,7 @@ class LabelOrders:
         self._verify_key = key
         self._identity = identity
         self._emit = emit
-        self._label_key_path = state_dir / labels.LABEL_KEY_FILE
+        self._label_key_path = label_key  # the key the file guard checks seals with
         self._done_path = state_dir / DONE_FILE
         self.inventory = Inventory(roots, self._label_key)
 
