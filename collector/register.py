@@ -175,6 +175,7 @@ class Register:
         self.entries: dict[str, Entry] = {}
         self.requests: set[str] = set()  # request ids recorded (a host's is taken once)
         self.orders_done: set[str] = set()  # orders whose outcome is recorded
+        self.refused: list[events_pb2.RegisterStep] = []  # hosts' requests refused
 
     @classmethod
     def load(cls, store: Store) -> Register:
@@ -196,6 +197,9 @@ class Register:
             self.requests.add(step.request_id)
         req = step.request
         entry = self.entries.get(step.register_id)
+        if step.step == "refused":
+            self.refused.append(step)  # a host's request that named no valid change
+            return
         if step.step == "requested":
             if entry is None:
                 entry = self.entries[step.register_id] = Entry(
@@ -525,13 +529,20 @@ class RegisterService:
         try:
             await self.request(req, actor=f"{req.requester or '?'}@{row.host_id}", source=source)
         except RegisterError as e:
-            await self._chain.alert(
-                "label_request_refused",
-                f"label request {source} for {req.path[:300]}: {e}",
-                subject_host=row.host_id,
-                subject_seq=row.seq,
-                severity=events_pb2.SEVERITY_LOW,
-            )
+            # Recorded as a step of its own, so a restarted collector refuses it only once.
+            _logger.warning("label request %s refused: %s", source, e)
+            async with self._lock:
+                await self._record(
+                    events_pb2.RegisterStep(
+                        step="refused",
+                        request_id=req.request_id,
+                        actor=f"{req.requester or '?'}@{row.host_id}",
+                        reason=str(e)[:1000],
+                        request=req,
+                        source=source,
+                    ),
+                    events_pb2.SEVERITY_LOW,
+                )
 
     async def _order_result(self, row: EventRow) -> None:
         result = events_pb2.Event.FromString(row.body).label_order_result
