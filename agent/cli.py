@@ -406,7 +406,12 @@ def build_parser() -> argparse.ArgumentParser:
         "with the register id in the label.",
     )
     lreq.add_argument("path", help="the file")
-    lreq.add_argument("--action", choices=("classify", "change", "declassify"), default="classify")
+    lreq.add_argument(
+        "--action",
+        choices=("classify", "change", "declassify"),
+        default="classify",
+        help="定密 classify (default), 变更 change the level, or 解密 declassify",
+    )
     lreq.add_argument("--level", help="绝密/机密/秘密 or top-secret/... (classify, change)")
     lreq.add_argument("--until", help="保密期限, YYYY-MM-DD")
     lreq.add_argument("--scope", help="need-to-know: dept:NAME,user:NAME,role:NAME")
