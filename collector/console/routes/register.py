@@ -43,8 +43,11 @@ async def register_page(c: Ctx) -> Response:
 
 
 async def register_entry(c: Ctx) -> Response:
-    """One entry with its history."""
-    entry = _service(c).register.entries.get(c.request.query_params.get("id", ""))
+    """One entry with its history; without an id, a form to look one up."""
+    register_id = c.request.query_params.get("id", "").strip()
+    if not register_id:
+        return c.render("register_entry.html", entry=None, history=[])
+    entry = _service(c).register.entries.get(register_id)
     if entry is None:
         return c.error(404, c.t("register_not_found"))
     tz = c.console.tz
