@@ -187,6 +187,29 @@ def _cmd_label_set(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_label_request(args: argparse.Namespace) -> int:
+    from agent import label_orders  # noqa: PLC0415 - only this subcommand needs it
+
+    request = label_orders.make_request(
+        args.path,
+        action=args.action,
+        level=args.level,
+        until=args.until,
+        scope=args.scope,
+        basis=args.basis,
+        title=args.title,
+        register_id=args.id,
+        responsible=args.responsible,
+        key=_label_key_or_note(args),
+    )
+    seq = label_orders.spool_request(Path(args.state_dir), request)
+    print(
+        f"{args.path}: {args.action} request {request.request_id} spooled as event {seq}; "
+        "an approver decides it in the console, then the label order is applied here"
+    )
+    return 0
+
+
 def _cmd_label_show(args: argparse.Namespace) -> int:
     key = _label_key_or_note(args)
     try:
@@ -509,6 +532,28 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--scope", help="need-to-know: dept:NAME,user:NAME,role:NAME")
     ls.add_argument("--id", help="classification record the label comes from")
     ls.set_defaults(func=_cmd_label_set)
+    lreq = lsub.add_parser(
+        "request",
+        help="ask for a file to be classified, changed or declassified (定密/变更/解密申请)",
+        description="Send a request to the collector (spooled while offline). An approver "
+        "decides it in the console; on approval the signed label order is applied here, "
+        "with the register id in the label.",
+    )
+    lreq.add_argument("path", help="the file")
+    lreq.add_argument(
+        "--action",
+        choices=("classify", "change", "declassify"),
+        default="classify",
+        help="定密 classify (default), 变更 change the level, or 解密 declassify",
+    )
+    lreq.add_argument("--level", help="绝密/机密/秘密 or top-secret/... (classify, change)")
+    lreq.add_argument("--until", help="保密期限, YYYY-MM-DD")
+    lreq.add_argument("--scope", help="need-to-know: dept:NAME,user:NAME,role:NAME")
+    lreq.add_argument("--basis", help="定密依据: the rule or item the level rests on")
+    lreq.add_argument("--title", help="the item's title in the register")
+    lreq.add_argument("--responsible", help="定密责任人")
+    lreq.add_argument("--id", help="change, declassify: the register id (default: the label's)")
+    lreq.set_defaults(func=_cmd_label_request)
     lshow = lsub.add_parser("show", help="print a file's label")
     lshow.add_argument("path", help="the file")
     lshow.set_defaults(func=_cmd_label_show)

@@ -26,6 +26,8 @@ from agent import __version__
 from agent.errors import AgentError
 from agent.identity import Identity, load_identity
 from agent.journal import EventJournal, JournalError
+from agent.label_orders import LabelOrders
+from agent.labels import LABEL_KEY_FILE
 from agent.offline import prepare
 from agent.policy import PolicyKeeper
 from agent.recorder import Recorder
@@ -83,6 +85,19 @@ class Agent:
             None
             if self.stream is None
             else PolicyKeeper(config.state_dir, identity, self._apply_policy, self.emit)
+        )
+        files = config.sensors.get("files", {})
+        # Label orders come from the collector: an offline host has none to apply.
+        self.label_orders = (
+            None
+            if self.identity is None
+            else LabelOrders(
+                config.state_dir,
+                self.identity,
+                self.emit,
+                roots=[Path(r) for r in files.get("roots", [])],
+                label_key=Path(files.get("label_key") or config.state_dir / LABEL_KEY_FILE),
+            )
         )
         self.sensors: list[Sensor] = []
         self.state = "starting"
@@ -231,6 +246,11 @@ class Agent:
         watching = asyncio.create_task(
             self.policy.watch() if self.policy is not None else _forever()
         )
+        ordering = asyncio.create_task(
+            self.label_orders.run(self.config.heartbeat_seconds)
+            if self.label_orders is not None
+            else _forever()
+        )
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -244,6 +264,8 @@ class Agent:
         finally:
             watching.cancel()
             await _ended(watching, "the policy watch")
+            ordering.cancel()
+            await _ended(ordering, "the label orders")
             for sensor in self.sensors:
                 sensor.stop()
             self.emit(self._status("stopping"))

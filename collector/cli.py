@@ -19,6 +19,7 @@ from baomi.v1 import events_pb2
 from google.protobuf import json_format
 
 from collector import audit, checkpoint, pki
+from collector.cli_register import add_register_commands
 from collector.enrollment import TOKEN_SECONDS, create_token
 from collector.errors import CollectorError
 from collector.reports.cli import add_report_commands
@@ -589,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.set_defaults(func=_cmd_audit_verify)
 
     add_report_commands(sub, with_store)  # -- reports --
+    add_register_commands(sub, with_store)  # -- the classification register --
     return p
 
 

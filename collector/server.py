@@ -31,6 +31,7 @@ from collector.enrollment import (  # noqa: F401 - moved there; still found here
 from collector.errors import CollectorError, EnrollmentError
 from collector.ingest import MAX_MESSAGE_BYTES, Ingest, now_us
 from collector.policy import PolicyService, read_directory
+from collector.register import RegisterService
 from collector.rpc import abort
 from collector.store import Store
 
@@ -71,12 +72,18 @@ class CollectorService:
     """Handlers of the ``baomi.v1.Collector`` RPCs."""
 
     def __init__(
-        self, store: Store, authority: pki.Authority, ingest: Ingest, policy: PolicyService
+        self,
+        store: Store,
+        authority: pki.Authority,
+        ingest: Ingest,
+        policy: PolicyService,
+        register: RegisterService | None = None,
     ) -> None:
         self._store = store
         self._authority = authority
         self._ingest = ingest
         self._policy = policy
+        self._register = register
 
     async def enroll(
         self, request: collector_pb2.EnrollRequest, context: grpc.aio.ServicerContext
@@ -159,6 +166,16 @@ class CollectorService:
             version = bundle.version
             yield bundle
 
+    async def watch_orders(
+        self, request: collector_pb2.WatchOrdersRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[collector_pb2.LabelOrder]:
+        """Send the calling host the label orders approved for it (issue 15)."""
+        host_id = await self._host(context)
+        if self._register is None:
+            await abort(context, grpc.StatusCode.UNIMPLEMENTED, "this collector keeps no register")
+        async for order in self._register.watch_orders(host_id):
+            yield order
+
     def handler(self) -> grpc.GenericRpcHandler:
         """The service's method table. Stream takes raw bytes so that a batch that
         does not parse is answered with a rejection rather than ending the stream."""
@@ -179,6 +196,11 @@ class CollectorService:
                     self.watch_policy,
                     request_deserializer=collector_pb2.WatchPolicyRequest.FromString,
                     response_serializer=collector_pb2.PolicyBundle.SerializeToString,
+                ),
+                "WatchOrders": grpc.unary_stream_rpc_method_handler(
+                    self.watch_orders,
+                    request_deserializer=collector_pb2.WatchOrdersRequest.FromString,
+                    response_serializer=collector_pb2.LabelOrder.SerializeToString,
                 ),
             },
         )
@@ -222,12 +244,16 @@ class Collector:
         )
         self.policy = PolicyService(self.authority.signing_key)
         self._load_policy()
-        self.service = CollectorService(store, self.authority, self.ingest, self.policy)
+        self.register = RegisterService(store, self.ingest.alerts, self.authority.signing_key)
+        self.service = CollectorService(
+            store, self.authority, self.ingest, self.policy, self.register
+        )
         self.console: ConsoleServer | None = None
         self._servers: list[grpc.aio.Server] = []
         self._checkpoints: asyncio.Task[None] | None = None
         self._reports: asyncio.Task[None] | None = None
         self._cli_audit: asyncio.Task[None] | None = None
+        self._register_task: asyncio.Task[None] | None = None
         self.ports: dict[str, int] = {}
 
     async def start(self) -> None:
@@ -262,6 +288,7 @@ class Collector:
             self._servers.append(server)
         self._checkpoints = asyncio.create_task(self.ingest.run_checkpoints())
         self._cli_audit = asyncio.create_task(cli_audit.run_forever(self.store, self.ingest.alerts))
+        self._register_task = asyncio.create_task(self.register.run())
         _logger.info(
             "collector serving agents on port %d, enrolment on port %d",
             self.ports["agents"],
@@ -288,6 +315,7 @@ class Collector:
             verify_key=self.config.pki_dir / "signing.pub",
             witness=self.config.witness,
             policies_dir=self.config.policies_dir,
+            register=self.register,
         )
 
     def _load_policy(self) -> None:
@@ -317,7 +345,7 @@ class Collector:
         if self.console is not None:
             await self.console.stop()
         await asyncio.gather(*(s.stop(grace) for s in self._servers))
-        for task in (self._checkpoints, self._reports, self._cli_audit):
+        for task in (self._checkpoints, self._reports, self._cli_audit, self._register_task):
             if task is not None:
                 task.cancel()
         with contextlib.suppress(Exception):  # a last look: what the CLI did lately

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from collector.ingest import CollectorChain, Ingest
 from collector.policy import PolicyService
+from collector.register import RegisterService
 from collector.store.base import Store
 
 
@@ -25,6 +26,7 @@ class Backend:
     verify_key: Path  # signing.pub: verifying the record on the audit page and in reports
     witness: Path | None  # the witness file the record is checked against, if kept
     policies_dir: Path | None  # the policy directory an inspection report compares
+    register: RegisterService | None = None  # the classification register (定密台账)
 
     @property
     def chain(self) -> CollectorChain:

@@ -118,6 +118,29 @@ class EventView:
 
 
 _DECISION: dict[int, str] = {events_pb2.DECISION_ALLOW: "allow", events_pb2.DECISION_DENY: "deny"}
+def _label_request(ev: events_pb2.Event) -> tuple[str, tuple[str, ...], str]:
+    r = ev.label_request
+    return r.requester, (r.path,), f"{r.action} level {r.level} {r.register_id} {r.title}"
+
+
+def _register_step(ev: events_pb2.Event) -> tuple[str, tuple[str, ...], str]:
+    s = ev.register_step
+    paths = (s.request.path,) if s.request.path else ()
+    return s.actor, paths, f"{s.register_id} {s.step} {s.order_id} {s.reason}".strip()
+
+
+def _label_order_result(ev: events_pb2.Event) -> tuple[str, tuple[str, ...], str]:
+    r = ev.label_order_result
+    outcome = "applied" if r.ok else f"failed: {r.error}"
+    return "", (r.home,), f"order {r.order_id} ({r.register_id}) {outcome}"
+
+
+def _label_inventory(ev: events_pb2.Event) -> tuple[str, tuple[str, ...], str]:
+    files = ev.label_inventory.files
+    more = " (truncated)" if ev.label_inventory.truncated else ""
+    return "", tuple(f.home for f in files[:20]), f"{len(files)} labelled files{more}"
+
+
 #: (user, paths, summary) of an event, one function per kind.
 Summariser = Callable[[events_pb2.Event], tuple[str, tuple[str, ...], str]]
 
@@ -199,6 +222,10 @@ SUMMARISERS: dict[str, Summariser] = {
     "policy_applied": _policy_applied,
     "tamper": _tamper,
     "console_action": _console_action,
+    "label_request": _label_request,
+    "register_step": _register_step,
+    "label_order_result": _label_order_result,
+    "label_inventory": _label_inventory,
 }
 
 

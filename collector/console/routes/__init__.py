@@ -5,13 +5,14 @@ Roles (三员分立):
   seeing a password of them),
   collector settings;
 - secadmin: policy (editor, history, rollback), devices (approve a registered stick),
-  findings, meeting checks, accounts (grant and revoke a role, reset, disable, enable,
+  findings, the classification register (requests, approve, reject), meeting checks,
+  accounts (grant and revoke a role, reset, disable, enable,
   unlock; see collector/console/accounts.py), and the events behind them;
 - auditor: every event, export, the console's audit log, chain verification,
-  findings and meeting checks to read; nothing else.
+  findings, the register and meeting checks to read; nothing else.
 
 The pages themselves are grouped by what the user does, one module each: overview,
-events, hosts, policy, devices, findings, meetings, accounts, session (login, logout,
+events, hosts, policy, devices, findings, register, meetings, accounts, session (login, logout,
 password, language), settings, audit, reports, metrics.
 """
 
@@ -29,6 +30,7 @@ from collector.console.routes import (
     metrics,
     overview,
     policy,
+    register,
     reports,
     session,
     settings,
@@ -54,6 +56,11 @@ ROUTES: list[Page] = [
     Page("/findings", findings.findings, frozenset({SEC, AUD}), nav="nav_findings"),
     Page("/findings/new", findings.finding_create, frozenset({SEC}), ("POST",)),
     Page("/findings/{fid:id}", findings.finding_update, frozenset({SEC}), ("POST",)),
+    Page("/register", register.register_page, frozenset({SEC, AUD}), nav="nav_register"),
+    Page("/register/entry", register.register_entry, frozenset({SEC, AUD})),
+    Page("/register/request", register.register_request, frozenset({SEC}), ("POST",)),
+    Page("/register/approve", register.register_approve, frozenset({SEC}), ("POST",)),
+    Page("/register/reject", register.register_reject, frozenset({SEC}), ("POST",)),
     Page("/meetings", meetings.meetings, frozenset({SEC, AUD}), nav="nav_meetings"),
     Page("/accounts", accounts.accounts, frozenset({SYS, SEC}), nav="nav_accounts"),
     Page("/accounts/new", accounts.account_create, frozenset({SYS}), ("POST",)),

@@ -2,7 +2,7 @@ from baomi.v1 import events_pb2 as _events_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -61,3 +61,33 @@ class PolicyBundle(_message.Message):
     author: str
     signature: bytes
     def __init__(self, version: _Optional[str] = ..., files: _Optional[_Mapping[str, bytes]] = ..., author: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class WatchOrdersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LabelOrder(_message.Message):
+    __slots__ = ("order_id", "host_id", "home", "content_hash", "level", "until", "scope", "register_id", "action", "issued_us", "signature")
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    HOME_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_US_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    host_id: str
+    home: str
+    content_hash: str
+    level: _events_pb2.Level
+    until: str
+    scope: _containers.RepeatedScalarFieldContainer[str]
+    register_id: str
+    action: str
+    issued_us: int
+    signature: bytes
+    def __init__(self, order_id: _Optional[str] = ..., host_id: _Optional[str] = ..., home: _Optional[str] = ..., content_hash: _Optional[str] = ..., level: _Optional[_Union[_events_pb2.Level, str]] = ..., until: _Optional[str] = ..., scope: _Optional[_Iterable[str]] = ..., register_id: _Optional[str] = ..., action: _Optional[str] = ..., issued_us: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...

@@ -6,7 +6,7 @@ import warnings
 from baomi.v1 import collector_pb2 as baomi_dot_v1_dot_collector__pb2
 from baomi.v1 import events_pb2 as baomi_dot_v1_dot_events__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -50,6 +50,11 @@ class CollectorStub:
                 request_serializer=baomi_dot_v1_dot_collector__pb2.WatchPolicyRequest.SerializeToString,
                 response_deserializer=baomi_dot_v1_dot_collector__pb2.PolicyBundle.FromString,
                 _registered_method=True)
+        self.WatchOrders = channel.unary_stream(
+                '/baomi.v1.Collector/WatchOrders',
+                request_serializer=baomi_dot_v1_dot_collector__pb2.WatchOrdersRequest.SerializeToString,
+                response_deserializer=baomi_dot_v1_dot_collector__pb2.LabelOrder.FromString,
+                _registered_method=True)
 
 
 class CollectorServicer:
@@ -73,6 +78,13 @@ class CollectorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchOrders(self, request, context):
+        """Label orders approved for the calling host and not yet reported applied or failed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CollectorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +102,11 @@ def add_CollectorServicer_to_server(servicer, server):
                     servicer.WatchPolicy,
                     request_deserializer=baomi_dot_v1_dot_collector__pb2.WatchPolicyRequest.FromString,
                     response_serializer=baomi_dot_v1_dot_collector__pb2.PolicyBundle.SerializeToString,
+            ),
+            'WatchOrders': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchOrders,
+                    request_deserializer=baomi_dot_v1_dot_collector__pb2.WatchOrdersRequest.FromString,
+                    response_serializer=baomi_dot_v1_dot_collector__pb2.LabelOrder.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,6 +190,33 @@ class Collector:
             '/baomi.v1.Collector/WatchPolicy',
             baomi_dot_v1_dot_collector__pb2.WatchPolicyRequest.SerializeToString,
             baomi_dot_v1_dot_collector__pb2.PolicyBundle.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchOrders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/baomi.v1.Collector/WatchOrders',
+            baomi_dot_v1_dot_collector__pb2.WatchOrdersRequest.SerializeToString,
+            baomi_dot_v1_dot_collector__pb2.LabelOrder.FromString,
             options,
             channel_credentials,
             insecure,

@@ -283,8 +283,106 @@ class ConsoleAction(_message.Message):
     user_agent: str
     def __init__(self, actor: _Optional[str] = ..., role: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[str] = ..., detail: _Optional[str] = ..., ok: _Optional[bool] = ..., client: _Optional[str] = ..., user_agent: _Optional[str] = ...) -> None: ...
 
+class LabelRequest(_message.Message):
+    __slots__ = ("request_id", "action", "register_id", "path", "content_hash", "level", "until", "scope", "basis", "title", "requester", "responsible", "host")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    BASIS_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    REQUESTER_FIELD_NUMBER: _ClassVar[int]
+    RESPONSIBLE_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    action: str
+    register_id: str
+    path: str
+    content_hash: str
+    level: Level
+    until: str
+    scope: _containers.RepeatedScalarFieldContainer[str]
+    basis: str
+    title: str
+    requester: str
+    responsible: str
+    host: str
+    def __init__(self, request_id: _Optional[str] = ..., action: _Optional[str] = ..., register_id: _Optional[str] = ..., path: _Optional[str] = ..., content_hash: _Optional[str] = ..., level: _Optional[_Union[Level, str]] = ..., until: _Optional[str] = ..., scope: _Optional[_Iterable[str]] = ..., basis: _Optional[str] = ..., title: _Optional[str] = ..., requester: _Optional[str] = ..., responsible: _Optional[str] = ..., host: _Optional[str] = ...) -> None: ...
+
+class RegisterStep(_message.Message):
+    __slots__ = ("register_id", "step", "request_id", "actor", "reason", "request", "order_id", "status", "content_hash", "source")
+    REGISTER_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    register_id: str
+    step: str
+    request_id: str
+    actor: str
+    reason: str
+    request: LabelRequest
+    order_id: str
+    status: str
+    content_hash: str
+    source: str
+    def __init__(self, register_id: _Optional[str] = ..., step: _Optional[str] = ..., request_id: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., request: _Optional[_Union[LabelRequest, _Mapping]] = ..., order_id: _Optional[str] = ..., status: _Optional[str] = ..., content_hash: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class LabelOrderResult(_message.Message):
+    __slots__ = ("order_id", "register_id", "ok", "error", "home", "content_hash", "level")
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_ID_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    HOME_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    register_id: str
+    ok: bool
+    error: str
+    home: str
+    content_hash: str
+    level: Level
+    def __init__(self, order_id: _Optional[str] = ..., register_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., home: _Optional[str] = ..., content_hash: _Optional[str] = ..., level: _Optional[_Union[Level, str]] = ...) -> None: ...
+
+class LabelledFile(_message.Message):
+    __slots__ = ("home", "register_id", "level", "until", "scope", "content_hash", "problem")
+    HOME_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    home: str
+    register_id: str
+    level: Level
+    until: str
+    scope: _containers.RepeatedScalarFieldContainer[str]
+    content_hash: str
+    problem: str
+    def __init__(self, home: _Optional[str] = ..., register_id: _Optional[str] = ..., level: _Optional[_Union[Level, str]] = ..., until: _Optional[str] = ..., scope: _Optional[_Iterable[str]] = ..., content_hash: _Optional[str] = ..., problem: _Optional[str] = ...) -> None: ...
+
+class LabelInventory(_message.Message):
+    __slots__ = ("files", "truncated")
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    files: _containers.RepeatedCompositeFieldContainer[LabelledFile]
+    truncated: bool
+    def __init__(self, files: _Optional[_Iterable[_Union[LabelledFile, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
 class Event(_message.Message):
-    __slots__ = ("host_id", "seq", "time", "prev_hash", "severity", "file_access", "file_change", "device", "network", "process", "meeting_check", "agent_status", "policy_applied", "tamper", "console_action")
+    __slots__ = ("host_id", "seq", "time", "prev_hash", "severity", "file_access", "file_change", "device", "network", "process", "meeting_check", "agent_status", "policy_applied", "tamper", "console_action", "label_request", "register_step", "label_order_result", "label_inventory")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -300,6 +398,10 @@ class Event(_message.Message):
     POLICY_APPLIED_FIELD_NUMBER: _ClassVar[int]
     TAMPER_FIELD_NUMBER: _ClassVar[int]
     CONSOLE_ACTION_FIELD_NUMBER: _ClassVar[int]
+    LABEL_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_STEP_FIELD_NUMBER: _ClassVar[int]
+    LABEL_ORDER_RESULT_FIELD_NUMBER: _ClassVar[int]
+    LABEL_INVENTORY_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     seq: int
     time: _timestamp_pb2.Timestamp
@@ -315,7 +417,11 @@ class Event(_message.Message):
     policy_applied: PolicyApplied
     tamper: Tamper
     console_action: ConsoleAction
-    def __init__(self, host_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prev_hash: _Optional[bytes] = ..., severity: _Optional[_Union[Severity, str]] = ..., file_access: _Optional[_Union[FileAccess, _Mapping]] = ..., file_change: _Optional[_Union[FileChange, _Mapping]] = ..., device: _Optional[_Union[Device, _Mapping]] = ..., network: _Optional[_Union[Network, _Mapping]] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., meeting_check: _Optional[_Union[MeetingCheck, _Mapping]] = ..., agent_status: _Optional[_Union[AgentStatus, _Mapping]] = ..., policy_applied: _Optional[_Union[PolicyApplied, _Mapping]] = ..., tamper: _Optional[_Union[Tamper, _Mapping]] = ..., console_action: _Optional[_Union[ConsoleAction, _Mapping]] = ...) -> None: ...
+    label_request: LabelRequest
+    register_step: RegisterStep
+    label_order_result: LabelOrderResult
+    label_inventory: LabelInventory
+    def __init__(self, host_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prev_hash: _Optional[bytes] = ..., severity: _Optional[_Union[Severity, str]] = ..., file_access: _Optional[_Union[FileAccess, _Mapping]] = ..., file_change: _Optional[_Union[FileChange, _Mapping]] = ..., device: _Optional[_Union[Device, _Mapping]] = ..., network: _Optional[_Union[Network, _Mapping]] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., meeting_check: _Optional[_Union[MeetingCheck, _Mapping]] = ..., agent_status: _Optional[_Union[AgentStatus, _Mapping]] = ..., policy_applied: _Optional[_Union[PolicyApplied, _Mapping]] = ..., tamper: _Optional[_Union[Tamper, _Mapping]] = ..., console_action: _Optional[_Union[ConsoleAction, _Mapping]] = ..., label_request: _Optional[_Union[LabelRequest, _Mapping]] = ..., register_step: _Optional[_Union[RegisterStep, _Mapping]] = ..., label_order_result: _Optional[_Union[LabelOrderResult, _Mapping]] = ..., label_inventory: _Optional[_Union[LabelInventory, _Mapping]] = ...) -> None: ...
 
 class EventBatch(_message.Message):
     __slots__ = ("events",)

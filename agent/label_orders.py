@@ -1,0 +1,359 @@
+"""The host's side of the classification register (定密台账, issue 15).
+
+* ``label request``: a request to classify, change or declassify a file, spooled as a
+  ``label_request`` event (a host offline keeps it in its spool until it is sent).
+* Label orders: an approver's decision, signed by the collector (Ed25519, the key
+  received at enrolment, as for policy bundles). :class:`LabelOrders` verifies each
+  order -- signature, this host, the file's content -- applies it with
+  :func:`agent.labels.set_label` (sealed with the host key, the register id as the
+  label's ``label_id``) and reports a ``label_order_result`` event either way.
+* Inventory: the labelled files under the protected trees (register id, level, until,
+  scope, home, content hash), reported at start and whenever it changes, looked at
+  every heartbeat; the collector compares it with the register (drift).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import hashlib
+import logging
+import os
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from datetime import date
+from pathlib import Path
+
+import grpc
+from baomi.v1 import collector_pb2, events_pb2
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from agent import labels
+from agent.decision.errors import LabelError
+from agent.errors import AgentError
+from agent.identity import Identity
+from agent.spool import Spool
+
+_logger = logging.getLogger(__name__)
+
+DONE_FILE = "label_orders.done"  # in the state directory: order ids applied or failed
+MAX_INVENTORY_FILES = 10_000  # labelled files one inventory lists; more: truncated
+HASH_CHUNK = 1024 * 1024  # bytes read at a time when hashing a file
+ACTIONS = ("classify", "change", "declassify")
+
+
+class OrderError(AgentError):
+    """A label order this host refuses; the message says why."""
+
+
+def order_signed_bytes(order: collector_pb2.LabelOrder) -> bytes:
+    """What the collector signed: the order with an empty signature."""
+    unsigned = collector_pb2.LabelOrder()
+    unsigned.CopyFrom(order)
+    unsigned.signature = b""
+    return unsigned.SerializeToString(deterministic=True)
+
+
+def content_hash(path: str | os.PathLike[str]) -> str:
+    """SHA-256 hex of a file's content."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# -- requests ----------------------------------------------------------------------
+def make_request(
+    path: str,
+    *,
+    action: str,
+    level: str | None,
+    until: str | None,
+    scope: str | None,
+    basis: str | None,
+    title: str | None,
+    register_id: str | None,
+    responsible: str | None,
+    key: bytes | None,
+) -> events_pb2.LabelRequest:
+    """A checked request for the file at ``path``; AgentError says what to fix."""
+    if action not in ACTIONS:
+        raise AgentError(f"--action must be one of {', '.join(ACTIONS)}")
+    file = Path(path)
+    if not file.is_file():
+        raise AgentError(f"{path}: not a regular file; a request names one file")
+    try:
+        label = labels.read_label(file, key)
+    except OSError as e:
+        raise AgentError(f"cannot read the label of {path}: {e.strerror}") from e
+    home = label.home if label is not None and label.valid and label.home else str(file.resolve())
+    if action == "classify":
+        missing = [
+            n for n, v in (("--level", level), ("--basis", basis), ("--title", title)) if not v
+        ]
+        if missing:
+            raise AgentError(f"a classification request needs {', '.join(missing)}")
+    else:
+        register_id = register_id or (label.label_id if label is not None else None)
+        if not register_id:
+            raise AgentError(f"a {action} request needs --id, the register entry of {path}")
+    try:
+        level_number = labels.parse_level(level) if level else labels.UNCLASSIFIED
+        until_text = labels.parse_until(until).isoformat() if until else ""
+        scope_entries = labels.parse_scope(scope or "")
+    except ValueError as e:
+        raise AgentError(str(e)) from e
+    if action == "change" and level is None and label is not None and label.valid:
+        level_number = label.level
+    try:
+        digest = content_hash(file)
+    except OSError as e:  # the guard may deny root a read of a classified file
+        _logger.warning("cannot read %s to hash it (%s); requested without a hash", path, e)
+        digest = ""
+    return events_pb2.LabelRequest(
+        request_id=f"req-{secrets.token_hex(8)}",
+        action=action,
+        register_id=register_id or "",
+        path=home,
+        content_hash=digest,
+        level=level_number,  # type: ignore[arg-type]
+        until=until_text,
+        scope=scope_entries,
+        basis=basis or "",
+        title=title or "",
+        requester=os.environ.get("SUDO_USER") or getpass.getuser(),
+        responsible=responsible or "",
+    )
+
+
+def spool_request(state_dir: Path, request: events_pb2.LabelRequest) -> int:
+    """Spool the request as an event of this host; its seq."""
+    spool = Spool(state_dir / "spool.db")
+    try:
+        event = events_pb2.Event(severity=events_pb2.SEVERITY_INFO, label_request=request)
+        spool.append([event])
+    finally:
+        spool.close()
+    return event.seq
+
+
+# -- inventory ---------------------------------------------------------------------
+class Inventory:
+    """The labelled files under the protected trees, hashed once per file version."""
+
+    def __init__(self, roots: Sequence[Path], key: Callable[[], bytes | None]) -> None:
+        self._roots = [Path(r) for r in roots]
+        self._key = key
+        self._hashes: dict[tuple[int, int, int, int, int], str] = {}
+        self.last: events_pb2.LabelInventory | None = None
+
+    def scan(self) -> events_pb2.LabelInventory:
+        """Walk the trees now."""
+        key = self._key()
+        found: list[events_pb2.LabelledFile] = []
+        hashes: dict[tuple[int, int, int, int, int], str] = {}
+        truncated = False
+        for path in self._files():
+            if len(found) >= MAX_INVENTORY_FILES:
+                truncated = True
+                break
+            try:
+                label = labels.read_label(path, key)
+                if label is None:
+                    continue
+                st = path.stat()
+                version = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+                digest = self._hashes.get(version) or content_hash(path)
+            except OSError:
+                continue  # gone meanwhile, or unreadable: not listed this time
+            hashes[version] = digest
+            found.append(
+                events_pb2.LabelledFile(
+                    home=label.home or str(path),
+                    register_id=label.label_id or "",
+                    level=label.level,  # type: ignore[arg-type]
+                    until=label.until.isoformat() if label.until else "",
+                    scope=label.scope,
+                    content_hash=digest,
+                    problem=label.problem or "",
+                )
+            )
+        self._hashes = hashes
+        found.sort(key=lambda f: f.home)
+        return events_pb2.LabelInventory(files=found, truncated=truncated)
+
+    def _files(self) -> Iterable[Path]:
+        for root in self._roots:
+            for parent, _, names in os.walk(root):
+                for name in sorted(names):
+                    path = Path(parent, name)
+                    if path.is_file() and not path.is_symlink():
+                        yield path
+
+    def changed(self) -> events_pb2.LabelInventory | None:
+        """A new inventory when it differs from the last one reported, else None."""
+        now = self.scan()
+        if self.last is not None and now == self.last:
+            return None
+        self.last = now
+        return now
+
+
+# -- orders ------------------------------------------------------------------------
+class LabelOrders:
+    """Verifies and applies the collector's label orders; reports the inventory."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        identity: Identity,
+        emit: Callable[[events_pb2.Event], None],
+        *,
+        roots: Sequence[Path],
+        label_key: Path,
+    ) -> None:
+        key = load_pem_public_key(identity.signing_pub_pem)
+        if not isinstance(key, ed25519.Ed25519PublicKey):
+            raise AgentError("the collector's signing key is not Ed25519; re-enrol")
+        self._verify_key = key
+        self._identity = identity
+        self._emit = emit
+        self._label_key_path = label_key  # the key the file guard checks seals with
+        self._done_path = state_dir / DONE_FILE
+        self.inventory = Inventory(roots, self._label_key)
+
+    def _label_key(self) -> bytes | None:
+        try:
+            return labels.load_label_key(self._label_key_path)
+        except LabelError:
+            return None  # no label key yet: no label here is sealed
+
+    def _done(self) -> set[str]:
+        try:
+            return set(self._done_path.read_text().split())
+        except FileNotFoundError:
+            return set()
+
+    def verify(self, order: collector_pb2.LabelOrder) -> None:
+        """OrderError unless ``order`` is signed by the collector and for this host."""
+        try:
+            self._verify_key.verify(order.signature, order_signed_bytes(order))
+        except InvalidSignature:
+            raise OrderError(
+                f"label order {order.order_id[:40]!r}: the signature does not verify"
+            ) from None
+        if order.host_id != self._identity.host_id:
+            raise OrderError(f"label order {order.order_id} is for host {order.host_id[:64]!r}")
+        if order.action not in ACTIONS:
+            raise OrderError(f"label order {order.order_id}: unknown action {order.action[:20]!r}")
+
+    def offer(self, order: collector_pb2.LabelOrder) -> bool:
+        """Verify and apply ``order`` (once); report the outcome. True when applied."""
+        if order.order_id in self._done():
+            return True
+        try:
+            self.verify(order)
+        except OrderError as e:
+            # A forged order never reaches the register: report it as tampering.
+            _logger.error("%s", e)
+            self._emit(
+                events_pb2.Event(
+                    severity=events_pb2.SEVERITY_HIGH,
+                    tamper=events_pb2.Tamper(kind="label_order_refused", detail=str(e)[:2000]),
+                )
+            )
+            return False
+        result = events_pb2.LabelOrderResult(
+            order_id=order.order_id,
+            register_id=order.register_id,
+            home=order.home,
+            level=order.level,
+        )
+        try:
+            result.content_hash = self._apply(order)
+            result.ok = True
+        except (OrderError, LabelError) as e:
+            result.error = str(e)[:2000]
+            _logger.error("label order %s not applied: %s", order.order_id, e)
+        with self._done_path.open("a") as f:
+            f.write(order.order_id + "\n")
+        self._emit(
+            events_pb2.Event(
+                severity=events_pb2.SEVERITY_INFO if result.ok else events_pb2.SEVERITY_MEDIUM,
+                label_order_result=result,
+            )
+        )
+        self.report_inventory()
+        return result.ok
+
+    def _apply(self, order: collector_pb2.LabelOrder) -> str:
+        """Label the file the order names; the content hash it was applied to."""
+        home = order.home
+        key = labels.load_label_key(self._label_key_path, create=True)
+        try:
+            digest = content_hash(home)
+            label = labels.read_label(home, key)
+        except OSError as e:
+            raise OrderError(f"{home}: {e.strerror}") from e
+        if order.content_hash and digest != order.content_hash:
+            raise OrderError(
+                f"{home}: the content changed since the request (SHA-256 {digest[:12]}..., "
+                f"approved {order.content_hash[:12]}...): request again"
+            )
+        if order.action != "classify" and (label is None or label.label_id != order.register_id):
+            raise OrderError(
+                f"{home}: carries no label of register {order.register_id}; "
+                "it was relabelled or replaced"
+            )
+        labels.set_label(
+            home,
+            order.level,
+            until=date.fromisoformat(order.until) if order.until else None,
+            scope=tuple(order.scope),
+            label_id=order.register_id,
+            key=key,
+            home=home,
+        )
+        return digest
+
+    def report_inventory(self) -> None:
+        """Send the inventory if it changed since the last one sent."""
+        inventory = self.inventory.changed()
+        if inventory is not None:
+            self._emit(
+                events_pb2.Event(severity=events_pb2.SEVERITY_INFO, label_inventory=inventory)
+            )
+
+    async def run(self, every_seconds: float, retry_seconds: float = 5.0) -> None:
+        """Follow the collector's label orders and report the inventory until cancelled."""
+        watching = asyncio.create_task(self._watch(retry_seconds))
+        try:
+            while True:
+                try:
+                    await asyncio.to_thread(self.report_inventory)
+                except Exception:
+                    _logger.exception("the label inventory failed; trying again")
+                await asyncio.sleep(every_seconds)
+        finally:
+            watching.cancel()
+
+    async def _watch(self, retry_seconds: float) -> None:
+        channel = grpc.aio.secure_channel(self._identity.collector, self._identity.credentials())
+        try:
+            while True:
+                try:
+                    call = channel.unary_stream(
+                        "/baomi.v1.Collector/WatchOrders",
+                        request_serializer=collector_pb2.WatchOrdersRequest.SerializeToString,
+                        response_deserializer=collector_pb2.LabelOrder.FromString,
+                    )(collector_pb2.WatchOrdersRequest())
+                    async for order in call:
+                        await asyncio.to_thread(self.offer, order)
+                except grpc.aio.AioRpcError as e:
+                    _logger.info("label order watch ended (%s); retrying", e.code().name)
+                await asyncio.sleep(retry_seconds)
+        finally:
+            await channel.close(grace=None)

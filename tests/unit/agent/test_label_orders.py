@@ -1,0 +1,167 @@
+"""Label orders: applied only when signed by the collector for this host and this content;
+a forged or altered order is refused and reported; the inventory lists labelled files."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from baomi.v1 import collector_pb2, events_pb2
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from agent import labels
+from agent.errors import AgentError
+from agent.identity import Identity
+from agent.label_orders import LabelOrders, make_request
+from collector.register import sign_order
+
+KEY = ed25519.Ed25519PrivateKey.generate()
+
+
+def _identity() -> Identity:
+    pub = KEY.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return Identity("ws-01", "127.0.0.1:1", b"", b"", b"", pub)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[LabelOrders, list[events_pb2.Event], Path, Path]:
+    root = tmp_path / "secret"
+    root.mkdir()
+    doc = root / "plan.txt"
+    doc.write_text("the plan\n")
+    try:
+        labels.set_label(doc, "秘密")
+        labels.clear_label(doc)
+    except labels.LabelError:
+        pytest.skip(f"{tmp_path} does not support user extended attributes")
+    events: list[events_pb2.Event] = []
+    key_file = tmp_path / "label.key"
+    orders = LabelOrders(tmp_path, _identity(), events.append, roots=[root], label_key=key_file)
+    return orders, events, doc, key_file
+
+
+def _order(
+    doc: Path, key: ed25519.Ed25519PrivateKey = KEY, **values: object
+) -> collector_pb2.LabelOrder:
+    order = collector_pb2.LabelOrder(
+        order_id="order-1",
+        host_id="ws-01",
+        home=str(doc),
+        content_hash=hashlib.sha256(doc.read_bytes()).hexdigest(),
+        level=events_pb2.LEVEL_SECRET,
+        until="2099-12-31",
+        scope=["dept:finance"],
+        register_id="DM-20261207-abcdef",
+        action="classify",
+        issued_us=1,
+    )
+    for name, value in values.items():
+        setattr(order, name, value)
+    sign_order(key, order)
+    return order
+
+
+def _results(events: list[events_pb2.Event]) -> list[events_pb2.LabelOrderResult]:
+    return [e.label_order_result for e in events if e.HasField("label_order_result")]
+
+
+def test_a_signed_order_is_applied_sealed_with_the_register_id(setup) -> None:  # type: ignore[no-untyped-def]
+    orders, events, doc, key_file = setup
+    assert orders.offer(_order(doc))
+    label = labels.read_label(doc, labels.load_label_key(key_file))
+    assert label is not None and label.valid  # sealed with the host key
+    assert (label.level, label.label_id, label.home, label.scope) == (
+        2, "DM-20261207-abcdef", str(doc), ("dept:finance",),
+    )  # fmt: skip
+    (result,) = _results(events)
+    assert result.ok and result.order_id == "order-1"
+    assert result.content_hash == hashlib.sha256(doc.read_bytes()).hexdigest()
+    inventory = [e.label_inventory for e in events if e.HasField("label_inventory")][-1]
+    assert [(f.home, f.register_id, f.level) for f in inventory.files] == [
+        (str(doc), "DM-20261207-abcdef", 2)
+    ]
+    assert orders.offer(_order(doc))  # sent again: applied once, reported once
+    assert len(_results(events)) == 1
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        pytest.param(lambda o: setattr(o, "level", events_pb2.LEVEL_UNCLASSIFIED), id="altered"),
+        pytest.param(
+            lambda o: sign_order(ed25519.Ed25519PrivateKey.generate(), o), id="another key"
+        ),
+        pytest.param(lambda o: setattr(o, "signature", b""), id="unsigned"),
+    ],
+)
+def test_a_forged_or_altered_order_is_refused(setup, forge) -> None:  # type: ignore[no-untyped-def]
+    orders, events, doc, _ = setup
+    order = _order(doc)
+    forge(order)
+    assert not orders.offer(order)
+    assert labels.read_label(doc) is None
+    assert _results(events) == []  # never reaches the register as applied or failed
+    (tamper,) = [e.tamper for e in events if e.HasField("tamper")]
+    assert tamper.kind == "label_order_refused" and "signature" in tamper.detail
+
+
+def test_an_order_for_another_host_is_refused(setup) -> None:  # type: ignore[no-untyped-def]
+    orders, events, doc, _ = setup
+    assert not orders.offer(_order(doc, host_id="ws-02"))
+    assert labels.read_label(doc) is None
+    assert "ws-02" in events[-1].tamper.detail
+
+
+def test_content_changed_since_the_request_fails_the_order(setup) -> None:  # type: ignore[no-untyped-def]
+    orders, events, doc, _ = setup
+    order = _order(doc)
+    doc.write_text("other content\n")
+    assert not orders.offer(order)
+    (result,) = _results(events)
+    assert not result.ok and "content changed" in result.error
+    assert labels.read_label(doc) is None
+
+
+def test_a_change_needs_the_label_of_its_register_entry(setup) -> None:  # type: ignore[no-untyped-def]
+    orders, events, doc, key_file = setup
+    labels.set_label(
+        doc, "机密", label_id="DM-other", key=labels.load_label_key(key_file, create=True)
+    )
+    assert not orders.offer(_order(doc, action="change", order_id="order-2"))
+    (result,) = _results(events)
+    assert "carries no label of register DM-20261207-abcdef" in result.error
+
+
+def test_inventory_is_sent_only_when_it_changes(setup) -> None:  # type: ignore[no-untyped-def]
+    orders, events, doc, key_file = setup
+    orders.report_inventory()
+    orders.report_inventory()
+    sent = [e.label_inventory for e in events if e.HasField("label_inventory")]
+    assert len(sent) == 1 and list(sent[0].files) == []
+    labels.set_label(doc, "绝密", key=labels.load_label_key(key_file, create=True))
+    orders.report_inventory()
+    sent = [e.label_inventory for e in events if e.HasField("label_inventory")]
+    assert len(sent) == 2
+    (f,) = sent[1].files
+    assert (f.home, f.register_id, f.level, f.problem) == (str(doc), "", 3, "")
+
+
+def test_a_request_says_what_is_missing(tmp_path: Path) -> None:
+    doc = tmp_path / "a.txt"
+    doc.write_text("a\n")
+    common = {"until": None, "scope": None, "register_id": None, "responsible": None, "key": None}
+    with pytest.raises(AgentError, match="needs --basis, --title"):
+        make_request(str(doc), action="classify", level="机密", basis=None, title=None, **common)
+    with pytest.raises(AgentError, match="needs --id"):
+        make_request(str(doc), action="change", level="绝密", basis=None, title=None, **common)
+    with pytest.raises(AgentError, match="not a level"):
+        make_request(str(doc), action="classify", level="ultra", basis="b", title="t", **common)
+    with pytest.raises(AgentError, match="not a regular file"):
+        make_request(str(tmp_path), action="classify", level="机密", basis="b", title="t", **common)
+    req = make_request(str(doc), action="classify", level="机密", basis="b", title="t", **common)
+    assert (req.path, req.level) == (str(doc.resolve()), 2)
+    assert req.content_hash == hashlib.sha256(b"a\n").hexdigest()
