@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from baomi.cliparse import HelpfulParser
-from baomi.config import ConfigFileError, add_config_option, parse_with_config
+from baomi.config import AppendOrOne, ConfigFileError, add_config_option, parse_with_config
 from baomi.display import escape
 
 from agent import labels
@@ -44,6 +44,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             heartbeat_seconds=args.heartbeat,
             spool_max_bytes=args.spool_max_mb * 1024 * 1024,
             stream=StreamConfig(batch_events=args.batch_events),
+            collectors=tuple(args.collector),
             sensors=_sensor_settings(args),
         )
     )
@@ -241,14 +242,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("enroll", help="enrol this host with a single-use token")
-    e.add_argument("--collector", required=True, help="HOST:PORT of the collector's agent port")
+    e.add_argument(
+        "--collector",
+        action=AppendOrOne,
+        required=True,
+        metavar="HOST:PORT",
+        help="the collector's agent port (repeatable: several collectors or load "
+        "balancers; the agent tries them in this order and fails over by itself)",
+    )
     e.add_argument("--token", required=True, help="the single-use token from the collector")
     e.add_argument("--ca", type=Path, required=True, help="the collector's CA certificate (PEM)")
-    e.add_argument("--enroll-address", help="HOST:PORT of enrolment (default: agent port + 1)")
+    e.add_argument(
+        "--enroll-address",
+        action=AppendOrOne,
+        metavar="HOST:PORT",
+        help="enrolment port (repeatable; tried in turn while one is down; default: each "
+        "--collector's port + 1)",
+    )
     e.set_defaults(func=_cmd_enroll)
 
     r = sub.add_parser("run", help="run the agent")
     r.add_argument("--heartbeat", type=float, default=30.0, help="seconds between heartbeats")
+    r.add_argument(
+        "--collector",
+        action=AppendOrOne,
+        default=[],
+        metavar="HOST:PORT",
+        help="stream to these collectors instead of those given at enrolment (repeatable; "
+        "tried in this order, the next after a fault)",
+    )
     r.add_argument("--spool-max-mb", type=int, default=1024, help="spool size that raises an alarm")
     r.add_argument("--batch-events", type=int, default=500, help="events sent per batch at most")
     r.add_argument(

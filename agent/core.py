@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from baomi.v1 import events_pb2
 
 from agent import __version__
 from agent.errors import AgentError
-from agent.identity import load_identity
+from agent.identity import check_addresses, load_identity
 from agent.journal import EventJournal, JournalError
 from agent.policy import PolicyKeeper
 from agent.recorder import Recorder
@@ -42,6 +43,7 @@ class AgentConfig:
     spool_max_bytes: int = DEFAULT_MAX_BYTES
     stream: StreamConfig = field(default_factory=StreamConfig)
     sensors: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> settings
+    collectors: tuple[str, ...] = ()  # HOST:PORT each; empty: those stored at enrolment
 
 
 class Agent:
@@ -50,6 +52,11 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.identity = load_identity(config.state_dir)
+        if config.collectors:
+            addresses = check_addresses(config.collectors, "collector")
+            self.identity = dataclasses.replace(
+                self.identity, collector=addresses[0], collectors=addresses
+            )
         self.spool = Spool(config.state_dir / "spool.db", max_bytes=config.spool_max_bytes)
         self.spool.on_full = self._spool_full
         self.stream = StreamClient(
@@ -242,7 +249,11 @@ def run_agent(config: AgentConfig) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        _logger.info("agent %s streaming to %s", agent.identity.host_id, agent.identity.collector)
+        _logger.info(
+            "agent %s streaming to %s",
+            agent.identity.host_id,
+            ", ".join(agent.identity.addresses),
+        )
         await agent.run(stop)
 
     asyncio.run(main())
