@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 DEB_PACKAGES := postgresql sqlite3 python3 \
 	umockdev gir1.2-umockdev-1.0 libgirepository1.0-dev libcairo2-dev pkg-config \
 	chromium fonts-noto-cjk poppler-utils libpango-1.0-0 libpangoft2-1.0-0 iproute2 acl \
-	auditd
+	auditd haproxy
 PROTOS := protos/baomi/v1/events.proto protos/baomi/v1/collector.proto
 
 .PHONY: demo test bench fuzz lint protos protos-check deb venv clean interop usbguard-oracle

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from baomi.cliparse import HelpfulParser
-from baomi.config import ConfigFileError, add_config_option, parse_with_config
+from baomi.config import AppendOrOne, ConfigFileError, add_config_option, parse_with_config
 from baomi.display import escape
 
 from agent import labels, localrecord, offline
@@ -66,6 +66,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             heartbeat_seconds=args.heartbeat,
             spool_max_bytes=args.spool_max_mb * 1024 * 1024,
             stream=StreamConfig(batch_events=args.batch_events),
+            collectors=tuple(args.collector),
             sensors=_sensor_settings(args),
             offline=args.offline,
             host_id=args.host_id,
@@ -329,10 +330,22 @@ def build_parser() -> argparse.ArgumentParser:
         "offline host, by files on a registered stick: --token-file T --csr-out R (the "
         "host key stays here), then, with the collector's answer, --cert-file C.",
     )
-    e.add_argument("--collector", help="HOST:PORT of the collector's agent port")
+    e.add_argument(
+        "--collector",
+        action=AppendOrOne,
+        metavar="HOST:PORT",
+        help="the collector's agent port (repeatable: several collectors or load "
+        "balancers; the agent tries them in this order and fails over by itself)",
+    )
     e.add_argument("--token", help="the single-use token from the collector")
     e.add_argument("--ca", type=Path, help="the collector's CA certificate (PEM)")
-    e.add_argument("--enroll-address", help="HOST:PORT of enrolment (default: agent port + 1)")
+    e.add_argument(
+        "--enroll-address",
+        action=AppendOrOne,
+        metavar="HOST:PORT",
+        help="enrolment port (repeatable; tried in turn while one is down; default: each "
+        "--collector's port + 1)",
+    )
     e.add_argument(
         "--token-file",
         type=Path,
@@ -361,6 +374,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--host-id",
         help="--offline, before enrolment: the id to record under (default: the host "
         "name); the token file must name the same",
+    )
+    r.add_argument(
+        "--collector",
+        action=AppendOrOne,
+        default=[],
+        metavar="HOST:PORT",
+        help="stream to these collectors instead of those given at enrolment (repeatable; "
+        "tried in this order, the next after a fault)",
     )
     r.add_argument("--spool-max-mb", type=int, default=1024, help="spool size that raises an alarm")
     r.add_argument("--batch-events", type=int, default=500, help="events sent per batch at most")

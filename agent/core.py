@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from baomi.v1 import events_pb2
 
 from agent import __version__
 from agent.errors import AgentError
-from agent.identity import Identity, load_identity
+from agent.identity import Identity, check_addresses, load_identity
 from agent.journal import EventJournal, JournalError
 from agent.label_orders import LabelOrders
 from agent.labels import LABEL_KEY_FILE
@@ -56,6 +57,7 @@ class AgentConfig:
     sensors: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> settings
     offline: bool = False  # no collector: record for export (agent.offline)
     host_id: str | None = None  # offline, before enrolment: the id to record under
+    collectors: tuple[str, ...] = ()  # HOST:PORT each; empty: those stored at enrolment
 
 
 class Agent:
@@ -69,6 +71,11 @@ class Agent:
             self.stream: StreamClient | None = None
         else:
             identity = self.identity = load_identity(config.state_dir)
+            if config.collectors:
+                addresses = check_addresses(config.collectors, "collector")
+                identity = self.identity = dataclasses.replace(
+                    identity, collector=addresses[0], collectors=addresses
+                )
             self.host_id = identity.host_id
         self.spool = Spool(config.state_dir / "spool.db", max_bytes=config.spool_max_bytes)
         self.spool.on_full = self._spool_full
@@ -317,12 +324,14 @@ def run_agent(config: AgentConfig) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        if agent.stream is None:
+        if agent.identity is None:
             _logger.info(
                 "agent %s offline: recording to %s for export", agent.host_id, agent.spool.path
             )
         else:
-            _logger.info("agent %s streaming to %s", agent.host_id, agent.stream.collector)
+            _logger.info(
+                "agent %s streaming to %s", agent.host_id, ", ".join(agent.identity.addresses)
+            )
         await agent.run(stop)
 
     asyncio.run(main())

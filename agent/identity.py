@@ -4,7 +4,7 @@ State directory (keys 0600):
     host.key, host.pem   this host's TLS identity, issued by the collector's CA
     ca.pem               the collector's CA; the only one the agent trusts
     signing.pub          the collector's key for policy bundles
-    agent.json           host id and collector addresses
+    agent.json           host id and collector addresses (the first is tried first)
     spool.db             the durable spool
 """
 
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -29,11 +30,19 @@ class Identity:
     """What the agent needs to reach the collector as itself."""
 
     host_id: str
-    collector: str  # host:port of the mTLS port
+    collector: str  # host:port of the mTLS port tried first
     key_pem: bytes
     cert_pem: bytes
     ca_pem: bytes
     signing_pub_pem: bytes
+    # Every collector (or load balancer) address, ``collector`` first: the agent moves to
+    # the next one when a stream fails. Empty: ``collector`` alone.
+    collectors: tuple[str, ...] = field(default=())
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The collector addresses in the order they are tried."""
+        return self.collectors or (self.collector,)
 
     def credentials(self) -> grpc.ChannelCredentials:
         """mTLS credentials: this host's certificate, trusting only the collector's CA."""
@@ -59,14 +68,35 @@ def default_enroll_address(collector: str) -> str:
     return f"{host}:{int(port) + 1}"
 
 
+def check_addresses(addresses: Sequence[str], what: str) -> tuple[str, ...]:
+    """``addresses`` without repeats, each HOST:PORT; ConfigError naming the bad one."""
+    if not addresses:
+        raise ConfigError(f"give at least one {what} address, HOST:PORT")
+    for a in addresses:
+        host, _, port = a.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{what} address {a!r} must be HOST:PORT, e.g. 10.0.0.5:7443")
+    return tuple(dict.fromkeys(addresses))
+
+
 def enroll(
     state_dir: Path,
-    collector: str,
+    collector: str | Sequence[str],
     token: str,
     ca_pem: bytes,
-    enroll_address: str | None = None,
+    enroll_address: str | Sequence[str] | None = None,
 ) -> Identity:
-    """Send a CSR with ``token``; store the certificate, key and a fresh spool."""
+    """Send a CSR with ``token`` to the first enrolment address that answers (default:
+    each collector's port + 1); store the certificate, key, every collector address and
+    a fresh spool."""
+    collectors = check_addresses(
+        [collector] if isinstance(collector, str) else collector, "collector"
+    )
+    if enroll_address is None or not enroll_address:
+        enroll_addresses = tuple(default_enroll_address(c) for c in collectors)
+    else:
+        given = [enroll_address] if isinstance(enroll_address, str) else enroll_address
+        enroll_addresses = check_addresses(given, "enrolment")
     # Here, not at the top: ``run`` never makes a CSR, and cryptography's X.509 layer
     # would be some 8 MB of the idle agent's memory.
     from cryptography import x509  # noqa: PLC0415
@@ -83,19 +113,7 @@ def enroll(
     request = collector_pb2.EnrollRequest(
         token=token, csr_pem=csr.public_bytes(serialization.Encoding.PEM)
     )
-    address = enroll_address or default_enroll_address(collector)
-    channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=ca_pem))
-    try:
-        call = channel.unary_unary(
-            "/baomi.v1.Collector/Enroll",
-            request_serializer=collector_pb2.EnrollRequest.SerializeToString,
-            response_deserializer=collector_pb2.EnrollResponse.FromString,
-        )
-        response: collector_pb2.EnrollResponse = call(request, timeout=ENROLL_TIMEOUT)
-    except grpc.RpcError as e:
-        raise EnrollError(f"enrolment at {address} failed: {e.details()}") from e
-    finally:
-        channel.close()
+    response = _enroll_at_first_answering(enroll_addresses, request, ca_pem)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     _write(
         state_dir / "host.key",
@@ -111,13 +129,48 @@ def enroll(
     _write(state_dir / "signing.pub", response.signing_key_pem, 0o644)
     _write(
         state_dir / "agent.json",
-        json.dumps({"host_id": response.host_id, "collector": collector}).encode(),
+        json.dumps(
+            {"host_id": response.host_id, "collector": collectors[0], "collectors": collectors}
+        ).encode(),
         0o644,
     )
     spool = state_dir / "spool.db"
     if not spool.exists():
         Spool.create(spool, response.host_id, response.head.seq, response.head.hash).close()
     return load_identity(state_dir)
+
+
+def _enroll_at_first_answering(
+    addresses: tuple[str, ...], request: collector_pb2.EnrollRequest, ca_pem: bytes
+) -> collector_pb2.EnrollResponse:
+    """The first answer to ``request``; an address that is down passes it to the next,
+    a refusal (bad token, bad CSR) or a timeout ends it."""
+    down = []
+    for address in addresses:
+        channel = grpc.secure_channel(
+            address, grpc.ssl_channel_credentials(root_certificates=ca_pem)
+        )
+        try:
+            call = channel.unary_unary(
+                "/baomi.v1.Collector/Enroll",
+                request_serializer=collector_pb2.EnrollRequest.SerializeToString,
+                response_deserializer=collector_pb2.EnrollResponse.FromString,
+            )
+            response: collector_pb2.EnrollResponse = call(request, timeout=ENROLL_TIMEOUT)
+        except grpc.RpcError as e:
+            # Only a collector that is down passes it on: one that timed out may have
+            # used the token already, and the next would refuse it as used.
+            if e.code() != grpc.StatusCode.UNAVAILABLE:
+                raise EnrollError(f"enrolment at {address} failed: {e.details()}") from e
+            down.append(f"{address}: {e.details()}")
+        else:
+            return response
+        finally:
+            channel.close()
+    raise EnrollError(
+        "no enrolment address answered (" + "; ".join(down) + "); check that a collector "
+        "runs there, or give --enroll-address"
+    )
 
 
 def load_identity(state_dir: Path) -> Identity:
@@ -127,6 +180,7 @@ def load_identity(state_dir: Path) -> Identity:
         return Identity(
             host_id=info["host_id"],
             collector=info["collector"],
+            collectors=tuple(info.get("collectors") or [info["collector"]]),
             key_pem=(state_dir / "host.key").read_bytes(),
             cert_pem=(state_dir / "host.pem").read_bytes(),
             ca_pem=(state_dir / "ca.pem").read_bytes(),

@@ -120,20 +120,24 @@ class PolicyKeeper:
         return True
 
     async def watch(self, retry_seconds: float = 5.0) -> None:
-        """Follow the collector's WatchPolicy stream until cancelled."""
-        channel = grpc.aio.secure_channel(self._identity.collector, self._identity.credentials())
-        try:
-            while True:
-                try:
-                    call = channel.unary_stream(
-                        "/baomi.v1.Collector/WatchPolicy",
-                        request_serializer=collector_pb2.WatchPolicyRequest.SerializeToString,
-                        response_deserializer=collector_pb2.PolicyBundle.FromString,
-                    )(collector_pb2.WatchPolicyRequest(current_version=self.version))
-                    async for bundle in call:
-                        await asyncio.to_thread(self.offer, bundle)
-                except grpc.aio.AioRpcError as e:
-                    _logger.info("policy watch ended (%s); retrying", e.code().name)
-                await asyncio.sleep(retry_seconds)
-        finally:
-            await channel.close(grace=None)
+        """Follow the collector's WatchPolicy stream until cancelled; when it ends, try
+        the next collector address."""
+        turn = 0
+        while True:
+            addresses = self._identity.addresses
+            address = addresses[turn % len(addresses)]
+            turn += 1
+            channel = grpc.aio.secure_channel(address, self._identity.credentials())
+            try:
+                call = channel.unary_stream(
+                    "/baomi.v1.Collector/WatchPolicy",
+                    request_serializer=collector_pb2.WatchPolicyRequest.SerializeToString,
+                    response_deserializer=collector_pb2.PolicyBundle.FromString,
+                )(collector_pb2.WatchPolicyRequest(current_version=self.version))
+                async for bundle in call:
+                    await asyncio.to_thread(self.offer, bundle)
+            except grpc.aio.AioRpcError as e:
+                _logger.info("policy watch at %s ended (%s); retrying", address, e.code().name)
+            finally:
+                await channel.close(grace=None)
+            await asyncio.sleep(retry_seconds)

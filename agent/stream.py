@@ -2,9 +2,11 @@
 
 Batches are bounded by count and by time. At most ``window`` batches are in flight
 without an Ack. Events leave the spool only when the collector acknowledged them. After
-any fault the client waits (exponential backoff with full jitter) and reconnects; the
-collector's first Ack says where its copy of the chain stands, and sending resumes
-right after it, so nothing is lost and nothing is stored twice.
+any fault the client moves to the next collector address (when it has several), waits
+(exponential backoff with full jitter, growing once every address has failed) and
+reconnects; the collector's first Ack says where its copy of the chain stands, and
+sending resumes right after it, so nothing is lost and nothing is stored twice --
+collectors sharing one store give the same head.
 
 Every Ack is checked against the spool (``Spool.acknowledge``): a head that is not
 this host's event (forged, or another host's) is refused -- recorded as a tamper
@@ -66,6 +68,7 @@ class StreamClient:
         self.last_error = ""
         self.acked_seq = 0
         self._progress = time.monotonic()  # when the collector last took something
+        self._turn = 0  # sessions started: picks the address (round robin)
 
     @property
     def collector(self) -> str:
@@ -76,24 +79,31 @@ class StreamClient:
         """New events are in the spool (call on the event loop)."""
         self._wake.set()
 
+    @property
+    def address(self) -> str:
+        """The collector address the stream uses now."""
+        addresses = self._identity.addresses
+        return addresses[self._turn % len(addresses)]
+
     async def run(self) -> None:
-        """Stream until cancelled, reconnecting after every fault."""
-        attempt = 0
-        channel = grpc.aio.secure_channel(
-            self._identity.collector,
-            self._identity.credentials(),
-            options=[("grpc.keepalive_time_ms", 30_000)],
-        )
+        """Stream until cancelled, reconnecting after every fault (to the next address)."""
+        attempt = 0  # sessions since one delivered
+        channels: dict[str, grpc.aio.Channel] = {}
         try:
             while True:
                 self.delivered = False  # set by the session on each acknowledgement
+                address = self.address
+                if address not in channels:
+                    channels[address] = grpc.aio.secure_channel(
+                        address,
+                        self._identity.credentials(),
+                        options=[("grpc.keepalive_time_ms", 30_000)],
+                    )
                 try:
-                    await self._session(channel)
+                    await self._session(channels[address])
                 except grpc.aio.AioRpcError as e:
                     self.last_error = f"{e.code().name}: {e.details()}"
-                    _logger.warning(
-                        "stream to %s ended: %s", self._identity.collector, self.last_error
-                    )
+                    _logger.warning("stream to %s ended: %s", address, self.last_error)
                 except RejectedError as e:
                     self.last_error = str(e)
                     _logger.error("collector rejected a batch: %s", e)
@@ -102,15 +112,20 @@ class StreamClient:
                     _logger.error("%s", self.last_error)
                 except Exception as e:  # whatever it was: stream on after a pause
                     self.last_error = f"stream failed: {type(e).__name__}: {e}"
-                    _logger.exception("stream to %s failed; again", self._identity.collector)
+                    _logger.exception("stream to %s failed; again", address)
                 self.connected = False
                 if self.delivered:  # however it ended, it worked: reconnect at once
                     attempt = 0
-                cap = min(self._config.backoff_max, self._config.backoff_initial * 2**attempt)
-                attempt = min(attempt + 1, 16)
+                self._turn += 1  # the next address; with one, the same again
+                # The pause grows once per round of every address, so a dead first
+                # collector costs a short pause, not the backoff of a long outage.
+                rounds = attempt // len(self._identity.addresses)
+                cap = min(self._config.backoff_max, self._config.backoff_initial * 2**rounds)
+                attempt = min(attempt + 1, 16 * len(self._identity.addresses))
                 await asyncio.sleep(random.uniform(0, cap))  # noqa: S311 - jitter, not crypto
         finally:
-            await channel.close(grace=None)
+            for channel in channels.values():
+                await channel.close(grace=None)
 
     async def _session(self, channel: grpc.aio.Channel) -> None:
         """One connection's life; sets ``delivered`` when the collector acknowledges."""
@@ -200,7 +215,7 @@ class StreamClient:
             return
         self._reported.add(claim)
         kind = "collector_lost_events" if e.lost else "collector_head_refused"
-        self._on_tamper(kind, f"{self._identity.collector}: {e}")
+        self._on_tamper(kind, f"{self.address}: {e}")
 
 
 class RejectedError(Exception):

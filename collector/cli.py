@@ -91,6 +91,13 @@ def _print_events(rows: list[EventRow], as_json: bool) -> None:
         print(line)
 
 
+def _port(text: str) -> int:
+    """A TCP port number (0: any free one)."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return int(text)
+
+
 def _cmd_pki_init(args: argparse.Namespace) -> int:
     pki.init_authority(args.dir, args.name or ["localhost", "127.0.0.1"])
     print(f"created CA, server certificate and signing key in {args.dir}")
@@ -134,6 +141,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         witness=args.witness,
         console=console,
         reports=reports,
+        health_port=args.health_port,
     )
     try:
         asyncio.run(serve(store, config))
@@ -413,6 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--listen", default="127.0.0.1:7443", help="mTLS address for agents")
     s.add_argument("--enroll-listen", default="127.0.0.1:7444", help="TLS address for enrolment")
+    s.add_argument(
+        "--health-port",
+        type=_port,
+        metavar="PORT",
+        help="serve plain-HTTP 'GET /health' for a load balancer on this port of the "
+        "--listen host: 200 while serving and the store answers, 503 otherwise "
+        "(deploy/haproxy/haproxy.cfg)",
+    )
     s.add_argument("--policies", type=Path, default=None, help="policy directory to distribute")
     s.add_argument(
         "--checkpoint-seconds",

@@ -29,6 +29,7 @@ from collector.enrollment import (  # noqa: F401 - moved there; still found here
     create_token,
 )
 from collector.errors import CollectorError, EnrollmentError
+from collector.health import HealthServer
 from collector.ingest import MAX_MESSAGE_BYTES, Ingest, now_us
 from collector.policy import PolicyService, read_directory
 from collector.register import RegisterService
@@ -56,6 +57,8 @@ class ServerConfig:
     witness: Path | None = None  # every signed checkpoint is also appended here
     console: ConsoleConfig | None = None  # the web console; None: not served
     reports: ScheduleConfig | None = None  # scheduled inspection reports; None: none made
+    # Plain-HTTP ``GET /health`` for load balancers, on the host of ``listen``; None: none.
+    health_port: int | None = None
 
 
 def peer_identity(context: grpc.aio.ServicerContext) -> tuple[str, bytes] | None:
@@ -255,6 +258,8 @@ class Collector:
         self._cli_audit: asyncio.Task[None] | None = None
         self._register_task: asyncio.Task[None] | None = None
         self.ports: dict[str, int] = {}
+        self.serving = False  # True from start until stop begins: what health reports
+        self._health: HealthServer | None = None
 
     async def start(self) -> None:
         """Bind both ports and start serving."""
@@ -286,6 +291,11 @@ class Collector:
             self.ports[name] = server.add_secure_port(address, creds)
             await server.start()
             self._servers.append(server)
+        self.serving = True
+        if self.config.health_port is not None:
+            self._health = HealthServer(self.store, lambda: self.serving)
+            host = self.config.listen.rpartition(":")[0].strip("[]")
+            self.ports["health"] = await self._health.start(host, self.config.health_port)
         self._checkpoints = asyncio.create_task(self.ingest.run_checkpoints())
         self._cli_audit = asyncio.create_task(cli_audit.run_forever(self.store, self.ingest.alerts))
         self._register_task = asyncio.create_task(self.register.run())
@@ -342,6 +352,7 @@ class Collector:
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop taking RPCs, commit what is queued and sign a final checkpoint."""
+        self.serving = False  # the load balancer sends no one new meanwhile
         if self.console is not None:
             await self.console.stop()
         await asyncio.gather(*(s.stop(grace) for s in self._servers))
@@ -351,6 +362,8 @@ class Collector:
         with contextlib.suppress(Exception):  # a last look: what the CLI did lately
             await cli_audit.record_cli_work(self.store, self.ingest.alerts)
         await self.ingest.close()
+        if self._health is not None:
+            await self._health.stop()
 
 
 async def serve(store: Store, config: ServerConfig) -> None:

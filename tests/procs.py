@@ -248,9 +248,10 @@ def start_collector(
     checkpoint_seconds: float = 1.0,
     name: str = "collector",
     timeout: float = START_TIMEOUT_S,
+    extra_args: Sequence[str] = (),
 ) -> Proc:
-    """``baomi-collector serve`` on ``port`` (agents) and ``port + 1`` (enrolment);
-    returns once it answers health checks."""
+    """``baomi-collector serve`` on ``port`` (agents) and ``port + 1`` (enrolment), with
+    ``extra_args`` after; returns once it answers health checks."""
     proc = procs.start(
         name,
         [
@@ -266,6 +267,7 @@ def start_collector(
             f"127.0.0.1:{port + 1}",
             "--checkpoint-seconds",
             str(checkpoint_seconds),
+            *extra_args,
         ],
     )
     ca_pem = (pki_dir / "ca.pem").read_bytes()

@@ -42,6 +42,12 @@ class ConfigFileError(ValueError):
         super().__init__(f"{where}: {reason}")
 
 
+class AppendOrOne(argparse._AppendAction):
+    """A repeatable option whose file value may also be one string (``collector =
+    "a:7443"`` as well as ``collector = ["a:7443", "b:7443"]``): for options that were
+    single-valued before, so that existing files keep working."""
+
+
 class _FromConfig(list[Any]):
     """A repeatable option's list from the file: told apart after parsing, so that the
     command line's own values replace it instead of being appended to it."""
@@ -200,6 +206,8 @@ def _convert(action: argparse.Action, key: str, value: Any, path: Path, line: in
         return value if isinstance(action, argparse._StoreTrueAction) else not value
     if isinstance(action, argparse._AppendAction):
         items = value if isinstance(value, list) else None
+        if isinstance(action, AppendOrOne) and isinstance(value, str):
+            items = [value]
         if items is None:
             raise fail(f'repeatable: write a list, {key} = ["..."]')
         return _FromConfig(_scalar(action, key, v, fail) for v in items)

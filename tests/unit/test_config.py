@@ -77,10 +77,19 @@ def test_a_required_option_may_come_from_the_file(tmp_path: Path) -> None:
     text = '[enroll]\ncollector = "c.example:7443"\ntoken = "t"\nca = "/etc/baomi/ca.pem"\n'
     args = _agent(tmp_path, text, "enroll")
     assert (args.collector, args.token, args.ca) == (
-        "c.example:7443",
+        ["c.example:7443"],
         "t",
         Path("/etc/baomi/ca.pem"),
     )
+
+
+def test_several_collectors_from_the_file_and_the_command_line_replaces_them(
+    tmp_path: Path,
+) -> None:
+    text = '[run]\ncollector = ["a.example:7443", "b.example:7443"]\n'
+    assert _agent(tmp_path, text, "run").collector == ["a.example:7443", "b.example:7443"]
+    args = _agent(tmp_path, text, "run", "--collector", "c.example:7443")
+    assert args.collector == ["c.example:7443"]
 
 
 @pytest.mark.parametrize(
