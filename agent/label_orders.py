@@ -194,7 +194,10 @@ class Inventory:
                         yield path
 
     def changed(self) -> events_pb2.LabelInventory | None:
-        """A new inventory when it differs from the last one reported, else None."""
+        """A new inventory when it differs from the last one reported, else None (and
+        always None on a host that guards no tree: it has nothing to list)."""
+        if not self._roots:
+            return None
         now = self.scan()
         if self.last is not None and now == self.last:
             return None
