@@ -276,7 +276,7 @@ def test_an_export_that_skips_an_unimported_one_is_refused_and_again_fills_the_g
     assert "nothing new" in desk.collector("import", "e2.json").stdout  # overlap: fine
 
 
-def test_enrolment_files_are_single_use_and_bound_to_the_host(desk: Desk) -> None:
+def test_enrolment_files_are_single_use_expiring_and_bound_to_the_host(desk: Desk) -> None:
     offline.prepare(desk.state, HOST)
     desk.enroll_by_file()
     reused = desk.collector("enroll-file", "sign", "r.json", "--out", "c2.pem")
@@ -287,12 +287,22 @@ def test_enrolment_files_are_single_use_and_bound_to_the_host(desk: Desk) -> Non
     wrong = desk.agent("enroll", "--token-file", "t2.json", "--csr-out", "r2.json")
     assert wrong.returncode == 2
     assert f"this host records as {HOST!r}" in wrong.stderr
+    expiring = desk.collector(
+        "enroll-file", "token", "--host", HOST, "--out", "t3.json", "--ttl", "0"
+    )
+    assert expiring.returncode == 0, expiring.stderr
+    asked = desk.agent("enroll", "--token-file", "t3.json", "--csr-out", "r3.json")
+    assert asked.returncode == 0, asked.stderr
+    expired = desk.collector("enroll-file", "sign", "r3.json", "--out", "c3.pem")
+    assert expired.returncode == 1
+    assert "unknown, already used or expired" in expired.stderr
+    assert not (desk.root / "c3.pem").exists()
     store = SQLiteStore(desk.root / "c.db")
     try:
         actions = [(a.action, a.ok) for a in store.pending_actions()]
     finally:
         store.close()
-    assert actions.count((collector_offline.ENROLL_ACTION, False)) == 1
+    assert actions.count((collector_offline.ENROLL_ACTION, False)) == 2
 
 
 def test_a_certificate_for_another_key_is_not_installed(desk: Desk) -> None:
