@@ -338,3 +338,32 @@ def test_the_offline_spool_says_when_it_grows_large(tmp_path: Path) -> None:
     assert any(s.state == "spool_full" for s in statuses)
     stream = [h for s in statuses for h in s.sensors if h.name == "stream"]
     assert any(h.state == "degraded" and "baomi-agent export" in h.detail for h in stream)
+
+
+def test_an_import_while_the_collector_is_down_is_named_at_its_start(
+    exported: tuple[Desk, exportfile.ExportFile],
+) -> None:
+    desk, export = exported
+    assert desk.collector("import", "e.json").returncode == 0  # no collector runs
+    collector = RunningCollector(desk.store(), desk.root / "pki")
+    try:
+
+        def own() -> list[events_pb2.Event]:
+            return [
+                events_pb2.Event.FromString(r.body) for r in collector.store.chain("_collector")
+            ]
+
+        wait_for(lambda: any(e.console_action.action == "import" for e in own()))
+        (alert,) = [e.tamper for e in own() if e.tamper.kind == "uncovered_at_start"]
+        assert alert.subject_host == HOST and alert.subject_seq == 1
+        assert "an import of this host's signed export ran meanwhile" in alert.detail
+    finally:
+        collector.stop()
+        collector.store.close()
+    verified = desk.collector("audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    store = desk.store()
+    try:
+        assert store.head(HOST) == (export.last_seq, export.head_hash)
+    finally:
+        store.close()
