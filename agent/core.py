@@ -67,16 +67,17 @@ class Agent:
             self.stream: StreamClient | None = None
         else:
             identity = self.identity = load_identity(config.state_dir)
+            self.host_id = identity.host_id
+        self.spool = Spool(config.state_dir / "spool.db", max_bytes=config.spool_max_bytes)
+        self.spool.on_full = self._spool_full
+        if not config.offline:
             if not identity.collector:  # enrolled by file: there is no collector to reach
+                self.spool.close()
                 raise AgentError(
                     f"host {identity.host_id} was enrolled by file, for a host with no "
                     "collector: run it with --offline (or offline = true under [run] in "
                     "the configuration file)"
                 )
-            self.host_id = identity.host_id
-        self.spool = Spool(config.state_dir / "spool.db", max_bytes=config.spool_max_bytes)
-        self.spool.on_full = self._spool_full
-        if not config.offline:
             self.stream = StreamClient(
                 identity, self.spool, config.stream, on_tamper=self._collector_refused
             )
