@@ -80,6 +80,13 @@ class Agent:
         self.spool = Spool(config.state_dir / "spool.db", max_bytes=config.spool_max_bytes)
         self.spool.on_full = self._spool_full
         if not config.offline:
+            if not identity.collector:  # enrolled by file: there is no collector to reach
+                self.spool.close()
+                raise AgentError(
+                    f"host {identity.host_id} was enrolled by file, for a host with no "
+                    "collector: run it with --offline (or offline = true under [run] in "
+                    "the configuration file)"
+                )
             self.stream = StreamClient(
                 identity, self.spool, config.stream, on_tamper=self._collector_refused
             )

@@ -746,11 +746,13 @@ class Ingest:
         if conflicts:
             await self.findings.found(state.host_id, "conflicting_replay", conflicts)
 
-    async def note_uncovered(self) -> None:
+    async def note_uncovered(self, imported: frozenset[str] = frozenset()) -> None:
         """Alert, per host, events found in the store beyond the newest checkpoint at
         start. A clean stop signs its last checkpoint, so these were left by a crash --
         or written into the database while the collector was down. The next checkpoint
-        signs them; the alert says that it did so without proof."""
+        signs them; the alert says that it did so without proof. ``imported``: hosts an
+        import of an offline host's export stored events of meanwhile (its record
+        follows), which the alert names as a likely source."""
         rows = await asyncio.to_thread(self.store.checkpoints)
         signed = checkpoint.heads_of(rows[-1]) if rows else {}
         for host, (seq, _) in sorted(self.writer.heads.items()):
@@ -761,7 +763,12 @@ class Ingest:
                 "uncovered_at_start",
                 f"host {host} seq {before + 1}..{seq} are covered by no checkpoint at start "
                 "(the collector stopped uncleanly, or rows were written while it was down); "
-                "they are signed now without proof that they are what the host sent",
+                "they are signed now without proof that they are what the host sent"
+                + (
+                    "; an import of this host's signed export ran meanwhile (recorded next)"
+                    if host in imported
+                    else ""
+                ),
                 subject_host=host,
                 subject_seq=before + 1,
             )

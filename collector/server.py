@@ -31,6 +31,7 @@ from collector.enrollment import (  # noqa: F401 - moved there; still found here
 from collector.errors import CollectorError, EnrollmentError
 from collector.health import HealthServer
 from collector.ingest import MAX_MESSAGE_BYTES, Ingest, now_us
+from collector.offline import IMPORT_ACTION
 from collector.policy import PolicyService, read_directory
 from collector.register import RegisterService
 from collector.rpc import abort
@@ -263,7 +264,11 @@ class Collector:
 
     async def start(self) -> None:
         """Bind both ports and start serving."""
-        await self.ingest.note_uncovered()  # before any stream: what was there at start
+        # Before any stream: what was there at start (imports run while it was down too).
+        pending = await asyncio.to_thread(self.store.pending_actions)
+        await self.ingest.note_uncovered(
+            frozenset(a.target for a in pending if a.action == IMPORT_ACTION and a.ok)
+        )
         d = self.config.pki_dir
         key, cert, ca = (
             (d / "server.key").read_bytes(),

@@ -25,7 +25,7 @@ from agent import offline
 from agent.core import AgentConfig
 from agent.spool import Spool
 from collector import offline as collector_offline
-from collector.store.sqlite import SQLiteStore
+from collector.store import Store, open_store
 from tests.collector_harness import RunningCollector, init_pki
 from tests.integration.test_agent import AgentThread, wait_for
 from tests.integration.test_file_guard import Site, site  # noqa: F401 - the fixture
@@ -51,10 +51,10 @@ class Desk:
     """The collector's files and the host's state, side by side in one scratch dir."""
 
     root: Path
+    store_url: str  # the collector's store, each backend
 
-    @property
-    def store_url(self) -> str:
-        return f"sqlite:///{self.root / 'c.db'}"
+    def store(self) -> Store:
+        return open_store(self.store_url)
 
     @property
     def state(self) -> Path:
@@ -81,9 +81,9 @@ class Desk:
 
 
 @pytest.fixture
-def desk(tmp_path: Path) -> Desk:
+def desk(tmp_path: Path, store_url: str) -> Desk:
     init_pki(tmp_path / "pki")
-    return Desk(tmp_path)
+    return Desk(tmp_path, store_url)
 
 
 def _spooled(state: Path) -> list[tuple[int, bytes]]:
@@ -134,7 +134,7 @@ def test_a_guarded_offline_host_is_imported_once_and_the_record_verifies(
         ("s2.txt", "DECISION_DENY"),
     }
 
-    collector = RunningCollector(SQLiteStore(desk.root / "c.db"), desk.root / "pki")
+    collector = RunningCollector(desk.store(), desk.root / "pki")
     try:
         desk.enroll_by_file()
         exported = desk.agent("export", "--out", "e.json")
@@ -239,7 +239,7 @@ def test_each_tampering_is_refused_naming_the_seq_and_nothing_is_stored(
         done = desk.collector("import", "bad.json")
         assert done.returncode == 1, (what, done.stdout, done.stderr)
         assert said in done.stderr and "nothing stored" in done.stderr, (what, done.stderr)
-    store = SQLiteStore(desk.root / "c.db")
+    store = desk.store()
     try:
         assert store.head(HOST) is None
         refused = [a for a in store.pending_actions() if a.action == "import"]
@@ -252,7 +252,7 @@ def test_each_tampering_is_refused_naming_the_seq_and_nothing_is_stored(
 
 def test_an_unknown_host_is_refused(exported: tuple[Desk, exportfile.ExportFile]) -> None:
     desk, _ = exported
-    other = Desk(desk.root / "elsewhere")
+    other = Desk(desk.root / "elsewhere", f"sqlite:///{desk.root / 'elsewhere.db'}")
     other.root.mkdir()
     init_pki(other.root / "pki")  # another collector, whose host this one never enrolled
     done = other.collector("import", str(desk.root / "e.json"))
@@ -276,7 +276,7 @@ def test_an_export_that_skips_an_unimported_one_is_refused_and_again_fills_the_g
     assert "nothing new" in desk.collector("import", "e2.json").stdout  # overlap: fine
 
 
-def test_enrolment_files_are_single_use_and_bound_to_the_host(desk: Desk) -> None:
+def test_enrolment_files_are_single_use_expiring_and_bound_to_the_host(desk: Desk) -> None:
     offline.prepare(desk.state, HOST)
     desk.enroll_by_file()
     reused = desk.collector("enroll-file", "sign", "r.json", "--out", "c2.pem")
@@ -287,12 +287,22 @@ def test_enrolment_files_are_single_use_and_bound_to_the_host(desk: Desk) -> Non
     wrong = desk.agent("enroll", "--token-file", "t2.json", "--csr-out", "r2.json")
     assert wrong.returncode == 2
     assert f"this host records as {HOST!r}" in wrong.stderr
-    store = SQLiteStore(desk.root / "c.db")
+    expiring = desk.collector(
+        "enroll-file", "token", "--host", HOST, "--out", "t3.json", "--ttl", "0"
+    )
+    assert expiring.returncode == 0, expiring.stderr
+    asked = desk.agent("enroll", "--token-file", "t3.json", "--csr-out", "r3.json")
+    assert asked.returncode == 0, asked.stderr
+    expired = desk.collector("enroll-file", "sign", "r3.json", "--out", "c3.pem")
+    assert expired.returncode == 1
+    assert "unknown, already used or expired" in expired.stderr
+    assert not (desk.root / "c3.pem").exists()
+    store = desk.store()
     try:
         actions = [(a.action, a.ok) for a in store.pending_actions()]
     finally:
         store.close()
-    assert actions.count((collector_offline.ENROLL_ACTION, False)) == 1
+    assert actions.count((collector_offline.ENROLL_ACTION, False)) == 2
 
 
 def test_a_certificate_for_another_key_is_not_installed(desk: Desk) -> None:
@@ -305,10 +315,11 @@ def test_a_certificate_for_another_key_is_not_installed(desk: Desk) -> None:
     assert "certifies another key" in done.stderr
 
 
-def test_the_offline_spool_says_when_it_grows_large(desk: Desk) -> None:
+def test_the_offline_spool_says_when_it_grows_large(tmp_path: Path) -> None:
+    state = tmp_path / "host"
     agent = AgentThread(
         AgentConfig(
-            state_dir=desk.state,
+            state_dir=state,
             heartbeat_seconds=0.05,
             offline=True,
             host_id=HOST,
@@ -321,9 +332,38 @@ def test_the_offline_spool_says_when_it_grows_large(desk: Desk) -> None:
     finally:
         agent.stop()
     statuses = [
-        e.agent_status for _, b in _spooled(desk.state)
+        e.agent_status for _, b in _spooled(state)
         if (e := events_pb2.Event.FromString(b)).HasField("agent_status")
     ]  # fmt: skip
     assert any(s.state == "spool_full" for s in statuses)
     stream = [h for s in statuses for h in s.sensors if h.name == "stream"]
     assert any(h.state == "degraded" and "baomi-agent export" in h.detail for h in stream)
+
+
+def test_an_import_while_the_collector_is_down_is_named_at_its_start(
+    exported: tuple[Desk, exportfile.ExportFile],
+) -> None:
+    desk, export = exported
+    assert desk.collector("import", "e.json").returncode == 0  # no collector runs
+    collector = RunningCollector(desk.store(), desk.root / "pki")
+    try:
+
+        def own() -> list[events_pb2.Event]:
+            return [
+                events_pb2.Event.FromString(r.body) for r in collector.store.chain("_collector")
+            ]
+
+        wait_for(lambda: any(e.console_action.action == "import" for e in own()))
+        (alert,) = [e.tamper for e in own() if e.tamper.kind == "uncovered_at_start"]
+        assert alert.subject_host == HOST and alert.subject_seq == 1
+        assert "an import of this host's signed export ran meanwhile" in alert.detail
+    finally:
+        collector.stop()
+        collector.store.close()
+    verified = desk.collector("audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    store = desk.store()
+    try:
+        assert store.head(HOST) == (export.last_seq, export.head_hash)
+    finally:
+        store.close()

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 from baomi import exportfile
+from baomi.config import parse_with_config
 from baomi.v1 import events_pb2
 
 from agent import localrecord, offline
+from agent.cli import build_parser
+from agent.core import Agent, AgentConfig
 from agent.spool import Spool
 
 HOST = "ws-09"
@@ -145,3 +148,28 @@ def test_the_report_counts_denials_and_checks_the_chain(
 def test_no_state_directory_says_which_to_give(tmp_path: Path) -> None:
     with pytest.raises(offline.AgentError, match="--state-dir DIR"):
         localrecord.list_events(tmp_path, limit=1, kind=None, heartbeats=False, as_json=False)
+
+
+def test_offline_comes_from_the_config_file_too(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('[run]\noffline = true\nhost-id = "ws-09"\n', encoding="utf-8")
+    args = parse_with_config(build_parser(), ["--config", str(config), "run"], tmp_path / "none")
+    assert args.offline and args.host_id == HOST
+    plain = parse_with_config(build_parser(), ["run"], tmp_path / "none")
+    assert not plain.offline  # connected unless asked
+
+
+def test_a_host_enrolled_by_file_is_told_to_run_offline(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    offline.prepare(state, HOST)
+    (state / "agent.json").write_text(json.dumps({"host_id": HOST, "collector": ""}))
+    for name in ("host.pem", "ca.pem", "signing.pub"):
+        (state / name).write_text("PEM")
+    with pytest.raises(offline.AgentError, match="run it with --offline"):
+        Agent(AgentConfig(state_dir=state))
+    agent = Agent(AgentConfig(state_dir=state, offline=True))
+    try:
+        assert agent.host_id == HOST and agent.stream is None
+    finally:
+        agent.spool.close()
+        agent.journal.close()
