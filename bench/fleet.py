@@ -408,8 +408,11 @@ async def run_host(
             stats.errors["chain_mismatch"] += 1
             print(f"fleet: {e}", file=sys.stderr)
             return  # the agent records a tamper event; nothing it can send would help
-        except (grpc.aio.AioRpcError, SessionEndedError, RejectedError, TimeoutError, OSError) as e:
-            stats.errors[_error_kind(e)] += 1
+        except Exception as e:  # noqa: BLE001 - as the agent: whatever ended it, stream on
+            kind = _error_kind(e)
+            if not stats.errors[kind]:  # the first of each kind, for the operator
+                print(f"fleet: {host.chain.host_id}: {kind}: {e}", file=sys.stderr)
+            stats.errors[kind] += 1
         finally:
             if session is not None:
                 await session.close()
