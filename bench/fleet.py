@@ -433,6 +433,8 @@ async def _connect(host: Host, settings: StreamSettings, stats: Stats) -> Sessio
         await session.open()
     except (grpc.aio.AioRpcError, SessionEndedError, TimeoutError, OSError) as e:
         stats.errors[f"connect_{_error_kind(e)}"] += 1
+        stats.reconnects += 1
+        host.address_index += 1  # its first stream goes to the next address
         await session.close()
         return None
     return session
