@@ -67,6 +67,17 @@ class Row:
     verdict: str = "info"
 
 
+def _counts(text: str) -> list[int]:
+    """N[,N...], each at least 1."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give counts of 1 or more, e.g. 1,3")
+    return counts
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench",
@@ -101,9 +112,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--fleet-collectors",
-        type=int,
-        default=1,
-        help="collectors behind HAProxy on one PostgreSQL (more than 1 needs shared-store leases)",
+        type=_counts,
+        default=fleet_figure.default_collector_counts(),
+        metavar="N[,N...]",
+        help="collectors behind HAProxy on one PostgreSQL, one fleet run per count "
+        "(default: 1,3 once collectors can share a store, else 1)",
     )
     p.add_argument(
         "parts",
@@ -271,18 +284,20 @@ def _run(args: argparse.Namespace, workdir: Path, table: list[Row]) -> bool:
     if not args.skip_console:
         table += _console()
     if not args.skip_fleet:
-        rows, fleet_exact = _fleet(args, workdir)
-        table += rows
-        exact = exact and fleet_exact
+        for count in args.fleet_collectors:
+            rows, fleet_exact = _fleet(args, workdir / f"fleet-{count}", count)
+            table += rows
+            exact = exact and fleet_exact
     return exact
 
 
-def _fleet(args: argparse.Namespace, workdir: Path) -> tuple[list[Row], bool]:
+def _fleet(args: argparse.Namespace, workdir: Path, collectors: int) -> tuple[list[Row], bool]:
     """The simulated fleet through HAProxy on PostgreSQL, beside a raw COPY."""
     started = time.perf_counter()
+    workdir.mkdir()
     f = fleet_figure.measure(
         workdir,
-        collectors=args.fleet_collectors,
+        collectors=collectors,
         hosts=args.fleet_hosts,
         events=args.fleet_events,
     )

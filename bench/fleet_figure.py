@@ -169,11 +169,22 @@ class _Collector:
                 self.proc.wait()
 
 
+def shared_store() -> bool:
+    """Whether collectors may share one PostgreSQL (per-host leases, one checkpoint
+    signer: issue 14 item 1); that work announces itself with ``SHARED_STORE``."""
+    return bool(getattr(collector_ingest, "SHARED_STORE", False))
+
+
+def default_collector_counts() -> list[int]:
+    """One collector, and three once they can share a store."""
+    return [1, 3] if shared_store() else [1]
+
+
 def measure(
     workdir: Path, *, collectors: int = 1, hosts: int = HOSTS, events: int = EVENTS
 ) -> FleetFigures:
     """Run the fleet once; every process started here is stopped before it returns."""
-    if collectors > 1 and not getattr(collector_ingest, "SHARED_STORE", False):
+    if collectors > 1 and not shared_store():
         raise BenchError(
             f"{collectors} collectors on one PostgreSQL need per-host leases and one "
             "checkpoint signer (issue 14 item 1), not in this tree; use --fleet-collectors 1"
