@@ -8,6 +8,13 @@
    ``SQLiteStore.append`` alone, the store's own ceiling. After the ingest run the store
    must hold exactly the events sent, each host's chain head the hash of its last event.
 3. The RSS and CPU of an idle agent, enrolled and run with the ``baomi-agent`` CLI.
+4. The fleet (``bench.fleet_figure``): 1,000 simulated hosts enrolled and streaming over
+   mTLS through HAProxy to ``--fleet-collectors`` collectors on one PostgreSQL; events/s
+   beside a raw PostgreSQL ``COPY`` of the same rows in the same run, p99 Ack latency
+   (at saturation: every host sends as fast as its window allows), and the collectors'
+   RSS per 1,000 connected hosts.
+
+``python -m bench fleet`` (or any list of parts) runs only those parts.
 
 Exit status: 0 when everything ran (a missed target is a finding, not a failure), 1
 when a step failed or the store does not hold exactly what was sent.
@@ -32,6 +39,7 @@ from bench import (
     decision,
     events,
     fanotify,
+    fleet_figure,
     guard_workloads,
     ingest,
     netlink,
@@ -45,6 +53,9 @@ AGENT_RSS_TARGET_MB = 50.0  # with the file guard on (issue: idle agent RSS <= 5
 SPIKE_RATIO = 0.65  # bare grpc.aio + SQLite spike, ingest/raw
 
 
+PARTS = ("ingest", "files", "devices", "reports", "console", "fleet")
+
+
 @dataclass
 class Row:
     """One line of the result table."""
@@ -54,6 +65,17 @@ class Row:
     target: str = "-"
     ratio: str = "-"
     verdict: str = "info"
+
+
+def _counts(text: str) -> list[int]:
+    """N[,N...], each at least 1."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give counts of 1 or more, e.g. 1,3")
+    return counts
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -69,6 +91,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=10.0, help="seconds before reading agent RSS")
     p.add_argument("--cpu-window", type=float, default=5.0, help="seconds of agent CPU sampling")
     p.add_argument("--skip-agent", action="store_true", help="measure ingest only")
+    p.add_argument("--skip-ingest", action="store_true", help="skip ingest and the agent")
     p.add_argument(
         "--dir",
         type=Path,
@@ -82,7 +105,34 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-reports", action="store_true", help="skip the report build time")
     p.add_argument("--skip-console", action="store_true", help="skip the events-page query time")
     p.add_argument("--opens", type=int, default=20000, help="opens per fanotify measurement")
-    return p.parse_args(argv)
+    p.add_argument("--skip-fleet", action="store_true", help="skip the fleet behind HAProxy")
+    p.add_argument("--fleet-hosts", type=int, default=fleet_figure.HOSTS, help="simulated hosts")
+    p.add_argument(
+        "--fleet-events", type=int, default=fleet_figure.EVENTS, help="events per simulated host"
+    )
+    p.add_argument(
+        "--fleet-collectors",
+        type=_counts,
+        default=fleet_figure.default_collector_counts(),
+        metavar="N[,N...]",
+        help="collectors behind HAProxy on one PostgreSQL, one fleet run per count "
+        "(default: 1,3 once collectors can share a store, else 1)",
+    )
+    p.add_argument(
+        "parts",
+        nargs="*",
+        metavar="PART",
+        help=f"run only these parts ({', '.join(PARTS)}); default: all",
+    )
+    args = p.parse_args(argv)
+    unknown = [part for part in args.parts if part not in PARTS]
+    if unknown:
+        p.error(f"unknown part {unknown[0]!r}: choose from {', '.join(PARTS)}")
+    if args.parts:
+        for part in PARTS:
+            if part not in args.parts:
+                setattr(args, f"skip_{part}", True)
+    return args
 
 
 def _print_table(rows: list[Row]) -> None:
@@ -156,9 +206,8 @@ def _agent(args: argparse.Namespace, s: ingest.Setup, ports: dict[str, int]) -> 
     ]
 
 
-def _run(args: argparse.Namespace, workdir: Path, table: list[Row]) -> bool:
-    """Run every measurement into ``table``; False when the store does not hold exactly
-    what was sent. Raises when a step cannot run."""
+def _ingest_and_agent(args: argparse.Namespace, workdir: Path, table: list[Row]) -> bool:
+    """Ingest, raw SQLite and idle agent rows; False when the store is not exact."""
     per_host = args.events // args.hosts
     sent = per_host * args.hosts
     print(
@@ -219,6 +268,13 @@ def _run(args: argparse.Namespace, workdir: Path, table: list[Row]) -> bool:
     if code != 0:
         raise BenchError(f"the collector exited with {code}{collector.tail()}")
     print(f"collector stopped: {json.dumps(collector.expect(timeout=5))}")
+    return exact
+
+
+def _run(args: argparse.Namespace, workdir: Path, table: list[Row]) -> bool:
+    """Run every measurement into ``table``; False when a store does not hold exactly
+    what was sent. Raises when a step cannot run."""
+    exact = _ingest_and_agent(args, workdir, table) if not args.skip_ingest else True
     if not args.skip_files:
         table += _file_guard(args)
     if not args.skip_devices:
@@ -227,7 +283,48 @@ def _run(args: argparse.Namespace, workdir: Path, table: list[Row]) -> bool:
         table += _reports()
     if not args.skip_console:
         table += _console()
+    if not args.skip_fleet:
+        for count in args.fleet_collectors:
+            rows, fleet_exact = _fleet(args, workdir / f"fleet-{count}", count)
+            table += rows
+            exact = exact and fleet_exact
     return exact
+
+
+def _fleet(args: argparse.Namespace, workdir: Path, collectors: int) -> tuple[list[Row], bool]:
+    """The simulated fleet through HAProxy on PostgreSQL, beside a raw COPY."""
+    started = time.perf_counter()
+    workdir.mkdir()
+    f = fleet_figure.measure(
+        workdir,
+        collectors=collectors,
+        hosts=args.fleet_hosts,
+        events=args.fleet_events,
+    )
+    n = f"{f.collectors} collector{'s' if f.collectors > 1 else ''}"
+    print(
+        f"fleet: {f.hosts:,} hosts x {f.events // f.hosts} events through HAProxy to {n} on "
+        f"PostgreSQL: {f.rate:,.0f} events/s, raw COPY {f.raw_copy_rate:,.0f} events/s; "
+        f"Ack p50 {f.ack_p50_ms:.0f} ms, p99 {f.ack_p99_ms:.0f} ms; enrolment "
+        f"{f.enroll_s:.1f} s, connect {f.connect_s:.1f} s; {f.errors} errors, "
+        f"{f.reconnects} reconnects; {time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
+    return [
+        Row(f"fleet: {f.hosts:,} hosts via HAProxy, {n}, PostgreSQL", f"{f.rate:,.0f} ev/s"),
+        Row("fleet: raw PostgreSQL COPY, same rows", f"{f.raw_copy_rate:,.0f} ev/s"),
+        Row("fleet: simulator / raw COPY", f"{f.rate / f.raw_copy_rate:.2f}"),
+        Row("fleet: Ack latency p99 (saturated)", f"{f.ack_p99_ms:,.0f} ms"),
+        Row(f"fleet: collector RSS per 1,000 hosts ({n})", f"{f.rss_per_1000_mb:.1f} MB"),
+        Row(f"fleet: collector RSS, no host ({n})", f"{f.rss_idle_mb:.1f} MB"),
+        Row(
+            "fleet: every host's seq 1..N stored once",
+            "yes" if f.exact else "no",
+            "exactly",
+            "-",
+            "PASS" if f.exact and not f.errors else "FAIL",
+        ),
+    ], f.exact
 
 
 def _console() -> list[Row]:

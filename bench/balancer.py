@@ -47,7 +47,7 @@ def write_config(
     check_ms: int = 2000,
 ) -> None:
     """A configuration like the shipped one, on loopback, for ``backends``."""
-    check = f"check port {{port}} inter {check_ms} fall 2 rise 2"
+    check = f"check port {{port}} inter {check_ms} fall 3 rise 2"
 
     def servers(kind: str, extra: str) -> str:
         return "".join(
@@ -63,6 +63,7 @@ def write_config(
 defaults
     mode tcp
     timeout connect 5s
+    timeout check 5s
     timeout client 1h
     timeout server 1h
     option tcpka

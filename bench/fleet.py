@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import itertools
 import json
 import multiprocessing
 import random
@@ -55,6 +56,7 @@ CONNECT_TIMEOUT_S = 20.0  # seconds a stream may take to give its first Ack
 BACKOFF_INITIAL_S = 0.2  # first reconnect pause; doubles per failure, with full jitter
 BACKOFF_MAX_S = 5.0  # longest reconnect pause
 BATCH_SECONDS = 0.2  # how long a partial batch may wait at a given --rate (as the agent)
+KEEP_ACKED = 1000  # acknowledged events kept per host, to resend if a collector loses them
 
 
 class FleetError(Exception):
@@ -63,6 +65,10 @@ class FleetError(Exception):
 
 class ChainMismatchError(Exception):
     """An Ack that cannot be true for this host's chain (forged, foreign or lost)."""
+
+
+class LostEventsError(ChainMismatchError):
+    """The collector lost acknowledged events; the host sends them again."""
 
 
 # -- the events ----------------------------------------------------------------------
@@ -160,7 +166,8 @@ def make_event(
 
 class HostChain:
     """A host's events from seq 1: made on demand, kept until the collector acknowledges
-    them, and every Ack checked against what this host made (as ``Spool.acknowledge``)."""
+    them (and the last ``KEEP_ACKED`` after), every Ack checked against what this host
+    made -- as the agent's spool (``Spool.acknowledge`` and ``rebase``)."""
 
     def __init__(
         self, host_id: str, host_index: int, total: int, key_pem: bytes | None = None
@@ -172,6 +179,7 @@ class HostChain:
         self.made = 0  # seq of the last event made
         self.last_hash = chain.GENESIS  # hash of event ``made``
         self.acked = (0, chain.GENESIS)  # (seq, hash) the collector acknowledged
+        # (seq, body, hash) with consecutive seqs: acknowledged ones, then the rest.
         self._kept: collections.deque[tuple[int, bytes, bytes]] = collections.deque()
 
     @property
@@ -188,38 +196,52 @@ class HostChain:
             self._kept.append((seq, body, self.last_hash))
             self.made = seq
 
+    def _first_kept(self) -> int:
+        return self._kept[0][0] if self._kept else self.made + 1
+
+    def _hash_at(self, seq: int) -> bytes | None:
+        """This host's event hash at ``seq`` (GENESIS at 0); None if no longer kept."""
+        if seq == 0:
+            return chain.GENESIS
+        first = self._first_kept()
+        return self._kept[seq - first][2] if first <= seq <= self.made else None
+
     def after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to ``limit`` kept events after ``seq``, as (seq, body)."""
-        start = max(0, seq - self.acked[0])
-        out = []
-        for i in range(start, min(start + limit, len(self._kept))):
-            s, body, _ = self._kept[i]
-            out.append((s, body))
-        return out
+        start = max(0, seq + 1 - self._first_kept())
+        return [
+            (s, body)
+            for s, body, _ in itertools.islice(
+                self._kept, start, min(start + limit, len(self._kept))
+            )
+        ]
 
     def acknowledge(self, up_to_seq: int, head_hash: bytes) -> int:
         """Take the collector's word that it stores this chain up to ``up_to_seq``;
-        returns how many events it newly covers. ChainMismatchError when it cannot be true."""
-        acked_seq, acked_hash = self.acked
+        returns how many events it newly covers. ChainMismatchError when it cannot be
+        true; LostEventsError when it is below an earlier Ack but this host still keeps
+        what follows: then the collector's head is the acknowledged one again, and what
+        follows is sent again on the next stream."""
+        acked_seq = self.acked[0]
         if up_to_seq > self.made:
             raise ChainMismatchError(
                 f"{self.host_id}: the collector holds seq {up_to_seq}, this host made {self.made}"
             )
+        mine = self._hash_at(up_to_seq)
+        if mine is not None and head_hash != mine:
+            raise ChainMismatchError(f"{self.host_id}: head at seq {up_to_seq} is foreign")
         if up_to_seq < acked_seq:
-            raise ChainMismatchError(
+            lost = (
                 f"{self.host_id}: the collector's chain ends at seq {up_to_seq}, below seq "
                 f"{acked_seq} it acknowledged before: it lost events"
             )
-        if up_to_seq == acked_seq:
-            if head_hash != acked_hash:
-                raise ChainMismatchError(f"{self.host_id}: head at seq {up_to_seq} is foreign")
-            return 0
-        _, _, mine = self._kept[up_to_seq - acked_seq - 1]
-        if head_hash != mine:
-            raise ChainMismatchError(f"{self.host_id}: head at seq {up_to_seq} is foreign")
-        for _ in range(up_to_seq - acked_seq):
+            if mine is None:
+                raise ChainMismatchError(f"{lost}, older than this host keeps")
+            self.acked = (up_to_seq, mine)
+            raise LostEventsError(lost)
+        self.acked = (up_to_seq, head_hash)
+        while self._kept and self._kept[0][0] <= up_to_seq - KEEP_ACKED:
             self._kept.popleft()
-        self.acked = (up_to_seq, mine)
         return up_to_seq - acked_seq
 
 
@@ -404,12 +426,18 @@ async def run_host(
             if await session.run(stats, started):
                 attempt = 0
             continue
+        except LostEventsError as e:  # the agent records a tamper event and resends
+            stats.errors["collector_lost_events"] += 1
+            print(f"fleet: {e}", file=sys.stderr)
         except ChainMismatchError as e:
             stats.errors["chain_mismatch"] += 1
             print(f"fleet: {e}", file=sys.stderr)
             return  # the agent records a tamper event; nothing it can send would help
-        except (grpc.aio.AioRpcError, SessionEndedError, RejectedError, TimeoutError, OSError) as e:
-            stats.errors[_error_kind(e)] += 1
+        except Exception as e:  # noqa: BLE001 - as the agent: whatever ended it, stream on
+            kind = _error_kind(e)
+            if not stats.errors[kind]:  # the first of each kind, for the operator
+                print(f"fleet: {host.chain.host_id}: {kind}: {e}", file=sys.stderr)
+            stats.errors[kind] += 1
         finally:
             if session is not None:
                 await session.close()
@@ -430,6 +458,8 @@ async def _connect(host: Host, settings: StreamSettings, stats: Stats) -> Sessio
         await session.open()
     except (grpc.aio.AioRpcError, SessionEndedError, TimeoutError, OSError) as e:
         stats.errors[f"connect_{_error_kind(e)}"] += 1
+        stats.reconnects += 1
+        host.address_index += 1  # its first stream goes to the next address
         await session.close()
         return None
     return session
@@ -669,7 +699,7 @@ def _merge(
     starts = [d["first_send"] for d in done if d["first_send"]]
     ends = [d["last_ack"] for d in done if d["last_ack"]]
     seconds = max(ends) - min(starts) if starts and ends else 0.0
-    acked = sum(d["acked"] for d in done)
+    taken = sum(d["acked"] for d in done)  # with what was sent again after a loss
     heads: dict[str, tuple[int, str]] = {}
     for d in done:
         heads.update(d["heads"])
@@ -678,9 +708,9 @@ def _merge(
         "connected": connected,
         "connect_s": round(connect_s, 3),
         "events": hosts * settings.events,
-        "acked": acked,
+        "acked": sum(seq for seq, _ in heads.values()),
         "seconds": round(seconds, 3),
-        "events_per_s": round(acked / seconds, 1) if seconds else 0.0,
+        "events_per_s": round(taken / seconds, 1) if seconds else 0.0,
         "ack_p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
         "ack_p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
         "errors": dict(errors),
@@ -832,7 +862,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"error": str(e)}), flush=True)
         return 1
     print(json.dumps(result), flush=True)
-    ok = result["acked"] == result["events"] and not result["errors"].get("chain_mismatch")
+    errors = result["errors"]
+    ok = result["acked"] == result["events"]
+    ok = ok and not errors.get("chain_mismatch") and not errors.get("collector_lost_events")
     if "verified" in result:
         ok = ok and result["verified"]["exact"]
     return 0 if ok else 1

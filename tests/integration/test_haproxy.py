@@ -280,3 +280,27 @@ def test_two_collectors_on_one_postgresql_behind_haproxy(
     run_cli(
         [cli("baomi-collector"), "audit", "verify", "--store", store_url, "--pki", str(pki_dir)]
     )
+
+
+def test_the_simulator_fails_over_by_itself_past_a_dead_address(
+    tmp_path: Path, procs: Processes
+) -> None:
+    pki_dir, store_url = tmp_path / "pki", f"sqlite:///{tmp_path / 'events.db'}"
+    init_pki(pki_dir)
+    port, dead = free_port_pair(), free_port_pair()
+    start_collector(procs, store_url=store_url, pki_dir=pki_dir, port=port)
+    live = f"127.0.0.1:{port}"
+    done = run_cli(
+        [
+            sys.executable, "-m", "bench.fleet", "--hosts", "20", "--events", "30",
+            "--collector", f"127.0.0.1:{dead},{live}",
+            "--enroll", f"127.0.0.1:{dead + 1},127.0.0.1:{port + 1}",
+            "--ca", str(pki_dir / "ca.pem"), "--store", store_url, "--verify",
+        ],
+        timeout=FLEET_TIMEOUT_S,
+    )  # fmt: skip
+    result = result_of(done.stdout)
+    assert result["verified"]["exact"], result
+    assert result["acked"] == 600
+    # The hosts that started on the dead address (every other one) moved on.
+    assert result["reconnects"] == result["errors"]["connect_UNAVAILABLE"] == 10

@@ -93,6 +93,14 @@ def test_an_ack_forgets_what_it_covers_and_the_rest_is_sent_again() -> None:
     assert c.after(20, 100) == []
 
 
+def test_only_the_last_acknowledged_events_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fleet, "KEEP_ACKED", 3)
+    c = fleet.HostChain("sim-00000", 0, total=20)
+    c.make(10)
+    c.acknowledge(6, _hash(c, 6))
+    assert [s for s, _ in c.after(0, 100)] == [4, 5, 6, 7, 8, 9, 10]
+
+
 def test_after_sent_but_unacknowledged_continues_after_what_was_sent() -> None:
     c = fleet.HostChain("sim-00000", 0, total=20)
     c.make(12)
@@ -101,17 +109,44 @@ def test_after_sent_but_unacknowledged_continues_after_what_was_sent() -> None:
 
 @pytest.mark.parametrize(
     ("seq", "why"),
-    [(5, "foreign"), (11, "made 10"), (3, "lost events")],
+    [(5, "foreign"), (11, "made 10"), (3, "foreign")],
 )
 def test_an_ack_that_cannot_be_true_is_refused(seq: int, why: str) -> None:
     c = fleet.HostChain("sim-00000", 0, total=20)
     c.make(10)
     head4 = events_pb2.Event.FromString(c.after(3, 1)[0][1])
     c.acknowledge(4, chain.event_hash(head4))
-    with pytest.raises(fleet.ChainMismatchError, match=why):
+    with pytest.raises(fleet.ChainMismatchError, match=why) as info:
         c.acknowledge(seq, b"\x01" * 32)
+    assert not isinstance(info.value, fleet.LostEventsError)
     assert c.acked == (4, chain.event_hash(head4))  # nothing forgotten
     assert [s for s, _ in c.after(4, 100)] == [5, 6, 7, 8, 9, 10]
+
+
+def test_a_collector_that_lost_events_gets_them_again() -> None:
+    c = fleet.HostChain("sim-00000", 0, total=20)
+    c.make(10)
+    c.acknowledge(8, _hash(c, 8))
+    with pytest.raises(fleet.LostEventsError, match="below seq 8 it acknowledged before"):
+        c.acknowledge(3, _hash(c, 3))
+    assert c.acked == (3, _hash(c, 3))  # its head is the acknowledged one again
+    assert [s for s, _ in c.after(3, 100)] == [4, 5, 6, 7, 8, 9, 10]
+    assert c.acknowledge(10, c.last_hash) == 7
+
+
+def test_a_loss_older_than_what_is_kept_cannot_be_resent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fleet, "KEEP_ACKED", 2)
+    c = fleet.HostChain("sim-00000", 0, total=20)
+    c.make(10)
+    c.acknowledge(10, c.last_hash)
+    assert [s for s, _ in c.after(0, 100)] == [9, 10]  # the last two acknowledged kept
+    with pytest.raises(fleet.ChainMismatchError, match="older than this host keeps"):
+        c.acknowledge(3, b"\x03" * 32)
+    assert c.acked == (10, c.last_hash)
+
+
+def _hash(c: fleet.HostChain, seq: int) -> bytes:
+    return chain.event_hash(events_pb2.Event.FromString(c.after(seq - 1, 1)[0][1]))
 
 
 def test_a_foreign_head_at_the_acknowledged_seq_is_refused() -> None:
