@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -32,10 +33,12 @@ from agent.decision.apps import ApprovedApps, ContentHashes, Interpreters
 from agent.decision.engine import Engine, Verdict
 from agent.decision.errors import PolicyError
 from agent.decision.policy import PolicySet
-from agent.errors import ConfigError
+from agent.errors import AgentError, ConfigError
 from agent.labels import (
+    LEVEL_NAMES,
     UPDATING_PROBLEM,
     Label,
+    derive_label,
     effective_level,
     file_identity,
     inherit_label,
@@ -48,18 +51,21 @@ from agent.sensors.files import answering, inodes
 from agent.sensors.files.answering import ANSWERING_NAME, AnswersInFlight, attribute_pending
 from agent.sensors.files.changes import Change, ChangeWatcher
 from agent.sensors.files.dac import DacKeeper
-from agent.sensors.files.fanotify import under_roots
+from agent.sensors.files.export import ExportGuard, fixed_part
+from agent.sensors.files.fanotify import FAN_OPEN_PERM, fd_path, proc_uid, under_roots
 from agent.sensors.files.guardian import GapProgress
 from agent.sensors.files.opener import Opener, Openers, unapproved
 from agent.sensors.files.permission import Access, PermissionGuard
 from agent.sensors.files.refusals import RefusalRecorder
 from agent.sensors.files.repeats import RepeatJournal, RepeatJournalError
+from agent.sensors.files.taint import Taint, Taints, opens_for_writing
 
 _logger = logging.getLogger(__name__)
 
 CMDLINE_BYTES = 256  # of /proc/PID/cmdline kept in an event
 LABEL_CACHE = 65_536  # labels remembered by (dev, ino, ctime_ns)
 LABELS_READ_AT_START = 16_384  # of them, filled by the scan at start
+EXPORTS_KEPT = 16_384  # (pid, file) whose export was decided at its open
 SEVERITY_OF = {
     (True, False): events_pb2.SEVERITY_INFO,  # allowed, label fine
     (False, False): events_pb2.SEVERITY_MEDIUM,  # denied
@@ -88,7 +94,8 @@ def enforcement(decides_writes: bool) -> str:
     return (
         f"read/execute: decided per open and recorded; {writes}delete/rename/link: file "
         "modes and ACLs only (refused attempts recorded through kernel audit); "
-        "export: not enforced"
+        "export: opens for writing by processes that read labelled files decided in the "
+        "places export rules name, and recorded"
     )
 
 
@@ -205,7 +212,14 @@ class FileGuard:
             on_tamper=self._tamper,
             pre_content=config.pre_content,
         )
-        self._changes = ChangeWatcher(config.roots, self._on_change, on_overflow=self._overflow)
+        self._changes = ChangeWatcher(
+            config.roots, self._on_change, on_overflow=self._overflow, on_written=self._follow
+        )
+        # What each process has read (taint.py): what it writes gets that label, and its
+        # writes into the places the export rules name are decided as exports.
+        self._taints = Taints()
+        self._export = ExportGuard(self._export_decision, self._guard.roots)
+        self._exported: dict[tuple[int, int, int], None] = {}
         # Writes and deletions are refused by DAC, which the keeper owns (dac.py).
         self._dac = DacKeeper(config.roots, config.label_key, lambda: self._engine, sink)
         self._inodes = inodes.LabelledInodes(config.inodes_db)
@@ -233,6 +247,7 @@ class FileGuard:
             self._openers = (engine, openers)
             self._engine = engine
             self._programs_run = self._programs_run | frozenset(apps.by_inode)
+        self._export.watch(fixed_part(r.obj) for r in policyset.rules if r.act == "export")
         self.flush(forget=True)
         self._watch_programs()
         self._dac.policy_changed()
@@ -271,6 +286,7 @@ class FileGuard:
         self._changes.stop()
         self._dac.stop()
         self._refusals.stop()
+        self._export.stop()
         self._stopping.set()
         if self._flusher.is_alive():
             self._flusher.join()
@@ -445,18 +461,20 @@ class FileGuard:
             today = date.today()
             self.flush(forget=today != day)
             day = today
+            self._taints.sweep()
+            self._export.refresh()
 
     def health(self) -> Health:
         """The worst of the guard's, the watcher's, the DAC keeper's and the refusal
         recorder's health; degraded while starting and without policy."""
         guard, changes, dac = self._guard.health(), self._changes.health(), self._dac.health()
-        refusals = self._refusals.health()
+        refusals, export = self._refusals.health(), self._export.health()
         if not self._started and guard.state == "ok":
             return Health("degraded", "starting: labelled files are being found and marked")
         if self._engine is None and guard.state == "ok" and dac.state == "ok":
             return Health("degraded", "no policy loaded: every protected open is denied")
         order = ("ok", "degraded", "disabled", "failed")
-        worst = max((guard, changes, dac, refusals), key=lambda h: order.index(h.state))
+        worst = max((guard, changes, dac, refusals, export), key=lambda h: order.index(h.state))
         if worst.state == "ok":
             writes = enforcement(self._guard.decides_writes)
             return Health("ok", f"{guard.detail}; {dac.detail}; {writes}")
@@ -599,6 +617,8 @@ class FileGuard:
     def _decide(self, access: Access) -> _Decided | bool:
         """The answer to an open: only what the answer needs; the rest is _decided()."""
         engine = self._engine
+        if self._taints:
+            self._follow_open(access)
         label, identity = self._label(access)
         if label is None and self._program_run(access):
             return True  # watched, not guarded (_watch_programs): nothing to decide
@@ -615,6 +635,9 @@ class FileGuard:
         (``_decided``), so that if a kill lets the guardian answer it instead, the next
         agent records what it became (answering.py)."""
         if isinstance(result, _Decided):
+            if self._tainting(access, result):  # before the answer: before any write
+                assert result.label is not None  # noqa: S101 - _tainting checks it
+                self._taints.read(access.pid, result.label, access.path)
             result.recorded = self._record(access, result.label, result.verdict)
             if self._in_flight is not None:
                 result.in_flight = self._in_flight.hold(access.fd, result.recorded)
@@ -638,7 +661,7 @@ class FileGuard:
         # The same process opening the same file version again, under the same policy,
         # gets the same answer from the guard (in C) and is counted, not re-recorded;
         # so does any plain process of the same person and program.
-        plain = self._plain(access, result.opener)
+        plain = self._plain(access, result.opener) and not self._tainting(access, result)
         with self._fold_lock:
             if engine is self._engine:  # not decided under a policy replaced meanwhile
                 self._guard.repeat(access, verdict.allow, result.recorded, plain=plain)
@@ -843,6 +866,8 @@ class FileGuard:
     # -- changes ------------------------------------------------------------------------
     def _on_change(self, change: Change) -> None:
         self._changed(change)
+        if change.kind in ("create", "write"):
+            self._follow(change.path, change.pid)
         # after _changed: a new file in a labelled directory has its label by now
         self._dac.changed(change.kind, change.path, change.uid, change.pid)
 
@@ -873,6 +898,186 @@ class FileGuard:
                     pid=max(change.pid, 0),
                     level=level,  # type: ignore[arg-type]
                     label_id=label_id,
+                ),
+            )
+        )
+
+    # -- labels follow content (taint.py, export.py) ---------------------------------------
+    @staticmethod
+    def _tainting(access: Access, result: _Decided) -> bool:
+        """Whether this answer lets the process read a classified file: it is tainted
+        then. Such an answer is not shared with other processes (``_plain``): each
+        process's first read of it must be seen, or its copies would go unlabelled."""
+        label = result.label
+        return (
+            result.verdict.allow
+            and access.action in ("read", "execute")
+            and label is not None
+            and label.valid
+            and effective_level(label, date.today()) > 0
+        )
+
+    def _follow_open(self, access: Access) -> None:
+        """A tainted process opening a file for writing (or writing a labelled one):
+        label it first, so it is decided -- and guarded from then on -- at its new
+        level. Only when the path the kernel gives is this very file in the agent's
+        view (the label's home is that path)."""
+        if access.action == "read" and opens_for_writing(access.pid) is False:
+            return  # the common case, told by one read of /proc/PID/syscall
+        if access.action not in ("read", "write"):
+            return
+        taint = self._taints.of(access.pid)
+        if taint is None:
+            return
+        try:
+            st = os.lstat(access.path)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) != (access.dev, access.ino) or not stat.S_ISREG(st.st_mode):
+            return
+        if self._derive(access.fd, access.path, taint, access.pid, access.uid):
+            self._labels.pop((access.dev, access.ino, access.ctime_ns), None)
+
+    def _follow(self, path: str, pid: int) -> None:
+        """A file under the trees was created or written by ``pid``: if that process is
+        tainted, the file gets its label (the change path; the process may have exited
+        since, see taint.py)."""
+        if pid <= 0 or not self._taints or not path:
+            return
+        taint = self._taints.of(pid)
+        if taint is None:
+            return
+        try:
+            fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return  # gone since
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                self._derive(fd, path, taint, pid, proc_uid(pid))
+        finally:
+            os.close(fd)
+
+    def _derive(self, fd: int, path: str, taint: Taint, pid: int, uid: int) -> bool:
+        """Give the file open as ``fd`` at ``path`` the taint's label (derive_label);
+        keep its inode guarded and record a ``derived`` file change. True if labelled."""
+        try:
+            with self._inherit_lock:
+                label = derive_label(
+                    f"/proc/self/fd/{fd}", taint.label, self._config.label_key, home=path
+                )
+        except (AgentError, OSError, ValueError) as e:
+            _logger.error("cannot label %s, written after reading %s: %s", path, taint.source, e)
+            self._tamper(
+                "derived_label", f"cannot label {path} written after reading a labelled file: {e}"
+            )
+            return False
+        if label is None:
+            return False  # labelled as high already
+        self._keep_labelled(fd, label, path)
+        self._sink(
+            events_pb2.Event(
+                severity=events_pb2.SEVERITY_INFO,
+                file_change=events_pb2.FileChange(
+                    path=path,
+                    change="derived",
+                    old_path=taint.source,
+                    uid=max(uid, 0),
+                    pid=max(pid, 0),
+                    level=label.level,  # type: ignore[arg-type]
+                    label_id=label.label_id or "",
+                    home=label.home or "",
+                ),
+            )
+        )
+        return True
+
+    def _export_decision(self, pid: int, fd: int, mask: int) -> bool:
+        """An open (``FAN_OPEN_PERM``), a write or a close after writing in an export
+        place: a tainted process writing there is decided as ``export`` of its taint's
+        label to the file's path; the open's answer is the verdict, a write or close
+        (by a process that opened before its read, or got the descriptor from one that
+        did, as ``sh -c 'cat SRC > DST'`` does) is only recorded."""
+        if pid == os.getpid() or not self._taints:
+            return True
+        taint = self._taints.of(pid)
+        if taint is None:
+            return True
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return True
+        key = (pid, st.st_dev, st.st_ino)
+        opening = bool(mask & FAN_OPEN_PERM)
+        if opening and opens_for_writing(pid) is False:
+            return True
+        if not opening and key in self._exported:
+            return True  # decided (and recorded) at its open
+        path = fd_path(fd)
+        uid = proc_uid(pid)
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")  # noqa: PTH115
+        except OSError:
+            exe = ""
+        engine, pair = self._engine, self._openers
+        if engine is None or pair is None or pair[0] is not engine:
+            verdict = Verdict(False, "", "no policy loaded")
+        else:
+            verdict = engine.decide(
+                uid=uid,
+                exe=pair[1].lookup(pid, exe).exe,
+                path=path,
+                file_key=(st.st_dev, st.st_ino, st.st_ctime_ns),
+                label=taint.label,
+                action="export",
+            )
+        if len(self._exported) >= EXPORTS_KEPT:
+            self._exported.clear()
+        self._exported[key] = None
+        self._record_export(pid, uid, exe, path, taint, verdict, opening=opening)
+        return verdict.allow or not opening
+
+    def _record_export(  # noqa: PLR0917 - who, where, what and the answer
+        self,
+        pid: int,
+        uid: int,
+        exe: str,
+        path: str,
+        taint: Taint,
+        verdict: Verdict,
+        *,
+        opening: bool,
+    ) -> None:
+        """One ``export`` access: HIGH unless the policy allows it."""
+        label = taint.label
+        what = f"data of {taint.source} ({LEVEL_NAMES[label.level]}) read by this process"
+        if opening:
+            reason = f"{verdict.reason}; {what}"
+            decision = events_pb2.DECISION_ALLOW if verdict.allow else events_pb2.DECISION_DENY
+        else:
+            # Opened before the process read labelled data: the kernel asked nothing then.
+            reason = f"{verdict.reason}; {what}, written to a file it had opened before"
+            if not verdict.allow:
+                reason = "NOT refused (opened before the read): " + reason
+            decision = events_pb2.DECISION_ALLOW
+        person = self._engine.policyset.subjects.by_uid.get(uid) if self._engine else None
+        self._sink(
+            events_pb2.Event(
+                severity=events_pb2.SEVERITY_INFO if verdict.allow else events_pb2.SEVERITY_HIGH,
+                file_access=events_pb2.FileAccess(
+                    path=path,
+                    action="export",
+                    uid=max(uid, 0),
+                    user=person.name if person else "",
+                    pid=pid,
+                    executable=exe,
+                    cmdline=_cmdline(pid),
+                    level=label.level,  # type: ignore[arg-type]
+                    label_id=label.label_id or "",
+                    label_until=label.until.isoformat() if label.until else "",
+                    label_scope=list(label.scope),
+                    home=label.home or "",
+                    decision=decision,
+                    reason=reason[:500],
+                    rule=verdict.rule[:500],
                 ),
             )
         )
