@@ -99,6 +99,9 @@ def test_copies_by_cp_by_redirect_and_by_a_child_are_labelled_and_sealed(
 
     copied = run_as(ALICE, "cp", str(src), str(out / "cp.txt"))
     assert copied.returncode == 0, copied.stderr
+    # a second cp's read may be answered with the first one's answer, in C
+    again = run_as(ALICE, "cp", str(src), str(out / "again.txt"))
+    assert again.returncode == 0, again.stderr
     redirected = run_as(ALICE, "/bin/sh", "-c", f"cat {src} > {out}/redirect.txt")
     assert redirected.returncode == 0, redirected.stderr
     # The reader writes nothing itself: its child (a shell) does, after the read.
@@ -109,10 +112,19 @@ def test_copies_by_cp_by_redirect_and_by_a_child_are_labelled_and_sealed(
     by_child = run_as(ALICE, "/usr/bin/python3", "-c", child, str(src), str(out / "child.txt"))
     assert by_child.returncode == 0, by_child.stderr
 
-    for name in ("cp.txt", "redirect.txt", "child.txt"):
+    # A cat run before makes the answer for s2.txt a shared one: the next cat, vouched
+    # for at its first file (s1.txt, 秘密), is answered for s2.txt (机密) in C; that read
+    # is learnt at the next fold, and the file it wrote is raised to 机密 then.
+    assert site.open_as(ALICE, "s2.txt")
+    mixed = run_as(ALICE, "/bin/sh", "-c", f"cat {site.root}/s1.txt {src} > {out}/mixed.txt")
+    assert mixed.returncode == 0, mixed.stderr
+
+    for name in ("cp.txt", "again.txt", "redirect.txt", "child.txt"):
         label = _derived(out / name, site)
         assert label.valid, (name, label.problem)
         assert (label.home, label.derived_from) == (str(out / name), home), name
+    mixed_label = _derived(out / "mixed.txt", site)
+    assert mixed_label.valid and mixed_label.derived_from == home
     assert (out / "cp.txt").read_bytes() == src.read_bytes()  # (the agent's own pid reads)
     # The copies are guarded at 机密: bob (一般) may not read them; alice may.
     assert not site.open_as(BOB, "out/cp.txt")
@@ -135,8 +147,11 @@ def test_copies_by_cp_by_redirect_and_by_a_child_are_labelled_and_sealed(
 
     changes = [e.file_change for e in _events(collector, agent) if e.HasField("file_change")]
     derived = {c.path for c in changes if c.change == "derived"}
-    assert derived == {str(out / n) for n in ("cp.txt", "redirect.txt", "child.txt")}
-    assert all(c.level == 2 and c.old_path == home for c in changes if c.change == "derived")
+    made = ("cp.txt", "again.txt", "redirect.txt", "child.txt", "mixed.txt")
+    assert derived == {str(out / n) for n in made}
+    # mixed.txt first at 秘密 (from s1.txt), then 机密: the highest read wins
+    levels = {(c.path, c.level, c.old_path) for c in changes if c.change == "derived"}
+    assert {(p, lvl) for p, lvl, _ in levels if lvl == 2} == {(str(out / n), 2) for n in made}
 
 
 def test_an_unrelated_process_new_file_is_not_labelled(follow: tuple[Site, Guarded]) -> None:
@@ -168,6 +183,9 @@ def test_a_tainted_write_to_an_export_place_is_denied_and_recorded(
     assert copied.returncode != 0
     assert b"Operation not permitted" in copied.stderr, copied.stderr
     assert not (export / "copy.txt").exists() or (export / "copy.txt").stat().st_size == 0
+    again = run_as(ALICE, "cp", str(src), str(export / "again.txt"))  # a shared answer
+    assert again.returncode != 0
+    assert b"Operation not permitted" in again.stderr, again.stderr
     # the shell opened the target before cat read the source: not refusable any more,
     # recorded as the export it is
     late = run_as(ALICE, "/bin/sh", "-c", f"cat {src} > {export}/late.txt")
@@ -180,10 +198,11 @@ def test_a_tainted_write_to_an_export_place_is_denied_and_recorded(
             if e.HasField("file_access") and e.file_access.action == "export"
         ]
 
-    wait_for(lambda: len(exports()) >= 2)
+    wait_for(lambda: len(exports()) >= 3)
     time.sleep(0.5)
     found = {e.file_access.path: e for e in exports()}
-    assert set(found) == {str(export / "copy.txt"), str(export / "late.txt")}
+    assert set(found) == {str(export / n) for n in ("copy.txt", "again.txt", "late.txt")}
+    assert found[str(export / "again.txt")].file_access.decision == events_pb2.DECISION_DENY
     denied = found[str(export / "copy.txt")]
     assert denied.severity == events_pb2.SEVERITY_HIGH
     access = denied.file_access

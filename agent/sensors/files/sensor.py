@@ -65,6 +65,7 @@ _logger = logging.getLogger(__name__)
 CMDLINE_BYTES = 256  # of /proc/PID/cmdline kept in an event
 LABEL_CACHE = 65_536  # labels remembered by (dev, ino, ctime_ns)
 LABELS_READ_AT_START = 16_384  # of them, filled by the scan at start
+PENDING_WRITES = 16_384  # files written by untainted processes looked at again per fold
 EXPORTS_KEPT = 16_384  # (pid, file) whose export was decided at its open
 SEVERITY_OF = {
     (True, False): events_pb2.SEVERITY_INFO,  # allowed, label fine
@@ -220,6 +221,10 @@ class FileGuard:
         self._taints = Taints()
         self._export = ExportGuard(self._export_decision, self._guard.roots)
         self._exported: dict[tuple[int, int, int], None] = {}
+        # Files written since the last fold, by pid: a read answered in C (a shared
+        # answer) is learnt at the next fold, and they are looked at again then.
+        self._pending: dict[tuple[str, int], None] = {}  # (path, writer's pid)
+        self._export_flushed: set[int] = set()  # pids a fold was forced for, this period
         # Writes and deletions are refused by DAC, which the keeper owns (dac.py).
         self._dac = DacKeeper(config.roots, config.label_key, lambda: self._engine, sink)
         self._inodes = inodes.LabelledInodes(config.inodes_db)
@@ -433,7 +438,9 @@ class FileGuard:
             repeats = self._guard.take_repeats(forget=forget)
             for recorded, pid, count, first_ns, last_ns in repeats:
                 assert isinstance(recorded, bytes)  # noqa: S101 - only _decide() gives tokens
-                self._sink(self._repeat_event(recorded, pid, count, first_ns, last_ns))
+                event = self._repeat_event(recorded, pid, count, first_ns, last_ns)
+                self._taint_by_repeat(event.file_access)
+                self._sink(event)
             if self._journal is not None and generation:
                 self._journal.mark_done(generation)
 
@@ -459,9 +466,12 @@ class FileGuard:
         day = date.today()
         while not self._stopping.wait(FOLD_SECONDS):
             today = date.today()
+            written, self._pending = self._pending, {}  # before the fold: see _follow
             self.flush(forget=today != day)
             day = today
+            self._retry_pending(written)  # before a sweep forgets the processes gone
             self._taints.sweep()
+            self._export_flushed.clear()
             self._export.refresh()
 
     def health(self) -> Health:
@@ -661,7 +671,7 @@ class FileGuard:
         # The same process opening the same file version again, under the same policy,
         # gets the same answer from the guard (in C) and is counted, not re-recorded;
         # so does any plain process of the same person and program.
-        plain = self._plain(access, result.opener) and not self._tainting(access, result)
+        plain = self._plain(access, result.opener)
         with self._fold_lock:
             if engine is self._engine:  # not decided under a policy replaced meanwhile
                 self._guard.repeat(access, verdict.allow, result.recorded, plain=plain)
@@ -906,8 +916,8 @@ class FileGuard:
     @staticmethod
     def _tainting(access: Access, result: _Decided) -> bool:
         """Whether this answer lets the process read a classified file: it is tainted
-        then. Such an answer is not shared with other processes (``_plain``): each
-        process's first read of it must be seen, or its copies would go unlabelled."""
+        then. Other processes given this answer by the guard's C loop are tainted when
+        the fold reports their repeats (``_taint_by_repeat``)."""
         label = result.label
         return (
             result.verdict.allow
@@ -938,13 +948,17 @@ class FileGuard:
         if self._derive(access.fd, access.path, taint, access.pid, access.uid):
             self._labels.pop((access.dev, access.ino, access.ctime_ns), None)
 
-    def _follow(self, path: str, pid: int) -> None:
+    def _follow(self, path: str, pid: int, *, retry: bool = True) -> None:
         """A file under the trees was created or written by ``pid``: if that process is
         tainted, the file gets its label (the change path; the process may have exited
-        since, see taint.py)."""
-        if pid <= 0 or not self._taints or not path:
+        since, see taint.py). The file is looked at again after the next fold
+        (``retry``): the guard's C loop may have answered a read of the process with
+        another process's answer, which only the fold reports (``_taint_by_repeat``)."""
+        if pid <= 0 or not path:
             return
-        taint = self._taints.of(pid)
+        if retry and len(self._pending) < PENDING_WRITES:
+            self._pending[(path, pid)] = None
+        taint = self._taints.of(pid) if self._taints else None
         if taint is None:
             return
         try:
@@ -956,6 +970,29 @@ class FileGuard:
                 self._derive(fd, path, taint, pid, proc_uid(pid))
         finally:
             os.close(fd)
+
+    def _retry_pending(self, written: dict[tuple[str, int], None]) -> None:
+        """Look again at the files written before the fold that just ran."""
+        for path, pid in written:
+            self._follow(path, pid, retry=False)
+
+    def _taint_by_repeat(self, access: events_pb2.FileAccess) -> None:
+        """A read the guard's C loop answered (counted in a repeat event) taints its
+        process as a decided one does; it may have exited meanwhile (taint.py)."""
+        if (
+            access.decision != events_pb2.DECISION_ALLOW
+            or access.action not in ("read", "execute")
+            or access.level <= 0
+        ):
+            return
+        label = Label(
+            level=access.level,
+            until=date.fromisoformat(access.label_until) if access.label_until else None,
+            scope=tuple(access.label_scope),
+            label_id=access.label_id or None,
+            home=access.home or None,
+        )
+        self._taints.read(access.pid, label, access.path)
 
     def _derive(self, fd: int, path: str, taint: Taint, pid: int, uid: int) -> bool:
         """Give the file open as ``fd`` at ``path`` the taint's label (derive_label);
@@ -997,20 +1034,24 @@ class FileGuard:
         label to the file's path; the open's answer is the verdict, a write or close
         (by a process that opened before its read, or got the descriptor from one that
         did, as ``sh -c 'cat SRC > DST'`` does) is only recorded."""
-        if pid == os.getpid() or not self._taints:
+        if pid == os.getpid():
             return True
-        taint = self._taints.of(pid)
-        if taint is None:
-            return True
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return True
-        key = (pid, st.st_dev, st.st_ino)
         opening = bool(mask & FAN_OPEN_PERM)
         if opening and opens_for_writing(pid) is False:
             return True
-        if not opening and key in self._exported:
+        st = os.fstat(fd)
+        key = (pid, st.st_dev, st.st_ino)
+        if not stat.S_ISREG(st.st_mode) or (not opening and key in self._exported):
             return True  # decided (and recorded) at its open
+        taint = self._taints.of(pid) if self._taints else None
+        if taint is None and pid not in self._export_flushed:
+            # Its read may have been answered in C and not reported yet: fold now (once
+            # per process and period) rather than let it out untainted.
+            self._export_flushed.add(pid)
+            self.flush()
+            taint = self._taints.of(pid)
+        if taint is None:
+            return True
         path = fd_path(fd)
         uid = proc_uid(pid)
         try:

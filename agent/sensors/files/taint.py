@@ -30,6 +30,7 @@ _logger = logging.getLogger(__name__)
 MAX_TAINTED = 65_536  # processes remembered as tainted (~300 bytes each)
 MAX_ANCESTORS = 64  # parents looked at for an inherited taint
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+GONE = -1  # the start time of a process that had exited when its read was learnt
 
 #: ``/proc/PID/syscall`` numbers of x86-64 open calls and where their flags are.
 _OPEN_FLAGS_ARG = {2: 1, 257: 2}  # open(path, flags, mode), openat(dirfd, path, flags)
@@ -108,17 +109,19 @@ class Taints:
         return len(self._by_pid)
 
     def read(self, pid: int, label: Label, source: str) -> None:
-        """``pid`` was allowed to read a file labelled ``label`` (valid, level >= 1)."""
+        """``pid`` was allowed to read a file labelled ``label`` (valid, level >= 1).
+
+        A process gone already (its read reported late, by a fold) is kept too, with no
+        start time: the writes it made before it exited may not have been looked at."""
         started = start_time(pid)
-        if started is None:
-            return  # gone already: it writes nothing more
+        start = started[0] if started is not None else GONE
         with self._lock:
             known = self._by_pid.get(pid)
-            if known is not None and known[0] == started[0] and known[1].label.level >= label.level:
+            if known is not None and known[0] == start and known[1].label.level >= label.level:
                 return
             if known is None and len(self._by_pid) >= self._limit:
                 self._evict()
-            self._by_pid[pid] = (started[0], Taint(label, source, now_ticks()))
+            self._by_pid[pid] = (start, Taint(label, source, now_ticks()))
             self._clean.clear()  # its children are tainted now
 
     def of(self, pid: int) -> Taint | None:
