@@ -5,7 +5,8 @@ where the kernel cannot be asked any more, recorded) as ``export``.
 
 The copies are made in ``out/``, an unlabelled directory of the protected tree where
 staff may create and write files; the export place is a tmpfs mounted in the test's own
-directory (the export guard marks only that mount).
+directory (the export guard marks only that mount). Copies outside the trees are made
+on an ext4 filesystem of the test's own, loop-mounted, which the agent watches whole.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ from pathlib import Path
 import pytest
 from baomi.v1 import events_pb2
 
-from agent.labels import Label, read_label
+from agent.labels import Label, load_label_key, read_label, set_label
 from tests.integration import test_file_guard
 from tests.integration.test_agent import AgentThread, host_events, wait_for
 from tests.integration.test_file_guard import RunningCollector, Site, run_as, running_guard
@@ -219,3 +221,61 @@ def test_a_tainted_write_to_an_export_place_is_denied_and_recorded(
     assert late_event.severity == events_pb2.SEVERITY_HIGH
     assert late_event.file_access.decision == events_pb2.DECISION_ALLOW
     assert late_event.file_access.reason.startswith("NOT refused (opened before the read)")
+
+
+@pytest.fixture
+def own_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A fresh ext4 filesystem mounted for this test alone (watched whole)."""
+    image, mountpoint = tmp_path / "fs.img", Path(tempfile.mkdtemp(prefix="baomi-fs-"))
+    with image.open("wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, timeout=60)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True, timeout=30)
+    try:
+        mountpoint.chmod(0o755)
+        yield mountpoint
+    finally:
+        if subprocess.run(["umount", str(mountpoint)], check=False, timeout=30).returncode:
+            subprocess.run(["umount", "-l", str(mountpoint)], check=False, timeout=30)
+        mountpoint.rmdir()
+
+
+def test_copies_outside_the_trees_on_their_filesystem_are_labelled_and_guarded(
+    own_filesystem: Path, tmp_path: Path
+) -> None:
+    base = own_filesystem
+    root, elsewhere = base / "secret", base / "elsewhere"
+    root.mkdir(mode=0o755)
+    elsewhere.mkdir()
+    elsewhere.chmod(0o1777)  # anyone may make files here, as in /tmp
+    key = load_label_key(base / "label.key", create=True)
+    fs_site = Site(base, root, base / "policies", "/usr/bin/cat", "/usr/bin/cat", key)
+    src = root / "s2.txt"
+    src.write_text("content of s2.txt\n")
+    src.chmod(0o644)
+    set_label(src, level="机密", key=key)
+    fs_site.write_policy()
+    with running_guard(fs_site, tmp_path, follow_filesystems=True) as (agent, collector):
+        assert run_as(ALICE, "cp", str(src), str(elsewhere / "copy.txt")).returncode == 0
+        redirected = run_as(ALICE, "/bin/sh", "-c", f"cat {src} > {elsewhere}/redirect.txt")
+        assert redirected.returncode == 0, redirected.stderr
+        for name in ("copy.txt", "redirect.txt"):
+            label = _derived(elsewhere / name, fs_site)
+            assert (label.valid, label.home, label.derived_from) == (
+                True,
+                str(elsewhere / name),
+                str(src),
+            )
+        # outside every directory mark, the copy is guarded by its own inode mark
+        done = run_as(BOB, "cat", str(elsewhere / "copy.txt"))
+        assert done.returncode != 0 and b"Operation not permitted" in done.stderr
+        # an unrelated process's file there stays unlabelled
+        assert run_as(ALICE, "/bin/sh", "-c", f"echo x > {elsewhere}/plain.txt").returncode == 0
+        time.sleep(1.5)
+        assert _label(elsewhere / "plain.txt", fs_site) is None
+        denied = [
+            e.file_access
+            for e in _events(collector, agent)
+            if e.HasField("file_access") and e.file_access.path == str(elsewhere / "copy.txt")
+        ]
+        assert any(a.uid == BOB and a.decision == events_pb2.DECISION_DENY for a in denied)

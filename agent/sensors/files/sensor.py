@@ -58,6 +58,7 @@ from agent.sensors.files.opener import Opener, Openers, unapproved
 from agent.sensors.files.permission import Access, PermissionGuard
 from agent.sensors.files.refusals import RefusalRecorder
 from agent.sensors.files.repeats import RepeatJournal, RepeatJournalError
+from agent.sensors.files.spread import FilesystemWrites
 from agent.sensors.files.taint import Taint, Taints, opens_for_writing
 
 _logger = logging.getLogger(__name__)
@@ -122,6 +123,10 @@ class FileGuardConfig:
     #: Where repeats answered in C are journalled before they are answered, so that a
     #: killed agent loses none (repeats.py); None: kept in memory until recorded.
     repeat_journal: Path | None = None
+    #: Label what processes that read labelled files write anywhere on the protected
+    #: trees' filesystems, not only in the trees (spread.py). Off by default: a whole
+    #: filesystem is watched for writes, the root filesystem too if a tree is on it.
+    follow_filesystems: bool = False
 
 
 def _cmdline(pid: int) -> str:
@@ -220,6 +225,11 @@ class FileGuard:
         # writes into the places the export rules name are decided as exports.
         self._taints = Taints()
         self._export = ExportGuard(self._export_decision, self._guard.roots)
+        self._spread = (
+            FilesystemWrites(config.roots, self._known_tainted, self._written_elsewhere)
+            if config.follow_filesystems
+            else None
+        )
         self._exported: dict[tuple[int, int, int], None] = {}
         # Files written since the last fold, by pid: a read answered in C (a shared
         # answer) is learnt at the next fold, and they are looked at again then.
@@ -281,6 +291,8 @@ class FileGuard:
         self._changes.start()
         self._dac.start()  # after the change watcher: nothing made meanwhile is missed
         self._refusals.start()  # after the keeper: its own chmods are not refusals
+        if self._spread is not None:
+            self._spread.start()
         self._flusher.start()
         self._started = True
         _logger.info("file guard: %s", enforcement(self._guard.decides_writes))
@@ -292,6 +304,8 @@ class FileGuard:
         self._dac.stop()
         self._refusals.stop()
         self._export.stop()
+        if self._spread is not None:
+            self._spread.stop()
         self._stopping.set()
         if self._flusher.is_alive():
             self._flusher.join()
@@ -479,12 +493,14 @@ class FileGuard:
         recorder's health; degraded while starting and without policy."""
         guard, changes, dac = self._guard.health(), self._changes.health(), self._dac.health()
         refusals, export = self._refusals.health(), self._export.health()
+        spread = self._spread.health() if self._spread is not None else export
         if not self._started and guard.state == "ok":
             return Health("degraded", "starting: labelled files are being found and marked")
         if self._engine is None and guard.state == "ok" and dac.state == "ok":
             return Health("degraded", "no policy loaded: every protected open is denied")
         order = ("ok", "degraded", "disabled", "failed")
-        worst = max((guard, changes, dac, refusals, export), key=lambda h: order.index(h.state))
+        parts = (guard, changes, dac, refusals, export, spread)
+        worst = max(parts, key=lambda h: order.index(h.state))
         if worst.state == "ok":
             writes = enforcement(self._guard.decides_writes)
             return Health("ok", f"{guard.detail}; {dac.detail}; {writes}")
@@ -970,6 +986,19 @@ class FileGuard:
                 self._derive(fd, path, taint, pid, proc_uid(pid))
         finally:
             os.close(fd)
+
+    def _known_tainted(self, pid: int) -> bool:
+        """Whether ``pid`` is known to have read a labelled file (spread.py asks)."""
+        return bool(self._taints) and self._taints.of(pid) is not None
+
+    def _written_elsewhere(self, pid: int, fd: int) -> None:
+        """A tainted process wrote the file open as ``fd`` (O_PATH) somewhere on a
+        protected tree's filesystem: it gets the taint's label, its path as home."""
+        taint = self._taints.of(pid)
+        path = fd_path(fd)
+        if taint is None or not path.startswith("/") or not stat.S_ISREG(os.fstat(fd).st_mode):
+            return
+        self._derive(fd, path, taint, pid, proc_uid(pid))
 
     def _retry_pending(self, written: dict[tuple[str, int], None]) -> None:
         """Look again at the files written before the fold that just ran."""
