@@ -505,3 +505,31 @@ def test_export_rules_load_without_a_not_enforced_warning(
     with caplog.at_level("WARNING"):
         PolicySet.load(d)
     assert not [r.getMessage() for r in caplog.records if "not enforced" in r.getMessage()]
+
+
+def test_an_export_is_decided_where_the_data_goes_at_the_level_of_the_data(site: Path) -> None:
+    """As the file guard's export path decides it: the engine asked with the place
+    written to as path and the taint's label (agent/sensors/files/sensor.py); explain
+    and policy test take the data's level as a label spec, and never the home of a
+    label found on the destination."""
+    s = _secret(site)
+    ps = PolicySet.load(site)
+    engine = Engine(ps)
+    dest = f"{s}/finance/out.doc"
+    for user, uid, allowed in (("li", 1002, True), ("wang", 1003, False)):
+        kernel = engine.decide_cold(
+            uid=uid, exe="", path=dest, label=Label(2), action="export", today=TODAY
+        )
+        text = explain(ps, user, f"{dest};level=机密", "export", today=TODAY)
+        assert kernel.allow is allowed
+        assert text.splitlines()[0] == f"{'ALLOW' if allowed else 'DENY'}  export {dest}"
+        assert "export: decided by fanotify when a process that has read a labelled file" in text
+    keys = f"{s}/finance/keys/k.doc"
+    assert explain(ps, "li", f"{keys};level=秘密", "export", today=TODAY).startswith("DENY")
+    # A labelled file at the destination whose home is keys/: decided at its path.
+    there = s / "finance" / "labelled.doc"
+    there.write_bytes(b"")
+    set_label(there, "机密", home=keys)
+    table = _table(site, [f"li, {there}, export, allow", f"li, {keys};level=机密, export, deny"])
+    assert policy_test(ps, table, today=TODAY) == []
+    assert "give the level of what it read" in explain(ps, "li", dest, "export", today=TODAY)
