@@ -279,3 +279,23 @@ def test_copies_outside_the_trees_on_their_filesystem_are_labelled_and_guarded(
             if e.HasField("file_access") and e.file_access.path == str(elsewhere / "copy.txt")
         ]
         assert any(a.uid == BOB and a.decision == events_pb2.DECISION_DENY for a in denied)
+
+
+def test_a_stick_mounted_later_in_an_export_place_is_watched_too(
+    follow: tuple[Site, Guarded],
+) -> None:
+    site, (agent, _collector) = follow
+    stick = site.base / "export" / "stick"
+    stick.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=1777", "baomi-stick", str(stick)],
+        check=True,
+        timeout=10,
+    )
+    try:
+        wait_for(lambda: str(stick) in _health(agent))  # found again within a second
+        copied = run_as(ALICE, "cp", str(site.root / "s2.txt"), str(stick / "copy.txt"))
+        assert copied.returncode != 0
+        assert b"Operation not permitted" in copied.stderr, copied.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(stick)], check=False, timeout=10)

@@ -66,7 +66,7 @@ _logger = logging.getLogger(__name__)
 CMDLINE_BYTES = 256  # of /proc/PID/cmdline kept in an event
 LABEL_CACHE = 65_536  # labels remembered by (dev, ino, ctime_ns)
 LABELS_READ_AT_START = 16_384  # of them, filled by the scan at start
-PENDING_WRITES = 16_384  # files written by untainted processes looked at again per fold
+PENDING_WRITES = 16_384  # files written, looked at again after the next fold (per fold)
 EXPORTS_KEPT = 16_384  # (pid, file) whose export was decided at its open
 SEVERITY_OF = {
     (True, False): events_pb2.SEVERITY_INFO,  # allowed, label fine
