@@ -87,6 +87,12 @@ def _derived(path: Path, site: Site) -> Label:
     return label
 
 
+def _acl(path: Path) -> str:
+    return subprocess.run(
+        ["getfacl", "-n", "-p", str(path)], capture_output=True, text=True, timeout=10, check=True
+    ).stdout
+
+
 def _events(collector: RunningCollector, agent: AgentThread) -> list[events_pb2.Event]:
     assert agent.agent.recorder.flush()
     return host_events(collector.store, "ws-01")
@@ -128,7 +134,10 @@ def test_copies_by_cp_by_redirect_and_by_a_child_are_labelled_and_sealed(
     mixed_label = _derived(out / "mixed.txt", site)
     assert mixed_label.valid and mixed_label.derived_from == home
     assert (out / "cp.txt").read_bytes() == src.read_bytes()  # (the agent's own pid reads)
-    # The copies are guarded at 机密: bob (一般) may not read them; alice may.
+    # The copies are guarded at 机密: bob (一般) may not read them, nor keep the write
+    # right the agent's DAC gave him on redirect.txt while it was unclassified; alice may.
+    wait_for(lambda: f"user:{BOB}:" not in _acl(out / "redirect.txt"))
+    assert f"user:{ALICE}:rw-" in _acl(out / "redirect.txt")
     assert not site.open_as(BOB, "out/cp.txt")
     assert site.open_as(ALICE, "out/redirect.txt")
 

@@ -981,11 +981,15 @@ class FileGuard:
             fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return  # gone since
+        uid = proc_uid(pid)
         try:
-            if stat.S_ISREG(os.fstat(fd).st_mode):
-                self._derive(fd, path, taint, pid, proc_uid(pid))
+            labelled = stat.S_ISREG(os.fstat(fd).st_mode) and self._derive(
+                fd, path, taint, pid, uid
+            )
         finally:
             os.close(fd)
+        if labelled:  # its writers are those of its new level now
+            self._dac.changed("create", path, uid, pid)
 
     def _known_tainted(self, pid: int) -> bool:
         """Whether ``pid`` is known to have read a labelled file (spread.py asks)."""
