@@ -10,6 +10,11 @@ same file again gets the same answer from the guard's C read loop, counted; ever
 ``FOLD_SECONDS`` (and whenever the policy changes) the counts become one event per
 repeated access and every such answer is forgotten, so the next open is decided afresh.
 
+Labels follow content: a process allowed to read a classified file is tainted
+(``taint``); what it writes in the trees (or, with ``follow_filesystems``, anywhere on
+their filesystems: ``spread``) gets the label it read, and its writes into the places
+the export rules name are decided as ``export`` (``export``).
+
 Without a loaded policy every open under the roots is denied: an empty policy is an
 error, never "allow all".
 """
