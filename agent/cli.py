@@ -120,6 +120,7 @@ def _sensor_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "deadline": args.deadline_ms / 1000,
             "unsafe_no_guardian": args.unsafe_no_guardian,
             "pre_content": not args.no_pre_content,
+            "follow_filesystems": args.follow_filesystems,
             "label_key": str(_label_key_path(args)),
         }
     if args.network:
@@ -466,6 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="guard files without a guardian process: a killed agent leaves them "
         "unguarded until it restarts (weakens enforcement)",
+    )
+    r.add_argument(
+        "--follow-filesystems",
+        action="store_true",
+        help="label what a process that read a labelled file writes anywhere on the "
+        "protected trees' filesystems, not only in the trees (watches every write there)",
     )
     r.add_argument(
         "--no-pre-content",

@@ -14,6 +14,9 @@ A label is four ``user.baomi.*`` attributes:
                          path a file was reached through, so a hard link, a rename, a
                          bind mount or another mount namespace changes nothing
 
+``user.baomi.derived``  on a *derived* file only (a copy or anything else written by a
+                         process that had read a labelled file): the label id, else the
+                         home, of the file its level came from
 ``user.baomi.seal``     HMAC-SHA256 of the attributes above and of the file's identity
                          (filesystem id, inode, birth time), under the host's label key
 
@@ -59,7 +62,10 @@ XATTR_SCOPE = "user.baomi.scope"
 XATTR_ID = "user.baomi.label_id"
 XATTR_SEAL = "user.baomi.seal"
 XATTR_HOME = "user.baomi.home"
-_KNOWN = frozenset({XATTR_LEVEL, XATTR_UNTIL, XATTR_SCOPE, XATTR_ID, XATTR_SEAL, XATTR_HOME})
+XATTR_DERIVED = "user.baomi.derived"
+_KNOWN = frozenset(
+    {XATTR_LEVEL, XATTR_UNTIL, XATTR_SCOPE, XATTR_ID, XATTR_SEAL, XATTR_HOME, XATTR_DERIVED}
+)
 
 LABEL_KEY_FILE = "label.key"  # in the agent's state directory
 LABEL_KEY_BYTES = 32
@@ -119,6 +125,8 @@ class Label:
     problem: str | None = None
     #: Where the file was labelled (absolute path); policy rules match against it.
     home: str | None = None
+    #: A derived file's source: its label id, else its home (None: labelled directly).
+    derived_from: str | None = None
 
     @property
     def valid(self) -> bool:
@@ -137,6 +145,8 @@ class Label:
             parts.append(f"id {self.label_id}")
         if self.home is not None:
             parts.append(f"home {self.home}")
+        if self.derived_from is not None:
+            parts.append(f"derived from {self.derived_from}")
         return "; ".join(parts)
 
 
@@ -208,6 +218,13 @@ def parse_home(value: str | os.PathLike[str]) -> str:
     if text != "/" and any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"home {text[:80]!r} must be a normalised path (no //, . or ..)")
     return text
+
+
+def parse_derived(value: str) -> str:
+    """A derived file's source: a label id or a home."""
+    if value.startswith("/"):
+        return parse_home(value)
+    return parse_label_id(value)
 
 
 def policy_path(label: Label | None, opened: str) -> str:
@@ -284,9 +301,14 @@ def parse_label(raw: Mapping[str, bytes]) -> Label | None:
         home = None
         if XATTR_HOME in ours:
             home = parse_home(_text(ours[XATTR_HOME], XATTR_HOME, MAX_HOME_BYTES))
+        derived = None
+        if XATTR_DERIVED in ours:
+            derived = parse_derived(_text(ours[XATTR_DERIVED], XATTR_DERIVED, MAX_HOME_BYTES))
     except ValueError as e:
         return invalid_label(str(e))
-    return Label(level=level, until=until, scope=scope, label_id=label_id, home=home)
+    return Label(
+        level=level, until=until, scope=scope, label_id=label_id, home=home, derived_from=derived
+    )
 
 
 def _describe_ref(target: FileRef) -> str:
@@ -351,7 +373,9 @@ def _parse_cached(raw: dict[str, bytes]) -> Label | None:
         home = parse_home(_text(home_raw, XATTR_HOME, MAX_HOME_BYTES))
     except ValueError as e:
         return invalid_label(str(e))
-    return Label(label.level, label.until, label.scope, label.label_id, None, home)
+    return Label(
+        label.level, label.until, label.scope, label.label_id, None, home, label.derived_from
+    )
 
 
 def read_label(  # noqa: PLR0911 - one return per way a label can fail
@@ -553,6 +577,7 @@ def set_label(
     label_id: str | None = None,
     key: bytes | None = None,
     home: str | os.PathLike[str] | None = None,
+    derived_from: str | None = None,
 ) -> Label:
     """Label a file, sealed with ``key``; attributes not given are removed.
 
@@ -569,6 +594,7 @@ def set_label(
             scope=parse_scope(scope),
             label_id=None if label_id is None else parse_label_id(label_id),
             home=parse_home(_present_path(target) if home is None else home),
+            derived_from=None if derived_from is None else parse_derived(derived_from),
         )
     except ValueError as e:
         raise LabelError(f"invalid label for {_describe_ref(target)}: {e}") from e
@@ -581,8 +607,32 @@ def set_label(
         raw[XATTR_ID] = label.label_id.encode()
     assert label.home is not None  # noqa: S101 - set above
     raw[XATTR_HOME] = label.home.encode()
+    if label.derived_from is not None:
+        raw[XATTR_DERIVED] = label.derived_from.encode()
     _write_raw(target, _sealed(raw, target, key))
     return label
+
+
+def derive_label(target: FileRef, source: Label, key: bytes, *, home: str) -> Label | None:
+    """Give ``target`` -- written by a process that had read a file labelled ``source``
+    -- the source's level, period and scope, sealed with ``key``, its own ``home``, and
+    the source's id (else home) as ``derived_from``. A file whose label is already as
+    high or higher (or invalid: fail-closed already) keeps it. Returns the label written,
+    None when the file kept its own; LabelError when it cannot be labelled.
+    """
+    present = read_label(target, key)
+    if present is not None and (not present.valid or present.level >= source.level):
+        return None
+    return set_label(
+        target,
+        source.level,
+        until=source.until,
+        scope=source.scope,
+        label_id=source.label_id,
+        key=key,
+        home=home,
+        derived_from=source.label_id or source.home,
+    )
 
 
 def set_label_tree(

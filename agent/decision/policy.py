@@ -58,7 +58,9 @@ ENFORCED_BY = {
     # pre-content events (6.14+) a write of a labelled file is also decided and recorded
     "write": "DAC",
     "delete": "DAC",  # the directory's ACL: create, unlink, rename and link entries
-    "export": "",  # no export path is watched on this host
+    # a process that read a labelled file opening a file for writing in a place the
+    # export rules name (agent/sensors/files/export.py, taint.py)
+    "export": "fanotify",
 }
 EFFECTS = ("allow", "deny")
 

@@ -87,6 +87,13 @@ def enforcement(
     with pre-content events).
     """
     mechanism = ENFORCED_BY.get(action, "")
+    if action == "export":
+        return verdict.allow, (
+            "export: decided by fanotify when a process that has read a labelled file "
+            "opens a file for writing in a place an export rule names (a mount there), at "
+            "the level of what it read; recorded (a write it opened before its read is "
+            "recorded, not refused)"
+        )
     if mechanism == "fanotify":
         return verdict.allow, f"{action}: enforced by fanotify, decided per open and recorded"
     if not mechanism:
@@ -143,18 +150,33 @@ def explain(
 
     The label is read from ``path`` when the file exists (its seal checked with ``key``
     when one is given, as the agent checks it); otherwise the file counts as
-    unlabelled (unclassified).
+    unlabelled (unclassified). An ``export`` is decided at the place written to, at
+    the level of the data: ``path`` may then be a label spec (``parse_target``), e.g.
+    ``/media/usb/x;level=机密``.
     """
     day = today or date.today()
     uid = resolve_uid(policyset, user)
     label: Label | None = None
     label_note = ""
-    try:
-        label = read_label(path, key)
-    except OSError as e:
-        label_note = f" (no file: {e.strerror}; decided as unlabelled)"
+    given = False
+    if action == "export" and ";" in path:
+        try:
+            path, label, given = parse_target(path)
+        except ValueError as e:
+            raise PolicyError(path, 0, str(e)) from e
+    if not given:
+        try:
+            label = read_label(path, key)
+        except OSError as e:
+            label_note = f" (no file: {e.strerror}; decided as unlabelled)"
+    if action == "export" and not given:
+        label_note += (
+            "; an export is asked only of a process that read a labelled file: give the "
+            "level of what it read as PATH;level=LEVEL"
+        )
     engine = Engine(policyset)
-    home = policy_path(label, path)  # rules match where the file was labelled
+    # Rules match where the file was labelled; an export, where the data goes.
+    home = path if action == "export" else policy_path(label, path)
     verdict = engine.decide_cold(
         uid=uid, exe=exe or "", path=home, label=label, action=action, today=day
     )
@@ -350,7 +372,8 @@ def policy_test(
             except OSError:
                 label = None  # no such file: unlabelled
         uid = resolve_uid(policyset, user)
-        path = policy_path(label, path)
+        if action != "export":  # an export is decided at the place written to
+            path = policy_path(label, path)
         verdict = engine.decide_cold(
             uid=uid, exe=exe, path=path, label=label, action=action, today=day
         )

@@ -42,6 +42,7 @@ def _files(settings: dict[str, Any], sink: EventSink) -> Sensor:
             guardian_dir=guardian_dir,
             pre_content=bool(settings.get("pre_content", True)),
             repeat_journal=state_dir / "repeats.journal",
+            follow_filesystems=bool(settings.get("follow_filesystems", False)),
         ),
         sink,
     )

@@ -82,9 +82,12 @@ class ChangeWatcher:
         *,
         on_overflow: OnOverflow | None = None,
         on_error: Callable[[BaseException], None] | None = None,
+        on_written: Callable[[str, int], None] | None = None,
     ) -> None:
         self.roots = abs_roots(roots)
         self._on_change = on_change
+        # (path, pid) at every close after a write: who finished writing what
+        self._on_written = on_written
         self._own_pid = os.getpid()  # its own attribute changes (labels it writes) are not news
         self._on_overflow = on_overflow
         self._on_error = on_error
@@ -210,6 +213,11 @@ class ChangeWatcher:
                 self._dirty.add(path)
         elif mask & FAN_CLOSE_WRITE:
             self._dirty.discard(path)
+        if mask & FAN_CLOSE_WRITE and self._on_written is not None:
+            try:
+                self._on_written(path, pid)
+            except Exception:
+                _logger.exception("file written handler failed")
         if mask & FAN_ATTRIB and pid != self._own_pid:
             self._emit(Change("attrib", path, "", pid, uid))
         if mask & FAN_DELETE:

@@ -8,6 +8,8 @@ helpers the readers share. The readers built on it live beside it:
 ``trees.TreeWatcher``           keeps every directory under the protected roots marked
 ``permission.PermissionGuard``  answers every open with a decision (C read loop)
 ``changes.ChangeWatcher``       reports writes, creations, renames, deletions, attributes
+``export.ExportGuard``          answers opens in the places export rules name
+``spread.FilesystemWrites``     reports writes anywhere on the protected trees' filesystems
 
 fanotify needs ``CAP_SYS_ADMIN``: without it a reader logs one line and says
 ``disabled`` in its health, so the agent keeps its other sensors.

@@ -10,6 +10,11 @@ same file again gets the same answer from the guard's C read loop, counted; ever
 ``FOLD_SECONDS`` (and whenever the policy changes) the counts become one event per
 repeated access and every such answer is forgotten, so the next open is decided afresh.
 
+Labels follow content: a process allowed to read a classified file is tainted
+(``taint``); what it writes in the trees (or, with ``follow_filesystems``, anywhere on
+their filesystems: ``spread``) gets the label it read, and its writes into the places
+the export rules name are decided as ``export`` (``export``).
+
 Without a loaded policy every open under the roots is denied: an empty policy is an
 error, never "allow all".
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -32,10 +38,12 @@ from agent.decision.apps import ApprovedApps, ContentHashes, Interpreters
 from agent.decision.engine import Engine, Verdict
 from agent.decision.errors import PolicyError
 from agent.decision.policy import PolicySet
-from agent.errors import ConfigError
+from agent.errors import AgentError, ConfigError
 from agent.labels import (
+    LEVEL_NAMES,
     UPDATING_PROBLEM,
     Label,
+    derive_label,
     effective_level,
     file_identity,
     inherit_label,
@@ -48,18 +56,23 @@ from agent.sensors.files import answering, inodes
 from agent.sensors.files.answering import ANSWERING_NAME, AnswersInFlight, attribute_pending
 from agent.sensors.files.changes import Change, ChangeWatcher
 from agent.sensors.files.dac import DacKeeper
-from agent.sensors.files.fanotify import under_roots
+from agent.sensors.files.export import ExportGuard, fixed_part
+from agent.sensors.files.fanotify import FAN_OPEN_PERM, fd_path, proc_uid, under_roots
 from agent.sensors.files.guardian import GapProgress
 from agent.sensors.files.opener import Opener, Openers, unapproved
 from agent.sensors.files.permission import Access, PermissionGuard
 from agent.sensors.files.refusals import RefusalRecorder
 from agent.sensors.files.repeats import RepeatJournal, RepeatJournalError
+from agent.sensors.files.spread import FilesystemWrites
+from agent.sensors.files.taint import Taint, Taints, opens_for_writing
 
 _logger = logging.getLogger(__name__)
 
 CMDLINE_BYTES = 256  # of /proc/PID/cmdline kept in an event
 LABEL_CACHE = 65_536  # labels remembered by (dev, ino, ctime_ns)
 LABELS_READ_AT_START = 16_384  # of them, filled by the scan at start
+PENDING_WRITES = 16_384  # files written, looked at again after the next fold (per fold)
+EXPORTS_KEPT = 16_384  # (pid, file) whose export was decided at its open
 SEVERITY_OF = {
     (True, False): events_pb2.SEVERITY_INFO,  # allowed, label fine
     (False, False): events_pb2.SEVERITY_MEDIUM,  # denied
@@ -88,7 +101,8 @@ def enforcement(decides_writes: bool) -> str:
     return (
         f"read/execute: decided per open and recorded; {writes}delete/rename/link: file "
         "modes and ACLs only (refused attempts recorded through kernel audit); "
-        "export: not enforced"
+        "export: opens for writing by processes that read labelled files decided in the "
+        "places export rules name, and recorded"
     )
 
 
@@ -114,6 +128,10 @@ class FileGuardConfig:
     #: Where repeats answered in C are journalled before they are answered, so that a
     #: killed agent loses none (repeats.py); None: kept in memory until recorded.
     repeat_journal: Path | None = None
+    #: Label what processes that read labelled files write anywhere on the protected
+    #: trees' filesystems, not only in the trees (spread.py). Off by default: a whole
+    #: filesystem is watched for writes, the root filesystem too if a tree is on it.
+    follow_filesystems: bool = False
 
 
 def _cmdline(pid: int) -> str:
@@ -205,7 +223,23 @@ class FileGuard:
             on_tamper=self._tamper,
             pre_content=config.pre_content,
         )
-        self._changes = ChangeWatcher(config.roots, self._on_change, on_overflow=self._overflow)
+        self._changes = ChangeWatcher(
+            config.roots, self._on_change, on_overflow=self._overflow, on_written=self._follow
+        )
+        # What each process has read (taint.py): what it writes gets that label, and its
+        # writes into the places the export rules name are decided as exports.
+        self._taints = Taints()
+        self._export = ExportGuard(self._export_decision, self._guard.roots)
+        self._spread = (
+            FilesystemWrites(config.roots, self._known_tainted, self._written_elsewhere)
+            if config.follow_filesystems
+            else None
+        )
+        self._exported: dict[tuple[int, int, int], None] = {}
+        # Files written since the last fold, by pid: a read answered in C (a shared
+        # answer) is learnt at the next fold, and they are looked at again then.
+        self._pending: dict[tuple[str, int], None] = {}  # (path, writer's pid)
+        self._export_flushed: set[int] = set()  # pids a fold was forced for, this period
         # Writes and deletions are refused by DAC, which the keeper owns (dac.py).
         self._dac = DacKeeper(config.roots, config.label_key, lambda: self._engine, sink)
         self._inodes = inodes.LabelledInodes(config.inodes_db)
@@ -233,6 +267,7 @@ class FileGuard:
             self._openers = (engine, openers)
             self._engine = engine
             self._programs_run = self._programs_run | frozenset(apps.by_inode)
+        self._export.watch(fixed_part(r.obj) for r in policyset.rules if r.act == "export")
         self.flush(forget=True)
         self._watch_programs()
         self._dac.policy_changed()
@@ -261,6 +296,8 @@ class FileGuard:
         self._changes.start()
         self._dac.start()  # after the change watcher: nothing made meanwhile is missed
         self._refusals.start()  # after the keeper: its own chmods are not refusals
+        if self._spread is not None:
+            self._spread.start()
         self._flusher.start()
         self._started = True
         _logger.info("file guard: %s", enforcement(self._guard.decides_writes))
@@ -271,6 +308,9 @@ class FileGuard:
         self._changes.stop()
         self._dac.stop()
         self._refusals.stop()
+        self._export.stop()
+        if self._spread is not None:
+            self._spread.stop()
         self._stopping.set()
         if self._flusher.is_alive():
             self._flusher.join()
@@ -417,7 +457,9 @@ class FileGuard:
             repeats = self._guard.take_repeats(forget=forget)
             for recorded, pid, count, first_ns, last_ns in repeats:
                 assert isinstance(recorded, bytes)  # noqa: S101 - only _decide() gives tokens
-                self._sink(self._repeat_event(recorded, pid, count, first_ns, last_ns))
+                event = self._repeat_event(recorded, pid, count, first_ns, last_ns)
+                self._taint_by_repeat(event.file_access)
+                self._sink(event)
             if self._journal is not None and generation:
                 self._journal.mark_done(generation)
 
@@ -443,20 +485,27 @@ class FileGuard:
         day = date.today()
         while not self._stopping.wait(FOLD_SECONDS):
             today = date.today()
+            written, self._pending = self._pending, {}  # before the fold: see _follow
             self.flush(forget=today != day)
             day = today
+            self._retry_pending(written)  # before a sweep forgets the processes gone
+            self._taints.sweep()
+            self._export_flushed.clear()
+            self._export.refresh()
 
     def health(self) -> Health:
         """The worst of the guard's, the watcher's, the DAC keeper's and the refusal
         recorder's health; degraded while starting and without policy."""
         guard, changes, dac = self._guard.health(), self._changes.health(), self._dac.health()
-        refusals = self._refusals.health()
+        refusals, export = self._refusals.health(), self._export.health()
+        spread = self._spread.health() if self._spread is not None else export
         if not self._started and guard.state == "ok":
             return Health("degraded", "starting: labelled files are being found and marked")
         if self._engine is None and guard.state == "ok" and dac.state == "ok":
             return Health("degraded", "no policy loaded: every protected open is denied")
         order = ("ok", "degraded", "disabled", "failed")
-        worst = max((guard, changes, dac, refusals), key=lambda h: order.index(h.state))
+        parts = (guard, changes, dac, refusals, export, spread)
+        worst = max(parts, key=lambda h: order.index(h.state))
         if worst.state == "ok":
             writes = enforcement(self._guard.decides_writes)
             return Health("ok", f"{guard.detail}; {dac.detail}; {writes}")
@@ -599,6 +648,8 @@ class FileGuard:
     def _decide(self, access: Access) -> _Decided | bool:
         """The answer to an open: only what the answer needs; the rest is _decided()."""
         engine = self._engine
+        if self._taints:
+            self._follow_open(access)
         label, identity = self._label(access)
         if label is None and self._program_run(access):
             return True  # watched, not guarded (_watch_programs): nothing to decide
@@ -615,6 +666,9 @@ class FileGuard:
         (``_decided``), so that if a kill lets the guardian answer it instead, the next
         agent records what it became (answering.py)."""
         if isinstance(result, _Decided):
+            if self._tainting(access, result):  # before the answer: before any write
+                assert result.label is not None  # noqa: S101 - _tainting checks it
+                self._taints.read(access.pid, result.label, access.path)
             result.recorded = self._record(access, result.label, result.verdict)
             if self._in_flight is not None:
                 result.in_flight = self._in_flight.hold(access.fd, result.recorded)
@@ -843,6 +897,8 @@ class FileGuard:
     # -- changes ------------------------------------------------------------------------
     def _on_change(self, change: Change) -> None:
         self._changed(change)
+        if change.kind in ("create", "write"):
+            self._follow(change.path, change.pid)
         # after _changed: a new file in a labelled directory has its label by now
         self._dac.changed(change.kind, change.path, change.uid, change.pid)
 
@@ -873,6 +929,234 @@ class FileGuard:
                     pid=max(change.pid, 0),
                     level=level,  # type: ignore[arg-type]
                     label_id=label_id,
+                ),
+            )
+        )
+
+    # -- labels follow content (taint.py, export.py) ---------------------------------------
+    @staticmethod
+    def _tainting(access: Access, result: _Decided) -> bool:
+        """Whether this answer lets the process read a classified file: it is tainted
+        then. Other processes given this answer by the guard's C loop are tainted when
+        the fold reports their repeats (``_taint_by_repeat``)."""
+        label = result.label
+        return (
+            result.verdict.allow
+            and access.action in ("read", "execute")
+            and label is not None
+            and label.valid
+            and effective_level(label, date.today()) > 0
+        )
+
+    def _follow_open(self, access: Access) -> None:
+        """A tainted process opening a file for writing (or writing a labelled one):
+        label it first, so it is decided -- and guarded from then on -- at its new
+        level. Only when the path the kernel gives is this very file in the agent's
+        view (the label's home is that path)."""
+        if access.action == "read" and opens_for_writing(access.pid) is False:
+            return  # the common case, told by one read of /proc/PID/syscall
+        if access.action not in ("read", "write"):
+            return
+        taint = self._taints.of(access.pid)
+        if taint is None:
+            return
+        try:
+            st = os.lstat(access.path)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) != (access.dev, access.ino) or not stat.S_ISREG(st.st_mode):
+            return
+        if self._derive(access.fd, access.path, taint, access.pid, access.uid):
+            self._labels.pop((access.dev, access.ino, access.ctime_ns), None)
+
+    def _follow(self, path: str, pid: int, *, retry: bool = True) -> None:
+        """A file under the trees was created or written by ``pid``: if that process is
+        tainted, the file gets its label (the change path; the process may have exited
+        since, see taint.py). The file is looked at again after the next fold
+        (``retry``): the guard's C loop may have answered a read of the process with
+        another process's answer, which only the fold reports (``_taint_by_repeat``)."""
+        if pid <= 0 or not path:
+            return
+        if retry and len(self._pending) < PENDING_WRITES:
+            self._pending[(path, pid)] = None
+        taint = self._taints.of(pid) if self._taints else None
+        if taint is None:
+            return
+        try:
+            fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return  # gone since
+        uid = proc_uid(pid)
+        try:
+            labelled = stat.S_ISREG(os.fstat(fd).st_mode) and self._derive(
+                fd, path, taint, pid, uid
+            )
+        finally:
+            os.close(fd)
+        if labelled:  # its writers are those of its new level now
+            self._dac.changed("create", path, uid, pid)
+
+    def _known_tainted(self, pid: int) -> bool:
+        """Whether ``pid`` is known to have read a labelled file (spread.py asks)."""
+        return bool(self._taints) and self._taints.of(pid) is not None
+
+    def _written_elsewhere(self, pid: int, fd: int) -> None:
+        """A tainted process wrote the file open as ``fd`` (O_PATH) somewhere on a
+        protected tree's filesystem: it gets the taint's label, its path as home."""
+        taint = self._taints.of(pid)
+        path = fd_path(fd)
+        if taint is None or not path.startswith("/") or not stat.S_ISREG(os.fstat(fd).st_mode):
+            return
+        self._derive(fd, path, taint, pid, proc_uid(pid))
+
+    def _retry_pending(self, written: dict[tuple[str, int], None]) -> None:
+        """Look again at the files written before the fold that just ran."""
+        for path, pid in written:
+            self._follow(path, pid, retry=False)
+
+    def _taint_by_repeat(self, access: events_pb2.FileAccess) -> None:
+        """A read the guard's C loop answered (counted in a repeat event) taints its
+        process as a decided one does; it may have exited meanwhile (taint.py)."""
+        if (
+            access.decision != events_pb2.DECISION_ALLOW
+            or access.action not in ("read", "execute")
+            or access.level <= 0
+        ):
+            return
+        label = Label(
+            level=access.level,
+            until=date.fromisoformat(access.label_until) if access.label_until else None,
+            scope=tuple(access.label_scope),
+            label_id=access.label_id or None,
+            home=access.home or None,
+        )
+        self._taints.read(access.pid, label, access.path)
+
+    def _derive(self, fd: int, path: str, taint: Taint, pid: int, uid: int) -> bool:
+        """Give the file open as ``fd`` at ``path`` the taint's label (derive_label);
+        keep its inode guarded and record a ``derived`` file change. True if labelled."""
+        try:
+            with self._inherit_lock:
+                label = derive_label(
+                    f"/proc/self/fd/{fd}", taint.label, self._config.label_key, home=path
+                )
+        except (AgentError, OSError, ValueError) as e:
+            _logger.error("cannot label %s, written after reading %s: %s", path, taint.source, e)
+            self._tamper(
+                "derived_label", f"cannot label {path} written after reading a labelled file: {e}"
+            )
+            return False
+        if label is None:
+            return False  # labelled as high already
+        self._keep_labelled(fd, label, path)
+        self._sink(
+            events_pb2.Event(
+                severity=events_pb2.SEVERITY_INFO,
+                file_change=events_pb2.FileChange(
+                    path=path,
+                    change="derived",
+                    old_path=taint.source,
+                    uid=max(uid, 0),
+                    pid=max(pid, 0),
+                    level=label.level,  # type: ignore[arg-type]
+                    label_id=label.label_id or "",
+                    home=label.home or "",
+                ),
+            )
+        )
+        return True
+
+    def _export_decision(self, pid: int, fd: int, mask: int) -> bool:
+        """An open (``FAN_OPEN_PERM``), a write or a close after writing in an export
+        place: a tainted process writing there is decided as ``export`` of its taint's
+        label to the file's path; the open's answer is the verdict, a write or close
+        (by a process that opened before its read, or got the descriptor from one that
+        did, as ``sh -c 'cat SRC > DST'`` does) is only recorded."""
+        if pid == os.getpid():
+            return True
+        opening = bool(mask & FAN_OPEN_PERM)
+        if opening and opens_for_writing(pid) is False:
+            return True
+        st = os.fstat(fd)
+        key = (pid, st.st_dev, st.st_ino)
+        if not stat.S_ISREG(st.st_mode) or (not opening and key in self._exported):
+            return True  # decided (and recorded) at its open
+        taint = self._taints.of(pid) if self._taints else None
+        if taint is None and pid not in self._export_flushed:
+            # Its read may have been answered in C and not reported yet: fold now (once
+            # per process and period) rather than let it out untainted.
+            self._export_flushed.add(pid)
+            self.flush()
+            taint = self._taints.of(pid)
+        if taint is None:
+            return True
+        path = fd_path(fd)
+        uid = proc_uid(pid)
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")  # noqa: PTH115
+        except OSError:
+            exe = ""
+        engine, pair = self._engine, self._openers
+        if engine is None or pair is None or pair[0] is not engine:
+            verdict = Verdict(False, "", "no policy loaded")
+        else:
+            verdict = engine.decide(
+                uid=uid,
+                exe=pair[1].lookup(pid, exe).exe,
+                path=path,
+                file_key=(st.st_dev, st.st_ino, st.st_ctime_ns),
+                label=taint.label,
+                action="export",
+            )
+        if len(self._exported) >= EXPORTS_KEPT:
+            self._exported.clear()
+        self._exported[key] = None
+        self._record_export(pid, uid, exe, path, taint, verdict, opening=opening)
+        return verdict.allow or not opening
+
+    def _record_export(  # noqa: PLR0917 - who, where, what and the answer
+        self,
+        pid: int,
+        uid: int,
+        exe: str,
+        path: str,
+        taint: Taint,
+        verdict: Verdict,
+        *,
+        opening: bool,
+    ) -> None:
+        """One ``export`` access: HIGH unless the policy allows it."""
+        label = taint.label
+        what = f"data of {taint.source} ({LEVEL_NAMES[label.level]}) read by this process"
+        if opening:
+            reason = f"{verdict.reason}; {what}"
+            decision = events_pb2.DECISION_ALLOW if verdict.allow else events_pb2.DECISION_DENY
+        else:
+            # Opened before the process read labelled data: the kernel asked nothing then.
+            reason = f"{verdict.reason}; {what}, written to a file it had opened before"
+            if not verdict.allow:
+                reason = "NOT refused (opened before the read): " + reason
+            decision = events_pb2.DECISION_ALLOW
+        person = self._engine.policyset.subjects.by_uid.get(uid) if self._engine else None
+        self._sink(
+            events_pb2.Event(
+                severity=events_pb2.SEVERITY_INFO if verdict.allow else events_pb2.SEVERITY_HIGH,
+                file_access=events_pb2.FileAccess(
+                    path=path,
+                    action="export",
+                    uid=max(uid, 0),
+                    user=person.name if person else "",
+                    pid=pid,
+                    executable=exe,
+                    cmdline=_cmdline(pid),
+                    level=label.level,  # type: ignore[arg-type]
+                    label_id=label.label_id or "",
+                    label_until=label.until.isoformat() if label.until else "",
+                    label_scope=list(label.scope),
+                    home=label.home or "",
+                    decision=decision,
+                    reason=reason[:500],
+                    rule=verdict.rule[:500],
                 ),
             )
         )

@@ -424,3 +424,35 @@ def test_helpers_refuse_undecodable_text_with_a_message() -> None:
         with pytest.raises(ValueError, match=r"not UTF-8|dept:NAME") as err:
             parse(text)
         assert not isinstance(err.value, UnicodeError)
+
+
+def test_derive_label_gives_the_sources_level_sealed_with_its_source(
+    tmp_path: Path, doc: Path
+) -> None:
+    key = b"k" * 32
+    source = set_label(doc, "机密", until="2031-06-30", scope="dept:finance", key=key)
+    copy = tmp_path / "copy.docx"
+    copy.write_bytes(b"")
+    got = labels.derive_label(copy, source, key, home=str(copy))
+    want = Label(2, date(2031, 6, 30), ("dept:finance",), home=str(copy), derived_from=str(doc))
+    assert got == want
+    assert read_label(copy, key) == want  # sealed: valid under the key
+    assert "derived from " + str(doc) in want.describe()
+    # a derived label is as tamper-evident as any: its source changed by hand breaks it
+    os.setxattr(copy, labels.XATTR_DERIVED, b"/elsewhere")
+    assert not read_label(copy, key).valid  # type: ignore[union-attr]
+
+
+def test_derive_label_keeps_an_equal_or_higher_label_and_raises_a_lower_one(
+    tmp_path: Path,
+) -> None:
+    key = b"k" * 32
+    source = Label(2, label_id="BM-7", home="/srv/secret/a.doc")
+    higher, lower = tmp_path / "higher", tmp_path / "lower"
+    for f, level in ((higher, "绝密"), (lower, "秘密")):
+        f.write_bytes(b"")
+        set_label(f, level, key=key)
+    assert labels.derive_label(higher, source, key, home=str(higher)) is None
+    assert read_label(higher, key) == Label(3, home=str(higher))
+    raised = labels.derive_label(lower, source, key, home=str(lower))
+    assert raised == Label(2, label_id="BM-7", home=str(lower), derived_from="BM-7")

@@ -187,7 +187,7 @@ def test_policy_test_lists_mismatches(site: Path) -> None:
     assert "expected allow, got deny (read up: clearance 2 < level 3)" in first
     assert f"got allow (allowed: unclassified; rule p, role:head, {s}" in str(mismatches[1])
     assert all("disagree" not in m.note for m in mismatches)  # the engine and Casbin agree
-    assert mismatches[1].note == "export is not enforced on this host: the policy's answer only"
+    assert mismatches[1].note == ""  # export is enforced: the answer is the kernel's
 
 
 @pytest.mark.parametrize(
@@ -432,7 +432,7 @@ ENFORCEMENT = [
         "delete: enforced by DAC on the directory /srv/secret/finance (ACL user:1002:rwx)",
     ),
     ("wang", "delete", "", f"DENY  delete {Q3}", "on the directory /srv/secret/finance (no ACL"),
-    ("li", "export", "", f"NOT ENFORCED  export {Q3}", "export: not enforced on this host"),
+    ("li", "export", "", f"ALLOW  export {Q3}", "export: decided by fanotify when a process"),
     ("root", "write", "", f"ALLOW  write {Q3}", "DAC does not bind root"),
 ]
 
@@ -461,8 +461,8 @@ def test_explain_names_a_dac_grant_wider_than_the_program(tmp_path: Path) -> Non
     table = tmp_path / "cases.csv"
     table.write_text(f'liu, "{doc}", write, deny, /usr/bin/cat\nli, {Q3}, export, deny\n')
     mismatches = policy_test(ps, table, today=TODAY)
-    assert [m.line for m in mismatches] == [2]  # the policy allows li's export ...
-    assert "not enforced on this host" in mismatches[0].note  # ... which nothing enforces
+    assert [m.line for m in mismatches] == [2]  # the policy allows li's export
+    assert mismatches[0].note == ""  # ... and the kernel path decides it the same
 
 
 def test_with_pre_content_a_labelled_write_is_also_decided() -> None:
@@ -491,9 +491,10 @@ def test_with_pre_content_a_labelled_write_is_also_decided() -> None:
     assert "pre-content" not in how
 
 
-def test_unenforced_rules_are_warned_about_once(
+def test_export_rules_load_without_a_not_enforced_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Every action now has a mechanism (export: the export path of the file guard)."""
     d = tmp_path / "p"
     d.mkdir()
     for name in ("model.conf", "subjects.toml"):
@@ -503,9 +504,32 @@ def test_unenforced_rules_are_warned_about_once(
     )
     with caplog.at_level("WARNING"):
         PolicySet.load(d)
-        PolicySet.load(d)
-    warned = [r.getMessage() for r in caplog.records if "not enforced" in r.getMessage()]
-    assert warned == [
-        f"{d}/policy.csv:2: 'export' rules are not enforced on this host: "
-        "nothing refuses an export; they are kept for explain and reports only"
-    ]
+    assert not [r.getMessage() for r in caplog.records if "not enforced" in r.getMessage()]
+
+
+def test_an_export_is_decided_where_the_data_goes_at_the_level_of_the_data(site: Path) -> None:
+    """As the file guard's export path decides it: the engine asked with the place
+    written to as path and the taint's label (agent/sensors/files/sensor.py); explain
+    and policy test take the data's level as a label spec, and never the home of a
+    label found on the destination."""
+    s = _secret(site)
+    ps = PolicySet.load(site)
+    engine = Engine(ps)
+    dest = f"{s}/finance/out.doc"
+    for user, uid, allowed in (("li", 1002, True), ("wang", 1003, False)):
+        kernel = engine.decide_cold(
+            uid=uid, exe="", path=dest, label=Label(2), action="export", today=TODAY
+        )
+        text = explain(ps, user, f"{dest};level=机密", "export", today=TODAY)
+        assert kernel.allow is allowed
+        assert text.splitlines()[0] == f"{'ALLOW' if allowed else 'DENY'}  export {dest}"
+        assert "export: decided by fanotify when a process that has read a labelled file" in text
+    keys = f"{s}/finance/keys/k.doc"
+    assert explain(ps, "li", f"{keys};level=秘密", "export", today=TODAY).startswith("DENY")
+    # A labelled file at the destination whose home is keys/: decided at its path.
+    there = s / "finance" / "labelled.doc"
+    there.write_bytes(b"")
+    set_label(there, "机密", home=keys)
+    table = _table(site, [f"li, {there}, export, allow", f"li, {keys};level=机密, export, deny"])
+    assert policy_test(ps, table, today=TODAY) == []
+    assert "give the level of what it read" in explain(ps, "li", dest, "export", today=TODAY)
