@@ -118,6 +118,8 @@ class EventView:
 
 
 _DECISION: dict[int, str] = {events_pb2.DECISION_ALLOW: "allow", events_pb2.DECISION_DENY: "deny"}
+
+
 def _label_request(ev: events_pb2.Event) -> tuple[str, tuple[str, ...], str]:
     r = ev.label_request
     return r.requester, (r.path,), f"{r.action} level {r.level} {r.register_id} {r.title}"
