@@ -145,7 +145,7 @@ class Inventory:
     """The labelled files under the protected trees, hashed once per file version."""
 
     def __init__(self, roots: Sequence[Path], key: Callable[[], bytes | None]) -> None:
-        self.roots = [Path(r) for r in roots]
+        self._roots = [Path(r) for r in roots]
         self._key = key
         self._hashes: dict[tuple[int, int, int, int, int], str] = {}
         self.last: events_pb2.LabelInventory | None = None
@@ -186,7 +186,7 @@ class Inventory:
         return events_pb2.LabelInventory(files=found, truncated=truncated)
 
     def _files(self) -> Iterable[Path]:
-        for root in self.roots:
+        for root in self._roots:
             for parent, _, names in os.walk(root):
                 for name in sorted(names):
                     path = Path(parent, name)
@@ -194,7 +194,10 @@ class Inventory:
                         yield path
 
     def changed(self) -> events_pb2.LabelInventory | None:
-        """A new inventory when it differs from the last one reported, else None."""
+        """A new inventory when it differs from the last one reported, else None (and
+        always None on a host that guards no tree: it has nothing to list)."""
+        if not self._roots:
+            return None
         now = self.scan()
         if self.last is not None and now == self.last:
             return None
@@ -320,10 +323,7 @@ class LabelOrders:
         return digest
 
     def report_inventory(self) -> None:
-        """Send the inventory if it changed since the last one sent (a host that guards
-        no tree has none to send)."""
-        if not self.inventory.roots:
-            return
+        """Send the inventory if it changed since the last one sent."""
         inventory = self.inventory.changed()
         if inventory is not None:
             self._emit(
