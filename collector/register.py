@@ -49,6 +49,7 @@ _LEVEL_WORDS = {
     "3": 3, "2": 2, "1": 1, "0": 0,
 }  # fmt: skip
 _SCOPE_RE = re.compile(r"(user|dept|role):[^,\s\x00-\x1f]{1,64}")
+FINDING_AUTHOR = "register"  # created_by of the findings drift makes
 DRIFT_KINDS = {
     "unapproved_label": "未登记的密级标志 (label not in the register)",
     "register_missing": "台账条目在主机上缺失 (register entry missing on the host)",
@@ -176,18 +177,28 @@ class Register:
         self.requests: set[str] = set()  # request ids recorded (a host's is taken once)
         self.orders_done: set[str] = set()  # orders whose outcome is recorded
         self.refused: list[events_pb2.RegisterStep] = []  # hosts' requests refused
+        self._taken: set[tuple[str, int]] = set()  # (chain, seq) of the steps applied
 
     @classmethod
     def load(cls, store: Store) -> Register:
         """Replay every register step in the store."""
         register = cls()
-        rows = store.query(EventQuery(host_id=COLLECTOR_HOST, kind="register_step", limit=None))
-        for row in sorted(rows, key=lambda r: r.seq):
-            register.apply_row(row)
+        register.take(steps_in(store))
         return register
+
+    def take(self, rows: list[EventRow]) -> int:
+        """Apply the stored steps not applied yet (another collector on the same store
+        may have recorded some), in the order they were recorded; how many."""
+        new = [r for r in rows if (r.host_id, r.seq) not in self._taken]
+        for row in sorted(new, key=lambda r: (r.event_time_us, r.host_id, r.seq)):
+            self.apply_row(row)
+        return len(new)
 
     def apply_row(self, row: EventRow) -> None:
         """Take one stored ``register_step`` event into the table."""
+        if (row.host_id, row.seq) in self._taken:
+            return
+        self._taken.add((row.host_id, row.seq))
         event = events_pb2.Event.FromString(row.body)
         self.apply(event.register_step, row.event_time_us, row.seq)
 
@@ -273,6 +284,12 @@ class Register:
         """Entries, newest first, optionally of one status."""
         rows = [e for e in self.entries.values() if status in (None, e.status)]
         return sorted(rows, key=lambda e: e.created_us, reverse=True)
+
+
+def steps_in(store: Store) -> list[EventRow]:
+    """Every register step the collectors' chains hold."""
+    rows = store.query(EventQuery(kind="register_step", limit=None))
+    return [r for r in rows if r.host_id.startswith(COLLECTOR_HOST)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,7 +381,7 @@ class RegisterService:
     # -- steps ----------------------------------------------------------------------
     async def _record(self, step: events_pb2.RegisterStep, severity: int) -> None:
         row = await self._chain.record(severity, register_step=step)
-        self.register.apply(step, row.event_time_us, row.seq)
+        self.register.apply_row(row)
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -372,6 +389,7 @@ class RegisterService:
         """Record a request; its register id (new for a classification)."""
         check_request(req)
         async with self._lock:
+            await self._catch_up()
             if req.action == "classify":
                 register_id = new_register_id()
             else:
@@ -413,6 +431,7 @@ class RegisterService:
     async def approve(self, register_id: str, *, actor: str) -> str:
         """Approve the pending request of an entry; the label order's id."""
         async with self._lock:
+            await self._catch_up()
             entry = self._pending(register_id)
             assert entry.pending is not None  # noqa: S101 - _pending checked it
             order_id = f"order-{secrets.token_hex(6)}"
@@ -435,6 +454,7 @@ class RegisterService:
         if not reason.strip():
             raise RegisterError("say why the request is rejected")
         async with self._lock:
+            await self._catch_up()
             entry = self._pending(register_id)
             assert entry.pending is not None  # noqa: S101 - _pending checked it
             after = "rejected" if entry.pending.action == "classify" else entry.status
@@ -492,8 +512,23 @@ class RegisterService:
                 _logger.exception("reading hosts' register events failed; retrying")
             await asyncio.sleep(POLL_SECONDS)
 
+    async def refresh(self) -> bool:
+        """Take steps other collectors sharing the store recorded; True if any."""
+        async with self._lock:
+            return await self._catch_up()
+
+    async def _catch_up(self) -> bool:
+        """``refresh`` with the lock held: a decision is taken on the newest register."""
+        rows = await asyncio.to_thread(steps_in, self._store)
+        if not self.register.take(rows):
+            return False
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return True
+
     async def take_host_events(self) -> None:
         """Record the steps hosts' new events make, then look for drift."""
+        await self.refresh()
         changed_hosts: set[str] = set()
         for row in await self._new_rows("label_request"):
             await self._host_request(row)
@@ -507,7 +542,7 @@ class RegisterService:
                 inventories[row.host_id] = (row.seq, files)
                 changed_hosts.add(row.host_id)
         for host in sorted(changed_hosts & set(inventories)):
-            await self._alert_drift(drift(self.register, host, inventories[host][1]))
+            await self._alert_drift(host, drift(self.register, host, inventories[host][1]))
 
     async def _new_rows(self, kind: str) -> list[EventRow]:
         # A kind of its own is rare; reading by kind (not by time) also finds what an
@@ -570,12 +605,35 @@ class RegisterService:
                 events_pb2.SEVERITY_INFO if result.ok else events_pb2.SEVERITY_MEDIUM,
             )
 
-    async def _alert_drift(self, found: list[Drift]) -> None:
-        """An alert and a finding for each drift not already an open finding."""
-        if not found:
-            return
+    async def _alert_drift(self, host: str, found: list[Drift]) -> None:
+        """An alert and a finding for each drift not already an open finding; a finding
+        of this host's drift that is gone (the register covers the label now, or the
+        label was put right) is closed, and that is recorded."""
         findings = await asyncio.to_thread(self._store.findings)
-        known = {f.title for f in findings if f.status != "closed"}
+        open_ = [f for f in findings if f.status != "closed"]
+        now_titles = {d.title for d in found}
+        for f in open_:
+            if f.created_by != FINDING_AUTHOR or f": {host}:" not in f.title:
+                continue
+            if f.title in now_titles:
+                continue
+            await self._chain.alert(
+                "drift_resolved",
+                f"{f.title} (finding {f.id}): no longer found on the host",
+                subject_host=host,
+                severity=events_pb2.SEVERITY_INFO,
+            )
+            await asyncio.to_thread(
+                self._store.update_finding,
+                f.id,
+                owner=f.owner,
+                due=f.due,
+                status="closed",
+                note=f"{f.note} | 已消除 resolved: no longer found on the host"[:2000],
+                by=FINDING_AUTHOR,
+                now_us=now_us(),
+            )
+        known = {f.title for f in open_}
         for d in found:
             if d.title in known:
                 continue
@@ -600,9 +658,9 @@ class RegisterService:
                     status="open",
                     note=d.detail[:2000],
                     created_us=now,
-                    created_by="register",
+                    created_by=FINDING_AUTHOR,
                     updated_us=now,
-                    updated_by="register",
+                    updated_by=FINDING_AUTHOR,
                 ),
             )
 

@@ -264,3 +264,19 @@ def test_a_label_set_by_hand_is_a_finding_within_a_heartbeat(deployment: Deploym
     assert title.startswith("未登记的密级标志")
     page = d.as_role("aud").get("/register").text
     assert re.search(r"drift-unapproved_label.*?" + re.escape(str(hand)), page, re.S)
+
+    # Until the register covers it: classified through a request, the finding closes.
+    done = d.request(str(hand), "--level", "机密", "--basis", "第2条", "--title", "补登")
+    assert done.returncode == 0, done.stderr
+    rid = _requested(d, hand, "classify").register_id
+    _approve(d, rid)
+    wait_for(lambda: d.entry(rid).status == "in_force")
+
+    def closed() -> bool:
+        return [f.status for f in d.collector.store.findings() if str(hand) in f.title] == [
+            "closed"
+        ]
+
+    wait_for(closed, seconds=HEARTBEAT_SECONDS + 5)
+    label = read_label(hand, d.site.key)
+    assert label is not None and label.label_id == rid

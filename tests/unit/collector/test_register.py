@@ -170,15 +170,27 @@ def test_drift_from_an_inventory_is_a_finding_once(store: SQLiteStore) -> None:
         await service.take_host_events()
         _host_event(store, 3, label_inventory=inventory)  # the same drift again
         await service.take_host_events()
+        titles = sorted(f.title for f in store.findings())
+        assert titles == [
+            "密级标志与台账不符 (label differs from the register): ws-01:/srv/secret/plan.txt",
+            "未登记的密级标志 (label not in the register): ws-01:/srv/secret/hand.txt",
+        ]
+        assert all(f.host_id == COLLECTOR_HOST and f.status == "open" for f in store.findings())
+        # Put right on the host: the hand-set label removed, the level as registered.
+        _host_event(
+            store, 4, label_inventory=events_pb2.LabelInventory(files=[_file(register_id=rid)])
+        )
+        await service.take_host_events()
         return rid
 
     _run(store, steps)
-    titles = sorted(f.title for f in store.findings())
-    assert titles == [
-        "密级标志与台账不符 (label differs from the register): ws-01:/srv/secret/plan.txt",
-        "未登记的密级标志 (label not in the register): ws-01:/srv/secret/hand.txt",
+    assert {f.status for f in store.findings()} == {"closed"}
+    resolved = [
+        events_pb2.Event.FromString(r.body).tamper
+        for r in store.chain(COLLECTOR_HOST)
+        if r.kind == "tamper"
     ]
-    assert all(f.host_id == COLLECTOR_HOST and f.status == "open" for f in store.findings())
+    assert [t.kind for t in resolved].count("drift_resolved") == 2
 
 
 def test_drift_kinds() -> None:
@@ -222,3 +234,16 @@ def test_drift_kinds() -> None:
 def test_a_bad_request_says_what_to_fix(values: dict[str, object], message: str) -> None:
     with pytest.raises(RegisterError, match=message):
         check_request(_request(**values))
+
+
+def test_a_collector_sharing_the_store_sees_the_others_steps(store: SQLiteStore) -> None:
+    async def steps(one: RegisterService) -> None:
+        other = RegisterService(store, one._chain, KEY)  # started before anything was asked
+        rid = await one.request(_request(), actor="zhang@ws-01")
+        await other.approve(rid, actor="sue")  # decided on the newest register
+        assert await one.refresh()
+        assert not await one.refresh()  # nothing new: nothing taken twice
+        assert one.register.entries[rid].status == "approved"
+        assert [o.register_id for o in one.orders_for("ws-01")] == [rid]
+
+    _run(store, steps)
