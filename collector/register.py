@@ -388,6 +388,8 @@ class RegisterService:
     async def request(self, req: events_pb2.LabelRequest, *, actor: str, source: str = "") -> str:
         """Record a request; its register id (new for a classification)."""
         check_request(req)
+        if req.host not in await asyncio.to_thread(self._store.hosts):
+            raise RegisterError(f"host {req.host[:63]!r} is not enrolled here: check its name")
         async with self._lock:
             await self._catch_up()
             if req.action == "classify":

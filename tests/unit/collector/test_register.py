@@ -29,6 +29,7 @@ KEY = ed25519.Ed25519PrivateKey.generate()
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     s = SQLiteStore(tmp_path / "c.db")
+    s.add_host("ws-01", b"\x01" * 32, 1)
     try:
         yield s
     finally:
@@ -131,6 +132,8 @@ def test_rejection_and_decisions_that_cannot_be_taken(store: SQLiteStore) -> Non
             await service.request(_request(action="change", register_id=rid), actor="zhang@ws-01")
         with pytest.raises(RegisterError, match="no register entry"):
             await service.approve("DM-nope", actor="sue")
+        with pytest.raises(RegisterError, match="'ws-77' is not enrolled here"):
+            await service.request(_request(host="ws-77"), actor="sue")
         return rid
 
     rid = _run(store, steps)
