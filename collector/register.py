@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from collector.errors import CollectorError
 from collector.ingest import COLLECTOR_HOST, CollectorChain, now_us
+from collector.store import register_table
 from collector.store.base import EventQuery, EventRow, FindingRow, Store
 
 _logger = logging.getLogger(__name__)
@@ -168,6 +169,27 @@ class Entry:
         """绝密/机密/秘密/内部."""
         return LEVEL_NAMES.get(self.level, str(self.level))
 
+    def row(self) -> register_table.RegisterRow:
+        """The entry as the register's table holds it."""
+        return register_table.RegisterRow(
+            register_id=self.register_id,
+            host=self.host,
+            home=self.home,
+            title=self.title,
+            level=self.level,
+            until=self.until,
+            scope=",".join(self.scope),
+            basis=self.basis,
+            responsible=self.responsible,
+            requester=self.requester,
+            approver=self.approver,
+            status=self.status,
+            content_hash=self.content_hash,
+            created_at=self.created_us,
+            approved_at=self.approved_us,
+            updated_at=self.updated_us,
+        )
+
 
 class Register:
     """The register as the ``register_step`` events of the collector's chain make it."""
@@ -178,6 +200,7 @@ class Register:
         self.orders_done: set[str] = set()  # orders whose outcome is recorded
         self.refused: list[events_pb2.RegisterStep] = []  # hosts' requests refused
         self._taken: set[tuple[str, int]] = set()  # (chain, seq) of the steps applied
+        self.dirty: set[str] = set()  # entries changed since the table was last written
 
     @classmethod
     def load(cls, store: Store) -> Register:
@@ -275,6 +298,7 @@ class Register:
             detail = step.reason
         entry.updated_us = time_us
         entry.history.append(HistoryStep(time_us, seq, step.step, step.actor, detail))
+        self.dirty.add(entry.register_id)
 
     def for_host(self, host: str) -> list[Entry]:
         """Entries of files on ``host``."""
@@ -374,14 +398,23 @@ class RegisterService:
         self._chain = chain
         self._key = key
         self.register = Register.load(store)
+        self._write_table(store)  # whole, from the record: the table is only a view of it
         self._host_events = _HostEvents()
         self._lock = asyncio.Lock()  # one decision at a time: steps stay in order
         self._changed = asyncio.Event()
+
+    def _write_table(self, store: Store) -> None:
+        """Write the entries changed since the last write to the register's table."""
+        changed = [self.register.entries[r].row() for r in sorted(self.register.dirty)]
+        self.register.dirty.clear()
+        if changed:
+            register_table.put(store, changed)
 
     # -- steps ----------------------------------------------------------------------
     async def _record(self, step: events_pb2.RegisterStep, severity: int) -> None:
         row = await self._chain.record(severity, register_step=step)
         self.register.apply_row(row)
+        await asyncio.to_thread(self._write_table, self._store)
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -524,6 +557,7 @@ class RegisterService:
         rows = await asyncio.to_thread(steps_in, self._store)
         if not self.register.take(rows):
             return False
+        await asyncio.to_thread(self._write_table, self._store)
         self._changed.set()
         self._changed = asyncio.Event()
         return True

@@ -29,6 +29,7 @@ from collector.console.auth import create_account
 from collector.ingest import COLLECTOR_HOST
 from collector.register import Entry, Register
 from collector.server import create_token
+from collector.store import register_table
 from collector.store.sqlite import SQLiteStore
 from tests.collector_harness import RunningCollector, init_pki
 from tests.integration.console.web import Client
@@ -225,6 +226,8 @@ def test_request_approve_change_declassify(deployment: Deployment) -> None:
         if r.kind == "console_action"
     ]
     assert actions.count("register_approve") == 3 and "register_request" in actions
+    # The table for queries holds what the record says.
+    assert register_table.entries(d.collector.store, status="declassified") == [entry.row()]
 
 
 def test_a_rejection_is_recorded_and_labels_nothing(deployment: Deployment) -> None:

@@ -21,6 +21,7 @@ from collector.register import (
     drift,
     order_signed_bytes,
 )
+from collector.store import register_table
 from collector.store.sqlite import SQLiteStore
 
 KEY = ed25519.Ed25519PrivateKey.generate()
@@ -118,6 +119,8 @@ def test_request_approve_apply_recorded_in_the_chain_and_rebuilt(store: SQLiteSt
     ]  # fmt: skip
     kinds = {r.seq: r.kind for r in store.chain(COLLECTOR_HOST)}
     assert [kinds[h.seq] for h in entry.history] == ["register_step"] * 3
+    (row,) = register_table.entries(store)  # the table for queries, kept step by step
+    assert row == entry.row() and (row.status, row.approver) == ("in_force", "sue")
 
 
 def test_rejection_and_decisions_that_cannot_be_taken(store: SQLiteStore) -> None:
