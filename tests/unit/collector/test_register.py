@@ -4,6 +4,7 @@ rebuilt from them, signed orders, hosts' events taken once, and drift."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from baomi.v1 import events_pb2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from collector import cli
 from collector.ingest import COLLECTOR_HOST, CollectorChain, Writer, to_row
 from collector.register import (
     Register,
@@ -253,3 +255,26 @@ def test_a_collector_sharing_the_store_sees_the_others_steps(store: SQLiteStore)
         assert [o.register_id for o in one.orders_for("ws-01")] == [rid]
 
     _run(store, steps)
+
+
+def test_the_command_line_lists_and_shows_entries(
+    store: SQLiteStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def steps(service: RegisterService) -> str:
+        rid = await service.request(_request(), actor="zhang@ws-01")
+        await service.approve(rid, actor="sue")
+        return rid
+
+    rid = str(_run(store, steps))
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    assert cli.main(["register", "list", "--store", url]) == 0
+    out = capsys.readouterr().out
+    assert rid in out and "机密" in out and "approved" in out
+    assert cli.main(["register", "list", "--store", url, "--status", "in_force", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert cli.main(["register", "show", rid, "--store", url, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [h["step"] for h in shown["history"]] == ["requested", "approved"]
+    assert shown["approver"] == "sue" and shown["title"] == "年度计划"
+    assert cli.main(["register", "show", "DM-nope", "--store", url]) == 2
+    assert "no register entry 'DM-nope'" in capsys.readouterr().err
