@@ -469,6 +469,11 @@ class RegisterService:
             await self._catch_up()
             entry = self._pending(register_id)
             assert entry.pending is not None  # noqa: S101 - _pending checked it
+            if entry.pending.requester == actor:
+                # Who asks does not decide: another approver (a second secadmin) does.
+                raise RegisterError(
+                    f"{actor} made this request and cannot approve it; another approver must"
+                )
             order_id = f"order-{secrets.token_hex(6)}"
             await self._record(
                 events_pb2.RegisterStep(

@@ -86,7 +86,7 @@ class Deployment:
 def deployment(site: Site, tmp_path: Path) -> Iterator[Deployment]:  # noqa: F811 - the fixture
     store = SQLiteStore(tmp_path / "c.db")
     init_pki(tmp_path / "pki")
-    for name, role in (("sue", "secadmin"), ("aud", "auditor")):
+    for name, role in (("sue", "secadmin"), ("tom", "secadmin"), ("aud", "auditor")):
         create_account(store, name, role=role, by="cli:test", password=PASSWORD)
     collector = RunningCollector(
         store,
@@ -195,11 +195,14 @@ def test_request_approve_change_declassify(deployment: Deployment) -> None:
     assert not d.site.open_as(BOB, "plan.txt")  # 机密 now: 一般 may not read it
     assert d.site.open_as(CAROL, "plan.txt")
 
-    # A change of level asked in the console, approved: the next open sees 绝密.
-    sue = d.as_role("sue")
+    # A change of level asked in the console, approved by another secadmin (who asks
+    # does not decide): the next open sees 绝密.
+    tom = d.as_role("tom")
     form = {"action": "change", "host": "ws-01", "path": str(plan), "register_id": rid,
             "level": "3", "until": "2099-12-31", "basis": "升级"}  # fmt: skip
-    assert sue.post("/register/request", form).status == 303
+    assert tom.post("/register/request", form).status == 303
+    refused = tom.post("/register/approve", {"register_id": rid})
+    assert refused.status == 400 and "cannot approve it" in refused.text
     _approve(d, rid)
     wait_for(lambda: d.entry(rid).status == "changed")
     assert _label_level(d, plan) == 3
@@ -221,11 +224,13 @@ def test_request_approve_change_declassify(deployment: Deployment) -> None:
     kinds = {r.seq: r.kind for r in d.collector.store.chain(COLLECTOR_HOST)}
     assert all(kinds[h.seq] == "register_step" for h in entry.history)
     actions = [
-        events_pb2.Event.FromString(r.body).console_action.action
+        events_pb2.Event.FromString(r.body).console_action
         for r in d.collector.store.chain(COLLECTOR_HOST)
         if r.kind == "console_action"
     ]
-    assert actions.count("register_approve") == 3 and "register_request" in actions
+    approvals = [(a.actor, a.ok) for a in actions if a.action == "register_approve"]
+    assert approvals == [("sue", True), ("tom", False), ("sue", True), ("sue", True)]
+    assert [a.actor for a in actions if a.action == "register_request"] == ["tom"]
     # The table for queries holds what the record says.
     assert register_table.entries(d.collector.store, status="declassified") == [entry.row()]
 
@@ -269,7 +274,8 @@ def test_a_label_set_by_hand_is_a_finding_within_a_heartbeat(deployment: Deploym
     assert re.search(r"drift-unapproved_label.*?" + re.escape(str(hand)), page, re.S)
 
     # Until the register covers it: classified through a request, the finding closes.
-    done = d.request(str(hand), "--level", "机密", "--basis", "第2条", "--title", "补登")
+    done = d.request(str(hand), "--level", "机密", "--until", "2020-01-01", "--basis", "第2条",
+                     "--title", "补登")  # fmt: skip
     assert done.returncode == 0, done.stderr
     rid = _requested(d, hand, "classify").register_id
     _approve(d, rid)
@@ -283,3 +289,7 @@ def test_a_label_set_by_hand_is_a_finding_within_a_heartbeat(deployment: Deploym
     wait_for(closed, seconds=HEARTBEAT_SECONDS + 5)
     label = read_label(hand, d.site.key)
     assert label is not None and label.label_id == rid
+    # Its 保密期限 has passed: the register says it is declassified by itself.
+    page = d.as_role("aud").get("/register").text
+    assert re.search(re.escape(rid) + r".*?保密期限已过", page, re.S)
+    assert "保密期限已过" not in page.split(rid)[0]  # only that entry

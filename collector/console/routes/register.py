@@ -7,6 +7,8 @@ console action in the audit log.
 
 from __future__ import annotations
 
+import datetime as dt
+
 from baomi.v1 import events_pb2
 from starlette.responses import RedirectResponse, Response
 
@@ -37,6 +39,7 @@ async def register_page(c: Ctx) -> Response:
         pending=[e for e in service.register.listing() if e.pending is not None],
         drift=service.host_drift(),
         status_filter=status,
+        today=dt.datetime.now(tz).date().isoformat(),
         actions=ACTIONS,
         can_edit=c.user is not None and c.user.role == SEC,
     )

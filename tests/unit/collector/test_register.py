@@ -137,6 +137,10 @@ def test_rejection_and_decisions_that_cannot_be_taken(store: SQLiteStore) -> Non
             await service.request(_request(action="change", register_id=rid), actor="zhang@ws-01")
         with pytest.raises(RegisterError, match="no register entry"):
             await service.approve("DM-nope", actor="sue")
+        with pytest.raises(RegisterError, match="zhang made this request and cannot approve"):
+            await service.approve(
+                await service.request(_request(path="/srv/b.txt"), actor="zhang"), actor="zhang"
+            )
         with pytest.raises(RegisterError, match="'ws-77' is not enrolled here"):
             await service.request(_request(host="ws-77"), actor="sue")
         return rid
