@@ -21,9 +21,11 @@ from pathlib import Path
 import pytest
 from baomi.v1 import events_pb2
 
+from agent import label_orders
 from agent.core import AgentConfig
 from agent.identity import enroll
 from agent.labels import read_label, set_label
+from agent.spool import Spool
 from collector.console import ConsoleConfig
 from collector.console.auth import create_account
 from collector.ingest import COLLECTOR_HOST
@@ -293,3 +295,32 @@ def test_a_label_set_by_hand_is_a_finding_within_a_heartbeat(deployment: Deploym
     page = d.as_role("aud").get("/register").text
     assert re.search(re.escape(rid) + r".*?保密期限已过", page, re.S)
     assert "保密期限已过" not in page.split(rid)[0]  # only that entry
+
+
+def test_a_request_made_offline_waits_in_the_spool(
+    collector: RunningCollector, tmp_path: Path
+) -> None:
+    """No agent running (the host is offline): the request is kept in the spool and
+    reaches the register once the agent runs again."""
+    state = tmp_path / "agent"
+    ca = (collector.pki_dir / "ca.pem").read_bytes()
+    enroll(state, collector.address, create_token(collector.store, "ws-01"), ca,
+           collector.enroll_address)  # fmt: skip
+    doc = tmp_path / "offline.txt"
+    doc.write_text("written offline\n")
+    request = label_orders.make_request(
+        str(doc), action="classify", level="秘密", until=None, scope=None, basis="第4条",
+        title="离线申请", register_id=None, responsible=None, key=None,
+    )  # fmt: skip
+    label_orders.spool_request(state, request)
+    spool = Spool(state / "spool.db")
+    assert spool.pending() == 1
+    spool.close()
+    assert Register.load(collector.store).entries == {}
+    agent = AgentThread(AgentConfig(state_dir=state, heartbeat_seconds=0.5, stream=FAST))
+    try:
+        wait_for(lambda: bool(Register.load(collector.store).entries))
+    finally:
+        agent.stop()
+    (entry,) = Register.load(collector.store).entries.values()
+    assert (entry.title, entry.status, entry.home) == ("离线申请", "pending", str(doc.resolve()))
