@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import heapq
 import logging
 import re
 import secrets
@@ -212,8 +213,15 @@ class Register:
     def take(self, rows: list[EventRow]) -> int:
         """Apply the stored steps not applied yet (another collector on the same store
         may have recorded some), in the order they were recorded; how many."""
-        new = [r for r in rows if (r.host_id, r.seq) not in self._taken]
-        for row in sorted(new, key=lambda r: (r.event_time_us, r.host_id, r.seq)):
+        chains: dict[str, list[EventRow]] = {}
+        for r in rows:
+            if (r.host_id, r.seq) not in self._taken:
+                chains.setdefault(r.host_id, []).append(r)
+        # Each chain in its own order (seq, whatever its clock did); chains interleaved
+        # by time, the only order there is between collectors.
+        ordered = [sorted(c, key=lambda r: r.seq) for c in chains.values()]
+        new = list(heapq.merge(*ordered, key=lambda r: r.event_time_us))
+        for row in new:
             self.apply_row(row)
         return len(new)
 

@@ -24,6 +24,7 @@ from collector.register import (
     order_signed_bytes,
 )
 from collector.store import register_table
+from collector.store.base import EventRow
 from collector.store.sqlite import SQLiteStore
 
 KEY = ed25519.Ed25519PrivateKey.generate()
@@ -282,3 +283,20 @@ def test_the_command_line_lists_and_shows_entries(
     assert shown["approver"] == "sue" and shown["title"] == "年度计划"
     assert cli.main(["register", "show", "DM-nope", "--store", url]) == 2
     assert "no register entry 'DM-nope'" in capsys.readouterr().err
+
+
+def test_steps_of_one_chain_are_taken_in_seq_order_whatever_the_clock_did() -> None:
+    def row(seq: int, time_s: int, step: events_pb2.RegisterStep) -> EventRow:
+        event = events_pb2.Event(host_id=COLLECTOR_HOST, seq=seq, register_step=step)
+        event.time.FromSeconds(time_s)
+        return to_row(event, "register_step", 0)
+
+    requested = events_pb2.RegisterStep(register_id="DM-1", step="requested", request=_request())
+    approved = events_pb2.RegisterStep(
+        register_id="DM-1", step="approved", order_id="o1", request=_request(), actor="sue"
+    )
+    register = Register()
+    # The collector's clock went back between the two steps.
+    assert register.take([row(2, 50, approved), row(1, 100, requested)]) == 2
+    assert register.entries["DM-1"].status == "approved"
+    assert register.take([row(1, 100, requested)]) == 0  # taken once
