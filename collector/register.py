@@ -38,6 +38,9 @@ from collector.store.base import EventQuery, EventRow, FindingRow, Store
 _logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0  # between looks for hosts' register events
+#: How far before the newest step it has, a collector looks for steps other collectors
+#: on the same store recorded (their clocks may be behind): microseconds.
+REFRESH_SLACK_US = 600 * 1_000_000
 MAX_HOST_EVENTS = 1000  # register events of one kind read per look
 ACTIONS = ("classify", "change", "declassify")
 #: Statuses whose label the host must carry (for drift).
@@ -202,6 +205,7 @@ class Register:
         self.refused: list[events_pb2.RegisterStep] = []  # hosts' requests refused
         self._taken: set[tuple[str, int]] = set()  # (chain, seq) of the steps applied
         self.dirty: set[str] = set()  # entries changed since the table was last written
+        self.newest_us = 0  # the newest step's time
 
     @classmethod
     def load(cls, store: Store) -> Register:
@@ -230,6 +234,7 @@ class Register:
         if (row.host_id, row.seq) in self._taken:
             return
         self._taken.add((row.host_id, row.seq))
+        self.newest_us = max(self.newest_us, row.event_time_us)
         event = events_pb2.Event.FromString(row.body)
         self.apply(event.register_step, row.event_time_us, row.seq)
 
@@ -318,9 +323,9 @@ class Register:
         return sorted(rows, key=lambda e: e.created_us, reverse=True)
 
 
-def steps_in(store: Store) -> list[EventRow]:
-    """Every register step the collectors' chains hold."""
-    rows = store.query(EventQuery(kind="register_step", limit=None))
+def steps_in(store: Store, since_us: int | None = None) -> list[EventRow]:
+    """The register steps the collectors' chains hold (dated from ``since_us`` on)."""
+    rows = store.query(EventQuery(kind="register_step", since_us=since_us, limit=None))
     return [r for r in rows if r.host_id.startswith(COLLECTOR_HOST)]
 
 
@@ -567,7 +572,9 @@ class RegisterService:
 
     async def _catch_up(self) -> bool:
         """``refresh`` with the lock held: a decision is taken on the newest register."""
-        rows = await asyncio.to_thread(steps_in, self._store)
+        # Only lately dated steps: all of them every second would be read for nothing.
+        since = self.register.newest_us - REFRESH_SLACK_US if self.register.newest_us else None
+        rows = await asyncio.to_thread(steps_in, self._store, since)
         if not self.register.take(rows):
             return False
         await asyncio.to_thread(self._write_table, self._store)
