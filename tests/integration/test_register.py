@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from baomi.v1 import events_pb2
 from agent import label_orders
 from agent.core import AgentConfig
 from agent.identity import enroll
-from agent.labels import read_label, set_label
+from agent.labels import LABEL_KEY_FILE, read_label
 from agent.spool import Spool
 from collector.console import ConsoleConfig
 from collector.console.auth import create_account
@@ -72,10 +73,13 @@ class Deployment:
 
     def request(self, *argv: str) -> subprocess.CompletedProcess[str]:
         """``baomi-agent label request ...`` on the host, as an officer would type it."""
+        return self.label("request", *argv)
+
+    def label(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """``baomi-agent label ...`` on the host, run by the login ``zhang`` with sudo."""
         env = {**os.environ, "PYTHONPATH": f"{REPO / 'protos'}:{REPO}", "SUDO_USER": "zhang"}
         return subprocess.run(
-            [sys.executable, "-m", "agent.cli", "--state-dir", str(self.state), "label", "request",
-             *argv],
+            [sys.executable, "-m", "agent.cli", "--state-dir", str(self.state), "label", *argv],
             capture_output=True,
             text=True,
             timeout=30,
@@ -118,6 +122,8 @@ def deployment(site: Site, tmp_path: Path) -> Iterator[Deployment]:  # noqa: F81
             }
         },
     )
+    # The host's label key where its command line looks for it too (the guard's).
+    shutil.copy(site.key_file, state / LABEL_KEY_FILE)
     agent = AgentThread(config)
     try:
         wait_for(
@@ -267,7 +273,8 @@ def test_a_label_set_by_hand_is_a_finding_within_a_heartbeat(deployment: Deploym
     # The agent's first inventory (the site's labels, none of them registered) is taken.
     wait_for(lambda: "ws-01" in d.collector.collector.register.host_drift())
     assert finding() == []
-    set_label(hand, "机密", key=d.site.key)  # `baomi-agent label set` as root does this
+    done = d.label("set", str(hand), "--level", "机密")  # root, bootstrapping by hand
+    assert done.returncode == 0, done.stderr
     # One heartbeat for the agent to see it, one look of the collector's (1 s).
     wait_for(lambda: bool(finding()), seconds=HEARTBEAT_SECONDS + 5)
     (title,) = finding()
