@@ -295,6 +295,9 @@ class LabelOrders:
     def _apply(self, order: collector_pb2.LabelOrder) -> str:
         """Label the file the order names; the content hash it was applied to."""
         home = order.home
+        if Path(home).is_symlink() or not Path(home).is_file():
+            # A link put in the file's place would move the label onto what it points to.
+            raise OrderError(f"{home}: not a regular file (a symlink or missing)")
         key = labels.load_label_key(self._label_key_path, create=True)
         try:
             digest = content_hash(home)

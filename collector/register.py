@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import heapq
 import logging
 import re
 import secrets
@@ -31,11 +32,15 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from collector.errors import CollectorError
 from collector.ingest import COLLECTOR_HOST, CollectorChain, now_us
+from collector.store import register_table
 from collector.store.base import EventQuery, EventRow, FindingRow, Store
 
 _logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0  # between looks for hosts' register events
+#: How far before the newest step it has, a collector looks for steps other collectors
+#: on the same store recorded (their clocks may be behind): microseconds.
+REFRESH_SLACK_US = 600 * 1_000_000
 MAX_HOST_EVENTS = 1000  # register events of one kind read per look
 ACTIONS = ("classify", "change", "declassify")
 #: Statuses whose label the host must carry (for drift).
@@ -49,6 +54,7 @@ _LEVEL_WORDS = {
     "3": 3, "2": 2, "1": 1, "0": 0,
 }  # fmt: skip
 _SCOPE_RE = re.compile(r"(user|dept|role):[^,\s\x00-\x1f]{1,64}")
+FINDING_AUTHOR = "register"  # created_by of the findings drift makes
 DRIFT_KINDS = {
     "unapproved_label": "未登记的密级标志 (label not in the register)",
     "register_missing": "台账条目在主机上缺失 (register entry missing on the host)",
@@ -167,6 +173,27 @@ class Entry:
         """绝密/机密/秘密/内部."""
         return LEVEL_NAMES.get(self.level, str(self.level))
 
+    def row(self) -> register_table.RegisterRow:
+        """The entry as the register's table holds it."""
+        return register_table.RegisterRow(
+            register_id=self.register_id,
+            host=self.host,
+            home=self.home,
+            title=self.title,
+            level=self.level,
+            until=self.until,
+            scope=",".join(self.scope),
+            basis=self.basis,
+            responsible=self.responsible,
+            requester=self.requester,
+            approver=self.approver,
+            status=self.status,
+            content_hash=self.content_hash,
+            created_at=self.created_us,
+            approved_at=self.approved_us,
+            updated_at=self.updated_us,
+        )
+
 
 class Register:
     """The register as the ``register_step`` events of the collector's chain make it."""
@@ -176,18 +203,38 @@ class Register:
         self.requests: set[str] = set()  # request ids recorded (a host's is taken once)
         self.orders_done: set[str] = set()  # orders whose outcome is recorded
         self.refused: list[events_pb2.RegisterStep] = []  # hosts' requests refused
+        self._taken: set[tuple[str, int]] = set()  # (chain, seq) of the steps applied
+        self.dirty: set[str] = set()  # entries changed since the table was last written
+        self.newest_us = 0  # the newest step's time
 
     @classmethod
     def load(cls, store: Store) -> Register:
         """Replay every register step in the store."""
         register = cls()
-        rows = store.query(EventQuery(host_id=COLLECTOR_HOST, kind="register_step", limit=None))
-        for row in sorted(rows, key=lambda r: r.seq):
-            register.apply_row(row)
+        register.take(steps_in(store))
         return register
+
+    def take(self, rows: list[EventRow]) -> int:
+        """Apply the stored steps not applied yet (another collector on the same store
+        may have recorded some), in the order they were recorded; how many."""
+        chains: dict[str, list[EventRow]] = {}
+        for r in rows:
+            if (r.host_id, r.seq) not in self._taken:
+                chains.setdefault(r.host_id, []).append(r)
+        # Each chain in its own order (seq, whatever its clock did); chains interleaved
+        # by time, the only order there is between collectors.
+        ordered = [sorted(c, key=lambda r: r.seq) for c in chains.values()]
+        new = list(heapq.merge(*ordered, key=lambda r: r.event_time_us))
+        for row in new:
+            self.apply_row(row)
+        return len(new)
 
     def apply_row(self, row: EventRow) -> None:
         """Take one stored ``register_step`` event into the table."""
+        if (row.host_id, row.seq) in self._taken:
+            return
+        self._taken.add((row.host_id, row.seq))
+        self.newest_us = max(self.newest_us, row.event_time_us)
         event = events_pb2.Event.FromString(row.body)
         self.apply(event.register_step, row.event_time_us, row.seq)
 
@@ -264,6 +311,7 @@ class Register:
             detail = step.reason
         entry.updated_us = time_us
         entry.history.append(HistoryStep(time_us, seq, step.step, step.actor, detail))
+        self.dirty.add(entry.register_id)
 
     def for_host(self, host: str) -> list[Entry]:
         """Entries of files on ``host``."""
@@ -273,6 +321,12 @@ class Register:
         """Entries, newest first, optionally of one status."""
         rows = [e for e in self.entries.values() if status in (None, e.status)]
         return sorted(rows, key=lambda e: e.created_us, reverse=True)
+
+
+def steps_in(store: Store, since_us: int | None = None) -> list[EventRow]:
+    """The register steps the collectors' chains hold (dated from ``since_us`` on)."""
+    rows = store.query(EventQuery(kind="register_step", since_us=since_us, limit=None))
+    return [r for r in rows if r.host_id.startswith(COLLECTOR_HOST)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,21 +411,33 @@ class RegisterService:
         self._chain = chain
         self._key = key
         self.register = Register.load(store)
+        self._write_table(store)  # whole, from the record: the table is only a view of it
         self._host_events = _HostEvents()
         self._lock = asyncio.Lock()  # one decision at a time: steps stay in order
         self._changed = asyncio.Event()
 
+    def _write_table(self, store: Store) -> None:
+        """Write the entries changed since the last write to the register's table."""
+        changed = [self.register.entries[r].row() for r in sorted(self.register.dirty)]
+        self.register.dirty.clear()
+        if changed:
+            register_table.put(store, changed)
+
     # -- steps ----------------------------------------------------------------------
     async def _record(self, step: events_pb2.RegisterStep, severity: int) -> None:
         row = await self._chain.record(severity, register_step=step)
-        self.register.apply(step, row.event_time_us, row.seq)
+        self.register.apply_row(row)
+        await asyncio.to_thread(self._write_table, self._store)
         self._changed.set()
         self._changed = asyncio.Event()
 
     async def request(self, req: events_pb2.LabelRequest, *, actor: str, source: str = "") -> str:
         """Record a request; its register id (new for a classification)."""
         check_request(req)
+        if req.host not in await asyncio.to_thread(self._store.hosts):
+            raise RegisterError(f"host {req.host[:63]!r} is not enrolled here: check its name")
         async with self._lock:
+            await self._catch_up()
             if req.action == "classify":
                 register_id = new_register_id()
             else:
@@ -413,8 +479,14 @@ class RegisterService:
     async def approve(self, register_id: str, *, actor: str) -> str:
         """Approve the pending request of an entry; the label order's id."""
         async with self._lock:
+            await self._catch_up()
             entry = self._pending(register_id)
             assert entry.pending is not None  # noqa: S101 - _pending checked it
+            if entry.pending.requester == actor:
+                # Who asks does not decide: another approver (a second secadmin) does.
+                raise RegisterError(
+                    f"{actor} made this request and cannot approve it; another approver must"
+                )
             order_id = f"order-{secrets.token_hex(6)}"
             await self._record(
                 events_pb2.RegisterStep(
@@ -435,6 +507,7 @@ class RegisterService:
         if not reason.strip():
             raise RegisterError("say why the request is rejected")
         async with self._lock:
+            await self._catch_up()
             entry = self._pending(register_id)
             assert entry.pending is not None  # noqa: S101 - _pending checked it
             after = "rejected" if entry.pending.action == "classify" else entry.status
@@ -492,8 +565,26 @@ class RegisterService:
                 _logger.exception("reading hosts' register events failed; retrying")
             await asyncio.sleep(POLL_SECONDS)
 
+    async def refresh(self) -> bool:
+        """Take steps other collectors sharing the store recorded; True if any."""
+        async with self._lock:
+            return await self._catch_up()
+
+    async def _catch_up(self) -> bool:
+        """``refresh`` with the lock held: a decision is taken on the newest register."""
+        # Only lately dated steps: all of them every second would be read for nothing.
+        since = self.register.newest_us - REFRESH_SLACK_US if self.register.newest_us else None
+        rows = await asyncio.to_thread(steps_in, self._store, since)
+        if not self.register.take(rows):
+            return False
+        await asyncio.to_thread(self._write_table, self._store)
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return True
+
     async def take_host_events(self) -> None:
         """Record the steps hosts' new events make, then look for drift."""
+        await self.refresh()
         changed_hosts: set[str] = set()
         for row in await self._new_rows("label_request"):
             await self._host_request(row)
@@ -507,7 +598,7 @@ class RegisterService:
                 inventories[row.host_id] = (row.seq, files)
                 changed_hosts.add(row.host_id)
         for host in sorted(changed_hosts & set(inventories)):
-            await self._alert_drift(drift(self.register, host, inventories[host][1]))
+            await self._alert_drift(host, drift(self.register, host, inventories[host][1]))
 
     async def _new_rows(self, kind: str) -> list[EventRow]:
         # A kind of its own is rare; reading by kind (not by time) also finds what an
@@ -570,12 +661,35 @@ class RegisterService:
                 events_pb2.SEVERITY_INFO if result.ok else events_pb2.SEVERITY_MEDIUM,
             )
 
-    async def _alert_drift(self, found: list[Drift]) -> None:
-        """An alert and a finding for each drift not already an open finding."""
-        if not found:
-            return
+    async def _alert_drift(self, host: str, found: list[Drift]) -> None:
+        """An alert and a finding for each drift not already an open finding; a finding
+        of this host's drift that is gone (the register covers the label now, or the
+        label was put right) is closed, and that is recorded."""
         findings = await asyncio.to_thread(self._store.findings)
-        known = {f.title for f in findings if f.status != "closed"}
+        open_ = [f for f in findings if f.status != "closed"]
+        now_titles = {d.title for d in found}
+        for f in open_:
+            if f.created_by != FINDING_AUTHOR or f": {host}:" not in f.title:
+                continue
+            if f.title in now_titles:
+                continue
+            await self._chain.alert(
+                "drift_resolved",
+                f"{f.title} (finding {f.id}): no longer found on the host",
+                subject_host=host,
+                severity=events_pb2.SEVERITY_INFO,
+            )
+            await asyncio.to_thread(
+                self._store.update_finding,
+                f.id,
+                owner=f.owner,
+                due=f.due,
+                status="closed",
+                note=f"{f.note} | 已消除 resolved: no longer found on the host"[:2000],
+                by=FINDING_AUTHOR,
+                now_us=now_us(),
+            )
+        known = {f.title for f in open_}
         for d in found:
             if d.title in known:
                 continue
@@ -600,9 +714,9 @@ class RegisterService:
                     status="open",
                     note=d.detail[:2000],
                     created_us=now,
-                    created_by="register",
+                    created_by=FINDING_AUTHOR,
                     updated_us=now,
-                    updated_by="register",
+                    updated_by=FINDING_AUTHOR,
                 ),
             )
 

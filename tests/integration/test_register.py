@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,14 +22,17 @@ from pathlib import Path
 import pytest
 from baomi.v1 import events_pb2
 
+from agent import label_orders
 from agent.core import AgentConfig
 from agent.identity import enroll
-from agent.labels import read_label, set_label
+from agent.labels import LABEL_KEY_FILE, read_label
+from agent.spool import Spool
 from collector.console import ConsoleConfig
 from collector.console.auth import create_account
 from collector.ingest import COLLECTOR_HOST
 from collector.register import Entry, Register
 from collector.server import create_token
+from collector.store import register_table
 from collector.store.sqlite import SQLiteStore
 from tests.collector_harness import RunningCollector, init_pki
 from tests.integration.console.web import Client
@@ -69,10 +73,13 @@ class Deployment:
 
     def request(self, *argv: str) -> subprocess.CompletedProcess[str]:
         """``baomi-agent label request ...`` on the host, as an officer would type it."""
+        return self.label("request", *argv)
+
+    def label(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """``baomi-agent label ...`` on the host, run by the login ``zhang`` with sudo."""
         env = {**os.environ, "PYTHONPATH": f"{REPO / 'protos'}:{REPO}", "SUDO_USER": "zhang"}
         return subprocess.run(
-            [sys.executable, "-m", "agent.cli", "--state-dir", str(self.state), "label", "request",
-             *argv],
+            [sys.executable, "-m", "agent.cli", "--state-dir", str(self.state), "label", *argv],
             capture_output=True,
             text=True,
             timeout=30,
@@ -85,7 +92,7 @@ class Deployment:
 def deployment(site: Site, tmp_path: Path) -> Iterator[Deployment]:  # noqa: F811 - the fixture
     store = SQLiteStore(tmp_path / "c.db")
     init_pki(tmp_path / "pki")
-    for name, role in (("sue", "secadmin"), ("aud", "auditor")):
+    for name, role in (("sue", "secadmin"), ("tom", "secadmin"), ("aud", "auditor")):
         create_account(store, name, role=role, by="cli:test", password=PASSWORD)
     collector = RunningCollector(
         store,
@@ -115,6 +122,8 @@ def deployment(site: Site, tmp_path: Path) -> Iterator[Deployment]:  # noqa: F81
             }
         },
     )
+    # The host's label key where its command line looks for it too (the guard's).
+    shutil.copy(site.key_file, state / LABEL_KEY_FILE)
     agent = AgentThread(config)
     try:
         wait_for(
@@ -194,11 +203,14 @@ def test_request_approve_change_declassify(deployment: Deployment) -> None:
     assert not d.site.open_as(BOB, "plan.txt")  # 机密 now: 一般 may not read it
     assert d.site.open_as(CAROL, "plan.txt")
 
-    # A change of level asked in the console, approved: the next open sees 绝密.
-    sue = d.as_role("sue")
+    # A change of level asked in the console, approved by another secadmin (who asks
+    # does not decide): the next open sees 绝密.
+    tom = d.as_role("tom")
     form = {"action": "change", "host": "ws-01", "path": str(plan), "register_id": rid,
             "level": "3", "until": "2099-12-31", "basis": "升级"}  # fmt: skip
-    assert sue.post("/register/request", form).status == 303
+    assert tom.post("/register/request", form).status == 303
+    refused = tom.post("/register/approve", {"register_id": rid})
+    assert refused.status == 400 and "cannot approve it" in refused.text
     _approve(d, rid)
     wait_for(lambda: d.entry(rid).status == "changed")
     assert _label_level(d, plan) == 3
@@ -220,11 +232,15 @@ def test_request_approve_change_declassify(deployment: Deployment) -> None:
     kinds = {r.seq: r.kind for r in d.collector.store.chain(COLLECTOR_HOST)}
     assert all(kinds[h.seq] == "register_step" for h in entry.history)
     actions = [
-        events_pb2.Event.FromString(r.body).console_action.action
+        events_pb2.Event.FromString(r.body).console_action
         for r in d.collector.store.chain(COLLECTOR_HOST)
         if r.kind == "console_action"
     ]
-    assert actions.count("register_approve") == 3 and "register_request" in actions
+    approvals = [(a.actor, a.ok) for a in actions if a.action == "register_approve"]
+    assert approvals == [("sue", True), ("tom", False), ("sue", True), ("sue", True)]
+    assert [a.actor for a in actions if a.action == "register_request"] == ["tom"]
+    # The table for queries holds what the record says.
+    assert register_table.entries(d.collector.store, status="declassified") == [entry.row()]
 
 
 def test_a_rejection_is_recorded_and_labels_nothing(deployment: Deployment) -> None:
@@ -257,10 +273,61 @@ def test_a_label_set_by_hand_is_a_finding_within_a_heartbeat(deployment: Deploym
     # The agent's first inventory (the site's labels, none of them registered) is taken.
     wait_for(lambda: "ws-01" in d.collector.collector.register.host_drift())
     assert finding() == []
-    set_label(hand, "机密", key=d.site.key)  # `baomi-agent label set` as root does this
+    done = d.label("set", str(hand), "--level", "机密")  # root, bootstrapping by hand
+    assert done.returncode == 0, done.stderr
     # One heartbeat for the agent to see it, one look of the collector's (1 s).
     wait_for(lambda: bool(finding()), seconds=HEARTBEAT_SECONDS + 5)
     (title,) = finding()
     assert title.startswith("未登记的密级标志")
     page = d.as_role("aud").get("/register").text
     assert re.search(r"drift-unapproved_label.*?" + re.escape(str(hand)), page, re.S)
+
+    # Until the register covers it: classified through a request, the finding closes.
+    done = d.request(str(hand), "--level", "机密", "--until", "2020-01-01", "--basis", "第2条",
+                     "--title", "补登")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rid = _requested(d, hand, "classify").register_id
+    _approve(d, rid)
+    wait_for(lambda: d.entry(rid).status == "in_force")
+
+    def closed() -> bool:
+        return [f.status for f in d.collector.store.findings() if str(hand) in f.title] == [
+            "closed"
+        ]
+
+    wait_for(closed, seconds=HEARTBEAT_SECONDS + 5)
+    label = read_label(hand, d.site.key)
+    assert label is not None and label.label_id == rid
+    # Its 保密期限 has passed: the register says it is declassified by itself.
+    page = d.as_role("aud").get("/register").text
+    assert re.search(re.escape(rid) + r".*?保密期限已过", page, re.S)
+    assert "保密期限已过" not in page.split(rid)[0]  # only that entry
+
+
+def test_a_request_made_offline_waits_in_the_spool(
+    collector: RunningCollector, tmp_path: Path
+) -> None:
+    """No agent running (the host is offline): the request is kept in the spool and
+    reaches the register once the agent runs again."""
+    state = tmp_path / "agent"
+    ca = (collector.pki_dir / "ca.pem").read_bytes()
+    enroll(state, collector.address, create_token(collector.store, "ws-01"), ca,
+           collector.enroll_address)  # fmt: skip
+    doc = tmp_path / "offline.txt"
+    doc.write_text("written offline\n")
+    request = label_orders.make_request(
+        str(doc), action="classify", level="秘密", until=None, scope=None, basis="第4条",
+        title="离线申请", register_id=None, responsible=None, key=None,
+    )  # fmt: skip
+    label_orders.spool_request(state, request)
+    spool = Spool(state / "spool.db")
+    assert spool.pending() == 1
+    spool.close()
+    assert Register.load(collector.store).entries == {}
+    agent = AgentThread(AgentConfig(state_dir=state, heartbeat_seconds=0.5, stream=FAST))
+    try:
+        wait_for(lambda: bool(Register.load(collector.store).entries))
+    finally:
+        agent.stop()
+    (entry,) = Register.load(collector.store).entries.values()
+    assert (entry.title, entry.status, entry.home) == ("离线申请", "pending", str(doc.resolve()))

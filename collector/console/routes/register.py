@@ -7,6 +7,8 @@ console action in the audit log.
 
 from __future__ import annotations
 
+import datetime as dt
+
 from baomi.v1 import events_pb2
 from starlette.responses import RedirectResponse, Response
 
@@ -37,6 +39,7 @@ async def register_page(c: Ctx) -> Response:
         pending=[e for e in service.register.listing() if e.pending is not None],
         drift=service.host_drift(),
         status_filter=status,
+        today=dt.datetime.now(tz).date().isoformat(),
         actions=ACTIONS,
         can_edit=c.user is not None and c.user.role == SEC,
     )
@@ -61,6 +64,7 @@ async def register_entry(c: Ctx) -> Response:
 async def register_request(c: Ctx) -> Response:
     """Record a request made in the console."""
     action = await c.field("action", 20)
+    target = f"{(await c.field('host', 63)).strip()}:{(await c.field('path', 4096)).strip()}"
     try:
         level = await c.field("level", 20)
         request = events_pb2.LabelRequest(
@@ -78,7 +82,7 @@ async def register_request(c: Ctx) -> Response:
         )
         register_id = await _service(c).request(request, actor=c.account.name)
     except RegisterError as e:
-        await c.audit("register_request", request_target(c), str(e), ok=False)
+        await c.audit("register_request", target, str(e), ok=False)
         raise ConsoleError(str(e)) from e
     await c.audit(
         "register_request",
@@ -86,11 +90,6 @@ async def register_request(c: Ctx) -> Response:
         f"{action} {request.host}:{request.path} level {request.level}",
     )
     return RedirectResponse("/register", status_code=303)
-
-
-def request_target(c: Ctx) -> str:
-    """What a refused request named, for the audit log."""
-    return str(c.request.url.path)
 
 
 async def register_approve(c: Ctx) -> Response:

@@ -126,6 +126,19 @@ def test_content_changed_since_the_request_fails_the_order(setup) -> None:  # ty
     assert labels.read_label(doc) is None
 
 
+def test_a_symlink_in_the_files_place_fails_the_order(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    orders, events, doc, _ = setup
+    order = _order(doc)
+    other = tmp_path / "elsewhere.txt"
+    other.write_text(doc.read_text())
+    doc.unlink()
+    doc.symlink_to(other)
+    assert not orders.offer(order)
+    (result,) = _results(events)
+    assert "not a regular file" in result.error
+    assert labels.read_label(other) is None
+
+
 def test_a_change_needs_the_label_of_its_register_entry(setup) -> None:  # type: ignore[no-untyped-def]
     orders, events, doc, key_file = setup
     labels.set_label(

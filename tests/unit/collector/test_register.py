@@ -4,6 +4,7 @@ rebuilt from them, signed orders, hosts' events taken once, and drift."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from baomi.v1 import events_pb2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from collector import cli
 from collector.ingest import COLLECTOR_HOST, CollectorChain, Writer, to_row
 from collector.register import (
     Register,
@@ -21,6 +23,8 @@ from collector.register import (
     drift,
     order_signed_bytes,
 )
+from collector.store import register_table
+from collector.store.base import EventRow
 from collector.store.sqlite import SQLiteStore
 
 KEY = ed25519.Ed25519PrivateKey.generate()
@@ -29,6 +33,7 @@ KEY = ed25519.Ed25519PrivateKey.generate()
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     s = SQLiteStore(tmp_path / "c.db")
+    s.add_host("ws-01", b"\x01" * 32, 1)
     try:
         yield s
     finally:
@@ -117,6 +122,8 @@ def test_request_approve_apply_recorded_in_the_chain_and_rebuilt(store: SQLiteSt
     ]  # fmt: skip
     kinds = {r.seq: r.kind for r in store.chain(COLLECTOR_HOST)}
     assert [kinds[h.seq] for h in entry.history] == ["register_step"] * 3
+    (row,) = register_table.entries(store)  # the table for queries, kept step by step
+    assert row == entry.row() and (row.status, row.approver) == ("in_force", "sue")
 
 
 def test_rejection_and_decisions_that_cannot_be_taken(store: SQLiteStore) -> None:
@@ -131,6 +138,12 @@ def test_rejection_and_decisions_that_cannot_be_taken(store: SQLiteStore) -> Non
             await service.request(_request(action="change", register_id=rid), actor="zhang@ws-01")
         with pytest.raises(RegisterError, match="no register entry"):
             await service.approve("DM-nope", actor="sue")
+        with pytest.raises(RegisterError, match="zhang made this request and cannot approve"):
+            await service.approve(
+                await service.request(_request(path="/srv/b.txt"), actor="zhang"), actor="zhang"
+            )
+        with pytest.raises(RegisterError, match="'ws-77' is not enrolled here"):
+            await service.request(_request(host="ws-77"), actor="sue")
         return rid
 
     rid = _run(store, steps)
@@ -170,15 +183,27 @@ def test_drift_from_an_inventory_is_a_finding_once(store: SQLiteStore) -> None:
         await service.take_host_events()
         _host_event(store, 3, label_inventory=inventory)  # the same drift again
         await service.take_host_events()
+        titles = sorted(f.title for f in store.findings())
+        assert titles == [
+            "密级标志与台账不符 (label differs from the register): ws-01:/srv/secret/plan.txt",
+            "未登记的密级标志 (label not in the register): ws-01:/srv/secret/hand.txt",
+        ]
+        assert all(f.host_id == COLLECTOR_HOST and f.status == "open" for f in store.findings())
+        # Put right on the host: the hand-set label removed, the level as registered.
+        _host_event(
+            store, 4, label_inventory=events_pb2.LabelInventory(files=[_file(register_id=rid)])
+        )
+        await service.take_host_events()
         return rid
 
     _run(store, steps)
-    titles = sorted(f.title for f in store.findings())
-    assert titles == [
-        "密级标志与台账不符 (label differs from the register): ws-01:/srv/secret/plan.txt",
-        "未登记的密级标志 (label not in the register): ws-01:/srv/secret/hand.txt",
+    assert {f.status for f in store.findings()} == {"closed"}
+    resolved = [
+        events_pb2.Event.FromString(r.body).tamper
+        for r in store.chain(COLLECTOR_HOST)
+        if r.kind == "tamper"
     ]
-    assert all(f.host_id == COLLECTOR_HOST and f.status == "open" for f in store.findings())
+    assert [t.kind for t in resolved].count("drift_resolved") == 2
 
 
 def test_drift_kinds() -> None:
@@ -222,3 +247,56 @@ def test_drift_kinds() -> None:
 def test_a_bad_request_says_what_to_fix(values: dict[str, object], message: str) -> None:
     with pytest.raises(RegisterError, match=message):
         check_request(_request(**values))
+
+
+def test_a_collector_sharing_the_store_sees_the_others_steps(store: SQLiteStore) -> None:
+    async def steps(one: RegisterService) -> None:
+        other = RegisterService(store, one._chain, KEY)  # started before anything was asked
+        rid = await one.request(_request(), actor="zhang@ws-01")
+        await other.approve(rid, actor="sue")  # decided on the newest register
+        assert await one.refresh()
+        assert not await one.refresh()  # nothing new: nothing taken twice
+        assert one.register.entries[rid].status == "approved"
+        assert [o.register_id for o in one.orders_for("ws-01")] == [rid]
+
+    _run(store, steps)
+
+
+def test_the_command_line_lists_and_shows_entries(
+    store: SQLiteStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def steps(service: RegisterService) -> str:
+        rid = await service.request(_request(), actor="zhang@ws-01")
+        await service.approve(rid, actor="sue")
+        return rid
+
+    rid = str(_run(store, steps))
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    assert cli.main(["register", "list", "--store", url]) == 0
+    out = capsys.readouterr().out
+    assert rid in out and "机密" in out and "approved" in out
+    assert cli.main(["register", "list", "--store", url, "--status", "in_force", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert cli.main(["register", "show", rid, "--store", url, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [h["step"] for h in shown["history"]] == ["requested", "approved"]
+    assert shown["approver"] == "sue" and shown["title"] == "年度计划"
+    assert cli.main(["register", "show", "DM-nope", "--store", url]) == 2
+    assert "no register entry 'DM-nope'" in capsys.readouterr().err
+
+
+def test_steps_of_one_chain_are_taken_in_seq_order_whatever_the_clock_did() -> None:
+    def row(seq: int, time_s: int, step: events_pb2.RegisterStep) -> EventRow:
+        event = events_pb2.Event(host_id=COLLECTOR_HOST, seq=seq, register_step=step)
+        event.time.FromSeconds(time_s)
+        return to_row(event, "register_step", 0)
+
+    requested = events_pb2.RegisterStep(register_id="DM-1", step="requested", request=_request())
+    approved = events_pb2.RegisterStep(
+        register_id="DM-1", step="approved", order_id="o1", request=_request(), actor="sue"
+    )
+    register = Register()
+    # The collector's clock went back between the two steps.
+    assert register.take([row(2, 50, approved), row(1, 100, requested)]) == 2
+    assert register.entries["DM-1"].status == "approved"
+    assert register.take([row(1, 100, requested)]) == 0  # taken once
