@@ -618,7 +618,7 @@ class Ingest:
             lease: int | None = None
             lost = asyncio.Event()
             try:
-                lease = await self._take_lease(host_id, context)
+                lease = await self._take_lease(host_id, context, superseded)
                 self._leased[host_id] = (lease, lost)
                 # Under the lease: no other collector adds to this chain meanwhile.
                 try:
@@ -658,8 +658,11 @@ class Ingest:
             except Exception:  # a lease not given back ends with its session
                 _logger.exception("host %s: lease not given back", host_id)
 
-    async def _take_lease(self, host_id: str, context: grpc.aio.ServicerContext) -> int:
-        """The host's lease, waiting a bounded time for another collector to give it up."""
+    async def _take_lease(
+        self, host_id: str, context: grpc.aio.ServicerContext, superseded: asyncio.Event
+    ) -> int:
+        """The host's lease, waiting a bounded time for another collector to give it up
+        (or until a newer stream of the host comes here)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LEASE_WAIT_SECONDS
         while True:
@@ -678,6 +681,8 @@ class Ingest:
                 )
             if generation is not None:
                 return generation
+            if superseded.is_set():
+                await abort(context, grpc.StatusCode.ABORTED, "a newer stream of this host came")
             if loop.time() >= deadline:
                 await abort(
                     context,

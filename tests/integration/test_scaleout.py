@@ -268,6 +268,27 @@ def test_a_second_stream_waits_for_the_lease_and_starts_from_the_commits_before_
     waiting.close()
 
 
+def test_a_stream_waiting_for_the_lease_gives_way_to_a_newer_one_of_its_host(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster.start(), cluster.start()
+    host = enroll_host(a, "ws-01")
+    served = Stream(host, a.address)
+    assert isinstance(served.next(), events_pb2.Ack)
+    stale = Stream(host, b.address)
+    with pytest.raises(queue.Empty):
+        stale.next(timeout=0.5)  # waiting for A's lease
+    newer = Stream(host, b.address)
+    ended = stale.next(timeout=2)  # well before the 5 s the wait would last
+    assert isinstance(ended, grpc.RpcError)
+    assert ended.code() == grpc.StatusCode.ABORTED
+    served.close()
+    head = newer.next()
+    assert isinstance(head, events_pb2.Ack) and head.up_to_seq == 0
+    for s in (stale, newer):
+        s.close()
+
+
 def test_one_hosts_streams_alternating_and_racing_between_three_collectors(
     cluster: Cluster, fast_leases: None
 ) -> None:
