@@ -635,7 +635,7 @@ class Ingest:
                 async for ack in self._serve(state, requests, context, superseded, lost):
                     yield ack
             finally:
-                if self._leased.get(host_id, (None,))[0] == lease:
+                if lease is not None and self._leased.get(host_id) == (lease, lost):
                     del self._leased[host_id]
                 # The next stream of this host starts from what these commits leave, and
                 # from the earlier streams' too: a stream that ended before it served

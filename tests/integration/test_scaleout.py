@@ -11,6 +11,7 @@ finds no damage.
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import random
 import threading
@@ -220,7 +221,7 @@ def _verified(store: Store, pki_dir: Path) -> audit.AuditReport:
 
 # -- leases -----------------------------------------------------------------------------
 def test_a_host_served_by_one_collector_is_refused_by_another_until_it_is_free(
-    cluster: Cluster, fast_leases: None
+    cluster: Cluster, fast_leases: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     a, b = cluster.start(), cluster.start()
     host = enroll_host(a, "ws-01")
@@ -239,6 +240,7 @@ def test_a_host_served_by_one_collector_is_refused_by_another_until_it_is_free(
     assert status.code() == grpc.StatusCode.UNAVAILABLE
     assert status.details() == "host ws-01 is being served by another collector; retry"
     refused.close()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     # Once A's stream ends, B serves the host from the head A's commits left.
     first.send(agent.events[10:20])
     assert isinstance(first.next(), events_pb2.Ack)
