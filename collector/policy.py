@@ -62,6 +62,8 @@ class PolicyService:
         self._key = key
         self._changed = asyncio.Condition()
         self.current: collector_pb2.PolicyBundle | None = None
+        #: The newest stored policy version seen; a newer one is published (catch_up).
+        self.stored_number = 0
 
     def load_directory(
         self, directory: Path, author: str = "collector"
@@ -74,7 +76,9 @@ class PolicyService:
         return self._set(files, author)
 
     async def publish(self, files: dict[str, bytes], author: str) -> collector_pb2.PolicyBundle:
-        """Make ``files`` the current bundle and wake every watching agent."""
+        """Make ``files`` the current bundle and wake every watching agent. Store them as
+        a policy version first (``Store.add_policy_version``): that is how the other
+        collectors sharing the store learn of them."""
         bundle = self._set(files, author)
         async with self._changed:
             self._changed.notify_all()
@@ -89,11 +93,14 @@ class PolicyService:
         return bundle
 
     async def catch_up(self, store: Store) -> bool:
-        """Publish the newest version in ``store`` if it is not the current bundle (another
-        collector stored it); whether it was."""
+        """Publish the newest version in ``store`` if it was stored since the last look
+        and is not the current bundle (another collector stored it); whether it was."""
         newest = await asyncio.to_thread(store.policy_versions, 1)
-        if not newest or (self.current is not None and newest[0].version == self.current.version):
+        if not newest or newest[0].number <= self.stored_number:
             return False
+        self.stored_number = newest[0].number
+        if self.current is not None and newest[0].version == self.current.version:
+            return False  # stored and published here
         row = await asyncio.to_thread(store.policy_version, newest[0].number)
         if row is None:
             return False

@@ -336,6 +336,7 @@ class Collector:
         directory = self.config.policies_dir
         if latest is not None:
             self.policy.load_files(latest.files, latest.author)
+            self.policy.stored_number = latest.number
             if directory is not None and read_directory(directory) != latest.files:
                 _logger.warning(
                     "policy version %d from the store is in force; %s differs and is not "
@@ -347,7 +348,7 @@ class Collector:
             return
         if directory is not None:
             bundle = self.policy.load_directory(directory)
-            self.store.add_policy_version(
+            self.policy.stored_number = self.store.add_policy_version(
                 bundle.version, "collector", now_us(), f"from {directory}", dict(bundle.files)
             )
 
