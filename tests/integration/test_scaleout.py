@@ -28,6 +28,7 @@ from baomi.v1 import collector_pb2, events_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from collector import audit, checkpoint, ingest, pki, policy
+from collector.console import ConsoleConfig, feed
 from collector.errors import StoreError
 from collector.server import create_token
 from collector.store import Store, open_store
@@ -478,6 +479,40 @@ def test_checkpoint_leader_processes_killed_in_turn_hand_signing_over(
     _assert_exactly_once(store, agent)
     assert _verified(store, pki_dir).damage == []
     store.close()
+
+
+# -- silence alerts ---------------------------------------------------------------------
+def test_a_host_that_moved_to_another_collector_is_not_alerted_silent(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feed, "SILENCE_SLACK_SECONDS", 0.0)
+    a = cluster.start(console=ConsoleConfig(listen="127.0.0.1:0"))  # leads: it came first
+    b = cluster.start()
+    live = a.collector.console.console.feed  # type: ignore[union-attr]
+    host = enroll_host(a, "ws-01")
+    # Every second, saying every two: a margin for slow sessions.
+    heartbeat = {"agent_status": events_pb2.AgentStatus(state="running", heartbeat_seconds=2)}
+    agent = Agent(host, 0)
+    agent.events = host.events(1, **heartbeat)
+    agent.session(a.address)
+    _wait(lambda: "ws-01" in live.hosts and live.hosts["ws-01"].last_seen_us > 0, "not seen")
+    # It goes on at B, heartbeating each second; A's console hears nothing of it.
+    for _ in range(3):
+        time.sleep(1.0)
+        agent.events += host.events(1, **heartbeat)
+        agent.session(b.address)
+    assert a.call(live.check_silence) == []  # B stored its heartbeats: not silent
+    assert silent_alerts(a) == []  # nor did A's own housekeeping (every 2 s) alert it
+    time.sleep(3.0)  # now it is quiet everywhere
+    # The housekeeping may find the silence first: either way it is alerted once.
+    assert a.call(live.check_silence) in (["ws-01"], [])
+    assert [t.subject_host for t in silent_alerts(a)] == ["ws-01"]
+
+
+def silent_alerts(running: RunningCollector) -> list[events_pb2.Tamper]:
+    rows = running.store.chain(ingest.COLLECTOR_HOST)
+    events = (events_pb2.Event.FromString(r.body) for r in rows)
+    return [e.tamper for e in events if e.tamper.kind == "host_silent"]
 
 
 # -- policy ---------------------------------------------------------------------------------
