@@ -861,6 +861,8 @@ class Ingest:
 
         def settled(fut: asyncio.Future[None]) -> None:
             state.commits.discard(fut)
+            if not fut.cancelled():
+                fut.exception()  # seen: a stream that ended first never awaits its failure
             for r in rows:  # committed (now in the store) or failed (never acknowledged)
                 if accepted.get(r.seq) == r.hash:
                     del accepted[r.seq]
