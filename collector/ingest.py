@@ -16,8 +16,9 @@ another collector serves waits ``LEASE_WAIT_SECONDS`` for it, then is refused wi
 UNAVAILABLE, and the agent connects again. A collector that loses its database session
 loses its leases and ends the streams it served under them. Within a stream, replays
 are checked against the rows handed to the writer and not yet committed as well as
-against the store. An Ack is
-sent only when every row it covers is in the store with exactly the acknowledged hash.
+against the store. An Ack is sent only when every row it covers is in the store with
+exactly the acknowledged hash, and no batch is committed after one of its stream that
+failed.
 
 Per-host isolation: events are validated (seq, times, enum values) before they reach
 the store, and a group commit that fails is retried batch by batch, so one host's bad
@@ -95,7 +96,8 @@ class Writer:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
-        #: Highest committed (seq, hash) per host, what checkpoints sign.
+        #: Highest (seq, hash) per host stored at start and committed here since: what
+        #: this collector's console follows (checkpoints read the heads from the store).
         self.heads: dict[str, tuple[int, bytes]] = store.heads()
         self.committed = 0
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
