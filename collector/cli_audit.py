@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from collector.ingest import CollectorChain
 from collector.offline import IMPORT_ACTION
@@ -29,11 +30,16 @@ async def record_cli_work(store: Store, chain: CollectorChain) -> int:
     return await _accounts(store, chain) + await _actions(store, chain)
 
 
-async def run_forever(store: Store, chain: CollectorChain) -> None:
-    """Look every AUDIT_SECONDS until cancelled."""
+async def run_forever(
+    store: Store, chain: CollectorChain, leads: Callable[[], Awaitable[bool]] | None = None
+) -> None:
+    """Look every AUDIT_SECONDS until cancelled; with ``leads``, only while it answers
+    True (of collectors sharing a store, the one that signs checkpoints records, so an
+    action is not recorded once by each)."""
     while True:
         try:
-            await record_cli_work(store, chain)
+            if leads is None or await leads():
+                await record_cli_work(store, chain)
         except Exception:
             _logger.exception("recording command-line actions failed; retrying")
         await asyncio.sleep(AUDIT_SECONDS)

@@ -9,9 +9,16 @@ commit), so the cost of a durable commit is shared.
 One truth per host: a host has at most one stream served at a time. A new stream of a
 host ends the one before it and starts only once every batch that stream handed to the
 writer has settled, so the head it announces, the replays it checks and the Acks it
-sends all see the same chain. Within a stream, replays are checked against the rows
-handed to the writer and not yet committed as well as against the store. An Ack is
-sent only when every row it covers is in the store with exactly the acknowledged hash.
+sends all see the same chain. Across collectors sharing one database, a stream is served
+under the host's lease (``HostLeases``, an advisory lock in PostgreSQL) taken before
+the first Ack and given back only once its batches have settled; a stream of a host
+another collector serves waits ``LEASE_WAIT_SECONDS`` for it, then is refused with
+UNAVAILABLE, and the agent connects again. A collector that loses its database session
+loses its leases and ends the streams it served under them. Within a stream, replays
+are checked against the rows handed to the writer and not yet committed as well as
+against the store. An Ack is sent only when every row it covers is in the store with
+exactly the acknowledged hash, and no batch is committed after one of its stream that
+failed.
 
 Per-host isolation: events are validated (seq, times, enum values) before they reach
 the store, and a group commit that fails is retried batch by batch, so one host's bad
@@ -39,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf.message import DecodeError
 
 from collector import checkpoint, meeting_signatures, validate
+from collector.errors import StoreError
 from collector.rpc import abort
 from collector.store.base import CheckpointRow, EventRow, Store
 
@@ -52,6 +60,12 @@ MAX_BATCH_EVENTS = 5000  # events per batch; more is RESOURCE_EXHAUSTED
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # bytes per gRPC message, enforced by gRPC itself
 MAX_COMMIT_ROWS = 20000  # rows per group commit
 CHECKPOINT_SECONDS = 10.0
+#: The lease of the one collector that signs checkpoints. Not a valid host id.
+CHECKPOINT_LEASE = "_checkpoints"
+CHAIN_ATTEMPTS = 100  # tries to append one event to the collector's chain, racing others
+LEASE_WAIT_SECONDS = 5.0  # a stream of a host another collector serves waits this long
+LEASE_POLL_SECONDS = 0.1  # between tries of a lease another collector holds
+LEASE_CHECK_SECONDS = 1.0  # how often the session holding the leases is checked
 
 
 def now_us() -> int:
@@ -59,15 +73,31 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+class Lineage:
+    """The commits of one stream, in order. Once one fails, the later ones are not made:
+    the agent, told only of the failure, resends from the head it is given next, and a
+    later batch committed past the failed one would leave a hole it never fills."""
+
+    def __init__(self) -> None:
+        self.broken = False  # read and set by the writer thread only
+
+
+@dataclass
+class _Batch:
+    rows: list[EventRow]
+    lineage: Lineage
+    done: asyncio.Future[None]
+    loop: asyncio.AbstractEventLoop
+
+
 class Writer:
     """One thread that owns the store's write path and commits batches in groups."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._queue: queue.SimpleQueue[
-            tuple[list[EventRow], asyncio.Future[None], asyncio.AbstractEventLoop] | None
-        ] = queue.SimpleQueue()
-        #: Highest committed (seq, hash) per host, what checkpoints sign.
+        self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        #: Highest (seq, hash) per host stored at start and committed here since: what
+        #: this collector's console follows (checkpoints read the heads from the store).
         self.heads: dict[str, tuple[int, bytes]] = store.heads()
         self.committed = 0
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
@@ -75,17 +105,22 @@ class Writer:
 
     def follow_store(self, host_id: str) -> None:
         """Take ``host_id``'s head from the store, where another process (an import of an
-        offline host's export) stored its events: the next checkpoint signs them."""
+        offline host's export) stored its events, for what this collector shows."""
         head = self._store.head(host_id)
         if head is not None and head[0] > self.heads.get(host_id, (0, b""))[0]:
             self.heads[host_id] = head
 
-    async def write(self, rows: list[EventRow]) -> None:
-        """Commit ``rows`` durably (together with whatever else is waiting)."""
+    async def write(self, rows: list[EventRow], lineage: Lineage | None = None) -> None:
+        """Commit ``rows`` durably (together with whatever else is waiting); not if an
+        earlier write of ``lineage`` failed."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        self._queue.put((rows, done, loop))
+        self._queue.put(_Batch(rows, lineage or Lineage(), done, loop))
         await done
+
+    def stored_head(self, host_id: str) -> tuple[int, bytes] | None:
+        """``host_id``'s head as stored (by any collector); blocking."""
+        return self._store.head(host_id)
 
     def close(self) -> None:
         """Commit what is queued, then stop the thread."""
@@ -99,7 +134,7 @@ class Writer:
             if first is None:
                 return
             group = [first]
-            size = len(first[0])
+            size = len(first.rows)
             while size < MAX_COMMIT_ROWS:
                 try:
                     item = self._queue.get_nowait()
@@ -109,20 +144,24 @@ class Writer:
                     stop = True
                     break
                 group.append(item)
-                size += len(item[0])
-            errors = self._commit([g[0] for g in group])
-            for (rows, fut, loop), error in zip(group, errors, strict=True):
+                size += len(item.rows)
+            errors = self._commit(group)
+            for batch, error in zip(group, errors, strict=True):
                 if error is None:
-                    for r in rows:
+                    for r in batch.rows:
                         if r.seq > self.heads.get(r.host_id, (0, b""))[0]:
                             self.heads[r.host_id] = (r.seq, r.hash)
-                loop.call_soon_threadsafe(_settle, fut, error)
+                else:
+                    batch.lineage.broken = True
+                batch.loop.call_soon_threadsafe(_settle, batch.done, error)
 
-    def _commit(self, batches: list[list[EventRow]]) -> list[BaseException | None]:
+    def _commit(self, batches: list[_Batch]) -> list[BaseException | None]:
         """Append the batches in one transaction; what failed, per batch. When the
         transaction fails, each batch is tried on its own: a batch the store refuses
-        fails alone."""
-        rows = [r for b in batches for r in b]
+        fails alone, with the later batches of its stream (not tried)."""
+        if any(b.lineage.broken for b in batches):
+            return self._one_by_one(batches)
+        rows = [r for b in batches for r in b.rows]
         try:
             inserted = self._store.append(rows)
         except Exception as e:  # noqa: BLE001 - whatever the store raises fails the batch
@@ -130,13 +169,25 @@ class Writer:
                 _logger.error("commit of %d rows failed: %r", len(rows), e)
                 return [e]
             _logger.warning("group commit of %d rows failed (%r); batch by batch", len(rows), e)
-            return [self._commit([b])[0] for b in batches]
+            return self._one_by_one(batches)
         self.committed += inserted
         if inserted == len(rows):
             return [None] * len(batches)
         # Some (host, seq) was in the store already: only a batch whose rows are all
         # stored with its hashes may be acknowledged.
-        return [self._conflict(b) for b in batches]
+        return [self._conflict(b.rows) for b in batches]
+
+    def _one_by_one(self, batches: list[_Batch]) -> list[BaseException | None]:
+        errors: list[BaseException | None] = []
+        for b in batches:
+            if b.lineage.broken:
+                errors.append(EarlierBatchFailed())
+                continue
+            [error] = self._commit([b])
+            if error is not None:
+                b.lineage.broken = True
+            errors.append(error)
+        return errors
 
     def _conflict(self, rows: list[EventRow]) -> StoreConflict | None:
         """The first row of ``rows`` the store holds with another hash, if any."""
@@ -149,6 +200,13 @@ class Writer:
                 if stored.get(r.seq) != r.hash:
                     return StoreConflict(host, r.seq)
         return None
+
+
+class EarlierBatchFailed(Exception):  # noqa: N818 - an outcome of a commit
+    """A batch not committed because an earlier one of its stream failed."""
+
+    def __init__(self) -> None:
+        super().__init__("an earlier batch of this stream was not stored")
 
 
 class StoreConflict(Exception):  # noqa: N818 - an outcome of a commit
@@ -269,11 +327,19 @@ class AlertWindows:
 
 
 class CollectorChain:
-    """The collector's own event chain, for alerts about what it refused or noticed."""
+    """The collector's own event chain, for alerts about what it refused or noticed.
+
+    One chain, whichever collector appends, so ``audit verify`` reads it as it always
+    did. Collectors sharing a database append to it optimistically: an event is built
+    on the head this collector last knew, and the store's key on (host, seq) lets only
+    one event take each seq. The loser reads the head again and builds anew; the chain
+    stays contiguous and linked because rows are never changed.
+    """
 
     def __init__(self, writer: Writer) -> None:
         self._writer = writer
         self._seq, self._hash = writer.heads.get(COLLECTOR_HOST, (0, chain.GENESIS))
+        self._stale = False  # read the head from the store before the next event
         self._lock = asyncio.Lock()
         self._recording: set[asyncio.Future[EventRow]] = set()  # kept until written
 
@@ -347,29 +413,43 @@ class CollectorChain:
 
     async def _record(self, severity: int, **kind: Any) -> EventRow:
         async with self._lock:
-            event = events_pb2.Event(
-                host_id=COLLECTOR_HOST,
-                seq=self._seq + 1,
-                prev_hash=self._hash,
-                severity=severity,  # type: ignore[arg-type]
-                **kind,
+            for _ in range(CHAIN_ATTEMPTS):
+                if self._stale:
+                    head = await asyncio.to_thread(self._writer.stored_head, COLLECTOR_HOST)
+                    self._seq, self._hash = head or (0, chain.GENESIS)
+                    self._stale = False
+                event = events_pb2.Event(
+                    host_id=COLLECTOR_HOST,
+                    seq=self._seq + 1,
+                    prev_hash=self._hash,
+                    severity=severity,  # type: ignore[arg-type]
+                    **kind,
+                )
+                event.time.FromNanoseconds(time.time_ns())
+                row = to_row(event, str(event.WhichOneof("kind")), now_us())
+                # Once queued the row is committed whatever happens to the caller (a
+                # stream ended meanwhile): the chain goes on from its fate, never reusing
+                # its seq.
+                write = asyncio.ensure_future(self._writer.write([row]))
+                try:
+                    await asyncio.shield(write)
+                except asyncio.CancelledError:
+                    await asyncio.wait([write])
+                    self._follow(write, row)
+                    raise
+                except StoreConflict:
+                    # Another collector appended at this seq first: build on its event.
+                    self._follow(write, row)
+                    continue
+                except Exception:
+                    self._follow(write, row)
+                    raise
+                self._follow(write, row)
+                return row
+            raise StoreError(
+                f"the collector's chain moved {CHAIN_ATTEMPTS} times while one event was "
+                "appended; too many collectors are recording at once"
             )
-            event.time.FromNanoseconds(time.time_ns())
-            row = to_row(event, str(event.WhichOneof("kind")), now_us())
-            # Once queued the row is committed whatever happens to the caller (a stream
-            # ended meanwhile): the chain goes on from its fate, never reusing its seq.
-            write = asyncio.ensure_future(self._writer.write([row]))
-            try:
-                await asyncio.shield(write)
-            except asyncio.CancelledError:
-                await asyncio.wait([write])
-                self._follow(write, row)
-                raise
-            except Exception:
-                self._follow(write, row)
-                raise
-            self._follow(write, row)
-            return row
 
     async def drain(self) -> None:
         """Wait until every event asked for is written (or failed)."""
@@ -378,8 +458,9 @@ class CollectorChain:
     def _follow(self, write: asyncio.Future[None], row: EventRow) -> None:
         """Where the chain stands after ``write`` of ``row`` settled."""
         if write.cancelled() or write.exception() is not None:
-            # Reload so the next event continues from what is really stored.
-            self._seq, self._hash = self._writer.heads.get(COLLECTOR_HOST, (0, chain.GENESIS))
+            # Read the head again before the next event: what is really stored, by this
+            # collector or another.
+            self._stale = True
         else:
             self._seq, self._hash = row.seq, row.hash
 
@@ -416,6 +497,8 @@ class HostChain:
     commits: set[asyncio.Future[None]] = field(default_factory=set)
     #: The events of the batch ``check`` looked at last, parsed.
     events: list[events_pb2.Event] = field(default_factory=list)
+    #: This stream's commits, in order: none is made after one that failed.
+    lineage: Lineage = field(default_factory=Lineage)
 
     def check(self, bodies: list[bytes], received_us: int) -> list[EventRow]:
         """Validate a batch (its events' bytes as sent) and return the rows not yet
@@ -479,7 +562,7 @@ class _HostSlot:
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     newest: asyncio.Event | None = None  # set: the stream it belongs to must give way
-    settling: asyncio.Future[list[object]] | None = None  # the last stream's commits
+    settling: asyncio.Future[None] | None = None  # the last stream's commits, its lease
 
 
 @dataclass
@@ -511,9 +594,15 @@ class Ingest:
         self.stats = IngestStats()
         self._signing_key = signing_key
         self._checkpoint_seconds = checkpoint_seconds
-        self._signed_heads: dict[str, tuple[int, bytes]] | None = None
-        self._last_checkpoint: str | None = None  # digest of the newest checkpoint
+        self._leading: int | None = None  # the lease generation this collector signs in
         self._hosts: dict[str, _HostSlot] = {}
+        self._leases = store.leases()  # SQLite: refused here if another collector serves it
+        #: host -> (lease generation, set when the lease is lost) of the streams served
+        self._leased: dict[str, tuple[int, asyncio.Event]] = {}
+        self._background: set[asyncio.Future[None]] = set()
+        #: False while the store does not answer: no batch is acknowledged then (its
+        #: commit fails), and health and metrics say so.
+        self.store_up = True
 
     @property
     def connected(self) -> int:
@@ -539,20 +628,114 @@ class Ingest:
             if superseded.is_set():
                 await abort(context, grpc.StatusCode.ABORTED, "a newer stream of this host came")
             state: HostChain | None = None
+            lease: int | None = None
+            lost = asyncio.Event()
             try:
-                head = await asyncio.to_thread(self.store.head, host_id)
+                lease = await self._take_lease(host_id, context, superseded)
+                self._leased[host_id] = (lease, lost)
+                # Under the lease: no other collector adds to this chain meanwhile.
+                try:
+                    head = await asyncio.to_thread(self.store.head, host_id)
+                except Exception as e:  # noqa: BLE001 - whatever the store raises; logged
+                    _logger.error("host %s: head not read: %r", host_id, e)
+                    await abort(
+                        context,
+                        grpc.StatusCode.UNAVAILABLE,
+                        "the collector cannot reach its database; keep the events and retry",
+                    )
                 state = HostChain(host_id, *(head or (0, chain.GENESIS)))
                 yield events_pb2.Ack(host_id=host_id, up_to_seq=state.seq, head_hash=state.hash)
-                async for ack in self._serve(state, requests, context, superseded):
+                async for ack in self._serve(state, requests, context, superseded, lost):
                     yield ack
             finally:
+                if lease is not None and self._leased.get(host_id) == (lease, lost):
+                    del self._leased[host_id]
                 # The next stream of this host starts from what these commits leave, and
                 # from the earlier streams' too: a stream that ended before it served
                 # (superseded or cancelled while it waited) must not drop what it waited
-                # for, or the next one reads a head those commits are about to move.
+                # for, or the next one reads a head those commits are about to move. The
+                # lease is given back only then, for the same reason across collectors.
                 earlier = [slot.settling] if slot.settling is not None else []
                 commits = state.commits if state is not None else set()
-                slot.settling = asyncio.gather(*earlier, *commits, return_exceptions=True)
+                slot.settling = asyncio.ensure_future(
+                    self._settle_then_release(host_id, lease, [*earlier, *commits])
+                )
+
+    async def _settle_then_release(
+        self, host_id: str, lease: int | None, commits: list[asyncio.Future[Any]]
+    ) -> None:
+        await asyncio.gather(*commits, return_exceptions=True)
+        if lease is not None:
+            try:
+                await asyncio.to_thread(self._leases.give_back, host_id, lease)
+            except Exception:  # a lease not given back ends with its session
+                _logger.exception("host %s: lease not given back", host_id)
+
+    async def _take_lease(
+        self, host_id: str, context: grpc.aio.ServicerContext, superseded: asyncio.Event
+    ) -> int:
+        """The host's lease, waiting a bounded time for another collector to give it up
+        (or until a newer stream of the host comes here)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEASE_WAIT_SECONDS
+        while True:
+            take = asyncio.ensure_future(asyncio.to_thread(self._leases.take, host_id))
+            try:
+                generation = await asyncio.shield(take)
+            except asyncio.CancelledError:
+                take.add_done_callback(lambda t: self._give_back_taken(host_id, t))
+                raise
+            except StoreError as e:
+                _logger.error("host %s: no lease: %s", host_id, e)
+                await abort(
+                    context,
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the collector cannot reach its database; keep the events and retry",
+                )
+            if generation is not None:
+                return generation
+            if superseded.is_set():
+                await abort(context, grpc.StatusCode.ABORTED, "a newer stream of this host came")
+            if loop.time() >= deadline:
+                await abort(
+                    context,
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"host {host_id} is being served by another collector; retry",
+                )
+            await asyncio.sleep(LEASE_POLL_SECONDS)
+
+    def _give_back_taken(self, host_id: str, take: asyncio.Future[int | None]) -> None:
+        """A lease taken for a stream that was cancelled meanwhile goes back at once."""
+        if take.cancelled() or take.exception() is not None:
+            return
+        generation = take.result()
+        if generation is None:
+            return
+        task = asyncio.ensure_future(asyncio.to_thread(self._leases.give_back, host_id, generation))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def watch_leases(self) -> None:
+        """Note whether the store answers (``store_up``), and end the streams served
+        under leases the collector lost (its database session went away): another
+        collector may serve those hosts now. Until cancelled."""
+        while True:
+            await asyncio.sleep(LEASE_CHECK_SECONDS)
+            try:
+                generation = await asyncio.to_thread(self._leases.alive)
+            except Exception:  # treated as lost
+                _logger.exception("checking the leases failed")
+                generation = None
+            if (generation is not None) != self.store_up:
+                self.store_up = generation is not None
+                if self.store_up:
+                    _logger.warning("the store answers again; taking streams")
+                else:
+                    _logger.error("the store does not answer; nothing is acknowledged")
+            for host, (held, lost) in list(self._leased.items()):
+                if held != generation and not lost.is_set():
+                    _logger.warning("host %s: lease lost with the database session", host)
+                    lost.set()
 
     async def _serve(
         self,
@@ -560,6 +743,7 @@ class Ingest:
         requests: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext,
         superseded: asyncio.Event,
+        lost: asyncio.Event,
     ) -> AsyncIterator[events_pb2.Ack]:
         """Read batches (``_read``) and yield each Ack once its commit has settled."""
         pending: asyncio.Queue[tuple[asyncio.Future[None] | None, events_pb2.Ack]] = asyncio.Queue(
@@ -568,12 +752,19 @@ class Ingest:
         reader = asyncio.create_task(self._read(state, requests, pending, context))
         waiter: asyncio.Task[tuple[asyncio.Future[None] | None, events_pb2.Ack]] | None = None
         stop = asyncio.create_task(superseded.wait())
+        lease_lost = asyncio.create_task(lost.wait())
         try:
             while True:
                 waiter = asyncio.create_task(pending.get())
                 done, _ = await asyncio.wait(
-                    {waiter, reader, stop}, return_when=asyncio.FIRST_COMPLETED
+                    {waiter, reader, stop, lease_lost}, return_when=asyncio.FIRST_COMPLETED
                 )
+                if lease_lost in done:  # before an Ack: another collector may serve it now
+                    await abort(
+                        context,
+                        grpc.StatusCode.UNAVAILABLE,
+                        "the collector lost its database session; connect again",
+                    )
                 if waiter in done:
                     yield await self._settle(state, *waiter.result(), context)
                     continue
@@ -596,7 +787,7 @@ class Ingest:
                     yield await self._settle(state, *pending.get_nowait(), context)
                 return
         finally:
-            for task in (reader, waiter, stop):
+            for task in (reader, waiter, stop, lease_lost):
                 if task is not None:
                     task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -675,7 +866,7 @@ class Ingest:
 
     def _commit(self, state: HostChain, rows: list[EventRow]) -> asyncio.Future[None]:
         """Hand rows to the writer; until they commit, replays are checked against them."""
-        commit = asyncio.ensure_future(self.writer.write(rows))
+        commit = asyncio.ensure_future(self.writer.write(rows, state.lineage))
         accepted = state.accepted
         for r in rows:
             accepted[r.seq] = r.hash
@@ -683,6 +874,8 @@ class Ingest:
 
         def settled(fut: asyncio.Future[None]) -> None:
             state.commits.discard(fut)
+            if not fut.cancelled():
+                fut.exception()  # seen: a stream that ended first never awaits its failure
             for r in rows:  # committed (now in the store) or failed (never acknowledged)
                 if accepted.get(r.seq) == r.hash:
                     del accepted[r.seq]
@@ -752,7 +945,11 @@ class Ingest:
         or written into the database while the collector was down. The next checkpoint
         signs them; the alert says that it did so without proof. ``imported``: hosts an
         import of an offline host's export stored events of meanwhile (its record
-        follows), which the alert names as a likely source."""
+        follows), which the alert names as a likely source. Only the collector that
+        leads says so: beside a living leader, rows beyond its last checkpoint are the
+        other collectors' work its next checkpoint signs."""
+        if not await self.lead():
+            return
         rows = await asyncio.to_thread(self.store.checkpoints)
         signed = checkpoint.heads_of(rows[-1]) if rows else {}
         for host, (seq, _) in sorted(self.writer.heads.items()):
@@ -773,16 +970,31 @@ class Ingest:
                 subject_seq=before + 1,
             )
 
+    async def lead(self) -> bool:
+        """Whether this collector signs checkpoints: it holds the checkpoint lease, or
+        takes it now that no other collector does (the leader stopped, or died and its
+        session with it)."""
+        generation = await asyncio.to_thread(self._leases.alive)
+        if generation is not None and generation == self._leading:
+            return True
+        try:
+            self._leading = await asyncio.to_thread(self._leases.take, CHECKPOINT_LEASE)
+        except StoreError as e:
+            _logger.warning("cannot take the checkpoint lease: %s", e)
+            self._leading = None
+        return self._leading is not None
+
     async def checkpoint_once(self) -> bool:
-        """Sign the current heads if they changed since the last checkpoint."""
-        heads = dict(self.writer.heads)
-        if heads == self._signed_heads or not heads:
+        """Sign the stored heads if they changed since the newest checkpoint, when this
+        collector leads. The checkpoint follows the newest one, whoever signed it, and is
+        stored only if that one is still the newest: the checkpoints never fork."""
+        if not await self.lead():
             return False
-        if self._last_checkpoint is None:
-            rows = await asyncio.to_thread(self.store.checkpoints)
-            self._last_checkpoint = checkpoint.digest(rows[-1]) if rows else checkpoint.FIRST_PREV
-            self._signed_heads = checkpoint.heads_of(rows[-1]) if rows else {}
-        signed = self._signed_heads or {}
+        heads = await asyncio.to_thread(self.store.heads)
+        last = await asyncio.to_thread(self.store.last_checkpoint)
+        signed = checkpoint.heads_of(last) if last is not None else {}
+        if heads == signed or not heads:
+            return False
         received = {}
         for host, (seq, _) in heads.items():
             before = signed.get(host, (0, b""))[0]
@@ -790,12 +1002,20 @@ class Ingest:
                 times = await asyncio.to_thread(self.store.received_times, host, before + 1, seq)
                 received[host] = checkpoint.received_digest(times)
         created = now_us()
-        body = checkpoint.make_body(created, self._last_checkpoint, heads, received)
+        prev = checkpoint.digest(last) if last is not None else checkpoint.FIRST_PREV
+        body = checkpoint.make_body(created, prev, heads, received)
         signature = checkpoint.sign(self._signing_key, body)
-        cid = await asyncio.to_thread(self.store.add_checkpoint, created, body, signature)
+        cid = await asyncio.to_thread(
+            self.store.add_checkpoint_after,
+            last.id if last is not None else 0,
+            created,
+            body,
+            signature,
+        )
+        if cid is None:
+            _logger.warning("another collector signed a checkpoint meanwhile; this one is dropped")
+            return False
         row = CheckpointRow(cid, created, body, signature)
-        self._last_checkpoint = checkpoint.digest(row)
-        self._signed_heads = heads
         if self._witness is not None:
             try:
                 await asyncio.to_thread(checkpoint.append_witness, self._witness, row)
@@ -823,3 +1043,4 @@ class Ingest:
         await self.alerts.drain()
         await asyncio.to_thread(self.writer.close)
         await self.checkpoint_once()
+        await asyncio.to_thread(self._leases.close)

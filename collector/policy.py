@@ -3,7 +3,9 @@
 The current bundle comes from the newest policy version stored by the console (see
 ``collector.console``), or from a policy directory when the store holds none. Before a
 change is published, :func:`validate` loads the files exactly as an agent would, so a
-policy that an agent would refuse is never pushed.
+policy that an agent would refuse is never pushed. Collectors sharing a database look up
+the newest stored version every ``POLICY_POLL_SECONDS`` (``follow_store``), so a policy
+or meeting schedule saved on any collector's console reaches the agents of every one.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib
+import logging
 import re
 import tempfile
 import tomllib
@@ -24,12 +27,16 @@ from agent.decision.errors import PolicyError
 from agent.decision.policy import PolicySet
 from agent.errors import ConfigError
 from agent.policy import SAFE_NAME
+from collector.store.base import Store
+
+_logger = logging.getLogger(__name__)
 
 MAX_POLICY_FILE_BYTES = 1024 * 1024  # bytes per policy file
 MAX_POLICY_FILES = 64  # files per bundle
 DEVICE_RULES = "devices.rules"  # USBGuard rule syntax, parsed by agent.devices.rules
 MEETINGS = "meetings.toml"  # the meeting schedule room agents check ahead of each meeting
 ROOMS = "rooms.toml"
+POLICY_POLL_SECONDS = 1.0  # a version stored by another collector is pushed this late at most
 
 
 def bundle_digest(files: dict[str, bytes]) -> str:
@@ -55,6 +62,8 @@ class PolicyService:
         self._key = key
         self._changed = asyncio.Condition()
         self.current: collector_pb2.PolicyBundle | None = None
+        #: The newest stored policy version seen; a newer one is published (catch_up).
+        self.stored_number = 0
 
     def load_directory(
         self, directory: Path, author: str = "collector"
@@ -67,7 +76,9 @@ class PolicyService:
         return self._set(files, author)
 
     async def publish(self, files: dict[str, bytes], author: str) -> collector_pb2.PolicyBundle:
-        """Make ``files`` the current bundle and wake every watching agent."""
+        """Make ``files`` the current bundle and wake every watching agent. Store them as
+        a policy version first (``Store.add_policy_version``): that is how the other
+        collectors sharing the store learn of them."""
         bundle = self._set(files, author)
         async with self._changed:
             self._changed.notify_all()
@@ -80,6 +91,34 @@ class PolicyService:
         bundle.signature = self._key.sign(signed_bytes(bundle))
         self.current = bundle
         return bundle
+
+    async def catch_up(self, store: Store) -> bool:
+        """Publish the newest version in ``store`` if it was stored since the last look
+        and is not the current bundle (another collector stored it); whether it was."""
+        newest = await asyncio.to_thread(store.policy_versions, 1)
+        if not newest or newest[0].number <= self.stored_number:
+            return False
+        self.stored_number = newest[0].number
+        if self.current is not None and newest[0].version == self.current.version:
+            return False  # stored and published here
+        row = await asyncio.to_thread(store.policy_version, newest[0].number)
+        if row is None:
+            return False
+        _logger.info("policy version %d (%s) from the store is published", row.number, row.version)
+        await self.publish(row.files, row.author)
+        return True
+
+    async def follow_store(self, store: Store, seconds: float = POLICY_POLL_SECONDS) -> None:
+        """Publish what any collector stores, looking every ``seconds``, until cancelled.
+        Polling rather than LISTEN/NOTIFY: it works on every store, one small query a
+        second costs nothing, and a notification lost in a database restart cannot
+        leave agents on an old policy."""
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self.catch_up(store)
+            except Exception:
+                _logger.exception("looking up the newest policy failed; retrying")
 
     async def next_after(self, version: str) -> collector_pb2.PolicyBundle:
         """Wait until the current bundle differs from ``version`` and return it."""

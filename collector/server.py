@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 SERVICE = "baomi.v1.Collector"
+HEALTH_FOLLOW_SECONDS = 0.2  # how soon health follows the store going away or coming back
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,7 +143,15 @@ class CollectorService:
                 "a client certificate is required; enrol with 'baomi-agent enroll'",
             )
         host_id, fp = identity
-        known = await asyncio.to_thread(self._store.host_certificates, host_id)
+        try:
+            known = await asyncio.to_thread(self._store.host_certificates, host_id)
+        except Exception as e:  # noqa: BLE001 - whatever the store raises; logged, not shown
+            _logger.error("host %s: certificates not read: %r", host_id, e)
+            await abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "the collector cannot reach its database; keep the events and retry",
+            )
         if fp not in known:
             await abort(
                 context,
@@ -258,6 +267,10 @@ class Collector:
         self._reports: asyncio.Task[None] | None = None
         self._cli_audit: asyncio.Task[None] | None = None
         self._register_task: asyncio.Task[None] | None = None
+        self._leases: asyncio.Task[None] | None = None
+        self._policy_follow: asyncio.Task[None] | None = None
+        self._grpc_health: list[health.aio.HealthServicer] = []
+        self._health_follow: asyncio.Task[None] | None = None
         self.ports: dict[str, int] = {}
         self.serving = False  # True from start until stop begins: what health reports
         self._health: HealthServer | None = None
@@ -284,6 +297,7 @@ class Collector:
             health_servicer = health.aio.HealthServicer()
             await health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
             await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+            self._grpc_health.append(health_servicer)
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
             reflection.enable_server_reflection(
                 (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -302,7 +316,12 @@ class Collector:
             host = self.config.listen.rpartition(":")[0].strip("[]")
             self.ports["health"] = await self._health.start(host, self.config.health_port)
         self._checkpoints = asyncio.create_task(self.ingest.run_checkpoints())
-        self._cli_audit = asyncio.create_task(cli_audit.run_forever(self.store, self.ingest.alerts))
+        self._leases = asyncio.create_task(self.ingest.watch_leases())
+        self._policy_follow = asyncio.create_task(self.policy.follow_store(self.store))
+        self._health_follow = asyncio.create_task(self._follow_store_health())
+        self._cli_audit = asyncio.create_task(
+            cli_audit.run_forever(self.store, self.ingest.alerts, self.ingest.lead)
+        )
         self._register_task = asyncio.create_task(self.register.run())
         _logger.info(
             "collector serving agents on port %d, enrolment on port %d",
@@ -317,7 +336,27 @@ class Collector:
         if self.config.reports is not None:
             from collector.reports.schedule import run_scheduler  # noqa: PLC0415 - on use
 
-            self._reports = asyncio.create_task(run_scheduler(self.store, self.config.reports))
+            self._reports = asyncio.create_task(
+                run_scheduler(self.store, self.config.reports, leads=self.ingest.lead)
+            )
+
+    async def _follow_store_health(self) -> None:
+        """NOT_SERVING on both ports while the store does not answer, so a load balancer
+        sends agents elsewhere; SERVING again when it does."""
+        serving = True
+        while True:
+            await asyncio.sleep(HEALTH_FOLLOW_SECONDS)
+            if self.ingest.store_up == serving:
+                continue
+            serving = self.ingest.store_up
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for servicer in self._grpc_health:
+                await servicer.set(SERVICE, status)
+                await servicer.set("", status)
 
     def console_backend(self) -> Backend:
         """The parts of this collector its web console uses."""
@@ -340,6 +379,7 @@ class Collector:
         directory = self.config.policies_dir
         if latest is not None:
             self.policy.load_files(latest.files, latest.author)
+            self.policy.stored_number = latest.number
             if directory is not None and read_directory(directory) != latest.files:
                 _logger.warning(
                     "policy version %d from the store is in force; %s differs and is not "
@@ -351,7 +391,7 @@ class Collector:
             return
         if directory is not None:
             bundle = self.policy.load_directory(directory)
-            self.store.add_policy_version(
+            self.policy.stored_number = self.store.add_policy_version(
                 bundle.version, "collector", now_us(), f"from {directory}", dict(bundle.files)
             )
 
@@ -361,11 +401,20 @@ class Collector:
         if self.console is not None:
             await self.console.stop()
         await asyncio.gather(*(s.stop(grace) for s in self._servers))
-        for task in (self._checkpoints, self._reports, self._cli_audit, self._register_task):
+        for task in (
+            self._checkpoints,
+            self._reports,
+            self._cli_audit,
+            self._register_task,
+            self._leases,
+            self._policy_follow,
+            self._health_follow,
+        ):
             if task is not None:
                 task.cancel()
         with contextlib.suppress(Exception):  # a last look: what the CLI did lately
-            await cli_audit.record_cli_work(self.store, self.ingest.alerts)
+            if await self.ingest.lead():
+                await cli_audit.record_cli_work(self.store, self.ingest.alerts)
         await self.ingest.close()
         if self._health is not None:
             await self._health.stop()

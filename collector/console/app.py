@@ -104,6 +104,7 @@ class Console:
             lambda: dict(backend.ingest.writer.heads),
             backend.chain,
             self.run,
+            leads=backend.ingest.lead,
         )
         self.alerts = AlertSender()
         self.feed.sinks.append(self.alerts.offer)

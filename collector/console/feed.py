@@ -92,8 +92,16 @@ class Subscription:
 class LiveFeed:
     """Polls for committed events and fans them out."""
 
-    def __init__(self, store: Store, heads: Heads, chain: CollectorChain, run: Runner) -> None:
+    def __init__(
+        self,
+        store: Store,
+        heads: Heads,
+        chain: CollectorChain,
+        run: Runner,
+        leads: Callable[[], Awaitable[bool]] | None = None,
+    ) -> None:
         self._store = store
+        self._leads = leads  # whether this collector raises silence alerts now
         self._run_blocking = run
         self._heads = heads
         self._chain = chain
@@ -199,18 +207,35 @@ class LiveFeed:
                 _logger.exception("an event sink failed on %s", v.key)
 
     async def check_silence(self) -> list[str]:
-        """Raise one alert per host that went quiet; return the hosts alerted now."""
+        """Raise one alert per host that went quiet; return the hosts alerted now.
+
+        The feed sees what this collector ingests. Of collectors sharing a store, only
+        the one that leads alerts (once, not once each), and a host quiet here is first
+        looked up in the store: another collector may be serving it.
+        """
         self.decommissioned = await self._run_blocking(self._store.decommissioned)
         now = now_us()
+        candidates = [
+            state
+            for state in self.hosts.values()
+            if not (state.alerted or state.stopped or state.host_id in self.decommissioned)
+            and state.silent(now)
+        ]
+        if not candidates or (self._leads is not None and not await self._leads()):
+            return []
+        stored = await self._run_blocking(self._store.heads)
         alerted: list[str] = []
-        for state in self.hosts.values():
-            if (
-                state.alerted
-                or state.stopped
-                or state.host_id in self.decommissioned
-                or not state.silent(now)
-            ):
-                continue
+        for state in candidates:
+            seq = stored.get(state.host_id, (0, b""))[0]
+            if seq > self._seen.get(state.host_id, 0):  # stored by another collector
+                newest = await self._run_blocking(self._store.event, state.host_id, seq)
+                if newest is not None:
+                    # Its newest event says when it spoke, and whether it stopped cleanly;
+                    # the events before it were that collector's to deliver.
+                    state.observe(newest, events_pb2.Event.FromString(newest.body))
+                    self._seen[state.host_id] = seq
+                if state.stopped or not state.silent(now):
+                    continue
             state.alerted = True
             quiet = (now - state.last_seen_us) / 1e6
             await self._chain.alert(

@@ -33,12 +33,19 @@ def render(
     hosts: Iterable[HostState],
     decommissioned: Iterable[str],
     alerts: AlertStats,
+    store_up: bool = True,
 ) -> str:
     """The exposition text."""
     now = now_us()
     gone = set(decommissioned)
     live = [h for h in hosts if h.host_id not in gone]
     blocks = [
+        _metric(
+            "baomi_store_up",
+            "gauge",
+            "1 when the store answers; 0 while it does not (nothing is acknowledged).",
+            [("", 1 if store_up else 0)],
+        ),
         _metric(
             "baomi_ingest_events_total",
             "counter",

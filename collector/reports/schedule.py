@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,15 +176,24 @@ def report_document(store: Store, report_id: int) -> bytes | None:
 
 
 async def run_scheduler(
-    store: Store, cfg: ScheduleConfig, *, check_seconds: float = CHECK_SECONDS
+    store: Store,
+    cfg: ScheduleConfig,
+    *,
+    check_seconds: float = CHECK_SECONDS,
+    leads: Callable[[], Awaitable[bool]] | None = None,
 ) -> None:
-    """Make due reports now and every ``check_seconds`` until cancelled.
+    """Make due reports now and every ``check_seconds`` until cancelled; with ``leads``,
+    only while it answers True (of collectors sharing a store, the one that signs
+    checkpoints makes the scheduled reports, so a period gets one set, not one each).
 
     The work runs in a thread: a half-year report takes seconds of CPU, and the
     collector's event loop must keep acknowledging batches meanwhile.
     """
     while True:
         try:
+            if leads is not None and not await leads():
+                await asyncio.sleep(check_seconds)
+                continue
             made = await asyncio.to_thread(generate_due_with, store, cfg)
             for row in made:
                 _logger.info(

@@ -82,6 +82,12 @@ class Store(Protocol):
     def close(self) -> None:
         """Release connections."""
 
+    def leases(self) -> HostLeases:
+        """The per-host leases of the collectors serving from this store (one object per
+        collector; ``HostLeases.close`` gives them all back). A store only one collector
+        may serve (SQLite) is claimed for this process here, or StoreError says which
+        collector holds it."""
+
     # -- events --------------------------------------------------------------------
     def append(self, rows: Sequence[EventRow]) -> int:
         """Insert ``rows`` in one transaction, skipping (host_id, seq) already stored.
@@ -132,6 +138,16 @@ class Store(Protocol):
     # -- checkpoints ---------------------------------------------------------------
     def add_checkpoint(self, created_us: int, body: bytes, signature: bytes) -> int:
         """Store a signed checkpoint and return its id."""
+
+    def add_checkpoint_after(
+        self, prev_id: int, created_us: int, body: bytes, signature: bytes
+    ) -> int | None:
+        """Store a signed checkpoint if checkpoint ``prev_id`` (0: none yet) is still the
+        newest, and return its id; None when another was stored meanwhile. Atomic across
+        every collector on the store, so checkpoints never fork."""
+
+    def last_checkpoint(self) -> CheckpointRow | None:
+        """The newest checkpoint, or None before the first."""
 
     def checkpoints(self) -> list[CheckpointRow]:
         """Every checkpoint, oldest first."""
@@ -271,6 +287,30 @@ class Store(Protocol):
     ) -> list[tuple[int, int, int]]:
         """(bucket start, severity, count) of events since ``since_us`` with severity at
         least ``min_severity``, bucketed by event time."""
+
+
+class HostLeases(Protocol):
+    """Who serves each host's stream: one collector at a time.
+
+    A lease is held on something that dies with the collector (a database session), so a
+    collector that crashes or loses its database loses its leases with it. Every lease
+    is taken under a generation (the holding session); when that session is gone,
+    ``alive`` answers another generation and the leases of the old one are lost.
+    """
+
+    def take(self, host_id: str) -> int | None:
+        """Take ``host_id``'s lease without waiting; the generation holding it, or None
+        when another collector holds it. Raises StoreError when the store is gone."""
+
+    def give_back(self, host_id: str, generation: int) -> None:
+        """Release a lease taken in ``generation`` (nothing when that one is gone)."""
+
+    def alive(self) -> int | None:
+        """The generation whose leases still hold, after a round trip; None when the
+        store cannot be reached (every lease is lost)."""
+
+    def close(self) -> None:
+        """Give back every lease."""
 
 
 # -- console ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ both backends speak are in :mod:`collector.store.sql`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,8 @@ CHAIN_FETCH_ROWS = 1000  # rows per round trip when streaming a chain (~1000 x b
 # Any fixed 64-bit key serves; every collector must use the same one.
 # 0x62616F6D69 is "baomi" in ASCII.
 _SCHEMA_LOCK_KEY = 0x62616F6D69
+# Held while a checkpoint is added, so two signers cannot both follow the same one.
+_CHECKPOINT_TURN_KEY = 0x62616F6D69_6370  # "baomi" "cp"
 
 # host_id and kind use the "C" collation so ordering and comparisons are byte-wise,
 # exactly as in SQLite, whatever locale the cluster was created with.
@@ -167,6 +170,7 @@ class PostgresStore(SqlStore):
     PLACEHOLDER = "%s"
     CONTAINS_TERM = "position(?::bytea in body) > 0"
     FOR_UPDATE = " FOR UPDATE"
+    CHECKPOINT_TURN = f"SELECT pg_advisory_xact_lock({_CHECKPOINT_TURN_KEY})"
     NAME = "PostgreSQL"
     _reports_exist = False  # set once the reports table is known to exist
 
@@ -251,6 +255,10 @@ class PostgresStore(SqlStore):
         # Once per connection, not per batch: a temp table lasts as long as its session.
         db.execute(_STAGING)
         return db
+
+    def leases(self) -> PostgresLeases:
+        """Per-host leases shared with every collector on this database."""
+        return PostgresLeases(self._conninfo, self._shown)
 
     def _forget(self, db: psycopg.Connection[Any]) -> None:
         with self._lock:
@@ -355,6 +363,90 @@ class PostgresStore(SqlStore):
                     yield EventRow(*row)
         finally:
             self._forget(db)
+
+
+def lease_key(host_id: str) -> int:
+    """The advisory lock key of ``host_id``'s lease: the same in every collector and
+    release (a stable hash, not Python's salted ``hash``), as a signed 64-bit int."""
+    digest = hashlib.sha256(b"baomi host lease\0" + host_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class PostgresLeases:
+    """Per-host leases as session-level advisory locks on one connection of this
+    collector, held for as long as the host's stream is served.
+
+    PostgreSQL releases a session's advisory locks when the session ends, so a collector
+    that dies (or whose connection breaks) loses its leases with it and another collector
+    can serve its hosts. One connection holds every lease of the collector: a lock is
+    taken with a single ``pg_try_advisory_lock`` round trip, and a thousand streams do
+    not need a thousand sessions. Each new connection is a new generation; leases of a
+    broken one are gone, and ``alive`` tells ingest so.
+    """
+
+    def __init__(self, conninfo: str, shown: str) -> None:
+        self._conninfo = conninfo
+        self._shown = shown
+        self._lock = threading.Lock()  # one statement at a time on the connection
+        self._db: psycopg.Connection[Any] | None = None
+        self._generation = 0
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._db is not None and not self._db.closed and not self._db.broken:
+            return self._db
+        if self._db is not None:
+            self._db.close()
+        self._db = None
+        try:
+            self._db = psycopg.connect(self._conninfo, autocommit=True)
+        except psycopg.Error as e:
+            raise StoreError(f"cannot reach PostgreSQL store {self._shown}: {e}") from e
+        self._generation += 1
+        return self._db
+
+    def take(self, host_id: str) -> int | None:
+        """Take the host's lease if no other session holds it."""
+        with self._lock:
+            db = self._connection()
+            try:
+                row = db.execute(
+                    "SELECT pg_try_advisory_lock(%s)", (lease_key(host_id),)
+                ).fetchone()
+            except psycopg.Error as e:
+                raise StoreError(f"PostgreSQL store {self._shown} failed: {e}") from e
+            return self._generation if row is not None and row[0] else None
+
+    def give_back(self, host_id: str, generation: int) -> None:
+        """Unlock, once, on the session that took the lease; nothing if it is gone."""
+        with self._lock:
+            db = self._db
+            if generation != self._generation or db is None or db.closed or db.broken:
+                return
+            with contextlib.suppress(psycopg.Error):  # a broken session released it
+                db.execute("SELECT pg_advisory_unlock(%s)", (lease_key(host_id),))
+
+    def alive(self) -> int | None:
+        """The generation holding leases, after a round trip on its session."""
+        with self._lock:
+            try:
+                db = self._connection()  # none since the last was lost: can it connect?
+            except StoreError:
+                return None
+            try:
+                db.execute("SELECT 1")
+            except psycopg.Error:
+                db.close()
+                self._db = None
+                self._generation += 1  # never again the generation of the lost leases
+                return None
+            return self._generation
+
+    def close(self) -> None:
+        """End the session: every lease it holds is released."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
 
 def _redacted(url: str) -> str:

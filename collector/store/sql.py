@@ -88,6 +88,9 @@ class SqlStore:
     #: Ends a SELECT that locks its rows until the transaction ends ("" where a write
     #: transaction locks the whole database already, as SQLite's BEGIN IMMEDIATE does).
     FOR_UPDATE: ClassVar[str] = ""
+    #: Begins a write transaction's turn to add a checkpoint, one writer at a time (""
+    #: where BEGIN IMMEDIATE serializes every write transaction already).
+    CHECKPOINT_TURN: ClassVar[str] = ""
     #: What the backend is called in errors.
     NAME: ClassVar[str]
 
@@ -307,6 +310,35 @@ class SqlStore:
             (created_us, body, signature),
             "checkpoint",
         )
+
+    def add_checkpoint_after(
+        self, prev_id: int, created_us: int, body: bytes, signature: bytes
+    ) -> int | None:
+        """Store a checkpoint only if checkpoint ``prev_id`` (0: none) is the newest."""
+        with self._transaction() as tx:
+            if self.CHECKPOINT_TURN:
+                tx.execute(self.CHECKPOINT_TURN)
+            row = tx.execute("SELECT coalesce(max(id), 0) FROM checkpoints").fetchone()
+            if row is None or int(row[0]) != prev_id:
+                return None
+            row = tx.execute(
+                "INSERT INTO checkpoints (created_at, body, signature) VALUES (?, ?, ?) "
+                "RETURNING id",
+                (created_us, body, signature),
+            ).fetchone()
+            if row is None:  # RETURNING always yields the new row
+                raise StoreError(f"{self.NAME} returned no id for a new checkpoint")
+            return int(row[0])
+
+    def last_checkpoint(self) -> CheckpointRow | None:
+        """The newest checkpoint, or None."""
+        row = self._one(
+            "SELECT id, created_at, body, signature FROM checkpoints ORDER BY id DESC LIMIT 1"
+        )
+        if row is None:
+            return None
+        i, c, b, sig = row
+        return CheckpointRow(int(i), int(c), bytes(b), bytes(sig))
 
     def checkpoints(self) -> list[CheckpointRow]:
         """All checkpoints, oldest first."""

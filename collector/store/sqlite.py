@@ -7,7 +7,9 @@ reads); the statements both backends speak are in :mod:`collector.store.sql`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
+import os
 import sqlite3
 import threading
 import time
@@ -154,6 +156,10 @@ class SQLiteStore(SqlStore):
                 db.close()
             self._all.clear()
         self._local = threading.local()
+
+    def leases(self) -> SingleCollector:
+        """Claim the file for this collector: SQLite serves one collector at a time."""
+        return SingleCollector(self._path)
 
     def append(self, rows: Sequence[EventRow]) -> int:
         """Insert rows in one transaction; rows already stored are skipped."""
@@ -324,3 +330,45 @@ CREATE TABLE IF NOT EXISTS decommissioned (
     decommissioned_by TEXT    NOT NULL
 );
 """
+
+
+class SingleCollector:
+    """The leases of the only collector an SQLite store may have: all of them.
+
+    SQLite has no session that dies with a collector on another machine, and its file
+    is local, so several collectors on one file are refused rather than coordinated:
+    an exclusive ``flock`` on ``<file>.collector`` (released by the kernel when the
+    process dies) is held while the collector serves. The command line's reads and
+    ``user`` commands do not take it. Run several collectors on PostgreSQL.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._lock_path = path.with_name(path.name + ".collector")
+        self._fd: int | None = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise StoreError(
+                f"another collector serves the SQLite store {path} (it holds "
+                f"{self._lock_path}); SQLite serves one collector at a time: stop that one, "
+                "or store in PostgreSQL (--store postgresql://...) to run several"
+            ) from None
+
+    def take(self, host_id: str) -> int:
+        """Always this collector's (one generation: the process)."""
+        return 0
+
+    def give_back(self, host_id: str, generation: int) -> None:
+        """Nothing to release: the streams of one process are serialized by ingest."""
+
+    def alive(self) -> int:
+        """The process is its own lease."""
+        return 0
+
+    def close(self) -> None:
+        """Let another collector serve the file."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

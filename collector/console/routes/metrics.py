@@ -28,5 +28,6 @@ async def metrics_text(c: Ctx) -> Response:
         hosts=list(c.console.feed.hosts.values()),
         decommissioned=list(c.console.feed.decommissioned),
         alerts=c.console.alerts.stats,
+        store_up=ingest.store_up,
     )
     return PlainTextResponse(text, media_type=metrics.CONTENT_TYPE)
