@@ -27,7 +27,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from bench import balancer, fleet
 from bench.pg import Cluster
 from bench.proc import BenchError, Child
-from collector import ingest as collector_ingest
 from collector import pki
 from collector.ingest import MAX_COMMIT_ROWS, now_us, to_row
 from collector.store.base import EventRow
@@ -169,26 +168,15 @@ class _Collector:
                 self.proc.wait()
 
 
-def shared_store() -> bool:
-    """Whether collectors may share one PostgreSQL (per-host leases, one checkpoint
-    signer: issue 14 item 1); that work announces itself with ``SHARED_STORE``."""
-    return bool(getattr(collector_ingest, "SHARED_STORE", False))
-
-
 def default_collector_counts() -> list[int]:
-    """One collector, and three once they can share a store."""
-    return [1, 3] if shared_store() else [1]
+    """One collector, and three sharing one PostgreSQL behind HAProxy."""
+    return [1, 3]
 
 
 def measure(
     workdir: Path, *, collectors: int = 1, hosts: int = HOSTS, events: int = EVENTS
 ) -> FleetFigures:
     """Run the fleet once; every process started here is stopped before it returns."""
-    if collectors > 1 and not shared_store():
-        raise BenchError(
-            f"{collectors} collectors on one PostgreSQL need per-host leases and one "
-            "checkpoint signer (issue 14 item 1), not in this tree; use --fleet-collectors 1"
-        )
     cluster = Cluster()
     running: list[_Collector] = []
     haproxy: subprocess.Popen[bytes] | None = None
