@@ -102,6 +102,7 @@ class LiveFeed:
     ) -> None:
         self._store = store
         self._leads = leads  # whether this collector raises silence alerts now
+        self._silence_lock = asyncio.Lock()
         self._run_blocking = run
         self._heads = heads
         self._chain = chain
@@ -213,6 +214,10 @@ class LiveFeed:
         the one that leads alerts (once, not once each), and a host quiet here is first
         looked up in the store: another collector may be serving it.
         """
+        async with self._silence_lock:  # one look at a time: each silence alerted once
+            return await self._check_silence()
+
+    async def _check_silence(self) -> list[str]:
         self.decommissioned = await self._run_blocking(self._store.decommissioned)
         now = now_us()
         candidates = [
