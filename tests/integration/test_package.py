@@ -8,7 +8,9 @@ copy of the host's dpkg database, which describes exactly that ``/usr``. deboots
 cannot run here (no mirror offline), and a ``dpkg --instdir`` tree without ``/usr``
 could not run the maintainer scripts (adduser, deb-systemd-helper) or the programs.
 ``systemctl`` and ``deb-systemd-invoke`` are replaced in the overlay by scripts that
-log their calls: nothing may be started or stopped inside the chroot.
+log their calls: nothing may be started inside the chroot, and once the root looks
+booted with systemd (``/run/systemd/system``), an upgrade restarts what runs and a
+removal stops both services.
 
 The two builds (0.1.0~t1, then 0.1.0~t2 for the upgrade) are made once per content of
 the checkout and kept under ``.cache/deb-test/``; building takes a minute or two each.
@@ -185,8 +187,10 @@ def test_package_installs_upgrades_keeping_state_and_purges(
     debs: dict[str, Path], root: Path
 ) -> None:
     """The whole life of the package in one root, as an administrator goes through it."""
+    calls = root / "var/log/service-calls"
     _dpkg(root, "-i", str(debs[OLD]))
     assert _status(root) == f"ii {OLD}"
+    assert not calls.exists(), calls.read_text()  # nothing started in a chroot
 
     # The programs run from the root, from the venv the package brought.
     for program, says in (("baomi-collector", "serve"), ("baomi-agent", "enroll")):
@@ -229,8 +233,15 @@ def test_package_installs_upgrades_keeping_state_and_purges(
     config.write_text(edited)
     policy = root / "etc/baomi/policies/policy.csv"
     policy.write_text("p, the administrator's policy\n")
+    # From here the root looks booted with systemd: running services are restarted after
+    # the upgrade (try-restart: a stopped one stays stopped), never enabled or started.
+    (root / "run/systemd/system").mkdir(parents=True)
     _dpkg(root, "-i", str(debs[NEW]))
     assert _status(root) == f"ii {NEW}"
+    units = "baomi-agent.service baomi-collector.service"
+    assert f"deb-systemd-invoke try-restart {units}" in calls.read_text().splitlines()
+    assert " start" not in calls.read_text() and "enable" not in calls.read_text()
+    calls.unlink()
     assert record.read_bytes() == b"the record\n" and record.stat().st_uid == uid
     assert spool.read_bytes() == b"unsent events\n"
     assert config.read_text() == edited
@@ -240,6 +251,7 @@ def test_package_installs_upgrades_keeping_state_and_purges(
     # Removal keeps the configuration; purge takes it, and leaves the record and spool.
     _dpkg(root, "--remove", "baomi")
     assert _status(root) == f"rc {NEW}"
+    assert f"deb-systemd-invoke stop {units}" in calls.read_text().splitlines()
     assert not (root / "usr/bin/baomi-agent").exists()
     assert not (root / "opt/baomi").exists()  # nothing written into the venv at run time
     assert not (root / "lib/systemd/system/baomi-agent.service").exists()
@@ -252,7 +264,3 @@ def test_package_installs_upgrades_keeping_state_and_purges(
     assert not (root / "var/lib/baomi-witness").exists()  # empty: removed
     assert record.read_bytes() == b"the record\n"  # evidence is never purged
     assert spool.read_bytes() == b"unsent events\n"
-
-    # No service was started, stopped or reloaded inside the chroot.
-    calls = root / "var/log/service-calls"
-    assert not calls.exists(), calls.read_text()
