@@ -16,6 +16,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 mkdir "$work/baomi"
+# --ignore-failed-read: a tracked file deleted in the checkout is left out, not an error.
 (cd "$root" && git ls-files -z --cached --others --exclude-standard \
     | tar --null -T - -c --ignore-failed-read 2>/dev/null) | tar -x -C "$work/baomi"
 if [ $# -eq 2 ]; then
@@ -27,7 +28,7 @@ if [ $# -eq 2 ]; then
     } > "$cl.new"
     mv "$cl.new" "$cl"
 fi
-(cd "$work/baomi" && dpkg-buildpackage -b -us -uc --no-sign >"$work/build.log" 2>&1) || {
+(cd "$work/baomi" && dpkg-buildpackage --build=binary --no-sign >"$work/build.log" 2>&1) || {
     tail -40 "$work/build.log" >&2
     echo "dpkg-buildpackage failed (log above); 'make apt' installs the build tools" >&2
     exit 1
