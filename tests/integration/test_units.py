@@ -119,6 +119,22 @@ def test_agent_capabilities_are_each_explained() -> None:
     assert "CAP_SYS_MODULE" not in kept
 
 
+# Options with which systemd runs a service in a mount namespace of its own.
+MOUNT_NAMESPACE_OPTIONS = (
+    "ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateMounts", "PrivateDevices",
+    "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",
+    "ProtectControlGroups", "ProtectProc", "ProcSubset", "ReadOnlyPaths",
+    "ReadWritePaths", "InaccessiblePaths", "TemporaryFileSystem", "BindPaths",
+    "BindReadOnlyPaths", "RootDirectory", "RootImage", "MountAPIVFS",
+)  # fmt: skip
+
+
+def test_agent_shares_the_hosts_mounts() -> None:
+    """The agent's mount marks must be on the host's mounts, not a private copy's."""
+    settings = _settings("baomi-agent.service")
+    assert not set(settings) & set(MOUNT_NAMESPACE_OPTIONS)
+
+
 # What the agent does with each capability it keeps, done the way the agent does it: run
 # under the unit's bounding set every probe succeeds; without one capability, its probe
 # is refused. FILE is owned by nobody (0444), PID is a process of nobody's.
