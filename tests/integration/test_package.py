@@ -222,10 +222,20 @@ def test_package_installs_upgrades_keeping_state_and_purges(
     assert (root / "usr/share/baomi/policies/model.conf").is_file()
     assert (root / "etc/baomi/policies/model.conf").is_file()
 
+    # The README's first steps on a collector, as the user baomi: a PKI and an account.
+    baomi = ("runuser", "-u", "baomi", "--", "/usr/bin/baomi-collector")
+    for step in (
+        ("pki", "init", "--dir", "/etc/baomi/pki", "--name", "collector.example"),
+        ("user", "add", "admin", "--role", "sysadmin"),
+    ):
+        result = _in_root(root, *baomi, *step)
+        assert result.returncode == 0, result.stdout + result.stderr
+    record = root / "var/lib/baomi-collector/collector.db"  # collector.toml's store
+    ca_key = root / "etc/baomi/pki/ca.key"
+    assert record.stat().st_uid == uid and ca_key.stat().st_uid == uid
+    kept = {path: path.read_bytes() for path in (record, ca_key)}
+
     # State and an administrator's edits survive the upgrade.
-    record = root / "var/lib/baomi-collector/collector.db"
-    record.write_bytes(b"the record\n")
-    os.chown(record, uid, uid)
     spool = root / "var/lib/baomi-agent/spool"
     spool.write_bytes(b"unsent events\n")
     config = root / "etc/baomi/agent.toml"
@@ -242,7 +252,8 @@ def test_package_installs_upgrades_keeping_state_and_purges(
     assert f"deb-systemd-invoke try-restart {units}" in calls.read_text().splitlines()
     assert " start" not in calls.read_text() and "enable" not in calls.read_text()
     calls.unlink()
-    assert record.read_bytes() == b"the record\n" and record.stat().st_uid == uid
+    assert {path: path.read_bytes() for path in kept} == kept
+    assert record.stat().st_uid == uid
     assert spool.read_bytes() == b"unsent events\n"
     assert config.read_text() == edited
     assert policy.read_text() == "p, the administrator's policy\n"
@@ -260,7 +271,7 @@ def test_package_installs_upgrades_keeping_state_and_purges(
     assert _status(root) == "not known"
     assert not (root / "etc/baomi/agent.toml").exists()
     assert not (root / "etc/baomi/policies").exists()
-    assert not (root / "etc/baomi/pki").exists()  # empty: removed
     assert not (root / "var/lib/baomi-witness").exists()  # empty: removed
-    assert record.read_bytes() == b"the record\n"  # evidence is never purged
+    # Evidence and keys are never purged.
+    assert {path: path.read_bytes() for path in kept} == kept
     assert spool.read_bytes() == b"unsent events\n"
