@@ -6,17 +6,18 @@ PY := $(VENV)/bin/python
 # Debian packages the tests need: PostgreSQL server (store suite), umockdev and the
 # GObject build deps of PyGObject (USB tests), Chromium (console), Pango, CJK fonts and
 # poppler (PDF reports), iproute2 (network namespaces), acl (setfacl/getfacl in the DAC tests),
-# auditd (auditctl and ausyscall: refused writes and deletions are recorded through audit).
+# auditd (auditctl and ausyscall: refused writes and deletions are recorded through audit),
+# debhelper and python3-venv/python3-dev (`make deb` and tests/integration/test_package.py).
 DEB_PACKAGES := postgresql sqlite3 python3 \
 	umockdev gir1.2-umockdev-1.0 libgirepository1.0-dev libcairo2-dev pkg-config \
 	chromium fonts-noto-cjk poppler-utils libpango-1.0-0 libpangoft2-1.0-0 iproute2 acl \
-	auditd haproxy
+	auditd haproxy debhelper python3-venv python3-dev
 PROTOS := protos/baomi/v1/events.proto protos/baomi/v1/collector.proto
 
-.PHONY: demo test bench fuzz lint protos protos-check deb venv clean interop usbguard-oracle
+.PHONY: demo test bench fuzz lint protos protos-check apt deb venv clean interop usbguard-oracle
 
 # The venv builds PyGObject, which needs the Debian GObject headers first.
-$(VENV)/.installed: pyproject.toml agent/sensors/files/_answers.c agent/sensors/files/_guardian.c | deb
+$(VENV)/.installed: pyproject.toml agent/sensors/files/_answers.c agent/sensors/files/_guardian.c | apt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
@@ -24,7 +25,8 @@ $(VENV)/.installed: pyproject.toml agent/sensors/files/_answers.c agent/sensors/
 
 venv: $(VENV)/.installed
 
-deb:
+# The Debian packages above, installed with apt-get when missing.
+apt:
 	@missing=""; for p in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
@@ -63,7 +65,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: deb venv protos-check interop usbguard-oracle
+test: apt venv protos-check interop usbguard-oracle
 	$(PY) -m pytest
 
 # The Node.js client of tests/integration/test_interop.py, pinned by its package-lock.json
@@ -88,7 +90,7 @@ $(USBGUARD_ORACLE):
 	  && for d in *.deb; do dpkg -x $$d ..; done \
 	  || echo "usbguard-rule-parser unavailable: the USBGuard parity test will be skipped"
 
-bench: deb venv
+bench: apt venv
 	$(PY) -m bench
 
 # Coverage-guided fuzzing (atheris) of every parser of untrusted input: inputs in all,
@@ -97,8 +99,14 @@ FUZZ_RUNS ?= 1000000
 fuzz: venv
 	$(PY) -m fuzz --runs $(FUZZ_RUNS)
 
+# The Debian package (debian/, built by dpkg-buildpackage from a copy of the checkout)
+# into dist/: /opt/baomi, /usr/bin/baomi-{agent,collector}, the units, /etc/baomi.
+# DEB_VERSION=V builds it as version V (default: debian/changelog's).
+deb: apt
+	deploy/build-deb.sh dist $(DEB_VERSION)
+
 demo: venv
 	$(PY) -m deploy.demo
 
 clean:
-	rm -rf $(VENV) var build *.egg-info agent/sensors/files/_answers.*.so agent/sensors/files/_guardian.*.so tests/interop/node_modules .cache
+	rm -rf $(VENV) var build dist *.egg-info agent/sensors/files/_answers.*.so agent/sensors/files/_guardian.*.so tests/interop/node_modules .cache

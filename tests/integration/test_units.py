@@ -4,14 +4,19 @@
 them from a scratch root laid out as the package installs them (the host's own
 ``/usr/lib/systemd/system`` beside them for the targets they name, and the programs at
 ``/usr/bin``), and ``security --offline=true`` scores a unit file. PID 1 here is not
-systemd, so the units are never started by these tests.
+systemd, so the units are never started by these tests; the agent's capability bounding
+set is tried instead with ``setpriv --bounding-set``: what the agent does with each
+capability succeeds under the unit's set and is refused without that one capability.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -112,3 +117,125 @@ def test_agent_capabilities_are_each_explained() -> None:
     assert sorted(kept) == sorted(explained)
     assert "CAP_SYS_ADMIN" in kept  # fanotify
     assert "CAP_SYS_MODULE" not in kept
+
+
+# Options with which systemd runs a service in a mount namespace of its own.
+MOUNT_NAMESPACE_OPTIONS = (
+    "ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateMounts", "PrivateDevices",
+    "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",
+    "ProtectControlGroups", "ProtectProc", "ProcSubset", "ReadOnlyPaths",
+    "ReadWritePaths", "InaccessiblePaths", "TemporaryFileSystem", "BindPaths",
+    "BindReadOnlyPaths", "RootDirectory", "RootImage", "MountAPIVFS",
+)  # fmt: skip
+
+
+def test_agent_shares_the_hosts_mounts() -> None:
+    """The agent's mount marks must be on the host's mounts, not a private copy's."""
+    settings = _settings("baomi-agent.service")
+    assert not set(settings) & set(MOUNT_NAMESPACE_OPTIONS)
+
+
+# What the agent does with each capability it keeps, done the way the agent does it: run
+# under the unit's bounding set every probe succeeds; without one capability, its probe
+# is refused. FILE is owned by nobody (0444), PID is a process of nobody's.
+PROBES = r"""
+import os, socket, subprocess, sys
+from agent.sensors.files import fanotify as fa
+d, pid = sys.argv[1], sys.argv[2]
+
+def CAP_SYS_ADMIN():
+    os.close(fa.fanotify_init(fa.FAN_CLASS_CONTENT | fa.FAN_CLOEXEC, fa.EVENT_F_FLAGS))
+
+def CAP_DAC_READ_SEARCH():
+    handle = fa.name_to_handle_at(f"{d}/read")
+    mount = os.open(d, os.O_RDONLY)
+    os.close(fa.open_by_handle_at(mount, handle, os.O_RDONLY))
+
+def CAP_DAC_OVERRIDE():
+    os.setxattr(f"{d}/label", "user.baomi.probe", b"1")
+
+def CAP_FOWNER():
+    os.chmod(f"{d}/mode", 0o444)
+
+def CAP_CHOWN():
+    os.chown(f"{d}/owner", 65534, 65534)
+
+def CAP_NET_ADMIN():
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0) as s:
+        s.setsockopt(socket.SOL_SOCKET, 33, 1 << 20)  # SO_RCVBUFFORCE
+
+def CAP_SYS_PTRACE():
+    os.stat(f"/proc/{pid}/exe")  # the opener's program (files/opener.py)
+
+def CAP_AUDIT_CONTROL():
+    subprocess.run(["auditctl", "-s"], check=True, capture_output=True, timeout=30)
+
+def CAP_AUDIT_READ():
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9) as s:  # NETLINK_AUDIT
+        s.bind((0, 1))  # AUDIT_NLGRP_READLOG
+
+for name in sys.argv[3:]:
+    try:
+        globals()[name]()
+        print(name, "ok")
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(name, "refused:", e)
+"""
+
+
+PROBED = re.findall(r"^def (CAP_[A-Z_]+)\(", PROBES, re.MULTILINE)
+
+
+def _agent_capabilities() -> list[str]:
+    return " ".join(_settings("baomi-agent.service")["CapabilityBoundingSet"]).split()
+
+
+@pytest.fixture
+def probe_targets(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """Files of nobody's to act on, and a process of nobody's to look into."""
+    for name in ("read", "label", "mode", "owner"):
+        path = tmp_path / name
+        path.write_text("x")
+        os.chown(path, 65534, 65534)
+        path.chmod(0o444)
+    sleeper = subprocess.Popen(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "120"]
+    )
+    try:
+        yield tmp_path, sleeper.pid
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=10)
+
+
+def _probe(targets: tuple[Path, int], capabilities: list[str]) -> dict[str, str]:
+    keep = ",".join(["-all", *(f"+{c.removeprefix('CAP_').lower()}" for c in capabilities)])
+    directory, pid = targets
+    result = subprocess.run(
+        [
+            *("setpriv", f"--bounding-set={keep}", "--", sys.executable, "-c", PROBES),
+            *(str(directory), str(pid), *PROBED),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert result.returncode == 0, result.stderr
+    return dict(line.split(" ", 1) for line in result.stdout.splitlines())
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (capabilities, chown)")
+def test_agent_capabilities_are_enough_and_each_is_needed(
+    probe_targets: tuple[Path, int],
+) -> None:
+    """Each kept capability does its job under the unit's set, and nothing else does it."""
+    kept = _agent_capabilities()
+    assert sorted(PROBED) == sorted(kept)  # a capability added or dropped: its probe too
+    with_all = _probe(probe_targets, kept)
+    assert all(outcome == "ok" for outcome in with_all.values()), with_all
+    for capability in kept:
+        without = _probe(probe_targets, [c for c in kept if c != capability])
+        assert without[capability].startswith("refused"), (capability, without)

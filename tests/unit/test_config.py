@@ -47,7 +47,7 @@ def test_the_shipped_agent_config_runs_the_sensors_a_secret_computer_needs(
     assert args.protect == [Path("/srv/secret")]
     assert (args.usb, args.network, args.enforce_network, args.process) == (True,) * 4
     assert args.gateway == ["10.0.0.1"]
-    assert args.state_dir == Path("/var/lib/baomi")
+    assert args.state_dir == Path("/var/lib/baomi-agent")
 
 
 def test_the_shipped_collector_config_sets_store_everywhere_and_serve_options(
@@ -55,7 +55,7 @@ def test_the_shipped_collector_config_sets_store_everywhere_and_serve_options(
 ) -> None:
     config = _shipped("collector.toml", tmp_path)
     serve = parse_with_config(collector_parser(), ["--config", config, "serve"], NONE)
-    assert serve.store == "sqlite:///var/lib/baomi/collector.db"
+    assert serve.store == "sqlite:///var/lib/baomi-collector/collector.db"
     assert serve.console == "0.0.0.0:8443" and serve.pki == Path("/etc/baomi/pki")
     events = parse_with_config(collector_parser(), ["--config", config, "events"], NONE)
     assert events.store == serve.store  # a top-level key reaches every command with it
