@@ -8,7 +8,11 @@ host's chain over its own mTLS channel from a few worker processes (asyncio, man
 channels each). Hosts behave as the agent does (:mod:`agent.stream`): at most
 ``--window`` batches await an Ack, every Ack is checked against the host's own chain,
 events are forgotten only once acknowledged, and after a fault a host reconnects to the
-next address and sends again what was not acknowledged.
+next address and sends again what was not acknowledged. With ``--policy-versions N``
+each host also follows the collector's policy stream (``WatchPolicy``, on its stream's
+connection), checks each bundle's signature with the key enrolment gave it and reports
+``policy_applied`` in its chain, as :class:`agent.policy.PolicyKeeper` does; a host is
+done once it has applied N versions.
 
 One JSON line goes to stdout: events/s, p50/p99 Ack latency (from a batch's write to
 the Ack that covers it), errors by kind and reconnects; with ``--verify`` it also says
@@ -39,15 +43,18 @@ import grpc
 from baomi import chain
 from baomi.v1 import collector_pb2, events_pb2
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from agent.meeting.signature import sign_meeting_check
+from agent.policy import signed_bytes
 from collector.enrollment import create_token
 from collector.store import open_store
 
 STREAM = "/baomi.v1.Collector/Stream"
+WATCH_POLICY = "/baomi.v1.Collector/WatchPolicy"
 ENROLL = "/baomi.v1.Collector/Enroll"
 T0_NS = 1_780_000_000 * 1_000_000_000  # event times start here (2026)
 ENROLL_TIMEOUT_S = 30.0  # seconds per Enroll RPC
@@ -57,6 +64,7 @@ BACKOFF_INITIAL_S = 0.2  # first reconnect pause; doubles per failure, with full
 BACKOFF_MAX_S = 5.0  # longest reconnect pause
 BATCH_SECONDS = 0.2  # how long a partial batch may wait at a given --rate (as the agent)
 KEEP_ACKED = 1000  # acknowledged events kept per host, to resend if a collector loses them
+POLICY_RETRY_S = 5.0  # pause before a policy watch that ended is opened again (as the agent)
 
 
 class FleetError(Exception):
@@ -174,27 +182,44 @@ class HostChain:
     ) -> None:
         self.host_id = host_id
         self.host_index = host_index
-        self.total = total  # events this host makes in all
+        self.total = total  # events this host makes in all (grows with each report)
         self._key_pem = key_pem
         self.made = 0  # seq of the last event made
         self.last_hash = chain.GENESIS  # hash of event ``made``
         self.acked = (0, chain.GENESIS)  # (seq, hash) the collector acknowledged
         # (seq, body, hash) with consecutive seqs: acknowledged ones, then the rest.
         self._kept: collections.deque[tuple[int, bytes, bytes]] = collections.deque()
+        self._reports: collections.deque[events_pb2.PolicyApplied] = collections.deque()
 
     @property
     def done(self) -> bool:
         """Every event made and acknowledged."""
-        return self.acked[0] == self.total
+        return self.acked[0] == self.total and not self._reports
+
+    def report(self, applied: events_pb2.PolicyApplied) -> None:
+        """Add a ``policy_applied`` event to the chain: made next, before the mix goes on
+        (the agent emits it as soon as the bundle is offered)."""
+        self._reports.append(applied)
 
     def make(self, up_to: int) -> None:
-        """Make events up to seq ``up_to`` (at most ``total``)."""
+        """Make the reports waiting, then events up to seq ``up_to`` (at most ``total``)."""
+        while self._reports:
+            ev = events_pb2.Event(host_id=self.host_id, seq=self.made + 1, prev_hash=self.last_hash)
+            ev.time.FromNanoseconds(T0_NS + ev.seq * 1_000_000)
+            applied = self._reports.popleft()
+            ev.severity = events_pb2.SEVERITY_INFO if applied.ok else events_pb2.SEVERITY_HIGH
+            ev.policy_applied.CopyFrom(applied)
+            self.total += 1
+            self._keep(ev)
         for seq in range(self.made + 1, min(up_to, self.total) + 1):
-            ev = make_event(self.host_id, self.host_index, seq, self.last_hash, self._key_pem)
-            body = chain.canonical_bytes(ev)
-            self.last_hash = chain.event_hash(ev)
-            self._kept.append((seq, body, self.last_hash))
-            self.made = seq
+            self._keep(
+                make_event(self.host_id, self.host_index, seq, self.last_hash, self._key_pem)
+            )
+
+    def _keep(self, ev: events_pb2.Event) -> None:
+        self.last_hash = chain.event_hash(ev)
+        self._kept.append((ev.seq, chain.canonical_bytes(ev), self.last_hash))
+        self.made = ev.seq
 
     def _first_kept(self) -> int:
         return self._kept[0][0] if self._kept else self.made + 1
@@ -260,6 +285,7 @@ class StreamSettings:
     rate: float  # events/s per host; 0: as fast as Acks allow
     server_name: str | None  # TLS name to expect, when the addresses do not carry it
     deadline_s: float  # the run ends after this many seconds whatever happened
+    policy_versions: int = 0  # policy versions a host applies before it is done; 0: no watch
 
 
 @dataclass
@@ -272,7 +298,10 @@ class Stats:
     latencies: list[float] = field(default_factory=list)  # seconds, one per batch
     first_send: float = 0.0  # time.monotonic(), system-wide on Linux
     last_ack: float = 0.0
-    heads: dict[str, tuple[int, str]] = field(default_factory=dict)  # host -> (seq, hex hash)
+    # host -> (acknowledged seq, its hex hash, events made in all)
+    heads: dict[str, tuple[int, str, int]] = field(default_factory=dict)
+    # policy version -> hosts that applied it
+    policy: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
 @dataclass
@@ -283,6 +312,32 @@ class Host:
     key_pem: bytes
     cert_pem: bytes
     address_index: int  # which of the addresses it uses now
+    signing_key_pem: bytes = b""  # the collector's Ed25519 key (PEM), from enrolment
+    policy_version: str = ""  # the version in force, as the agent's PolicyKeeper
+    applied: list[str] = field(default_factory=list)  # versions applied, in order
+
+    def finished(self, settings: StreamSettings) -> bool:
+        """Every event acknowledged and the policy versions asked for applied."""
+        return self.chain.done and len(set(self.applied)) >= settings.policy_versions
+
+    def offer(self, bundle: collector_pb2.PolicyBundle) -> None:
+        """Take a bundle as the agent does: applied (and reported ok) only if the
+        collector's key signed it, else reported refused."""
+        key = serialization.load_pem_public_key(self.signing_key_pem)
+        if not isinstance(key, ed25519.Ed25519PublicKey):
+            raise FleetError("the collector's signing key from enrolment is not Ed25519")
+        try:
+            key.verify(bundle.signature, signed_bytes(bundle))
+        except InvalidSignature:
+            self.chain.report(
+                events_pb2.PolicyApplied(
+                    version=bundle.version, ok=False, error="signature does not verify"
+                )
+            )
+            return
+        self.policy_version = bundle.version
+        self.applied.append(bundle.version)
+        self.chain.report(events_pb2.PolicyApplied(version=bundle.version, ok=True))
 
     def credentials(self, ca_pem: bytes) -> grpc.ChannelCredentials:
         """mTLS as the agent: its own certificate, trusting only the collector's CA."""
@@ -312,9 +367,13 @@ class Session:
             self.address, host.credentials(settings.ca_pem), options=options
         )
         self.call: Any = None
+        self.watch: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        """Start the stream and take the collector's head from its first Ack."""
+        """Start the stream and take the collector's head from its first Ack; follow
+        the policy on the same connection if asked."""
+        if self.settings.policy_versions:
+            self.watch = asyncio.create_task(self._watch_policy())
         self.call = self.channel.stream_stream(
             STREAM, request_serializer=None, response_deserializer=events_pb2.Ack.FromString
         )()
@@ -322,6 +381,20 @@ class Session:
         if not isinstance(first, events_pb2.Ack):
             raise SessionEndedError(f"{self.address} ended the stream before its first Ack")
         self.host.chain.acknowledge(first.up_to_seq, first.head_hash)
+
+    async def _watch_policy(self) -> None:
+        """Offer every bundle the collector sends until the session closes; when the
+        watch ends, open it again after a pause (as ``PolicyKeeper.watch``)."""
+        while True:
+            call = self.channel.unary_stream(
+                WATCH_POLICY,
+                request_serializer=collector_pb2.WatchPolicyRequest.SerializeToString,
+                response_deserializer=collector_pb2.PolicyBundle.FromString,
+            )(collector_pb2.WatchPolicyRequest(current_version=self.host.policy_version))
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                async for bundle in call:
+                    self.host.offer(bundle)
+            await asyncio.sleep(POLICY_RETRY_S)
 
     async def run(self, stats: Stats, started: float) -> bool:
         """Send until every event is acknowledged; True if anything was acknowledged."""
@@ -332,7 +405,7 @@ class Session:
 
         async def receive() -> None:
             nonlocal progress
-            while not chain_.done:
+            while not self.host.finished(s):
                 ack = await call.read()
                 if not isinstance(ack, events_pb2.Ack):
                     raise SessionEndedError(f"{self.address} ended the stream")
@@ -352,7 +425,7 @@ class Session:
             while not receiver.done():
                 chain_.make(self._due(sent, started))
                 rows = chain_.after(sent, s.batch)
-                if len(rows) < s.batch and chain_.made < s.events:
+                if len(rows) < s.batch and chain_.made < chain_.total:
                     # At a given rate, let a partial batch fill for a moment (as the agent).
                     await asyncio.wait([receiver], timeout=BATCH_SECONDS)
                     chain_.make(self._due(sent, started))
@@ -380,7 +453,9 @@ class Session:
         return int((time.monotonic() - started) * self.settings.rate)
 
     async def close(self) -> None:
-        """End the stream and the connection."""
+        """End the stream, the policy watch and the connection."""
+        if self.watch is not None:
+            self.watch.cancel()
         if self.call is not None:
             self.call.cancel()
         await self.channel.close(grace=None)
@@ -418,7 +493,7 @@ async def run_host(
     address and resend what was not acknowledged, with backoff (jittered like the agent)."""
     attempt = 0
     session = first
-    while not host.chain.done and time.monotonic() < end_at:
+    while not host.finished(settings) and time.monotonic() < end_at:
         try:
             if session is None:
                 session = Session(host, settings)
@@ -449,6 +524,8 @@ async def run_host(
         await asyncio.sleep(random.uniform(0, cap))  # jitter, not crypto
     if not host.chain.done:
         stats.errors["unfinished"] += 1
+    elif not host.finished(settings):
+        stats.errors["policy_versions_missing"] += 1
 
 
 async def _connect(host: Host, settings: StreamSettings, stats: Stats) -> Session | None:
@@ -481,20 +558,23 @@ async def run_worker_async(
             for h, s in zip(hosts, sessions, strict=True)
         )
     )
-    stats.heads = {h.chain.host_id: (h.chain.acked[0], h.chain.acked[1].hex()) for h in hosts}
+    stats.heads = {
+        h.chain.host_id: (h.chain.acked[0], h.chain.acked[1].hex(), h.chain.total) for h in hosts
+    }
+    stats.policy.update(v for h in hosts for v in set(h.applied))
     return stats
 
 
 def _worker(
-    hosts: list[tuple[str, int, bytes, bytes]],
+    hosts: list[tuple[str, int, bytes, bytes, bytes]],
     settings: StreamSettings,
     results: Any,
     go: MpEvent,
 ) -> None:
     """A worker process: its share of the hosts, results put on ``results``."""
     sims = [
-        Host(HostChain(name, index, settings.events, key), key, cert, index)
-        for name, index, key, cert in hosts
+        Host(HostChain(name, index, settings.events, key), key, cert, index, signing)
+        for name, index, key, cert, signing in hosts
     ]
 
     async def wait_go() -> None:
@@ -518,6 +598,7 @@ def _worker(
                 "first_send": stats.first_send,
                 "last_ack": stats.last_ack,
                 "heads": stats.heads,
+                "policy": dict(stats.policy),
             },
         )
     )
@@ -533,6 +614,7 @@ class Enrolled:
     host_id: str
     key_pem: bytes
     cert_pem: bytes
+    signing_key_pem: bytes  # the collector's policy and checkpoint key
 
 
 def host_names(prefix: str, count: int) -> list[str]:
@@ -597,7 +679,7 @@ async def enroll_all(
                         f"{r.host_id} already has events (seq {r.head.seq}) in the store; "
                         "simulate fresh hosts with another --prefix"
                     )
-                return Enrolled(r.host_id, key_pem, r.certificate_pem)
+                return Enrolled(r.host_id, key_pem, r.certificate_pem, r.signing_key_pem)
         raise FleetError("no enrolment address answered: " + "; ".join(failures))
 
     try:
@@ -618,10 +700,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
-def _shares(enrolled: list[Enrolled], procs: int) -> Iterator[list[tuple[str, int, bytes, bytes]]]:
+def _shares(
+    enrolled: list[Enrolled], procs: int
+) -> Iterator[list[tuple[str, int, bytes, bytes, bytes]]]:
     for p in range(procs):
         share = [
-            (e.host_id, i, e.key_pem, e.cert_pem) for i, e in enumerate(enrolled) if i % procs == p
+            (e.host_id, i, e.key_pem, e.cert_pem, e.signing_key_pem)
+            for i, e in enumerate(enrolled)
+            if i % procs == p
         ]
         if share:
             yield share
@@ -700,15 +786,18 @@ def _merge(
     ends = [d["last_ack"] for d in done if d["last_ack"]]
     seconds = max(ends) - min(starts) if starts and ends else 0.0
     taken = sum(d["acked"] for d in done)  # with what was sent again after a loss
-    heads: dict[str, tuple[int, str]] = {}
+    heads: dict[str, tuple[int, str, int]] = {}
+    policy: collections.Counter[str] = collections.Counter()
     for d in done:
         heads.update(d["heads"])
+        policy.update(d["policy"])
     return {
         "hosts": hosts,
         "connected": connected,
         "connect_s": round(connect_s, 3),
-        "events": hosts * settings.events,
-        "acked": sum(seq for seq, _ in heads.values()),
+        "events": sum(total for _, _, total in heads.values()),
+        "policy_events": sum(total for _, _, total in heads.values()) - hosts * settings.events,
+        "acked": sum(seq for seq, _, _ in heads.values()),
         "seconds": round(seconds, 3),
         "events_per_s": round(taken / seconds, 1) if seconds else 0.0,
         "ack_p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
@@ -716,16 +805,17 @@ def _merge(
         "errors": dict(errors),
         "reconnects": sum(d["reconnects"] for d in done),
         "heads": heads,
+        "policy": dict(policy),
     }
 
 
-def verify(store_url: str, heads: dict[str, tuple[int, str]], events: int) -> dict[str, Any]:
-    """Whether the store holds every host's seq 1..``events`` exactly once, its last event
-    the one the host made; the hosts where it does not (at most 20 named)."""
+def verify(store_url: str, heads: dict[str, tuple[int, str, int]]) -> dict[str, Any]:
+    """Whether the store holds every host's seq 1..N (the events it made) exactly once,
+    its last event the one the host made; the hosts where it does not (at most 20 named)."""
     bad: list[str] = []
     store = open_store(store_url)
     try:
-        for host_id, (acked, last_hex) in sorted(heads.items()):
+        for host_id, (acked, last_hex, events) in sorted(heads.items()):
             stored = store.hashes(host_id, 1, events)
             head = store.head(host_id)
             if acked != events:
@@ -754,6 +844,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def _not_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
     return value
 
 
@@ -806,6 +903,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--deadline", type=float, default=600.0, help="seconds the streaming may take")
     p.add_argument(
+        "--policy-versions",
+        type=_not_negative,
+        default=0,
+        metavar="N",
+        help="follow the collector's policy stream as the agent does (one watch per host, "
+        "on its stream's connection) and report policy_applied for each version; a host "
+        "is done once it has applied N versions (default 0: no policy stream)",
+    )
+    p.add_argument(
         "--verify",
         action="store_true",
         help="afterwards, check in --store that every host's seq 1..N is stored exactly once",
@@ -839,6 +945,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rate=args.rate,
         server_name=args.server_name,
         deadline_s=args.deadline,
+        policy_versions=args.policy_versions,
     )
 
     def hold(connected: int) -> None:
@@ -849,7 +956,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["enroll_s"] = round(enroll_s, 3)
     heads = result.pop("heads")
     if args.verify:
-        result["verified"] = verify(args.store, heads, args.events)
+        result["verified"] = verify(args.store, heads)
     return result
 
 
@@ -865,6 +972,7 @@ def main(argv: list[str] | None = None) -> int:
     errors = result["errors"]
     ok = result["acked"] == result["events"]
     ok = ok and not errors.get("chain_mismatch") and not errors.get("collector_lost_events")
+    ok = ok and not errors.get("policy_versions_missing")
     if "verified" in result:
         ok = ok and result["verified"]["exact"]
     return 0 if ok else 1

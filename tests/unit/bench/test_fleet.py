@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime
 
 import pytest
 from baomi import chain
-from baomi.v1 import events_pb2
+from baomi.v1 import collector_pb2, events_pb2
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from agent.meeting.signature import signature_problem
 from bench import fleet
-from collector import validate
+from collector import policy, validate
 
 
 def _key_and_cert() -> tuple[bytes, bytes]:
@@ -179,3 +180,56 @@ def test_several_collectors_by_commas_and_repeats() -> None:
         ["--collector", "a:1,b:2", "--collector", "c:3", *common]
     )
     assert args.collector == ["a:1", "b:2", "c:3"]
+
+
+def test_a_policy_report_is_the_next_event_and_the_mix_goes_on_after_it() -> None:
+    c = fleet.HostChain("sim-00000", 0, total=5)
+    c.make(2)
+    c.report(events_pb2.PolicyApplied(version="v2", ok=True))
+    assert not c.done
+    c.make(2)  # a report is made at once, whatever the rate allows
+    c.make(10)
+    events = [events_pb2.Event.FromString(b) for _, b in c.after(0, 100)]
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5, 6]
+    assert events[2].policy_applied == events_pb2.PolicyApplied(version="v2", ok=True)
+    assert validate.event_problem(events[2], "policy_applied") is None
+    assert all(e.WhichOneof("kind") != "policy_applied" for e in events[3:])
+    assert c.total == 6
+    c.acknowledge(6, c.last_hash)
+    assert c.done
+
+
+def _signed_bundle(key: ed25519.Ed25519PrivateKey, version: str) -> collector_pb2.PolicyBundle:
+    bundle = collector_pb2.PolicyBundle(version=version, files={"policy.csv": b"p\n"})
+    bundle.signature = key.sign(policy.signed_bytes(bundle))
+    return bundle
+
+
+def test_a_host_applies_signed_bundles_and_reports_a_forged_one_refused() -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    pub = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    host = fleet.Host(fleet.HostChain("sim-00000", 0, total=1), b"", b"", 0, pub)
+    settings = fleet.StreamSettings(
+        addresses=("127.0.0.1:1",), ca_pem=b"", events=1, batch=10, window=1, rate=0,
+        server_name=None, deadline_s=1, policy_versions=2,
+    )  # fmt: skip
+    host.offer(_signed_bundle(key, "v1"))
+    forged = _signed_bundle(ed25519.Ed25519PrivateKey.generate(), "v2")
+    host.offer(forged)
+    host.offer(_signed_bundle(key, "v2"))
+    host.chain.make(10)
+    reports = [events_pb2.Event.FromString(b).policy_applied for _, b in host.chain.after(0, 10)][
+        :3
+    ]
+    assert [(r.version, r.ok, r.error) for r in reports] == [
+        ("v1", True, ""),
+        ("v2", False, "signature does not verify"),
+        ("v2", True, ""),
+    ]
+    assert (host.policy_version, host.applied) == ("v2", ["v1", "v2"])
+    assert not host.finished(settings)  # its events are not acknowledged yet
+    host.chain.acknowledge(host.chain.made, host.chain.last_hash)
+    assert host.finished(settings)
+    assert not host.finished(dataclasses.replace(settings, policy_versions=3))
