@@ -412,6 +412,7 @@ def test_cli_shipped_cases() -> None:
 
 SHIPPED = Path(__file__).resolve().parents[3] / "policies"
 Q3 = "/srv/secret/finance/q3.xlsx"  # no such file here: unlabelled
+TO_STICK = "/media/baomi/finance/q3.xlsx"  # export: where the data is written
 
 ENFORCEMENT = [
     # (user, action, exe, first line, the enforced line)
@@ -432,7 +433,7 @@ ENFORCEMENT = [
         "delete: enforced by DAC on the directory /srv/secret/finance (ACL user:1002:rwx)",
     ),
     ("wang", "delete", "", f"DENY  delete {Q3}", "on the directory /srv/secret/finance (no ACL"),
-    ("li", "export", "", f"ALLOW  export {Q3}", "export: decided by fanotify when a process"),
+    ("li", "export", "", f"ALLOW  export {TO_STICK}", "export: decided by fanotify when a process"),
     ("root", "write", "", f"ALLOW  write {Q3}", "DAC does not bind root"),
 ]
 
@@ -441,7 +442,8 @@ ENFORCEMENT = [
 def test_explain_says_what_enforces_the_action(
     user: str, action: str, exe: str, first: str, how: str
 ) -> None:
-    text = explain(PolicySet.load(SHIPPED), user, Q3, action, exe or None, today=TODAY)
+    target = TO_STICK if action == "export" else Q3
+    text = explain(PolicySet.load(SHIPPED), user, target, action, exe or None, today=TODAY)
     assert text.splitlines()[0] == first
     assert f"  enforced: {action}: " in text and how in text
 
@@ -459,7 +461,7 @@ def test_explain_names_a_dac_grant_wider_than_the_program(tmp_path: Path) -> Non
     ).allow
     assert engine.holders(path=path, label=label, action="write", today=TODAY)[1006]
     table = tmp_path / "cases.csv"
-    table.write_text(f'liu, "{doc}", write, deny, /usr/bin/cat\nli, {Q3}, export, deny\n')
+    table.write_text(f'liu, "{doc}", write, deny, /usr/bin/cat\nli, {TO_STICK}, export, deny\n')
     mismatches = policy_test(ps, table, today=TODAY)
     assert [m.line for m in mismatches] == [2]  # the policy allows li's export
     assert mismatches[0].note == ""  # ... and the kernel path decides it the same
