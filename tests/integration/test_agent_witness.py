@@ -49,6 +49,7 @@ class Site:
         info = self.state / "agent.json"  # the collector's port changes with each start
         settings = json.loads(info.read_text())
         settings["collector"] = self.running.address
+        settings["collectors"] = [self.running.address]  # enrolment stores the list too
         info.write_text(json.dumps(settings))
         return AgentThread(AgentConfig(state_dir=self.state, heartbeat_seconds=0.2, stream=FAST))
 
