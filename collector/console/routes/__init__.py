@@ -61,6 +61,7 @@ ROUTES: list[Page] = [
     Page("/register/request", register.register_request, frozenset({SEC}), ("POST",)),
     Page("/register/approve", register.register_approve, frozenset({SEC}), ("POST",)),
     Page("/register/reject", register.register_reject, frozenset({SEC}), ("POST",)),
+    Page("/register/destroy", register.register_destroy, frozenset({SEC}), ("POST",)),
     Page("/meetings", meetings.meetings, frozenset({SEC, AUD}), nav="nav_meetings"),
     Page("/accounts", accounts.accounts, frozenset({SYS, SEC}), nav="nav_accounts"),
     Page("/accounts/new", accounts.account_create, frozenset({SYS}), ("POST",)),

@@ -7,13 +7,23 @@ console action in the audit log.
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from baomi.v1 import events_pb2
 from starlette.responses import RedirectResponse, Response
 
 from collector.console.app import SEC, Ctx
 from collector.console.errors import ConsoleError
 from collector.console.eventview import format_time
-from collector.register import ACTIONS, RegisterError, RegisterService, parse_level, parse_scope
+from collector.destruction import order_destruction
+from collector.register import (
+    ACTIONS,
+    IN_FORCE,
+    RegisterError,
+    RegisterService,
+    parse_level,
+    parse_scope,
+)
 
 FIELD_CHARS = 500  # title, basis, path and the like
 
@@ -55,6 +65,11 @@ async def register_entry(c: Ctx) -> Response:
         "register_entry.html",
         entry=entry,
         history=[(h, format_time(h.time_us, tz)) for h in entry.history],
+        can_destroy=c.user is not None
+        and c.user.role == SEC
+        and entry.status in IN_FORCE
+        and entry.pending is None
+        and entry.order is None,
     )
 
 
@@ -121,3 +136,23 @@ async def register_reject(c: Ctx) -> Response:
         raise ConsoleError(str(e)) from e
     await c.audit("register_reject", f"register {register_id}", reason.strip()[:500])
     return RedirectResponse("/register", status_code=303)
+
+
+async def register_destroy(c: Ctx) -> Response:
+    """Issue a destruction order for an entry, naming the person to carry it out."""
+    register_id = (await c.field("register_id", 128)).strip()
+    person = (await c.field("person", 100)).strip()
+    try:
+        order_id = await order_destruction(
+            _service(c), register_id, person=person, actor=c.account.name
+        )
+    except RegisterError as e:
+        await c.audit("register_destroy", f"register {register_id}", str(e), ok=False)
+        raise ConsoleError(str(e)) from e
+    await c.audit(
+        "register_destroy",
+        f"register {register_id}",
+        f"order {order_id}: destroy by {person}",
+        severity=events_pb2.SEVERITY_MEDIUM,
+    )
+    return RedirectResponse(f"/register/entry?id={quote(register_id)}", status_code=303)

@@ -1,0 +1,148 @@
+"""Recorded destruction (销毁) end to end: a real collector with its console, a real agent
+guarding a tree with fanotify, the real ``baomi-agent destroy`` command as root.
+
+A secadmin issues a destruction order for a register entry over HTTP naming the person;
+the agent receives it signed; the command hands the request to the agent over its root
+socket (the file guard would stop the command itself from overwriting the file). A
+person other than the one named, a person the policy does not allow ``delete``, and an
+order altered on the host are refused and recorded; the named, allowed person destroys
+the file: it is gone, the register says destroyed, the destruction report lists it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from baomi.v1 import collector_pb2, events_pb2
+
+from agent.destroy import ORDERS_DIR
+from collector.reports.destruction import build_destruction
+from collector.reports.render import render
+from tests.integration.test_agent import wait_for
+from tests.integration.test_file_guard import site  # noqa: F401 - the site fixture
+from tests.integration.test_register import (  # noqa: F401 - the deployment fixture
+    REPO,
+    Deployment,
+    _approve,
+    _requested,
+    deployment,
+)
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (fanotify, setuid children)"),
+]
+
+
+def _destroy(d: Deployment, path: Path, order: str, by: str) -> subprocess.CompletedProcess[str]:
+    """``baomi-agent destroy`` as root, as the officer would type it."""
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'protos'}:{REPO}"}
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", "--state-dir", str(d.state), "destroy", str(path),
+         "--order", order, "--by", by],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+
+
+def _classified(d: Deployment, name: str, text: str) -> tuple[Path, str]:
+    path = d.site.root / name
+    path.write_text(text)
+    path.chmod(0o644)
+    done = d.request(str(path), "--level", "机密", "--basis", "第2条", "--title", "试验数据")
+    assert done.returncode == 0, done.stderr
+    rid = _requested(d, path, "classify").register_id
+    _approve(d, rid)
+    wait_for(lambda: d.entry(rid).status == "in_force")
+    return path, rid
+
+
+def _changes(d: Deployment, change: str) -> list[events_pb2.FileChange]:
+    rows = d.collector.store.chain("ws-01")
+    found = [events_pb2.Event.FromString(r.body) for r in rows if r.kind == "file_change"]
+    return [e.file_change for e in found if e.file_change.change == change]
+
+
+def _this_half() -> str:
+    today = dt.datetime.now(dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=8))).date()
+    return f"{today.year}-H{1 if today.month <= 6 else 2}"
+
+
+def test_destroy_refusals_then_destruction_and_report(deployment: Deployment) -> None:  # noqa: F811
+    d = deployment
+    path, rid = _classified(d, "plan.txt", "the plan\n" * 1000)
+    sue = d.as_role("sue")
+
+    # Only the secadmin issues the order; it names one person.
+    order_form = {"register_id": rid, "person": "alice"}
+    assert d.as_role("aud").post("/register/destroy", order_form).status == 403
+    bad = sue.post("/register/destroy", {"register_id": rid, "person": "alice bob"})
+    assert bad.status == 400 and "login name" in bad.text
+    assert sue.post("/register/destroy", order_form).status == 303
+    order = d.entry(rid).order
+    assert order is not None and order.action == "destroy"
+    assert list(order.scope) == ["user:alice"]
+    kept = d.state / ORDERS_DIR / f"{order.order_id}.pb"
+    wait_for(kept.is_file)  # the agent received it; nothing happened to the file
+    assert path.is_file() and d.entry(rid).status == "in_force"
+
+    # Someone other than the person the order names.
+    done = _destroy(d, path, order.order_id, "carol")
+    assert done.returncode == 2 and "names 'alice'" in done.stderr, done.stderr
+    # The named person, but the policy allows alice no delete yet.
+    done = _destroy(d, path, order.order_id, "alice")
+    assert done.returncode == 2 and "does not allow alice to delete" in done.stderr, done.stderr
+    # An order edited on the host (another person put in) no longer verifies.
+    good = kept.read_bytes()
+    forged = collector_pb2.LabelOrder.FromString(good)
+    forged.scope[:] = ["user:carol"]
+    kept.write_bytes(forged.SerializeToString())
+    done = _destroy(d, path, order.order_id, "carol")
+    assert done.returncode == 2 and "signature does not verify" in done.stderr, done.stderr
+    kept.write_bytes(good)
+    done = _destroy(d, path, "order-000000000000", "alice")
+    assert done.returncode == 2 and "no destruction order" in done.stderr, done.stderr
+    assert path.read_text() == "the plan\n" * 1000  # untouched by any refusal
+    # Each refusal is recorded on the host's chain.
+    wait_for(lambda: len(_changes(d, "destroy_refused")) == 4)
+    reasons = [c.detail for c in _changes(d, "destroy_refused")]
+    assert any("signature does not verify" in r for r in reasons)
+
+    # Root's own processes may not write the guarded file: only the agent can.
+    append = subprocess.run(["/bin/sh", "-c", f": >> {path}"], capture_output=True, check=False)
+    assert append.returncode != 0 and b"Operation not permitted" in append.stderr
+
+    d.site.write_policy(extra=f"p, alice, {d.site.root}/**, delete, allow\n")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()  # this process is the agent
+    done = _destroy(d, path, order.order_id, "alice")
+    assert done.returncode == 0, done.stderr
+    assert f"register {rid}" in done.stdout and digest in done.stdout
+    assert not path.exists()
+    wait_for(lambda: d.entry(rid).status == "destroyed")
+    assert [h.step for h in d.entry(rid).history][-2:] == ["approved", "applied"]
+    (change,) = _changes(d, "destroyed")
+    assert (change.label_id, change.home, change.level) == (rid, str(path), 2)
+    assert json.loads(change.detail) == {"sha256": digest, "order": order.order_id, "by": "alice"}
+    # The order is used up: a second run finds no file.
+    again = _destroy(d, path, order.order_id, "alice")
+    assert again.returncode == 2 and "No such file" in again.stderr
+
+    # The destruction register (销毁登记表) of the period lists it.
+    report = build_destruction(d.collector.store, _this_half())
+    (row,) = report.figures["rows"]
+    assert (row["register_id"], row["approver"], row["person"]) == (rid, "sue", "alice")
+    pdf = d.site.base / "destruction.pdf"
+    pdf.write_bytes(render(report, "pdf", "zh"))
+    text = subprocess.run(
+        ["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    flat = "".join(text.split())  # a long id or hash may wrap in its cell
+    for shown in ("销毁登记表", rid, "试验数据", "机密", "alice", "sue", order.order_id, digest):
+        assert shown in flat, (shown, text)
+    assert str(path) in flat
