@@ -146,3 +146,68 @@ def test_destroy_refusals_then_destruction_and_report(deployment: Deployment) ->
     for shown in ("销毁登记表", rid, "试验数据", "机密", "alice", "sue", order.order_id, digest):
         assert shown in flat, (shown, text)
     assert str(path) in flat
+
+
+def _destruction_ref(d: Deployment) -> str:
+    """HOST/SEQ of the one destruction the host recorded."""
+    rows = [r for r in d.collector.store.chain("ws-01") if r.kind == "file_change"]
+    (seq,) = [
+        r.seq for r in rows if events_pb2.Event.FromString(r.body).file_change.change == "destroyed"
+    ]
+    return f"ws-01/{seq}"
+
+
+def test_leaver_handover_refuses_sign_off_while_items_are_held(
+    deployment: Deployment,  # noqa: F811
+) -> None:
+    d = deployment
+    # zhang asks for both (the requests' SUDO_USER): he holds them as their requester.
+    kept, kept_id = _classified(d, "kept.txt", "kept\n")
+    gone, gone_id = _classified(d, "gone.txt", "gone\n")
+    # alice reads one: per the record she holds it as a reader.
+    assert d.site.open_as(2001, "kept.txt")
+    sue, aud = d.as_role("sue"), d.as_role("aud")
+    wait_for(lambda: kept_id in sue.get("/leavers?user=alice").text)
+    alice = sue.get("/leavers?user=alice").text
+    assert "reader" in alice and gone_id not in alice
+
+    page = sue.get("/leavers?user=zhang")
+    assert page.status == 200 and kept_id in page.text and gone_id in page.text
+    assert page.text.count('class="item-held"') == 2
+    refused = sue.post("/leavers/signoff", {"user": "zhang"})
+    assert refused.status == 400 and "still held" in refused.text
+    assert kept_id in refused.text and gone_id in refused.text
+    assert aud.post("/leavers/signoff", {"user": "zhang"}).status == 403
+
+    # One handed back.
+    form = {"user": "zhang", "register_id": kept_id, "how": "returned"}
+    assert sue.post("/leavers/close", form).status == 303
+    refused = sue.post("/leavers/signoff", {"user": "zhang"})
+    assert refused.status == 400 and gone_id in refused.text and kept_id not in refused.text
+
+    # The other destroyed: a record that is no destruction is refused; the real one is
+    # taken once the file is destroyed under its order.
+    form = {"user": "zhang", "register_id": gone_id, "how": "destroyed", "record": "ws-01/1"}
+    bad = sue.post("/leavers/close", form)
+    assert bad.status == 400 and "not a recorded destruction" in bad.text
+    d.site.write_policy(extra=f"p, alice, {d.site.root}/**, delete, allow\n")
+    assert sue.post("/register/destroy", {"register_id": gone_id, "person": "alice"}).status == 303
+    order = d.entry(gone_id).order
+    assert order is not None
+    wait_for((d.state / ORDERS_DIR / f"{order.order_id}.pb").is_file)
+    done = _destroy(d, gone, order.order_id, "alice")
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: d.entry(gone_id).status == "destroyed")
+    wait_for(lambda: 'class="item-destroyed"' in sue.get("/leavers?user=zhang").text)
+    form["record"] = _destruction_ref(d)
+    assert sue.post("/leavers/close", form).status == 303
+    page = sue.get("/leavers?user=zhang").text
+    assert form["record"] in page and 'class="item-held"' not in page
+
+    assert sue.post("/leavers/signoff", {"user": "zhang"}).status == 303
+    page = aud.get("/leavers?user=zhang").text
+    assert 'id="leaver-signed"' in page and "sue" in page
+    # Each closing is a step of the entry's history in the collector's chain.
+    steps = [(h.step, h.actor, h.detail) for h in d.entry(kept_id).history]
+    assert ("handover", "sue", "returned: leaver zhang") in steps
+    assert kept.is_file()  # a return hands the file back; it does not touch it
