@@ -24,6 +24,7 @@ from baomi.v1 import collector_pb2, events_pb2
 
 from agent.destroy import ORDERS_DIR
 from collector.reports.destruction import build_destruction
+from collector.reports.leaver import build_leaver
 from collector.reports.render import render
 from tests.integration.test_agent import wait_for
 from tests.integration.test_file_guard import site  # noqa: F401 - the site fixture
@@ -133,7 +134,25 @@ def test_destroy_refusals_then_destruction_and_report(deployment: Deployment) ->
     again = _destroy(d, path, order.order_id, "alice")
     assert again.returncode == 2 and "No such file" in again.stderr
 
-    # The destruction register (销毁登记表) of the period lists it.
+    # The destruction register (销毁登记表) of the period lists it: on the command line,
+    # in the console, and as the PDF checked below.
+    store_url = f"sqlite:///{d.state.parent / 'c.db'}"
+    html = d.site.base / "destruction.html"
+    made = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "report", "destruction", "--period",
+         _this_half(), "--store", store_url, "--out", str(html)],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "PYTHONPATH": f"{REPO / 'protos'}:{REPO}"},
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert rid in html.read_text() and digest in html.read_text()
+    aud = d.as_role("aud")
+    form = {"period": _this_half(), "format": "html", "kind": "destruction"}
+    assert aud.post("/reports/generate", form).status == 200
+    (stored,) = d.collector.store.reports("destruction")
+    assert rid in aud.get(f"/reports/{stored.id}").body.decode()
+    bad = aud.post("/reports/generate", {**form, "kind": "bogus"})
+    assert bad.status == 400 and "报告种类只能是" in bad.text
     report = build_destruction(d.collector.store, _this_half())
     (row,) = report.figures["rows"]
     assert (row["register_id"], row["approver"], row["person"]) == (rid, "sue", "alice")
@@ -211,3 +230,14 @@ def test_leaver_handover_refuses_sign_off_while_items_are_held(
     steps = [(h.step, h.actor, h.detail) for h in d.entry(kept_id).history]
     assert ("handover", "sue", "returned: leaver zhang") in steps
     assert kept.is_file()  # a return hands the file back; it does not touch it
+
+    # The leaver review sheet lists the items with their handover state.
+    pdf = d.site.base / "leaver.pdf"
+    pdf.write_bytes(render(build_leaver(d.collector.store, "zhang"), "pdf", "zh"))
+    text = subprocess.run(
+        ["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    flat = "".join(text.split())
+    for shown in ("台账条目交还情况", kept_id, gone_id, "已交还", "已销毁", form["record"]):
+        assert shown in flat, (shown, text)
+    assert "仍持有" not in flat
