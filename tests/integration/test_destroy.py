@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,8 @@ from pathlib import Path
 import pytest
 from baomi.v1 import collector_pb2, events_pb2
 
-from agent.destroy import ORDERS_DIR
+from agent.destroy import ORDERS_DIR, socket_path
+from agent.spool import Spool
 from collector.reports.destruction import build_destruction
 from collector.reports.leaver import build_leaver
 from collector.reports.render import render
@@ -42,12 +44,14 @@ pytestmark = [
 ]
 
 
-def _destroy(d: Deployment, path: Path, order: str, by: str) -> subprocess.CompletedProcess[str]:
+def _destroy(
+    d: Deployment, path: Path, order: str, by: str, *more: str
+) -> subprocess.CompletedProcess[str]:
     """``baomi-agent destroy`` as root, as the officer would type it."""
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'protos'}:{REPO}"}
     return subprocess.run(
         [sys.executable, "-m", "agent.cli", "--state-dir", str(d.state), "destroy", str(path),
-         "--order", order, "--by", by],
+         "--order", order, "--by", by, *more],
         capture_output=True, text=True, timeout=60, check=False, env=env,
     )  # fmt: skip
 
@@ -241,3 +245,32 @@ def test_leaver_handover_refuses_sign_off_while_items_are_held(
     for shown in ("台账条目交还情况", kept_id, gone_id, "已交还", "已销毁", form["record"]):
         assert shown in flat, (shown, text)
     assert "仍持有" not in flat
+
+
+def test_with_no_agent_running_the_command_destroys_and_spools_the_record(
+    deployment: Deployment,  # noqa: F811
+) -> None:
+    d = deployment
+    path, rid = _classified(d, "solo.txt", "alone\n")
+    d.site.write_policy(extra=f"p, alice, {d.site.root}/**, delete, allow\n")
+    sue = d.as_role("sue")
+    assert sue.post("/register/destroy", {"register_id": rid, "person": "alice"}).status == 303
+    order = d.entry(rid).order
+    assert order is not None
+    wait_for((d.state / ORDERS_DIR / f"{order.order_id}.pb").is_file)
+    shutil.copy(d.site.key_file, d.state / "label.key")  # where a host keeps its label key
+    d.agent.stop()
+    assert not socket_path(d.state).exists()
+
+    done = _destroy(d, path, order.order_id, "alice", "--policies", str(d.site.policies))
+    assert done.returncode == 0, done.stderr
+    assert not path.exists() and f"register {rid}" in done.stdout
+    # Recorded in the host's spool, sent to the collector when the agent runs again.
+    spool = Spool(d.state / "spool.db")
+    try:
+        spooled = [events_pb2.Event.FromString(b) for _, b in spool.read_after(0, 100_000)]
+    finally:
+        spool.close()
+    (change,) = [e.file_change for e in spooled if e.file_change.change == "destroyed"]
+    assert (change.label_id, change.home) == (rid, str(path))
+    assert any(e.label_order_result.order_id == order.order_id for e in spooled)
