@@ -51,7 +51,7 @@ from agent.decision.errors import LabelError, PolicyError
 from agent.decision.policy import PolicySet
 from agent.errors import AgentError
 from agent.identity import Identity
-from agent.label_orders import content_hash, order_signed_bytes
+from agent.label_orders import DONE_FILE, content_hash, order_signed_bytes
 
 _logger = logging.getLogger(__name__)
 
@@ -231,8 +231,15 @@ class Destroyer:
                 ),
             )
         )
+        self._used(order_id)
         _logger.info("%s", done.describe())
         return done
+
+    def _used(self, order_id: str) -> None:
+        """An order carried out is done: the collector's resending it changes nothing."""
+        with (self._state_dir / DONE_FILE).open("a") as f:
+            f.write(order_id + "\n")
+        _order_file(self._state_dir, order_id).unlink(missing_ok=True)
 
     def _destroy(self, path: Path, order_id: str, person: str) -> Destroyed:
         if not path.is_absolute():

@@ -134,7 +134,8 @@ def test_destroy_refusals_then_destruction_and_report(deployment: Deployment) ->
     (change,) = _changes(d, "destroyed")
     assert (change.label_id, change.home, change.level) == (rid, str(path), 2)
     assert json.loads(change.detail) == {"sha256": digest, "order": order.order_id, "by": "alice"}
-    # The order is used up: a second run finds no file.
+    # The order is used up (and the collector's resending it changes nothing).
+    assert not kept.exists()
     again = _destroy(d, path, order.order_id, "alice")
     assert again.returncode == 2 and "No such file" in again.stderr
 

@@ -130,6 +130,13 @@ def test_the_named_allowed_person_destroys_the_file_and_it_is_recorded(site: Sit
     assert json.loads(change.detail) == {"sha256": digest, "order": order_id, "by": "alice"}
     (result,) = [e.label_order_result for e in site.events if e.HasField("label_order_result")]
     assert (result.order_id, result.register_id, result.ok) == (order_id, RID, True)
+    # Used up: gone from the state directory, and the collector resending it keeps nothing.
+    assert not (site.state / ORDERS_DIR / f"{order_id}.pb").exists()
+    site.order(offer=True)
+    assert not (site.state / ORDERS_DIR / f"{order_id}.pb").exists()
+    site.doc.write_text("a new file at the same place\n")
+    with pytest.raises(DestroyError, match="no destruction order"):
+        site.destroyer.destroy(str(site.doc), order_id, "alice")
 
 
 @pytest.mark.parametrize(
