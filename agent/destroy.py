@@ -324,6 +324,14 @@ async def serve(state_dir: Path, destroyer: Destroyer) -> None:
     old = os.umask(0o177)  # the socket is root's alone from its first moment
     try:
         server = await asyncio.start_unix_server(handle, path, limit=REQUEST_BYTES)
+    except OSError as e:  # e.g. a state directory path too long for a unix socket
+        _logger.error(
+            "no destruction socket at %s (%s): baomi-agent destroy cannot reach this agent, "
+            "and the file guard refuses the command's own writes",
+            path,
+            e,
+        )
+        return
     finally:
         os.umask(old)
     try:
