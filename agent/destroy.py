@@ -1,8 +1,9 @@
 """Recorded destruction (销毁) of a classified file: ``baomi-agent destroy PATH --order ID --by P``.
 
-A destruction order is a label order of action ``destroy``, issued by a secadmin in the
-register console for one register entry and signed by the collector; its ``scope`` is
-the one person who may carry it out (``user:NAME``). The agent keeps the orders it
+A destruction order is a label order of action ``destroy`` for one register entry,
+asked for by a secadmin in the register console, approved by another approver and
+signed by the collector; its ``scope`` is the one person who may carry it out
+(``user:NAME``). The agent keeps the orders it
 receives in ``destroy_orders/`` of its state directory (verified on arrival and again
 on use, so an order edited there is refused).
 

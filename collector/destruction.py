@@ -1,12 +1,12 @@
 """Recorded destruction (销毁) at the collector: orders, and the destructions recorded.
 
-A secadmin issues a destruction order for a register entry in the console, naming the
-one person who is to carry it out: a ``destroy`` request recorded and approved at once
-(issuing it is the approval) as register steps, which makes a signed label order of
-action ``destroy`` served to the entry's host (collector/register.py). The host applies
-it only when that person runs ``baomi-agent destroy`` (agent/destroy.py); its
-``file_change`` of change ``destroyed`` is the destruction record, and its
-``label_order_result`` marks the entry destroyed.
+A secadmin asks for the destruction of a register entry in the console, naming the one
+person who is to carry it out: a ``destroy`` request, decided like any other request
+(approved or rejected in the register, by an approver other than who asked). The
+approval makes a signed label order of action ``destroy`` served to the entry's host
+(collector/register.py); the host applies it only when that person runs ``baomi-agent
+destroy`` (agent/destroy.py). Its ``file_change`` of change ``destroyed`` is the
+destruction record, and its ``label_order_result`` marks the entry destroyed.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ DESTROYED = "destroyed"  # FileChange.change of a destruction
 _PERSON_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
-async def order_destruction(
+async def request_destruction(
     service: RegisterService, register_id: str, *, person: str, actor: str
-) -> str:
-    """Issue a destruction order for an entry in force; its order id."""
+) -> None:
+    """Ask for the destruction of an entry in force by ``person``; an approver decides."""
     person = person.strip()
     if not _PERSON_RE.fullmatch(person):
         raise RegisterError(
@@ -48,7 +48,6 @@ async def order_destruction(
         responsible=person,
     )
     await service.request(request, actor=actor)
-    return await service.approve(register_id, actor=actor)
 
 
 @dataclass(frozen=True, slots=True)

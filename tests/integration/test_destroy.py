@@ -1,9 +1,10 @@
 """Recorded destruction (销毁) end to end: a real collector with its console, a real agent
 guarding a tree with fanotify, the real ``baomi-agent destroy`` command as root.
 
-A secadmin issues a destruction order for a register entry over HTTP naming the person;
-the agent receives it signed; the command hands the request to the agent over its root
-socket (the file guard would stop the command itself from overwriting the file). A
+A secadmin asks for the destruction of a register entry over HTTP naming the person,
+another approves it; the agent receives the order signed; the command hands the
+request to the agent over its root socket (the file guard would stop the command
+itself from overwriting the file). A
 person other than the one named, a person the policy does not allow ``delete``, and an
 order altered on the host are refused and recorded; the named, allowed person destroys
 the file: it is gone, the register says destroyed, the destruction report lists it.
@@ -25,12 +26,14 @@ from baomi.v1 import collector_pb2, events_pb2
 
 from agent.destroy import ORDERS_DIR, socket_path
 from agent.spool import Spool
+from collector.console.auth import create_account
 from collector.reports.destruction import build_destruction
 from collector.reports.leaver import build_leaver
 from collector.reports.render import render
 from tests.integration.test_agent import wait_for
 from tests.integration.test_file_guard import site  # noqa: F401 - the site fixture
 from tests.integration.test_register import (  # noqa: F401 - the deployment fixture
+    PASSWORD,
     REPO,
     Deployment,
     _approve,
@@ -68,6 +71,16 @@ def _classified(d: Deployment, name: str, text: str) -> tuple[Path, str]:
     return path, rid
 
 
+def _approve_by_another(d: Deployment, register_id: str) -> None:
+    """A second secadmin approves the destruction sue asked for (not its requester)."""
+    if d.collector.store.account("tom") is None:
+        create_account(d.collector.store, "tom", role="secadmin", by="cli:test", password=PASSWORD)
+    tom = d.as_role("tom")
+    page = tom.get("/register")
+    assert register_id in page.text and "销毁" in page.text
+    assert tom.post("/register/approve", {"register_id": register_id}).status == 303
+
+
 def _changes(d: Deployment, change: str) -> list[events_pb2.FileChange]:
     rows = d.collector.store.chain("ws-01")
     found = [events_pb2.Event.FromString(r.body) for r in rows if r.kind == "file_change"]
@@ -84,12 +97,14 @@ def test_destroy_refusals_then_destruction_and_report(deployment: Deployment) ->
     path, rid = _classified(d, "plan.txt", "the plan\n" * 1000)
     sue = d.as_role("sue")
 
-    # Only the secadmin issues the order; it names one person.
+    # A secadmin asks for it, naming one person; another approves it.
     order_form = {"register_id": rid, "person": "alice"}
     assert d.as_role("aud").post("/register/destroy", order_form).status == 403
     bad = sue.post("/register/destroy", {"register_id": rid, "person": "alice bob"})
     assert bad.status == 400 and "login name" in bad.text
     assert sue.post("/register/destroy", order_form).status == 303
+    assert d.entry(rid).order is None  # nothing before an approval
+    _approve_by_another(d, rid)
     order = d.entry(rid).order
     assert order is not None and order.action == "destroy"
     assert list(order.scope) == ["user:alice"]
@@ -160,14 +175,14 @@ def test_destroy_refusals_then_destruction_and_report(deployment: Deployment) ->
     assert bad.status == 400 and "报告种类只能是" in bad.text
     report = build_destruction(d.collector.store, _this_half())
     (row,) = report.figures["rows"]
-    assert (row["register_id"], row["approver"], row["person"]) == (rid, "sue", "alice")
+    assert (row["register_id"], row["approver"], row["person"]) == (rid, "tom", "alice")
     pdf = d.site.base / "destruction.pdf"
     pdf.write_bytes(render(report, "pdf", "zh"))
     text = subprocess.run(
         ["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True
     ).stdout
     flat = "".join(text.split())  # a long id or hash may wrap in its cell
-    for shown in ("销毁登记表", rid, "试验数据", "机密", "alice", "sue", order.order_id, digest):
+    for shown in ("销毁登记表", rid, "试验数据", "机密", "alice", "tom", order.order_id, digest):
         assert shown in flat, (shown, text)
     assert str(path) in flat
 
@@ -216,6 +231,7 @@ def test_leaver_handover_refuses_sign_off_while_items_are_held(
     assert bad.status == 400 and "not a recorded destruction" in bad.text
     d.site.write_policy(extra=f"p, alice, {d.site.root}/**, delete, allow\n")
     assert sue.post("/register/destroy", {"register_id": gone_id, "person": "alice"}).status == 303
+    _approve_by_another(d, gone_id)
     order = d.entry(gone_id).order
     assert order is not None
     wait_for((d.state / ORDERS_DIR / f"{order.order_id}.pb").is_file)
@@ -256,6 +272,7 @@ def test_with_no_agent_running_the_command_destroys_and_spools_the_record(
     d.site.write_policy(extra=f"p, alice, {d.site.root}/**, delete, allow\n")
     sue = d.as_role("sue")
     assert sue.post("/register/destroy", {"register_id": rid, "person": "alice"}).status == 303
+    _approve_by_another(d, rid)
     order = d.entry(rid).order
     assert order is not None
     wait_for((d.state / ORDERS_DIR / f"{order.order_id}.pb").is_file)

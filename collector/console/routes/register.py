@@ -15,7 +15,7 @@ from starlette.responses import RedirectResponse, Response
 from collector.console.app import SEC, Ctx
 from collector.console.errors import ConsoleError
 from collector.console.eventview import format_time
-from collector.destruction import order_destruction
+from collector.destruction import request_destruction
 from collector.register import (
     ACTIONS,
     IN_FORCE,
@@ -139,20 +139,18 @@ async def register_reject(c: Ctx) -> Response:
 
 
 async def register_destroy(c: Ctx) -> Response:
-    """Issue a destruction order for an entry, naming the person to carry it out."""
+    """Ask for an entry's destruction by a named person; approved like any request."""
     register_id = (await c.field("register_id", 128)).strip()
     person = (await c.field("person", 100)).strip()
     try:
-        order_id = await order_destruction(
-            _service(c), register_id, person=person, actor=c.account.name
-        )
+        await request_destruction(_service(c), register_id, person=person, actor=c.account.name)
     except RegisterError as e:
         await c.audit("register_destroy", f"register {register_id}", str(e), ok=False)
         raise ConsoleError(str(e)) from e
     await c.audit(
         "register_destroy",
         f"register {register_id}",
-        f"order {order_id}: destroy by {person}",
+        f"destroy by {person}",
         severity=events_pb2.SEVERITY_MEDIUM,
     )
     return RedirectResponse(f"/register/entry?id={quote(register_id)}", status_code=303)

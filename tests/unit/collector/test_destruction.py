@@ -13,7 +13,7 @@ import pytest
 from baomi.v1 import events_pb2
 
 from collector import handover
-from collector.destruction import destructions, find_destruction, order_destruction
+from collector.destruction import destructions, find_destruction, request_destruction
 from collector.ingest import CollectorChain, Writer
 from collector.register import Register, RegisterError, RegisterService, drift
 from collector.reports.destruction import build_destruction
@@ -62,12 +62,14 @@ def test_a_destruction_order_names_the_person_and_the_report_marks_it_destroyed(
 
     async def order(service: RegisterService) -> str:
         with pytest.raises(RegisterError, match="login name"):
-            await order_destruction(service, rid, person="", actor="sue")
+            await request_destruction(service, rid, person="", actor="sue")
         with pytest.raises(RegisterError, match="no register entry"):
-            await order_destruction(service, "DM-nope", person="alice", actor="sue")
-        order_id = await order_destruction(service, rid, person="alice", actor="sue")
-        with pytest.raises(RegisterError, match="in progress"):  # one order at a time
-            await order_destruction(service, rid, person="bob", actor="sue")
+            await request_destruction(service, "DM-nope", person="alice", actor="sue")
+        await request_destruction(service, rid, person="alice", actor="sue")
+        assert service.orders_for("ws-01") == []  # nothing before an approval
+        with pytest.raises(RegisterError, match="in progress"):  # one at a time
+            await request_destruction(service, rid, person="bob", actor="sue")
+        order_id = await service.approve(rid, actor="tom")
         (signed,) = service.orders_for("ws-01")
         assert (signed.order_id, signed.action, list(signed.scope)) == (
             order_id, "destroy", ["user:alice"],
@@ -79,6 +81,7 @@ def test_a_destruction_order_names_the_person_and_the_report_marks_it_destroyed(
     entry = Register.load(store).entries[rid]
     # Until the host reports it, the entry stays in force (its label is still there).
     assert entry.status == "in_force" and entry.level == 2 and entry.approver == "sue"
+    assert [h.step for h in entry.history][-2:] == ["requested", "approved"]
     assert drift(Register.load(store), "ws-01", [_file(register_id=rid)]) == []
 
     _destroyed_event(store, 2, rid, order_id)
@@ -88,7 +91,7 @@ def test_a_destruction_order_names_the_person_and_the_report_marks_it_destroyed(
     assert drift(register, "ws-01", []) == []  # destroyed: not missing on the host
     (done,) = destructions(store, register)
     assert (done.register_id, done.person, done.approver, done.order_id, done.title) == (
-        rid, "alice", "sue", order_id, "年度计划",
+        rid, "alice", "tom", order_id, "年度计划",
     )  # fmt: skip
     assert find_destruction(store, register, "ws-01/2") == done
     with pytest.raises(RegisterError, match="not a recorded destruction"):
