@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from baomi.cliparse import HelpfulParser
 from baomi.config import AppendOrOne, ConfigFileError, add_config_option, parse_with_config
 from baomi.display import escape
 
-from agent import labels, localrecord, offline
+from agent import destroy, labels, localrecord, offline
 from agent.core import AgentConfig, run_agent
 from agent.decision.errors import LabelError
 from agent.devices import cli as devices_cli
@@ -210,6 +211,43 @@ def _cmd_label_request(args: argparse.Namespace) -> int:
         "an approver decides it in the console, then the label order is applied here"
     )
     return 0
+
+
+def _cmd_destroy(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        raise AgentError("destroy runs as root (sudo baomi-agent destroy ...)")
+    path = str(Path(args.path).absolute())
+    answer = destroy.ask_agent(args.state_dir, path, args.order, args.by)
+    if answer is None:  # no agent runs: nothing guards the file, do it here
+        answer = _destroy_here(args, path).describe()
+    print(answer)
+    return 0
+
+
+def _destroy_here(args: argparse.Namespace, path: str) -> destroy.Destroyed:
+    from baomi.v1 import events_pb2  # noqa: PLC0415
+
+    from agent.identity import load_identity  # noqa: PLC0415 - only this subcommand
+    from agent.spool import Spool  # noqa: PLC0415
+
+    identity = load_identity(Path(args.state_dir))
+    spool = Spool(Path(args.state_dir) / "spool.db")
+
+    def record(event: events_pb2.Event) -> None:  # as a running agent would, in its spool
+        spool.append([event])
+
+    try:
+        destroyer = destroy.Destroyer(
+            Path(args.state_dir),
+            host_id=identity.host_id,
+            verify_key=destroy.signing_key(identity),
+            label_key=lambda: _label_key_or_note(args),
+            policies=destroy.load_policies(args.policies or Path(args.state_dir) / "policy"),
+            emit=record,
+        )
+        return destroyer.destroy(path, args.order, args.by)
+    finally:
+        spool.close()
 
 
 def _cmd_label_show(args: argparse.Namespace) -> int:
@@ -588,6 +626,26 @@ def build_parser() -> argparse.ArgumentParser:
     lclear = lsub.add_parser("clear", help="remove a file's label")
     lclear.add_argument("path", help="the file")
     lclear.set_defaults(func=_cmd_label_clear)
+
+    d = sub.add_parser(
+        "destroy",
+        help="destroy a classified file under a destruction order (销毁), recorded",
+        description="Overwrite a labelled file once with random data, remove it and record "
+        "it, under a destruction order issued in the register console for its entry. The "
+        "person must be the one the order names and allowed 'delete' by the policy. The "
+        "running agent does it (the file guard lets only the agent write a guarded file); "
+        "with no agent running, this command does it. Overwriting does not reach copies "
+        "kept by SSD wear levelling, journals, snapshots or backups: see policies/README.md.",
+    )
+    d.add_argument("path", help="the file")
+    d.add_argument("--order", required=True, help="the destruction order id (order-...)")
+    d.add_argument("--by", required=True, help="the person carrying it out (login name)")
+    d.add_argument(
+        "--policies",
+        type=Path,
+        help="with no agent running: the policy directory (default STATE_DIR/policy)",
+    )
+    d.set_defaults(func=_cmd_destroy)
 
     x = sub.add_parser("explain", help="what the file guard decides for one access, and why")
     x.add_argument("--user", required=True, help="login name, uid or uid:N")

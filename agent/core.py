@@ -24,11 +24,15 @@ from typing import Any
 from baomi.v1 import events_pb2
 
 from agent import __version__
+from agent.decision.errors import LabelError
+from agent.decision.policy import PolicySet
+from agent.destroy import Destroyer, load_policies, signing_key
+from agent.destroy import serve as serve_destroy
 from agent.errors import AgentError
 from agent.identity import Identity, check_addresses, load_identity
 from agent.journal import EventJournal, JournalError
 from agent.label_orders import LabelOrders
-from agent.labels import LABEL_KEY_FILE
+from agent.labels import LABEL_KEY_FILE, load_label_key
 from agent.offline import prepare
 from agent.policy import PolicyKeeper
 from agent.recorder import Recorder
@@ -113,9 +117,35 @@ class Agent:
                 label_key=Path(files.get("label_key") or config.state_dir / LABEL_KEY_FILE),
             )
         )
+        # The policy destruction requests are checked against: the files sensor's, then
+        # each bundle put in force.
+        self._policy_dir = Path(files.get("policies") or config.state_dir / "policy")
+        self.destroyer = None if self.identity is None else self._destroyer(files)
         self.sensors: list[Sensor] = []
         self.state = "starting"
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _destroyer(self, files: dict[str, Any]) -> Destroyer:
+        assert self.identity is not None  # noqa: S101 - a connected host's
+        key_file = Path(files.get("label_key") or self.config.state_dir / LABEL_KEY_FILE)
+
+        def label_key() -> bytes | None:
+            try:
+                return load_label_key(key_file)
+            except LabelError:
+                return None
+
+        return Destroyer(
+            self.config.state_dir,
+            host_id=self.identity.host_id,
+            verify_key=signing_key(self.identity),
+            label_key=label_key,
+            policies=self._policies,
+            emit=self.emit,
+        )
+
+    def _policies(self) -> PolicySet | None:
+        return load_policies(self._policy_dir)()  # the directory of the bundle in force
 
     def emit(self, event: events_pb2.Event) -> None:
         """Hand one event to the recorder, which spools it. Safe from any thread."""
@@ -220,6 +250,7 @@ class Agent:
         for sensor in self.sensors:
             if isinstance(sensor, PolicyAware):
                 sensor.apply_policy(directory)
+        self._policy_dir = directory
 
     def _start_sensors(self) -> None:
         for name, settings in self.config.sensors.items():
@@ -265,6 +296,11 @@ class Agent:
             if self.label_orders is not None
             else _forever()
         )
+        destroying = asyncio.create_task(
+            serve_destroy(self.config.state_dir, self.destroyer)
+            if self.destroyer is not None
+            else _forever()
+        )
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -280,6 +316,8 @@ class Agent:
             await _ended(watching, "the policy watch")
             ordering.cancel()
             await _ended(ordering, "the label orders")
+            destroying.cancel()
+            await _ended(destroying, "the destruction socket")
             for sensor in self.sensors:
                 sensor.stop()
             self.emit(self._status("stopping"))

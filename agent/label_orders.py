@@ -250,7 +250,7 @@ class LabelOrders:
             ) from None
         if order.host_id != self._identity.host_id:
             raise OrderError(f"label order {order.order_id} is for host {order.host_id[:64]!r}")
-        if order.action not in ACTIONS:
+        if order.action not in (*ACTIONS, "destroy"):
             raise OrderError(f"label order {order.order_id}: unknown action {order.action[:20]!r}")
 
     def offer(self, order: collector_pb2.LabelOrder) -> bool:
@@ -269,6 +269,13 @@ class LabelOrders:
                 )
             )
             return False
+        if order.action == "destroy":
+            # Kept until the named person carries it out (agent/destroy.py), which
+            # reports the result; nothing happens to the file now.
+            from agent.destroy import keep_order  # noqa: PLC0415 - imports this module
+
+            keep_order(self._done_path.parent, order)
+            return True
         result = events_pb2.LabelOrderResult(
             order_id=order.order_id,
             register_id=order.register_id,

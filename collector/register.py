@@ -46,7 +46,13 @@ ACTIONS = ("classify", "change", "declassify")
 #: Statuses whose label the host must carry (for drift).
 IN_FORCE = ("in_force", "changed", "declassified")
 STATUSES = ("pending", "rejected", "approved", "failed", *IN_FORCE, "destroyed")
-APPLIED_STATUS = {"classify": "in_force", "change": "changed", "declassify": "declassified"}
+APPLIED_STATUS = {
+    "classify": "in_force", "change": "changed", "declassify": "declassified",
+    "destroy": "destroyed",
+}  # fmt: skip
+#: Requests a register entry takes: the label actions, and a destruction order
+#: (collector/destruction.py), whose ``responsible`` is the person to carry it out.
+ORDER_ACTIONS = (*ACTIONS, "destroy")
 LEVEL_NAMES = {3: "绝密", 2: "机密", 1: "秘密", 0: "内部"}
 _LEVEL_WORDS = {
     **{name: level for level, name in LEVEL_NAMES.items()},
@@ -114,8 +120,8 @@ def parse_scope(text: str | Iterable[str]) -> tuple[str, ...]:
 
 def check_request(req: events_pb2.LabelRequest) -> None:
     """RegisterError saying what is missing or wrong in a request."""
-    if req.action not in ACTIONS:
-        raise RegisterError(f"action {req.action[:20]!r} is not one of {', '.join(ACTIONS)}")
+    if req.action not in ORDER_ACTIONS:
+        raise RegisterError(f"action {req.action[:20]!r} is not one of {', '.join(ORDER_ACTIONS)}")
     if not req.host or not req.path.startswith("/"):
         raise RegisterError("a request names the host and the file's absolute path")
     if req.action == "classify":
@@ -126,6 +132,8 @@ def check_request(req: events_pb2.LabelRequest) -> None:
             raise RegisterError("classify at 秘密, 机密 or 绝密; 内部 needs no register entry")
     elif not req.register_id:
         raise RegisterError(f"a {req.action} request names the register entry (register id)")
+    if req.action == "destroy" and not req.responsible.strip():
+        raise RegisterError("a destroy request names the person to carry it out (responsible)")
     parse_until(req.until)
     parse_scope(req.scope)
 
@@ -271,6 +279,14 @@ class Register:
             return
         elif step.step == "approved":
             entry.pending = None
+            if req.action == "destroy":  # in force until the host reports it destroyed
+                entry.order = destroy_order(entry, step.order_id, req.responsible, time_us)
+                entry.history.append(
+                    HistoryStep(time_us, seq, step.step, step.actor,
+                                f"order {step.order_id}: destroy by {req.responsible}")
+                )  # fmt: skip
+                entry.updated_us = time_us
+                return
             entry.approver, entry.approved_us = step.actor, time_us
             entry.level, entry.until, entry.scope = req.level, req.until, tuple(req.scope)
             if req.title:
@@ -342,6 +358,23 @@ class Drift:
     def title(self) -> str:
         """The finding's title: what, and where (also its identity for de-duplication)."""
         return f"{DRIFT_KINDS[self.kind]}: {self.host}:{self.home}"[:200]
+
+
+def destroy_order(
+    entry: Entry, order_id: str, person: str, issued_us: int
+) -> collector_pb2.LabelOrder:
+    """A destruction order for ``entry``: its scope names the one person to carry it out."""
+    return collector_pb2.LabelOrder(
+        order_id=order_id,
+        host_id=entry.host,
+        home=entry.home,
+        level=entry.level,  # type: ignore[arg-type]
+        until=entry.until,
+        scope=[f"user:{person}"],
+        register_id=entry.register_id,
+        action="destroy",
+        issued_us=issued_us,
+    )
 
 
 def drift(register: Register, host: str, files: Iterable[events_pb2.LabelledFile]) -> list[Drift]:

@@ -8,6 +8,7 @@ charts as SVG. Every report carries a SHA-256 digest of its figures on every pag
 from __future__ import annotations
 
 from collector.reports.common import Report, ReportError, content_digest
+from collector.reports.destruction import build_destruction
 from collector.reports.host import build_host
 from collector.reports.inspection import build_inspection
 from collector.reports.leaver import build_leaver
@@ -27,6 +28,7 @@ __all__ = [
     "Report",
     "ReportError",
     "ScheduleConfig",
+    "build_destruction",
     "build_host",
     "build_inspection",
     "build_leaver",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from collector.reports.common import Report, ReportError, canonical_json
+from collector.reports.destruction import build_destruction
 from collector.reports.host import build_host
 from collector.reports.inspection import build_inspection
 from collector.reports.leaver import build_leaver
@@ -94,6 +95,10 @@ def _cmd_host(args: argparse.Namespace) -> int:
     return _emit(args, lambda store, **kw: build_host(store, args.host, args.period, **kw))
 
 
+def _cmd_destruction(args: argparse.Namespace) -> int:
+    return _emit(args, lambda store, **kw: build_destruction(store, args.period, **kw))
+
+
 def _cmd_scheduled(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     try:
@@ -159,7 +164,9 @@ def add_report_commands(
     with_store: Callable[[argparse.ArgumentParser], argparse.ArgumentParser],
 ) -> None:
     """Add ``report`` and its subcommands to the collector's command line."""
-    rep = sub.add_parser("report", help="inspection, leaver and host reports (PDF, HTML)")
+    rep = sub.add_parser(
+        "report", help="inspection, leaver, host and destruction reports (PDF, HTML)"
+    )
     rep_sub = rep.add_subparsers(dest="report_command", required=True)
 
     def common(sp: argparse.ArgumentParser, *, out: bool = True) -> argparse.ArgumentParser:
@@ -208,6 +215,10 @@ def add_report_commands(
     ho.add_argument("--period", required=True, help="2026, 2026-H2, 2026-Q4 or 2026-11")
     ho.set_defaults(func=_cmd_host)
 
+    ds = common(rep_sub.add_parser("destruction", help="destruction register (销毁登记表)"))
+    ds.add_argument("--period", required=True, help="2026, 2026-H2, 2026-Q4 or 2026-11")
+    ds.set_defaults(func=_cmd_destruction)
+
     sch = common(
         rep_sub.add_parser("scheduled", help="make the due monthly and half-yearly reports"),
         out=False,
@@ -219,7 +230,9 @@ def add_report_commands(
 
     ls = with_store(rep_sub.add_parser("list", help="stored reports, newest first (JSON lines)"))
     ls.add_argument(
-        "--kind", choices=("inspection", "leaver", "host"), help="only reports of this kind"
+        "--kind",
+        choices=("inspection", "leaver", "host", "destruction"),
+        help="only reports of this kind",
     )
     ls.set_defaults(func=_cmd_list)
 

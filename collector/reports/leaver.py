@@ -4,6 +4,8 @@ Every classified file the person opened (level, label, first and last access, co
 the accesses refused to them, the devices attached to the computers they used on the
 days they used them, the classified meetings they attended or checked, and the findings
 still open that name them. One streaming pass over the record (or over a period).
+Then the register items the person holds and where their handover stands
+(collector/handover.py: returned, destroyed or still held), over the whole record.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from typing import Any
 
 from baomi.v1 import events_pb2
 
+from collector import handover
 from collector.ingest import COLLECTOR_HOST
 from collector.meeting_signatures import ALERT_KIND as SIGNATURE_ALERT
+from collector.register import Register
 from collector.reports.common import (
     FORMAT_VERSION,
     Report,
@@ -240,6 +244,7 @@ def build_leaver(
         "meetings": meetings[:LEAVER_LIST_LIMIT],
         "meetings_total": len(meetings),
         "findings": _findings(read_findings(store), login, display),
+        "handover": _handover(store, login),
         "filters": {
             "tz": "UTC+8",
             "period": [p.start_us, p.end_us] if p else None,
@@ -255,6 +260,23 @@ def build_leaver(
         "period_label": {lang: p.label(lang) for lang in ("zh", "en")} if p else None,
     }
     return Report("leaver", login, figures, meta)
+
+
+def _handover(store: Store, login: str) -> list[dict[str, Any]]:
+    """The register items the person holds and where their handover stands."""
+    return [
+        {
+            "register_id": i.entry.register_id,
+            "title": i.entry.title,
+            "level": i.entry.level,
+            "host": i.entry.host,
+            "home": i.entry.home,
+            "why": list(i.why),
+            "state": i.state,
+            "record": i.record,
+        }
+        for i in handover.items(store, Register.load(store), login)[:LEAVER_LIST_LIMIT]
+    ]
 
 
 def _findings(

@@ -8,6 +8,7 @@ console action in the audit log.
 from __future__ import annotations
 
 import datetime as dt
+from urllib.parse import quote
 
 from baomi.v1 import events_pb2
 from starlette.responses import RedirectResponse, Response
@@ -15,7 +16,15 @@ from starlette.responses import RedirectResponse, Response
 from collector.console.app import SEC, Ctx
 from collector.console.errors import ConsoleError
 from collector.console.eventview import format_time
-from collector.register import ACTIONS, RegisterError, RegisterService, parse_level, parse_scope
+from collector.destruction import request_destruction
+from collector.register import (
+    ACTIONS,
+    IN_FORCE,
+    RegisterError,
+    RegisterService,
+    parse_level,
+    parse_scope,
+)
 
 FIELD_CHARS = 500  # title, basis, path and the like
 
@@ -58,6 +67,11 @@ async def register_entry(c: Ctx) -> Response:
         "register_entry.html",
         entry=entry,
         history=[(h, format_time(h.time_us, tz)) for h in entry.history],
+        can_destroy=c.user is not None
+        and c.user.role == SEC
+        and entry.status in IN_FORCE
+        and entry.pending is None
+        and entry.order is None,
     )
 
 
@@ -120,3 +134,21 @@ async def register_reject(c: Ctx) -> Response:
         raise ConsoleError(str(e)) from e
     await c.audit("register_reject", f"register {register_id}", reason.strip()[:500])
     return RedirectResponse("/register", status_code=303)
+
+
+async def register_destroy(c: Ctx) -> Response:
+    """Ask for an entry's destruction by a named person; approved like any request."""
+    register_id = (await c.field("register_id", 128)).strip()
+    person = (await c.field("person", 100)).strip()
+    try:
+        await request_destruction(_service(c), register_id, person=person, actor=c.account.name)
+    except RegisterError as e:
+        await c.audit("register_destroy", f"register {register_id}", str(e), ok=False)
+        raise ConsoleError(str(e)) from e
+    await c.audit(
+        "register_destroy",
+        f"register {register_id}",
+        f"destroy by {person}",
+        severity=events_pb2.SEVERITY_MEDIUM,
+    )
+    return RedirectResponse(f"/register/entry?id={quote(register_id)}", status_code=303)

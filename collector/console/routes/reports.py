@@ -13,6 +13,7 @@ from collector.console.eventview import format_time
 from collector.errors import CollectorError
 
 REPORT_FORMATS = ("pdf", "html")
+REPORT_KINDS = ("inspection", "destruction")  # made for a period on request
 
 
 async def reports_page(c: Ctx, error: str = "", status: int = 200) -> Response:
@@ -25,6 +26,7 @@ async def reports_page(c: Ctx, error: str = "", status: int = 200) -> Response:
         status=status,
         rows=[(r, format_time(r.created_us, c.console.tz)) for r in rows],
         formats=REPORT_FORMATS,
+        kinds=REPORT_KINDS,
         error=error,
     )
 
@@ -54,21 +56,24 @@ async def report_download(c: Ctx) -> Response:
 
 
 async def report_generate(c: Ctx) -> Response:
-    """Build an inspection report for a period now, keep it, and list it."""
-    from collector.reports import build_inspection, render  # noqa: PLC0415
+    """Build an inspection or destruction report for a period now, keep it, and list it."""
+    from collector.reports import build_destruction, build_inspection, render  # noqa: PLC0415
     from collector.reports.schedule import store_report  # noqa: PLC0415
 
     period = (await c.field("period", 20)).strip()
     fmt = await c.field("format", 8)
+    kind = (await c.field("kind", 20)) or "inspection"
     lang = "en" if c.lang == "en" else "zh"
-    if fmt not in REPORT_FORMATS:
-        await c.audit("report_generate", period, f"format {fmt!r} refused", ok=False)
-        return await reports_page(c, c.t("report_format_bad"), 400)
+    if fmt not in REPORT_FORMATS or kind not in REPORT_KINDS:
+        await c.audit("report_generate", period, f"{kind!r} {fmt!r} refused", ok=False)
+        bad = "report_format_bad" if fmt not in REPORT_FORMATS else "report_kind_bad"
+        return await reports_page(c, c.t(bad), 400)
+    build = build_destruction if kind == "destruction" else build_inspection
     backend = c.console.backend
     now = dt.datetime.now(dt.UTC)
 
     def make() -> tuple[str, int]:
-        report = build_inspection(
+        report = build(
             c.store,
             period,
             policies_dir=backend.policies_dir or Path("policies"),
@@ -85,5 +90,5 @@ async def report_generate(c: Ctx) -> Response:
     except CollectorError as e:  # a bad period, an unreadable policy directory, ...
         await c.audit("report_generate", period[:20], str(e)[:300], ok=False)
         return await reports_page(c, str(e), 400)
-    await c.audit("report_generate", f"report {rid}", f"inspection {period} {fmt} {digest}")
+    await c.audit("report_generate", f"report {rid}", f"{kind} {period} {fmt} {digest}")
     return await reports_page(c)

@@ -235,7 +235,8 @@ def test_drift_kinds() -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"action": "destroy"}, "action 'destroy' is not one of"),
+        ({"action": "shred"}, "action 'shred' is not one of"),
+        ({"action": "destroy", "register_id": "DM-1"}, "names the person to carry it out"),
         ({"path": "relative.txt"}, "absolute path"),
         ({"title": ""}, "needs its title"),
         ({"level": 0}, "内部 needs no register entry"),
