@@ -284,6 +284,15 @@ def test_the_readme_host_enrolment_runs_as_written() -> None:
         assert opened.returncode != 0 and "Operation not permitted" in opened.stderr, opened
         denial = _wait(lambda: _denial_of(store, secret), agent, root / "agent.log")
         assert denial["reason"] != "no policy loaded", denial
+        # No default route but the approved gateway: one through another is deleted
+        # (a documentation address on a veth pair, both ends in the namespace).
+        in_ns(
+            "ip link add baomi-a type veth peer name baomi-b; ip link set baomi-b up; "
+            "ip link set baomi-a up; ip address add 192.0.2.2/24 dev baomi-a; "
+            "ip route add default via 192.0.2.1"
+        )
+        route = _wait(lambda: _route_enforced(store, "192.0.2.1"), agent, root / "agent.log")
+        assert route.get("violation") and not in_ns("ip route show default"), route
         _wait(
             lambda: (root / "worm" / "baomi.witness").stat().st_size > 0,
             collector,
@@ -370,6 +379,15 @@ def _denial_of(store: str, path: Path) -> dict[str, Any] | None:
         access = event["file_access"]
         if access.get("path") == str(path) and access.get("uid") == NOBODY:
             return access if access.get("decision") == "DECISION_DENY" else None
+    return None
+
+
+def _route_enforced(store: str, gateway: str) -> dict[str, Any] | None:
+    """The stored event of a default route through ``gateway`` the agent deleted."""
+    for event in _events(store, "network"):
+        network = event["network"]
+        if network.get("action") == "default_route_add" and network.get("gateway") == gateway:
+            return network if network.get("enforced") else None
     return None
 
 
