@@ -251,8 +251,8 @@ def test_the_readme_host_enrolment_runs_as_written() -> None:
         children.append(child)
         return child
 
-    subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True, timeout=60)
     try:
+        subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True, timeout=60)
         in_ns("ip link set lo up")
         in_ns(pki)
         collector = start(serve, "collector.log")
