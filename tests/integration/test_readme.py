@@ -3,9 +3,11 @@ set-up (a PKI, the first account of each role and ``serve`` with the console ove
 the enrolment of a real host with the sensors a secret computer runs, and an offline host
 (run, enrolment by files, export, import, forget).
 
-Only what cannot run here is rewritten: the directories (/etc/baomi, /var/lib/baomi) go
-under the test's own, the 0.0.0.0 ports become free loopback ones, and the console's
-certificate is made with openssl. Every command line is otherwise the README's.
+Only what cannot run here is rewritten: the directories (/etc/baomi, /var/lib/baomi,
+/srv/secret, /mnt/worm) go under the test's own, the 0.0.0.0 ports become free loopback
+ones (the enrolled host's collector keeps its ports in a network namespace of its own,
+where collector.example is 127.0.0.1), the agent's state directory is given, and the
+console's certificate is made with openssl. Every command line is otherwise the README's.
 """
 
 from __future__ import annotations
