@@ -1,14 +1,18 @@
 """The README's command sequences, run as written in a scratch directory: the collector
-set-up (a PKI, the first account of each role and ``serve`` with the console over TLS)
-and an offline host (run, enrolment by files, export, import, forget).
+set-up (a PKI, the first account of each role and ``serve`` with the console over TLS),
+the enrolment of a real host with the sensors a secret computer runs, and an offline host
+(run, enrolment by files, export, import, forget).
 
-Only what cannot run here is rewritten: the directories (/etc/baomi, /var/lib/baomi) go
-under the test's own, the 0.0.0.0 ports become free loopback ones, and the console's
-certificate is made with openssl. Every command line is otherwise the README's.
+Only what cannot run here is rewritten: the directories (/etc/baomi, /var/lib/baomi,
+/srv/secret, /mnt/worm) go under the test's own, the 0.0.0.0 ports become free loopback
+ones (the enrolled host's collector keeps its ports in a network namespace of its own,
+where collector.example is 127.0.0.1), the agent's state directory is given, and the
+console's certificate is made with openssl. Every command line is otherwise the README's.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,8 +20,12 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -26,6 +34,7 @@ from tests.integration.console.web import Client
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 60
+T = TypeVar("T")
 
 
 def _block_after(heading: str) -> str:
@@ -190,3 +199,202 @@ def _wait_recording(state: Path, agent: subprocess.Popen[str]) -> None:
         assert agent.poll() is None, agent.stderr.read() if agent.stderr else ""
         assert time.monotonic() < deadline, "the offline agent did not start"
         time.sleep(0.5)
+
+
+HOST = "ws-finance-01"
+NOBODY = 65534  # a uid no subject in the shipped subjects.toml has
+SENSORS = {"files", "usb", "network", "process"}  # what the README's run line starts
+
+
+@pytest.mark.root
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("setpriv") is None,
+    reason="needs root, ip and setpriv (a network namespace, the file guard's fanotify)",
+)
+def test_the_readme_host_enrolment_runs_as_written() -> None:
+    # Not under pytest's tmp_path (mode 0700): another uid must reach the protected tree.
+    root = Path(tempfile.mkdtemp(prefix="baomi-readme-"))
+    root.chmod(0o755)
+    for d in ("etc", "var", "secret", "worm"):
+        (root / d).mkdir(mode=0o755)
+    _policies_for_this_host(root / "etc" / "policies", root / "apps")
+    state = root / "var" / "host"
+    store = f"sqlite:///{root / 'var' / 'collector.db'}"  # the README's, read from anywhere
+    # Collector and agent share a network namespace of their own: the run line brings
+    # links down and deletes default routes, and there the README's ports are free, so
+    # they stay; the collector's name is its loopback address there.
+    block = (
+        _local(_block_after("### Enrolling a real host"), root, {})
+        .replace("collector.example", "127.0.0.1")
+        .replace("/srv/secret", str(root / "secret"))
+        .replace("/mnt/worm", str(root / "worm"))
+        .replace("baomi-agent ", f"baomi-agent --state-dir {state} ")
+    )
+    pki, serve, token, enroll, run = _commands(block)
+    assert serve.startswith("baomi-collector serve") and "TOKEN" in enroll, block
+    ns = f"baomi-readme-{uuid.uuid4().hex[:8]}"
+    env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}"}
+    children: list[subprocess.Popen[str]] = []
+
+    def in_ns(command: str) -> str:
+        done = subprocess.run(
+            ["ip", "netns", "exec", ns, "bash", "-ec", command], cwd=root, env=env,
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, (command, done.stderr)
+        return done.stdout
+
+    def start(command: str, log: str) -> subprocess.Popen[str]:
+        with (root / log).open("w") as out:  # a file: a full pipe would stall a daemon
+            child = subprocess.Popen(
+                ["ip", "netns", "exec", ns, "bash", "-ec", f"exec {command}"], cwd=root,
+                env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+        children.append(child)
+        return child
+
+    try:
+        subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True, timeout=60)
+        in_ns("ip link set lo up")
+        in_ns(pki)
+        collector = start(serve, "collector.log")
+        _wait(
+            lambda: "serving agents" in (root / "collector.log").read_text(),
+            collector,
+            root / "collector.log",
+        )
+        issued = in_ns(token).strip()
+        assert re.fullmatch(r"\S+", issued), issued  # the output is the token alone
+        shutil.copy(root / "etc" / "pki" / "ca.pem", root / "ca.pem")  # "copy ca.pem over"
+        assert f"enrolled as {HOST}" in in_ns(enroll.replace("TOKEN", issued))
+        secret = root / "secret" / "plan.txt"
+        secret.write_text("the plan\n")
+        secret.chmod(0o644)  # nothing but the guard keeps another uid out
+        in_ns(f"baomi-agent --state-dir {state} label set {secret} --level 机密")
+
+        agent = start(run, "agent.log")
+        # A heartbeat after the start one: every sensor has had its time to start.
+        status = _wait(lambda: _heartbeat(store, "running"), agent, root / "agent.log")
+        health = {s["name"]: s for s in status["sensors"]}
+        assert set(health) == SENSORS, health
+        for name, sensor in health.items():
+            # Healthy, or degraded with the reason (writes on an older kernel).
+            assert sensor["state"] == "ok" or (
+                sensor["state"] == "degraded" and "policy" not in sensor.get("detail", "")
+            ), (name, sensor)
+        opened = _as_nobody("cat", str(secret))
+        assert opened.returncode != 0 and "Operation not permitted" in opened.stderr, opened
+        denial = _wait(lambda: _denial_of(store, secret), agent, root / "agent.log")
+        assert denial["reason"] != "no policy loaded", denial
+        # No default route but the approved gateway: one through another is deleted
+        # (a documentation address on a veth pair, both ends in the namespace).
+        in_ns(
+            "ip link add baomi-a type veth peer name baomi-b; ip link set baomi-b up; "
+            "ip link set baomi-a up; ip address add 192.0.2.2/24 dev baomi-a; "
+            "ip route add default via 192.0.2.1"
+        )
+        route = _wait(lambda: _route_enforced(store, "192.0.2.1"), agent, root / "agent.log")
+        assert route.get("violation") and not in_ns("ip route show default"), route
+        _wait(
+            lambda: (root / "worm" / "baomi.witness").stat().st_size > 0,
+            collector,
+            root / "collector.log",
+        )
+
+        agent.terminate()
+        agent.wait(timeout=60)
+        in_ns(f"baomi-agent --state-dir {state} guardian stop")  # the README's release
+        guarded_seq = status["seq"]
+        plain = start(f"baomi-agent --state-dir {state} run", "plain.log")
+        status = _wait(
+            lambda: _heartbeat(store, "started", after=guarded_seq), plain, root / "plain.log"
+        )
+        assert status.get("sensors", []) == [], status  # it only reports its health
+        assert _as_nobody("cat", str(secret)).stdout == "the plan\n"  # and guards nothing
+    finally:
+        for child in children:
+            child.terminate()
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(timeout=60)
+        subprocess.run(
+            [BIN / "baomi-agent", "--state-dir", state, "guardian", "stop"],
+            capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+        subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=60, check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _policies_for_this_host(policies: Path, apps: Path) -> None:
+    """The shipped policies, the approved programs this host lacks made copies of cat
+    (the README's "install those programs or edit the copy"), as the demo does."""
+    shutil.copytree(REPO / "policies", policies)
+    apps.mkdir(mode=0o755)
+    subjects = (policies / "subjects.toml").read_text(encoding="utf-8")
+    for program in sorted(set(re.findall(r'"(/usr/bin/[a-z]+)"', subjects))):
+        if not Path(program).exists():
+            shutil.copy("/usr/bin/cat", apps / Path(program).name)
+            subjects = subjects.replace(f'"{program}"', f'"{apps / Path(program).name}"')
+    (policies / "subjects.toml").write_text(subjects, encoding="utf-8")
+
+
+def _wait(probe: Callable[[], T | None], child: subprocess.Popen[str], log: Path) -> T:
+    """What ``probe`` returns once it is truthy; the child (logging to ``log``) must keep
+    running meanwhile."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            got = probe()
+        except FileNotFoundError:
+            got = None
+        if got:
+            return got
+        assert child.poll() is None, f"{child.args[-1]} exited: {log.read_text()}"
+        assert time.monotonic() < deadline, f"{child.args[-1]}: waited in vain; {log.read_text()}"
+        time.sleep(0.5)
+
+
+def _events(store: str, kind: str) -> list[dict[str, Any]]:
+    """The host's stored events of ``kind``, as ``baomi-collector events --json`` lists them."""
+    listed = subprocess.run(
+        [BIN / "baomi-collector", "events", "--host", HOST, "--store", store, "--kind", kind,
+         "--heartbeats", "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return [json.loads(line) for line in listed.stdout.splitlines()]
+
+
+def _heartbeat(store: str, state: str, after: int = 0) -> dict[str, Any] | None:
+    """The newest heartbeat in ``state`` (``started``, ``running``) past seq ``after``."""
+    for event in _events(store, "agent_status"):  # newest first
+        status = event["agent_status"]
+        if status.get("state") == state and int(event["seq"]) > after:
+            return dict(status, seq=int(event["seq"]))
+    return None
+
+
+def _denial_of(store: str, path: Path) -> dict[str, Any] | None:
+    """The stored refusal of an open of ``path`` by uid NOBODY."""
+    for event in _events(store, "file_access"):
+        access = event["file_access"]
+        if access.get("path") == str(path) and access.get("uid") == NOBODY:
+            return access if access.get("decision") == "DECISION_DENY" else None
+    return None
+
+
+def _route_enforced(store: str, gateway: str) -> dict[str, Any] | None:
+    """The stored event of a default route through ``gateway`` the agent deleted."""
+    for event in _events(store, "network"):
+        network = event["network"]
+        if network.get("action") == "default_route_add" and network.get("gateway") == gateway:
+            return network if network.get("enforced") else None
+    return None
+
+
+def _as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
