@@ -55,7 +55,7 @@ def test_the_shipped_collector_config_sets_store_everywhere_and_serve_options(
 ) -> None:
     config = _shipped("collector.toml", tmp_path)
     serve = parse_with_config(collector_parser(), ["--config", config, "serve"], NONE)
-    assert serve.store == "sqlite:///var/lib/baomi-collector/collector.db"
+    assert serve.store == "sqlite:////var/lib/baomi-collector/collector.db"  # absolute
     assert serve.console == "0.0.0.0:8443" and serve.pki == Path("/etc/baomi/pki")
     events = parse_with_config(collector_parser(), ["--config", config, "events"], NONE)
     assert events.store == serve.store  # a top-level key reaches every command with it
