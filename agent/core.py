@@ -273,6 +273,10 @@ class Agent:
         if usb is not None and process is not None:
             # A camera or microphone just plugged in: look for who records with it now.
             usb.on_device_event = process.check_now  # type: ignore[attr-defined]
+        files = by_name.get("files")
+        if files is not None and self.label_orders is not None:
+            # The label inventory walks the trees only after the guard saw them change.
+            self.label_orders.inventory.changes = lambda: files.tree_changes  # type: ignore[attr-defined]
         for sensor in self.sensors:
             sensor.start()
 

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date
 from pathlib import Path
@@ -39,6 +40,8 @@ from agent.spool import Spool
 _logger = logging.getLogger(__name__)
 
 DONE_FILE = "label_orders.done"  # in the state directory: order ids applied or failed
+#: A full walk of the trees at least this often even when no change was reported.
+RESCAN_SECONDS = 600.0
 MAX_INVENTORY_FILES = 10_000  # labelled files one inventory lists; more: truncated
 HASH_CHUNK = 1024 * 1024  # bytes read at a time when hashing a file
 ACTIONS = ("classify", "change", "declassify")
@@ -149,6 +152,11 @@ class Inventory:
         self._key = key
         self._hashes: dict[tuple[int, int, int, int, int], str] = {}
         self.last: events_pb2.LabelInventory | None = None
+        #: The file guard's count of changes in the trees (FileSensor.tree_changes), when
+        #: it runs: the trees are walked again only after a change, or every
+        #: RESCAN_SECONDS (what the change watcher cannot see: a queue overflow).
+        self.changes: Callable[[], int] | None = None
+        self._walked: tuple[int, float] | None = None  # changes counted, monotonic time
 
     def scan(self) -> events_pb2.LabelInventory:
         """Walk the trees now."""
@@ -193,12 +201,29 @@ class Inventory:
                     if path.is_file() and not path.is_symlink():
                         yield path
 
+    def walk_next(self) -> None:
+        """Walk the trees at the next look: the agent changed a label itself (the
+        change watcher does not report the agent's own attribute changes)."""
+        self._walked = None
+
     def changed(self) -> events_pb2.LabelInventory | None:
         """A new inventory when it differs from the last one reported, else None (and
         always None on a host that guards no tree: it has nothing to list)."""
         if not self._roots:
             return None
+        counted = self.changes() if self.changes is not None else None
+        walked = self._walked
+        if (
+            self.last is not None
+            and counted is not None
+            and walked is not None
+            and walked[0] == counted
+            and time.monotonic() - walked[1] < RESCAN_SECONDS
+        ):
+            return None  # nothing changed in the trees since the last walk
         now = self.scan()
+        if counted is not None:  # counted before the walk: a change during it walks again
+            self._walked = (counted, time.monotonic())
         if self.last is not None and now == self.last:
             return None
         self.last = now
@@ -296,6 +321,7 @@ class LabelOrders:
                 label_order_result=result,
             )
         )
+        self.inventory.walk_next()
         self.report_inventory()
         return result.ok
 

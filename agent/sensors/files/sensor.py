@@ -194,6 +194,8 @@ class FileGuard:
         # labelling happen under this lock, or one would read the other's half-written
         # label (fail-closed: the open denied).
         self._inherit_lock = threading.Lock()
+        #: Changes the change watcher reported in the trees (any kind), counted.
+        self.tree_changes = 0
         # Held while an answer is handed to the guard to repeat and while repeats are
         # taken, so no answer of a replaced policy is remembered after the take.
         self._fold_lock = threading.Lock()
@@ -896,6 +898,7 @@ class FileGuard:
 
     # -- changes ------------------------------------------------------------------------
     def _on_change(self, change: Change) -> None:
+        self.tree_changes += 1  # the label inventory looks again only after changes
         self._changed(change)
         if change.kind in ("create", "write"):
             self._follow(change.path, change.pid)

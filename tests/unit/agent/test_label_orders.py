@@ -11,7 +11,7 @@ from baomi.v1 import collector_pb2, events_pb2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from agent import labels
+from agent import label_orders, labels
 from agent.errors import AgentError
 from agent.identity import Identity
 from agent.label_orders import LabelOrders, make_request
@@ -178,3 +178,30 @@ def test_a_request_says_what_is_missing(tmp_path: Path) -> None:
     req = make_request(str(doc), action="classify", level="机密", basis="b", title="t", **common)
     assert (req.path, req.level) == (str(doc.resolve()), 2)
     assert req.content_hash == hashlib.sha256(b"a\n").hexdigest()
+
+
+def test_with_the_guard_running_the_trees_are_walked_only_after_a_change(
+    setup,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The file guard counts the changes its watcher sees in the trees; without one the
+    inventory is not walked again (a label set unseen stays unlisted) until the backstop
+    period has passed."""
+    orders, events, doc, key_file = setup
+    changes = [0]
+    orders.inventory.changes = lambda: changes[0]
+
+    def sent() -> list[events_pb2.LabelInventory]:
+        return [e.label_inventory for e in events if e.HasField("label_inventory")]
+
+    orders.report_inventory()
+    labels.set_label(doc, "绝密", key=labels.load_label_key(key_file, create=True))
+    orders.report_inventory()
+    assert len(sent()) == 1  # no change counted: not walked
+    changes[0] += 1  # the watcher saw the attribute change
+    orders.report_inventory()
+    assert len(sent()) == 2 and [f.level for f in sent()[1].files] == [3]
+    labels.set_label(doc, "机密", key=labels.load_label_key(key_file))
+    monkeypatch.setattr(label_orders, "RESCAN_SECONDS", 0.0)  # the backstop walks anyway
+    orders.report_inventory()
+    assert len(sent()) == 3 and [f.level for f in sent()[2].files] == [2]
