@@ -10,13 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from baomi import labels
 from baomi.cliparse import HelpfulParser
 from baomi.config import AppendOrOne, ConfigFileError, add_config_option, parse_with_config
 from baomi.display import escape
+from baomi.policy.errors import LabelError
 
-from agent import destroy, labels, localrecord, offline
+from agent import destroy, localrecord, offline
 from agent.core import AgentConfig, run_agent
-from agent.decision.errors import LabelError
 from agent.devices import cli as devices_cli
 from agent.errors import AgentError
 from agent.identity import enroll
@@ -295,7 +296,8 @@ def _cmd_guardian_status(args: argparse.Namespace) -> int:
 # The decision engine and reference Casbin (agent.decision.tools) are imported by the
 # commands that use them, so that `run` without a file guard does not carry them.
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from agent.decision.policy import PolicySet  # noqa: PLC0415 - see above
+    from baomi.policy.policyset import PolicySet  # noqa: PLC0415 - see above
+
     from agent.decision.tools import explain  # noqa: PLC0415
 
     policyset = PolicySet.load(args.policies)
@@ -325,7 +327,8 @@ def _pre_content_here(path: str) -> bool:
 
 
 def _cmd_policy_test(args: argparse.Namespace) -> int:
-    from agent.decision.policy import PolicySet  # noqa: PLC0415 - see _cmd_explain
+    from baomi.policy.policyset import PolicySet  # noqa: PLC0415 - see _cmd_explain
+
     from agent.decision.tools import policy_test  # noqa: PLC0415
 
     policyset = PolicySet.load(args.policies)

@@ -21,18 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from baomi.labels import LABEL_KEY_FILE, load_label_key
+from baomi.policy.errors import LabelError
+from baomi.policy.policyset import PolicySet
 from baomi.v1 import events_pb2
 
 from agent import __version__
-from agent.decision.errors import LabelError
-from agent.decision.policy import PolicySet
 from agent.destroy import Destroyer, load_policies, signing_key
 from agent.destroy import serve as serve_destroy
 from agent.errors import AgentError
 from agent.identity import Identity, check_addresses, load_identity
 from agent.journal import EventJournal, JournalError
 from agent.label_orders import LabelOrders
-from agent.labels import LABEL_KEY_FILE, load_label_key
 from agent.offline import prepare
 from agent.policy import PolicyKeeper
 from agent.recorder import Recorder

@@ -42,14 +42,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from baomi import labels
+from baomi.policy.errors import LabelError, PolicyError
+from baomi.policy.policyset import PolicySet
 from baomi.v1 import collector_pb2, events_pb2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from agent import labels
-from agent.decision.errors import LabelError, PolicyError
-from agent.decision.policy import PolicySet
 from agent.errors import AgentError
 from agent.identity import Identity
 from agent.label_orders import DONE_FILE, content_hash, order_signed_bytes

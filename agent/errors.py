@@ -1,10 +1,17 @@
-"""Errors of the agent; each message says how to fix the problem."""
+"""Errors of the agent; each message says how to fix the problem.
+
+The policy language the agent shares with the collector (``baomi``) raises
+``baomi.errors.ConfigError``; the agent's own errors share its root, so one
+``except AgentError`` catches both.
+"""
 
 from __future__ import annotations
 
+from baomi.errors import BaomiError, ConfigError
 
-class AgentError(Exception):
-    """Root of every error the agent raises on purpose."""
+AgentError = BaomiError  # the root of every error the agent raises on purpose
+
+__all__ = ["AgentError", "ConfigError", "EnrollError", "SpoolError"]
 
 
 class SpoolError(AgentError):
@@ -13,7 +20,3 @@ class SpoolError(AgentError):
 
 class EnrollError(AgentError):
     """Enrolment with the collector failed."""
-
-
-class ConfigError(AgentError):
-    """A setting or file is wrong."""

@@ -5,7 +5,7 @@
 * Label orders: an approver's decision, signed by the collector (Ed25519, the key
   received at enrolment, as for policy bundles). :class:`LabelOrders` verifies each
   order -- signature, this host, the file's content -- applies it with
-  :func:`agent.labels.set_label` (sealed with the host key, the register id as the
+  :func:`baomi.labels.set_label` (sealed with the host key, the register id as the
   label's ``label_id``) and reports a ``label_order_result`` event either way.
 * Inventory: the labelled files under the protected trees (register id, level, until,
   scope, home, content hash), reported at start and whenever it changes, looked at
@@ -26,13 +26,13 @@ from datetime import date
 from pathlib import Path
 
 import grpc
+from baomi import labels
+from baomi.policy.errors import LabelError
 from baomi.v1 import collector_pb2, events_pb2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from agent import labels
-from agent.decision.errors import LabelError
 from agent.errors import AgentError
 from agent.identity import Identity
 from agent.spool import Spool

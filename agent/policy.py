@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+from baomi.policy import SAFE_NAME
 from baomi.v1 import collector_pb2, events_pb2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -26,7 +27,6 @@ from agent.identity import Identity
 
 _logger = logging.getLogger(__name__)
 
-SAFE_NAME = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 #: Loads a policy directory and puts it in force; raises AgentError if it is bad.
 Apply = Callable[[Path], None]

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
+from baomi.labels import LEVEL_NAMES, Label, invalid_label
+from baomi.policy.policyset import ACTIONS, PolicySet
+
 from agent.decision.engine import Engine
-from agent.decision.policy import ACTIONS, PolicySet
-from agent.labels import LEVEL_NAMES, Label, invalid_label
 
 ENGINE_TARGET_US = 50.0  # µs per cold decision
 TODAY = date(2026, 11, 27)

@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from baomi.chain import GENESIS
+from baomi.labels import load_label_key, set_label
 from baomi.v1 import events_pb2
 
-from agent.labels import load_label_key, set_label
 from agent.recorder import Recorder
 from agent.sensors.files.permission import Access, PermissionGuard
 from agent.sensors.files.sensor import FileGuard, FileGuardConfig

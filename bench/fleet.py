@@ -41,6 +41,7 @@ from typing import Any
 
 import grpc
 from baomi import chain
+from baomi.meeting.signature import sign_meeting_check
 from baomi.v1 import collector_pb2, events_pb2
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -48,7 +49,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-from agent.meeting.signature import sign_meeting_check
 from agent.policy import signed_bytes
 from collector.enrollment import create_token
 from collector.store import open_store

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
+from baomi.meeting.signature import signature_problem
 from baomi.v1 import events_pb2
 
-from agent.meeting.signature import signature_problem
 from collector.store.base import ConsoleQuery, EventRow, Store
 
 if TYPE_CHECKING:

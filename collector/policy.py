@@ -20,20 +20,20 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from baomi.errors import ConfigError
+from baomi.policy import SAFE_NAME
+from baomi.policy.errors import PolicyError
+from baomi.policy.policyset import PolicySet
 from baomi.v1 import collector_pb2
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from agent.decision.errors import PolicyError
-from agent.decision.policy import PolicySet
-from agent.errors import ConfigError
-from agent.policy import SAFE_NAME
 from collector.store.base import Store
 
 _logger = logging.getLogger(__name__)
 
 MAX_POLICY_FILE_BYTES = 1024 * 1024  # bytes per policy file
 MAX_POLICY_FILES = 64  # files per bundle
-DEVICE_RULES = "devices.rules"  # USBGuard rule syntax, parsed by agent.devices.rules
+DEVICE_RULES = "devices.rules"  # USBGuard rule syntax, parsed by baomi.devices.rules
 MEETINGS = "meetings.toml"  # the meeting schedule room agents check ahead of each meeting
 ROOMS = "rooms.toml"
 POLICY_POLL_SECONDS = 1.0  # a version stored by another collector is pushed this late at most
@@ -221,8 +221,8 @@ def _check_meetings(root: Path, files: dict[str, bytes]) -> list[PolicyProblem]:
     """The meeting schedule as room agents load it; rooms and attendees it names."""
     if MEETINGS not in files:
         return []
-    from agent.decision.subjects import Subjects  # noqa: PLC0415 - agent side
-    from agent.meeting.rooms import RoomsError, load_meetings  # noqa: PLC0415
+    from baomi.meeting.rooms import RoomsError, load_meetings  # noqa: PLC0415
+    from baomi.policy.subjects import Subjects  # noqa: PLC0415 - agent side
 
     try:
         meetings = load_meetings(root / MEETINGS)
@@ -265,7 +265,7 @@ def _check_devices(root: Path, files: dict[str, bytes]) -> list[PolicyProblem]:
     """Device rules through the agent's parser; the whole device policy when it exists."""
     problems: list[PolicyProblem] = []
     if DEVICE_RULES in files:
-        from agent.devices.rules import RuleError, RuleSet  # noqa: PLC0415 - agent side
+        from baomi.devices.rules import RuleError, RuleSet  # noqa: PLC0415 - agent side
 
         try:
             RuleSet.parse(files[DEVICE_RULES].decode("utf-8"), path=DEVICE_RULES)
@@ -276,7 +276,7 @@ def _check_devices(root: Path, files: dict[str, bytes]) -> list[PolicyProblem]:
     # The device sensor's loader (rules and the registered-stick registry together) is
     # used when the agent has one, so the collector refuses exactly what agents refuse.
     try:
-        module = importlib.import_module("agent.devices.policy")
+        module = importlib.import_module("baomi.devices.policy")
     except ImportError:
         return problems
     loader = getattr(module, "DevicePolicy", None)

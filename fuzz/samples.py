@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from baomi import chain
+from baomi.devices.model import UsbDevice
 from baomi.v1 import events_pb2
 
-from agent.devices.model import UsbDevice
 from agent.sensors.usb import parse_descriptors, usbguard_hash
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from baomi import chain as chain_rule
+from baomi.devices.policy import generate_rules
 from baomi.v1 import events_pb2
 
-from agent.devices.policy import generate_rules
 from collector.ingest import COLLECTOR_HOST
 from fuzz import samples, targets
 from fuzz.targets import SEP, ChainCheckpoint, ChainRow, chain_input

@@ -29,6 +29,11 @@ from urllib.parse import unquote
 from zoneinfo import ZoneInfo
 
 from baomi import chain as chain_rule
+from baomi import labels as label_rules
+from baomi.devices.rules import DeviceFacts, Rule, RuleError, RuleSet
+from baomi.meeting.rooms import RoomsError, load_meetings, load_rooms
+from baomi.policy.errors import LabelError, PolicyError
+from baomi.policy.policyset import MODEL_FILE, POLICY_FILE, SUBJECTS_FILE, PolicySet
 from baomi.v1 import events_pb2
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf.message import DecodeError
@@ -38,11 +43,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.routing import Match, Route
 
-from agent import labels as label_rules
-from agent.decision.errors import LabelError, PolicyError
-from agent.decision.policy import MODEL_FILE, POLICY_FILE, SUBJECTS_FILE, PolicySet
-from agent.devices.rules import DeviceFacts, Rule, RuleError, RuleSet
-from agent.meeting.rooms import RoomsError, load_meetings, load_rooms
 from agent.sensors.usb import parse_descriptors, usbguard_hash
 from collector import audit, checkpoint
 from collector.console import eventview, routes
@@ -702,20 +702,20 @@ TARGETS: dict[str, Target] = {
             "policy",
             policy,
             (PolicyError,),
-            "model.conf, policy.csv, subjects.toml: agent.decision.policy.PolicySet.load",
+            "model.conf, policy.csv, subjects.toml: baomi.policy.policyset.PolicySet.load",
         ),
-        Target("usbguard", usbguard, (RuleError,), "USBGuard rules: agent.devices.rules"),
+        Target("usbguard", usbguard, (RuleError,), "USBGuard rules: baomi.devices.rules"),
         Target(
             "rooms",
             rooms,
             (RoomsError,),
-            "rooms.toml, meetings.toml, baseline sweeps: agent.meeting.rooms",
+            "rooms.toml, meetings.toml, baseline sweeps: baomi.meeting.rooms",
         ),
         Target(
             "labels",
             labels,
             (LabelError,),
-            "user.baomi.* attributes and label values: agent.labels",
+            "user.baomi.* attributes and label values: baomi.labels",
         ),
         Target(
             "console_query",

@@ -29,17 +29,17 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from agent.decision.errors import PolicyError
-from agent.decision.policy import (
+from baomi.labels import LEVEL_NAMES, Label
+from baomi.policy.errors import PolicyError
+from baomi.policy.policyset import (
     ACTIONS,
     MAX_HIERARCHY_LEVEL,
     PolicySet,
     Rule,
     casbin_glob,
 )
-from agent.decision.predicates import Requester, Resource, app_approved, in_scope, level
-from agent.decision.subjects import Person
-from agent.labels import LEVEL_NAMES, Label
+from baomi.policy.predicates import Requester, Resource, app_approved, in_scope, level
+from baomi.policy.subjects import Person
 
 __all__ = ["Engine", "PolicyError", "PolicySet", "Verdict"]
 

@@ -16,13 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from baomi.clitext import lang, pad, t
-
-from agent.decision.engine import Engine, Verdict
-from agent.decision.errors import PolicyError
-from agent.decision.policy import ACTIONS, ENFORCED_BY, PolicySet
-from agent.decision.predicates import Resource, level
-from agent.decision.subjects import CLEARANCE_NAMES
-from agent.labels import (
+from baomi.labels import (
     Label,
     invalid_label,
     parse_label_id,
@@ -32,6 +26,12 @@ from agent.labels import (
     policy_path,
     read_label,
 )
+from baomi.policy.errors import PolicyError
+from baomi.policy.policyset import ACTIONS, ENFORCED_BY, PolicySet
+from baomi.policy.predicates import Resource, level
+from baomi.policy.subjects import CLEARANCE_NAMES
+
+from agent.decision.engine import Engine, Verdict
 
 _SPEC_KEYS = frozenset({"path", "level", "until", "scope", "id", "problem"})
 #: Cells the labels of explain's lines are padded to: the Chinese labels all fit; English

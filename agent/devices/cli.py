@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from baomi.clitext import fit, lang, t, table
+from baomi.devices.classes import BADUSB, RECORDING_OR_PHONE, STORAGE, WIRELESS_HID
 from baomi.display import escape
 
-from agent.devices.classes import BADUSB, RECORDING_OR_PHONE, STORAGE, WIRELESS_HID
 from agent.errors import AgentError, ConfigError
 
 if TYPE_CHECKING:
@@ -70,7 +70,8 @@ def _policies(args: argparse.Namespace) -> Path:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from agent.devices.policy import DevicePolicy  # noqa: PLC0415 - see the imports
+    from baomi.devices.policy import DevicePolicy  # noqa: PLC0415 - see the imports
+
     from agent.sensors.usb import decide  # noqa: PLC0415
 
     policy = DevicePolicy.load(_policies(args))
@@ -122,8 +123,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from agent.devices.policy import DevicePolicy, generate_rules  # noqa: PLC0415 - see imports
-    from agent.devices.rules import device_bytes, quote  # noqa: PLC0415
+    from baomi.devices.policy import DevicePolicy, generate_rules  # noqa: PLC0415 - see imports
+    from baomi.devices.rules import device_bytes, quote  # noqa: PLC0415
 
     policy = DevicePolicy.load(_policies(args))
     pinned, left_out = [], []

@@ -44,12 +44,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from baomi.meeting.rooms import CabinetConfig
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
-
-from agent.meeting.rooms import CabinetConfig
 
 _logger = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ import logging
 import signal
 import sys
 
+from baomi.meeting.rooms import parse_address
+
 from agent.meeting.cabinet import MAGIC, MAX_DOORS
-from agent.meeting.rooms import parse_address
 
 _logger = logging.getLogger(__name__)
 

@@ -14,16 +14,16 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+from baomi.devices import classes as device_classes
+from baomi.devices.model import UsbDevice
+from baomi.meeting.rooms import LEVELS, Meeting, Room
+from baomi.meeting.sdr import Sweep, SweepError, jammer_coverage, new_carriers, parse_sweep
+from baomi.meeting.signature import sign_meeting_check, signed_bytes, verify_meeting_check
+from baomi.policy.subjects import CLEARANCE_NAMES, Subjects
 from baomi.v1 import events_pb2
 
-from agent.decision.subjects import CLEARANCE_NAMES, Subjects
-from agent.devices import classes as device_classes
-from agent.devices.model import UsbDevice
 from agent.meeting.alsa import CaptureCard, capture_cards
 from agent.meeting.cabinet import CabinetState, read_cabinet
-from agent.meeting.rooms import LEVELS, Meeting, Room
-from agent.meeting.sdr import Sweep, SweepError, jammer_coverage, new_carriers, parse_sweep
-from agent.meeting.signature import sign_meeting_check, signed_bytes, verify_meeting_check
 from agent.sensors.network import classify_link
 from agent.sensors.process import CAPTURE_DEVICES, Detection, ProcessConfig, ProcessSensor
 

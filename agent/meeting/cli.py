@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from baomi.clitext import cells, fit, lang, pad, t
 from baomi.display import escape, escape_json
+from baomi.meeting.rooms import Meeting, load_meetings, load_rooms
+from baomi.meeting.sdr import SweepError
+from baomi.policy.errors import PolicyError
+from baomi.policy.subjects import Subjects
 from baomi.v1 import events_pb2
 
-from agent.decision.errors import PolicyError
-from agent.decision.subjects import Subjects
 from agent.errors import AgentError, ConfigError
 from agent.identity import load_identity
-from agent.meeting.rooms import Meeting, load_meetings, load_rooms
-from agent.meeting.sdr import SweepError
 from agent.spool import Spool
 
 if TYPE_CHECKING:

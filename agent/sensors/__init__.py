@@ -16,8 +16,9 @@ from agent.sensors.base import EventSink, Health, PolicyAware, Sensor, SensorFac
 def _files(settings: dict[str, Any], sink: EventSink) -> Sensor:
     import logging  # noqa: PLC0415
 
+    from baomi.labels import load_label_key  # noqa: PLC0415
+
     from agent.errors import ConfigError  # noqa: PLC0415
-    from agent.labels import load_label_key  # noqa: PLC0415
     from agent.sensors.files.sensor import FileGuard, FileGuardConfig  # noqa: PLC0415
 
     policies = settings.get("policies")

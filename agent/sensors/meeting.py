@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from baomi.meeting.rooms import load_meetings, load_rooms
+from baomi.meeting.sdr import SweepError
+from baomi.policy.subjects import Subjects
 from baomi.v1 import events_pb2
 
-from agent.decision.subjects import Subjects
 from agent.errors import AgentError
 from agent.meeting.check import (
     Inputs,
@@ -29,8 +31,6 @@ from agent.meeting.check import (
     run_check,
     sign_meeting_check,
 )
-from agent.meeting.rooms import load_meetings, load_rooms
-from agent.meeting.sdr import SweepError
 from agent.sensors.base import EventSink, Health
 
 _logger = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 A pyudev monitor (subsystem ``usb``, device type ``usb_device``) is read in a thread of
 its own, and every device already present is evaluated when the sensor starts. Each
-device is read from sysfs and udev into a :class:`~agent.devices.model.UsbDevice`,
+device is read from sysfs and udev into a :class:`~baomi.devices.model.UsbDevice`,
 decided by the device policy, and enforced the way USBGuard does it:
 
 * ``block``: write ``0`` to ``authorized``; the kernel unbinds every interface driver,
@@ -31,12 +31,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from baomi.devices import classes as device_classes
+from baomi.devices.model import MAX_DEVICE_STRING, UsbDevice, UsbInterface, bounded
+from baomi.devices.policy import DeviceDecision, DevicePolicy
+from baomi.devices.rules import device_bytes
 from baomi.v1 import events_pb2
 
-from agent.devices import classes as device_classes
-from agent.devices.model import MAX_DEVICE_STRING, UsbDevice, UsbInterface, bounded
-from agent.devices.policy import DeviceDecision, DevicePolicy
-from agent.devices.rules import device_bytes
 from agent.errors import AgentError
 from agent.sensors.base import EventSink, Health
 

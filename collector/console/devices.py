@@ -1,7 +1,7 @@
 """USB devices across hosts, and approving a registered stick (涉密专用U盘).
 
 Approval turns one observed device into policy: an ``active`` entry in
-``usb-registry.toml`` (the agent's register, :mod:`agent.devices.registry`) with the
+``usb-registry.toml`` (the agent's register, :mod:`baomi.devices.registry`) with the
 stick's label number, owner, level, serial, id and descriptor hash. The agent's default
 rules then allow it, and only while it declares mass storage and nothing else; an
 explicit ``allow`` in ``devices.rules`` is deliberately not written, since it would be
@@ -152,11 +152,11 @@ def decide_now(files: dict[str, bytes], d: DeviceSeen) -> str:
     """What the policy in force decides for this device (allow, block, reject), by the
     agent's own device policy; "" when that cannot be said."""
     # Imported here: the agent's device code is only needed on this page.
-    from agent.devices.model import UsbDevice, UsbInterface  # noqa: PLC0415
-    from agent.devices.policy import DevicePolicy  # noqa: PLC0415
-    from agent.devices.registry import StickRegistry  # noqa: PLC0415
-    from agent.devices.rules import RuleSet  # noqa: PLC0415
-    from agent.errors import ConfigError  # noqa: PLC0415
+    from baomi.devices.model import UsbDevice, UsbInterface  # noqa: PLC0415
+    from baomi.devices.policy import DevicePolicy  # noqa: PLC0415
+    from baomi.devices.registry import StickRegistry  # noqa: PLC0415
+    from baomi.devices.rules import RuleSet  # noqa: PLC0415
+    from baomi.errors import ConfigError  # noqa: PLC0415
 
     try:
         interfaces = tuple(

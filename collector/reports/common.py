@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.decision.errors import PolicyError
-from agent.decision.subjects import Subjects
+from baomi.policy.errors import PolicyError
+from baomi.policy.subjects import Subjects
+
 from collector import audit, pki
 from collector.errors import CollectorError, ConfigError
 from collector.policy import MAX_POLICY_FILE_BYTES, bundle_digest

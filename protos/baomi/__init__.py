@@ -1,1 +1,3 @@
-"""Baomi's wire protocol: generated protobuf code (``baomi.v1``) and the chain rule."""
+"""Baomi's shared package, imported by agent and collector alike: the wire protocol
+(generated ``baomi.v1``), the chain rule, and the policy language (``baomi.policy``,
+``baomi.devices``, ``baomi.meeting``, ``baomi.labels``)."""

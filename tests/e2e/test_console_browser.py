@@ -17,10 +17,10 @@ import urllib.request
 from typing import Any
 
 import pytest
+from baomi.meeting.signature import sign_meeting_check
 from baomi.v1 import events_pb2
 
 from agent.identity import load_identity
-from agent.meeting.signature import sign_meeting_check
 from collector.console.auth import create_account
 from collector.console.routes import ROUTES
 from collector.store.base import ROLES

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from baomi.labels import LABEL_KEY_FILE, load_label_key, read_label
 
 from agent import label_orders
-from agent.labels import LABEL_KEY_FILE, load_label_key, read_label
 from collector.register import Register
 from tests.e2e.conftest import ACCOUNTS, PASSWORD, Site, screenshot_dir
 

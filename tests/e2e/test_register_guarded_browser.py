@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from baomi.labels import read_label
 
-from agent.labels import read_label
 from tests.integration.test_agent import wait_for
 from tests.integration.test_file_guard import site  # noqa: F401 - the guarded tree
 from tests.integration.test_register import (  # noqa: F401 - deployment is a fixture

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
+from baomi.labels import set_label
+from baomi.policy.policyset import PolicySet
 from baomi.v1 import events_pb2
 
 from agent.decision.engine import Engine
-from agent.decision.policy import PolicySet
-from agent.labels import set_label
 from agent.sensors.files.dac import DacKeeper
 from tests.integration import test_file_guard
 from tests.integration.test_agent import AgentThread, host_events, wait_for

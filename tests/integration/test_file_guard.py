@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from baomi.labels import XATTR_LEVEL, load_label_key, set_label
 from baomi.v1 import events_pb2
 
 from agent.core import AgentConfig
 from agent.identity import enroll
-from agent.labels import XATTR_LEVEL, load_label_key, set_label
 from agent.sensors.files.repeats import HALF_BYTES, RepeatJournal
 from collector.server import create_token
 from collector.store.sqlite import SQLiteStore

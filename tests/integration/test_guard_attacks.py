@@ -15,9 +15,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from baomi.labels import set_label
 from baomi.v1 import events_pb2
 
-from agent.labels import set_label
 from tests.integration import test_file_guard
 from tests.integration.test_agent import AgentThread, wait_for
 from tests.integration.test_file_guard import Site, _accesses

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from baomi.meeting.signature import sign_meeting_check
 from baomi.v1 import events_pb2
 
-from agent.meeting.signature import sign_meeting_check
 from collector.meeting_signatures import ALERT_KIND
 from tests.collector_harness import Host, RunningCollector, batch, enroll_host, send_batches
 

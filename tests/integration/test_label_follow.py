@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from baomi.labels import Label, load_label_key, read_label, set_label
 from baomi.v1 import events_pb2
 
-from agent.labels import Label, load_label_key, read_label, set_label
 from tests.integration import test_file_guard
 from tests.integration.test_agent import AgentThread, host_events, wait_for
 from tests.integration.test_file_guard import RunningCollector, Site, run_as, running_guard

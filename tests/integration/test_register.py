@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from baomi.labels import LABEL_KEY_FILE, read_label
 from baomi.v1 import events_pb2
 
 from agent import label_orders
 from agent.core import AgentConfig
 from agent.identity import enroll
-from agent.labels import LABEL_KEY_FILE, read_label
 from agent.spool import Spool
 from collector.console import ConsoleConfig
 from collector.console.auth import create_account

@@ -35,10 +35,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from baomi.labels import Label, policy_path, read_label
 from baomi.v1 import events_pb2
 
 from agent.decision.engine import Engine
-from agent.labels import Label, policy_path, read_label
 from agent.sensors.base import EventSink, Health
 from agent.sensors.files.fanotify import under_roots
 

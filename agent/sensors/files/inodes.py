@@ -6,7 +6,7 @@ mount, is the same inode: the file guard marks each labelled inode itself, so ev
 open of it asks the guard, by whatever path. This set says which inodes those are:
 
 * kept in memory by ``(st_dev, st_ino)`` with the file's identity (filesystem id,
-  inode, birth time: ``agent.labels.file_identity``), so a reused inode number is not
+  inode, birth time: ``baomi.labels.file_identity``), so a reused inode number is not
   taken for the file that had it, and with the file's home;
 * kept on disk in ``labelled.db`` in the agent's state directory (SQLite), by file
   handle (``name_to_handle_at``), so a labelled file moved out of the trees is found
@@ -34,7 +34,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.labels import XATTR_PREFIX, file_identity
+from baomi.labels import XATTR_PREFIX, file_identity
+
 from agent.sensors.files.fanotify import (
     AT_EMPTY_PATH,
     DIR_OPEN,
@@ -62,7 +63,7 @@ CREATE TABLE IF NOT EXISTS inodes (
 class Known:
     """One labelled inode: what makes it this file, where it is at home."""
 
-    identity: bytes  # agent.labels.file_identity
+    identity: bytes  # baomi.labels.file_identity
     home: str
 
 

@@ -5,7 +5,7 @@ user namespace sets to anything. :meth:`Openers.lookup` looks at the process ins
 
 * its **program**, ``os.stat("/proc/PID/exe")`` (the kernel's link to the inode it ran),
   is an approved application only when inode and content match one of the policy
-  (:class:`agent.decision.apps.ApprovedApps`);
+  (:class:`baomi.policy.apps.ApprovedApps`);
 * an approved program is **tainted**, and counts as unapproved, when someone else's code
   may run in it or its exe link cannot be trusted: a user namespace other than the
   agent's (where ``prctl(PR_SET_MM_MAP)`` may point the link at any file), an ``LD_*``
@@ -41,7 +41,7 @@ import os
 import threading
 from dataclasses import dataclass
 
-from agent.decision.apps import (
+from baomi.policy.apps import (
     ApprovedApps,
     ContentHashes,
     Interpreters,

@@ -54,10 +54,10 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+from baomi.labels import effective_level, policy_path, read_label
 from baomi.v1 import events_pb2
 
 from agent.decision.engine import Engine
-from agent.labels import effective_level, policy_path, read_label
 from agent.sensors.base import EventSink, Health
 
 _logger = logging.getLogger(__name__)

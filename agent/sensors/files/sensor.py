@@ -2,7 +2,7 @@
 
 It joins three parts: the kernel edge (``fanotify``: PermissionGuard answers opens,
 ChangeWatcher reports writes, creations, renames and deletions), the labels on files
-(``agent.labels``) and the decision engine (``agent.decision``). Each open becomes a
+(``baomi.labels``) and the decision engine (``agent.decision``). Each open becomes a
 ``file_access`` event with the label, the person, the process and the rule that
 decided; each change a ``file_change`` event. The opener's program counts as an
 approved application by its identity, not its path (``opener``). A process opening the
@@ -32,14 +32,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from baomi.v1 import events_pb2
-
-from agent.decision.apps import ApprovedApps, ContentHashes, Interpreters
-from agent.decision.engine import Engine, Verdict
-from agent.decision.errors import PolicyError
-from agent.decision.policy import PolicySet
-from agent.errors import AgentError, ConfigError
-from agent.labels import (
+from baomi.labels import (
     LEVEL_NAMES,
     UPDATING_PROBLEM,
     Label,
@@ -51,6 +44,13 @@ from agent.labels import (
     policy_path,
     read_label,
 )
+from baomi.policy.apps import ApprovedApps, ContentHashes, Interpreters
+from baomi.policy.errors import PolicyError
+from baomi.policy.policyset import PolicySet
+from baomi.v1 import events_pb2
+
+from agent.decision.engine import Engine, Verdict
+from agent.errors import AgentError, ConfigError
 from agent.sensors.base import EventSink, Health
 from agent.sensors.files import answering, inodes
 from agent.sensors.files.answering import ANSWERING_NAME, AnswersInFlight, attribute_pending
@@ -114,7 +114,7 @@ class FileGuardConfig:
     """Where the guard watches and how long a decision may take."""
 
     roots: tuple[Path, ...]
-    label_key: bytes  # labels count only with a seal by this key (agent.labels)
+    label_key: bytes  # labels count only with a seal by this key (baomi.labels)
     inodes_db: Path | None = None  # where the labelled inodes are kept (None: memory only)
     policies: Path | None = None  # a local policy directory, loaded at start
     deadline: float = 0.050  # seconds; past it the open is denied

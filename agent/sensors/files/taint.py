@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from agent.labels import Label
+from baomi.labels import Label
 
 _logger = logging.getLogger(__name__)
 

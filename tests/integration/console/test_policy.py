@@ -6,11 +6,11 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from baomi.devices.model import UsbDevice, UsbInterface
+from baomi.devices.policy import DevicePolicy
 from baomi.v1 import collector_pb2, events_pb2
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from agent.devices.model import UsbDevice, UsbInterface
-from agent.devices.policy import DevicePolicy
 from collector.console import ConsoleConfig
 from collector.console.auth import create_account
 from collector.policy import signed_bytes

@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from baomi.meeting.rooms import RoomsError, load_rooms
 
 from agent.meeting.alsa import capture_cards
 from agent.meeting.check import Inputs, run_check
-from agent.meeting.rooms import RoomsError, load_rooms
 from tests.integration.meeting.helpers import Room
 
 CARDS = """\

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from baomi.meeting.rooms import CabinetConfig
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -21,7 +22,6 @@ from agent.meeting.cabinet import (
     read_cabinet,
 )
 from agent.meeting.check import check_cabinet
-from agent.meeting.rooms import CabinetConfig
 from tests.integration.meeting.helpers import GOOD
 
 

@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
+from baomi.devices.policy import DevicePolicy
+from baomi.devices.rules import RuleSet
 
 from agent.cli import main
-from agent.devices.policy import DevicePolicy
-from agent.devices.rules import RuleSet
 from agent.sensors.usb import list_devices
 from tests.cells import ZH, C, cell_at, use_locale
 from tests.integration.usb.conftest import Policies, Testbed, asset, shared

@@ -11,10 +11,10 @@ import base64
 from collections.abc import Callable, Iterator
 
 import pytest
+from baomi.devices.classes import BADUSB, STORAGE
+from baomi.devices.model import MAX_DEVICE_STRING
 from baomi.v1 import events_pb2
 
-from agent.devices.classes import BADUSB, STORAGE
-from agent.devices.model import MAX_DEVICE_STRING
 from agent.sensors.usb import UsbConfig, UsbSensor
 from tests.integration.usb.conftest import Events, Policies, Testbed, asset, shared
 

@@ -8,16 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from agent.decision.apps import (
+from baomi.policy.apps import (
     ApprovedApps,
     ContentHashes,
     Interpreters,
     interpreter_name,
     version_of,
 )
-from agent.decision.errors import PolicyError
-from agent.decision.subjects import Subjects
+from baomi.policy.errors import PolicyError
+from baomi.policy.subjects import Subjects
 
 NO_INTERPRETERS = Interpreters({})
 

@@ -11,10 +11,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from baomi import labels
 from baomi.v1 import collector_pb2, events_pb2
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from agent import labels
 from agent.destroy import (
     ORDERS_DIR,
     Destroyer,

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from baomi.labels import Label, invalid_label
+from baomi.policy.policyset import ACTIONS, MODEL_TEXT
 
 from agent.decision.engine import Engine, PolicyError, PolicySet, Verdict
-from agent.decision.policy import ACTIONS, MODEL_TEXT
-from agent.labels import Label, invalid_label
 from bench import decision as bench_decision
 
 POLICIES = Path(__file__).resolve().parents[3] / "policies"

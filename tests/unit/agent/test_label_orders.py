@@ -7,11 +7,12 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from baomi import labels
 from baomi.v1 import collector_pb2, events_pb2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from agent import label_orders, labels
+from agent import label_orders
 from agent.errors import AgentError
 from agent.identity import Identity
 from agent.label_orders import LabelOrders, make_request

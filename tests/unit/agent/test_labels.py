@@ -8,10 +8,8 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-
-from agent import labels
-from agent.decision.errors import LabelError
-from agent.labels import (
+from baomi import labels
+from baomi.labels import (
     XATTR_HOME,
     XATTR_ID,
     XATTR_LEVEL,
@@ -26,6 +24,7 @@ from agent.labels import (
     read_label,
     set_label,
 )
+from baomi.policy.errors import LabelError
 
 TODAY = date(2026, 11, 27)
 

@@ -10,24 +10,24 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-
-from agent.decision.engine import Engine
-from agent.decision.errors import PolicyError
-from agent.decision.policy import MODEL_TEXT, PolicySet
-from agent.decision.tools import (
-    enforcement,
-    explain,
-    parse_target,
-    policy_test,
-    with_pre_content,
-)
-from agent.labels import (
+from baomi.labels import (
     LABEL_KEY_FILE,
     XATTR_LEVEL,
     Label,
     load_label_key,
     read_label,
     set_label,
+)
+from baomi.policy.errors import PolicyError
+from baomi.policy.policyset import MODEL_TEXT, PolicySet
+
+from agent.decision.engine import Engine
+from agent.decision.tools import (
+    enforcement,
+    explain,
+    parse_target,
+    policy_test,
+    with_pre_content,
 )
 from tests.cells import ZH, C, cell_at, locale_env
 

@@ -6,10 +6,9 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-
-from agent.decision.errors import PolicyError
-from agent.decision.predicates import NEVER
-from agent.decision.subjects import Subjects
+from baomi.policy.errors import PolicyError
+from baomi.policy.predicates import NEVER
+from baomi.policy.subjects import Subjects
 
 SHIPPED = Path(__file__).resolve().parents[3] / "policies" / "subjects.toml"
 TODAY = date(2026, 11, 27)

@@ -8,13 +8,13 @@ import datetime
 
 import pytest
 from baomi import chain
+from baomi.meeting.signature import signature_problem
 from baomi.v1 import collector_pb2, events_pb2
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-from agent.meeting.signature import signature_problem
 from bench import fleet
 from collector import policy, validate
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.devices.model import UsbDevice, UsbInterface
+from baomi.devices.model import UsbDevice, UsbInterface
 
 
 def interface(text: str) -> UsbInterface:

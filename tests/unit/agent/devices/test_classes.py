@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
-
-from agent.devices.classes import (
+from baomi.devices.classes import (
     RECORDING_OR_PHONE,
     classify,
     is_recording_or_phone,
 )
-from agent.devices.model import UsbDevice
+from baomi.devices.model import UsbDevice
 
 from . import fakes
 from .fakes import usb

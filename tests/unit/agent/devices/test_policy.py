@@ -6,11 +6,10 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-
-from agent.devices.model import UsbDevice
-from agent.devices.policy import DEVICES_RULES, USB_REGISTRY, DevicePolicy, generate_rules
-from agent.devices.registry import RegistryError
-from agent.devices.rules import RuleError, RuleSet
+from baomi.devices.model import UsbDevice
+from baomi.devices.policy import DEVICES_RULES, USB_REGISTRY, DevicePolicy, generate_rules
+from baomi.devices.registry import RegistryError
+from baomi.devices.rules import RuleError, RuleSet
 
 from . import fakes
 from .fakes import usb

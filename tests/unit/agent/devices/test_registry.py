@@ -7,8 +7,8 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from baomi.devices.registry import RegistryError, StickRegistry
 
-from agent.devices.registry import RegistryError, StickRegistry
 from agent.errors import ConfigError
 
 from . import fakes

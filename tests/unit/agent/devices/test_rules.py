@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from agent.devices.rules import (
+from baomi.devices.rules import (
     Condition,
     DeviceIdPattern,
     Rule,
@@ -15,6 +14,7 @@ from agent.devices.rules import (
     device_bytes,
     quote,
 )
+
 from agent.errors import ConfigError
 
 from .fakes import usb

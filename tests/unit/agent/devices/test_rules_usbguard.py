@@ -1,6 +1,6 @@
 """Parity with USBGuard's own rule parser: every line USBGuard refuses is refused here,
 and every line it accepts is accepted here unless it falls under one of the deliberate
-differences documented in :mod:`agent.devices.rules`.
+differences documented in :mod:`baomi.devices.rules`.
 
 The oracle is ``usbguard-rule-parser`` from Debian's usbguard 1.1.2, unpacked (not
 installed) by ``make usbguard-oracle``; the test skips, saying so, without it.
@@ -14,8 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from agent.devices.rules import RuleError, RuleSet
+from baomi.devices.rules import RuleError, RuleSet
 
 ROOT = Path(__file__).parents[4]
 ORACLE_DIR = ROOT / ".cache" / "usbguard"
@@ -28,7 +27,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 # Why this parser refuses, on purpose, some lines USBGuard accepts (the module docstring
-# of agent.devices.rules lists them): a refusal whose reason says one of these is a
+# of baomi.devices.rules lists them): a refusal whose reason says one of these is a
 # documented difference, any other refusal of an accepted line is a bug.
 DOCUMENTED = (
     "takes no argument",  # true(1), false(x): USBGuard ignores the argument

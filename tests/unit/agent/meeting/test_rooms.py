@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from agent.meeting.rooms import RoomsError, load_meetings, load_rooms
+from baomi.meeting.rooms import RoomsError, load_meetings, load_rooms
 
 ROOM = """\
 [rooms.r1]

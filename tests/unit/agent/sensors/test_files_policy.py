@@ -6,9 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from baomi.policy.errors import PolicyError
 from baomi.v1 import events_pb2
 
-from agent.decision.errors import PolicyError
 from agent.sensors.files.sensor import FileGuard, FileGuardConfig
 
 MODEL = Path(__file__).resolve().parents[4] / "policies" / "model.conf"

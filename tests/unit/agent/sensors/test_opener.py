@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from baomi.policy.apps import ApprovedApps, ContentHashes, Interpreters
+from baomi.policy.subjects import Subjects
 
-from agent.decision.apps import ApprovedApps, ContentHashes, Interpreters
-from agent.decision.subjects import Subjects
 from agent.sensors.files import opener as opener_module
 from agent.sensors.files.opener import Openers
 

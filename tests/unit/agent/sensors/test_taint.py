@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from baomi.labels import Label
 
-from agent.labels import Label
 from agent.sensors.files.export import fixed_part, mounts_under
 from agent.sensors.files.taint import Taints, opens_for_writing, start_time
 

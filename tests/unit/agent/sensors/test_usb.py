@@ -11,11 +11,11 @@ import struct
 from pathlib import Path
 
 import pytest
+from baomi.devices.model import UsbDevice, UsbInterface
+from baomi.devices.policy import DevicePolicy
 from baomi.display import escape
 from baomi.v1 import events_pb2
 
-from agent.devices.model import UsbDevice, UsbInterface
-from agent.devices.policy import DevicePolicy
 from agent.sensors import usb
 from agent.sensors.usb import (
     Observed,

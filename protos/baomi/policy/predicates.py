@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from agent.labels import Label
+from baomi.labels import Label
 
 #: Status of a person; only ``active`` people are granted anything.
 STATUSES = ("active", "leaving", "left")

@@ -42,8 +42,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Generic, Literal, TypeVar, cast
 
-from agent.devices.model import UsbDevice, UsbInterface
-from agent.errors import ConfigError
+from baomi.devices.model import UsbDevice, UsbInterface
+from baomi.errors import ConfigError
 
 Target = Literal["allow", "block", "reject", "match", "device"]
 Decision = Literal["allow", "block", "reject"]

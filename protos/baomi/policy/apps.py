@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.decision.errors import PolicyError
+from baomi.policy.errors import PolicyError
 
 if TYPE_CHECKING:  # subjects.py imports interpreter_name from here
-    from agent.decision.subjects import Subjects
+    from baomi.policy.subjects import Subjects
 
 _logger = logging.getLogger(__name__)
 

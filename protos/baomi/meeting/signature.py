@@ -7,12 +7,13 @@ checks it on arrival against the certificate the host streams with. Kept apart f
 
 from __future__ import annotations
 
-from baomi.v1 import events_pb2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509 import load_pem_x509_certificate
+
+from baomi.v1 import events_pb2
 
 
 def signed_bytes(check: events_pb2.MeetingCheck) -> bytes:

@@ -29,9 +29,9 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Final, Literal
 
-from agent.devices.model import UsbDevice
-from agent.devices.rules import device_bytes
-from agent.errors import ConfigError
+from baomi.devices.model import UsbDevice
+from baomi.devices.rules import device_bytes
+from baomi.errors import ConfigError
 
 Status = Literal["active", "lost", "retired"]
 STATUSES: Final[tuple[Status, ...]] = ("active", "lost", "retired")

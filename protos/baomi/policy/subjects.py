@@ -13,7 +13,7 @@ One table per person, keyed by login name::
     apps = { "绝密" = ["/usr/bin/wps"] }   # TOML needs non-ASCII keys quoted
 
 An approved application is matched by the identity of the file its path names when the
-file guard loads the policy (``agent.decision.apps``), not by the path a process shows;
+file guard loads the policy (``baomi.policy.apps``), not by the path a process shows;
 interpreters and the dynamic loader are refused here by name.
 
 This file is the only place that puts people in roles; ``policy.csv`` holds the role
@@ -32,10 +32,10 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.decision.apps import interpreter_name
-from agent.decision.errors import PolicyError
-from agent.decision.predicates import NEVER, STATUSES, UNKNOWN_STATUS, Requester
-from agent.labels import LEVEL_NAMES, parse_level, parse_until
+from baomi.labels import LEVEL_NAMES, parse_level, parse_until
+from baomi.policy.apps import interpreter_name
+from baomi.policy.errors import PolicyError
+from baomi.policy.predicates import NEVER, STATUSES, UNKNOWN_STATUS, Requester
 
 #: Person names: Linux login names, so they can appear in ``user:NAME`` scope entries.
 NAME_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")

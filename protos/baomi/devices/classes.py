@@ -52,7 +52,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-from agent.devices.model import UsbDevice, UsbInterface
+from baomi.devices.model import UsbDevice, UsbInterface
 
 STORAGE: Final = "storage"
 AUDIO: Final = "audio"

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from baomi.errors import ConfigError
 from baomi.tomllines import TomlLines, error_line
-
-from agent.errors import ConfigError
 
 ADAPTERS = ("modbus", "http", "manual")
 LEVELS: Mapping[str, int] = {"绝密": 3, "机密": 2, "秘密": 1}
@@ -165,7 +164,7 @@ def parse_address(text: str) -> tuple[str, int]:
 
 def load_rooms(path: Path) -> dict[str, Room]:
     """Read and check a rooms file; RoomsError (file, line, reason) when wrong."""
-    from agent.meeting.sdr import SweepError, parse_sweep  # noqa: PLC0415 (sdr imports us)
+    from baomi.meeting.sdr import SweepError, parse_sweep  # noqa: PLC0415 (sdr imports us)
 
     data, lines = _read_toml(path)
     tables = data.get("rooms")

@@ -4,7 +4,7 @@
 
 ``devices.rules``        rules in USBGuard's language (an imported ``rules.conf`` is
                          honoured as it is); the first rule that decides wins
-``usb-registry.toml``    the register of 涉密专用U盘 (:mod:`agent.devices.registry`)
+``usb-registry.toml``    the register of 涉密专用U盘 (:mod:`baomi.devices.registry`)
 
 A device no explicit rule decides meets the defaults, in this order, each named in the
 decision's ``rule`` as ``baomi:NAME``:
@@ -40,16 +40,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from agent.devices.classes import (
+from baomi.devices.classes import (
     BADUSB,
     RECORDING_OR_PHONE,
     STORAGE,
     WIRELESS_HID,
     classify,
 )
-from agent.devices.model import UsbDevice
-from agent.devices.registry import StickRegistry
-from agent.devices.rules import (
+from baomi.devices.model import UsbDevice
+from baomi.devices.registry import StickRegistry
+from baomi.devices.rules import (
     Decision,
     DeviceDecision,
     RuleError,

@@ -9,7 +9,7 @@ fix it) anything the engine would not enforce exactly as reference Casbin does:
   ``p, SUBJECT, PATH-GLOB, ACTION, allow|deny`` or ``g, role:SENIOR, role:JUNIOR``;
   subjects are ``role:NAME`` or a person of subjects.toml, actions one of
   :data:`ACTIONS`; the role hierarchy has no cycle and stays within Casbin's depth;
-* ``subjects.toml`` is checked by :mod:`agent.decision.subjects`; it is also what puts
+* ``subjects.toml`` is checked by :mod:`baomi.policy.subjects`; it is also what puts
   people in roles (``g, NAME, role:ROLE`` for each listed role).
 
 ``version`` is a SHA-256 digest over the three files, reported by the agent and used to
@@ -34,10 +34,10 @@ from casbin.model import Model
 from casbin.persist.adapter import _extract_tokens
 from casbin.util.log import disabled_logging
 
-from agent.decision.errors import PolicyError
-from agent.decision.predicates import FUNCTIONS, Requester, Resource
-from agent.decision.subjects import Subjects
-from agent.labels import Label
+from baomi.labels import Label
+from baomi.policy.errors import PolicyError
+from baomi.policy.predicates import FUNCTIONS, Requester, Resource
+from baomi.policy.subjects import Subjects
 
 _logger = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def _check_model(path: Path, text: str) -> None:
                 path,
                 line,
                 f"'{key} = ...' in [{section}] differs from the model the agent enforces "
-                f"(agent/decision/policy.py MODEL_TEXT); expected: {_norm(want_value)}",
+                f"(protos/baomi/policy/policyset.py MODEL_TEXT); expected: {_norm(want_value)}",
             )
     for sec, assertions in got_sections.items():
         for key in assertions:

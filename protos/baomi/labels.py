@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from agent.decision.errors import LabelError
+from baomi.policy.errors import LabelError
 
 XATTR_PREFIX = "user.baomi."
 XATTR_LEVEL = "user.baomi.level"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.errors import ConfigError
+from baomi.errors import ConfigError
 
 
 class PolicyError(ConfigError):
