@@ -19,6 +19,7 @@ import pytest
 from baomi.v1 import events_pb2
 
 from bench import balancer
+from tests.conftest import _fresh_database
 from tests.procs import (
     Proc,
     Processes,
@@ -204,15 +205,20 @@ def _first_ack(address: str, creds: grpc.ChannelCredentials) -> events_pb2.Ack:
         return ack
 
 
+@pytest.fixture
+def pg_store_url(postgres_server: str) -> Iterator[str]:
+    """A fresh PostgreSQL store: collectors share PostgreSQL only (SQLite serves one)."""
+    with _fresh_database(postgres_server) as url:
+        yield url
+
+
 @pytest.mark.postgres
 def test_two_collectors_on_one_postgresql_behind_haproxy(
-    tmp_path: Path, procs: Processes, store_url: str
+    tmp_path: Path, procs: Processes, pg_store_url: str
 ) -> None:
     """A collector SIGKILLed while 100 hosts stream through HAProxy is taken out; its
-    hosts move to the other, nothing is lost and the record verifies. (Collectors share
-    PostgreSQL only: SQLite serves one collector at a time.)"""
-    if not store_url.startswith("postgresql"):
-        pytest.skip("this deployment is PostgreSQL's")
+    hosts move to the other, nothing is lost and the record verifies."""
+    store_url = pg_store_url
     pki_dir = tmp_path / "pki"
     init_pki(pki_dir)
     site = start_site(tmp_path, procs, store_url, ["c1", "c2"], pki_dir)
