@@ -33,7 +33,6 @@ from agent.errors import AgentError
 from agent.identity import Identity, check_addresses, load_identity
 from agent.journal import EventJournal, JournalError
 from agent.label_orders import LabelOrders
-from agent.offline import prepare
 from agent.policy import PolicyKeeper
 from agent.recorder import Recorder
 from agent.sensors import REGISTRY, Health, PolicyAware, Sensor
@@ -70,6 +69,10 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         if config.offline:
+            # Here, not at the top: agent.offline loads cryptography's X.509 layer (for
+            # enrolment by file), which a connected agent never needs.
+            from agent.offline import prepare  # noqa: PLC0415
+
             self.host_id = prepare(config.state_dir, config.host_id)
             self.identity: Identity | None = None
             self.stream: StreamClient | None = None
