@@ -6,10 +6,11 @@ Tests talk to it with ordinary (synchronous) gRPC clients, exactly as agents do.
 from __future__ import annotations
 
 import asyncio
+import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +193,51 @@ def send_batches(host: Host, address: str, batches: list[bytes]) -> list[events_
 def batch(events: list[events_pb2.Event]) -> bytes:
     """Serialized EventBatch."""
     return events_pb2.EventBatch(events=events).SerializeToString()
+
+
+class Stream:
+    """One open Stream call as ``host``, fed batch by batch from the test thread; its
+    Acks (or the status that ended it) are collected by a thread of its own."""
+
+    def __init__(self, host: Host, address: str, settle: float = 10.0) -> None:
+        self._settle = settle  # seconds next() and close() wait at most
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.acks: queue.SimpleQueue[events_pb2.Ack | grpc.RpcError | None] = queue.SimpleQueue()
+        self._channel = host.channel(address)
+        self._call = stream_rpc(self._channel)(self._requests(), timeout=60)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _requests(self) -> Iterator[bytes]:
+        while (item := self._outbox.get()) is not None:
+            yield item
+
+    def _read(self) -> None:
+        try:
+            for ack in self._call:
+                self.acks.put(ack)
+        except grpc.RpcError as e:
+            self.acks.put(e)
+        self.acks.put(None)
+
+    def send(self, *events: Sequence[events_pb2.Event]) -> None:
+        for group in events:
+            self._outbox.put(batch(list(group)))
+
+    def next(self, timeout: float | None = None) -> events_pb2.Ack | grpc.RpcError | None:
+        return self.acks.get(timeout=self._settle if timeout is None else timeout)
+
+    def close(self) -> list[events_pb2.Ack | grpc.RpcError]:
+        """End the stream; the Acks and errors not yet taken."""
+        self._outbox.put(None)
+        self._thread.join(self._settle)
+        self._channel.close()
+        rest = []
+        while not self.acks.empty():
+            item = self.acks.get()
+            if item is not None:
+                rest.append(item)
+        return rest
 
 
 def init_pki(directory: Path) -> pki.Authority:

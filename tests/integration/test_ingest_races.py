@@ -27,10 +27,10 @@ from collector.store.base import EventRow
 from tests.collector_harness import (
     Host,
     RunningCollector,
+    Stream,
     batch,
     enroll_host,
     send_batches,
-    stream_rpc,
 )
 
 SETTLE = 10.0  # seconds to wait for anything asynchronous
@@ -77,50 +77,6 @@ def gated(store: Store, pki_dir: Path) -> Iterator[tuple[RunningCollector, Gated
     finally:
         gate.open_gate()
         running.stop()
-
-
-class Stream:
-    """One open Stream call as ``host``, fed batch by batch from the test thread; its
-    Acks (or the status that ended it) are collected by a thread of its own."""
-
-    def __init__(self, host: Host, address: str) -> None:
-        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self.acks: queue.SimpleQueue[events_pb2.Ack | grpc.RpcError | None] = queue.SimpleQueue()
-        self._channel = host.channel(address)
-        self._call = stream_rpc(self._channel)(self._requests(), timeout=60)
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _requests(self) -> Iterator[bytes]:
-        while (item := self._outbox.get()) is not None:
-            yield item
-
-    def _read(self) -> None:
-        try:
-            for ack in self._call:
-                self.acks.put(ack)
-        except grpc.RpcError as e:
-            self.acks.put(e)
-        self.acks.put(None)
-
-    def send(self, *events: Sequence[events_pb2.Event]) -> None:
-        for group in events:
-            self._outbox.put(batch(list(group)))
-
-    def next(self, timeout: float = SETTLE) -> events_pb2.Ack | grpc.RpcError | None:
-        return self.acks.get(timeout=timeout)
-
-    def close(self) -> list[events_pb2.Ack | grpc.RpcError]:
-        """End the stream; the Acks and errors not yet taken."""
-        self._outbox.put(None)
-        self._thread.join(SETTLE)
-        self._channel.close()
-        rest = []
-        while not self.acks.empty():
-            item = self.acks.get()
-            if item is not None:
-                rest.append(item)
-        return rest
 
 
 def _stored(running: RunningCollector, host_id: str) -> dict[int, bytes]:

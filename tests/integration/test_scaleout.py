@@ -35,11 +35,10 @@ from collector.store import Store, open_store
 from tests.collector_harness import (
     Host,
     RunningCollector,
-    batch,
+    Stream,
     enroll_call,
     enroll_host,
     new_csr,
-    stream_rpc,
 )
 from tests.conftest import _as_cluster_owner, _fresh_database, _pg_bin_dir
 from tests.procs import Proc, Processes, free_port_pair, start_collector
@@ -99,42 +98,6 @@ def cluster(database: str, pki_dir: Path) -> Iterator[Cluster]:
         c.close()
 
 
-class Stream:
-    """One open Stream call as ``host``, fed from the test thread; its Acks (or the
-    status that ended it) are collected by a thread of its own."""
-
-    def __init__(self, host: Host, address: str) -> None:
-        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self.acks: queue.SimpleQueue[events_pb2.Ack | grpc.RpcError | None] = queue.SimpleQueue()
-        self._channel = host.channel(address)
-        self._call = stream_rpc(self._channel)(self._requests(), timeout=60)
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _requests(self) -> Iterator[bytes]:
-        while (item := self._outbox.get()) is not None:
-            yield item
-
-    def _read(self) -> None:
-        try:
-            for ack in self._call:
-                self.acks.put(ack)
-        except grpc.RpcError as e:
-            self.acks.put(e)
-        self.acks.put(None)
-
-    def send(self, events: list[events_pb2.Event]) -> None:
-        self._outbox.put(batch(events))
-
-    def next(self, timeout: float = SETTLE) -> events_pb2.Ack | grpc.RpcError | None:
-        return self.acks.get(timeout=timeout)
-
-    def close(self) -> None:
-        self._outbox.put(None)
-        self._thread.join(SETTLE)
-        self._channel.close()
-
-
 class Agent:
     """An agent's view of one host: the events it made, in order, and the highest seq a
     collector acknowledged with exactly that event's hash. It resends, like the real
@@ -151,7 +114,7 @@ class Agent:
     def session(self, address: str, batch_events: int = 7, cut_after: int | None = None) -> None:
         """One connection: read the head, send what follows it, take the Acks. With
         ``cut_after``, the connection ends after that many batches (a network cut)."""
-        stream = Stream(self.host, address)
+        stream = Stream(self.host, address, settle=SETTLE)
         try:
             head = stream.next()
             if not isinstance(head, events_pb2.Ack):
@@ -227,7 +190,7 @@ def test_a_host_served_by_one_collector_is_refused_by_another_until_it_is_free(
     a, b = cluster.start(), cluster.start()
     host = enroll_host(a, "ws-01")
     agent = Agent(host, 30)
-    first = Stream(host, a.address)
+    first = Stream(host, a.address, settle=SETTLE)
     hello = first.next()
     assert isinstance(hello, events_pb2.Ack) and hello.up_to_seq == 0
     first.send(agent.events[:10])
@@ -235,7 +198,7 @@ def test_a_host_served_by_one_collector_is_refused_by_another_until_it_is_free(
     assert isinstance(ack, events_pb2.Ack) and ack.up_to_seq == 10
     assert _lease_holder(cluster.url, "ws-01") is not None
     # The agent reconnects to B while A still serves it (a half-open connection).
-    refused = Stream(host, b.address)
+    refused = Stream(host, b.address, settle=SETTLE)
     status = refused.next()
     assert isinstance(status, grpc.RpcError)
     assert status.code() == grpc.StatusCode.UNAVAILABLE
@@ -257,11 +220,11 @@ def test_a_second_stream_waits_for_the_lease_and_starts_from_the_commits_before_
     a, b = cluster.start(), cluster.start()
     host = enroll_host(a, "ws-01")
     agent = Agent(host, 20)
-    first = Stream(host, a.address)
+    first = Stream(host, a.address, settle=SETTLE)
     assert isinstance(first.next(), events_pb2.Ack)
     first.send(agent.events[:10])
     assert isinstance(first.next(), events_pb2.Ack)
-    waiting = Stream(host, b.address)
+    waiting = Stream(host, b.address, settle=SETTLE)
     with pytest.raises(queue.Empty):
         waiting.next(timeout=0.5)  # no head is announced while A holds the lease
     first.close()
@@ -276,12 +239,12 @@ def test_a_stream_waiting_for_the_lease_gives_way_to_a_newer_one_of_its_host(
 ) -> None:
     a, b = cluster.start(), cluster.start()
     host = enroll_host(a, "ws-01")
-    served = Stream(host, a.address)
+    served = Stream(host, a.address, settle=SETTLE)
     assert isinstance(served.next(), events_pb2.Ack)
-    stale = Stream(host, b.address)
+    stale = Stream(host, b.address, settle=SETTLE)
     with pytest.raises(queue.Empty):
         stale.next(timeout=0.5)  # waiting for A's lease
-    newer = Stream(host, b.address)
+    newer = Stream(host, b.address, settle=SETTLE)
     ended = stale.next(timeout=2)  # well before the 5 s the wait would last
     assert isinstance(ended, grpc.RpcError)
     assert ended.code() == grpc.StatusCode.ABORTED
@@ -333,7 +296,7 @@ def test_a_collector_that_loses_its_database_session_ends_the_streams_it_served(
     a, b = cluster.start(), cluster.start()
     host = enroll_host(a, "ws-01")
     agent = Agent(host, 20)
-    stream = Stream(host, a.address)
+    stream = Stream(host, a.address, settle=SETTLE)
     assert isinstance(stream.next(), events_pb2.Ack)
     stream.send(agent.events[:10])
     assert isinstance(stream.next(), events_pb2.Ack)
