@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import select
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -236,8 +237,9 @@ class PostgresStore(SqlStore):
     def _db(self) -> psycopg.Connection[Any]:
         db: psycopg.Connection[Any] | None = getattr(self._local, "db", None)
         # A connection broken by a server restart or network loss stays broken; the call
-        # that saw the failure raised, and the next one on this thread reconnects.
-        if db is None or db.closed or db.broken:
+        # that saw the failure raised, and the next one on this thread reconnects. One the
+        # server hung up on while it sat idle is replaced before use, not failed on.
+        if db is None or db.closed or db.broken or _hung_up(db):
             if db is not None:
                 self._forget(db)
             db = self._prepare(self._connect())
@@ -572,3 +574,14 @@ class _Transaction:
 
     def executemany(self, sql: str, rows: Sequence[Sequence[object]], /) -> None:
         self._cur.executemany(format_style(sql), rows)
+
+
+def _hung_up(db: psycopg.Connection[Any]) -> bool:
+    """Whether the server closed this idle connection (a restart, a terminated backend,
+    a dropped network). Between statements an autocommit connection that LISTENs to
+    nothing is sent nothing, so a readable socket means a goodbye or end of file."""
+    try:
+        readable, _, _ = select.select([db.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
