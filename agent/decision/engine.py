@@ -86,6 +86,7 @@ class _State:
             if rule.obj not in matchers:
                 matchers[rule.obj] = casbin_glob(rule.obj)
             compiled.append(_Compiled(rule, rule.text, matchers[rule.obj]))
+        self.patterns = tuple(matchers.values())  # every path pattern, once
 
         by_sub_act: dict[tuple[str, str], list[_Compiled]] = {}
         for c in compiled:
@@ -241,6 +242,12 @@ class Engine:
     ) -> Verdict:
         """The verdict for one access, computed afresh (no cache)."""
         return self._decide(self._state, uid, exe, path, label, action, today or self._today())
+
+    def home_signature(self, home: str) -> tuple[bool, ...]:
+        """Which of the policy's path patterns match ``home``: all that a decision sees
+        of a labelled file's path (``_decide`` matches rules to it and nothing else), so
+        two files alike in it and in their labels are decided alike (classes.py)."""
+        return tuple(match(home) for match in self._state.patterns)
 
     def holders(
         self, *, path: str, label: Label | None, action: str, today: date | None = None

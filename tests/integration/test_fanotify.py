@@ -320,7 +320,7 @@ class Repeating(Recorder):
 
 
 def _counts(g: PermissionGuard) -> dict[object, int]:
-    return {token: count for token, _, count, _, _ in g.take_repeats(forget=True)}
+    return {token: count for token, _, count, _, _, _ in g.take_repeats(forget=True)}
 
 
 def test_repeats_are_answered_without_asking_and_counted(
@@ -340,12 +340,12 @@ def test_repeats_are_answered_without_asking_and_counted(
     assert rec.kept == [True, True]
 
     rows = rec.guard.take_repeats(forget=True)
-    assert {t: c for t, _, c, _, _ in rows} == {
+    assert {t: c for t, _, c, _, _, _ in rows} == {
         (str(tree / "public"), UID, py): 4,
         (str(tree / "secret"), UID, py): 2,
     }
-    assert all(before <= first <= last <= time.time_ns() for _, _, _, first, last in rows)
-    assert {pid for _, pid, _, _, _ in rows} == {child.proc.pid}
+    assert all(before <= first <= last <= time.time_ns() for _, _, _, first, last, _ in rows)
+    assert {pid for _, pid, _, _, _, _ in rows} == {child.proc.pid}
     # take_repeats(forget=True) forgets every answer: the next open is asked again.
     assert child.opens(tree / "public", 2) == ["ok", "ok"]
     assert rec.paths()[2:] == [str(tree / "public")]
@@ -362,10 +362,10 @@ def test_answers_outlive_a_take_while_their_process_lives(
     rec.guard = guarded([tree], rec)
     child = children(child_python, UID)
     assert child.opens(tree / "public", 2) == ["ok", "ok"]
-    assert [c for _, _, c, _, _ in rec.guard.take_repeats()] == [1]
+    assert [c for _, _, c, _, _, _ in rec.guard.take_repeats()] == [1]
     assert child.opens(tree / "public", 2) == ["ok", "ok"]  # still answered in C
     assert rec.paths() == [str(tree / "public")]
-    assert [c for _, _, c, _, _ in rec.guard.take_repeats()] == [2]
+    assert [c for _, _, c, _, _, _ in rec.guard.take_repeats()] == [2]
 
 
 def test_plain_answers_are_shared_by_processes_of_the_same_program(
@@ -392,7 +392,7 @@ def test_plain_answers_are_shared_by_processes_of_the_same_program(
     assert other.opens(tree / "public", 1) == ["ok"]
     assert rec.paths() == [*asked, str(tree / "public")]
     rows = rec.guard.take_repeats()
-    counts = {(t[0], pid): c for t, pid, c, _, _ in rows}  # type: ignore[index]
+    counts = {(t[0], pid): c for t, pid, c, _, _, _ in rows}  # type: ignore[index]
     assert counts == {
         (str(tree / "public"), first.proc.pid): 1,
         (str(tree / "secret"), second.proc.pid): 1,
@@ -453,7 +453,7 @@ def test_repeats_counted_before_stop_are_kept(
         assert child.opens(tree / "public", 4) == ["ok"] * 4
     finally:
         g.stop()
-    assert [c for _, _, c, _, _ in g.take_repeats()] == [3]
+    assert [c for _, _, c, _, _, _ in g.take_repeats()] == [3]
     assert g.take_repeats() == []
     assert not g.repeat(rec.seen[0], True, "after stop")
 
@@ -508,7 +508,7 @@ def test_repeats_are_journalled_before_they_are_answered(
     # take() returns exactly what the generation holds; once recorded it is done.
     generation = g.journal_generation()
     rows = g.take_repeats()
-    assert sorted(c for _, _, c, _, _ in rows) == [2, 4]
+    assert sorted(c for _, _, c, _, _, _ in rows) == [2, 4]
     journal.mark_done(generation)
     assert _read_back(journal) == {}
     # The next generation, in the other half, carries its own copy of the event.

@@ -27,6 +27,19 @@
  * a label change changes ctime), fstat of the opener's /proc directory (its current
  * euid) and readlink of its exe link (its current executable, after any exec).
  *
+ * Class answers: a labelled file's first open by a vouched process, when Python has
+ * decided another file of the same class for the same euid and executable. Python
+ * puts every labelled file version it knows (dev, inode, ctime: the label was read and
+ * its seal checked for exactly that version) into a class -- the label's level,
+ * period and scope, and which of the policy's path patterns match its home: all a
+ * decision depends on (agent/sensors/files/classes.py) -- and says which class each
+ * plain decision was for. A grep -r, a backup or an indexer over a tree of such files
+ * is then answered here after its first file: the answer is copied into the process's
+ * own table for that file, with the path the file was opened by (read from the event
+ * fd), and its repeats are journaled and counted with that path, so the record names
+ * every file as Python would have. Any change of a label changes the file's ctime,
+ * which no class holds: that file is asked again.
+ *
  * Pre-content events (FAN_PRE_ACCESS, Linux 6.14: a read, write or truncate of a
  * labelled file already open) are answered the same way, keyed as their own kind:
  * Python tells a read through a read-only descriptor from a write and remembers
@@ -86,7 +99,10 @@
 /* The repeat journal's layout (agent/sensors/files/repeats.py reads it). */
 #define JOURNAL_MAGIC "BAOMIRJ1"
 #define JOURNAL_HEADER 4096 /* bytes before the first half */
-enum { RECORD_TEMPLATE = 1, RECORD_REPEAT = 2 };
+enum { RECORD_TEMPLATE = 1, RECORD_REPEAT = 2, RECORD_FILE = 3 };
+/* The dev of a class answer's key: no file has it; its inode is the class. */
+#define CLASS_DEV UINT64_MAX
+#define CLASSES_MAX (1 << 22) /* labelled file versions put in classes, at most */
 
 struct journal_header {
 	char magic[8];
@@ -102,6 +118,15 @@ struct journal_header {
 struct template_record {
 	uint32_t type; /* RECORD_TEMPLATE */
 	uint32_t len; /* bytes of the event that follow, padded to 8 */
+};
+
+/* Right after the template of a class answer's copy: the file it was given for. */
+struct file_record {
+	uint32_t type; /* RECORD_FILE */
+	uint32_t path_len; /* bytes of the path that follow, padded to 8 */
+	uint64_t dev;
+	uint64_t ino;
+	int64_t ctime_ns;
 };
 
 struct repeat_record {
@@ -170,6 +195,25 @@ struct answer {
 	uint32_t record_len;
 	uint64_t journal_gen;
 	uint64_t journal_at;
+	int event; /* its token is a recorded event (bytes) */
+	/* A copy of a class answer: the path its file was opened by (NUL-terminated, owned);
+	 * NULL for every other answer. */
+	char *path;
+	uint32_t path_len;
+};
+
+/* The class of one labelled file version; a table like the answers'. */
+struct file_class {
+	uint64_t dev; /* with ino 0: a free slot */
+	uint64_t ino;
+	int64_t ctime_ns;
+	uint32_t cls;
+};
+
+struct classes {
+	struct file_class *slots;
+	size_t capacity; /* a power of two, or 0 */
+	size_t used;
 };
 
 /* An answer table: open addressing, linear probing, never more than half full. */
@@ -194,7 +238,8 @@ typedef struct {
 	int own_pid;
 	pthread_mutex_t lock;
 	struct table own; /* answers per process (pid in the key) */
-	struct table shared; /* plain answers, pid 0, for vouched processes */
+	struct table shared; /* plain answers, pid 0, for vouched processes; class answers */
+	struct classes classes; /* labelled file version -> class */
 	size_t limit; /* no table holds more than this many answers */
 	struct opener openers[OPENERS];
 	uint64_t clock; /* LRU clock of openers */
@@ -399,6 +444,47 @@ static struct answer *room_for(Answers *self, struct table *t, uint64_t hash, in
 	return find_slot(t, hash, pid, uid, kind, st, exe, exe_len);
 }
 
+/* Whether a vouched process still runs the inode it was vouched with (lock held): the
+ * same path may name another file after an exec (e.g. in another mount namespace). */
+static int still_vouched(struct opener *o)
+{
+	struct stat xs;
+	return fstatat(o->dir_fd, "exe", &xs, 0) == 0 && (uint64_t)xs.st_dev == o->exe_dev &&
+	       (uint64_t)xs.st_ino == o->exe_ino;
+}
+
+/*
+ * A copy of the shared answer s in the process's own table for this file (lock held),
+ * borrowing its token; path (owned from here on, freed on failure) marks a copy of a
+ * class answer. NULL when the table is full or a stale answer holds the key.
+ */
+static struct answer *adopt(Answers *self, struct opener *o, int kind, const struct lookup *lk,
+			    uint64_t own_hash, const struct answer *s, char *path,
+			    uint32_t path_len)
+{
+	char *copy = malloc(lk->exe_len + 1);
+	struct answer *a = copy ? room_for(self, &self->own, own_hash, o->pid, lk->uid, kind,
+					   &lk->st, lk->exe, lk->exe_len)
+				: NULL;
+	if (!a || a->hash) {
+		/* Full, or a stale answer of this process holds the key: Python replaces it
+		 * (its token may be owned, and is released only with the GIL). */
+		free(copy);
+		free(path);
+		return NULL;
+	}
+	memcpy(copy, lk->exe, lk->exe_len);
+	copy[lk->exe_len] = 0;
+	*a = (struct answer){ .hash = own_hash, .pid = o->pid, .uid = lk->uid, .kind = kind,
+			      .dev = (uint64_t)lk->st.st_dev, .ino = (uint64_t)lk->st.st_ino,
+			      .ctime_ns = ctime_ns_of(&lk->st), .exe = copy,
+			      .exe_len = lk->exe_len, .allow = s->allow, .token = s->token,
+			      .borrowed = 1, .gen = o->gen, .event = s->event, .record = s->record,
+			      .record_len = s->record_len, .path = path, .path_len = path_len };
+	self->own.used++;
+	return a;
+}
+
 /*
  * A shared answer for a vouched process's first open of a file (lock held): copied
  * into the process's own table, borrowing the shared token, and returned; NULL when
@@ -413,35 +499,75 @@ static struct answer *from_shared(Answers *self, struct opener *o, int kind,
 			      ctime_ns_of(&lk->st), lk->exe, lk->exe_len);
 	struct answer *s = find_slot(&self->shared, h, 0, lk->uid, kind, &lk->st, lk->exe,
 				     lk->exe_len);
-	if (!s->hash)
+	if (!s->hash || !still_vouched(o))
 		return NULL;
-	/* The same path may name another file after an exec (e.g. in another mount
-	 * namespace): the inode it was vouched with must still be the one it runs. */
-	struct stat xs;
-	if (fstatat(o->dir_fd, "exe", &xs, 0) < 0 || (uint64_t)xs.st_dev != o->exe_dev ||
-	    (uint64_t)xs.st_ino != o->exe_ino)
+	return adopt(self, o, kind, lk, own_hash, s, NULL, 0);
+}
+
+static uint64_t class_hash(uint64_t dev, uint64_t ino, int64_t ctime_ns)
+{
+	uint64_t h = mix(mix(mix(0xcbf29ce484222325ULL, dev), ino), (uint64_t)ctime_ns);
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	return h;
+}
+
+static struct file_class *class_slot(struct classes *c, uint64_t dev, uint64_t ino,
+				     int64_t ctime_ns)
+{
+	size_t mask = c->capacity - 1;
+	for (size_t i = class_hash(dev, ino, ctime_ns) & mask;; i = (i + 1) & mask) {
+		struct file_class *f = &c->slots[i];
+		if (!f->ino || (f->dev == dev && f->ino == ino && f->ctime_ns == ctime_ns))
+			return f;
+	}
+}
+
+/* The class of a file version (lock held); 0: none. */
+static uint32_t class_of(struct classes *c, const struct stat *st)
+{
+	if (!c->used)
+		return 0;
+	struct file_class *f =
+		class_slot(c, (uint64_t)st->st_dev, (uint64_t)st->st_ino, ctime_ns_of(st));
+	return f->ino ? f->cls : 0;
+}
+
+/*
+ * A class answer for a vouched process's first open of a labelled file (lock held):
+ * copied into its own table with the path the event fd names, and returned; NULL when
+ * the file is in no class, its class was not decided for this euid and executable, or
+ * the process no longer runs what it was vouched with.
+ */
+static struct answer *from_class(Answers *self, struct opener *o, const struct lookup *lk,
+				 uint64_t own_hash, int event_fd)
+{
+	if (!o || !o->plain || !self->shared.slots)
 		return NULL;
-	char *copy = malloc(lk->exe_len + 1);
-	if (!copy)
+	uint32_t cls = class_of(&self->classes, &lk->st);
+	if (!cls)
 		return NULL;
-	struct answer *a = room_for(self, &self->own, own_hash, o->pid, lk->uid, kind, &lk->st,
-				    lk->exe, lk->exe_len);
-	if (!a || a->hash) {
-		/* Full, or a stale answer of this process holds the key: Python replaces it
-		 * (its token may be owned, and is released only with the GIL). */
-		free(copy);
+	struct stat key = { 0 };
+	key.st_dev = (dev_t)CLASS_DEV;
+	key.st_ino = (ino_t)cls;
+	uint64_t h = key_hash(0, lk->uid, KIND_OPEN, CLASS_DEV, cls, 0, lk->exe, lk->exe_len);
+	struct answer *s = find_slot(&self->shared, h, 0, lk->uid, KIND_OPEN, &key, lk->exe,
+				     lk->exe_len);
+	if (!s->hash || !s->event || !still_vouched(o))
+		return NULL; /* not recorded as an event: Python decides each file */
+	char link[32], *path = malloc(PATH_MAX);
+	if (!path)
+		return NULL;
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", event_fd);
+	ssize_t n = readlink(link, path, PATH_MAX - 1);
+	if (n <= 0) {
+		free(path);
 		return NULL;
 	}
-	memcpy(copy, lk->exe, lk->exe_len);
-	copy[lk->exe_len] = 0;
-	*a = (struct answer){ .hash = own_hash, .pid = o->pid, .uid = lk->uid, .kind = kind,
-			      .dev = (uint64_t)lk->st.st_dev, .ino = (uint64_t)lk->st.st_ino,
-			      .ctime_ns = ctime_ns_of(&lk->st), .exe = copy,
-			      .exe_len = lk->exe_len, .allow = s->allow, .token = s->token,
-			      .borrowed = 1, .gen = o->gen, .record = s->record,
-			      .record_len = s->record_len };
-	self->own.used++;
-	return a;
+	path[n] = 0;
+	char *fitted = realloc(path, (size_t)n + 1);
+	return adopt(self, o, KIND_OPEN, lk, own_hash, s, fitted ? fitted : path, (uint32_t)n);
 }
 
 static int respond(int fan_fd, int fd, int allow)
@@ -477,6 +603,8 @@ static int journal_repeat(struct journal *j, struct answer *a, int pid, int64_t 
 	char *half = j->map + JOURNAL_HEADER + (j->gen & 1) * j->half_bytes;
 	int with_template = a->journal_gen != j->gen;
 	uint64_t template_bytes = sizeof(struct template_record) + pad8(a->record_len);
+	if (a->path)
+		template_bytes += sizeof(struct file_record) + pad8(a->path_len);
 	uint64_t need = sizeof(struct repeat_record) + (with_template ? template_bytes : 0);
 	if (need > j->half_bytes - j->used)
 		return 0;
@@ -487,6 +615,14 @@ static int journal_repeat(struct journal *j, struct answer *a, int pid, int64_t 
 		memcpy(half + at + sizeof(tr), a->record, a->record_len);
 		a->journal_gen = j->gen;
 		a->journal_at = at;
+		if (a->path) {
+			uint64_t f_at = at + sizeof(tr) + pad8(a->record_len);
+			struct file_record fr = { .type = RECORD_FILE, .path_len = a->path_len,
+						  .dev = a->dev, .ino = a->ino,
+						  .ctime_ns = a->ctime_ns };
+			memcpy(half + f_at, &fr, sizeof(fr));
+			memcpy(half + f_at + sizeof(fr), a->path, a->path_len);
+		}
 		at += template_bytes;
 	}
 	struct repeat_record rr = { .type = RECORD_REPEAT, .pid = (uint32_t)pid,
@@ -639,10 +775,13 @@ static int serve(Answers *self, struct pending *ev, struct lookup *lk, int may_r
 					      ctime_ns_of(&key), lk->exe, lk->exe_len);
 			a = find_slot(&self->own, h, ev->pid, lk->uid, kind, &key, lk->exe,
 				      lk->exe_len);
-			if (!a->hash)
+			if (!a->hash) {
 				/* What a process may do through its open files depends on which
 				 * it holds: an access answer is never shared. */
 				a = kind == KIND_ACCESS ? NULL : from_shared(self, o, kind, lk, h);
+				if (!a && kind == KIND_OPEN)
+					a = from_class(self, o, lk, h, ev->fd);
+			}
 			else if (!o || a->gen != o->gen)
 				a = NULL; /* given to another process with the pid, or before an exec */
 		}
@@ -767,6 +906,7 @@ static void drop_table(struct table *t)
 		if (!t->slots[i].borrowed)
 			Py_XDECREF(t->slots[i].token);
 		free(t->slots[i].exe);
+		free(t->slots[i].path);
 	}
 	free(t->slots);
 	t->slots = NULL;
@@ -780,6 +920,7 @@ static void Answers_dealloc(Answers *self)
 		for (int i = 0; i < OPENERS; i++)
 			close_opener(&self->openers[i]);
 		free(self->queue);
+		free(self->classes.slots);
 		close_journal(&self->journal);
 		pthread_mutex_destroy(&self->lock);
 	}
@@ -861,8 +1002,9 @@ static PyObject *Answers_next_queued(Answers *self, PyObject *Py_UNUSED(ignored)
  * recorded at its open) is answered without a journal record. */
 static void keep_record(Answers *self, struct answer *a)
 {
-	int is_event = self->journal.map && PyBytes_Check(a->token) &&
-		       PyBytes_GET_SIZE(a->token) > 0 && PyBytes_GET_SIZE(a->token) <= UINT32_MAX;
+	a->event = PyBytes_Check(a->token) && PyBytes_GET_SIZE(a->token) > 0 &&
+		   PyBytes_GET_SIZE(a->token) <= UINT32_MAX;
+	int is_event = self->journal.map && a->event;
 	a->record = is_event ? PyBytes_AS_STRING(a->token) : NULL;
 	a->record_len = is_event ? (uint32_t)PyBytes_GET_SIZE(a->token) : 0;
 	a->journal_gen = 0; /* a new token: its record is written again */
@@ -890,6 +1032,9 @@ static int store(Answers *self, struct table *t, uint64_t h, int pid, int uid, i
 		Py_INCREF(token);
 		a->token = token;
 		a->borrowed = 0;
+		free(a->path); /* Python's own answer for the file: no longer a class copy */
+		a->path = NULL;
+		a->path_len = 0;
 		keep_record(self, a);
 		return 1;
 	}
@@ -925,28 +1070,32 @@ static void vouch(struct opener *o, int plain)
 }
 
 PyDoc_STRVAR(remember_doc,
-"remember(pid, uid, exe, dev, ino, ctime_ns, kind, allow, token, plain=False) -> bool\n\n"
+"remember(pid, uid, exe, dev, ino, ctime_ns, kind, allow, token, plain=False, cls=0)\n"
+"-> bool\n\n"
 "kind: 0 an open, 1 an exec, 2 a pre-content access of an open file.\n"
 "Answer allow to the same access again -- same pid, euid, executable, file version\n"
 "and action -- without asking Python, and count it against token. plain: the\n"
 "decision depended on nothing of the process but its euid and executable, and the\n"
 "process is vouched for; the answer is then also given to the first open of the file\n"
-"by any vouched process with the same euid and executable. False when the table is\n"
-"full (or closed): the next such event is asked again.");
+"by any vouched process with the same euid and executable. cls (an open, plain): the\n"
+"class of the file (set_classes), whose every file is then answered so to such a\n"
+"process. False when the table is full (or closed): the next such event is asked\n"
+"again.");
 
 static PyObject *Answers_remember(Answers *self, PyObject *args, PyObject *kwds)
 {
 	static char *kwlist[] = { "pid", "uid", "exe", "dev", "ino", "ctime_ns", "kind",
-				  "allow", "token", "plain", NULL };
+				  "allow", "token", "plain", "cls", NULL };
 	int pid, uid, kind, allow, plain = 0;
+	unsigned int cls = 0;
 	PyObject *exe_obj, *token;
 	unsigned long long dev, ino;
 	long long ctime_ns;
 	if (!ready(self))
 		return NULL;
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiO&KKLipO|p", kwlist, &pid, &uid,
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiO&KKLipO|pI", kwlist, &pid, &uid,
 					 PyUnicode_FSConverter, &exe_obj, &dev, &ino, &ctime_ns,
-					 &kind, &allow, &token, &plain))
+					 &kind, &allow, &token, &plain, &cls))
 		return NULL;
 	const char *exe = PyBytes_AS_STRING(exe_obj);
 	size_t exe_len = (size_t)PyBytes_GET_SIZE(exe_obj);
@@ -981,6 +1130,14 @@ static PyObject *Answers_remember(Answers *self, PyObject *args, PyObject *kwds)
 			uint64_t h0 = key_hash(0, uid, kind, dev, ino, ctime_ns, exe, exe_len);
 			store(self, &self->shared, h0, 0, uid, kind, &st, exe, exe_len, allow,
 			      token, 0, &unused);
+			if (cls && kind == KIND_OPEN) {
+				struct stat ck = { 0 };
+				ck.st_dev = (dev_t)CLASS_DEV;
+				ck.st_ino = (ino_t)cls;
+				uint64_t hc = key_hash(0, uid, kind, CLASS_DEV, cls, 0, exe, exe_len);
+				store(self, &self->shared, hc, 0, uid, kind, &ck, exe, exe_len, allow,
+				      token, 0, &unused);
+			}
 		}
 	}
 	pthread_mutex_unlock(&self->lock);
@@ -995,6 +1152,11 @@ struct row {
 	int pid;
 	uint64_t count;
 	int64_t first_ns, last_ns;
+	/* A class answer's copy: its file (path owned by the row), else path is NULL. */
+	uint64_t dev, ino;
+	int64_t ctime_ns;
+	char *path;
+	uint32_t path_len;
 };
 
 /*
@@ -1015,10 +1177,17 @@ static int collect(Answers *self, struct table *t, int prune, struct row *rows, 
 		if (!a->hash)
 			continue;
 		if (a->count) {
+			char *path = a->path ? malloc(a->path_len + 1) : NULL;
+			if (a->path && !path)
+				return -1;
+			if (path)
+				memcpy(path, a->path, a->path_len + 1);
 			Py_INCREF(a->token);
 			rows[(*n)++] = (struct row){ .token = a->token, .pid = a->pid,
 						     .count = a->count, .first_ns = a->first_ns,
-						     .last_ns = a->last_ns };
+						     .last_ns = a->last_ns, .dev = a->dev,
+						     .ino = a->ino, .ctime_ns = a->ctime_ns,
+						     .path = path, .path_len = a->path_len };
 			a->count = 0;
 		}
 		if (!prune)
@@ -1034,6 +1203,7 @@ static int collect(Answers *self, struct table *t, int prune, struct row *rows, 
 			if (!a->borrowed)
 				dead[(*n_dead)++] = a->token;
 			free(a->exe);
+			free(a->path);
 		}
 	}
 	if (prune) {
@@ -1045,11 +1215,12 @@ static int collect(Answers *self, struct table *t, int prune, struct row *rows, 
 }
 
 PyDoc_STRVAR(take_doc,
-"take(forget=False) -> list[(token, pid, count, first_ns, last_ns)]\n\n"
+"take(forget=False) -> list[(token, pid, count, first_ns, last_ns, file)]\n\n"
 "The repeats answered since the last take(), one row per (process, answer) that was\n"
 "used; counts start again from zero. The answers of processes that are gone are\n"
 "forgotten; with forget, every answer is (what decisions depend on changed): each\n"
-"access after this is asked again.");
+"access after this is asked again. file: (dev, ino, ctime_ns, path as bytes) of the\n"
+"file a class answer was given for; None for every other answer.");
 
 static PyObject *Answers_take(Answers *self, PyObject *args, PyObject *kwds)
 {
@@ -1092,16 +1263,23 @@ static PyObject *Answers_take(Answers *self, PyObject *args, PyObject *kwds)
 	free(fresh_shared);
 	PyObject *result = failed ? PyErr_NoMemory() : PyList_New((Py_ssize_t)n);
 	for (size_t i = 0; i < n; i++) {
-		PyObject *row = result ? Py_BuildValue("(NiKLL)", rows[i].token, rows[i].pid,
-						       (unsigned long long)rows[i].count,
-						       (long long)rows[i].first_ns,
-						       (long long)rows[i].last_ns)
-				       : NULL;
+		PyObject *file = NULL, *row = NULL;
+		if (result)
+			file = rows[i].path ? Py_BuildValue("(KKLy#)", (unsigned long long)rows[i].dev,
+							    (unsigned long long)rows[i].ino,
+							    (long long)rows[i].ctime_ns, rows[i].path,
+							    (Py_ssize_t)rows[i].path_len)
+					    : Py_NewRef(Py_None);
+		free(rows[i].path);
+		if (file) /* "N" consumes token and file, also when it fails */
+			row = Py_BuildValue("(NiKLLN)", rows[i].token, rows[i].pid,
+					    (unsigned long long)rows[i].count,
+					    (long long)rows[i].first_ns, (long long)rows[i].last_ns,
+					    file);
+		else
+			Py_DECREF(rows[i].token);
 		if (!row) {
-			if (result)
-				Py_CLEAR(result);
-			else
-				Py_DECREF(rows[i].token);
+			Py_CLEAR(result);
 			continue;
 		}
 		PyList_SET_ITEM(result, (Py_ssize_t)i, row);
@@ -1113,6 +1291,81 @@ static PyObject *Answers_take(Answers *self, PyObject *args, PyObject *kwds)
 	free(rows);
 	free(dead);
 	return result;
+}
+
+PyDoc_STRVAR(set_classes_doc,
+"set_classes(entries, replace=True) -> None\n\n"
+"entries: packed native records (u64 dev, u64 ino, i64 ctime_ns, u32 class, u32 0),\n"
+"each a labelled file version and its class (1 or more). With replace the classes of\n"
+"every other file are forgotten (a new policy gives new classes), else these are\n"
+"added. ValueError for a malformed or too large list.");
+
+struct class_entry {
+	uint64_t dev;
+	uint64_t ino;
+	int64_t ctime_ns;
+	uint32_t cls;
+	uint32_t zero;
+};
+
+static PyObject *Answers_set_classes(Answers *self, PyObject *args, PyObject *kwds)
+{
+	static char *kwlist[] = { "entries", "replace", NULL };
+	Py_buffer buf;
+	int replace = 1;
+	if (!ready(self) ||
+	    !PyArg_ParseTupleAndKeywords(args, kwds, "y*|p", kwlist, &buf, &replace))
+		return NULL;
+	const struct class_entry *e = buf.buf;
+	size_t n = (size_t)buf.len / sizeof(*e);
+	if ((size_t)buf.len % sizeof(*e)) {
+		PyBuffer_Release(&buf);
+		return PyErr_Format(PyExc_ValueError, "entries of %zu bytes each, not %zd bytes",
+				    sizeof(*e), buf.len);
+	}
+	for (size_t i = 0; i < n; i++)
+		if (!e[i].cls || !e[i].ino || e[i].zero) {
+			PyBuffer_Release(&buf);
+			return PyErr_Format(PyExc_ValueError, "entry %zu: no class, no inode or "
+					    "padding set", i);
+		}
+	pthread_mutex_lock(&self->lock);
+	size_t need = (replace ? 0 : self->classes.used) + n;
+	struct classes old = self->classes, fresh = { 0 };
+	int too_many = need > CLASSES_MAX;
+	if (!too_many && need) {
+		fresh.capacity = INITIAL_SLOTS;
+		while (fresh.capacity < 2 * need)
+			fresh.capacity *= 2;
+		fresh.slots = calloc(fresh.capacity, sizeof(struct file_class));
+	}
+	int failed = too_many || (need && !fresh.slots);
+	if (!failed) {
+		if (!replace)
+			for (size_t i = 0; i < old.capacity; i++)
+				if (old.slots[i].ino) {
+					*class_slot(&fresh, old.slots[i].dev, old.slots[i].ino,
+						    old.slots[i].ctime_ns) = old.slots[i];
+					fresh.used++;
+				}
+		for (size_t i = 0; i < n; i++) {
+			struct file_class *f = class_slot(&fresh, e[i].dev, e[i].ino, e[i].ctime_ns);
+			fresh.used += !f->ino;
+			*f = (struct file_class){ .dev = e[i].dev, .ino = e[i].ino,
+						  .ctime_ns = e[i].ctime_ns, .cls = e[i].cls };
+		}
+		self->classes = fresh;
+	}
+	pthread_mutex_unlock(&self->lock);
+	PyBuffer_Release(&buf);
+	if (failed) {
+		free(fresh.slots);
+		if (too_many)
+			return PyErr_Format(PyExc_ValueError, "more than %d classed files", CLASSES_MAX);
+		return PyErr_NoMemory();
+	}
+	free(old.slots);
+	Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(journal_gen_doc,
@@ -1167,6 +1420,8 @@ static PyMethodDef Answers_methods[] = {
 	{ "take", (PyCFunction)(void (*)(void))Answers_take, METH_VARARGS | METH_KEYWORDS, take_doc },
 	{ "close", (PyCFunction)Answers_close, METH_NOARGS, close_doc },
 	{ "journal_gen", (PyCFunction)Answers_journal_gen, METH_NOARGS, journal_gen_doc },
+	{ "set_classes", (PyCFunction)(void (*)(void))Answers_set_classes,
+	  METH_VARARGS | METH_KEYWORDS, set_classes_doc },
 	{ NULL, NULL, 0, NULL },
 };
 

@@ -160,6 +160,8 @@ class Access:
 
 #: The kind of answer the C table keeps for each action (_answers.c: KIND_*).
 _KINDS = {"read": 0, "execute": 1, "write": 2}
+#: A row of take_repeats(): token, pid, count, first_ns, last_ns, classed file or None.
+Repeat = tuple[object, int, int, int, int, tuple[int, int, int, bytes] | None]
 #: The same for a pre-content read through a read-only descriptor (allowed, silent).
 _ACCESS = _KINDS["write"]
 
@@ -283,6 +285,7 @@ class PermissionGuard:
         self._wake_memfd = -1
         self._tree: TreeWatcher | None = None
         self._answers: Answers | None = None  # the read loop, answering repeats in C
+        self._classes = b""  # what set_classes() gave, for a read loop started later
         self._lock = threading.Lock()  # who answers an in-flight event: reader or watchdog
         self._inflight: tuple[Access, float] | None = None  # (access, monotonic start)
         self._handled = 0  # events decided so far; the watchdog parks when it stops moving
@@ -382,14 +385,20 @@ class PermissionGuard:
             self._guardian.confirm()
 
     def _new_answers(self) -> Answers:
-        """The C read loop, journalling its repeats when a journal is given."""
+        """The C read loop, journalling its repeats when a journal is given, with the
+        file classes set so far."""
+        answers = None
         if self.journal_fd >= 0:
             try:
-                return Answers(self._fan_fd, self._own_pid, ANSWERS_KEPT, self.journal_fd)
+                answers = Answers(self._fan_fd, self._own_pid, ANSWERS_KEPT, self.journal_fd)
             except (ValueError, OSError) as e:
                 _logger.error("file guard: repeats not journalled: %s", e)
                 self._call_tamper("repeat_journal", f"repeats are not journalled: {e}")
-        return Answers(self._fan_fd, self._own_pid, ANSWERS_KEPT)
+        if answers is None:
+            answers = Answers(self._fan_fd, self._own_pid, ANSWERS_KEPT)
+        if self._classes:
+            answers.set_classes(self._classes)
+        return answers
 
     def journal_generation(self) -> int:
         """The repeat journal's generation the next ``take_repeats()`` returns (0: no
@@ -627,7 +636,9 @@ class PermissionGuard:
         return True
 
     # -- repeats ---------------------------------------------------------------------------
-    def repeat(self, access: Access, allow: bool, token: object, *, plain: bool = False) -> bool:
+    def repeat(
+        self, access: Access, allow: bool, token: object, *, plain: bool = False, cls: int = 0
+    ) -> bool:
         """Give ``allow`` to every repeat of ``access`` without calling ``decide()``.
 
         A repeat is an open by the same process, with the same euid and executable,
@@ -638,6 +649,8 @@ class PermissionGuard:
         (its executable is the file its path names, nothing injected into it): the
         answer is then also given, in C, to the first open of this file version by any
         vouched process with the same euid and executable (counted under its own pid).
+        ``cls`` (a plain open of a classed file, ``set_classes``): the answer is also
+        given, in C, to such a process's first open of every file of that class.
         Call it from ``decide()``. False when the answer cannot be kept (table full,
         guard stopped): repeats are then decided afresh.
         """
@@ -655,11 +668,23 @@ class PermissionGuard:
             allow,
             token,
             plain,
+            cls if plain and access.action == "read" else 0,
         )
 
-    def take_repeats(self, *, forget: bool = False) -> list[tuple[object, int, int, int, int]]:
-        """(token, pid, count, first_ns, last_ns) of the repeats answered since the last
-        call, one per process and answer; counts start again from zero.
+    def set_classes(self, entries: bytes, *, replace: bool = True) -> None:
+        """The class of each labelled file version (packed ``classes.ENTRY`` records);
+        with ``replace``, no other file is in a class any more. Kept for a read loop
+        started later."""
+        with self._lock:
+            self._classes = entries if replace else self._classes + entries
+            answers = self._answers
+        if answers is not None:
+            answers.set_classes(entries, replace)
+
+    def take_repeats(self, *, forget: bool = False) -> list[Repeat]:
+        """(token, pid, count, first_ns, last_ns, file) of the repeats answered since the
+        last call, one per process and answer; counts start again from zero. ``file``:
+        (dev, ino, ctime_ns, path) of the file a class answer was given for, else None.
 
         Answers of processes that have exited are forgotten; with ``forget`` every
         answer is, and the next open of each is decided afresh: pass it when what

@@ -12,6 +12,9 @@ Layout (little-endian; written by ``_answers.c``, read back here)::
                          then for each of the two halves: its gen, its used bytes
     half 0, half 1     : records, each 8-byte aligned
         template  u32 1, u32 len, the serialized file_access event (padded to 8)
+        file      u32 3, u32 len, u64 dev, u64 ino, i64 ctime_ns, the path (padded to 8)
+                  -- right after a template written for a class answer (classes.py):
+                  the file the answer was given for, which the event must name
         repeat    u32 2, u32 pid, u64 offset of its template in the half, i64 time_ns
 
 Generation ``g`` is written to half ``g % 2``; ``take()`` returns exactly its repeats
@@ -38,7 +41,8 @@ _HEADER = struct.Struct("<8sQQQQQQQ")  # magic, half_bytes, done_gen, gen, (gen,
 _DONE_AT = 16
 _TEMPLATE = struct.Struct("<II")  # type, len
 _REPEAT = struct.Struct("<IIQq")  # type, pid, template offset, time_ns
-TEMPLATE, REPEAT = 1, 2
+_FILE = struct.Struct("<IIQQq")  # type, path length, dev, ino, ctime_ns
+TEMPLATE, REPEAT, FILE = 1, 2, 3
 
 
 class RepeatJournalError(Exception):
@@ -54,6 +58,8 @@ class Repeats:
     count: int
     first_ns: int
     last_ns: int
+    #: (dev, ino, ctime_ns, path) of the file a class answer was given for, else None
+    file: tuple[int, int, int, bytes] | None = None
 
 
 class RepeatJournal:
@@ -103,6 +109,8 @@ class RepeatJournal:
     @staticmethod
     def _fold(half: bytes) -> list[Repeats]:
         templates: dict[int, bytes] = {}
+        files: dict[int, tuple[int, int, int, bytes]] = {}  # template offset -> its file
+        last_template = -1
         counts: dict[tuple[int, int], list[int]] = {}  # (template, pid) -> count, first, last
         at = 0
         while at + _TEMPLATE.size <= len(half):
@@ -112,7 +120,15 @@ class RepeatJournal:
                 if end > len(half):
                     break  # cannot happen below used; stop rather than read past
                 templates[at] = half[at + _TEMPLATE.size : end]
+                last_template = at
                 at += _TEMPLATE.size + (length + 7) // 8 * 8
+            elif kind == FILE and at + _FILE.size <= len(half):
+                _, length, dev, ino, ctime_ns = _FILE.unpack_from(half, at)
+                end = at + _FILE.size + length
+                if end > len(half) or last_template < 0:
+                    break
+                files[last_template] = (dev, ino, ctime_ns, half[at + _FILE.size : end])
+                at += _FILE.size + (length + 7) // 8 * 8
             elif kind == REPEAT and at + _REPEAT.size <= len(half):
                 _, pid, template, t = _REPEAT.unpack_from(half, at)
                 if template in templates:
@@ -123,7 +139,7 @@ class RepeatJournal:
             else:
                 break
         return [
-            Repeats(templates[template], pid, count, first, last)
+            Repeats(templates[template], pid, count, first, last, files.get(template))
             for (template, pid), (count, first, last) in counts.items()
         ]
 

@@ -52,7 +52,7 @@ from baomi.v1 import events_pb2
 from agent.decision.engine import Engine, Verdict
 from agent.errors import AgentError, ConfigError
 from agent.sensors.base import EventSink, Health
-from agent.sensors.files import answering, inodes
+from agent.sensors.files import answering, classes, inodes
 from agent.sensors.files.answering import ANSWERING_NAME, AnswersInFlight, attribute_pending
 from agent.sensors.files.changes import Change, ChangeWatcher
 from agent.sensors.files.dac import DacKeeper
@@ -181,6 +181,10 @@ class FileGuard:
         self._openers: tuple[Engine, Openers] | None = None
         self._hashes = ContentHashes()  # kept across policies: unchanged programs stay hashed
         self._labels: dict[tuple[int, int, int], Label | None] = {}
+        # Labelled files by version and their classes, for the guard's C loop
+        # (classes.py); entries classed since the last fold, handed to it then.
+        self._classes = classes.FileClasses()
+        self._classed: list[tuple[classes.FileVersion, int]] = []
         self._last_labels: dict[tuple[int, int], Label] = {}  # (dev, ino) -> last seen
         self._declassified: set[tuple[int, int, str]] = set()
         # Per fold period (cleared by flush(), so a reused pid or a replaced program
@@ -271,8 +275,14 @@ class FileGuard:
             self._programs_run = self._programs_run | frozenset(apps.by_inode)
         self._export.watch(fixed_part(r.obj) for r in policyset.rules if r.act == "export")
         self.flush(forget=True)
+        # After the forget: the classes are numbered afresh, so no class answer of the
+        # old policy (forgotten now) could be given to a file classed under this one.
+        with self._fold_lock:
+            self._classed.clear()
+            self._guard.set_classes(self._classes.reclassify(functools.partial(_signature, engine)))
         self._watch_programs()
         self._dac.policy_changed()
+        self._revalidate_classes()
         _logger.info("file policy %s in force", policyset.version)
 
     @property
@@ -297,6 +307,7 @@ class FileGuard:
         self._guard_labelled_inodes()
         self._changes.start()
         self._dac.start()  # after the change watcher: nothing made meanwhile is missed
+        self._revalidate_classes()  # the keeper's chmods changed ctimes
         self._refusals.start()  # after the keeper: its own chmods are not refusals
         if self._spread is not None:
             self._spread.start()
@@ -370,7 +381,10 @@ class FileGuard:
             return
         recovered = journal.read_back()
         for r in recovered:
-            self._sink(self._repeat_event(r.event, r.pid, r.count, r.first_ns, r.last_ns))
+            event = self._repeat_event(r.event, r.pid, r.count, r.first_ns, r.last_ns)
+            if r.file is not None:
+                self._class_event(event, *r.file)
+            self._sink(event)
         journal.mark_all_done()
         if recovered:
             _logger.warning(
@@ -434,6 +448,7 @@ class FileGuard:
             home = policy_path(label, path)
             self._inodes.add(fd, home, key=(st.st_dev, st.st_ino), identity=identity)
             self._guard.mark_file(fd)
+            self._class_file((st.st_dev, st.st_ino, st.st_ctime_ns), label, self._engine, path)
             # The first open of this file version needs no second read of its label; a
             # change of it from here on is compared with what was seen now.
             if len(self._labels) < LABELS_READ_AT_START:
@@ -442,6 +457,8 @@ class FileGuard:
 
         scanned = inodes.scan(self._guard.roots, found, lambda e: _logger.warning("scan: %s", e))
         self._inodes.persist()
+        with self._fold_lock:
+            self._hand_classes()
         _logger.info(
             "guarding %d labelled files by inode (%d kept from earlier runs)", scanned, kept
         )
@@ -457,13 +474,16 @@ class FileGuard:
         with self._fold_lock:
             generation = self._guard.journal_generation()
             repeats = self._guard.take_repeats(forget=forget)
-            for recorded, pid, count, first_ns, last_ns in repeats:
+            for recorded, pid, count, first_ns, last_ns, file in repeats:
                 assert isinstance(recorded, bytes)  # noqa: S101 - only _decide() gives tokens
                 event = self._repeat_event(recorded, pid, count, first_ns, last_ns)
+                if file is not None:
+                    self._class_event(event, *file)
                 self._taint_by_repeat(event.file_access)
                 self._sink(event)
             if self._journal is not None and generation:
                 self._journal.mark_done(generation)
+            self._hand_classes()
 
     def _repeat_event(
         self, recorded: bytes, pid: int, count: int, first_ns: int, last_ns: int
@@ -480,6 +500,62 @@ class FileGuard:
         access.first.FromNanoseconds(first_ns)
         access.last.FromNanoseconds(last_ns)
         return event
+
+    # -- classes (classes.py) ---------------------------------------------------------------
+    def _class_file(
+        self,
+        version: classes.FileVersion,
+        label: Label | None,
+        engine: Engine | None,
+        path: str,
+    ) -> int:
+        """The class of a labelled file version found at ``path`` (0: none), to be
+        handed to the guard at the next fold when it is new there."""
+        if label is None or engine is None or label.home is None:
+            return 0
+        if label.until is not None and label.until < date.today():
+            return 0  # its first open after the period ran out is recorded as such
+        number = self._classes.number_of(version)
+        if not number:
+            number = self._classes.add(version, label, _signature(engine, label.home), path)
+            if number:
+                self._classed.append((version, number))
+        return number
+
+    def _revalidate_classes(self) -> None:
+        """Class again the files whose ctime changed with their label unchanged (the
+        DAC keeper's work), and hand the guard every class afresh."""
+        key = self._config.label_key
+        entries = self._classes.revalidate(lambda fd: read_label(f"/proc/self/fd/{fd}", key))
+        with self._fold_lock:  # files classed meanwhile are handed over at the next fold
+            self._guard.set_classes(entries)
+
+    def _hand_classes(self) -> None:
+        """Hand the guard the files classed since the last time (fold lock held)."""
+        if self._classed:
+            entries, self._classed = self._classed, []
+            self._guard.set_classes(classes.pack(entries), replace=False)
+
+    def _class_event(
+        self, event: events_pb2.Event, dev: int, ino: int, ctime_ns: int, path: bytes
+    ) -> None:
+        """Make the event of a class answer's repeats name its own file: the path it was
+        opened by, and its label's id and home (the rest of the label is the class's)."""
+        access = event.file_access
+        access.path = os.fsdecode(path)
+        label = self._classes.label_of((dev, ino, ctime_ns))
+        if label is None:  # read back after a restart: its label as it is now
+            label = self._label_by_path(access.path, dev, ino)
+        access.label_id = (label.label_id or "") if label is not None else ""
+        access.home = (label.home or "") if label is not None else ""
+        if label is None:
+            access.reason = f"{access.reason} (answered for its class; its label is gone)"[:500]
+
+    def _label_by_path(self, path: str, dev: int, ino: int) -> Label | None:
+        key = self._config.label_key
+        found = classes.label_at(path, dev, ino, lambda fd: read_label(f"/proc/self/fd/{fd}", key))
+        label = found[1] if found is not None else None
+        return label if label is not None and label.valid else None
 
     def _flush_loop(self) -> None:
         """Fold repeats every period; at midnight forget the answers too (labels expire
@@ -697,7 +773,11 @@ class FileGuard:
         plain = self._plain(access, result.opener)
         with self._fold_lock:
             if engine is self._engine:  # not decided under a policy replaced meanwhile
-                self._guard.repeat(access, verdict.allow, result.recorded, plain=plain)
+                cls = 0
+                if plain and label is not None and access.action == "read":
+                    version = (access.dev, access.ino, access.ctime_ns)
+                    cls = self._class_file(version, label, engine, access.path)
+                self._guard.repeat(access, verdict.allow, result.recorded, plain=plain, cls=cls)
 
     def _plain(self, access: Access, opener: Opener | None) -> bool:
         """Whether the opener's answers hold for every process of its euid and
@@ -1240,3 +1320,9 @@ def _gap_access(record: dict[str, Any]) -> events_pb2.Event:
     )
     event.time.FromNanoseconds(int(float(record.get("time", 0)) * 1e9))
     return event
+
+
+def _signature(engine: Engine, home: str) -> tuple[object, ...]:
+    """What ``engine`` can tell of a home: the policy's patterns that match it, under
+    its policy version (a key of another policy never names the same class)."""
+    return (engine.version, *engine.home_signature(home))

@@ -7,6 +7,7 @@ in tests/integration/test_fanotify.py.
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -131,3 +132,35 @@ def test_bad_limits_and_uninitialised_use_are_refused() -> None:
 def test_next_queued_never_reads_the_group(make: Callable[..., Answers]) -> None:
     # The pipe is empty: a read would block; next_queued() answers None instead.
     assert make().next_queued() is None
+
+
+@pytest.mark.parametrize(
+    ("entries", "says"),
+    [
+        (b"\0" * 31, "32 bytes each"),
+        (struct.pack("=QQqII", 1, 2, 3, 0, 0), "no class"),
+        (struct.pack("=QQqII", 1, 0, 3, 7, 0), "no inode"),
+        (struct.pack("=QQqII", 1, 2, 3, 7, 1), "padding"),
+    ],
+)
+def test_set_classes_refuses_malformed_entries(
+    make: Callable[..., Answers], entries: bytes, says: str
+) -> None:
+    with pytest.raises(ValueError, match=says):
+        make().set_classes(entries)
+
+
+def test_set_classes_takes_many_and_replaces(make: Callable[..., Answers]) -> None:
+    a = make()
+    many = b"".join(struct.pack("=QQqII", 1, i, i, 1 + i % 3, 0) for i in range(1, 50_001))
+    a.set_classes(many)
+    a.set_classes(many[:32], replace=False)  # the same file again: its class replaced
+    a.set_classes(b"")  # none
+
+
+def test_a_class_is_kept_only_for_a_plain_open(make: Callable[..., Answers]) -> None:
+    a = make()
+    # cls with a plain open is accepted; without plain it is ignored, never an error
+    assert a.remember(ME, 0, EXE, 1, 2, 3, 0, True, b"event", True, 5)
+    assert a.remember(ME, 0, EXE, 1, 4, 3, 0, True, b"event", False, 5)
+    assert [row[5] for row in a.take()] == []  # nothing repeated: no rows

@@ -1,0 +1,278 @@
+"""Class answers: a labelled tree read file after file is decided in Python once.
+
+The file guard puts every labelled file it knows into a class (classes.py); a vouched
+process's first open of a file whose class was decided for the same euid and program
+is answered by the C loop. These tests run the real file guard over a real tree and
+assert what an attacker or an auditor would look at: which opens the kernel refused,
+how many questions reached Python, and that the record names every file by its own
+path, home and label id -- never the file the class was first decided for.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from baomi.labels import load_label_key, set_label
+from baomi.v1 import events_pb2
+
+import agent
+from agent.sensors.files import sensor as sensor_module
+from agent.sensors.files.permission import Access
+from agent.sensors.files.repeats import RepeatJournal
+from agent.sensors.files.sensor import FileGuard, FileGuardConfig
+from tests.integration.test_fanotify import _SKIP
+
+pytestmark = [pytest.mark.root, pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")]
+
+MODEL = Path(agent.__file__).resolve().parent.parent / "policies" / "model.conf"
+FILES = 40  # per directory
+CHILD_TIMEOUT = 20
+SUBJECTS = """
+[people.reader]
+uid = {uid}
+department = "t"
+roles = ["staff"]
+clearance = "核心"
+trained_until = 2099-12-31
+status = "active"
+"""
+
+
+@dataclass
+class Tree:
+    base: Path
+    root: Path
+    policies: Path
+    key: bytes
+    cat: str
+
+    def files(self, directory: str) -> list[Path]:
+        return sorted((self.root / directory).iterdir())
+
+    def write_policy(self, *, deny: str = "closed") -> None:
+        self.policies.mkdir(exist_ok=True)
+        shutil.copy(MODEL, self.policies / "model.conf")
+        (self.policies / "policy.csv").write_text(
+            f"p, role:staff, {self.root}/**, read, allow\n"
+            f"p, role:staff, {self.root}/{deny}/**, read, deny\n"
+        )
+        (self.policies / "subjects.toml").write_text(SUBJECTS.format(uid=os.geteuid()))
+
+    def cat_all(self, paths: list[Path]) -> list[str]:
+        """One process reads every path in turn (as ``grep -r`` or a backup would);
+        per path "ok" or "EPERM"."""
+        done = subprocess.run(
+            [
+                "/bin/sh",
+                "-c",
+                'for p in "$@"; do head -c1 "$p" >/dev/null 2>&1 && echo ok || echo EPERM; done',
+                "sh",
+                *map(str, paths),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT,
+            check=True,
+        )
+        return done.stdout.split()
+
+    def grep_all(self, paths: list[Path]) -> str:
+        """One process opening every path (``cat`` of them all): its stderr."""
+        done = subprocess.run(
+            [self.cat, *map(str, paths)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT,
+        )
+        return done.stderr
+
+
+@pytest.fixture
+def tree() -> Iterator[Tree]:
+    base = Path(tempfile.mkdtemp(prefix="baomi-classes-"))
+    base.chmod(0o755)
+    root = base / "secret"
+    key = load_label_key(base / "label.key", create=True)
+    for directory in ("open", "closed"):
+        (root / directory).mkdir(parents=True)
+        for i in range(FILES):
+            f = root / directory / f"f{i:02d}.txt"
+            f.write_text(f"{directory} {i}\n")
+            set_label(f, "秘密", scope="dept:t", label_id=f"REG-{directory}-{i}", key=key)
+    cat = base / "reader"  # a program of its own: no other test's answers apply
+    shutil.copy("/usr/bin/cat", cat)
+    t = Tree(base, root, base / "policies", key, str(cat))
+    t.write_policy()
+    yield t
+    shutil.rmtree(base, ignore_errors=True)
+
+
+class Decisions:
+    """Counts the questions that reached Python (FileGuard._decide)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.paths: list[str] = []
+        decide = FileGuard._decide
+
+        def counted(guard: FileGuard, access: Access) -> object:
+            self.paths.append(access.path)
+            return decide(guard, access)
+
+        monkeypatch.setattr(FileGuard, "_decide", counted)
+
+
+@pytest.fixture(params=["kept modes", "drifted modes"])
+def guarded(
+    request: pytest.FixtureRequest, tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[FileGuard, list[events_pb2.Event], Decisions]]:
+    if request.param == "drifted modes":
+        # The DAC keeper reverts these at start, which changes every file's ctime after
+        # the labels were read: the classes must be brought up to date, not lost.
+        for f in tree.root.rglob("*.txt"):
+            f.chmod(0o666)
+    decisions = Decisions(monkeypatch)
+    events: list[events_pb2.Event] = []
+    guard = FileGuard(
+        FileGuardConfig(
+            roots=(tree.root,),
+            label_key=tree.key,
+            policies=tree.policies,
+            repeat_journal=tree.base / "repeats.journal",
+        ),
+        events.append,
+    )
+    guard.start()
+    try:
+        assert guard.health().state == "ok", guard.health().detail
+        yield guard, events, decisions
+    finally:
+        guard.stop()
+
+
+def _accesses(events: list[events_pb2.Event], reader: str) -> dict[str, events_pb2.FileAccess]:
+    """The file_access events of ``reader`` by path (a path read twice: the last)."""
+    return {
+        e.file_access.path: e.file_access
+        for e in events
+        if e.HasField("file_access") and reader in e.file_access.executable
+    }
+
+
+def _decided_by(decisions: Decisions, reader_paths: list[Path]) -> list[str]:
+    wanted = {str(p) for p in reader_paths}
+    return [p for p in decisions.paths if p in wanted]
+
+
+def test_a_tree_read_file_after_file_is_decided_once_per_class_and_every_file_recorded(
+    tree: Tree, guarded: tuple[FileGuard, list[events_pb2.Event], Decisions]
+) -> None:
+    guard, events, decisions = guarded
+    opened = tree.files("open")
+    closed = tree.files("closed")
+    stderr = tree.grep_all(opened + closed)
+    # Every file of closed/ is refused, every file of open/ read.
+    assert stderr.count("Operation not permitted") == FILES
+    for f in closed:
+        assert f"{f}: Operation not permitted" in stderr
+    guard.flush()
+    # One question per class: open/ (allowed) and closed/ (denied).
+    assert len(_decided_by(decisions, opened + closed)) == 2
+    accesses = _accesses(events, tree.cat)
+    assert set(accesses) == {str(f) for f in opened + closed}
+    for directory, files, decision in (
+        ("open", opened, events_pb2.DECISION_ALLOW),
+        ("closed", closed, events_pb2.DECISION_DENY),
+    ):
+        for i, f in enumerate(files):
+            a = accesses[str(f)]
+            assert a.decision == decision
+            assert a.home == str(f)  # its own home, not the first file's
+            assert a.label_id == f"REG-{directory}-{i}"
+            assert a.level == 1  # 秘密
+            assert max(a.count, 1) == 1  # 0: recorded when decided (one open)
+
+
+def test_a_hard_link_into_an_allowed_directory_is_decided_by_its_home_class(
+    tree: Tree, guarded: tuple[FileGuard, list[events_pb2.Event], Decisions]
+) -> None:
+    guard, events, _ = guarded
+    opened = tree.files("open")
+    closed = tree.files("closed")
+    link = tree.root / "open" / "zz-link.txt"
+    os.link(closed[3], link)
+    # The class of open/ is decided first (allowed); the link's inode is closed/'s.
+    assert tree.cat_all([*opened[:3], link]) == ["ok", "ok", "ok", "EPERM"]
+    guard.flush()
+    a = _accesses(events, "head")[str(link)]
+    assert a.decision == events_pb2.DECISION_DENY
+    assert a.home == str(closed[3])
+    assert a.label_id == "REG-closed-3"
+
+
+def test_a_changed_label_is_asked_again(
+    tree: Tree, guarded: tuple[FileGuard, list[events_pb2.Event], Decisions]
+) -> None:
+    guard, events, decisions = guarded
+    opened = tree.files("open")
+    assert tree.grep_all(opened[:2]) == ""
+    # Raised to 绝密 (no approved program): not the class it was in.
+    set_label(opened[5], "绝密", scope="dept:t", label_id="REG-raised", key=tree.key)
+    # Stripped by hand: a known labelled file without its label.
+    os.removexattr(opened[6], "user.baomi.level")
+    before = len(decisions.paths)
+    stderr = tree.grep_all([opened[4], opened[5], opened[6], opened[7]])
+    asked = decisions.paths[before:]
+    assert str(opened[5]) in asked and str(opened[6]) in asked
+    assert f"{opened[6]}: Operation not permitted" in stderr
+    guard.flush()
+    accesses = _accesses(events, tree.cat)
+    assert accesses[str(opened[5])].label_id == "REG-raised"
+    assert accesses[str(opened[6])].decision == events_pb2.DECISION_DENY
+    assert accesses[str(opened[4])].decision == events_pb2.DECISION_ALLOW
+
+
+def test_a_new_policy_reclassifies_every_file(
+    tree: Tree, guarded: tuple[FileGuard, list[events_pb2.Event], Decisions]
+) -> None:
+    guard, _, _ = guarded
+    opened = tree.files("open")
+    closed = tree.files("closed")
+    assert tree.grep_all(opened) == ""
+    tree.write_policy(deny="open")  # open/ is now the closed one
+    guard.apply_policy(tree.policies)
+    stderr = tree.grep_all(opened + closed)
+    assert stderr.count("Operation not permitted") == FILES
+    for f in opened:
+        assert f"{f}: Operation not permitted" in stderr
+
+
+def test_class_answers_are_journaled_with_their_files(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a kill -9 would leave in the repeat journal names each classed file, so the
+    next start records every file the killed agent answered."""
+    monkeypatch.setattr(sensor_module, "FOLD_SECONDS", 3600)  # nothing taken meanwhile
+    events: list[events_pb2.Event] = []
+    journal = tree.base / "repeats.journal"
+    config = FileGuardConfig(
+        roots=(tree.root,), label_key=tree.key, policies=tree.policies, repeat_journal=journal
+    )
+    guard = FileGuard(config, events.append)
+    guard.start()
+    try:
+        opened = tree.files("open")
+        assert tree.grep_all(opened[:10]) == ""
+        # What a kill -9 leaves: the half being written, not yet taken.
+        back = RepeatJournal(journal).read_back()
+    finally:
+        guard.stop()
+    files = {r.file[3].decode() for r in back if r.file is not None}
+    assert files >= {str(f) for f in opened[1:10]}
