@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from baomi.v1 import events_pb2
 import agent
 from agent.sensors.files import sensor as sensor_module
 from agent.sensors.files.permission import Access
-from agent.sensors.files.repeats import RepeatJournal
+from agent.sensors.files.repeats import HALF_BYTES, RepeatJournal
 from agent.sensors.files.sensor import FileGuard, FileGuardConfig
 from tests.integration.test_fanotify import _SKIP
 
@@ -276,3 +277,49 @@ def test_class_answers_are_journaled_with_their_files(
         guard.stop()
     files = {r.file[3].decode() for r in back if r.file is not None}
     assert files >= {str(f) for f in opened[1:10]}
+
+
+def test_class_answers_a_killed_agent_gave_are_recorded_by_file_at_the_next_start(
+    tree: Tree,
+) -> None:
+    """The journal as a kill -9 leaves it (written by hand from repeats.py's layout):
+    a class answer's event, for the file it was decided on, and a copy of it for
+    another file. The next start records that file by its own path, id and home."""
+    opened = tree.files("open")
+    journal = tree.base / "repeats.journal"
+    RepeatJournal(journal).close()
+    decided = events_pb2.Event(
+        file_access=events_pb2.FileAccess(
+            path=str(opened[0]),
+            home=str(opened[0]),
+            label_id="REG-open-0",
+            level=1,
+            action="read",
+            pid=4242,
+            decision=events_pb2.DECISION_ALLOW,
+        )
+    )
+    body = decided.SerializeToString()
+    half = struct.pack("<II", 1, len(body)) + body + b"\0" * (-len(body) % 8)
+    st = opened[5].stat()
+    path = str(opened[5]).encode()
+    at_file = len(half)
+    half += struct.pack("<IIQQQq", 3, len(path), 0, st.st_dev, st.st_ino, st.st_ctime_ns)
+    half += path + b"\0" * (-len(path) % 8)
+    half += struct.pack("<IIQq", 2, 4242, at_file, 1_700_000_000_000_000_000)
+    with journal.open("r+b") as f:
+        f.seek(24)  # gen, then each half's (gen, used)
+        f.write(struct.pack("<QQQQQ", 1, 0, 0, 1, len(half)))
+        f.seek(4096 + HALF_BYTES)
+        f.write(half)
+    events: list[events_pb2.Event] = []
+    config = FileGuardConfig(
+        roots=(tree.root,), label_key=tree.key, policies=tree.policies, repeat_journal=journal
+    )
+    guard = FileGuard(config, events.append)
+    guard.start()
+    guard.stop()
+    got = [e.file_access for e in events if e.HasField("file_access")]
+    assert [(a.path, a.label_id, a.home, a.count) for a in got] == [
+        (str(opened[5]), "REG-open-5", str(opened[5]), 1)
+    ]

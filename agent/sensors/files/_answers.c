@@ -120,10 +120,12 @@ struct template_record {
 	uint32_t len; /* bytes of the event that follow, padded to 8 */
 };
 
-/* Right after the template of a class answer's copy: the file it was given for. */
+/* A copy of a class answer: the file it was given for, and where the class answer's
+ * template is; its repeats name this record as their template. */
 struct file_record {
 	uint32_t type; /* RECORD_FILE */
 	uint32_t path_len; /* bytes of the path that follow, padded to 8 */
+	uint64_t template_at;
 	uint64_t dev;
 	uint64_t ino;
 	int64_t ctime_ns;
@@ -200,6 +202,7 @@ struct answer {
 	 * NULL for every other answer. */
 	char *path;
 	uint32_t path_len;
+	uint32_t cls; /* of the class answer it is a copy of (0: none) */
 };
 
 /* The class of one labelled file version; a table like the answers'. */
@@ -460,7 +463,7 @@ static int still_vouched(struct opener *o)
  */
 static struct answer *adopt(Answers *self, struct opener *o, int kind, const struct lookup *lk,
 			    uint64_t own_hash, const struct answer *s, char *path,
-			    uint32_t path_len)
+			    uint32_t path_len, uint32_t cls)
 {
 	char *copy = malloc(lk->exe_len + 1);
 	struct answer *a = copy ? room_for(self, &self->own, own_hash, o->pid, lk->uid, kind,
@@ -480,7 +483,8 @@ static struct answer *adopt(Answers *self, struct opener *o, int kind, const str
 			      .ctime_ns = ctime_ns_of(&lk->st), .exe = copy,
 			      .exe_len = lk->exe_len, .allow = s->allow, .token = s->token,
 			      .borrowed = 1, .gen = o->gen, .event = s->event, .record = s->record,
-			      .record_len = s->record_len, .path = path, .path_len = path_len };
+			      .record_len = s->record_len, .path = path, .path_len = path_len,
+			      .cls = cls };
 	self->own.used++;
 	return a;
 }
@@ -501,7 +505,7 @@ static struct answer *from_shared(Answers *self, struct opener *o, int kind,
 				     lk->exe_len);
 	if (!s->hash || !still_vouched(o))
 		return NULL;
-	return adopt(self, o, kind, lk, own_hash, s, NULL, 0);
+	return adopt(self, o, kind, lk, own_hash, s, NULL, 0, 0);
 }
 
 static uint64_t class_hash(uint64_t dev, uint64_t ino, int64_t ctime_ns)
@@ -567,7 +571,8 @@ static struct answer *from_class(Answers *self, struct opener *o, const struct l
 	}
 	path[n] = 0;
 	char *fitted = realloc(path, (size_t)n + 1);
-	return adopt(self, o, KIND_OPEN, lk, own_hash, s, fitted ? fitted : path, (uint32_t)n);
+	return adopt(self, o, KIND_OPEN, lk, own_hash, s, fitted ? fitted : path, (uint32_t)n,
+		     cls);
 }
 
 static int respond(int fan_fd, int fd, int allow)
@@ -594,36 +599,55 @@ static struct journal_header *journal_header(struct journal *j)
 
 /*
  * Write a repeat of a to the journal before it is answered (lock held): its event
- * first if this half lacks it. 0 when it does not fit (Python decides the event).
+ * first if this half lacks it -- for a copy of a class answer, the class answer's
+ * event (once per half) and then the file it was copied for (once per half). 0 when
+ * it does not fit, or the class answer is gone (Python decides the event).
  */
-static int journal_repeat(struct journal *j, struct answer *a, int pid, int64_t t)
+static int journal_repeat(Answers *self, struct answer *a, int pid, int64_t t)
 {
+	struct journal *j = &self->journal;
 	if (!j->map || !a->record)
 		return 1; /* nothing to keep: no journal, or an answer never recorded */
 	char *half = j->map + JOURNAL_HEADER + (j->gen & 1) * j->half_bytes;
-	int with_template = a->journal_gen != j->gen;
-	uint64_t template_bytes = sizeof(struct template_record) + pad8(a->record_len);
-	if (a->path)
-		template_bytes += sizeof(struct file_record) + pad8(a->path_len);
-	uint64_t need = sizeof(struct repeat_record) + (with_template ? template_bytes : 0);
+	/* The answer whose event the template holds: a itself, or its class answer. */
+	struct answer *holder = a;
+	if (a->cls) {
+		struct stat key = { 0 };
+		key.st_dev = (dev_t)CLASS_DEV;
+		key.st_ino = (ino_t)a->cls;
+		uint64_t h = key_hash(0, a->uid, KIND_OPEN, CLASS_DEV, a->cls, 0, a->exe,
+				      a->exe_len);
+		holder = find_slot(&self->shared, h, 0, a->uid, KIND_OPEN, &key, a->exe,
+				   a->exe_len);
+		if (!holder->hash || holder->record != a->record)
+			return 0; /* forgotten, or decided again since: ask Python */
+	}
+	int with_template = holder->journal_gen != j->gen;
+	int with_file = a->cls && a->journal_gen != j->gen;
+	uint64_t template_bytes = sizeof(struct template_record) + pad8(holder->record_len);
+	uint64_t file_bytes = sizeof(struct file_record) + pad8(a->path_len);
+	uint64_t need = sizeof(struct repeat_record) + (with_template ? template_bytes : 0) +
+			(with_file ? file_bytes : 0);
 	if (need > j->half_bytes - j->used)
 		return 0;
 	uint64_t at = j->used;
 	if (with_template) {
-		struct template_record tr = { .type = RECORD_TEMPLATE, .len = a->record_len };
+		struct template_record tr = { .type = RECORD_TEMPLATE, .len = holder->record_len };
 		memcpy(half + at, &tr, sizeof(tr));
-		memcpy(half + at + sizeof(tr), a->record, a->record_len);
+		memcpy(half + at + sizeof(tr), holder->record, holder->record_len);
+		holder->journal_gen = j->gen;
+		holder->journal_at = at;
+		at += template_bytes;
+	}
+	if (with_file) {
+		struct file_record fr = { .type = RECORD_FILE, .path_len = a->path_len,
+					  .template_at = holder->journal_at, .dev = a->dev,
+					  .ino = a->ino, .ctime_ns = a->ctime_ns };
+		memcpy(half + at, &fr, sizeof(fr));
+		memcpy(half + at + sizeof(fr), a->path, a->path_len);
 		a->journal_gen = j->gen;
 		a->journal_at = at;
-		if (a->path) {
-			uint64_t f_at = at + sizeof(tr) + pad8(a->record_len);
-			struct file_record fr = { .type = RECORD_FILE, .path_len = a->path_len,
-						  .dev = a->dev, .ino = a->ino,
-						  .ctime_ns = a->ctime_ns };
-			memcpy(half + f_at, &fr, sizeof(fr));
-			memcpy(half + f_at + sizeof(fr), a->path, a->path_len);
-		}
-		at += template_bytes;
+		at += file_bytes;
 	}
 	struct repeat_record rr = { .type = RECORD_REPEAT, .pid = (uint32_t)pid,
 				    .template_at = a->journal_at, .time_ns = t };
@@ -790,7 +814,7 @@ static int serve(Answers *self, struct pending *ev, struct lookup *lk, int may_r
 			return 0; /* a new question: Python decides */
 		}
 		int64_t t = now_ns();
-		if (!journal_repeat(&self->journal, a, ev->pid, t)) {
+		if (!journal_repeat(self, a, ev->pid, t)) {
 			pthread_mutex_unlock(&self->lock);
 			return 0; /* the journal's half is full: Python decides and records */
 		}
@@ -1035,6 +1059,7 @@ static int store(Answers *self, struct table *t, uint64_t h, int pid, int uid, i
 		free(a->path); /* Python's own answer for the file: no longer a class copy */
 		a->path = NULL;
 		a->path_len = 0;
+		a->cls = 0;
 		keep_record(self, a);
 		return 1;
 	}

@@ -12,10 +12,11 @@ Layout (little-endian; written by ``_answers.c``, read back here)::
                          then for each of the two halves: its gen, its used bytes
     half 0, half 1     : records, each 8-byte aligned
         template  u32 1, u32 len, the serialized file_access event (padded to 8)
-        file      u32 3, u32 len, u64 dev, u64 ino, i64 ctime_ns, the path (padded to 8)
-                  -- right after a template written for a class answer (classes.py):
-                  the file the answer was given for, which the event must name
-        repeat    u32 2, u32 pid, u64 offset of its template in the half, i64 time_ns
+        file      u32 3, u32 len, u64 offset of its template, u64 dev, u64 ino,
+                  i64 ctime_ns, the path (padded to 8) -- a class answer's copy
+                  (classes.py): the file it was given for, which its event must name
+        repeat    u32 2, u32 pid, u64 offset of its template (or file) in the half,
+                  i64 time_ns
 
 Generation ``g`` is written to half ``g % 2``; ``take()`` returns exactly its repeats
 and starts ``g + 1`` in the other half. Once the file guard has handed a take's
@@ -41,7 +42,7 @@ _HEADER = struct.Struct("<8sQQQQQQQ")  # magic, half_bytes, done_gen, gen, (gen,
 _DONE_AT = 16
 _TEMPLATE = struct.Struct("<II")  # type, len
 _REPEAT = struct.Struct("<IIQq")  # type, pid, template offset, time_ns
-_FILE = struct.Struct("<IIQQq")  # type, path length, dev, ino, ctime_ns
+_FILE = struct.Struct("<IIQQQq")  # type, path length, template offset, dev, ino, ctime_ns
 TEMPLATE, REPEAT, FILE = 1, 2, 3
 
 
@@ -109,8 +110,8 @@ class RepeatJournal:
     @staticmethod
     def _fold(half: bytes) -> list[Repeats]:
         templates: dict[int, bytes] = {}
-        files: dict[int, tuple[int, int, int, bytes]] = {}  # template offset -> its file
-        last_template = -1
+        # file record offset -> its template's offset and (dev, ino, ctime_ns, path)
+        files: dict[int, tuple[int, tuple[int, int, int, bytes]]] = {}
         counts: dict[tuple[int, int], list[int]] = {}  # (template, pid) -> count, first, last
         at = 0
         while at + _TEMPLATE.size <= len(half):
@@ -120,28 +121,31 @@ class RepeatJournal:
                 if end > len(half):
                     break  # cannot happen below used; stop rather than read past
                 templates[at] = half[at + _TEMPLATE.size : end]
-                last_template = at
                 at += _TEMPLATE.size + (length + 7) // 8 * 8
             elif kind == FILE and at + _FILE.size <= len(half):
-                _, length, dev, ino, ctime_ns = _FILE.unpack_from(half, at)
+                _, length, template, dev, ino, ctime_ns = _FILE.unpack_from(half, at)
                 end = at + _FILE.size + length
-                if end > len(half) or last_template < 0:
+                if end > len(half) or template not in templates:
                     break
-                files[last_template] = (dev, ino, ctime_ns, half[at + _FILE.size : end])
+                files[at] = (template, (dev, ino, ctime_ns, half[at + _FILE.size : end]))
                 at += _FILE.size + (length + 7) // 8 * 8
             elif kind == REPEAT and at + _REPEAT.size <= len(half):
                 _, pid, template, t = _REPEAT.unpack_from(half, at)
-                if template in templates:
+                if template in templates or template in files:
                     c = counts.setdefault((template, pid), [0, t, t])
                     c[0] += 1
                     c[2] = t
                 at += _REPEAT.size
             else:
                 break
-        return [
-            Repeats(templates[template], pid, count, first, last, files.get(template))
-            for (template, pid), (count, first, last) in counts.items()
-        ]
+        out = []
+        for (at, pid), (count, first, last) in counts.items():
+            if at in files:
+                template, file = files[at]
+                out.append(Repeats(templates[template], pid, count, first, last, file))
+            else:
+                out.append(Repeats(templates[at], pid, count, first, last))
+        return out
 
     def mark_done(self, gen: int) -> None:
         """Generations up to ``gen`` are recorded: never read back again."""

@@ -83,15 +83,21 @@ def test_the_journal_reads_back_the_file_of_a_class_answer(tmp_path: Path) -> No
     path = b"/srv/secret/a/f2"
     half = bytearray()
     half += struct.pack("<II", 1, len(event)) + event + b"\0" * 3
-    half += struct.pack("<IIQQq", 3, len(path), 1, 11, 100) + path
-    half += struct.pack("<IIQq", 2, 4242, 0, 5)  # two repeats of the template at 0
-    half += struct.pack("<IIQq", 2, 4242, 0, 6)
+    at_file = len(half)
+    half += struct.pack("<IIQQQq", 3, len(path), 0, 1, 11, 100) + path
+    half += struct.pack("<IIQq", 2, 4242, at_file, 5)  # two repeats of that file
+    half += struct.pack("<IIQq", 2, 4242, at_file, 6)
+    half += struct.pack("<IIQq", 2, 4243, 0, 7)  # and one of the template itself
     # the header: generation 1 being written, in half 1, not done
     offset = 4096 + 8192
     journal._map[offset : offset + len(half)] = bytes(half)
     struct.pack_into("<QQQQQ", journal._map, 24, 1, 0, 0, 1, len(half))
     back = journal.read_back()
     journal.close()
-    assert len(back) == 1
-    assert back[0].file == (1, 11, 100, path)
-    assert (back[0].pid, back[0].count, back[0].first_ns, back[0].last_ns) == (4242, 2, 5, 6)
+    assert len(back) == 2
+    by_pid = {r.pid: r for r in back}
+    assert by_pid[4242].file == (1, 11, 100, path)
+    assert by_pid[4242].event == event
+    assert (by_pid[4242].count, by_pid[4242].first_ns, by_pid[4242].last_ns) == (2, 5, 6)
+    assert by_pid[4243].file is None
+    assert by_pid[4243].event == event
