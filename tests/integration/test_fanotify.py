@@ -467,7 +467,7 @@ class Journalled(Repeating):
         recorded = events_pb2.Event(
             file_access=events_pb2.FileAccess(path=a.path, pid=a.pid, uid=a.uid)
         ).SerializeToString()
-        self.kept.append(self.guard.repeat(a, allowed, recorded))
+        self.kept.append(self.guard.repeat(a, allowed, recorded, plain=self.plain))
         return allowed
 
 
@@ -515,6 +515,37 @@ def test_repeats_are_journalled_before_they_are_answered(
     assert child.opens(tree / "public", 2) == ["ok", "ok"]
     assert _read_back(journal) == {(str(tree / "public"), pid): 2}
     assert g.journal_generation() == generation + 1
+
+
+def test_shared_answers_are_journalled_against_one_copy_of_their_event(
+    tree: Path,
+    guarded: Callable[..., PermissionGuard],
+    children: Callable[..., CommandChild],
+    child_python: str,
+    tmp_path: Path,
+) -> None:
+    """Processes answered with another's answer are journalled each under its own pid,
+    all against one record of the event in the half (not one per process)."""
+    journal = RepeatJournal(tmp_path / "repeats.journal")
+    rec = Journalled(deny=lambda a: False, plain=True)
+    rec.guard = guarded([tree], rec, journal_fd=journal.fd)
+    first = children(child_python, UID)
+    assert first.opens(tree / "public", 2) == ["ok", "ok"]
+    others = [children(child_python, UID) for _ in range(3)]
+    for child in others:
+        assert child.opens(tree / "secret", 1) == ["ok"]  # asked: vouches for it
+        assert child.opens(tree / "public", 2) == ["ok", "ok"]  # the shared answer
+    back = _read_back(journal)
+    assert back == {
+        (str(tree / "public"), first.proc.pid): 1,
+        **{(str(tree / "public"), c.proc.pid): 2 for c in others},
+    }
+    # The public event's template once for the shared answer, once for the first
+    # process's own answer: not once more per process that shared it.
+    _, gen, halves = journal._header()
+    used = halves[gen % 2][1]
+    body = journal._map[4096 + (gen % 2) * journal.half_bytes :][:used]
+    assert body.count(str(tree / "public").encode()) == 2
 
 
 def test_a_full_journal_half_hands_repeats_to_python(

@@ -598,10 +598,36 @@ static struct journal_header *journal_header(struct journal *j)
 }
 
 /*
+ * The shared answer a (a copy, lock held) was made from; NULL when it is forgotten or
+ * was decided again since. A copy's repeats are journaled against its event, written
+ * once per half however many processes and files share it.
+ */
+static struct answer *original_of(Answers *self, const struct answer *a)
+{
+	struct stat key = { 0 };
+	uint64_t dev = a->dev, ino = a->ino;
+	int64_t ctime_ns = a->ctime_ns;
+	if (a->cls) {
+		dev = CLASS_DEV;
+		ino = a->cls;
+		ctime_ns = 0;
+	}
+	key.st_dev = (dev_t)dev;
+	key.st_ino = (ino_t)ino;
+	key.st_ctim.tv_sec = ctime_ns / 1000000000LL;
+	key.st_ctim.tv_nsec = ctime_ns % 1000000000LL;
+	uint64_t h = key_hash(0, a->uid, a->kind, dev, ino, ctime_ns, a->exe, a->exe_len);
+	struct answer *s = find_slot(&self->shared, h, 0, a->uid, a->kind, &key, a->exe,
+				     a->exe_len);
+	return s->hash && s->record == a->record ? s : NULL;
+}
+
+/*
  * Write a repeat of a to the journal before it is answered (lock held): its event
- * first if this half lacks it -- for a copy of a class answer, the class answer's
- * event (once per half) and then the file it was copied for (once per half). 0 when
- * it does not fit, or the class answer is gone (Python decides the event).
+ * first if this half lacks it -- for a copy of a shared answer, that answer's event
+ * (once per half), and for a copy of a class answer then the file it was copied for
+ * (once per half). 0 when it does not fit, or the shared answer is gone (Python
+ * decides the event).
  */
 static int journal_repeat(Answers *self, struct answer *a, int pid, int64_t t)
 {
@@ -609,19 +635,10 @@ static int journal_repeat(Answers *self, struct answer *a, int pid, int64_t t)
 	if (!j->map || !a->record)
 		return 1; /* nothing to keep: no journal, or an answer never recorded */
 	char *half = j->map + JOURNAL_HEADER + (j->gen & 1) * j->half_bytes;
-	/* The answer whose event the template holds: a itself, or its class answer. */
-	struct answer *holder = a;
-	if (a->cls) {
-		struct stat key = { 0 };
-		key.st_dev = (dev_t)CLASS_DEV;
-		key.st_ino = (ino_t)a->cls;
-		uint64_t h = key_hash(0, a->uid, KIND_OPEN, CLASS_DEV, a->cls, 0, a->exe,
-				      a->exe_len);
-		holder = find_slot(&self->shared, h, 0, a->uid, KIND_OPEN, &key, a->exe,
-				   a->exe_len);
-		if (!holder->hash || holder->record != a->record)
-			return 0; /* forgotten, or decided again since: ask Python */
-	}
+	/* The answer whose event the template holds: a itself, or the shared answer. */
+	struct answer *holder = a->borrowed ? original_of(self, a) : a;
+	if (!holder)
+		return 0; /* forgotten, or decided again since: ask Python */
 	int with_template = holder->journal_gen != j->gen;
 	int with_file = a->cls && a->journal_gen != j->gen;
 	uint64_t template_bytes = sizeof(struct template_record) + pad8(holder->record_len);
