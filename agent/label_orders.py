@@ -29,12 +29,10 @@ import grpc
 from baomi import labels
 from baomi.policy.errors import LabelError
 from baomi.v1 import collector_pb2, events_pb2
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ed25519
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from agent.errors import AgentError
 from agent.identity import Identity
+from agent.signing import SigningKey
 from agent.spool import Spool
 
 _logger = logging.getLogger(__name__)
@@ -243,10 +241,7 @@ class LabelOrders:
         roots: Sequence[Path],
         label_key: Path,
     ) -> None:
-        key = load_pem_public_key(identity.signing_pub_pem)
-        if not isinstance(key, ed25519.Ed25519PublicKey):
-            raise AgentError("the collector's signing key is not Ed25519; re-enrol")
-        self._verify_key = key
+        self._verify_key = SigningKey(identity.signing_pub_pem)
         self._identity = identity
         self._emit = emit
         self._label_key_path = label_key  # the key the file guard checks seals with
@@ -267,12 +262,8 @@ class LabelOrders:
 
     def verify(self, order: collector_pb2.LabelOrder) -> None:
         """OrderError unless ``order`` is signed by the collector and for this host."""
-        try:
-            self._verify_key.verify(order.signature, order_signed_bytes(order))
-        except InvalidSignature:
-            raise OrderError(
-                f"label order {order.order_id[:40]!r}: the signature does not verify"
-            ) from None
+        if not self._verify_key.verifies(order.signature, order_signed_bytes(order)):
+            raise OrderError(f"label order {order.order_id[:40]!r}: the signature does not verify")
         if order.host_id != self._identity.host_id:
             raise OrderError(f"label order {order.order_id} is for host {order.host_id[:64]!r}")
         if order.action not in (*ACTIONS, "destroy"):
