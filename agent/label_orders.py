@@ -31,6 +31,7 @@ from baomi.policy.errors import LabelError
 from baomi.v1 import collector_pb2, events_pb2
 
 from agent.errors import AgentError
+from agent.heap import return_freed_heap
 from agent.identity import Identity
 from agent.signing import SigningKey
 from agent.spool import Spool
@@ -366,6 +367,7 @@ class LabelOrders:
                     await asyncio.to_thread(self.report_inventory)
                 except Exception:
                     _logger.exception("the label inventory failed; trying again")
+                return_freed_heap()  # the pass read every label of the trees
                 await asyncio.sleep(every_seconds)
         finally:
             watching.cancel()
