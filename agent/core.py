@@ -30,7 +30,7 @@ from agent import __version__
 from agent.destroy import Destroyer, load_policies, signing_key
 from agent.destroy import serve as serve_destroy
 from agent.errors import AgentError
-from agent.heap import return_freed_heap
+from agent.heap import keep_heap_thresholds, return_freed_heap
 from agent.identity import Identity, check_addresses, load_identity
 from agent.journal import EventJournal, JournalError
 from agent.label_orders import LabelOrders
@@ -372,6 +372,7 @@ async def _ended(task: asyncio.Task[None], what: str, seconds: float = 5.0) -> N
 
 def run_agent(config: AgentConfig) -> None:
     """Run an agent until SIGINT or SIGTERM."""
+    keep_heap_thresholds()
 
     async def main() -> None:
         agent = Agent(config)
