@@ -16,7 +16,7 @@ from baomi.config import AppendOrOne, ConfigFileError, add_config_option, parse_
 from baomi.display import escape
 from baomi.policy.errors import LabelError
 
-from agent import destroy, localrecord, offline
+from agent import destroy
 from agent.core import AgentConfig, run_agent
 from agent.devices import cli as devices_cli
 from agent.errors import AgentError
@@ -29,7 +29,12 @@ DEFAULT_CONFIG = Path("/etc/baomi/agent.toml")
 DEFAULT_POLICIES = Path("policies")  # relative to the working directory, for now
 
 
+# Offline enrolment and export (agent.offline: cryptography's X.509 layer) and the
+# local record's listings are imported by their commands only, so that ``run`` does not
+# carry them: an idle agent's resident memory is what it imports.
 def _cmd_enroll(args: argparse.Namespace) -> int:
+    from agent import offline  # noqa: PLC0415 - see above
+
     by_file = args.token_file is not None or args.cert_file is not None
     if by_file and (args.collector or args.token or args.ca):
         raise AgentError("enrol either by network (--collector, --token, --ca) or by file")
@@ -78,6 +83,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from agent import offline  # noqa: PLC0415 - see _cmd_enroll
+
     if args.forget_through is not None:
         if args.out is not None or args.again:
             raise AgentError("--forget-through is given alone, after an import")
@@ -95,6 +102,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_events(args: argparse.Namespace) -> int:
+    from agent import localrecord  # noqa: PLC0415 - see _cmd_enroll
+
     for line in localrecord.list_events(
         args.state_dir,
         limit=args.limit,
@@ -107,6 +116,8 @@ def _cmd_events(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from agent import localrecord  # noqa: PLC0415 - see _cmd_enroll
+
     for line in localrecord.host_report(args.state_dir):
         print(line)
     return 0

@@ -30,6 +30,7 @@ from agent import __version__
 from agent.destroy import Destroyer, load_policies, signing_key
 from agent.destroy import serve as serve_destroy
 from agent.errors import AgentError
+from agent.heap import keep_heap_thresholds, return_freed_heap
 from agent.identity import Identity, check_addresses, load_identity
 from agent.journal import EventJournal, JournalError
 from agent.label_orders import LabelOrders
@@ -294,6 +295,7 @@ class Agent:
             self.policy.load_last_good()
         self.state = "running"
         self.emit(self._status("started"))
+        return_freed_heap()  # what the start-up (policy load, scan of the trees) let go
         streaming = asyncio.create_task(self._stream())
         watching = asyncio.create_task(
             self.policy.watch() if self.policy is not None else _forever()
@@ -315,6 +317,7 @@ class Agent:
                 if not stop.is_set():
                     self.spool.touch_alive()
                     self.emit(self._status(self.state))
+                    return_freed_heap()  # and what the periodic passes let go since
                 if streaming.done() and not stop.is_set():  # it never should: start it again
                     _logger.error("the event stream ended (%s); starting it again", streaming)
                     streaming = asyncio.create_task(self._stream())
@@ -369,6 +372,7 @@ async def _ended(task: asyncio.Task[None], what: str, seconds: float = 5.0) -> N
 
 def run_agent(config: AgentConfig) -> None:
     """Run an agent until SIGINT or SIGTERM."""
+    keep_heap_thresholds()
 
     async def main() -> None:
         agent = Agent(config)

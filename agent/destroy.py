@@ -46,13 +46,11 @@ from baomi import labels
 from baomi.policy.errors import LabelError, PolicyError
 from baomi.policy.policyset import PolicySet
 from baomi.v1 import collector_pb2, events_pb2
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ed25519
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from agent.errors import AgentError
 from agent.identity import Identity
 from agent.label_orders import DONE_FILE, content_hash, order_signed_bytes
+from agent.signing import SigningKey
 
 _logger = logging.getLogger(__name__)
 
@@ -124,17 +122,13 @@ def load_order(state_dir: Path, order_id: str) -> collector_pb2.LabelOrder:
         raise DestroyError(f"destruction order {order_id!r} is unreadable: {e}") from e
 
 
-def verify_order(
-    order: collector_pb2.LabelOrder, key: ed25519.Ed25519PublicKey, host_id: str
-) -> None:
+def verify_order(order: collector_pb2.LabelOrder, key: SigningKey, host_id: str) -> None:
     """DestroyError unless ``order`` is a destruction order the collector signed for us."""
-    try:
-        key.verify(order.signature, order_signed_bytes(order))
-    except InvalidSignature:
+    if not key.verifies(order.signature, order_signed_bytes(order)):
         raise DestroyError(
             f"destruction order {order.order_id[:40]!r}: the signature does not verify "
             "(forged or altered); ask for a new order"
-        ) from None
+        )
     if order.host_id != host_id:
         raise DestroyError(f"order {order.order_id} is for host {order.host_id[:64]!r}")
     if order.action != ACTION or not order_person(order):
@@ -170,7 +164,7 @@ class Destroyer:
         state_dir: Path,
         *,
         host_id: str,
-        verify_key: ed25519.Ed25519PublicKey,
+        verify_key: SigningKey,
         label_key: Callable[[], bytes | None],
         policies: Callable[[], PolicySet | None],
         emit: Callable[[events_pb2.Event], None],
@@ -376,12 +370,9 @@ def ask_agent(state_dir: Path, path: str, order_id: str, person: str) -> str | N
     return str(answer.get("message"))
 
 
-def signing_key(identity: Identity) -> ed25519.Ed25519PublicKey:
+def signing_key(identity: Identity) -> SigningKey:
     """The collector's order-signing key, received at enrolment."""
-    key = load_pem_public_key(identity.signing_pub_pem)
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise AgentError("the collector's signing key is not Ed25519; re-enrol")
-    return key
+    return SigningKey(identity.signing_pub_pem)
 
 
 def load_policies(directory: Path) -> Callable[[], PolicySet | None]:

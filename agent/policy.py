@@ -18,12 +18,10 @@ from pathlib import Path
 import grpc
 from baomi.policy import SAFE_NAME
 from baomi.v1 import collector_pb2, events_pb2
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ed25519
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from agent.errors import AgentError
 from agent.identity import Identity
+from agent.signing import SigningKey
 
 _logger = logging.getLogger(__name__)
 
@@ -51,10 +49,7 @@ class PolicyKeeper:
         apply: Apply,
         emit: Callable[[events_pb2.Event], None],
     ) -> None:
-        key = load_pem_public_key(identity.signing_pub_pem)
-        if not isinstance(key, ed25519.Ed25519PublicKey):
-            raise AgentError("the collector's signing key is not Ed25519; re-enrol")
-        self._key = key
+        self._key = SigningKey(identity.signing_pub_pem)
         self._identity = identity
         self._dir = state_dir / "policy"
         self._apply = apply
@@ -82,9 +77,7 @@ class PolicyKeeper:
 
     def offer(self, bundle: collector_pb2.PolicyBundle) -> bool:
         """Apply ``bundle`` if it is signed and loads; report the outcome as an event."""
-        try:
-            self._key.verify(bundle.signature, signed_bytes(bundle))
-        except InvalidSignature:
+        if not self._key.verifies(bundle.signature, signed_bytes(bundle)):
             self._report(bundle.version, ok=False, error="signature does not verify")
             return False
         bad = [n for n in bundle.files if not n or set(n) - SAFE_NAME or n.startswith(".")]

@@ -28,11 +28,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import casbin
 import wcmatch.glob as wcglob
-from casbin.model import Model
-from casbin.persist.adapter import _extract_tokens
-from casbin.util.log import disabled_logging
 
 from baomi.labels import Label
 from baomi.policy.errors import PolicyError
@@ -168,8 +164,37 @@ def _line_of(text: str, pattern: str) -> int:
     return 0
 
 
+# Casbin (~2 MB resident, a running agent's largest library after gRPC and protobuf) is
+# imported only where a policy needs it: a model.conf that is not plainly the engine's
+# own, a policy.csv line with brackets, the reference enforcer. The shipped files need
+# none of it, so an agent guarding files does not carry it.
+_NESTING = re.compile(r"[\[\]()]")  # what makes Casbin's tokeniser more than a comma split
+
+
+def _content_lines(text: str) -> list[str] | None:
+    """The stripped lines Casbin's config parser reads statements from (blank and
+    ``#``/``;`` comment lines left out); None when such a line ends a statement continued
+    with ``\\`` (Casbin ends the statement there, so leaving the line out would change it)."""
+    lines: list[str] = []
+    for raw in text.split("\n"):  # as Casbin reads it (StringIO.readline), not splitlines()
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            if lines and lines[-1].endswith("\\"):
+                return None
+            continue
+        lines.append(line)
+    return lines
+
+
+_MODEL_LINES = _content_lines(MODEL_TEXT)
+
+
 def _check_model(path: Path, text: str) -> None:
     """Refuse a model.conf that is not the model the engine compiles."""
+    if _content_lines(text) == _MODEL_LINES:
+        return  # statement for statement the engine's own: Casbin would read the same
+    from casbin.model import Model  # noqa: PLC0415 - see _NESTING
+
     try:
         got = Model()
         got.load_model_from_text(text)
@@ -215,6 +240,17 @@ def _policy_lines(path: Path, data: bytes) -> Iterator[tuple[int, str]]:
             yield n, line
 
 
+def _tokens(line: str) -> list[str]:
+    """``line`` split into tokens as Casbin's file adapter splits it: without brackets or
+    parentheses, at every comma (IndexError on unbalanced ones, as Casbin)."""
+    if not _NESTING.search(line):
+        return [token.strip() for token in line.split(",")]
+    from casbin.persist.adapter import _extract_tokens  # noqa: PLC0415 - see _NESTING
+
+    tokens: list[str] = _extract_tokens(line)
+    return tokens
+
+
 def _parse_policy(
     path: Path, data: bytes, subjects: Subjects
 ) -> tuple[tuple[Rule, ...], tuple[RoleLink, ...]]:
@@ -222,7 +258,7 @@ def _parse_policy(
     links: list[RoleLink] = []
     for n, line in _policy_lines(path, data):
         try:
-            tokens: list[str] = _extract_tokens(line)
+            tokens = _tokens(line)
         except IndexError:
             raise PolicyError(
                 path, n, "unbalanced ] or ): quote nothing, balance brackets"
@@ -425,6 +461,9 @@ class PolicySet:
         current = PolicySet.load(self.directory)
         if current.version != self.version:
             raise PolicyError(self.directory, 0, "policy files changed since loaded: reload")
+        import casbin  # noqa: PLC0415 - see _NESTING
+        from casbin.util.log import disabled_logging  # noqa: PLC0415
+
         # Casbin logs the whole model and policy at INFO while constructing (and each
         # denial at WARNING), and silences its loggers only afterwards: silence them first.
         disabled_logging()

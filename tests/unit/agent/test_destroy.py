@@ -25,6 +25,7 @@ from agent.destroy import (
     overwrite_and_remove,
 )
 from agent.label_orders import LabelOrders
+from agent.signing import SigningKey
 from collector.register import sign_order
 from tests.unit.agent.test_label_orders import KEY, _identity
 
@@ -75,7 +76,7 @@ class Site:
         self.destroyer = Destroyer(
             self.state,
             host_id="ws-01",
-            verify_key=KEY.public_key(),
+            verify_key=SigningKey(_identity().signing_pub_pem),
             label_key=lambda: self.key,
             policies=load_policies(self.policies),
             emit=self.events.append,

@@ -1,0 +1,61 @@
+"""A connected agent streams without loading cryptography's native library (its Rust
+extension and OpenSSL bindings, ~8 MB of an idle agent's resident memory): it checks
+the collector's signing key at start without it, and needs it only for a signature to
+verify. Real ``baomi-collector`` and ``baomi-agent`` processes, mTLS on loopback."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from tests.procs import (
+    Processes,
+    create_token,
+    enroll_agent,
+    free_port_pair,
+    init_pki,
+    start_agent,
+    start_collector,
+    wait_for,
+)
+
+HOST = "footprint-host"
+HEARTBEAT_S = 0.3  # the agent's heartbeats are the events it streams
+STORED_TIMEOUT_S = 60.0  # seconds for its events to reach the collector
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Processes]:
+    """Daemons of this test; whatever still runs is SIGKILLed by pid in teardown."""
+    with Processes(tmp_path / "logs") as group:
+        yield group
+
+
+def stored(store_path: Path) -> int:
+    """How many of the agent's events the collector stored."""
+    with closing(sqlite3.connect(store_path, timeout=10)) as db:
+        (count,) = db.execute("SELECT count(*) FROM events WHERE host_id = ?", (HOST,)).fetchone()
+        return int(count)
+
+
+def test_a_streaming_agent_has_not_loaded_cryptography(tmp_path: Path, procs: Processes) -> None:
+    pki_dir, store_path, state = tmp_path / "pki", tmp_path / "events.db", tmp_path / "agent"
+    store_url = f"sqlite:///{store_path}"
+    init_pki(pki_dir)
+    port = free_port_pair()
+    collector = start_collector(procs, store_url=store_url, pki_dir=pki_dir, port=port)
+    enroll_agent(state, port=port, token=create_token(store_url, HOST), ca=pki_dir / "ca.pem")
+    agent = start_agent(procs, state, heartbeat=HEARTBEAT_S)
+    wait_for(
+        lambda: stored(store_path) >= 3,
+        "the agent's heartbeats at the collector",
+        timeout=STORED_TIMEOUT_S,
+        watch=[agent, collector],
+    )
+    maps = Path(f"/proc/{agent.pid}/maps").read_text()
+    assert "cygrpc" in maps  # the right process: it streams over gRPC
+    assert "cryptography" not in maps, [m for m in maps.splitlines() if "cryptography" in m]
