@@ -201,6 +201,33 @@ def test_a_tree_read_file_after_file_is_decided_once_per_class_and_every_file_re
             assert max(a.count, 1) == 1  # 0: recorded when decided (one open)
 
 
+def test_a_new_process_of_the_program_is_recorded_file_by_file_too(
+    tree: Tree, guarded: tuple[FileGuard, list[events_pb2.Event], Decisions]
+) -> None:
+    guard, events, decisions = guarded
+    opened = tree.files("open")
+    assert tree.grep_all(opened) == ""
+    before = len(decisions.paths)
+    second = subprocess.Popen(
+        [tree.cat, *map(str, opened)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, stderr = second.communicate(timeout=CHILD_TIMEOUT)
+    assert stderr == ""
+    assert len(decisions.paths) - before <= 1  # its first open vouches for it
+    guard.flush()
+    mine = {
+        e.file_access.path: e.file_access
+        for e in events
+        if e.HasField("file_access") and e.file_access.pid == second.pid
+    }
+    assert set(mine) == {str(f) for f in opened}
+    for i, f in enumerate(opened):
+        assert (mine[str(f)].label_id, mine[str(f)].home) == (f"REG-open-{i}", str(f))
+
+
 def test_a_hard_link_into_an_allowed_directory_is_decided_by_its_home_class(
     tree: Tree, guarded: tuple[FileGuard, list[events_pb2.Event], Decisions]
 ) -> None:

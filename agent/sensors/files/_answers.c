@@ -505,7 +505,12 @@ static struct answer *from_shared(Answers *self, struct opener *o, int kind,
 				     lk->exe_len);
 	if (!s->hash || !still_vouched(o))
 		return NULL;
-	return adopt(self, o, kind, lk, own_hash, s, NULL, 0, 0);
+	/* A shared copy of a class answer: this copy names the same file, by the path it
+	 * was first opened by (as any shared answer's record does). */
+	char *path = NULL;
+	if (s->path && !(path = strndup(s->path, s->path_len)))
+		return NULL;
+	return adopt(self, o, kind, lk, own_hash, s, path, s->path_len, s->cls);
 }
 
 static uint64_t class_hash(uint64_t dev, uint64_t ino, int64_t ctime_ns)
@@ -536,6 +541,37 @@ static uint32_t class_of(struct classes *c, const struct stat *st)
 	struct file_class *f =
 		class_slot(c, (uint64_t)st->st_dev, (uint64_t)st->st_ino, ctime_ns_of(st));
 	return f->ino ? f->cls : 0;
+}
+
+/*
+ * Keep a copy of class answer c for the file of a (lock held), in the shared table: a
+ * new process of the same program then finds the file there (from_shared), without
+ * reading its path again. Nothing when the table is full.
+ */
+static void share_copy(Answers *self, const struct lookup *lk, const struct answer *c,
+		       const struct answer *a)
+{
+	uint64_t h = key_hash(0, lk->uid, KIND_OPEN, lk->st.st_dev, lk->st.st_ino,
+			      ctime_ns_of(&lk->st), lk->exe, lk->exe_len);
+	char *exe = malloc(lk->exe_len + 1);
+	char *path = strndup(a->path, a->path_len);
+	struct answer *x = exe && path ? room_for(self, &self->shared, h, 0, lk->uid, KIND_OPEN,
+						  &lk->st, lk->exe, lk->exe_len)
+				       : NULL;
+	if (!x || x->hash) {
+		free(exe);
+		free(path);
+		return;
+	}
+	memcpy(exe, lk->exe, lk->exe_len);
+	exe[lk->exe_len] = 0;
+	*x = (struct answer){ .hash = h, .uid = lk->uid, .kind = KIND_OPEN,
+			      .dev = (uint64_t)lk->st.st_dev, .ino = (uint64_t)lk->st.st_ino,
+			      .ctime_ns = ctime_ns_of(&lk->st), .exe = exe, .exe_len = lk->exe_len,
+			      .allow = c->allow, .token = c->token, .borrowed = 1, .event = c->event,
+			      .record = c->record, .record_len = c->record_len, .path = path,
+			      .path_len = a->path_len, .cls = a->cls };
+	self->shared.used++;
 }
 
 /*
@@ -571,8 +607,12 @@ static struct answer *from_class(Answers *self, struct opener *o, const struct l
 	}
 	path[n] = 0;
 	char *fitted = realloc(path, (size_t)n + 1);
-	return adopt(self, o, KIND_OPEN, lk, own_hash, s, fitted ? fitted : path, (uint32_t)n,
-		     cls);
+	struct answer class_answer = *s; /* s moves if the shared table grows below */
+	struct answer *a = adopt(self, o, KIND_OPEN, lk, own_hash, s, fitted ? fitted : path,
+				 (uint32_t)n, cls);
+	if (a)
+		share_copy(self, lk, &class_answer, a);
+	return a;
 }
 
 static int respond(int fan_fd, int fd, int allow)

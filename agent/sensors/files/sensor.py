@@ -474,13 +474,21 @@ class FileGuard:
         with self._fold_lock:
             generation = self._guard.journal_generation()
             repeats = self._guard.take_repeats(forget=forget)
+            # Per process, only the highest label it read taints it: one look at each.
+            strongest: dict[int, events_pb2.FileAccess] = {}
             for recorded, pid, count, first_ns, last_ns, file in repeats:
                 assert isinstance(recorded, bytes)  # noqa: S101 - only _decide() gives tokens
                 event = self._repeat_event(recorded, pid, count, first_ns, last_ns)
                 if file is not None:
                     self._class_event(event, *file)
-                self._taint_by_repeat(event.file_access)
+                access = event.file_access
+                if _taints_by_repeat(access):
+                    best = strongest.get(pid)
+                    if best is None or access.level > best.level:
+                        strongest[pid] = access
                 self._sink(event)
+            for access in strongest.values():
+                self._taint_by_repeat(access)
             if self._journal is not None and generation:
                 self._journal.mark_done(generation)
             self._hand_classes()
@@ -1100,11 +1108,7 @@ class FileGuard:
     def _taint_by_repeat(self, access: events_pb2.FileAccess) -> None:
         """A read the guard's C loop answered (counted in a repeat event) taints its
         process as a decided one does; it may have exited meanwhile (taint.py)."""
-        if (
-            access.decision != events_pb2.DECISION_ALLOW
-            or access.action not in ("read", "execute")
-            or access.level <= 0
-        ):
+        if not _taints_by_repeat(access):
             return
         label = Label(
             level=access.level,
@@ -1326,3 +1330,12 @@ def _signature(engine: Engine, home: str) -> tuple[object, ...]:
     """What ``engine`` can tell of a home: the policy's patterns that match it, under
     its policy version (a key of another policy never names the same class)."""
     return (engine.version, *engine.home_signature(home))
+
+
+def _taints_by_repeat(access: events_pb2.FileAccess) -> bool:
+    """Whether a repeat the C loop answered let its process read a classified file."""
+    return (
+        access.decision == events_pb2.DECISION_ALLOW
+        and access.action in ("read", "execute")
+        and access.level > 0
+    )
