@@ -1411,9 +1411,10 @@ static PyObject *Answers_set_classes(Answers *self, PyObject *args, PyObject *kw
 			return PyErr_Format(PyExc_ValueError, "entry %zu: no class, no inode or "
 					    "padding set", i);
 		}
-	pthread_mutex_lock(&self->lock);
-	size_t need = (replace ? 0 : self->classes.used) + n;
+	/* Built outside the mutex, which the read loop takes for every event: only this
+	 * function writes the table, and it runs with the GIL held, one call at a time. */
 	struct classes old = self->classes, fresh = { 0 };
+	size_t need = (replace ? 0 : old.used) + n;
 	int too_many = need > CLASSES_MAX;
 	if (!too_many && need) {
 		fresh.capacity = INITIAL_SLOTS;
@@ -1436,9 +1437,10 @@ static PyObject *Answers_set_classes(Answers *self, PyObject *args, PyObject *kw
 			*f = (struct file_class){ .dev = e[i].dev, .ino = e[i].ino,
 						  .ctime_ns = e[i].ctime_ns, .cls = e[i].cls };
 		}
+		pthread_mutex_lock(&self->lock);
 		self->classes = fresh;
+		pthread_mutex_unlock(&self->lock);
 	}
-	pthread_mutex_unlock(&self->lock);
 	PyBuffer_Release(&buf);
 	if (failed) {
 		free(fresh.slots);

@@ -28,6 +28,7 @@ from baomi.labels import Label
 #: One entry of ``Answers.set_classes``: dev, inode, ctime_ns, class, padding.
 ENTRY = struct.Struct("=QQqII")
 MAX_FILES = 262_144  # labelled files kept classed (~250 bytes each); more are decided
+SLACK = 4096  # old versions the C loop may hold beyond the files known, before a resend
 FileVersion = tuple[int, int, int]  # dev, inode, ctime_ns
 
 
@@ -77,6 +78,14 @@ class FileClasses:
         dev, ino, ctime_ns = version
         known = self._files.get((dev, ino))
         return known[1] if known is not None and known[0] == ctime_ns else None
+
+    def current(self) -> bytes:
+        """``set_classes`` entries of every file version known now, in its class."""
+        with self._lock:
+            files = list(self._files.items())
+        return pack(
+            ((dev, ino, ctime_ns), number) for (dev, ino), (ctime_ns, _, number, _) in files
+        )
 
     def reclassify(self, signature: Callable[[str], tuple[object, ...]]) -> bytes:
         """Number every known file afresh under a new policy (whose patterns give

@@ -185,6 +185,7 @@ class FileGuard:
         # (classes.py); entries classed since the last fold, handed to it then.
         self._classes = classes.FileClasses()
         self._classed: list[tuple[classes.FileVersion, int]] = []
+        self._handed = 0  # entries the guard holds (some may be old versions)
         self._last_labels: dict[tuple[int, int], Label] = {}  # (dev, ino) -> last seen
         self._declassified: set[tuple[int, int, str]] = set()
         # Per fold period (cleared by flush(), so a reused pid or a replaced program
@@ -279,7 +280,8 @@ class FileGuard:
         # old policy (forgotten now) could be given to a file classed under this one.
         with self._fold_lock:
             self._classed.clear()
-            self._guard.set_classes(self._classes.reclassify(functools.partial(_signature, engine)))
+            entries = self._classes.reclassify(functools.partial(_signature, engine))
+            self._set_classes(entries, replace=True)
         self._watch_programs()
         self._dac.policy_changed()
         self._revalidate_classes()
@@ -536,13 +538,30 @@ class FileGuard:
         key = self._config.label_key
         entries = self._classes.revalidate(lambda fd: read_label(f"/proc/self/fd/{fd}", key))
         with self._fold_lock:  # files classed meanwhile are handed over at the next fold
-            self._guard.set_classes(entries)
+            self._set_classes(entries, replace=True)
 
     def _hand_classes(self) -> None:
-        """Hand the guard the files classed since the last time (fold lock held)."""
-        if self._classed:
-            entries, self._classed = self._classed, []
-            self._guard.set_classes(classes.pack(entries), replace=False)
+        """Hand the guard the files classed since the last time (fold lock held). Each
+        relabelled file adds a version and leaves its old one behind there; once those
+        would outnumber the files known, the guard gets exactly the known ones instead."""
+        if not self._classed:
+            return
+        entries, self._classed = self._classed, []
+        if self._handed + len(entries) > len(self._classes) + classes.SLACK:
+            self._set_classes(self._classes.current(), replace=True)
+        else:
+            self._set_classes(classes.pack(entries), replace=False)
+
+    def _set_classes(self, entries: bytes, *, replace: bool) -> None:
+        """(fold lock held) Classes only spare Python work: a failure is logged, and
+        files the guard has no class for are decided in Python."""
+        try:
+            self._guard.set_classes(entries, replace=replace)
+        except (ValueError, MemoryError) as e:
+            _logger.error("file guard: classes not handed to the C loop: %s", e)
+            return
+        count = len(entries) // classes.ENTRY.size
+        self._handed = count if replace else self._handed + count
 
     def _class_event(
         self, event: events_pb2.Event, dev: int, ino: int, ctime_ns: int, path: bytes

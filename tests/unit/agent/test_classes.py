@@ -101,3 +101,14 @@ def test_the_journal_reads_back_the_file_of_a_class_answer(tmp_path: Path) -> No
     assert (by_pid[4242].count, by_pid[4242].first_ns, by_pid[4242].last_ns) == (2, 5, 6)
     assert by_pid[4243].file is None
     assert by_pid[4243].event == event
+
+
+def test_current_gives_every_known_version_once() -> None:
+    c = FileClasses()
+    first = c.add((1, 10, 100), SECRET, SIG, "p")
+    c.add((1, 10, 101), SECRET, SIG, "p")  # relabelled: the old version is gone
+    second = c.add((1, 11, 100), OTHER_ID, SIG, "q")
+    assert sorted(ENTRY.iter_unpack(c.current())) == [
+        (1, 10, 101, first, 0),
+        (1, 11, 100, second, 0),
+    ]
