@@ -42,6 +42,25 @@ HEALTH_RPC_TIMEOUT_S = 1.0  # seconds per health probe
 LOG_TAIL_CHARS = 4000  # how much of a log a failure message quotes
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fresh_python(code: str) -> str:
+    """What ``code`` prints, run by a new interpreter that sees this checkout and nothing
+    the tests have imported: what a fresh process of the product loads, and keeps."""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={"PYTHONPATH": f"{REPO / 'protos'}:{REPO}", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S * 2,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def cli(name: str) -> str:
     """The path of an installed console script (``baomi-agent``, ``baomi-collector``)."""
     beside = Path(sys.executable).parent / name  # the venv running the tests

@@ -3,13 +3,12 @@ agent's passes free leaves the process's resident memory."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
+from tests.procs import fresh_python
+
 MB = 1024
 
 _RSS = (
@@ -24,17 +23,7 @@ if not Path("/proc/self/status").exists():
 
 
 def _run(code: str) -> list[int]:
-    done = subprocess.run(
-        [sys.executable, "-c", _RSS + code],
-        cwd=REPO,
-        env={"PYTHONPATH": f"{REPO / 'protos'}:{REPO}", "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return [int(n) for n in done.stdout.split()]
+    return [int(n) for n in fresh_python(_RSS + code).split()]
 
 
 def test_freed_blocks_amid_the_heap_are_given_back() -> None:

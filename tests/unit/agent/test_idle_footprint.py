@@ -6,8 +6,6 @@ shortcuts that spare Casbin decide exactly as Casbin does."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,26 +14,13 @@ from baomi.policy.errors import PolicyError
 from baomi.policy.policyset import MODEL_TEXT, PolicySet
 from casbin.persist.adapter import _extract_tokens
 
-REPO = Path(__file__).resolve().parents[3]
+from tests.procs import REPO, fresh_python
+
 SHIPPED = REPO / "policies"
 
 
-def _probe(code: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        env={"PYTHONPATH": f"{REPO / 'protos'}:{REPO}", "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
 def test_the_run_path_and_the_shipped_policy_load_neither_casbin_nor_cryptography() -> None:
-    loaded = _probe(
+    loaded = fresh_python(
         "import sys\n"
         "import agent.cli, agent.core, agent.sensors.files.sensor\n"
         "from baomi.policy.policyset import PolicySet\n"
@@ -51,7 +36,7 @@ def test_a_policy_needing_casbin_still_gets_it(tmp_path: Path) -> None:
     shutil.copytree(SHIPPED, policies)
     with (policies / "policy.csv").open("a") as f:
         f.write("p, role:staff, /srv/a[bc]/**, read, allow\n")
-    loaded = _probe(
+    loaded = fresh_python(
         "import sys\n"
         "from baomi.policy.policyset import PolicySet\n"
         f"rules = PolicySet.load({str(policies)!r}).rules\n"

@@ -3,18 +3,14 @@ imported only when a signature is verified (a connected agent's start does not l
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from agent.errors import AgentError
 from agent.signing import SigningKey
+from tests.procs import fresh_python
 
-REPO = Path(__file__).resolve().parents[3]
 PEM = serialization.Encoding.PEM
 SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
 
@@ -66,14 +62,5 @@ def test_a_connected_agents_run_path_does_not_import_cryptography() -> None:
         "key.verifies(b'x' * 64, b'data')\n"
         "print('cryptography' in sys.modules)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=REPO,
-        env={"PYTHONPATH": f"{REPO / 'protos'}:{REPO}", "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[:2] == ["[]", "True"], done.stdout
+    out = fresh_python(probe)
+    assert out.split("\n")[:2] == ["[]", "True"], out
