@@ -596,20 +596,15 @@ static struct answer *from_class(Answers *self, struct opener *o, const struct l
 				     lk->exe_len);
 	if (!s->hash || !s->event || !still_vouched(o))
 		return NULL; /* not recorded as an event: Python decides each file */
-	char link[32], *path = malloc(PATH_MAX);
+	char link[32], opened[PATH_MAX];
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", event_fd);
+	ssize_t n = readlink(link, opened, sizeof(opened));
+	/* A path that fills the buffer may be cut short: Python reads it whole. */
+	char *path = n > 0 && (size_t)n < sizeof(opened) ? strndup(opened, (size_t)n) : NULL;
 	if (!path)
 		return NULL;
-	snprintf(link, sizeof(link), "/proc/self/fd/%d", event_fd);
-	ssize_t n = readlink(link, path, PATH_MAX - 1);
-	if (n <= 0) {
-		free(path);
-		return NULL;
-	}
-	path[n] = 0;
-	char *fitted = realloc(path, (size_t)n + 1);
 	struct answer class_answer = *s; /* s moves if the shared table grows below */
-	struct answer *a = adopt(self, o, KIND_OPEN, lk, own_hash, s, fitted ? fitted : path,
-				 (uint32_t)n, cls);
+	struct answer *a = adopt(self, o, KIND_OPEN, lk, own_hash, s, path, (uint32_t)n, cls);
 	if (a)
 		share_copy(self, lk, &class_answer, a);
 	return a;

@@ -214,11 +214,13 @@ class DacKeeper:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
-    def start(self) -> None:
-        """Take ownership of the trees now, then check them every ``audit_seconds``."""
-        self.keep_all(reason="start")
+    def start(self) -> int:
+        """Take ownership of the trees now, then check them every ``audit_seconds``; the
+        number of inodes changed now."""
+        changed = self.keep_all(reason="start")
         self._thread = threading.Thread(target=self._audit_loop, name="files-dac", daemon=True)
         self._thread.start()
+        return changed
 
     def stop(self) -> None:
         """End the audit thread."""
@@ -230,10 +232,10 @@ class DacKeeper:
         """ok, or failed with the one-line reason a tree could not be kept."""
         return self._health
 
-    def policy_changed(self) -> None:
-        """Recompute every tree under the policy now in force (once started)."""
-        if self._thread is not None:
-            self.keep_all(reason="policy")
+    def policy_changed(self) -> int:
+        """Recompute every tree under the policy now in force (once started); the number
+        of inodes changed."""
+        return self.keep_all(reason="policy") if self._thread is not None else 0
 
     def _audit_loop(self) -> None:
         while not self._stopping.wait(self._audit_seconds):

@@ -283,8 +283,8 @@ class FileGuard:
             entries = self._classes.reclassify(functools.partial(_signature, engine))
             self._set_classes(entries, replace=True)
         self._watch_programs()
-        self._dac.policy_changed()
-        self._revalidate_classes()
+        if self._dac.policy_changed():
+            self._revalidate_classes()
         _logger.info("file policy %s in force", policyset.version)
 
     @property
@@ -308,8 +308,9 @@ class FileGuard:
         self._watch_programs()
         self._guard_labelled_inodes()
         self._changes.start()
-        self._dac.start()  # after the change watcher: nothing made meanwhile is missed
-        self._revalidate_classes()  # the keeper's chmods changed ctimes
+        # After the change watcher: nothing made meanwhile is missed.
+        if self._dac.start():
+            self._revalidate_classes()  # the keeper's chmods changed ctimes
         self._refusals.start()  # after the keeper: its own chmods are not refusals
         if self._spread is not None:
             self._spread.start()
