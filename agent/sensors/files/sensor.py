@@ -451,11 +451,13 @@ class FileGuard:
             home = policy_path(label, path)
             self._inodes.add(fd, home, key=(st.st_dev, st.st_ino), identity=identity)
             self._guard.mark_file(fd)
-            self._class_file((st.st_dev, st.st_ino, st.st_ctime_ns), label, self._engine, path)
-            # The first open of this file version needs no second read of its label; a
-            # change of it from here on is compared with what was seen now.
-            if len(self._labels) < LABELS_READ_AT_START:
-                self._labels[(st.st_dev, st.st_ino, st.st_ctime_ns)] = label
+            version = (st.st_dev, st.st_ino, st.st_ctime_ns)
+            # The first open of this file version needs no second read of its label (the
+            # classes keep those they class); a change of it from here on is compared
+            # with what was seen now.
+            classed = self._class_file(version, label, self._engine, path)
+            if not classed and len(self._labels) < LABELS_READ_AT_START:
+                self._labels[version] = label
             self._label_seen(path, st.st_dev, st.st_ino, label, 0, 0)
 
         scanned = inodes.scan(self._guard.roots, found, lambda e: _logger.warning("scan: %s", e))
@@ -622,7 +624,7 @@ class FileGuard:
         """The file's label, and its identity when it was just read from the file
         (b"" when the label came from the cache)."""
         key = (access.dev, access.ino, access.ctime_ns)
-        label: Any = self._labels.get(key, _MISSING)
+        label: Any = self._classes.label_of(key) or self._labels.get(key, _MISSING)
         if label is not _MISSING:
             return label, b""
         identity = file_identity(access.fd)
