@@ -43,6 +43,15 @@ roles = ["staff"]
 clearance = "核心"
 trained_until = 2099-12-31
 status = "active"
+
+[people.other]
+uid = 2002
+department = "t"
+roles = ["staff"]
+clearance = "核心"
+trained_until = 2099-12-31
+status = "active"
+apps = {{ "秘密" = ["{viewer}"] }}
 """
 
 
@@ -64,7 +73,9 @@ class Tree:
             f"p, role:staff, {self.root}/**, read, allow\n"
             f"p, role:staff, {self.root}/{deny}/**, read, deny\n"
         )
-        (self.policies / "subjects.toml").write_text(SUBJECTS.format(uid=os.geteuid()))
+        (self.policies / "subjects.toml").write_text(
+            SUBJECTS.format(uid=os.geteuid(), viewer=self.base / "viewer")
+        )
 
     def cat_all(self, paths: list[Path]) -> list[str]:
         """One process reads every path in turn (as ``grep -r`` or a backup would);
@@ -110,6 +121,7 @@ def tree() -> Iterator[Tree]:
             set_label(f, "秘密", scope="dept:t", label_id=f"REG-{directory}-{i}", key=key)
     cat = base / "reader"  # a program of its own: no other test's answers apply
     shutil.copy("/usr/bin/cat", cat)
+    shutil.copy("/usr/bin/cat", base / "viewer")  # the program uid 2002 is approved for
     t = Tree(base, root, base / "policies", key, str(cat))
     t.write_policy()
     yield t
@@ -226,6 +238,32 @@ def test_a_new_process_of_the_program_is_recorded_file_by_file_too(
     assert set(mine) == {str(f) for f in opened}
     for i, f in enumerate(opened):
         assert (mine[str(f)].label_id, mine[str(f)].home) == (f"REG-open-{i}", str(f))
+
+
+def test_another_uid_running_the_same_program_gets_none_of_its_answers(
+    tree: Tree, guarded: tuple[FileGuard, list[events_pb2.Event], Decisions]
+) -> None:
+    """uid 2002 may read the tree only through its approved viewer (so DAC lets it
+    through, and only the guard can refuse): after the listed reader's class was
+    answered for the reader program, 2002 running that program is refused every file."""
+    guard, events, _ = guarded
+    opened = tree.files("open")
+    assert tree.grep_all(opened) == ""  # uid 0: allowed, class answered
+    done = subprocess.run(
+        [tree.cat, *map(str, opened)],
+        user=2002,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+    )
+    assert done.stderr.count("Operation not permitted") == FILES, done.stderr
+    guard.flush()
+    theirs = [
+        e.file_access for e in events if e.HasField("file_access") and e.file_access.uid == 2002
+    ]
+    assert {a.path for a in theirs} == {str(f) for f in opened}
+    assert all(a.decision == events_pb2.DECISION_DENY for a in theirs)
 
 
 def test_a_hard_link_into_an_allowed_directory_is_decided_by_its_home_class(
