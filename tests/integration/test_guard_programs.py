@@ -342,3 +342,99 @@ def test_the_approved_program_run_again_with_a_preload_in_the_same_process(
         if a.path == str(top) and a.decision == events_pb2.DECISION_DENY
     ]
     assert "LD_PRELOAD in its environment" in denied.reason
+
+
+WAITING_C = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+/* viewer FILE: print FILE, wait for a line on stdin, print FILE again. */
+static int show(const char *path)
+{
+	char buf[256];
+	int fd = open(path, O_RDONLY);
+	if (fd < 0) {
+		perror(path);
+		return 1;
+	}
+	ssize_t n = read(fd, buf, sizeof(buf));
+	if (n > 0)
+		fwrite(buf, 1, (size_t)n, stdout);
+	fflush(stdout);
+	close(fd);
+	return 0;
+}
+int main(int argc, char **argv)
+{
+	char line[8];
+	if (argc < 2 || show(argv[1]))
+		return 1;
+	if (read(0, line, sizeof(line)) <= 0)
+		return 1;
+	return show(argv[1]);
+}
+"""
+
+
+@pytest.fixture
+def waiting(arranged: Site, tmp_path: Path) -> Site:
+    """The approved viewer replaced, before the agent starts, by one that reads its file
+    twice with a pause between."""
+    if shutil.which("gcc") is None or shutil.which("strace") is None:
+        pytest.skip("needs gcc to build the viewer and strace to attach to it")
+    source = tmp_path / "viewer.c"
+    source.write_text(WAITING_C)
+    subprocess.run(["gcc", "-O2", "-o", arranged.viewer, str(source)], check=True, timeout=60)
+    return arranged
+
+
+def _tracer_of(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("TracerPid:", 1)[1].split()[0])
+
+
+def test_a_tracer_attached_after_the_first_read_is_not_let_through(
+    waiting: Site, guarded: Guarded
+) -> None:
+    """The guard answers an approved process's repeats itself, in C. A tracer that
+    attaches between two reads (and could then make the process read for it) ends
+    those answers: the second read is decided afresh, traced, and denied."""
+    _, collector = guarded
+    top = waiting.root / "top.txt"
+    setpriv = ["setpriv", f"--reuid={ALICE}", f"--regid={ALICE}", "--clear-groups"]
+    viewer = subprocess.Popen(
+        [*setpriv, waiting.viewer, str(top)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    tracer = None
+    try:
+        assert viewer.stdout is not None and viewer.stdin is not None
+        assert viewer.stdout.readline() == b"content of top.txt\n"
+        tracer = subprocess.Popen(
+            [*setpriv, "strace", "-o", "/dev/null", "-p", str(viewer.pid)],
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: _tracer_of(viewer.pid) == tracer.pid)
+        out, err = viewer.communicate(b"again\n", timeout=20)
+    finally:
+        viewer.kill()
+        viewer.wait(10)
+        if tracer is not None:
+            tracer.kill()
+            tracer.wait(10)
+    assert out == b"" and b"Operation not permitted" in err, (out, err)
+    wait_for(
+        lambda: any(
+            a.path == str(top) and a.decision == events_pb2.DECISION_DENY
+            for a in _accesses(collector)  # type: ignore[arg-type]
+        )
+    )
+    mine = [a for a in _accesses(collector) if a.path == str(top)]  # type: ignore[arg-type]
+    assert sorted(a.decision for a in mine) == [
+        events_pb2.DECISION_ALLOW,
+        events_pb2.DECISION_DENY,
+    ], mine
+    [denied] = [a for a in mine if a.decision == events_pb2.DECISION_DENY]
+    assert f"(unapproved: {waiting.viewer}; traced by pid {tracer.pid})" in denied.reason

@@ -23,9 +23,11 @@
  * Why C: the kernel round trip of a permission event costs ~8.7 us on the machines
  * Baomi is measured on; the same warm path in Python cost ~6 us more (the GIL, object
  * creation, the interpreter), against a target of 30 % above the round trip. In C the
- * extra work is three system calls (~1.7 us): fstat of the event fd (the file version:
- * a label change changes ctime), fstat of the opener's /proc directory (its current
- * euid) and readlink of its exe link (its current executable, after any exec).
+ * extra work is two system calls: fstat of the event fd (the file version: a label
+ * change changes ctime) and fstat of the opener's /proc directory (its current euid,
+ * and whether it still lives), plus one read of the proc connector per read of the
+ * group (did any process exec or get a tracer: see "proc connector" below). Without
+ * the connector, a readlink of the opener's exe link at every event (~0.8 us more).
  *
  * Class answers: a labelled file's first open by a vouched process, when Python has
  * decided another file of the same class for the same euid and executable. Python
@@ -75,12 +77,19 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <spawn.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <linux/cn_proc.h>
+#include <linux/connector.h>
+#include <linux/netlink.h>
+#include <poll.h>
 #include <sys/fanotify.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -163,12 +172,17 @@ struct opener {
 	int pid; /* 0: free slot */
 	int dir_fd;
 	int exe_fd;
+	int pid_fd; /* a pidfd of the same process (-1: none): alive or not, at one call */
 	uint64_t used; /* LRU stamp */
 	int plain; /* vouched for by Python: may use shared answers */
 	uint64_t exe_dev, exe_ino; /* the executable it was vouched for with */
 	/* Its answers hold while this stays: a new handle (a new process with the pid)
-	 * or an exec the group saw gives a new one. */
+	 * or an exec the group or the connector saw gives a new one. */
 	uint64_t gen;
+	/* Its executable's path as last read, while the connector says it ran no other
+	 * program since (owned; NULL: read it again at its next event). */
+	char *exe;
+	size_t exe_len;
 };
 
 /* One remembered answer. The key is everything the decision depended on. */
@@ -250,6 +264,8 @@ typedef struct {
 	size_t q_head, q_tail, q_cap;
 	int closed;
 	struct journal journal;
+	int cn_fd; /* the proc connector (exec and ptrace of every process); -1: none */
+	uint64_t cn_lost; /* times it lost messages (every kept opener was dropped) */
 } Answers;
 
 /* ---------------------------------------------------------------- helpers */
@@ -309,7 +325,10 @@ static void close_opener(struct opener *o)
 	if (o->pid) {
 		close(o->dir_fd);
 		close(o->exe_fd);
+		if (o->pid_fd >= 0)
+			close(o->pid_fd);
 	}
+	free(o->exe);
 	memset(o, 0, sizeof(*o));
 }
 
@@ -321,7 +340,6 @@ static struct opener *find_opener(Answers *self, int pid)
 	return NULL;
 }
 
-/* Keep /proc/<pid> open for the next events of pid (lock held). */
 /* Keep /proc/<pid> open for the next events of pid (lock held); the kept opener. */
 static struct opener *keep_opener(Answers *self, int pid)
 {
@@ -329,14 +347,26 @@ static struct opener *keep_opener(Answers *self, int pid)
 	if (o)
 		return o;
 	char path[32];
+	/* The pidfd first: when its process still lives after /proc/<pid> was opened, both
+	 * are that process's. */
+	int pid_fd = (int)syscall(SYS_pidfd_open, pid, 0);
 	snprintf(path, sizeof(path), "/proc/%d", pid);
 	int dir_fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
-	if (dir_fd < 0)
+	if (dir_fd < 0) {
+		if (pid_fd >= 0)
+			close(pid_fd);
 		return NULL;
+	}
 	int exe_fd = openat(dir_fd, "exe", O_PATH | O_NOFOLLOW | O_CLOEXEC);
 	if (exe_fd < 0) {
 		close(dir_fd);
+		if (pid_fd >= 0)
+			close(pid_fd);
 		return NULL;
+	}
+	if (pid_fd >= 0 && syscall(SYS_pidfd_send_signal, pid_fd, 0, NULL, 0) < 0) {
+		close(pid_fd);
+		pid_fd = -1;
 	}
 	struct opener *victim = &self->openers[0];
 	for (int i = 0; i < OPENERS; i++) {
@@ -352,9 +382,170 @@ static struct opener *keep_opener(Answers *self, int pid)
 	victim->pid = pid;
 	victim->dir_fd = dir_fd;
 	victim->exe_fd = exe_fd;
+	victim->pid_fd = pid_fd;
 	victim->used = ++self->clock;
 	victim->gen = victim->used;
 	return victim;
+}
+
+/* ---------------------------------------------------------------- proc connector */
+
+/*
+ * Whether a kept process ran another program, or got a tracer, since its executable
+ * was last read: the kernel's proc connector tells every exec and ptrace attach of
+ * every process (NETLINK_CONNECTOR, CN_IDX_PROC; root). Its message is queued on our
+ * socket by the exec'ing (or attaching) task itself, before it returns to user space,
+ * so before any open it makes after; reading the socket dry after each read of the
+ * group therefore sees every exec and attach that happened before any event read. A
+ * kept opener's executable is then read once, not at every event (readlink of its
+ * exe link was ~0.8 us of the ~1.7 us this loop added to an open), and a vouch holds
+ * until its process execs or is attached to (still_vouched() need not look again).
+ * When the socket lost messages (ENOBUFS) every kept opener is dropped: their
+ * answers are asked again. Without the connector (no CONFIG_PROC_EVENTS, not root)
+ * the exe link is read at every event, as before.
+ *
+ * Limit: the kernel allocates each message without waiting for memory; when even
+ * that fails it drops the message and tells no one. A vouched process that then
+ * execs keeps its answers until its next exec, attach or the answers' next
+ * forgetting.
+ */
+#define PROC_EVENT_FILTER_EXEC 0x00000002
+#define PROC_EVENT_FILTER_PTRACE 0x00000100
+#define CONNECTOR_RCVBUF (4 << 20)
+#define CONNECTOR_WAIT_MS 1000
+
+struct listen_message {
+	struct nlmsghdr nl;
+	struct cn_msg cn;
+	uint32_t op; /* PROC_CN_MCAST_LISTEN */
+	uint32_t events; /* the filter (Linux 6.6; struct proc_input), when sent */
+} __attribute__((packed));
+
+/* Send LISTEN, with the event filter when filter; 0 when sent. */
+static int connector_listen(int fd, int filter)
+{
+	struct listen_message m = { 0 };
+	size_t data = filter ? 2 * sizeof(uint32_t) : sizeof(uint32_t);
+	m.nl.nlmsg_len = (uint32_t)(NLMSG_HDRLEN + sizeof(struct cn_msg) + data);
+	m.nl.nlmsg_type = NLMSG_DONE;
+	m.cn.id.idx = CN_IDX_PROC;
+	m.cn.id.val = CN_VAL_PROC;
+	m.cn.len = (uint16_t)data;
+	m.op = PROC_CN_MCAST_LISTEN;
+	m.events = PROC_EVENT_FILTER_EXEC | PROC_EVENT_FILTER_PTRACE;
+	return send(fd, &m, m.nl.nlmsg_len, 0) < 0 ? -1 : 0;
+}
+
+/*
+ * Whether the connector on fd reports an exec: one of /bin/true, run here, must come
+ * back within CONNECTOR_WAIT_MS. A kernel too old for the filter ignores that LISTEN
+ * (and acknowledges nothing when filtered); one that keeps the connector from this
+ * namespace sends nothing. Either way nothing may be trusted to it.
+ */
+static int connector_works(int fd)
+{
+	static char *const argv[] = { "true", NULL };
+	static char *const envp[] = { NULL };
+	pid_t child;
+	if (posix_spawn(&child, "/bin/true", NULL, NULL, argv, envp) != 0)
+		return 0;
+	int seen = 0;
+	int64_t until = now_ns() + CONNECTOR_WAIT_MS * 1000000LL;
+	char buf[8192] __attribute__((aligned(8)));
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	while (!seen && now_ns() < until &&
+	       poll(&p, 1, (int)((until - now_ns()) / 1000000 + 1)) == 1) {
+		ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+		if (n < 0)
+			break;
+		for (struct nlmsghdr *nh = (struct nlmsghdr *)buf; NLMSG_OK(nh, (size_t)n);
+		     nh = NLMSG_NEXT(nh, n)) {
+			struct cn_msg *cn = NLMSG_DATA(nh);
+			if (nh->nlmsg_len < NLMSG_LENGTH(sizeof(*cn) + sizeof(struct proc_event)))
+				continue;
+			struct proc_event *ev = (struct proc_event *)cn->data;
+			if (ev->what == PROC_EVENT_EXEC && ev->event_data.exec.process_tgid == child)
+				seen = 1;
+		}
+	}
+	while (waitpid(child, NULL, 0) < 0 && errno == EINTR)
+		;
+	return seen;
+}
+
+/* A proc connector socket told of every exec and ptrace attach; -1 when there is
+ * none to have. */
+static int open_connector(void)
+{
+	/* Filtered to exec and ptrace (Linux 6.6), else every event of every process. */
+	for (int filter = 1; filter >= 0; filter--) {
+		int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_CONNECTOR);
+		if (fd < 0)
+			return -1;
+		struct sockaddr_nl sa = { .nl_family = AF_NETLINK, .nl_groups = CN_IDX_PROC };
+		int size = CONNECTOR_RCVBUF;
+		if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+		    (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof(size)) == 0 ||
+		     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size)) == 0) &&
+		    connector_listen(fd, filter) == 0 && connector_works(fd))
+			return fd;
+		close(fd);
+	}
+	return -1;
+}
+
+/* A kept process may run other code than it was looked up with (lock held): its
+ * answers and vouch go, and its executable is read again at its next event. */
+static void ran_other_code(Answers *self, struct opener *o)
+{
+	o->gen = ++self->clock;
+	o->plain = 0;
+	free(o->exe);
+	o->exe = NULL;
+	o->exe_len = 0;
+}
+
+/* Read the connector dry (lock held): every kept process that exec'd or was attached
+ * to since the last time runs other code now. */
+static void drain_connector(Answers *self)
+{
+	char buf[8192] __attribute__((aligned(8)));
+	while (self->cn_fd >= 0) {
+		ssize_t n = recv(self->cn_fd, buf, sizeof(buf), MSG_DONTWAIT);
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return;
+			if (errno == EINTR)
+				continue;
+			/* ENOBUFS (messages lost) or worse: any kept process may have exec'd. */
+			self->cn_lost++;
+			for (int i = 0; i < OPENERS; i++)
+				close_opener(&self->openers[i]);
+			if (errno != ENOBUFS) {
+				close(self->cn_fd);
+				self->cn_fd = -1;
+			}
+			continue;
+		}
+		for (struct nlmsghdr *nh = (struct nlmsghdr *)buf; NLMSG_OK(nh, (size_t)n);
+		     nh = NLMSG_NEXT(nh, n)) {
+			struct cn_msg *cn = NLMSG_DATA(nh);
+			if (nh->nlmsg_len < NLMSG_LENGTH(sizeof(*cn) + sizeof(struct proc_event)) ||
+			    cn->id.idx != CN_IDX_PROC)
+				continue;
+			struct proc_event *ev = (struct proc_event *)cn->data;
+			int tgid;
+			if (ev->what == PROC_EVENT_EXEC)
+				tgid = ev->event_data.exec.process_tgid;
+			else if (ev->what == PROC_EVENT_PTRACE)
+				tgid = ev->event_data.ptrace.process_tgid;
+			else
+				continue;
+			struct opener *o = find_opener(self, tgid);
+			if (o)
+				ran_other_code(self, o);
+		}
+	}
 }
 
 /* Whether a kept opener is still its process (lock held): its exe link still reads. */
@@ -370,6 +561,19 @@ static struct opener *look_up_opener(Answers *self, int pid, struct lookup *lk)
 	ssize_t n;
 	struct stat st;
 	struct opener *o = find_opener(self, pid);
+	if (o && o->exe && stat_fd(o->dir_fd, &st) == 0 &&
+	    (st.st_uid != 0 ||
+	     (o->pid_fd >= 0 && syscall(SYS_pidfd_send_signal, o->pid_fd, 0, NULL, 0) == 0))) {
+		/* Tracked by the connector, so no other program since its exe link was read;
+		 * its /proc directory is root's once the process is gone (the handle is
+		 * bound to the process, not the number), else owned by its euid now; a
+		 * root-owned one is alive when its pidfd can be signalled. */
+		o->used = ++self->clock;
+		memcpy(lk->exe, o->exe, o->exe_len);
+		lk->exe_len = o->exe_len;
+		lk->uid = (int)st.st_uid;
+		return o;
+	}
 	if (o) {
 		/* readlink first: it fails once the process is gone, which makes the fstat
 		 * after it (root-owned for a dead process) trustworthy. */
@@ -378,6 +582,10 @@ static struct opener *look_up_opener(Answers *self, int pid, struct lookup *lk)
 			o->used = ++self->clock;
 			lk->exe_len = (size_t)n;
 			lk->uid = (int)st.st_uid;
+			if (self->cn_fd >= 0 && !o->exe && (o->exe = malloc((size_t)n + 1))) {
+				memcpy(o->exe, lk->exe, (size_t)n);
+				o->exe_len = (size_t)n;
+			}
 			return o;
 		}
 		close_opener(o);
@@ -449,9 +657,11 @@ static struct answer *room_for(Answers *self, struct table *t, uint64_t hash, in
 
 /* Whether a vouched process still runs the inode it was vouched with (lock held): the
  * same path may name another file after an exec (e.g. in another mount namespace). */
-static int still_vouched(struct opener *o)
+static int still_vouched(Answers *self, struct opener *o)
 {
 	struct stat xs;
+	if (o->exe && self->cn_fd >= 0)
+		return 1; /* no exec since: the connector would have said (ran_other_code) */
 	return fstatat(o->dir_fd, "exe", &xs, 0) == 0 && (uint64_t)xs.st_dev == o->exe_dev &&
 	       (uint64_t)xs.st_ino == o->exe_ino;
 }
@@ -503,7 +713,7 @@ static struct answer *from_shared(Answers *self, struct opener *o, int kind,
 			      ctime_ns_of(&lk->st), lk->exe, lk->exe_len);
 	struct answer *s = find_slot(&self->shared, h, 0, lk->uid, kind, &lk->st, lk->exe,
 				     lk->exe_len);
-	if (!s->hash || !still_vouched(o))
+	if (!s->hash || !still_vouched(self, o))
 		return NULL;
 	/* A shared copy of a class answer: this copy names the same file, by the path it
 	 * was first opened by (as any shared answer's record does). */
@@ -594,7 +804,7 @@ static struct answer *from_class(Answers *self, struct opener *o, const struct l
 	uint64_t h = key_hash(0, lk->uid, KIND_OPEN, CLASS_DEV, cls, 0, lk->exe, lk->exe_len);
 	struct answer *s = find_slot(&self->shared, h, 0, lk->uid, KIND_OPEN, &key, lk->exe,
 				     lk->exe_len);
-	if (!s->hash || !s->event || !still_vouched(o))
+	if (!s->hash || !s->event || !still_vouched(self, o))
 		return NULL; /* not recorded as an event: Python decides each file */
 	char link[32], opened[PATH_MAX];
 	snprintf(link, sizeof(link), "/proc/self/fd/%d", event_fd);
@@ -818,6 +1028,7 @@ static int serve(Answers *self, struct pending *ev, struct lookup *lk, int may_r
 				pthread_mutex_unlock(&self->lock);
 				return rc;
 			}
+			drain_connector(self); /* execs before the events just read */
 			continue;
 		}
 		*ev = self->queue[self->q_head++];
@@ -934,11 +1145,12 @@ static void close_journal(struct journal *j)
 
 static int Answers_init(Answers *self, PyObject *args, PyObject *kwds)
 {
-	static char *kwlist[] = { "fan_fd", "own_pid", "limit", "journal_fd", NULL };
-	int fan_fd, own_pid, journal_fd = -1;
+	static char *kwlist[] = { "fan_fd", "own_pid", "limit", "journal_fd", "track_execs",
+				  NULL };
+	int fan_fd, own_pid, journal_fd = -1, track_execs = 1;
 	Py_ssize_t limit = 65536;
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "ii|ni", kwlist, &fan_fd, &own_pid, &limit,
-					 &journal_fd))
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "ii|nip", kwlist, &fan_fd, &own_pid, &limit,
+					 &journal_fd, &track_execs))
 		return -1;
 	if (limit < 1 || limit > (1 << 24)) {
 		PyErr_Format(PyExc_ValueError, "limit must be 1..%d answers, not %zd", 1 << 24,
@@ -969,6 +1181,7 @@ static int Answers_init(Answers *self, PyObject *args, PyObject *kwds)
 	self->q_cap = READ_EVENTS;
 	self->fan_fd = fan_fd;
 	self->own_pid = own_pid;
+	self->cn_fd = track_execs ? open_connector() : -1;
 	pthread_mutex_init(&self->lock, NULL);
 	return 0;
 }
@@ -998,6 +1211,8 @@ static void Answers_dealloc(Answers *self)
 		free(self->queue);
 		free(self->classes.slots);
 		close_journal(&self->journal);
+		if (self->cn_fd >= 0)
+			close(self->cn_fd);
 		pthread_mutex_destroy(&self->lock);
 	}
 	Py_TYPE(self)->tp_free((PyObject *)self);
@@ -1196,6 +1411,8 @@ static PyObject *Answers_remember(Answers *self, PyObject *args, PyObject *kwds)
 	/* An answer is kept only with its process's handle: without one it could not be
 	 * told from a later process with the pid. */
 	struct opener *o = self->closed ? NULL : keep_opener(self, pid);
+	/* An exec between Python's look at the process and this keep is on the connector
+	 * still (nothing read it since the event): it undoes what is kept here. */
 	if (o) {
 		uint64_t h = key_hash(pid, uid, kind, dev, ino, ctime_ns, exe, exe_len);
 		stored = store(self, &self->own, h, pid, uid, kind, &st, exe, exe_len, allow,
@@ -1216,6 +1433,7 @@ static PyObject *Answers_remember(Answers *self, PyObject *args, PyObject *kwds)
 				      token, 0, &unused);
 			}
 		}
+		drain_connector(self);
 	}
 	pthread_mutex_unlock(&self->lock);
 	Py_DECREF(exe_obj);
@@ -1464,8 +1682,8 @@ static PyObject *Answers_journal_gen(Answers *self, PyObject *Py_UNUSED(ignored)
 
 PyDoc_STRVAR(close_doc,
 "close() -> None\n\n"
-"Remember nothing more and close the kept /proc handles; take() still returns the\n"
-"repeats counted so far. A reader still inside next() gets OSError(EBADF) at its\n"
+"Remember nothing more and close the kept /proc handles and the connector; take()\n"
+"still returns the repeats counted so far. A reader still inside next() gets OSError(EBADF) at its\n"
 "next read.");
 
 static PyObject *Answers_close(Answers *self, PyObject *Py_UNUSED(ignored))
@@ -1477,8 +1695,26 @@ static PyObject *Answers_close(Answers *self, PyObject *Py_UNUSED(ignored))
 	self->fan_fd = -1;
 	for (int i = 0; i < OPENERS; i++)
 		close_opener(&self->openers[i]);
+	if (self->cn_fd >= 0)
+		close(self->cn_fd);
+	self->cn_fd = -1;
 	pthread_mutex_unlock(&self->lock);
 	Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(tracks_execs_doc,
+"tracks_execs() -> bool\n\n"
+"Whether the proc connector tells this loop of every exec and ptrace attach (so a\n"
+"kept process's executable is not read again at each event).");
+
+static PyObject *Answers_tracks_execs(Answers *self, PyObject *Py_UNUSED(ignored))
+{
+	if (!ready(self))
+		return NULL;
+	pthread_mutex_lock(&self->lock);
+	int on = self->cn_fd >= 0;
+	pthread_mutex_unlock(&self->lock);
+	return PyBool_FromLong(on);
 }
 
 static Py_ssize_t Answers_len(Answers *self)
@@ -1498,6 +1734,7 @@ static PyMethodDef Answers_methods[] = {
 	  remember_doc },
 	{ "take", (PyCFunction)(void (*)(void))Answers_take, METH_VARARGS | METH_KEYWORDS, take_doc },
 	{ "close", (PyCFunction)Answers_close, METH_NOARGS, close_doc },
+	{ "tracks_execs", (PyCFunction)Answers_tracks_execs, METH_NOARGS, tracks_execs_doc },
 	{ "journal_gen", (PyCFunction)Answers_journal_gen, METH_NOARGS, journal_gen_doc },
 	{ "set_classes", (PyCFunction)(void (*)(void))Answers_set_classes,
 	  METH_VARARGS | METH_KEYWORDS, set_classes_doc },
@@ -1509,7 +1746,7 @@ static PySequenceMethods Answers_as_sequence = {
 };
 
 PyDoc_STRVAR(Answers_doc,
-"Answers(fan_fd, own_pid, limit=65536, journal_fd=-1)\n\n"
+"Answers(fan_fd, own_pid, limit=65536, journal_fd=-1, track_execs=True)\n\n"
 "The read loop of a fanotify permission group, answering repeats of remembered\n"
 "decisions in C (see the module source for the design). len() is the number of\n"
 "answers remembered.");

@@ -274,6 +274,7 @@ class PermissionGuard:
         #: The repeat journal's fd for the read loop in C (repeats.py); -1: none. Read
         #: at start().
         self.journal_fd = journal_fd
+        self._said_untracked = False  # the warning that no connector tracks execs
         self._deadline = deadline
         self._on_timeout = on_timeout
         self._on_overflow = on_overflow
@@ -396,6 +397,14 @@ class PermissionGuard:
                 self._call_tamper("repeat_journal", f"repeats are not journalled: {e}")
         if answers is None:
             answers = Answers(self._fan_fd, self._own_pid, ANSWERS_KEPT)
+        if not answers.tracks_execs() and not self._said_untracked:
+            self._said_untracked = True
+            _logger.warning(
+                "file guard: the kernel's proc connector is not available (CONFIG_PROC_EVENTS,"
+                " CAP_NET_ADMIN): each answer reads the process's executable again, and a"
+                " tracer attached to a process after its first read of a file is not seen by"
+                " the answers given in C (they hold until it execs or the policy changes)"
+            )
         if self._classes:
             answers.set_classes(self._classes)
         return answers

@@ -7,10 +7,13 @@ in tests/integration/test_fanotify.py.
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +32,7 @@ def make() -> Iterator[Callable[..., Answers]]:
     def answers(limit: int = 65_536) -> Answers:
         r, w = os.pipe()
         fds.extend((r, w))
-        return Answers(r, os.getpid(), limit)
+        return Answers(r, os.getpid(), limit, track_execs=False)
 
     yield answers
     for fd in fds:
@@ -164,3 +167,47 @@ def test_a_class_is_kept_only_for_a_plain_open(make: Callable[..., Answers]) -> 
     assert a.remember(ME, 0, EXE, 1, 2, 3, 0, True, b"event", True, 5)
     assert a.remember(ME, 0, EXE, 1, 4, 3, 0, True, b"event", False, 5)
     assert [row[5] for row in a.take()] == []  # nothing repeated: no rows
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the proc connector needs CAP_NET_ADMIN")
+def test_an_exec_told_by_the_proc_connector_ends_the_process_answers() -> None:
+    """A kept process that runs another program (same pid) loses its answers at the
+    loop's next look at the connector, before any of its later events is answered."""
+    r, w = os.pipe()
+    a = Answers(r, os.getpid(), 1024)
+    assert a.tracks_execs()
+    child = subprocess.Popen(
+        ["sh", "-c", "read line; exec sleep 30"], stdin=subprocess.PIPE, text=True
+    )
+    try:
+        # Popen returned once sh ran; reading the connector (as the loop does after
+        # each read of the group) takes that exec, from before anything was kept.
+        assert a.remember(ME, 1001, EXE, 1, 2, 3, False, True, "mine")
+        assert a.remember(child.pid, 1001, EXE, 1, 2, 3, False, True, "before exec")
+        a.take()
+        assert len(a) == 2  # alive, same program: kept
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        deadline = time.monotonic() + 10
+        sleep = Path(str(shutil.which("sleep"))).resolve()
+        while Path(f"/proc/{child.pid}/exe").readlink() != sleep:
+            assert time.monotonic() < deadline, "the child did not exec"
+            time.sleep(0.01)
+        assert a.remember(ME, 1001, EXE, 4, 5, 6, False, True, "mine too")  # reads it
+        a.take()
+        assert len(a) == 2  # the child's answer went with its old program; mine stay
+    finally:
+        child.kill()
+        child.wait()
+        os.close(r)
+        os.close(w)
+
+
+def test_without_the_connector_the_loop_says_so() -> None:
+    r, w = os.pipe()
+    try:
+        assert not Answers(r, os.getpid(), 16, track_execs=False).tracks_execs()
+    finally:
+        os.close(r)
+        os.close(w)
