@@ -1,8 +1,8 @@
 """Protected-open latency: the agent's file guard against a minimal C fanotify responder.
 
 One run, the same 64 files in a temporary directory, the same opener (a small C loop of
-``open(O_RDONLY)`` + ``close``, compiled here with ``cc -O2``, run as a child process of
-an ordinary uid that opens every file a few times untimed, then times N opens):
+``open(O_RDONLY)`` + ``close``, compiled here with ``cc -O2``, run as a child process that
+opens every file a few times untimed, then times N opens):
 
 a. plain opens, nothing listening;
 b. opens under ``fanotify_allow`` (``bench/fanotify_allow.c``): marks the directory with
@@ -42,15 +42,11 @@ from baomi.v1 import events_pb2
 
 from agent.recorder import Recorder
 from agent.sensors.files.permission import Access, PermissionGuard
-from agent.sensors.files.refusals import AuditUnavailableError, exemption_rule
 from agent.sensors.files.sensor import FileGuard, FileGuardConfig
 from agent.spool import Spool
 from bench.proc import BenchError
 
 RATIO_TARGET = 1.3  # guard / C allow-all, µs per open
-#: The opener's uid: an ordinary person's (the bench's subjects name it), with no
-#: account needed; every measurement (plain, C, agent) opens as it.
-PERSON_UID = 4242
 FILES = 64
 ROUNDS = 5  # interleaved rounds of (a)-(d); the median of each is reported
 CHILD_TIMEOUT = 300  # seconds any child process may run
@@ -100,11 +96,9 @@ def _compile(src: Path, out: Path) -> None:
 
 
 def _open_loop(opener: Path, warm: int, n: int, files: list[str]) -> float:
-    """µs per open+close of the opener child over ``n`` opens, after ``warm`` untimed;
-    it runs as ``PERSON_UID``, as a person's program does, not as root."""
-    as_person = [f"--reuid={PERSON_UID}", f"--regid={PERSON_UID}", "--clear-groups"]
+    """µs per open+close of the opener child over ``n`` opens, after ``warm`` untimed."""
     out = subprocess.run(
-        ["setpriv", *as_person, str(opener), str(warm), str(n), *files],
+        [str(opener), str(warm), str(n), *files],
         check=True,
         capture_output=True,
         text=True,
@@ -123,42 +117,20 @@ def _under_c_responder(
     marked = directories if isinstance(directories, list) else [directories]
     proc = subprocess.Popen(
         [str(responder), *map(str, marked), str(CHILD_TIMEOUT)],
-        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
-    exempted = False
     try:
-        if proc.stdout is None or proc.stdin is None or proc.stdout.readline().strip() != "marked":
+        if proc.stdout is None or proc.stdout.readline().strip() != "ready":
             raise BenchError(f"fanotify_allow did not start (exit {proc.wait(10)})")
-        # Its answering thread spared from kernel auditing, as the agent's read loop is
-        # (refusals.exempt_own_threads): the same footing for both.
-        exempted = _exempt_from_audit(proc.pid, add=True)
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        if proc.stdout.readline().strip() != "ready":
-            raise BenchError(f"fanotify_allow did not answer (exit {proc.wait(10)})")
         return measure()
     finally:
         proc.kill()  # closing its group makes the kernel allow anything pending
         proc.wait(CHILD_TIMEOUT)
-        if exempted:
-            _exempt_from_audit(proc.pid, add=False)
-
-
-def _exempt_from_audit(pid: int, *, add: bool) -> bool:
-    """Add (or delete) the audit rule sparing threads ``pid`` starts from now on;
-    whether that worked (not where auditctl cannot run: nor is the agent spared)."""
-    try:
-        exemption_rule(pid, 0, add=add)
-    except AuditUnavailableError:
-        return False
-    return True
 
 
 def _build_tools(work: Path) -> tuple[Path, Path]:
     """The C opener and the C allow-all responder, compiled into ``work``."""
-    work.chmod(0o755)  # the opener runs as PERSON_UID, and opens files under work
     opener, responder = work / "opener", work / "fanotify_allow"
     (work / "opener.c").write_text(OPENER_C)
     _compile(work / "opener.c", opener)
@@ -171,7 +143,7 @@ class _WarmCache:
     (uid, exe, dev, ino, ctime_ns) -> allow."""
 
     def __init__(self, opener: Path, files: list[str]) -> None:
-        uid = PERSON_UID
+        uid = os.geteuid()
         self.table: dict[tuple[int, str, int, int, int], bool] = {}
         for f in files:
             st = Path(f).stat()
@@ -231,7 +203,7 @@ class _Agent:
             f"p, role:staff, {directory}/**, read, allow\n", encoding="utf-8"
         )
         (self.policies / "subjects.toml").write_text(
-            BENCH_SUBJECTS.format(uid=PERSON_UID, opener=opener), encoding="utf-8"
+            BENCH_SUBJECTS.format(uid=os.geteuid(), opener=opener), encoding="utf-8"
         )
         self.key = load_label_key(work / "label.key", create=True)
         for i, f in enumerate(files):

@@ -4,56 +4,19 @@
  * answers FAN_ALLOW to every event and closes the event fd; nothing else.
  *
  * usage: fanotify_allow DIR [DIR...] SECONDS
- *   prints "marked" on stdout once the marks are in place, waits for a line on stdin,
- *   then answers on a thread started after that line and prints "ready"; exits after
- *   SECONDS (alarm) or when killed. Exiting closes the fanotify fd, which makes the
- *   kernel allow anything still pending, so a dead responder never blocks an opener.
- *
- * The line lets the benchmark put the answering thread on the same footing as the
- * agent's read loop: the agent spares the threads it starts from kernel auditing (an
- * audit "never,task" rule for its pid, agent/sensors/files/refusals.py), and the
- * benchmark adds the same rule for this pid before the thread starts.
+ *   prints "ready" on stdout once the marks are in place; exits after SECONDS (alarm) or
+ *   when killed. Exiting closes the fanotify fd, which makes the kernel allow anything
+ *   still pending, so a dead responder never blocks an opener.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/fanotify.h>
 #include <sys/prctl.h>
 #include <unistd.h>
-
-/* Answer every event of the group *arg: FAN_ALLOW, then close its fd. */
-static void *answer(void *arg)
-{
-	int fan = *(int *)arg;
-	/* Aligned so the metadata structs can be read in place. */
-	static char buf[64 * 1024] __attribute__((aligned(8)));
-	for (;;) {
-		ssize_t len = read(fan, buf, sizeof(buf));
-		if (len < 0) {
-			if (errno == EINTR)
-				continue;
-			perror("read");
-			return NULL;
-		}
-		struct fanotify_event_metadata *m = (struct fanotify_event_metadata *)buf;
-		for (; FAN_EVENT_OK(m, len); m = FAN_EVENT_NEXT(m, len)) {
-			if (m->fd < 0)
-				continue;
-			if (m->mask & FAN_OPEN_PERM) {
-				struct fanotify_response r = { .fd = m->fd, .response = FAN_ALLOW };
-				if (write(fan, &r, sizeof(r)) != sizeof(r)) {
-					perror("write");
-					return NULL;
-				}
-			}
-			close(m->fd);
-		}
-	}
-}
 
 int main(int argc, char **argv)
 {
@@ -78,18 +41,31 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	printf("marked\n");
-	fflush(stdout);
-	char line[16];
-	if (!fgets(line, sizeof(line), stdin))
-		return 1;
-	pthread_t answerer;
-	if (pthread_create(&answerer, NULL, answer, &fan) != 0) {
-		perror("pthread_create");
-		return 1;
-	}
 	printf("ready\n");
 	fflush(stdout);
-	pthread_join(answerer, NULL);
-	return 1; /* the answer loop ends only on an error */
+
+	/* Aligned so the metadata structs can be read in place. */
+	static char buf[64 * 1024] __attribute__((aligned(8)));
+	for (;;) {
+		ssize_t len = read(fan, buf, sizeof(buf));
+		if (len < 0) {
+			if (errno == EINTR)
+				continue;
+			perror("read");
+			return 1;
+		}
+		struct fanotify_event_metadata *m = (struct fanotify_event_metadata *)buf;
+		for (; FAN_EVENT_OK(m, len); m = FAN_EVENT_NEXT(m, len)) {
+			if (m->fd < 0)
+				continue;
+			if (m->mask & FAN_OPEN_PERM) {
+				struct fanotify_response r = { .fd = m->fd, .response = FAN_ALLOW };
+				if (write(fan, &r, sizeof(r)) != sizeof(r)) {
+					perror("write");
+					return 1;
+				}
+			}
+			close(m->fd);
+		}
+	}
 }

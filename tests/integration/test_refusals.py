@@ -260,38 +260,3 @@ def test_rules_deleted_behind_its_back_are_put_back(tmp_path: Path) -> None:
         recorder.stop()
         shutil.rmtree(base, ignore_errors=True)
     assert not _rules_on(base)
-
-
-def _exemptions() -> list[str]:
-    listed = subprocess.run(["auditctl", "-l"], capture_output=True, text=True, timeout=10)
-    return [line for line in listed.stdout.splitlines() if line.startswith("-a never,task")]
-
-
-def test_the_guard_spares_its_own_threads_and_cleans_up_after_killed_agents() -> None:
-    """The rule sparing the agent's threads from auditing names its pid and uid, is
-    kept while any file guard of the process needs it, and goes with the last; one a
-    killed agent left (its pid gone) is deleted, one of a live process is not."""
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    alive = subprocess.Popen(["sleep", "60"])
-    try:
-        for pid in (dead.pid, alive.pid):
-            refusals.exemption_rule(pid, 0, add=True)
-        mine = f"-a never,task -F pid={os.getpid()} -F uid={os.getuid()}"
-        assert refusals.exempt_own_threads()
-        assert refusals.exempt_own_threads()  # a second guard in the same process
-        now = _exemptions()
-        assert mine in now
-        assert f"-a never,task -F pid={dead.pid} -F uid=0" not in now
-        assert f"-a never,task -F pid={alive.pid} -F uid=0" in now
-        refusals.end_exemption()
-        assert mine in _exemptions()  # the other guard still runs
-        refusals.end_exemption()
-        assert mine not in _exemptions()
-        refusals.end_exemption()  # once more: nothing to end, no error
-    finally:
-        alive.kill()
-        alive.wait()
-        for line in _exemptions():
-            if f"pid={alive.pid} " in line or f"pid={dead.pid} " in line:
-                refusals.exemption_rule(int(line.split("pid=")[1].split()[0]), 0, add=False)

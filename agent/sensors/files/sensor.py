@@ -61,7 +61,7 @@ from agent.sensors.files.fanotify import FAN_OPEN_PERM, fd_path, proc_uid, under
 from agent.sensors.files.guardian import GapProgress
 from agent.sensors.files.opener import Opener, Openers, unapproved
 from agent.sensors.files.permission import Access, PermissionGuard
-from agent.sensors.files.refusals import RefusalRecorder, end_exemption, exempt_own_threads
+from agent.sensors.files.refusals import RefusalRecorder
 from agent.sensors.files.repeats import RepeatJournal, RepeatJournalError
 from agent.sensors.files.spread import FilesystemWrites
 from agent.sensors.files.taint import Taint, Taints, opens_for_writing
@@ -207,7 +207,6 @@ class FileGuard:
         self._flusher = threading.Thread(target=self._flush_loop, name="files-fold", daemon=True)
         self._stopping = threading.Event()
         self._started = False  # start() has returned: every labelled file is marked
-        self._exempted = False  # this guard relies on the audit exemption (refusals.py)
         # (dev, ino) of every approved program (of any policy loaded): runs watched
         self._programs_run: frozenset[tuple[int, int]] = frozenset()
         self._journal: RepeatJournal | None = None
@@ -304,8 +303,6 @@ class FileGuard:
                 _logger.error("%s; every open under the protected roots is denied", e)
         self._open_repeat_journal()
         self._open_answers_in_flight()
-        # Before the read loop's thread starts: its system calls are then not audited.
-        self._exempted = exempt_own_threads()
         self._guard.start()
         self._forget_unanswered()
         self._watch_programs()
@@ -326,9 +323,6 @@ class FileGuard:
         self._guard.stop()
         self._changes.stop()
         self._dac.stop()
-        if self._exempted:  # before the refusals: auditing goes off with the last rule
-            self._exempted = False
-            end_exemption()
         self._refusals.stop()
         self._export.stop()
         if self._spread is not None:
