@@ -1,8 +1,8 @@
 """Protected-open latency: the agent's file guard against a minimal C fanotify responder.
 
 One run, the same 64 files in a temporary directory, the same opener (a small C loop of
-``open(O_RDONLY)`` + ``close``, compiled here with ``cc -O2``, run as a child process that
-opens every file a few times untimed, then times N opens):
+``open(O_RDONLY)`` + ``close``, compiled here with ``cc -O2``, run as a child process of
+an ordinary uid that opens every file a few times untimed, then times N opens):
 
 a. plain opens, nothing listening;
 b. opens under ``fanotify_allow`` (``bench/fanotify_allow.c``): marks the directory with
@@ -47,6 +47,9 @@ from agent.spool import Spool
 from bench.proc import BenchError
 
 RATIO_TARGET = 1.3  # guard / C allow-all, µs per open
+#: The opener's uid: an ordinary person's (the bench's subjects name it), with no
+#: account needed; every measurement (plain, C, agent) opens as it.
+PERSON_UID = 4242
 FILES = 64
 ROUNDS = 5  # interleaved rounds of (a)-(d); the median of each is reported
 CHILD_TIMEOUT = 300  # seconds any child process may run
@@ -96,9 +99,11 @@ def _compile(src: Path, out: Path) -> None:
 
 
 def _open_loop(opener: Path, warm: int, n: int, files: list[str]) -> float:
-    """µs per open+close of the opener child over ``n`` opens, after ``warm`` untimed."""
+    """µs per open+close of the opener child over ``n`` opens, after ``warm`` untimed;
+    it runs as ``PERSON_UID``, as a person's program does, not as root."""
+    as_person = [f"--reuid={PERSON_UID}", f"--regid={PERSON_UID}", "--clear-groups"]
     out = subprocess.run(
-        [str(opener), str(warm), str(n), *files],
+        ["setpriv", *as_person, str(opener), str(warm), str(n), *files],
         check=True,
         capture_output=True,
         text=True,
@@ -131,6 +136,7 @@ def _under_c_responder(
 
 def _build_tools(work: Path) -> tuple[Path, Path]:
     """The C opener and the C allow-all responder, compiled into ``work``."""
+    work.chmod(0o755)  # the opener runs as PERSON_UID, and opens files under work
     opener, responder = work / "opener", work / "fanotify_allow"
     (work / "opener.c").write_text(OPENER_C)
     _compile(work / "opener.c", opener)
@@ -143,7 +149,7 @@ class _WarmCache:
     (uid, exe, dev, ino, ctime_ns) -> allow."""
 
     def __init__(self, opener: Path, files: list[str]) -> None:
-        uid = os.geteuid()
+        uid = PERSON_UID
         self.table: dict[tuple[int, str, int, int, int], bool] = {}
         for f in files:
             st = Path(f).stat()
@@ -203,7 +209,7 @@ class _Agent:
             f"p, role:staff, {directory}/**, read, allow\n", encoding="utf-8"
         )
         (self.policies / "subjects.toml").write_text(
-            BENCH_SUBJECTS.format(uid=os.geteuid(), opener=opener), encoding="utf-8"
+            BENCH_SUBJECTS.format(uid=PERSON_UID, opener=opener), encoding="utf-8"
         )
         self.key = load_label_key(work / "label.key", create=True)
         for i, f in enumerate(files):
