@@ -265,6 +265,9 @@ typedef struct {
 	int closed;
 	struct journal journal;
 	int cn_fd; /* the proc connector (exec and ptrace of every process); -1: none */
+	/* An access answer was stored since the own table was last emptied: until one is,
+	 * an open has none to end (forget_access() is skipped, one lookup less). */
+	int access_answers;
 	uint64_t cn_lost; /* times it lost messages (every kept opener was dropped) */
 } Answers;
 
@@ -1053,7 +1056,7 @@ static int serve(Answers *self, struct pending *ev, struct lookup *lk, int may_r
 		}
 		struct answer *a = NULL;
 		if (self->own.slots && lk->uid >= 0) {
-			if (kind == KIND_OPEN && o)
+			if (kind == KIND_OPEN && o && self->access_answers)
 				forget_access(self, ev->pid, lk);
 			struct stat key = lk->st;
 			if (kind == KIND_ACCESS)
@@ -1341,6 +1344,8 @@ static int store(Answers *self, struct table *t, uint64_t h, int pid, int uid, i
 	memcpy(copy, exe, exe_len);
 	copy[exe_len] = 0;
 	Py_INCREF(token);
+	if (kind == KIND_ACCESS)
+		self->access_answers = 1;
 	*a = (struct answer){ .hash = h, .pid = pid, .uid = uid, .kind = kind,
 			      .dev = (uint64_t)st->st_dev, .ino = (uint64_t)st->st_ino,
 			      .ctime_ns = ctime_ns_of(st), .exe = copy, .exe_len = exe_len,
@@ -1455,56 +1460,70 @@ struct row {
 };
 
 /*
+ * Delete the answer in slot i of a linear-probing table (lock held), moving back the
+ * answers after it that would otherwise no longer be found; its exe, path and token
+ * are the caller's to release. Slot i holds the next answer to look at afterwards.
+ */
+static void delete_at(struct table *t, size_t i)
+{
+	size_t mask = t->capacity - 1;
+	for (size_t j = i;;) {
+		j = (j + 1) & mask;
+		if (!t->slots[j].hash)
+			break;
+		size_t home = t->slots[j].hash & mask;
+		/* An answer whose home lies cyclically in (i, j] stays where it is. */
+		if (i <= j ? (i < home && home <= j) : (i < home || home <= j))
+			continue;
+		t->slots[i] = t->slots[j];
+		i = j;
+	}
+	memset(&t->slots[i], 0, sizeof(t->slots[i]));
+	t->used--;
+}
+
+/*
  * Collect the counted answers of a table into rows and reset their counts (lock and
- * GIL held); with prune, also move out the answers whose process is no longer kept
+ * GIL held); with prune, also delete the answers whose process is no longer kept
  * (gone, or its handle evicted) or has run another program since, whose own tokens go
- * to *dead. -1 when memory is short.
+ * to *dead. In place: a table built afresh every second faulted in (and zeroed) every
+ * page of it again as the next answers were stored, on the read loop's thread. -1 when
+ * memory is short.
  */
 static int collect(Answers *self, struct table *t, int prune, struct row *rows, size_t *n,
 		   PyObject **dead, size_t *n_dead)
 {
-	struct answer *kept = NULL;
-	if (prune && !(kept = calloc(t->capacity, sizeof(struct answer))))
-		return -1;
-	size_t kept_used = 0;
 	for (size_t i = 0; i < t->capacity; i++) {
 		struct answer *a = &t->slots[i];
-		if (!a->hash)
+		if (!a->hash || !a->count)
 			continue;
-		if (a->count) {
-			char *path = a->path ? malloc(a->path_len + 1) : NULL;
-			if (a->path && !path)
-				return -1;
-			if (path)
-				memcpy(path, a->path, a->path_len + 1);
-			Py_INCREF(a->token);
-			rows[(*n)++] = (struct row){ .token = a->token, .pid = a->pid,
-						     .count = a->count, .first_ns = a->first_ns,
-						     .last_ns = a->last_ns, .dev = a->dev,
-						     .ino = a->ino, .ctime_ns = a->ctime_ns,
-						     .path = path, .path_len = a->path_len };
-			a->count = 0;
-		}
-		if (!prune)
-			continue;
-		struct opener *o = find_opener(self, a->pid);
-		if (o && a->gen == o->gen) {
-			size_t j = a->hash & (t->capacity - 1);
-			while (kept[j].hash)
-				j = (j + 1) & (t->capacity - 1);
-			kept[j] = *a;
-			kept_used++;
-		} else {
-			if (!a->borrowed)
-				dead[(*n_dead)++] = a->token;
-			free(a->exe);
-			free(a->path);
-		}
+		char *path = a->path ? malloc(a->path_len + 1) : NULL;
+		if (a->path && !path)
+			return -1;
+		if (path)
+			memcpy(path, a->path, a->path_len + 1);
+		Py_INCREF(a->token);
+		rows[(*n)++] = (struct row){ .token = a->token, .pid = a->pid, .count = a->count,
+					     .first_ns = a->first_ns, .last_ns = a->last_ns,
+					     .dev = a->dev, .ino = a->ino, .ctime_ns = a->ctime_ns,
+					     .path = path, .path_len = a->path_len };
+		a->count = 0;
 	}
-	if (prune) {
-		free(t->slots);
-		t->slots = kept;
-		t->used = kept_used;
+	/* Every count is taken before anything moves: a deletion may move an answer into
+	 * a slot already passed (when a cluster wraps around the table's end), which is
+	 * then pruned at the next take, never left uncounted. */
+	for (size_t i = 0; prune && i < t->capacity;) {
+		struct answer *a = &t->slots[i];
+		struct opener *o = a->hash ? find_opener(self, a->pid) : NULL;
+		if (!a->hash || (o && a->gen == o->gen)) {
+			i++;
+			continue;
+		}
+		if (!a->borrowed)
+			dead[(*n_dead)++] = a->token;
+		free(a->exe);
+		free(a->path);
+		delete_at(t, i); /* slot i now holds the next answer, if any: look again */
 	}
 	return 0;
 }
@@ -1548,6 +1567,7 @@ static PyObject *Answers_take(Answers *self, PyObject *args, PyObject *kwds)
 		int keep = !self->closed;
 		self->own = (struct table){ .slots = keep ? fresh_own : NULL,
 					    .capacity = INITIAL_SLOTS };
+		self->access_answers = 0;
 		self->shared = (struct table){ .slots = keep ? fresh_shared : NULL,
 					       .capacity = INITIAL_SLOTS };
 		if (keep)
@@ -1764,11 +1784,50 @@ static PyTypeObject AnswersType = {
 	.tp_as_sequence = &Answers_as_sequence,
 };
 
+PyDoc_STRVAR(respond_doc,
+"respond(fan_fd, fd, response, close=True) -> None\n\n"
+"Answer the permission event of fd (FAN_ALLOW or FAN_DENY) and close fd, without\n"
+"letting go of the GIL: os.write() and os.close() let another thread take it, and\n"
+"the reader then waits for it back (up to the switch interval) while the opener's\n"
+"next events, which the C loop could answer, wait for the reader. Both calls are\n"
+"quick and never block. An event answered already (ENOENT) is no error; fd is\n"
+"closed in any case (with close).");
+
+static PyObject *answers_respond(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwds)
+{
+	static char *kwlist[] = { "fan_fd", "fd", "response", "close", NULL };
+	int fan_fd, fd, close_fd = 1;
+	unsigned int response;
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiI|p", kwlist, &fan_fd, &fd, &response,
+					 &close_fd))
+		return NULL;
+	if (response != FAN_ALLOW && response != FAN_DENY) {
+		PyErr_Format(PyExc_ValueError, "response must be FAN_ALLOW or FAN_DENY, not %u",
+			     response);
+		return NULL;
+	}
+	int rc = respond(fan_fd, fd, response == FAN_ALLOW);
+	if (close_fd)
+		close(fd);
+	if (rc < 0) {
+		errno = -rc;
+		return PyErr_SetFromErrno(PyExc_OSError);
+	}
+	Py_RETURN_NONE;
+}
+
+static PyMethodDef answers_functions[] = {
+	{ "respond", (PyCFunction)(void (*)(void))answers_respond, METH_VARARGS | METH_KEYWORDS,
+	  respond_doc },
+	{ NULL, NULL, 0, NULL },
+};
+
 static struct PyModuleDef answers_module = {
 	PyModuleDef_HEAD_INIT,
 	.m_name = "agent.sensors.files._answers",
 	.m_doc = "The warm path of the file guard: repeats of remembered decisions answered in C.",
 	.m_size = -1,
+	.m_methods = answers_functions,
 };
 
 PyMODINIT_FUNC PyInit__answers(void)

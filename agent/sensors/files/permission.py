@@ -36,7 +36,7 @@ from pathlib import Path
 
 from agent.errors import ConfigError
 from agent.sensors.base import Health
-from agent.sensors.files._answers import Answers
+from agent.sensors.files._answers import Answers, respond
 from agent.sensors.files.fanotify import (
     AT_FDCWD,
     CAP_HINT,
@@ -56,7 +56,6 @@ from agent.sensors.files.fanotify import (
     FAN_RENAME,
     FAN_UNLIMITED_MARKS,
     FAN_UNLIMITED_QUEUE,
-    RESPONSE,
     STOP_TIMEOUT,
     abs_roots,
     close_quietly,
@@ -849,7 +848,10 @@ class PermissionGuard:
             if error is not None:
                 _ = access.path
                 self._report_error(access, error)
-            os.write(self._fan_fd, RESPONSE.pack(fd, FAN_ALLOW if allowed else FAN_DENY))
+            # Holding the GIL (respond()): no other thread takes it between the answer
+            # and the reader's return to the C loop, which answers the opener's next
+            # events meanwhile.
+            respond(self._fan_fd, fd, FAN_ALLOW if allowed else FAN_DENY, close=False)
             if error is None and self._after is not None:
                 self._call_after(access, result)
         finally:
@@ -908,12 +910,8 @@ class PermissionGuard:
             os.close(fd)
 
     def _respond(self, fd: int, response: int) -> None:
-        try:
-            os.write(self._fan_fd, RESPONSE.pack(fd, response))
-        except OSError as e:
-            # ENOENT: no such pending event (already answered); nothing to undo.
-            if e.errno != errno.ENOENT:
-                raise
+        # ENOENT (no such pending event: answered already) is no error there.
+        respond(self._fan_fd, fd, response, close=False)
 
     def _is_wake(self, fd: int) -> bool:
         try:

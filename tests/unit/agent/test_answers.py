@@ -211,3 +211,32 @@ def test_without_the_connector_the_loop_says_so() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_pruning_in_place_keeps_every_answer_of_the_living_findable(
+    make: Callable[..., Answers],
+) -> None:
+    """take() deletes the answers of processes that are gone from the table in place
+    (moving back the ones after them): every answer left is still found under its key
+    -- remembered again it replaces itself instead of being added twice."""
+    a = make()
+    children = [subprocess.Popen(["sleep", "30"]) for _ in range(12)]
+    try:
+        keys = [(c.pid, ino) for c in children for ino in range(1, 200)]
+        for pid, ino in keys:
+            assert a.remember(pid, 1001, EXE, 7, ino, 3, False, True, f"{pid}/{ino}")
+        assert len(a) == len(keys)
+        gone = children[::3]
+        for c in gone:
+            c.kill()
+            c.wait()
+        a.take()
+        living = [(pid, ino) for pid, ino in keys if pid not in {c.pid for c in gone}]
+        assert len(a) == len(living)
+        for pid, ino in living:
+            assert a.remember(pid, 1001, EXE, 7, ino, 3, False, True, "again")
+        assert len(a) == len(living)  # each found and replaced, none added
+    finally:
+        for c in children:
+            c.kill()
+            c.wait()
