@@ -720,6 +720,26 @@ def test_without_pre_content_writes_are_not_asked_and_health_says_so(
         g.stop()
 
 
+def test_without_the_proc_connector_health_says_what_is_not_seen(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the kernel's proc connector cannot be had, the read loop reads each
+    process's executable at every event, and health says what it no longer sees."""
+
+    def untracked(*args: Any, **kwargs: Any) -> Answers:
+        return Answers(*args, **kwargs, track_execs=False)
+
+    monkeypatch.setattr(permission, "Answers", untracked)
+    g = PermissionGuard([tree], lambda a: True)
+    g.start()
+    try:
+        health = g.health()
+        assert health.state == "degraded", health
+        assert "no proc connector: a tracer attached to a process" in health.detail
+    finally:
+        g.stop()
+
+
 def test_own_opens_are_allowed_without_asking(
     tree: Path, guarded: Callable[..., PermissionGuard], child_python: str
 ) -> None:

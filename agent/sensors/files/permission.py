@@ -738,6 +738,12 @@ class PermissionGuard:
                 f"writes of {self._dac_only_files} labelled files rest on file modes and ACLs "
                 "alone: their filesystem has no pre-content events"
             )
+        answers = self._answers
+        if answers is not None and not answers.tracks_execs():
+            problems.append(
+                "no proc connector: a tracer attached to a process after the guard answered"
+                " it is not seen by the answers kept for that process"
+            )
         if problems:
             return Health("degraded", "; ".join(problems))
         marked = tree.marked_dirs if tree is not None else 0
