@@ -275,19 +275,21 @@ def test_an_answer_shared_by_the_approved_program_reaches_no_impostor(
     )
 
 
-REEXEC_C = r"""
+VIEWER_C = r"""
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
-/* viewer FILE [LIBRARY]: print FILE; with LIBRARY, run itself again in the same process
- * with LIBRARY preloaded, to print FILE once more. */
-int main(int argc, char **argv)
+/* viewer FILE [LIBRARY | -]: print FILE; with LIBRARY, run itself again in the same
+ * process with LIBRARY preloaded, to print FILE once more; with -, print it again
+ * after a line on stdin. */
+static int show(const char *path)
 {
 	char buf[256];
-	int fd = open(argv[1], O_RDONLY);
+	int fd = open(path, O_RDONLY);
 	if (fd < 0) {
-		perror(argv[1]);
+		perror(path);
 		return 1;
 	}
 	ssize_t n = read(fd, buf, sizeof(buf));
@@ -295,14 +297,22 @@ int main(int argc, char **argv)
 		fwrite(buf, 1, (size_t)n, stdout);
 	fflush(stdout);
 	close(fd);
-	if (argc > 2) {
-		setenv("LD_PRELOAD", argv[2], 1);
-		char *again[] = { argv[0], argv[1], NULL };
-		execv("/proc/self/exe", again);
-		perror("exec");
-		return 2;
-	}
 	return 0;
+}
+int main(int argc, char **argv)
+{
+	char line[8];
+	if (argc < 2 || show(argv[1]))
+		return 1;
+	if (argc < 3)
+		return 0;
+	if (strcmp(argv[2], "-") == 0)
+		return read(0, line, sizeof(line)) > 0 ? show(argv[1]) : 1;
+	setenv("LD_PRELOAD", argv[2], 1);
+	char *again[] = { argv[0], argv[1], NULL };
+	execv("/proc/self/exe", again);
+	perror("exec");
+	return 2;
 }
 """
 
@@ -310,11 +320,12 @@ int main(int argc, char **argv)
 @pytest.fixture
 def reexecing(arranged: Site, tmp_path: Path) -> Site:
     """The approved viewer replaced, before the agent starts, by a program that can run
-    itself again in the same process with a library preloaded."""
+    itself again in the same process with a library preloaded, or read its file again
+    after a pause."""
     if shutil.which("gcc") is None:
         pytest.skip("needs gcc to build the viewer")
     source = tmp_path / "viewer.c"
-    source.write_text(REEXEC_C)
+    source.write_text(VIEWER_C)
     subprocess.run(["gcc", "-O2", "-o", arranged.viewer, str(source)], check=True, timeout=60)
     return arranged
 
@@ -344,66 +355,24 @@ def test_the_approved_program_run_again_with_a_preload_in_the_same_process(
     assert "LD_PRELOAD in its environment" in denied.reason
 
 
-WAITING_C = r"""
-#include <fcntl.h>
-#include <stdio.h>
-#include <unistd.h>
-/* viewer FILE: print FILE, wait for a line on stdin, print FILE again. */
-static int show(const char *path)
-{
-	char buf[256];
-	int fd = open(path, O_RDONLY);
-	if (fd < 0) {
-		perror(path);
-		return 1;
-	}
-	ssize_t n = read(fd, buf, sizeof(buf));
-	if (n > 0)
-		fwrite(buf, 1, (size_t)n, stdout);
-	fflush(stdout);
-	close(fd);
-	return 0;
-}
-int main(int argc, char **argv)
-{
-	char line[8];
-	if (argc < 2 || show(argv[1]))
-		return 1;
-	if (read(0, line, sizeof(line)) <= 0)
-		return 1;
-	return show(argv[1]);
-}
-"""
-
-
-@pytest.fixture
-def waiting(arranged: Site, tmp_path: Path) -> Site:
-    """The approved viewer replaced, before the agent starts, by one that reads its file
-    twice with a pause between."""
-    if shutil.which("gcc") is None or shutil.which("strace") is None:
-        pytest.skip("needs gcc to build the viewer and strace to attach to it")
-    source = tmp_path / "viewer.c"
-    source.write_text(WAITING_C)
-    subprocess.run(["gcc", "-O2", "-o", arranged.viewer, str(source)], check=True, timeout=60)
-    return arranged
-
-
 def _tracer_of(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(status.split("TracerPid:", 1)[1].split()[0])
 
 
 def test_a_tracer_attached_after_the_first_read_is_not_let_through(
-    waiting: Site, guarded: Guarded
+    reexecing: Site, guarded: Guarded
 ) -> None:
     """The guard answers an approved process's repeats itself, in C. A tracer that
     attaches between two reads (and could then make the process read for it) ends
     those answers: the second read is decided afresh, traced, and denied."""
+    if shutil.which("strace") is None:
+        pytest.skip("needs strace to attach to the viewer")
     _, collector = guarded
-    top = waiting.root / "top.txt"
+    top = reexecing.root / "top.txt"
     setpriv = ["setpriv", f"--reuid={ALICE}", f"--regid={ALICE}", "--clear-groups"]
     viewer = subprocess.Popen(
-        [*setpriv, waiting.viewer, str(top)],
+        [*setpriv, reexecing.viewer, str(top), "-"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -437,4 +406,4 @@ def test_a_tracer_attached_after_the_first_read_is_not_let_through(
         events_pb2.DECISION_DENY,
     ], mine
     [denied] = [a for a in mine if a.decision == events_pb2.DECISION_DENY]
-    assert f"(unapproved: {waiting.viewer}; traced by pid {tracer.pid})" in denied.reason
+    assert f"(unapproved: {reexecing.viewer}; traced by pid {tracer.pid})" in denied.reason
