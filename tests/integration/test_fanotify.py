@@ -602,12 +602,14 @@ def test_execute_is_asked_as_execute(
 
 # The child that reads and writes: one step per argument, "ok" or the errno name each.
 # r: open read-only and read; w: open read-write (kept); W: write through it; R: read
-# through the read-only one; t: truncate(2) by path; m: map read-only, close, read.
+# through the read-only one; t: truncate(2) by path; m: map read-only, close, read;
+# M: map shared and writable, close the descriptor, keep the mapping (touch nothing);
+# F: fork, the child going on with the next steps (a new process: no answers yet).
 STEPS_CHILD = """
 import errno, mmap, os, sys
-path, ro, rw = sys.argv[1], None, None
+path, ro, rw, kept = sys.argv[1], None, None, None
 def step(s):
-    global ro, rw
+    global ro, rw, kept
     if s == "r":
         ro = os.open(path, os.O_RDONLY); os.read(ro, 100)
     elif s == "w":
@@ -621,6 +623,21 @@ def step(s):
     elif s == "m":
         fd = os.open(path, os.O_RDONLY); m = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
         os.close(fd); m[:1]
+    elif s == "M":  # libc's mmap: Python's keeps a duplicate of the descriptor
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype, libc.mmap.argtypes = ctypes.c_void_p, [
+            ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+            ctypes.c_long]
+        fd = os.open(path, os.O_RDWR)
+        kept = libc.mmap(None, 4096, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+        os.close(fd)
+        if kept in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap")
+    elif s == "F":
+        child = os.fork()
+        if child:
+            os.waitpid(child, 0); os._exit(0)
 for s in sys.argv[2]:
     try:
         step(s); print("ok", flush=True)
@@ -670,6 +687,33 @@ def test_writes_to_marked_files_are_asked_as_write(
     # Files that were never marked as labelled are decided by the open alone.
     public = _public(tree / "public", 0o666)
     assert steps_as(child_python, UID, public, "wW") == ["ok", "ok"]
+
+
+def test_a_read_by_a_process_that_maps_the_file_writable_is_asked_as_write(
+    tree: Path, guarded: Callable[..., PermissionGuard], child_python: str
+) -> None:
+    """The C loop answers a read itself only when the process holds the file for
+    reading only. A shared writable mapping kept after its descriptor was closed (its
+    writes are page faults the same events announce) makes the read a write to decide.
+    Mapping it so is a write already: denied to whoever may not write."""
+    secret = _public(tree / "secret", 0o666)
+    rec = Repeating(lambda a: a.action == "write" and a.uid == UID)
+    rec.guard = g = guarded([tree], rec)
+    _mark(g, secret)
+    assert steps_as(child_python, UID, secret, "M") == ["EPERM"]
+    assert [a.action for a in rec.seen] == ["read", "write"]
+    # A writer maps it (its open asked as a read, the mapping as a write) and closes the
+    # descriptor; its child, which inherits the mapping, opens the file read-only and
+    # reads: the read is asked as a write, and its repeat answered as that write was.
+    assert steps_as(child_python, OTHER_UID, secret, "MFrR") == ["ok"] * 4
+    assert [(a.uid, a.action) for a in rec.seen[2:]] == [
+        (OTHER_UID, "read"),
+        (OTHER_UID, "write"),
+        (OTHER_UID, "read"),
+        (OTHER_UID, "write"),
+    ]
+    assert steps_as(child_python, UID, secret, "rR") == ["ok", "ok"]  # no mapping: reads
+    assert [a.action for a in rec.seen[6:]] == ["read"]
 
 
 def test_a_labelled_file_on_tmpfs_is_guarded_and_its_writes_said_to_rest_on_dac(

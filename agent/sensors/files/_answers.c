@@ -73,6 +73,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -89,6 +90,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -823,6 +825,148 @@ static struct answer *from_class(Answers *self, struct opener *o, const struct l
 	return a;
 }
 
+/* ---------------------------------------------------------------- reads of open files */
+
+/*
+ * A pre-content event does not say through which descriptor the process reads or
+ * writes. What it holds does: the file open for reading only, and no shared writable
+ * mapping of it, and every such event is a read, allowed (the open was decided and
+ * recorded). writers.py's may_write() looks, in Python, at the first such event of each
+ * process and file: ~90 us, for every file a reader such as cat or grep reads. Here the
+ * same look, in C, from the process's kept /proc handle; anything else -- a writable
+ * descriptor or mapping, the file held neither way, a process that cannot be looked
+ * at -- is left to Python, which decides it as a write.
+ */
+#define MAX_DESCRIPTORS 4096 /* of a process looked at; more: left to Python (writers.py) */
+
+/* The access mode of descriptor name of the process of dir_fd (its fdinfo's octal
+ * flags); -1 when unknown. */
+static int fd_access_mode(int dir_fd, const char *name)
+{
+	char path[64], buf[256];
+	snprintf(path, sizeof(path), "fdinfo/%s", name);
+	int fd = openat(dir_fd, path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	const char *at = strstr(buf, "\nflags:");
+	char *end;
+	if (!at)
+		return -1;
+	unsigned long flags = strtoul(at + 7, &end, 8);
+	return end == at + 7 ? -1 : (int)(flags & O_ACCMODE);
+}
+
+/* Whether the process of dir_fd maps the file (dev, ino): 0 no, 1 yes, 2 shared and
+ * writable, -1 cannot tell. */
+static int maps_file(int dir_fd, uint64_t dev, uint64_t ino)
+{
+	int fd = openat(dir_fd, "maps", O_RDONLY | O_CLOEXEC);
+	FILE *maps = fd >= 0 ? fdopen(fd, "r") : NULL;
+	if (!maps) {
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	char *line = NULL;
+	size_t cap = 0;
+	int found = 0;
+	while (found < 2 && getline(&line, &cap, maps) > 0) {
+		/* start-end perms offset major:minor inode [path]; parsed by hand: sscanf()
+		 * was a tenth of the loop's time for a reader of many files. */
+		char *perms = strchr(line, ' ');
+		char *offset = perms ? strchr(perms + 1, ' ') : NULL;
+		char *device = offset ? strchr(offset + 1, ' ') : NULL;
+		if (!device || offset - perms != 5)
+			continue;
+		char *end;
+		unsigned long major_ = strtoul(device + 1, &end, 16);
+		if (*end != ':')
+			continue;
+		unsigned long minor_ = strtoul(end + 1, &end, 16);
+		if (*end != ' ')
+			continue;
+		unsigned long long inode = strtoull(end + 1, &end, 10);
+		if (inode != ino || major_ != major((dev_t)dev) || minor_ != minor((dev_t)dev))
+			continue;
+		found = perms[2] == 'w' && perms[4] == 's' ? 2 : 1;
+	}
+	int failed = ferror(maps);
+	free(line);
+	fclose(maps);
+	return failed ? -1 : found;
+}
+
+/* Whether the process of dir_fd holds the file (dev, ino) for reading only: open for
+ * reading only, and mapped, if at all, not shared and writable (lock held). */
+static int holds_for_reading_only(int dir_fd, uint64_t dev, uint64_t ino)
+{
+	int fds = openat(dir_fd, "fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fds >= 0 ? fdopendir(fds) : NULL;
+	if (!d) {
+		if (fds >= 0)
+			close(fds);
+		return 0;
+	}
+	int readable = 0, writable = 0, seen = 0;
+	struct dirent *e;
+	while (!writable && (e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		struct stat st;
+		if (++seen > MAX_DESCRIPTORS) {
+			writable = 1; /* too many to look at: Python decides */
+			break;
+		}
+		if (fstatat(fds, e->d_name, &st, 0) < 0 || (uint64_t)st.st_dev != dev ||
+		    (uint64_t)st.st_ino != ino)
+			continue; /* closed meanwhile, not a file, or another one */
+		if (fd_access_mode(dir_fd, e->d_name) == O_RDONLY)
+			readable = 1;
+		else
+			writable = 1;
+	}
+	closedir(d);
+	if (writable)
+		return 0;
+	int mapped = maps_file(dir_fd, dev, ino);
+	return mapped >= 0 && mapped < 2 && (readable || mapped == 1);
+}
+
+/*
+ * An access answer for a read (lock held): the process of o holds the file of lk for
+ * reading only, so the event is allowed, and its next ones too until the process opens
+ * the file again (forget_access). No token: not recorded again (the open was). NULL when
+ * it holds the file otherwise, or the table is full.
+ */
+static struct answer *read_only_access(Answers *self, struct opener *o,
+				       const struct lookup *lk, uint64_t h,
+				       const struct stat *key)
+{
+	if (!holds_for_reading_only(o->dir_fd, (uint64_t)lk->st.st_dev, (uint64_t)lk->st.st_ino))
+		return NULL;
+	char *exe = malloc(lk->exe_len + 1);
+	struct answer *a = exe ? room_for(self, &self->own, h, o->pid, lk->uid, KIND_ACCESS, key,
+					  lk->exe, lk->exe_len)
+			       : NULL;
+	if (!a || a->hash) {
+		free(exe);
+		return NULL;
+	}
+	memcpy(exe, lk->exe, lk->exe_len);
+	exe[lk->exe_len] = 0;
+	*a = (struct answer){ .hash = h, .pid = o->pid, .uid = lk->uid, .kind = KIND_ACCESS,
+			      .dev = (uint64_t)key->st_dev, .ino = (uint64_t)key->st_ino,
+			      .exe = exe, .exe_len = lk->exe_len, .allow = 1, .gen = o->gen };
+	self->own.used++;
+	self->access_answers = 1;
+	return a;
+}
+
 static int respond(int fan_fd, int fd, int allow)
 {
 	struct fanotify_response r = { .fd = fd, .response = allow ? FAN_ALLOW : FAN_DENY };
@@ -1071,6 +1215,8 @@ static int serve(Answers *self, struct pending *ev, struct lookup *lk, int may_r
 				a = kind == KIND_ACCESS ? NULL : from_shared(self, o, kind, lk, h);
 				if (!a && kind == KIND_OPEN)
 					a = from_class(self, o, lk, h, ev->fd);
+				if (!a && kind == KIND_ACCESS && o)
+					a = read_only_access(self, o, lk, h, &key);
 			}
 			else if (!o || a->gen != o->gen)
 				a = NULL; /* given to another process with the pid, or before an exec */
@@ -1497,6 +1643,10 @@ static int collect(Answers *self, struct table *t, int prune, struct row *rows, 
 		struct answer *a = &t->slots[i];
 		if (!a->hash || !a->count)
 			continue;
+		if (!a->token) {
+			a->count = 0; /* a read answered here: recorded with its open */
+			continue;
+		}
 		char *path = a->path ? malloc(a->path_len + 1) : NULL;
 		if (a->path && !path)
 			return -1;
