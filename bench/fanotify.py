@@ -57,6 +57,8 @@ RESPONDER_C = Path(__file__).resolve().parent / "fanotify_allow.c"
 
 # The opener: the same loop for every measurement. Opens WARMUP times untimed (caches,
 # page tables, and the guard's answers for this process), then prints nanoseconds for N.
+# With OPENER_READS in its environment it also reads each file to its end (as cat,
+# grep or a backup do) before closing it.
 OPENER_C = r"""
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -72,7 +74,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	long warm = atol(argv[1]), n = atol(argv[2]);
-	int nf = argc - 3;
+	int nf = argc - 3, reads = getenv("OPENER_READS") != NULL;
+	char buf[4096];
 	struct timespec a, b;
 	for (long i = 0; i < warm + n; i++) {
 		if (i == warm)
@@ -82,6 +85,8 @@ int main(int argc, char **argv)
 			perror(argv[3 + i % nf]);
 			return 1;
 		}
+		while (reads && read(fd, buf, sizeof(buf)) > 0)
+			;
 		close(fd);
 	}
 	clock_gettime(CLOCK_MONOTONIC, &b);
@@ -98,9 +103,10 @@ def _compile(src: Path, out: Path) -> None:
     subprocess.run([cc, "-O2", "-o", str(out), str(src)], check=True, timeout=CHILD_TIMEOUT)
 
 
-def _open_loop(opener: Path, warm: int, n: int, files: list[str]) -> float:
-    """µs per open+close of the opener child over ``n`` opens, after ``warm`` untimed;
-    it runs as ``PERSON_UID``, as a person's program does, not as root."""
+def _open_loop(opener: Path, warm: int, n: int, files: list[str], *, reads: bool = False) -> float:
+    """µs per open+close (with ``reads``: open, read to the end, close) of the opener
+    child over ``n`` opens, after ``warm`` untimed; it runs as ``PERSON_UID``, as a
+    person's program does, not as root."""
     as_person = [f"--reuid={PERSON_UID}", f"--regid={PERSON_UID}", "--clear-groups"]
     out = subprocess.run(
         ["setpriv", *as_person, str(opener), str(warm), str(n), *files],
@@ -108,6 +114,7 @@ def _open_loop(opener: Path, warm: int, n: int, files: list[str]) -> float:
         capture_output=True,
         text=True,
         timeout=CHILD_TIMEOUT,
+        env={**os.environ, "OPENER_READS": "1"} if reads else None,
     )
     return int(out.stdout) / n / 1e3
 

@@ -28,6 +28,7 @@ import contextlib
 import errno
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -79,6 +80,7 @@ _logger = logging.getLogger(__name__)
 DEFAULT_DEADLINE = 0.050  # seconds a decision may take before the open is denied
 DEFAULT_MAX_STUCK = 4  # decisions past their deadline still running before decide() is skipped
 ANSWERS_KEPT = 65_536  # remembered answers (repeats answered in C) between take()s
+SWITCH_INTERVAL = 0.001  # seconds: the interpreter's GIL switch interval while a guard runs
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -327,6 +329,12 @@ class PermissionGuard:
         """
         if self._running:
             return
+        # A decision in Python runs on the reader thread and lets go of the GIL at each
+        # of its ~20 system calls; getting it back waits up to the switch interval (5 ms
+        # by default) whenever another thread -- the fold of a busy second's repeats --
+        # holds it. Under load that added up past the deadline, and a legitimate open
+        # was denied. 1 ms bounds the wait for the whole agent process.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         adopted = self._adopt_guardian() if self._guardian_dir is not None else None
         if adopted is None and not self._new_group():
             return
