@@ -383,9 +383,12 @@ def test_a_tracer_attached_after_the_first_read_is_not_let_through(
         assert viewer.stdout.readline() == b"content of top.txt\n"
         tracer = subprocess.Popen(
             [*setpriv, "strace", "-o", "/dev/null", "-p", str(viewer.pid)],
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        wait_for(lambda: _tracer_of(viewer.pid) == tracer.pid)
+        # strace says so once PTRACE_SEIZE has returned (the kernel told the attach).
+        assert tracer.stderr is not None and "attached" in tracer.stderr.readline()
+        assert _tracer_of(viewer.pid) == tracer.pid
         out, err = viewer.communicate(b"again\n", timeout=20)
     finally:
         viewer.kill()

@@ -177,11 +177,16 @@ def test_an_exec_told_by_the_proc_connector_ends_the_process_answers() -> None:
     a = Answers(r, os.getpid(), 1024)
     assert a.tracks_execs()
     child = subprocess.Popen(
-        ["sh", "-c", "read line; exec sleep 30"], stdin=subprocess.PIPE, text=True
+        ["sh", "-c", "echo running; read line; exec sleep 30"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
-        # Popen returned once sh ran; reading the connector (as the loop does after
-        # each read of the group) takes that exec, from before anything was kept.
+        # Once sh runs its script its exec has been told (Popen may return before
+        # that); reading the connector, as the loop does after each read of the group,
+        # takes that exec, from before anything was kept.
+        assert child.stdout is not None and child.stdout.readline() == "running\n"
         assert a.remember(ME, 1001, EXE, 1, 2, 3, False, True, "mine")
         assert a.remember(child.pid, 1001, EXE, 1, 2, 3, False, True, "before exec")
         a.take()
