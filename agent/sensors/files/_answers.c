@@ -270,7 +270,6 @@ typedef struct {
 	/* An access answer was stored since the own table was last emptied: until one is,
 	 * an open has none to end (forget_access() is skipped, one lookup less). */
 	int access_answers;
-	uint64_t cn_lost; /* times it lost messages (every kept opener was dropped) */
 } Answers;
 
 /* ---------------------------------------------------------------- helpers */
@@ -426,6 +425,16 @@ struct listen_message {
 	uint32_t events; /* the filter (Linux 6.6; struct proc_input), when sent */
 } __attribute__((packed));
 
+/* The process event a connector message nh carries; NULL when it carries none. */
+static const struct proc_event *proc_event_of(const struct nlmsghdr *nh)
+{
+	const struct cn_msg *cn = NLMSG_DATA(nh);
+	if (nh->nlmsg_len < NLMSG_LENGTH(sizeof(*cn) + sizeof(struct proc_event)) ||
+	    cn->id.idx != CN_IDX_PROC)
+		return NULL;
+	return (const struct proc_event *)cn->data;
+}
+
 /* Send LISTEN, with the event filter when filter; 0 when sent. */
 static int connector_listen(int fd, int filter)
 {
@@ -465,11 +474,9 @@ static int connector_works(int fd)
 			break;
 		for (struct nlmsghdr *nh = (struct nlmsghdr *)buf; NLMSG_OK(nh, (size_t)n);
 		     nh = NLMSG_NEXT(nh, n)) {
-			struct cn_msg *cn = NLMSG_DATA(nh);
-			if (nh->nlmsg_len < NLMSG_LENGTH(sizeof(*cn) + sizeof(struct proc_event)))
-				continue;
-			struct proc_event *ev = (struct proc_event *)cn->data;
-			if (ev->what == PROC_EVENT_EXEC && ev->event_data.exec.process_tgid == child)
+			const struct proc_event *ev = proc_event_of(nh);
+			if (ev && ev->what == PROC_EVENT_EXEC &&
+			    ev->event_data.exec.process_tgid == child)
 				seen = 1;
 		}
 	}
@@ -523,7 +530,6 @@ static void drain_connector(Answers *self)
 			if (errno == EINTR)
 				continue;
 			/* ENOBUFS (messages lost) or worse: any kept process may have exec'd. */
-			self->cn_lost++;
 			for (int i = 0; i < OPENERS; i++)
 				close_opener(&self->openers[i]);
 			if (errno != ENOBUFS) {
@@ -534,12 +540,10 @@ static void drain_connector(Answers *self)
 		}
 		for (struct nlmsghdr *nh = (struct nlmsghdr *)buf; NLMSG_OK(nh, (size_t)n);
 		     nh = NLMSG_NEXT(nh, n)) {
-			struct cn_msg *cn = NLMSG_DATA(nh);
-			if (nh->nlmsg_len < NLMSG_LENGTH(sizeof(*cn) + sizeof(struct proc_event)) ||
-			    cn->id.idx != CN_IDX_PROC)
-				continue;
-			struct proc_event *ev = (struct proc_event *)cn->data;
+			const struct proc_event *ev = proc_event_of(nh);
 			int tgid;
+			if (!ev)
+				continue;
 			if (ev->what == PROC_EVENT_EXEC)
 				tgid = ev->event_data.exec.process_tgid;
 			else if (ev->what == PROC_EVENT_PTRACE)
@@ -662,11 +666,11 @@ static struct answer *room_for(Answers *self, struct table *t, uint64_t hash, in
 
 /* Whether a vouched process still runs the inode it was vouched with (lock held): the
  * same path may name another file after an exec (e.g. in another mount namespace). */
-static int still_vouched(Answers *self, struct opener *o)
+static int still_vouched(struct opener *o)
 {
 	struct stat xs;
-	if (o->exe && self->cn_fd >= 0)
-		return 1; /* no exec since: the connector would have said (ran_other_code) */
+	if (o->exe)
+		return 1; /* kept only while the connector tells every exec (ran_other_code) */
 	return fstatat(o->dir_fd, "exe", &xs, 0) == 0 && (uint64_t)xs.st_dev == o->exe_dev &&
 	       (uint64_t)xs.st_ino == o->exe_ino;
 }
@@ -718,7 +722,7 @@ static struct answer *from_shared(Answers *self, struct opener *o, int kind,
 			      ctime_ns_of(&lk->st), lk->exe, lk->exe_len);
 	struct answer *s = find_slot(&self->shared, h, 0, lk->uid, kind, &lk->st, lk->exe,
 				     lk->exe_len);
-	if (!s->hash || !still_vouched(self, o))
+	if (!s->hash || !still_vouched(o))
 		return NULL;
 	/* A shared copy of a class answer: this copy names the same file, by the path it
 	 * was first opened by (as any shared answer's record does). */
@@ -809,7 +813,7 @@ static struct answer *from_class(Answers *self, struct opener *o, const struct l
 	uint64_t h = key_hash(0, lk->uid, KIND_OPEN, CLASS_DEV, cls, 0, lk->exe, lk->exe_len);
 	struct answer *s = find_slot(&self->shared, h, 0, lk->uid, KIND_OPEN, &key, lk->exe,
 				     lk->exe_len);
-	if (!s->hash || !s->event || !still_vouched(self, o))
+	if (!s->hash || !s->event || !still_vouched(o))
 		return NULL; /* not recorded as an event: Python decides each file */
 	char link[32], opened[PATH_MAX];
 	snprintf(link, sizeof(link), "/proc/self/fd/%d", event_fd);
@@ -1853,8 +1857,8 @@ static PyObject *Answers_journal_gen(Answers *self, PyObject *Py_UNUSED(ignored)
 PyDoc_STRVAR(close_doc,
 "close() -> None\n\n"
 "Remember nothing more and close the kept /proc handles and the connector; take()\n"
-"still returns the repeats counted so far. A reader still inside next() gets OSError(EBADF) at its\n"
-"next read.");
+"still returns the repeats counted so far. A reader still inside next() gets\n"
+"OSError(EBADF) at its next read.");
 
 static PyObject *Answers_close(Answers *self, PyObject *Py_UNUSED(ignored))
 {

@@ -918,10 +918,7 @@ class PermissionGuard:
         return True
 
     def _answer(self, fd: int, response: int) -> None:
-        try:
-            self._respond(fd, response)
-        finally:
-            os.close(fd)
+        respond(self._fan_fd, fd, response)  # and closes fd, whatever the answer did
 
     def _respond(self, fd: int, response: int) -> None:
         # ENOENT (no such pending event: answered already) is no error there.
