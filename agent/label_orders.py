@@ -20,6 +20,8 @@ import hashlib
 import logging
 import os
 import secrets
+import stat
+import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date
@@ -42,7 +44,6 @@ DONE_FILE = "label_orders.done"  # in the state directory: order ids applied or 
 #: A full walk of the trees at least this often even when no change was reported.
 RESCAN_SECONDS = 600.0
 MAX_INVENTORY_FILES = 10_000  # labelled files one inventory lists; more: truncated
-HASH_CHUNK = 1024 * 1024  # bytes read at a time when hashing a file
 ACTIONS = ("classify", "change", "declassify")
 
 
@@ -60,11 +61,18 @@ def order_signed_bytes(order: collector_pb2.LabelOrder) -> bytes:
 
 def content_hash(path: str | os.PathLike[str]) -> str:
     """SHA-256 hex of a file's content."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return content_digest(path).hex()
+
+
+def content_digest(path: str | os.PathLike[str]) -> bytes:
+    """SHA-256 of a file's content."""
+    with open(path, "rb") as f:  # noqa: PTH123 - a str path stays a str (see _files)
+        return hashlib.file_digest(f, "sha256").digest()
+
+
+#: What a file version is for the inventory's hash cache: dev, inode, mtime, ctime, size.
+#: Packed, a cached hash costs ~140 bytes instead of ~350 as a tuple of ints and hex.
+_VERSION = struct.Struct("=QQqqq")
 
 
 # -- requests ----------------------------------------------------------------------
@@ -149,7 +157,7 @@ class Inventory:
     def __init__(self, roots: Sequence[Path], key: Callable[[], bytes | None]) -> None:
         self._roots = [Path(r) for r in roots]
         self._key = key
-        self._hashes: dict[tuple[int, int, int, int, int], str] = {}
+        self._hashes: dict[bytes, bytes] = {}  # _VERSION -> SHA-256 of the content
         #: SHA-256 of the last inventory made (deterministic serialisation), kept instead
         #: of that message of every labelled file (~1 MB resident for 2,000 files).
         self._last: bytes | None = None
@@ -163,7 +171,7 @@ class Inventory:
         """Walk the trees now."""
         key = self._key()
         found: list[events_pb2.LabelledFile] = []
-        hashes: dict[tuple[int, int, int, int, int], str] = {}
+        hashes: dict[bytes, bytes] = {}
         truncated = False
         for path in self._files():
             if len(found) >= MAX_INVENTORY_FILES:
@@ -173,20 +181,22 @@ class Inventory:
                 label = labels.read_label(path, key)
                 if label is None:
                     continue
-                st = path.stat()
-                version = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
-                digest = self._hashes.get(version) or content_hash(path)
+                st = os.stat(path)  # noqa: PTH116 - see _files
+                version = _VERSION.pack(
+                    st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
+                )
+                digest = self._hashes.get(version) or content_digest(path)
             except OSError:
                 continue  # gone meanwhile, or unreadable: not listed this time
             hashes[version] = digest
             found.append(
                 events_pb2.LabelledFile(
-                    home=label.home or str(path),
+                    home=label.home or path,
                     register_id=label.label_id or "",
                     level=label.level,  # type: ignore[arg-type]
                     until=label.until.isoformat() if label.until else "",
                     scope=label.scope,
-                    content_hash=digest,
+                    content_hash=digest.hex(),
                     problem=label.problem or "",
                 )
             )
@@ -194,13 +204,18 @@ class Inventory:
         found.sort(key=lambda f: f.home)
         return events_pb2.LabelInventory(files=found, truncated=truncated)
 
-    def _files(self) -> Iterable[Path]:
+    def _files(self) -> Iterable[str]:
+        # Plain strings, not Path objects: a Path interns every name it parses, and the
+        # interned names of a large tree stay in memory until the agent stops.
         for root in self._roots:
             for parent, _, names in os.walk(root):
                 for name in sorted(names):
-                    path = Path(parent, name)
-                    if path.is_file() and not path.is_symlink():
-                        yield path
+                    path = os.path.join(parent, name)  # noqa: PTH118 - see above
+                    try:
+                        if stat.S_ISREG(os.lstat(path).st_mode):
+                            yield path
+                    except OSError:
+                        continue  # gone meanwhile
 
     def walk_next(self) -> None:
         """Walk the trees at the next look: the agent changed a label itself (the

@@ -36,8 +36,14 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
 
 
-def _quick_check(db: sqlite3.Connection) -> None:
-    result = db.execute("PRAGMA quick_check").fetchone()[0]
+def _quick_check(path: Path) -> None:
+    # On a connection of its own: the check reads every page, and the pages it read
+    # would otherwise stay in the long-lived connection's cache (up to 2 MB) for good.
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        result = db.execute("PRAGMA quick_check").fetchone()[0]
+    finally:
+        db.close()
     if result != "ok":
         raise sqlite3.DatabaseError(result)
 
@@ -57,8 +63,8 @@ class Spool:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         try:
+            _quick_check(path)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            _quick_check(self._db)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)

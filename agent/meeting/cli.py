@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from baomi.clitext import cells, fit, lang, pad, t
 from baomi.display import escape, escape_json
-from baomi.meeting.rooms import Meeting, load_meetings, load_rooms
-from baomi.meeting.sdr import SweepError
 from baomi.policy.errors import PolicyError
 from baomi.policy.subjects import Subjects
 from baomi.v1 import events_pb2
@@ -27,11 +25,14 @@ from agent.identity import load_identity
 from agent.spool import Spool
 
 if TYPE_CHECKING:
+    from baomi.meeting.rooms import Meeting
+
     from agent.meeting.check import Item
 
 # The checks themselves (agent.meeting.check: devices, processes, the cabinet, ~1.3 MB)
-# are imported by the commands that run them: every baomi-agent command builds this
-# parser, and the running agent should not carry them for a command it never runs.
+# and the room and meeting files' parser are imported by the commands that run them:
+# every baomi-agent command builds this parser, and the running agent should not carry
+# them for a command it never runs.
 
 DEFAULT_ROOMS = Path("policies/rooms.toml")
 DEFAULT_MEETINGS = Path("policies/meetings.toml")
@@ -65,6 +66,8 @@ class Header:
 
 
 def _meeting(args: argparse.Namespace, room: str | None) -> Meeting | None:
+    from baomi.meeting.rooms import load_meetings  # noqa: PLC0415 - see the imports
+
     if not args.meeting:
         return None
     meetings = load_meetings(args.meetings)
@@ -200,6 +203,9 @@ def _record_to(args: argparse.Namespace) -> Path | None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from baomi.meeting.rooms import load_rooms  # noqa: PLC0415 - see the imports
+    from baomi.meeting.sdr import SweepError  # noqa: PLC0415 - see the imports
+
     from agent.meeting.check import (  # noqa: PLC0415 - see the imports
         Inputs,
         check_severity,

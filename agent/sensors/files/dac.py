@@ -47,7 +47,7 @@ _logger = logging.getLogger(__name__)
 ACCESS_ACL = "system.posix_acl_access"
 DEFAULT_ACL = "system.posix_acl_default"
 AUDIT_SECONDS = 30.0  # every tree is checked again this often (missed events, dates)
-KEPT_MAX = 1_000_000  # inodes whose kept state is remembered (~200 bytes each)
+KEPT_MAX = 1_000_000  # inodes whose kept state is remembered (~150 bytes each)
 
 # linux/posix_acl_xattr.h: a version, then (tag u16, perm u16, id u32) little endian
 _ACL_VERSION = 2
@@ -209,6 +209,8 @@ class DacKeeper:
         self._audit_seconds = audit_seconds
         self._lock = threading.Lock()  # one keeper pass at a time
         self._kept: dict[tuple[int, int], Dac] = {}  # (dev, ino) -> state last kept
+        # One object per distinct state: a tree's inodes mostly share a handful of them.
+        self._states: dict[Dac, Dac] = {}
         self._health = Health("disabled", "not started")
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -310,7 +312,7 @@ class DacKeeper:
                 except FileNotFoundError:
                     continue
                 try:
-                    path = str(Path(dirpath, name))
+                    path = os.path.join(dirpath, name)  # noqa: PTH118 - a Path interns names
                     changed += self._keep(fd, path, os.fstat(fd), engine, None, report=report)
                 except FileNotFoundError:
                     continue  # removed meanwhile
@@ -353,7 +355,8 @@ class DacKeeper:
         want = wanted(is_dir=is_dir, executable=executable, holders=holders)
         if len(self._kept) >= KEPT_MAX:
             self._kept.clear()  # bounded; a forgotten inode is compared with its wanted state
-        self._kept[key] = want
+            self._states.clear()
+        self._kept[key] = want = self._states.setdefault(want, want)
         if now == want:
             return 0
         try:

@@ -128,6 +128,8 @@ class LabelledInodes:
         identity = identity or file_identity(fd)
         known = self._known.get(key)
         if known is not None and known.identity == identity and known.home == home:
+            if known.home is not home:  # keep the caller's string (a label's home), not a copy
+                self._known[key] = Known(known.identity, home)
             return False
         with self._lock:
             if len(self._known) >= MAX_INODES and key not in self._known:

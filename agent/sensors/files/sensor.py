@@ -449,6 +449,8 @@ class FileGuard:
             identity = file_identity(fd)
             label = read_label(f"/proc/self/fd/{fd}", self._config.label_key, identity=identity)
             home = policy_path(label, path)
+            if path == home:
+                path = home  # one string for both: the state kept per file is mostly paths
             self._inodes.add(fd, home, key=(st.st_dev, st.st_ino), identity=identity)
             self._guard.mark_file(fd)
             version = (st.st_dev, st.st_ino, st.st_ctime_ns)

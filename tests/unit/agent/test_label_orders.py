@@ -4,6 +4,7 @@ a forged or altered order is refused and reported; the inventory lists labelled 
 from __future__ import annotations
 
 import hashlib
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,29 @@ def test_with_the_guard_running_the_trees_are_walked_only_after_a_change(
     monkeypatch.setattr(label_orders, "RESCAN_SECONDS", 0.0)  # the backstop walks anyway
     orders.report_inventory()
     assert len(sent()) == 3 and [f.level for f in sent()[2].files] == [2]
+
+
+def test_the_inventory_keeps_little_per_labelled_file(setup) -> None:  # type: ignore[no-untyped-def]
+    """Between passes the inventory keeps one content hash per labelled file version, so
+    that an unchanged file is not read again: a server guards hundreds of thousands."""
+    orders, _events, doc, key_file = setup
+    key = labels.load_label_key(key_file, create=True)
+    files = 600
+    for i in range(files):
+        f = doc.parent / f"f{i:04d}"
+        f.write_text(f"document {i}\n")
+        labels.set_label(f, "秘密", key=key)
+    orders.inventory.scan()  # a first pass: what the module caches once (regexes, labels)
+    orders.inventory._hashes.clear()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        listed = orders.inventory.scan()
+        del listed
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(orders.inventory._hashes) == files
+    assert kept < files * 220, f"{kept / files:.0f} bytes kept per file"
+    (f0,) = [f for f in orders.inventory.scan().files if f.home.endswith("/f0000")]
+    assert f0.content_hash == hashlib.sha256(b"document 0\n").hexdigest()

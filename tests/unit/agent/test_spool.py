@@ -12,6 +12,7 @@ from baomi.v1 import events_pb2
 from agent import spool as spool_module
 from agent.errors import SpoolError
 from agent.spool import CollectorMismatch, Spool
+from tests.procs import fresh_python
 
 
 def _status() -> events_pb2.Event:
@@ -134,3 +135,34 @@ def test_corrupt_spool_is_refused_with_recovery_advice(tmp_path: Path, damage: s
         Spool(path)
     assert "re-enrol" in str(err.value) and ".recover" in str(err.value)
     assert path.exists()
+
+
+def test_opening_a_full_spool_does_not_keep_its_pages_cached(tmp_path: Path) -> None:
+    """The integrity check at open reads every page; an idle agent must not keep them
+    (SQLite's cache holds up to 2 MB per connection, for as long as it is open)."""
+    path = tmp_path / "s.db"
+    spool = Spool.create(path, "ws-01", 0, chain.GENESIS)
+    note = "x" * 400
+    for _ in range(20):
+        spool.append(
+            [events_pb2.Event(agent_status=events_pb2.AgentStatus(state=note)) for _ in range(1000)]
+        )
+    spool.close()
+    assert path.stat().st_size > 8 * 1024 * 1024
+    used = fresh_python(
+        "import ctypes, sqlite3\n"
+        "from pathlib import Path\n"
+        "from agent.spool import Spool\n"
+        "maps = open('/proc/self/maps').read()\n"
+        "lib = next((l.split()[-1] for l in maps.splitlines() if 'libsqlite3' in l), None)\n"
+        "if lib is None:\n"
+        "    print(-1)\n"
+        "else:\n"
+        "    used = ctypes.CDLL(lib).sqlite3_memory_used\n"
+        "    used.restype = ctypes.c_int64\n"
+        f"    spool = Spool(Path({str(path)!r}))\n"
+        "    print(used())\n"
+    )
+    if int(used) < 0:
+        pytest.skip("Python's sqlite3 is not linked to a shared libsqlite3 here")
+    assert int(used) < 1024 * 1024, f"SQLite holds {int(used)} bytes after the spool opened"
