@@ -89,6 +89,7 @@ _TRUNCATES = ("truncate", "truncate64")
 _OTHERS = (
     "creat", "openat2", *_TRUNCATES, *_DELETES, *_CREATES, *_MODES, *_XATTRS, *_TIMES,
 )  # fmt: skip
+_AUDITED = frozenset(("open", "openat", *_OTHERS))  # the syscalls the rules name
 #: Refused with EPERM only by the file guard's own answer (which it records).
 _FANOTIFY_EPERM = ("openat2", *_TRUNCATES)
 #: Which arguments are directory fds a relative name is looked up from.
@@ -365,7 +366,8 @@ def _auditctl(*args: str) -> str:
 
 
 def syscall_table(abi: str) -> dict[int, str]:
-    """Syscall numbers to names for ``b64`` or ``b32`` on this machine (ausyscall)."""
+    """Syscall numbers to names for ``b64`` or ``b32`` on this machine (ausyscall), of
+    the syscalls the rules audit."""
     exe = shutil.which("ausyscall") or "/usr/bin/ausyscall"
     try:
         out = subprocess.run(  # noqa: S603 - fixed program and arguments
@@ -380,7 +382,7 @@ def syscall_table(abi: str) -> dict[int, str]:
     table = dict(_NEW_SYSCALLS)
     for line in out.splitlines():
         number, _, name = line.partition("\t")
-        if number.isdigit():
+        if number.isdigit() and name in _AUDITED:  # the rest is never named by a rule
             table[int(number)] = name
     return table
 
