@@ -36,7 +36,8 @@ from agent.journal import EventJournal, JournalError
 from agent.label_orders import LabelOrders
 from agent.policy import PolicyKeeper
 from agent.recorder import Recorder
-from agent.sensors import REGISTRY, Health, PolicyAware, Sensor
+from agent.sensors import REGISTRY
+from agent.sensors.base import Health, PolicyAware, Sensor
 from agent.spool import DEFAULT_MAX_BYTES, Spool
 from agent.stream import StreamClient, StreamConfig
 

@@ -8,9 +8,10 @@ when called, so a sensor the configuration does not name costs nothing.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.sensors.base import EventSink, Health, PolicyAware, Sensor, SensorFactory
+if TYPE_CHECKING:  # not at run time: the guardian process imports this package too
+    from agent.sensors.base import EventSink, Sensor, SensorFactory
 
 
 def _files(settings: dict[str, Any], sink: EventSink) -> Sensor:
@@ -118,4 +119,4 @@ REGISTRY: dict[str, SensorFactory] = {
     "meeting": _meeting,
 }
 
-__all__ = ["REGISTRY", "EventSink", "Health", "PolicyAware", "Sensor", "SensorFactory"]
+__all__ = ["REGISTRY"]

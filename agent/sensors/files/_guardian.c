@@ -20,6 +20,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <stdint.h>
@@ -317,7 +318,22 @@ static PyObject *guardian_deny_pending(PyObject *Py_UNUSED(mod), PyObject *args)
 	return fds;
 }
 
+PyDoc_STRVAR(flush_marks_doc, "flush_marks(fan_fd, /)\n--\n\n"
+			       "Remove every mark of the group (FAN_MARK_FLUSH): it then sees no event.");
+
+static PyObject *guardian_flush_marks(PyObject *module, PyObject *args)
+{
+	(void)module;
+	int fan_fd;
+	if (!PyArg_ParseTuple(args, "i:flush_marks", &fan_fd))
+		return NULL;
+	if (fanotify_mark(fan_fd, FAN_MARK_FLUSH, 0, AT_FDCWD, NULL) < 0)
+		return PyErr_SetFromErrno(PyExc_OSError);
+	Py_RETURN_NONE;
+}
+
 static PyMethodDef guardian_methods[] = {
+	{ "flush_marks", guardian_flush_marks, METH_VARARGS, flush_marks_doc },
 	{ "serve", (PyCFunction)(void (*)(void))guardian_serve, METH_VARARGS | METH_KEYWORDS,
 	  serve_doc },
 	{ "deny_pending", guardian_deny_pending, METH_VARARGS, deny_pending_doc },

@@ -12,3 +12,6 @@ def serve(
 
 def deny_pending(fan_fd: int, fd_limit: int, /) -> list[int]:
     """Deny the events a dead reader held as fds 0..fd_limit-1; the numbers that matched."""
+
+def flush_marks(fan_fd: int, /) -> None:
+    """Remove every mark of the group (FAN_MARK_FLUSH): it then sees no event."""

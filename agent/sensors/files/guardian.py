@@ -36,11 +36,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from agent.errors import AgentError
+from agent.sensors.files.guardian_daemon import JOURNAL_NAME, SOCKET_NAME
 
 _logger = logging.getLogger(__name__)
 
-SOCKET_NAME = "guardian.sock"
-JOURNAL_NAME = "guardian.journal"
 LOG_NAME = "guardian.log"
 RECORDED_NAME = "guardian.recorded"  # how far each gap handed over is recorded
 REPLY_TIMEOUT = 5.0  # seconds a control command waits for the guardian's reply

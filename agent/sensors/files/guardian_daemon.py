@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import resource
-import secrets
 import select
 import signal
 import socket
@@ -45,10 +44,12 @@ from pathlib import Path
 from typing import Any
 
 from agent.sensors.files import _guardian
-from agent.sensors.files.fanotify import AT_FDCWD, FAN_MARK_FLUSH, fanotify_mark
-from agent.sensors.files.guardian import JOURNAL_NAME, SOCKET_NAME
 
 _logger = logging.getLogger(__name__)
+
+# In the agent's state directory (guardian.py, the agent's side, names them from here).
+SOCKET_NAME = "guardian.sock"
+JOURNAL_NAME = "guardian.journal"
 
 REQUEST_BYTES = 64  # the longest control request
 REQUEST_TIMEOUT = 2.0  # seconds a control peer may take to send its request
@@ -204,7 +205,7 @@ class Guardian:
             os.close(self.journal_fd)
             self.journal_fd = self._open_journal()
         self.gap_offset = os.lseek(self.journal_fd, 0, os.SEEK_END)
-        self.gap_id = secrets.token_hex(8)
+        self.gap_id = os.urandom(8).hex()
         self.tally = [0, 0, 0]
         self._journal(
             {
@@ -321,7 +322,7 @@ class Guardian:
             error = f"agent {self.agent_pid} is running: stop it first, then release"
             return {"ok": False, "error": error}
         with contextlib.suppress(OSError):
-            fanotify_mark(self.fan_fd, FAN_MARK_FLUSH, 0, AT_FDCWD, None)
+            _guardian.flush_marks(self.fan_fd)
         _guardian.serve(self.fan_fd, -1, self.journal_fd, os.getpid(), RELEASE_IDLE_MS)
         self._journal({"event": "released"})
         self.released = True

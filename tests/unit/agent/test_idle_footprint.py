@@ -113,3 +113,26 @@ def test_a_line_break_casbin_does_not_read_as_one_is_not_taken_for_the_model(
     assert policyset._content_lines(odd) != policyset._MODEL_LINES
     with pytest.raises(PolicyError):
         PolicySet.load(_policy_dir(tmp_path, odd))
+
+
+def test_the_guardian_process_loads_only_what_it_runs() -> None:
+    """The guardian stays up for as long as the host is guarded, agent or not: it loads
+    its C loop and the standard library's plainest parts -- not the agent's sensors,
+    OpenSSL (hashlib, secrets) or ctypes (~7 MB resident between them)."""
+    loaded = fresh_python(
+        "import sys\n"
+        "import agent.sensors.files.guardian_daemon\n"
+        "unwanted = {'_hashlib', '_ssl', 'ctypes', 'dataclasses', 'grpc', 'google'}\n"
+        "agent = {n for n in sys.modules if n.startswith(('agent.', 'baomi'))}\n"
+        "print(sorted({n for n in sys.modules if n.split('.')[0] in unwanted} | agent))\n"
+    )
+    assert loaded.strip() == str(
+        sorted(
+            [
+                "agent.sensors",
+                "agent.sensors.files",
+                "agent.sensors.files._guardian",
+                "agent.sensors.files.guardian_daemon",
+            ]
+        )
+    ), loaded

@@ -16,15 +16,13 @@ from baomi.v1 import events_pb2
 
 from agent.sensors.files import guardian_daemon
 from agent.sensors.files.guardian import (
-    JOURNAL_NAME,
     RECORDED_NAME,
-    SOCKET_NAME,
     Gap,
     GuardianLink,
     read_gap,
     unfinished_gap,
 )
-from agent.sensors.files.guardian_daemon import Guardian
+from agent.sensors.files.guardian_daemon import JOURNAL_NAME, SOCKET_NAME, Guardian
 from agent.sensors.files.sensor import FileGuard, FileGuardConfig
 
 START = {"event": "gap_start", "time": 1000.5, "reason": "agent died", "agent_pid": 7}
