@@ -28,6 +28,7 @@ from baomi.v1 import events_pb2
 from agent.errors import SpoolError
 
 DEFAULT_MAX_BYTES = 1024 * 1024 * 1024  # 1 GiB; beyond it the agent is loud, never lossy
+CACHE_KIB = 256  # SQLite page cache of the open spool
 RETAINED = 10_000  # acknowledged events kept, to send again to a collector that lost them
 
 _SCHEMA = """
@@ -67,6 +68,9 @@ class Spool:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            # SQLite's default cache (2 MB) would fill with the pages of every large event
+            # written or sent and stay resident; appends and in-order reads need little.
+            self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self._db.executescript(_SCHEMA)
             self.host_id = self._meta("host_id").decode()
             int(self._meta("head_seq")), self._meta("head_hash")  # present and well formed

@@ -137,9 +137,10 @@ def test_corrupt_spool_is_refused_with_recovery_advice(tmp_path: Path, damage: s
     assert path.exists()
 
 
-def test_opening_a_full_spool_does_not_keep_its_pages_cached(tmp_path: Path) -> None:
-    """The integrity check at open reads every page; an idle agent must not keep them
-    (SQLite's cache holds up to 2 MB per connection, for as long as it is open)."""
+def test_a_full_spool_opened_and_sent_does_not_keep_its_pages_cached(tmp_path: Path) -> None:
+    """The integrity check at open reads every page, and sending a backlog reads them
+    again; an idle agent must not keep them (SQLite's default cache holds up to 2 MB
+    per connection, for as long as it is open)."""
     path = tmp_path / "s.db"
     spool = Spool.create(path, "ws-01", 0, chain.GENESIS)
     note = "x" * 400
@@ -156,13 +157,19 @@ def test_opening_a_full_spool_does_not_keep_its_pages_cached(tmp_path: Path) -> 
         "maps = open('/proc/self/maps').read()\n"
         "lib = next((l.split()[-1] for l in maps.splitlines() if 'libsqlite3' in l), None)\n"
         "if lib is None:\n"
-        "    print(-1)\n"
+        "    print(-1, -1)\n"
         "else:\n"
         "    used = ctypes.CDLL(lib).sqlite3_memory_used\n"
         "    used.restype = ctypes.c_int64\n"
         f"    spool = Spool(Path({str(path)!r}))\n"
-        "    print(used())\n"
+        "    opened = used()\n"
+        "    seq = 0\n"
+        "    while rows := spool.read_after(seq, 500):\n"
+        "        seq = rows[-1][0]\n"
+        "    print(opened, used())\n"
     )
-    if int(used) < 0:
+    opened, sent = (int(n) for n in used.split())
+    if opened < 0:
         pytest.skip("Python's sqlite3 is not linked to a shared libsqlite3 here")
-    assert int(used) < 1024 * 1024, f"SQLite holds {int(used)} bytes after the spool opened"
+    assert opened < 1024 * 1024, f"SQLite holds {opened} bytes after the spool opened"
+    assert sent < 1024 * 1024, f"SQLite holds {sent} bytes after every event was read"
