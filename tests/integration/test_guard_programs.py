@@ -410,3 +410,56 @@ def test_a_tracer_attached_after_the_first_read_is_not_let_through(
     ], mine
     [denied] = [a for a in mine if a.decision == events_pb2.DECISION_DENY]
     assert f"(unapproved: {reexecing.viewer}; traced by pid {tracer.pid})" in denied.reason
+
+
+def _next_pid_will_be(pid: int) -> None:
+    """Make the kernel give ``pid`` to the next process it starts (if still free then):
+    its last pid handed out is set just before (CAP_SYS_ADMIN; checkpoint/restore)."""
+    Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+
+
+def test_a_process_given_the_pid_of_a_gone_approved_one_gets_none_of_its_answers(
+    arranged: Site, guarded: Guarded
+) -> None:
+    """The approved program's answers are kept by pid for its next opens. Once it is
+    gone, alice's next process given the same pid -- the same program, preloaded -- is
+    decided afresh and denied: nothing kept for the pid reaches it. (Three things each
+    see to it: the exec of the approved program, the exec told by the proc connector
+    and the kept /proc handle of the gone process; with all three ignored the impostor
+    reads the file, so this test fails.)"""
+    _, collector = guarded
+    top = arranged.root / "top.txt"
+    argv = ["setpriv", f"--reuid={ALICE}", f"--regid={ALICE}", "--clear-groups"]
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    for _ in range(50):  # another process on the machine may take the pid first: again
+        first = subprocess.Popen(
+            [*argv, arranged.viewer, str(top)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        out, err = first.communicate(timeout=20)
+        assert first.returncode == 0 and out == b"content of top.txt\n", err
+        pid = first.pid
+        _next_pid_will_be(pid)  # at once: before the guard's next fold prunes the gone
+        impostor = subprocess.Popen(
+            [*argv, "env", f"LD_PRELOAD={LIBM}", arranged.viewer, str(top)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        out, err = impostor.communicate(timeout=20)
+        if impostor.pid == pid:
+            break
+    else:
+        pytest.skip("the kernel never gave the gone process's pid again")
+    assert impostor.returncode != 0 and b"Operation not permitted" in err, (out, err)
+    wait_for(
+        lambda: any(
+            a.pid == pid and a.decision == events_pb2.DECISION_DENY for a in _accesses(collector)
+        )
+    )
+    (denied,) = [
+        a for a in _accesses(collector) if a.pid == pid and a.decision == events_pb2.DECISION_DENY
+    ]
+    assert "LD_PRELOAD in its environment" in denied.reason
