@@ -119,9 +119,8 @@ class Recorder:
         thread."""
         if not event.HasField("time"):
             event.time.FromNanoseconds(time.time_ns())
-        with self._written:
+        with self._order:  # counted under the order lock: flush() reads the count alone
             self._received += 1
-        with self._order:
             self._queue.put((event, self._journal_append(event)))
 
     def _journal_append(self, event: events_pb2.Event) -> int | None:
