@@ -15,6 +15,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -388,3 +389,49 @@ def test_class_answers_a_killed_agent_gave_are_recorded_by_file_at_the_next_star
     assert [(a.path, a.label_id, a.home, a.count) for a in got] == [
         (str(opened[5]), "REG-open-5", str(opened[5]), 1)
     ]
+
+
+def test_a_decision_does_not_wait_for_a_fold_still_recording(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recording a fold's repeats can take tens of ms (thousands of first opens by new
+    processes, each one event). Meanwhile a decision hands its answer over to be
+    repeated and goes on to the next event: were it to wait for the fold, the events
+    behind it would pass their deadline and legitimate opens be denied. Here the
+    recording of the repeats is held up for seconds while another program reads two
+    files."""
+    monkeypatch.setattr(sensor_module, "FOLD_SECONDS", 3600)  # only the test's flush
+    recording = threading.Event()
+    release = threading.Event()
+    events: list[events_pb2.Event] = []
+
+    def sink(event: events_pb2.Event) -> None:
+        if event.HasField("file_access") and event.file_access.count:  # a repeat
+            recording.set()
+            release.wait(CHILD_TIMEOUT)
+        events.append(event)
+
+    config = FileGuardConfig(roots=(tree.root,), label_key=tree.key, policies=tree.policies)
+    guard = FileGuard(config, sink)
+    guard.start()
+    flushing = threading.Thread(target=guard.flush)
+    try:
+        opened = tree.files("open")
+        assert tree.grep_all(opened) == ""  # answered in C but the first: repeats counted
+        flushing.start()
+        assert recording.wait(CHILD_TIMEOUT)
+        other = tree.base / "other"  # a program of its own: decided in Python
+        shutil.copy("/usr/bin/cat", other)
+        done = subprocess.run(
+            [str(other), str(opened[0]), str(opened[1])],
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "open 0\nopen 1\n"
+    finally:
+        release.set()
+        flushing.join(CHILD_TIMEOUT) if flushing.is_alive() else None
+        guard.stop()

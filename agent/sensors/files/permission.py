@@ -80,7 +80,7 @@ _logger = logging.getLogger(__name__)
 DEFAULT_DEADLINE = 0.050  # seconds a decision may take before the open is denied
 DEFAULT_MAX_STUCK = 4  # decisions past their deadline still running before decide() is skipped
 ANSWERS_KEPT = 65_536  # remembered answers (repeats answered in C) between take()s
-SWITCH_INTERVAL = 0.001  # seconds: the interpreter's GIL switch interval while a guard runs
+SWITCH_INTERVAL = 0.0002  # seconds: the interpreter's GIL switch interval while a guard runs
 
 
 @dataclass(frozen=True, slots=True, init=False)

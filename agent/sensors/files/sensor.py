@@ -211,6 +211,13 @@ class FileGuard:
         # Held while an answer is handed to the guard to repeat and while repeats are
         # taken, so no answer of a replaced policy is remembered after the take.
         self._fold_lock = threading.Lock()
+        # Held across a whole flush (take, record, mark done), so that no take reuses
+        # a half of the repeat journal before the last take's events are recorded. The
+        # fold lock is held only around the take: recording thousands of repeats takes
+        # tens of ms, and a decision handing its answer over (_decided, on the
+        # permission path) waiting for it held up the events behind it past the
+        # deadline -- legitimate opens denied.
+        self._flush_lock = threading.Lock()
         self._flusher = threading.Thread(target=self._flush_loop, name="files-fold", daemon=True)
         self._stopping = threading.Event()
         self._started = False  # start() has returned: every labelled file is marked
@@ -483,11 +490,12 @@ class FileGuard:
         self._inodes.persist()
         self._cmdlines.clear()
         self._programs.clear()
-        # Under the lock: the take's generation of the repeat journal is marked done
-        # only once its events are recorded, and before the next take reuses its half.
-        with self._fold_lock:
-            generation = self._guard.journal_generation()
-            repeats = self._guard.take_repeats(forget=forget)
+        # The take's generation of the repeat journal is marked done only once its
+        # events are recorded, and before the next take reuses its half.
+        with self._flush_lock:
+            with self._fold_lock:
+                generation = self._guard.journal_generation()
+                repeats = self._guard.take_repeats(forget=forget)
             # Per process, only the highest label it read taints it: one look at each.
             strongest: dict[int, events_pb2.FileAccess] = {}
             for recorded, pid, count, first_ns, last_ns, file in repeats:
@@ -505,7 +513,8 @@ class FileGuard:
                 self._taint_by_repeat(access)
             if self._journal is not None and generation:
                 self._journal.mark_done(generation)
-            self._hand_classes()
+            with self._fold_lock:
+                self._hand_classes()
 
     def _repeat_event(
         self, recorded: bytes, pid: int, count: int, first_ns: int, last_ns: int
