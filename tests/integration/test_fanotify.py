@@ -1283,3 +1283,19 @@ def test_change_watcher_stop_closes_everything(make_dir: Callable[[], Path]) -> 
     assert w.health().state == "disabled"
     assert _fd_count() == before
     eventually(lambda: not _fanotify_threads(), "every fanotify thread ended")
+
+
+def test_the_switch_interval_is_short_while_a_guard_runs_and_restored_after(
+    tree: Path, guarded: Callable[..., PermissionGuard]
+) -> None:
+    """Decisions in Python get the GIL back quickly while guards run; once the last one
+    stops, the process has its own switch interval again."""
+    before = sys.getswitchinterval()
+    first = guarded([tree], Recorder())
+    second = guarded([tree / "sub"], Recorder())
+    short = pytest.approx(min(before, permission.SWITCH_INTERVAL))
+    assert sys.getswitchinterval() == short
+    first.stop()
+    assert sys.getswitchinterval() == short
+    second.stop()
+    assert sys.getswitchinterval() == pytest.approx(before)

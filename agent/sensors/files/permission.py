@@ -170,6 +170,39 @@ OnError = Callable[[Access | None, BaseException], None]
 OnTamper = Callable[[str, str], None]  # (kind, detail)
 
 
+class _SwitchInterval:
+    """The interpreter's GIL switch interval: SWITCH_INTERVAL while any guard runs.
+
+    A decision in Python runs on a reader thread and lets go of the GIL at each of its
+    ~20 system calls; getting it back waits up to the switch interval (5 ms by default)
+    whenever another thread -- the fold recording a busy second's repeats, the
+    recorder -- holds it. Under load that added up past the deadline, and legitimate
+    opens were denied. Restored when the last guard stops: the process may go on with
+    other work (the benchmark does), which the short interval only slows.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._guards = 0
+        self._before = 0.0
+
+    def lower(self) -> None:
+        with self._lock:
+            if self._guards == 0:
+                self._before = sys.getswitchinterval()
+                sys.setswitchinterval(min(self._before, SWITCH_INTERVAL))
+            self._guards += 1
+
+    def restore(self) -> None:
+        with self._lock:
+            self._guards -= 1
+            if self._guards == 0:
+                sys.setswitchinterval(self._before)
+
+
+_SWITCH_INTERVAL = _SwitchInterval()
+
+
 class PermissionGuard:
     """Answer every open under ``roots`` with ``decide(access)``, within ``deadline``.
 
@@ -329,12 +362,6 @@ class PermissionGuard:
         """
         if self._running:
             return
-        # A decision in Python runs on the reader thread and lets go of the GIL at each
-        # of its ~20 system calls; getting it back waits up to the switch interval (5 ms
-        # by default) whenever another thread -- the fold of a busy second's repeats --
-        # holds it. Under load that added up past the deadline, and a legitimate open
-        # was denied. 1 ms bounds the wait for the whole agent process.
-        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         adopted = self._adopt_guardian() if self._guardian_dir is not None else None
         if adopted is None and not self._new_group():
             return
@@ -360,6 +387,7 @@ class PermissionGuard:
             return
         self._own_pid = os.getpid()  # here, not in __init__: the agent may have forked since
         self._answers = self._new_answers()
+        _SWITCH_INTERVAL.lower()
         self._running = True
         self._tree = tree
         self._stopping = self._wd_exit = False
@@ -492,6 +520,7 @@ class PermissionGuard:
         if self._answers is not None:
             self._answers.close()  # its counts stay for take_repeats()
         self._running = False
+        _SWITCH_INTERVAL.restore()
         self._health = Health("disabled", "stopped")
 
     def _wake_readers(self) -> None:
