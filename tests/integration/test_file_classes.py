@@ -433,5 +433,6 @@ def test_a_decision_does_not_wait_for_a_fold_still_recording(
         assert done.stdout == "open 0\nopen 1\n"
     finally:
         release.set()
-        flushing.join(CHILD_TIMEOUT) if flushing.is_alive() else None
+        if flushing.is_alive():
+            flushing.join(CHILD_TIMEOUT)
         guard.stop()

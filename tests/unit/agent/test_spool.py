@@ -150,7 +150,7 @@ def test_a_full_spool_opened_and_sent_does_not_keep_its_pages_cached(tmp_path: P
         )
     spool.close()
     assert path.stat().st_size > 8 * 1024 * 1024
-    used = fresh_python(
+    printed = fresh_python(
         "import ctypes, sqlite3\n"
         "from pathlib import Path\n"
         "from agent.spool import Spool\n"
@@ -168,7 +168,7 @@ def test_a_full_spool_opened_and_sent_does_not_keep_its_pages_cached(tmp_path: P
         "        seq = rows[-1][0]\n"
         "    print(opened, used())\n"
     )
-    opened, sent = (int(n) for n in used.split())
+    opened, sent = (int(n) for n in printed.split())
     if opened < 0:
         pytest.skip("Python's sqlite3 is not linked to a shared libsqlite3 here")
     assert opened < 1024 * 1024, f"SQLite holds {opened} bytes after the spool opened"
