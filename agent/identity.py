@@ -53,11 +53,21 @@ class Identity:
         )
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    path.chmod(mode)
+def write_whole(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` whole and durably, or not at all: a crash or a pulled stick
+    leaves the old file or none, never a cut key or certificate."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.chmod(mode)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def default_enroll_address(collector: str) -> str:
@@ -115,7 +125,7 @@ def enroll(
     )
     response = _enroll_at_first_answering(enroll_addresses, request, ca_pem)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _write(
+    write_whole(
         state_dir / "host.key",
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -124,10 +134,10 @@ def enroll(
         ),
         0o600,
     )
-    _write(state_dir / "host.pem", response.certificate_pem, 0o644)
-    _write(state_dir / "ca.pem", response.ca_pem, 0o644)
-    _write(state_dir / "signing.pub", response.signing_key_pem, 0o644)
-    _write(
+    write_whole(state_dir / "host.pem", response.certificate_pem, 0o644)
+    write_whole(state_dir / "ca.pem", response.ca_pem, 0o644)
+    write_whole(state_dir / "signing.pub", response.signing_key_pem, 0o644)
+    write_whole(
         state_dir / "agent.json",
         json.dumps(
             {"host_id": response.host_id, "collector": collectors[0], "collectors": collectors}

@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import json
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agent.errors import AgentError, SpoolError
+from agent.identity import write_whole
 from agent.spool import Spool
 
 TOKEN_FORMAT = "baomi-enroll-token/1"  # noqa: S105 - a format name, not a secret
@@ -50,22 +50,6 @@ INFO = "agent.json"
 
 class OfflineError(AgentError):
     """An offline step that cannot be done; the message says how to fix it."""
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` whole and durably, or not at all (a stick may be pulled)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.chmod(mode)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -122,7 +106,7 @@ def host_key(state_dir: Path) -> ec.EllipticCurvePrivateKey:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        _write(path, pem, 0o600)
+        write_whole(path, pem, 0o600)
     loaded = serialization.load_pem_private_key(_read(path, "host key"), None)
     if not isinstance(loaded, ec.EllipticCurvePrivateKey):
         raise OfflineError(f"{path} is not an EC key; move it aside to make a new one")
@@ -168,10 +152,10 @@ def request_from_token(state_dir: Path, token_file: Path, out: Path) -> str:
         "token": token,
         "csr_pem": csr.public_bytes(serialization.Encoding.PEM).decode(),
     }
-    _write(state_dir / "ca.pem", ca_pem, 0o644)
-    _write(state_dir / "signing.pub", signing_pem, 0o644)
-    _write(state_dir / INFO, json.dumps({"host_id": host_id, "collector": ""}).encode(), 0o644)
-    _write(out, json.dumps(request, indent=1).encode() + b"\n", 0o644)
+    write_whole(state_dir / "ca.pem", ca_pem, 0o644)
+    write_whole(state_dir / "signing.pub", signing_pem, 0o644)
+    write_whole(state_dir / INFO, json.dumps({"host_id": host_id, "collector": ""}).encode(), 0o644)
+    write_whole(out, json.dumps(request, indent=1).encode() + b"\n", 0o644)
     return host_id
 
 
@@ -204,7 +188,7 @@ def install_certificate(state_dir: Path, cert_file: Path) -> str:
     host_id = str(names[0].value) if names else ""
     if host_id != host_id_of(state_dir):
         raise OfflineError(f"{cert_file} names host {host_id!r}, not this host")
-    _write(state_dir / HOST_CERT, pem, 0o644)
+    write_whole(state_dir / HOST_CERT, pem, 0o644)
     return host_id
 
 
@@ -272,7 +256,7 @@ def export(state_dir: Path, out: Path, *, again: bool = False) -> Exported:
             bodies=bodies,
         ).signed(key)
         try:
-            _write(out, document.dumps(), 0o644)
+            write_whole(out, document.dumps(), 0o644)
         except OSError as e:
             spool.append([_cli_action("export", str(out), f"not written: {e.strerror}", ok=False)])
             raise OfflineError(f"cannot write the export {out}: {e.strerror}") from e
