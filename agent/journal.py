@@ -39,6 +39,7 @@ MAGIC = b"BAOMIEJ1"
 HEADER_BYTES = 4096
 RING_BYTES = 16 * 1024 * 1024  # ~40,000 events ahead of the spool before record() waits
 RELEASE_BYTES = 1024 * 1024  # drained records whose pages leave the resident set at once
+IDLE_RELEASE_BYTES = 64 * 1024  # ... or fewer, once the spool has taken every record
 SKIP = 0xFFFFFFFF
 ALIGN = 16
 _HEADER = struct.Struct("<8sQ8s")  # magic, ring_bytes, epoch
@@ -167,7 +168,12 @@ class EventJournal:
             if position > self._drained:
                 self._drained = position
                 self._space.notify_all()
-            if self._drained - self._released >= RELEASE_BYTES:
+            unreleased = self._drained - self._released
+            # An idle agent keeps none of the pages of its last burst (one label
+            # inventory is ~300 KB); while events flow, pages go a MB at a time.
+            if unreleased >= RELEASE_BYTES or (
+                self._drained == self._head and unreleased >= IDLE_RELEASE_BYTES
+            ):
                 self._release()
 
     def _release(self) -> None:

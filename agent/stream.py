@@ -30,6 +30,7 @@ import grpc
 from baomi import chain
 from baomi.v1 import events_pb2
 
+from agent.heap import return_freed_heap
 from agent.identity import Identity
 from agent.spool import CollectorMismatch, Spool
 
@@ -158,6 +159,7 @@ class StreamClient:
         receiver = asyncio.create_task(receive())
         try:
             sent = first.up_to_seq
+            released = False  # the spool's cache since the stream last caught up
             while not receiver.done():
                 rows = self._spool.read_after(sent, self._config.batch_events)
                 if len(rows) < self._config.batch_events:
@@ -167,6 +169,10 @@ class StreamClient:
                         await asyncio.wait_for(self._wake.wait(), self._config.batch_seconds)
                     rows = self._spool.read_after(sent, self._config.batch_events)
                     if not rows:
+                        if not released and not in_flight:  # caught up, all acknowledged
+                            self._spool.release_memory()
+                            return_freed_heap()
+                            released = True
                         continue
                 if not await self._take_slot(slots, receiver):
                     break
@@ -174,6 +180,7 @@ class StreamClient:
                 await call.write(chain.batch_of([body for _, body in rows]))
                 sent = rows[-1][0]
                 in_flight.append(sent)
+                released = False
             await receiver  # raises what ended it
         finally:
             receiver.cancel()

@@ -229,3 +229,31 @@ def test_backoff_starts_again_after_a_session_that_delivered(
         asyncio.run(client.run())
     initial = FAST.backoff_initial
     assert waits == [initial, 2 * initial, 4 * initial, initial, 2 * initial]
+
+
+def test_the_stream_frees_the_spools_cache_once_the_collector_has_everything(
+    collector: RunningCollector, config: AgentConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large event (a label inventory) fills the spool's page cache as it is written,
+    sent and acknowledged; the idle agent must not keep those pages."""
+    released: list[int] = []  # events the collector had acknowledged at each release
+
+    def release_memory(spool: Spool) -> None:
+        released.append(spool.acked[0])
+
+    monkeypatch.setattr(Spool, "release_memory", release_memory)
+    running = AgentThread(replace(config, heartbeat_seconds=60))
+    try:
+        wait_for(lambda: len(released) >= 1)  # caught up after the start
+        big = events_pb2.Event(agent_status=events_pb2.AgentStatus(state="x" * 300_000))
+        running.agent.emit(big)
+        wait_for(
+            lambda: any(
+                len(e.agent_status.state) == 300_000 for e in host_events(collector.store, "ws-01")
+            )
+        )
+        wait_for(lambda: len(released) >= 2)
+        sent = len(host_events(collector.store, "ws-01"))
+        assert released[-1] == sent  # released only with every event acknowledged
+    finally:
+        running.stop()

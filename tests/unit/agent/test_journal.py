@@ -257,3 +257,21 @@ def test_drained_records_leave_the_resident_set(tmp_path: Path) -> None:
     assert _resident_kib(tmp_path / "j") < 3 * 1024
     # ... yet the file still holds the records: a mark behind them reads them back.
     assert EventJournal(tmp_path / "j", ring).recover((j.epoch, end - 8 * 1024))[0] == [body] * 8
+
+
+def test_a_drained_burst_leaves_the_resident_set_once_the_spool_has_it_all(
+    tmp_path: Path,
+) -> None:
+    """A large event (a label inventory) and then quiet: the idle agent does not keep
+    its pages, though they are fewer than a release takes while events flow."""
+    j = EventJournal(tmp_path / "j", 8 * 1024 * 1024)
+    j.recover(None)
+    end = j.append(b"i" * 300 * 1024)
+    assert _resident_kib(tmp_path / "j") >= 300
+    j.drained(end - 1)  # not all of it in the spool yet: kept
+    assert _resident_kib(tmp_path / "j") >= 300
+    j.drained(end)
+    assert _resident_kib(tmp_path / "j") < 16
+    assert EventJournal(tmp_path / "j", 8 * 1024 * 1024).recover((j.epoch, 0))[0] == [
+        b"i" * 300 * 1024
+    ]

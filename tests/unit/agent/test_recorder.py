@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import threading
+import time
 from pathlib import Path
 
 from baomi import chain
@@ -62,3 +64,35 @@ def test_events_from_many_threads_all_reach_the_spool(tmp_path: Path) -> None:
     stored = [events_pb2.Event.FromString(b) for _, b in spool.read_after(0, 100_000)]
     assert sum(e.file_access.count for e in stored) == 2000
     assert woken.is_set()
+
+
+def _events_held_by(thread: threading.Thread) -> list[events_pb2.Event]:
+    """The events a waiting thread's frames hold, directly or in a list or tuple."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    held: list[events_pb2.Event] = []
+    while frame is not None:
+        for value in frame.f_locals.values():
+            items = value if isinstance(value, (list, tuple)) else [value]
+            for item in items:
+                inner = item if isinstance(item, (list, tuple)) else [item]
+                held += [x for x in inner if isinstance(x, events_pb2.Event)]
+        frame = frame.f_back
+    return held
+
+
+def test_an_idle_writer_keeps_none_of_the_events_it_wrote(tmp_path: Path) -> None:
+    """An idle agent must not keep its last batch alive: after a label inventory that
+    is ~0.7 MB of messages, until the next event comes."""
+    spool = Spool.create(tmp_path / "s.db", "ws-01", 0, chain.GENESIS)
+    recorder = Recorder(spool, lambda: None)
+    recorder.start()
+    try:
+        recorder.record(events_pb2.Event(agent_status=events_pb2.AgentStatus(state="x" * 1000)))
+        assert recorder.flush()
+        deadline = time.monotonic() + 5
+        while _events_held_by(recorder._thread) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the writer is between its spool commit and its next wait
+        assert _events_held_by(recorder._thread) == []
+    finally:
+        recorder.stop()
+        spool.close()

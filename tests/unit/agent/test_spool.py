@@ -173,3 +173,34 @@ def test_a_full_spool_opened_and_sent_does_not_keep_its_pages_cached(tmp_path: P
         pytest.skip("Python's sqlite3 is not linked to a shared libsqlite3 here")
     assert opened < 1024 * 1024, f"SQLite holds {opened} bytes after the spool opened"
     assert sent < 1024 * 1024, f"SQLite holds {sent} bytes after every event was read"
+
+
+def test_release_memory_frees_the_pages_a_large_event_left_cached(tmp_path: Path) -> None:
+    """What the stream calls once the collector has everything: SQLite keeps none of
+    the pages of the last large event written and read back."""
+    path = tmp_path / "s.db"
+    Spool.create(path, "ws-01", 0, chain.GENESIS).close()
+    printed = fresh_python(
+        "import ctypes\n"
+        "from pathlib import Path\n"
+        "from agent.spool import Spool\n"
+        "from baomi.v1 import events_pb2\n"
+        "maps = open('/proc/self/maps').read()\n"
+        "lib = next((l.split()[-1] for l in maps.splitlines() if 'libsqlite3' in l), None)\n"
+        "if lib is None:\n"
+        "    print(-1, -1)\n"
+        "else:\n"
+        "    used = ctypes.CDLL(lib).sqlite3_memory_used\n"
+        "    used.restype = ctypes.c_int64\n"
+        f"    spool = Spool(Path({str(path)!r}))\n"
+        "    big = events_pb2.Event(agent_status=events_pb2.AgentStatus(state='x' * 300_000))\n"
+        "    spool.append([big])\n"
+        "    spool.read_after(0, 10)\n"
+        "    before = used()\n"
+        "    spool.release_memory()\n"
+        "    print(before, used())\n"
+    )
+    before, after = (int(n) for n in printed.split())
+    if before < 0:
+        pytest.skip("Python's sqlite3 is not linked to a shared libsqlite3 here")
+    assert before - after > 200 * 1024, (before, after)
