@@ -15,13 +15,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import hashlib
 import logging
 import os
 import secrets
+import sqlite3
 import stat
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date
@@ -71,8 +74,74 @@ def content_digest(path: str | os.PathLike[str]) -> bytes:
 
 
 #: What a file version is for the inventory's hash cache: dev, inode, mtime, ctime, size.
-#: Packed, a cached hash costs ~140 bytes instead of ~350 as a tuple of ints and hex.
+#: Any change of a file's content changes its ctime, which only the kernel sets.
 _VERSION = struct.Struct("=QQqqq")
+HASHES_FILE = "content-hashes.db"  # in the state directory: the inventory's hash cache
+HASHES_CACHE_KIB = 64  # SQLite's page cache for it: read and written in one pass
+
+
+class ContentHashes:
+    """SHA-256 of the labelled files' contents by file version, kept in a database
+    (``<state>/content-hashes.db``), not in memory: an idle agent keeps nothing per
+    file for it (it was ~180 bytes a file), and a restart does not read every labelled
+    file again. A cache only: a damaged one is started afresh."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as e:
+            _logger.warning("content hash cache %s is damaged (%s): starting it afresh", path, e)
+            for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                stale.unlink(missing_ok=True)
+            self._db = self._open()
+        self._pass = 0
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        with contextlib.suppress(OSError):
+            self._path.chmod(0o600)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # a cache: a lost write is hashed again
+        db.execute(f"PRAGMA cache_size=-{HASHES_CACHE_KIB}")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS hashes (version BLOB PRIMARY KEY, sha256 BLOB NOT NULL,"
+            " pass INTEGER NOT NULL) WITHOUT ROWID"
+        )
+        db.execute("PRAGMA quick_check").fetchone()  # a damaged file fails here, not mid-pass
+        return db
+
+    def begin(self) -> None:
+        """Start a pass over the trees: the versions it does not see are forgotten."""
+        self._db.execute("BEGIN")
+        row = self._db.execute("SELECT max(pass) FROM hashes").fetchone()
+        self._pass = (row[0] or 0) + 1
+
+    def digest(self, version: bytes, path: str) -> bytes:
+        """SHA-256 of ``path``, whose version is ``version``: read only when not known."""
+        row = self._db.execute("SELECT sha256 FROM hashes WHERE version = ?", (version,)).fetchone()
+        digest = bytes(row[0]) if row is not None else content_digest(path)
+        self._db.execute(
+            "INSERT OR REPLACE INTO hashes VALUES (?, ?, ?)", (version, digest, self._pass)
+        )
+        return digest
+
+    def end(self, *, complete: bool) -> None:
+        """End the pass; forget what it did not see when it walked the whole trees."""
+        if complete:
+            self._db.execute("DELETE FROM hashes WHERE pass < ?", (self._pass,))
+        self._db.execute("COMMIT")
+
+    def abandon(self) -> None:
+        """A pass that failed: nothing of it is kept."""
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM hashes").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
 
 
 # -- requests ----------------------------------------------------------------------
@@ -154,10 +223,14 @@ def spool_request(state_dir: Path, request: events_pb2.LabelRequest) -> int:
 class Inventory:
     """The labelled files under the protected trees, hashed once per file version."""
 
-    def __init__(self, roots: Sequence[Path], key: Callable[[], bytes | None]) -> None:
+    def __init__(
+        self, roots: Sequence[Path], key: Callable[[], bytes | None], hashes: Path
+    ) -> None:
         self._roots = [Path(r) for r in roots]
         self._key = key
-        self._hashes: dict[bytes, bytes] = {}  # _VERSION -> SHA-256 of the content
+        self._hashes_path = hashes
+        self._hashes: ContentHashes | None = None  # opened at the first pass
+        self._scanning = threading.Lock()  # one pass at a time (orders, the periodic look)
         #: SHA-256 of the last inventory made (deterministic serialisation), kept instead
         #: of that message of every labelled file (~1 MB resident for 2,000 files).
         self._last: bytes | None = None
@@ -169,31 +242,20 @@ class Inventory:
 
     def scan(self) -> events_pb2.LabelInventory:
         """Walk the trees now."""
-        key = self._key()
+        with self._scanning:
+            if self._hashes is None:
+                self._hashes = ContentHashes(self._hashes_path)
+            hashes = self._hashes
+            hashes.begin()
+            try:
+                found, truncated = self._walk(hashes)
+            except BaseException:
+                hashes.abandon()
+                raise
+            hashes.end(complete=not truncated)
         # Plain tuples first, sorted by home, then one message filled in place -- not a
         # message per file, each in an arena of its own and then copied into the
         # inventory's: less C heap churned by every pass, in a long-running agent.
-        found: list[tuple[str, labels.Label, bytes]] = []
-        hashes: dict[bytes, bytes] = {}
-        truncated = False
-        for path in self._files():
-            if len(found) >= MAX_INVENTORY_FILES:
-                truncated = True
-                break
-            try:
-                label = labels.read_label(path, key)
-                if label is None:
-                    continue
-                st = os.stat(path)  # noqa: PTH116 - see _files
-                version = _VERSION.pack(
-                    st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
-                )
-                digest = self._hashes.get(version) or content_digest(path)
-            except OSError:
-                continue  # gone meanwhile, or unreadable: not listed this time
-            hashes[version] = digest
-            found.append((label.home or path, label, digest))
-        self._hashes = hashes
         found.sort(key=lambda f: f[0])
         inventory = events_pb2.LabelInventory(truncated=truncated)
         for home, label, digest in found:
@@ -207,6 +269,28 @@ class Inventory:
                 problem=label.problem or "",
             )
         return inventory
+
+    def _walk(self, hashes: ContentHashes) -> tuple[list[tuple[str, labels.Label, bytes]], bool]:
+        """(home, label, SHA-256) of each labelled file; True when there are more than
+        one inventory lists."""
+        key = self._key()
+        found: list[tuple[str, labels.Label, bytes]] = []
+        for path in self._files():
+            if len(found) >= MAX_INVENTORY_FILES:
+                return found, True
+            try:
+                label = labels.read_label(path, key)
+                if label is None:
+                    continue
+                st = os.stat(path)  # noqa: PTH116 - see _files
+                version = _VERSION.pack(
+                    st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
+                )
+                digest = hashes.digest(version, path)
+            except OSError:
+                continue  # gone meanwhile, or unreadable: not listed this time
+            found.append((label.home or path, label, digest))
+        return found, False
 
     def _files(self) -> Iterable[str]:
         # Plain strings, not Path objects: a Path interns every name it parses, and the
@@ -269,7 +353,7 @@ class LabelOrders:
         self._emit = emit
         self._label_key_path = label_key  # the key the file guard checks seals with
         self._done_path = state_dir / DONE_FILE
-        self.inventory = Inventory(roots, self._label_key)
+        self.inventory = Inventory(roots, self._label_key, state_dir / HASHES_FILE)
 
     def _label_key(self) -> bytes | None:
         try:

@@ -209,18 +209,24 @@ def test_with_the_guard_running_the_trees_are_walked_only_after_a_change(
     assert len(sent()) == 3 and [f.level for f in sent()[2].files] == [2]
 
 
-def test_the_inventory_keeps_little_per_labelled_file(setup) -> None:  # type: ignore[no-untyped-def]
-    """Between passes the inventory keeps one content hash per labelled file version, so
-    that an unchanged file is not read again: a server guards hundreds of thousands."""
-    orders, _events, doc, key_file = setup
+def _labelled(doc: Path, key_file: Path, files: int) -> list[Path]:
     key = labels.load_label_key(key_file, create=True)
-    files = 600
+    made = []
     for i in range(files):
         f = doc.parent / f"f{i:04d}"
         f.write_text(f"document {i}\n")
         labels.set_label(f, "秘密", key=key)
+        made.append(f)
+    return made
+
+
+def test_the_inventory_keeps_nothing_per_labelled_file_in_memory(setup) -> None:  # type: ignore[no-untyped-def]
+    """Its content hashes are in the state directory, not in the agent's memory: a
+    server guards hundreds of thousands of labelled files."""
+    orders, _events, doc, key_file = setup
+    files = 600
+    _labelled(doc, key_file, files)
     orders.inventory.scan()  # a first pass: what the module caches once (regexes, labels)
-    orders.inventory._hashes.clear()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
@@ -229,7 +235,52 @@ def test_the_inventory_keeps_little_per_labelled_file(setup) -> None:  # type: i
         kept = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    assert len(orders.inventory._hashes) == files
-    assert kept < files * 220, f"{kept / files:.0f} bytes kept per file"
+    assert kept < 16 * 1024, f"{kept} bytes kept after a pass over {files} files"
     (f0,) = [f for f in orders.inventory.scan().files if f.home.endswith("/f0000")]
     assert f0.content_hash == hashlib.sha256(b"document 0\n").hexdigest()
+
+
+def test_a_restarted_agent_reads_only_the_files_changed_meanwhile(
+    setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    orders, events, doc, key_file = setup
+    made = _labelled(doc, key_file, 20)
+    first = orders.inventory.scan()
+    read: list[str] = []
+    digest = label_orders.content_digest
+    monkeypatch.setattr(
+        label_orders, "content_digest", lambda path: read.append(str(path)) or digest(path)
+    )
+    again = LabelOrders(
+        tmp_path, _identity(), events.append, roots=[doc.parent], label_key=key_file
+    )
+    assert again.inventory.scan() == first
+    assert read == []
+    made[3].write_text("rewritten\n")  # its label stays (an attribute), its content changes
+    after = again.inventory.scan()
+    assert read == [str(made[3])]
+    (f3,) = [f for f in after.files if f.home == str(made[3])]
+    assert f3.content_hash == hashlib.sha256(b"rewritten\n").hexdigest()
+
+
+def test_a_damaged_hash_cache_is_started_afresh(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    orders, _events, doc, key_file = setup
+    _labelled(doc, key_file, 3)
+    (tmp_path / label_orders.HASHES_FILE).write_bytes(b"not a database " * 300)
+    listed = orders.inventory.scan()
+    assert len(listed.files) == 3
+    assert all(f.content_hash for f in listed.files)
+
+
+def test_files_gone_from_the_trees_leave_the_hash_cache(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    orders, _events, doc, key_file = setup
+    made = _labelled(doc, key_file, 10)
+    orders.inventory.scan()
+    for f in made[:4]:
+        f.unlink()
+    orders.inventory.scan()
+    cache = label_orders.ContentHashes(tmp_path / label_orders.HASHES_FILE)
+    try:
+        assert len(cache) == 6
+    finally:
+        cache.close()
