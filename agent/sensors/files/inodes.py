@@ -134,7 +134,9 @@ class LabelledInodes:
         known = self._known.get(key)
         if known is not None and known.identity == identity and known.home == home:
             if known.home is not home:  # keep the caller's string (a label's home), not a copy
-                self._known[key] = Known(known.identity, home)
+                with self._lock:  # and only if no other writer replaced the entry meanwhile
+                    if self._known.get(key) is known:
+                        self._known[key] = Known(known.identity, home)
             return False
         with self._lock:
             if len(self._known) >= MAX_INODES and key not in self._known:
