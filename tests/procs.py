@@ -61,6 +61,21 @@ def fresh_python(code: str) -> str:
     return done.stdout
 
 
+#: A prelude for fresh_python(): defines ``used()``, the bytes SQLite holds now
+#: (sqlite3_memory_used), or prints "-1 -1" and ends when Python's sqlite3 is not
+#: linked to a shared libsqlite3 (the test then skips).
+SQLITE_MEMORY = (
+    "import ctypes, sqlite3, sys\n"
+    "maps = open('/proc/self/maps').read()\n"
+    "lib = next((l.split()[-1] for l in maps.splitlines() if 'libsqlite3' in l), None)\n"
+    "if lib is None:\n"
+    "    print(-1, -1)\n"
+    "    sys.exit(0)\n"
+    "used = ctypes.CDLL(lib).sqlite3_memory_used\n"
+    "used.restype = ctypes.c_int64\n"
+)
+
+
 def cli(name: str) -> str:
     """The path of an installed console script (``baomi-agent``, ``baomi-collector``)."""
     beside = Path(sys.executable).parent / name  # the venv running the tests

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.sensors.files.inodes import LabelledInodes
-from tests.procs import fresh_python
+from tests.procs import SQLITE_MEMORY, fresh_python
 
 FILES = 4000
 HOME_PAD = "长" * 200  # 600 bytes of home per entry: the set is larger than SQLite's 2 MB cache
@@ -35,25 +35,18 @@ def test_reading_the_set_back_at_start_does_not_keep_its_pages_cached(tmp_path: 
     inodes.close()
     assert db.stat().st_size > 2 * 1024 * 1024
     printed = fresh_python(
-        "import ctypes, os\n"
+        SQLITE_MEMORY + "import os\n"
         "from pathlib import Path\n"
         "from agent.sensors.files.inodes import LabelledInodes\n"
-        "maps = open('/proc/self/maps').read()\n"
-        "lib = next((l.split()[-1] for l in maps.splitlines() if 'libsqlite3' in l), None)\n"
-        "if lib is None:\n"
-        "    print(-1, -1)\n"
-        "else:\n"
-        "    used = ctypes.CDLL(lib).sqlite3_memory_used\n"
-        "    used.restype = ctypes.c_int64\n"
-        f"    inodes = LabelledInodes(Path({str(db)!r}))\n"
-        "    inodes.open()\n"
-        f"    root = os.open({str(tree)!r}, os.O_RDONLY | os.O_DIRECTORY)\n"
-        "    fsid = os.fstatvfs(root).f_fsid & (2**63 - 1)\n"
-        "    found = 0\n"
-        "    for fd, _home in inodes.reopen_known({fsid: root}):\n"
-        "        os.close(fd)\n"
-        "        found += 1\n"
-        "    print(found, used())\n"
+        f"inodes = LabelledInodes(Path({str(db)!r}))\n"
+        "inodes.open()\n"
+        f"root = os.open({str(tree)!r}, os.O_RDONLY | os.O_DIRECTORY)\n"
+        "fsid = os.fstatvfs(root).f_fsid & (2**63 - 1)\n"
+        "found = 0\n"
+        "for fd, _home in inodes.reopen_known({fsid: root}):\n"
+        "    os.close(fd)\n"
+        "    found += 1\n"
+        "print(found, used())\n"
     )
     found, used = (int(n) for n in printed.split())
     if found < 0:

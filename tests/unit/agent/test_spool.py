@@ -12,7 +12,7 @@ from baomi.v1 import events_pb2
 from agent import spool as spool_module
 from agent.errors import SpoolError
 from agent.spool import CollectorMismatch, Spool
-from tests.procs import fresh_python
+from tests.procs import SQLITE_MEMORY, fresh_python
 
 
 def _status() -> events_pb2.Event:
@@ -151,22 +151,14 @@ def test_a_full_spool_opened_and_sent_does_not_keep_its_pages_cached(tmp_path: P
     spool.close()
     assert path.stat().st_size > 8 * 1024 * 1024
     printed = fresh_python(
-        "import ctypes, sqlite3\n"
-        "from pathlib import Path\n"
+        SQLITE_MEMORY + "from pathlib import Path\n"
         "from agent.spool import Spool\n"
-        "maps = open('/proc/self/maps').read()\n"
-        "lib = next((l.split()[-1] for l in maps.splitlines() if 'libsqlite3' in l), None)\n"
-        "if lib is None:\n"
-        "    print(-1, -1)\n"
-        "else:\n"
-        "    used = ctypes.CDLL(lib).sqlite3_memory_used\n"
-        "    used.restype = ctypes.c_int64\n"
-        f"    spool = Spool(Path({str(path)!r}))\n"
-        "    opened = used()\n"
-        "    seq = 0\n"
-        "    while rows := spool.read_after(seq, 500):\n"
-        "        seq = rows[-1][0]\n"
-        "    print(opened, used())\n"
+        f"spool = Spool(Path({str(path)!r}))\n"
+        "opened = used()\n"
+        "seq = 0\n"
+        "while rows := spool.read_after(seq, 500):\n"
+        "    seq = rows[-1][0]\n"
+        "print(opened, used())\n"
     )
     opened, sent = (int(n) for n in printed.split())
     if opened < 0:
@@ -181,24 +173,16 @@ def test_release_memory_frees_the_pages_a_large_event_left_cached(tmp_path: Path
     path = tmp_path / "s.db"
     Spool.create(path, "ws-01", 0, chain.GENESIS).close()
     printed = fresh_python(
-        "import ctypes\n"
-        "from pathlib import Path\n"
+        SQLITE_MEMORY + "from pathlib import Path\n"
         "from agent.spool import Spool\n"
         "from baomi.v1 import events_pb2\n"
-        "maps = open('/proc/self/maps').read()\n"
-        "lib = next((l.split()[-1] for l in maps.splitlines() if 'libsqlite3' in l), None)\n"
-        "if lib is None:\n"
-        "    print(-1, -1)\n"
-        "else:\n"
-        "    used = ctypes.CDLL(lib).sqlite3_memory_used\n"
-        "    used.restype = ctypes.c_int64\n"
-        f"    spool = Spool(Path({str(path)!r}))\n"
-        "    big = events_pb2.Event(agent_status=events_pb2.AgentStatus(state='x' * 300_000))\n"
-        "    spool.append([big])\n"
-        "    spool.read_after(0, 10)\n"
-        "    before = used()\n"
-        "    spool.release_memory()\n"
-        "    print(before, used())\n"
+        f"spool = Spool(Path({str(path)!r}))\n"
+        "big = events_pb2.Event(agent_status=events_pb2.AgentStatus(state='x' * 300_000))\n"
+        "spool.append([big])\n"
+        "spool.read_after(0, 10)\n"
+        "before = used()\n"
+        "spool.release_memory()\n"
+        "print(before, used())\n"
     )
     before, after = (int(n) for n in printed.split())
     if before < 0:
