@@ -92,24 +92,37 @@ class ContentHashes:
             self._db = self._open()
         except sqlite3.DatabaseError as e:
             _logger.warning("content hash cache %s is damaged (%s): starting it afresh", path, e)
-            for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-                stale.unlink(missing_ok=True)
+            self.discard()
             self._db = self._open()
         self._pass = 0
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            self._prepare(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
         with contextlib.suppress(OSError):
             self._path.chmod(0o600)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # a cache: a lost write is hashed again
         db.execute(f"PRAGMA cache_size=-{HASHES_CACHE_KIB}")
         db.execute(
-            "CREATE TABLE IF NOT EXISTS hashes (version BLOB PRIMARY KEY, sha256 BLOB NOT NULL,"
-            " pass INTEGER NOT NULL) WITHOUT ROWID"
+            "CREATE TABLE IF NOT EXISTS hashes (version BLOB PRIMARY KEY,"
+            " sha256 BLOB NOT NULL, pass INTEGER NOT NULL) WITHOUT ROWID"
         )
-        db.execute("PRAGMA quick_check").fetchone()  # a damaged file fails here, not mid-pass
-        return db
+        # A damaged file is found here, not in the middle of a pass.
+        if db.execute("PRAGMA quick_check").fetchone() != ("ok",):
+            raise sqlite3.DatabaseError("quick_check found damage")
+
+    def discard(self) -> None:
+        """Remove the cache's files (the connection, if any, must be closed)."""
+        for stale in (self._path, Path(f"{self._path}-wal"), Path(f"{self._path}-shm")):
+            stale.unlink(missing_ok=True)
 
     def begin(self) -> None:
         """Start a pass over the trees: the versions it does not see are forgotten."""
@@ -246,13 +259,20 @@ class Inventory:
             if self._hashes is None:
                 self._hashes = ContentHashes(self._hashes_path)
             hashes = self._hashes
-            hashes.begin()
             try:
-                found, truncated = self._walk(hashes)
-            except BaseException:
-                hashes.abandon()
+                hashes.begin()
+                try:
+                    found, truncated = self._walk(hashes)
+                except BaseException:
+                    hashes.abandon()
+                    raise
+                hashes.end(complete=not truncated)
+            except sqlite3.DatabaseError:
+                # Damaged while in use (the disk, or a hand): the next pass starts afresh.
+                hashes.close()
+                hashes.discard()
+                self._hashes = None
                 raise
-            hashes.end(complete=not truncated)
         # Plain tuples first, sorted by home, then one message filled in place -- not a
         # message per file, each in an arena of its own and then copied into the
         # inventory's: less C heap churned by every pass, in a long-running agent.

@@ -4,6 +4,7 @@ a forged or altered order is refused and reported; the inventory lists labelled 
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import tracemalloc
 from pathlib import Path
 
@@ -284,3 +285,28 @@ def test_files_gone_from_the_trees_leave_the_hash_cache(setup, tmp_path: Path) -
         assert len(cache) == 6
     finally:
         cache.close()
+
+
+def test_a_hash_cache_damaged_in_use_is_started_afresh_at_the_next_pass(  # type: ignore[no-untyped-def]
+    setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Damage the database reports in the middle of a pass fails that pass only (the
+    inventory loop tries again); the next pass starts the cache afresh."""
+    orders, _events, doc, key_file = setup
+    _labelled(doc, key_file, 3)
+    orders.inventory.scan()
+    cache = tmp_path / label_orders.HASHES_FILE
+    assert cache.exists()
+
+    def malformed(self: label_orders.ContentHashes, version: bytes, path: str) -> bytes:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    with monkeypatch.context() as m:
+        m.setattr(label_orders.ContentHashes, "digest", malformed)
+        with pytest.raises(sqlite3.DatabaseError):
+            orders.inventory.scan()
+    assert not cache.exists()
+    listed = orders.inventory.scan()
+    assert len(listed.files) == 3
+    assert all(f.content_hash for f in listed.files)
+    assert cache.exists()  # made anew
