@@ -619,13 +619,13 @@ class RegisterService:
         """Record the steps hosts' new events make, then look for drift."""
         await self.refresh()
         changed_hosts: set[str] = set()
-        for row in await self._new_rows("label_request"):
+        async for row in self._new_rows("label_request"):
             await self._host_request(row)
-        for row in await self._new_rows("label_order_result"):
+        async for row in self._new_rows("label_order_result"):
             await self._order_result(row)
             changed_hosts.add(row.host_id)
         inventories = self._host_events.inventories
-        for row in await self._new_rows("label_inventory"):
+        async for row in self._new_rows("label_inventory"):
             if row.seq > inventories.get(row.host_id, (0, []))[0]:
                 files = list(events_pb2.Event.FromString(row.body).label_inventory.files)
                 inventories[row.host_id] = (row.seq, files)
@@ -633,16 +633,22 @@ class RegisterService:
         for host in sorted(changed_hosts & set(inventories)):
             await self._alert_drift(host, drift(self.register, host, inventories[host][1]))
 
-    async def _new_rows(self, kind: str) -> list[EventRow]:
-        # A kind of its own is rare; reading by kind (not by time) also finds what an
-        # offline host spooled long ago and delivers late.
-        rows = await asyncio.to_thread(
-            self._store.query, EventQuery(kind=kind, limit=MAX_HOST_EVENTS)
+    async def _new_rows(self, kind: str) -> AsyncIterator[EventRow]:
+        """The events of ``kind`` not taken yet, by host and seq, read one at a time.
+
+        A kind of its own is rare; reading by kind (not by time) also finds what an
+        offline host spooled long ago and delivers late. Keys first, then the body of
+        each new one only: an inventory is up to ~1.5 MB, and this runs every second.
+        """
+        keys = await asyncio.to_thread(
+            self._store.event_keys, EventQuery(kind=kind, limit=MAX_HOST_EVENTS)
         )
         seen = self._host_events.seen
-        new = [r for r in rows if (r.host_id, r.seq) not in seen and r.host_id != COLLECTOR_HOST]
-        seen.update((r.host_id, r.seq) for r in new)
-        return sorted(new, key=lambda r: (r.host_id, r.seq))
+        for key in sorted(k for k in keys if k not in seen and k[0] != COLLECTOR_HOST):
+            row = await asyncio.to_thread(self._store.event, *key)
+            seen.add(key)
+            if row is not None:
+                yield row
 
     async def _host_request(self, row: EventRow) -> None:
         req = events_pb2.Event.FromString(row.body).label_request

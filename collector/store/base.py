@@ -113,6 +113,9 @@ class Store(Protocol):
     def query(self, q: EventQuery) -> list[EventRow]:
         """Events matching ``q``, newest first."""
 
+    def event_keys(self, q: EventQuery) -> list[tuple[str, int]]:
+        """(host_id, seq) of the events matching ``q``, newest first (bodies unread)."""
+
     def count(self) -> int:
         """How many events are stored."""
 

@@ -155,6 +155,15 @@ class SqlStore:
             sql += f" LIMIT {int(q.limit)}"
         return [event_row(r) for r in self._run(sql, args)]
 
+    def event_keys(self, q: EventQuery) -> list[tuple[str, int]]:
+        """(host_id, seq) of the events matching the filters, newest first; their
+        bodies are not read."""
+        where, args = event_filter(q)
+        sql = f"SELECT host_id, seq FROM events{where} ORDER BY event_time DESC, seq DESC"
+        if q.limit is not None:
+            sql += f" LIMIT {int(q.limit)}"
+        return [(str(h), int(s)) for h, s in self._run(sql, args)]
+
     def count(self) -> int:
         """Number of stored events."""
         row = self._one("SELECT count(*) FROM events")
@@ -706,6 +715,10 @@ def event_filter(q: EventQuery) -> tuple[str, list[object]]:
     if q.fold_heartbeats:
         clauses.append(HEARTBEAT_FOLD_TERM)
         args.extend(HEARTBEAT_FOLD_ARGS)
+    if q.kind is not None and q.kind not in BULK_KINDS:
+        # Implied by the kind, but named so that the partial index of rare kinds applies:
+        # without it, a rare kind was looked for by walking every event's time.
+        clauses.append(RARE_KIND_TERM)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -23,6 +24,8 @@ import pytest
 from collector.errors import StoreError
 from collector.store import EventQuery, EventRow, Store, TokenRow, open_store
 from collector.store.postgres import PostgresStore
+from collector.store.sql import event_filter
+from collector.store.sqlite import SQLiteStore
 
 T0 = 1_700_000_000_000_000  # an event time in microseconds since the epoch
 SECOND = 1_000_000  # microseconds
@@ -474,3 +477,45 @@ def test_postgres_call_on_a_connection_lost_mid_use_fails_and_the_next_reconnect
         store._db.execute("SELECT pg_terminate_backend(pg_backend_pid())")  # type: ignore[attr-defined]
     assert store.append([A2]) == 1
     assert store.count() == 2
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"), [pytest.param(q, e, id=name) for name, q, e in QUERY_CASES]
+)
+def test_event_keys_are_the_keys_query_finds(
+    store: Store, q: EventQuery, expected: list[Key]
+) -> None:
+    store.append(QUERY_ROWS)
+    assert store.event_keys(q) == expected
+
+
+def test_a_kind_is_found_whether_bulk_or_rare(store: Store) -> None:
+    """A rare kind's query names the partial index's term; a bulk kind's does not."""
+    store.append(
+        [
+            ev("host-a", 1, kind="file_access"),
+            ev("host-a", 2, kind="label_inventory"),
+            ev("host-a", 3, kind="file_access"),
+            ev("host-b", 1, kind="label_inventory"),
+        ]
+    )
+    assert keys(store.query(EventQuery(kind="file_access"))) == [("host-a", 3), ("host-a", 1)]
+    assert store.event_keys(EventQuery(kind="label_inventory")) == [("host-a", 2), ("host-b", 1)]
+
+
+def test_a_rare_kind_is_looked_up_by_its_index_not_by_walking_every_event(
+    tmp_path: Path,
+) -> None:
+    """The register looks for its kinds every second: over a million events, walking
+    the time index for them took the collector most of that second."""
+    store = SQLiteStore(tmp_path / "c.db")
+    try:
+        where, args = event_filter(EventQuery(kind="label_inventory"))
+        plan = store._db.execute(
+            f"EXPLAIN QUERY PLAN SELECT host_id, seq FROM events{where} "
+            "ORDER BY event_time DESC, seq DESC",
+            args,
+        ).fetchall()
+    finally:
+        store.close()
+    assert "events_rare_kind_time" in str(plan), plan

@@ -23,7 +23,7 @@ from collector.register import (
     drift,
     order_signed_bytes,
 )
-from collector.store import register_table
+from collector.store import EventQuery, register_table
 from collector.store.base import EventRow
 from collector.store.sqlite import SQLiteStore
 
@@ -301,3 +301,38 @@ def test_steps_of_one_chain_are_taken_in_seq_order_whatever_the_clock_did() -> N
     assert register.take([row(2, 50, approved), row(1, 100, requested)]) == 2
     assert register.entries["DM-1"].status == "approved"
     assert register.take([row(1, 100, requested)]) == 0  # taken once
+
+
+def test_a_look_with_nothing_new_reads_no_event_body(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The register looks for hosts' events every second; an inventory is up to ~1.5 MB:
+    only new events are read whole, once each."""
+    _host_event(store, 1, label_inventory=events_pb2.LabelInventory(files=[_file()]))
+    _host_event(store, 2, label_request=_request(request_id="req-1"))
+    read: list[tuple[str, int]] = []
+    event = store.event
+
+    def counted(host_id: str, seq: int) -> object:
+        read.append((host_id, seq))
+        return event(host_id, seq)
+
+    queried: list[str | None] = []
+    query = store.query
+
+    def recorded(q: EventQuery) -> object:
+        queried.append(q.kind)
+        return query(q)
+
+    monkeypatch.setattr(store, "event", counted)
+    monkeypatch.setattr(store, "query", recorded)
+
+    async def take_three_times(service: RegisterService) -> None:
+        for _ in range(3):
+            await service.take_host_events()
+
+    _run(store, take_three_times)
+    assert sorted(read) == [("ws-01", 1), ("ws-01", 2)]
+    assert set(queried) <= {"register_step"}  # hosts' events are never read in bulk
+    (entry,) = Register.load(store).entries.values()
+    assert entry.status == "pending"
