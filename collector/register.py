@@ -41,7 +41,9 @@ POLL_SECONDS = 1.0  # between looks for hosts' register events
 #: How far before the newest step it has, a collector looks for steps other collectors
 #: on the same store recorded (their clocks may be behind): microseconds.
 REFRESH_SLACK_US = 600 * 1_000_000
-MAX_HOST_EVENTS = 1000  # register events of one kind read per look
+#: How far back of the last event taken a look for hosts' events goes: what another
+#: collector sharing the store commits late, or stamps with a clock a little behind.
+ARRIVAL_SLACK_US = 3600 * 1_000_000
 ACTIONS = ("classify", "change", "declassify")
 #: Statuses whose label the host must carry (for drift).
 IN_FORCE = ("in_force", "changed", "declassified")
@@ -432,7 +434,10 @@ def _describe(level: int, until: str, scope: tuple[str, ...]) -> str:
 class _HostEvents:
     """Where the reading of hosts' register events stands."""
 
-    seen: set[tuple[str, int]] = field(default_factory=set)
+    #: Per kind: the events taken within ARRIVAL_SLACK_US of the newest, (host, seq) ->
+    #: when it arrived, and the arrival time of the newest taken.
+    seen: dict[str, dict[tuple[str, int], int]] = field(default_factory=dict)
+    since: dict[str, int] = field(default_factory=dict)
     inventories: dict[str, tuple[int, list[events_pb2.LabelledFile]]] = field(default_factory=dict)
 
 
@@ -625,7 +630,7 @@ class RegisterService:
             await self._order_result(row)
             changed_hosts.add(row.host_id)
         inventories = self._host_events.inventories
-        async for row in self._new_rows("label_inventory"):
+        async for row in self._new_rows("label_inventory", newest_per_host=True):
             if row.seq > inventories.get(row.host_id, (0, []))[0]:
                 files = list(events_pb2.Event.FromString(row.body).label_inventory.files)
                 inventories[row.host_id] = (row.seq, files)
@@ -633,22 +638,43 @@ class RegisterService:
         for host in sorted(changed_hosts & set(inventories)):
             await self._alert_drift(host, drift(self.register, host, inventories[host][1]))
 
-    async def _new_rows(self, kind: str) -> AsyncIterator[EventRow]:
+    async def _new_rows(
+        self, kind: str, *, newest_per_host: bool = False
+    ) -> AsyncIterator[EventRow]:
         """The events of ``kind`` not taken yet, by host and seq, read one at a time.
 
-        A kind of its own is rare; reading by kind (not by time) also finds what an
-        offline host spooled long ago and delivers late. Keys first, then the body of
+        Looked for by when they arrived (the collector's clock), not by the host's: what
+        an offline host spooled long ago arrives when it is delivered. Every event that
+        arrived since the last look is taken, however many. Keys first, then the body of
         each new one only: an inventory is up to ~1.5 MB, and this runs every second.
+        The first look takes the whole record; with ``newest_per_host`` (inventories,
+        where only the newest counts) only each host's newest event is read.
         """
+        state = self._host_events
+        since = state.since.get(kind)
         keys = await asyncio.to_thread(
-            self._store.event_keys, EventQuery(kind=kind, limit=MAX_HOST_EVENTS)
+            self._store.received_keys, kind, 0 if since is None else since - ARRIVAL_SLACK_US
         )
-        seen = self._host_events.seen
-        for key in sorted(k for k in keys if k not in seen and k[0] != COLLECTOR_HOST):
-            row = await asyncio.to_thread(self._store.event, *key)
-            seen.add(key)
+        seen = state.seen.setdefault(kind, {})
+        new = sorted(
+            (host, seq, at)
+            for host, seq, at in keys
+            if (host, seq) not in seen and host != COLLECTOR_HOST
+        )
+        newest: dict[str, int] = {}
+        for host, seq, _ in new:
+            newest[host] = max(seq, newest.get(host, seq))
+        for host, seq, at in new:
+            seen[(host, seq)] = at
+            if newest_per_host and seq != newest[host]:
+                continue
+            row = await asyncio.to_thread(self._store.event, host, seq)
             if row is not None:
                 yield row
+        latest = max([since or 0, *(at for _, _, at in keys)])
+        state.since[kind] = latest
+        floor = latest - ARRIVAL_SLACK_US  # what no later look returns again
+        state.seen[kind] = {key: at for key, at in seen.items() if at >= floor}
 
     async def _host_request(self, row: EventRow) -> None:
         req = events_pb2.Event.FromString(row.body).label_request

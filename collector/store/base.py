@@ -113,8 +113,9 @@ class Store(Protocol):
     def query(self, q: EventQuery) -> list[EventRow]:
         """Events matching ``q``, newest first."""
 
-    def event_keys(self, q: EventQuery) -> list[tuple[str, int]]:
-        """(host_id, seq) of the events matching ``q``, newest first (bodies unread)."""
+    def received_keys(self, kind: str, since_us: int) -> list[tuple[str, int, int]]:
+        """(host_id, seq, received_us) of a rare kind's events received from ``since_us``
+        on, in the order received (bodies unread)."""
 
     def count(self) -> int:
         """How many events are stored."""

@@ -155,14 +155,17 @@ class SqlStore:
             sql += f" LIMIT {int(q.limit)}"
         return [event_row(r) for r in self._run(sql, args)]
 
-    def event_keys(self, q: EventQuery) -> list[tuple[str, int]]:
-        """(host_id, seq) of the events matching the filters, newest first; their
-        bodies are not read."""
-        where, args = event_filter(q)
-        sql = f"SELECT host_id, seq FROM events{where} ORDER BY event_time DESC, seq DESC"
-        if q.limit is not None:
-            sql += f" LIMIT {int(q.limit)}"
-        return [(str(h), int(s)) for h, s in self._run(sql, args)]
+    def received_keys(self, kind: str, since_us: int) -> list[tuple[str, int, int]]:
+        """(host_id, seq, received_us) of the events of a rare ``kind`` received at or
+        after ``since_us``, in the order received; their bodies are not read."""
+        if kind in BULK_KINDS:
+            raise ValueError(f"{kind} is not a rare kind: its events are not indexed by arrival")
+        cur = self._run(
+            f"SELECT host_id, seq, received_at FROM events WHERE kind = ? AND {RARE_KIND_TERM} "
+            "AND received_at >= ? ORDER BY received_at, host_id, seq",
+            (kind, since_us),
+        )
+        return [(str(h), int(s), int(r)) for h, s, r in cur]
 
     def count(self) -> int:
         """Number of stored events."""

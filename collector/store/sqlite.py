@@ -252,6 +252,8 @@ class SQLiteStore(SqlStore):
 _CONSOLE_SCHEMA = """
 CREATE INDEX IF NOT EXISTS events_rare_kind_time ON events (kind, event_time)
     WHERE kind NOT IN ('file_access', 'agent_status', 'file_change');
+CREATE INDEX IF NOT EXISTS events_rare_kind_received ON events (kind, received_at)
+    WHERE kind NOT IN ('file_access', 'agent_status', 'file_change');
 CREATE INDEX IF NOT EXISTS events_violation_time ON events (severity, event_time)
     WHERE severity >= 3;
 CREATE TABLE IF NOT EXISTS console_accounts (

@@ -24,7 +24,6 @@ import pytest
 from collector.errors import StoreError
 from collector.store import EventQuery, EventRow, Store, TokenRow, open_store
 from collector.store.postgres import PostgresStore
-from collector.store.sql import event_filter
 from collector.store.sqlite import SQLiteStore
 
 T0 = 1_700_000_000_000_000  # an event time in microseconds since the epoch
@@ -479,16 +478,6 @@ def test_postgres_call_on_a_connection_lost_mid_use_fails_and_the_next_reconnect
     assert store.count() == 2
 
 
-@pytest.mark.parametrize(
-    ("q", "expected"), [pytest.param(q, e, id=name) for name, q, e in QUERY_CASES]
-)
-def test_event_keys_are_the_keys_query_finds(
-    store: Store, q: EventQuery, expected: list[Key]
-) -> None:
-    store.append(QUERY_ROWS)
-    assert store.event_keys(q) == expected
-
-
 def test_a_kind_is_found_whether_bulk_or_rare(store: Store) -> None:
     """A rare kind's query names the partial index's term; a bulk kind's does not."""
     store.append(
@@ -500,22 +489,50 @@ def test_a_kind_is_found_whether_bulk_or_rare(store: Store) -> None:
         ]
     )
     assert keys(store.query(EventQuery(kind="file_access"))) == [("host-a", 3), ("host-a", 1)]
-    assert store.event_keys(EventQuery(kind="label_inventory")) == [("host-a", 2), ("host-b", 1)]
+    assert keys(store.query(EventQuery(kind="label_inventory"))) == [("host-a", 2), ("host-b", 1)]
 
 
+def test_received_keys_are_in_the_order_of_arrival_from_their_bound(store: Store) -> None:
+    """What the register reads every second: a late event of an offline host (an old
+    event time) comes in the order it arrived."""
+    late = replace(ev("host-b", 1, kind="label_request"), event_time_us=T0 - 86_400 * SECOND)
+    store.append([ev("host-a", 1, kind="label_request", t=T0), ev("host-a", 2, t=T0 + 1)])
+    store.append([replace(late, received_us=T0 + 50)])
+    store.append([ev("host-a", 3, kind="label_request", t=T0 + 60)])
+    assert store.received_keys("label_request", 0) == [
+        ("host-a", 1, T0 + 5),
+        ("host-b", 1, T0 + 50),
+        ("host-a", 3, T0 + 65),
+    ]
+    assert store.received_keys("label_request", T0 + 50) == [
+        ("host-b", 1, T0 + 50),
+        ("host-a", 3, T0 + 65),
+    ]
+    with pytest.raises(ValueError, match="not a rare kind"):
+        store.received_keys("file_access", 0)
+
+
+@pytest.mark.parametrize(
+    ("look", "index"),
+    [
+        (lambda s: s.query(EventQuery(kind="label_inventory")), "events_rare_kind_time"),
+        (lambda s: s.received_keys("label_inventory", 0), "events_rare_kind_received"),
+    ],
+    ids=["by-time", "by-arrival"],
+)
 def test_a_rare_kind_is_looked_up_by_its_index_not_by_walking_every_event(
-    tmp_path: Path,
+    tmp_path: Path, look: Callable[[SQLiteStore], object], index: str
 ) -> None:
     """The register looks for its kinds every second: over a million events, walking
     the time index for them took the collector most of that second."""
     store = SQLiteStore(tmp_path / "c.db")
     try:
-        where, args = event_filter(EventQuery(kind="label_inventory"))
-        plan = store._db.execute(
-            f"EXPLAIN QUERY PLAN SELECT host_id, seq FROM events{where} "
-            "ORDER BY event_time DESC, seq DESC",
-            args,
-        ).fetchall()
+        statements: list[str] = []
+        store._db.set_trace_callback(statements.append)  # as run, its values filled in
+        look(store)
+        store._db.set_trace_callback(None)
+        (select,) = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+        plan = store._db.execute("EXPLAIN QUERY PLAN " + select).fetchall()
     finally:
         store.close()
-    assert "events_rare_kind_time" in str(plan), plan
+    assert index in str(plan), plan

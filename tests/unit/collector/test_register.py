@@ -336,3 +336,75 @@ def test_a_look_with_nothing_new_reads_no_event_body(
     assert set(queried) <= {"register_step"}  # hosts' events are never read in bulk
     (entry,) = Register.load(store).entries.values()
     assert entry.status == "pending"
+
+
+def _arrived(store: SQLiteStore, host: str, seq: int, at_us: int, **kind: object) -> None:
+    """A host's event received at ``at_us`` (the collector's clock)."""
+    event = events_pb2.Event(host_id=host, seq=seq, severity=events_pb2.SEVERITY_INFO, **kind)  # type: ignore[arg-type]
+    event.time.FromMicroseconds(1_000_000 * seq)
+    store.append([to_row(event, str(event.WhichOneof("kind")), at_us)])
+
+
+def test_every_request_that_arrived_between_two_looks_is_taken_however_many(
+    store: SQLiteStore,
+) -> None:
+    """A burst (a directory's files asked for at once, or a host flooding the collector)
+    must not push other hosts' requests out of a look."""
+    store.add_host("ws-02", b"\x02" * 32, 1)
+
+    async def steps(service: RegisterService) -> None:
+        await service.take_host_events()
+        for seq in range(1, 1051):  # a look once read the newest 1,000 only
+            _arrived(
+                store, "ws-01", seq, 10_000 + seq, label_request=_request(request_id=f"r{seq}")
+            )
+        other = _request(request_id="other", host="ws-02")
+        _arrived(store, "ws-02", 1, 10_000, label_request=other)
+        await service.take_host_events()
+
+    _run(store, steps)
+    requests = {e.pending.request_id for e in Register.load(store).entries.values() if e.pending}
+    assert len(requests) == 1051 and "other" in requests
+
+
+def test_a_late_event_of_an_offline_host_is_taken_behind_many_newer_ones(
+    store: SQLiteStore,
+) -> None:
+    """Its event time is weeks old, and 1,001 events of the kind are newer by that
+    clock; it arrived now, and is taken by when it arrived."""
+
+    async def steps(service: RegisterService) -> None:
+        for seq in range(1, 1002):
+            _arrived(store, "ws-01", 100 + seq, 5_000 + seq,
+                     label_request=_request(request_id=f"r{seq}"))  # fmt: skip
+        await service.take_host_events()
+        _arrived(store, "ws-01", 1, 9_000, label_request=_request(request_id="late"))
+        await service.take_host_events()
+
+    _run(store, steps)
+    assert "late" in Register.load(store).requests
+
+
+def test_a_starting_collector_reads_each_hosts_newest_inventory_only(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for seq in (1, 2, 3):
+        _arrived(store, "ws-01", seq, seq, label_inventory=events_pb2.LabelInventory(
+            files=[_file(home=f"/srv/secret/v{seq}")]))  # fmt: skip
+    read: list[tuple[str, int]] = []
+    event = store.event
+
+    def counted(host_id: str, seq: int) -> object:
+        read.append((host_id, seq))
+        return event(host_id, seq)
+
+    monkeypatch.setattr(store, "event", counted)
+
+    async def take(service: RegisterService) -> None:
+        await service.take_host_events()
+        await service.take_host_events()
+
+    _run(store, take)
+    assert read == [("ws-01", 3)]
+    titles = [f.title for f in store.findings()]
+    assert titles == ["未登记的密级标志 (label not in the register): ws-01:/srv/secret/v3"]
