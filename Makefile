@@ -21,6 +21,8 @@ $(VENV)/.installed: pyproject.toml agent/sensors/files/_answers.c agent/sensors/
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
+	# `baomi-agent run` restarts itself under -OO (agent/cli.py): its bytecode, made once.
+	$(PY) -m compileall -q -o 2 -j 0 $(VENV)/lib > /dev/null
 	touch $@
 
 venv: $(VENV)/.installed

@@ -692,6 +692,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run_lean() -> None:
+    """Restart this process as ``python -P -OO -m agent`` with the same arguments.
+
+    ``run`` keeps every module it imports for as long as the host is up, and their
+    docstrings are ~1 MB of its ~50 MB resident; ``-OO`` leaves them (and asserts,
+    which the agent uses only to narrow types) out. ``exec`` keeps the pid, so a service
+    manager or a parent waiting on it sees no change; ``-P`` keeps the working directory
+    out of the module path of a process that runs as root.
+    """
+    if sys.flags.optimize >= 2 or not sys.executable:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(sys.executable, [sys.executable, "-P", "-OO", "-m", "agent", *sys.argv[1:]])  # noqa: S606 - the interpreter itself, no shell
+    except OSError as e:  # runs as it is, only larger
+        print(f"baomi-agent: cannot restart as {sys.executable} -OO ({e})", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``baomi-agent``."""
     try:
@@ -701,6 +720,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigFileError as e:
         print(f"baomi-agent: {e}", file=sys.stderr)
         return 2
+    if argv is None and args.func is _cmd_run:
+        _run_lean()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
