@@ -26,6 +26,7 @@ from baomi.v1 import events_pb2
 
 import agent
 from agent.sensors.files import sensor as sensor_module
+from agent.sensors.files.inodes import LabelledInodes
 from agent.sensors.files.permission import Access
 from agent.sensors.files.repeats import HALF_BYTES, RepeatJournal
 from agent.sensors.files.sensor import FileGuard, FileGuardConfig
@@ -319,6 +320,47 @@ def test_a_new_policy_reclassifies_every_file(
     assert stderr.count("Operation not permitted") == FILES
     for f in opened:
         assert f"{f}: Operation not permitted" in stderr
+
+
+def test_the_start_hands_what_it_found_on_in_batches(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan at start keeps at most SCAN_BATCH files' rows for labelled.db and class
+    entries for the C loop before handing them on (kept for the whole scan, they made an
+    idle agent ~0.6 MB larger for 2,000 files), and every file still ends up classed."""
+    monkeypatch.setattr(sensor_module, "SCAN_BATCH", 16)
+    pending: list[int] = []
+    handed: list[int] = []
+    persist = LabelledInodes.persist
+    hand = FileGuard._hand_classes
+
+    def counted_persist(inodes: LabelledInodes) -> None:
+        pending.append(len(inodes._pending))
+        persist(inodes)
+
+    def counted_hand(guard: FileGuard) -> None:
+        handed.append(len(guard._classed))
+        hand(guard)
+
+    monkeypatch.setattr(LabelledInodes, "persist", counted_persist)
+    monkeypatch.setattr(FileGuard, "_hand_classes", counted_hand)
+    guard = FileGuard(
+        FileGuardConfig(
+            roots=(tree.root,),
+            label_key=tree.key,
+            policies=tree.policies,
+            inodes_db=tree.base / "labelled.db",
+        ),
+        [].append,
+    )
+    guard.start()
+    try:
+        assert max(pending) <= 16, pending
+        assert max(handed) <= 16, handed
+        assert sum(handed) == 2 * FILES
+        assert sum(pending) == 2 * FILES
+    finally:
+        guard.stop()
 
 
 def test_class_answers_are_journaled_with_their_files(

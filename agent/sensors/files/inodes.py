@@ -180,7 +180,9 @@ class LabelledInodes:
         if self._db is None:
             return
         gone: list[tuple[int, bytes]] = []
-        rows = self._db.execute("SELECT fsid, handle, identity, home FROM inodes").fetchall()
+        # Row by row, not all rows at once: those would be short-lived objects laid
+        # between the entries kept, holes that keep Python's allocator larger for good.
+        rows = self._db.execute("SELECT fsid, handle, identity, home FROM inodes")
         for fsid, handle, identity, home in rows:
             mount_fd = mount_fds.get(fsid)
             if mount_fd is None:

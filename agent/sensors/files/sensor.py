@@ -72,6 +72,11 @@ _logger = logging.getLogger(__name__)
 CMDLINE_BYTES = 256  # of /proc/PID/cmdline kept in an event
 LABEL_CACHE = 65_536  # labels remembered by (dev, ino, ctime_ns)
 LABELS_READ_AT_START = 16_384  # of them, filled by the scan at start
+#: The start's scan hands what it found on (to labelled.db, to the C loop's classes)
+#: this often. Kept for the whole scan, a row and a class entry per file are short-lived
+#: objects laid between those that stay (labels, homes), and the holes they leave keep
+#: Python's allocator ~0.6 MB larger for 2,000 files, for good (measured).
+SCAN_BATCH = 256
 PENDING_WRITES = 16_384  # files written, looked at again after the next fold (per fold)
 EXPORTS_KEPT = 16_384  # (pid, file) whose export was decided at its open
 SEVERITY_OF = {
@@ -458,7 +463,15 @@ class FileGuard:
             for fd in mounts.values():
                 os.close(fd)
 
+        def hand_on() -> None:
+            self._inodes.persist()
+            with self._fold_lock:
+                self._hand_classes()
+
+        found_so_far = 0
+
         def found(fd: int, path: str) -> None:
+            nonlocal found_so_far
             st = os.fstat(fd)
             identity = file_identity(fd)
             label = read_label(f"/proc/self/fd/{fd}", self._config.label_key, identity=identity)
@@ -475,11 +488,12 @@ class FileGuard:
             if not classed and len(self._labels) < LABELS_READ_AT_START:
                 self._labels[version] = label
             self._label_seen(path, st.st_dev, st.st_ino, label, 0, 0)
+            found_so_far += 1
+            if found_so_far % SCAN_BATCH == 0:
+                hand_on()
 
         scanned = inodes.scan(self._guard.roots, found, lambda e: _logger.warning("scan: %s", e))
-        self._inodes.persist()
-        with self._fold_lock:
-            self._hand_classes()
+        hand_on()
         _logger.info(
             "guarding %d labelled files by inode (%d kept from earlier runs)", scanned, kept
         )
