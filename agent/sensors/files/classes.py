@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable
 
 from baomi.labels import Label
 
+from agent.sensors.files.inodes import inode_key, split_inode_key
+
 #: One entry of ``Answers.set_classes``: dev, inode, ctime_ns, class, padding.
 ENTRY = struct.Struct("=QQqII")
 MAX_FILES = 262_144  # labelled files kept classed (~250 bytes each); more are decided
@@ -39,8 +41,8 @@ class FileClasses:
         self._limit = limit
         self._next = 1
         self._numbers: dict[tuple[object, ...], int] = {}  # class key -> number
-        # (dev, ino) -> the version's ctime, its label, class number and a path it had
-        self._files: dict[tuple[int, int], tuple[int, Label, int, str]] = {}
+        # inode_key -> the version's ctime, its label, class number and a path it had
+        self._files: dict[int, tuple[int, Label, int, str]] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -56,27 +58,28 @@ class FileClasses:
         if not label.valid or label.home is None:
             return 0
         dev, ino, ctime_ns = version
+        at = inode_key(dev, ino)
         key = (signature, label.level, label.until, label.scope)
         with self._lock:
-            if (dev, ino) not in self._files and len(self._files) >= self._limit:
+            if at not in self._files and len(self._files) >= self._limit:
                 return 0
             number = self._numbers.get(key)
             if number is None:
                 number = self._numbers[key] = self._next
                 self._next += 1
-            self._files[dev, ino] = (ctime_ns, label, number, path)
+            self._files[at] = (ctime_ns, label, number, path)
         return number
 
     def number_of(self, version: FileVersion) -> int:
         """The class of ``version`` (0: not classed, or changed since)."""
         dev, ino, ctime_ns = version
-        known = self._files.get((dev, ino))
+        known = self._files.get(inode_key(dev, ino))
         return known[2] if known is not None and known[0] == ctime_ns else 0
 
     def label_of(self, version: FileVersion) -> Label | None:
         """The label ``version`` was classed with; None when not classed (or changed)."""
         dev, ino, ctime_ns = version
-        known = self._files.get((dev, ino))
+        known = self._files.get(inode_key(dev, ino))
         return known[1] if known is not None and known[0] == ctime_ns else None
 
     def current(self) -> bytes:
@@ -84,7 +87,7 @@ class FileClasses:
         with self._lock:
             files = list(self._files.items())
         return pack(
-            ((dev, ino, ctime_ns), number) for (dev, ino), (ctime_ns, _, number, _) in files
+            ((*split_inode_key(at), ctime_ns), number) for at, (ctime_ns, _, number, _) in files
         )
 
     def reclassify(self, signature: Callable[[str], tuple[object, ...]]) -> bytes:
@@ -95,10 +98,10 @@ class FileClasses:
             files = list(self._files.items())
         return pack(
             (
-                (dev, ino, ctime_ns),
-                self.add((dev, ino, ctime_ns), label, signature(label.home), path),
+                (*split_inode_key(at), ctime_ns),
+                self.add((*split_inode_key(at), ctime_ns), label, signature(label.home), path),
             )
-            for (dev, ino), (ctime_ns, label, _old, path) in files
+            for at, (ctime_ns, label, _old, path) in files
             if label.home is not None
         )
 
@@ -111,7 +114,8 @@ class FileClasses:
         with self._lock:
             files = list(self._files.items())
         entries = []
-        for (dev, ino), (ctime_ns, label, number, path) in files:
+        for at, (ctime_ns, label, number, path) in files:
+            dev, ino = split_inode_key(at)
             try:
                 st = os.lstat(path)
                 unchanged = (st.st_dev, st.st_ino, st.st_ctime_ns) == (dev, ino, ctime_ns)
@@ -119,12 +123,12 @@ class FileClasses:
                 unchanged = False
             found = (ctime_ns, label) if unchanged else label_at(path, dev, ino, read)
             with self._lock:
-                if self._files.get((dev, ino), (0,))[0] != ctime_ns:
+                if self._files.get(at, (0,))[0] != ctime_ns:
                     continue  # classed again meanwhile (a decision): that one stands
                 if found is None or found[1] != label:
-                    del self._files[dev, ino]
+                    del self._files[at]
                     continue
-                self._files[dev, ino] = (found[0], label, number, path)
+                self._files[at] = (found[0], label, number, path)
             entries.append(((dev, ino, found[0]), number))
         return pack(entries)
 

@@ -41,6 +41,7 @@ from baomi.v1 import events_pb2
 from agent.decision.engine import Engine
 from agent.sensors.base import EventSink, Health
 from agent.sensors.files.fanotify import under_roots
+from agent.sensors.files.inodes import inode_key
 
 _logger = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ class DacKeeper:
         self._sink = sink
         self._audit_seconds = audit_seconds
         self._lock = threading.Lock()  # one keeper pass at a time
-        self._kept: dict[tuple[int, int], Dac] = {}  # (dev, ino) -> state last kept
+        self._kept: dict[int, Dac] = {}  # inode_key -> state last kept
         # One object per distinct state: a tree's inodes mostly share a handful of them.
         self._states: dict[Dac, Dac] = {}
         self._health = Health("disabled", "not started")
@@ -343,7 +344,7 @@ class DacKeeper:
         if not is_dir and not stat.S_ISREG(st.st_mode):
             return 0  # symlinks have no mode of their own; devices and fifos are not kept
         target = f"/proc/self/fd/{fd}"
-        key = (st.st_dev, st.st_ino)
+        key = inode_key(st.st_dev, st.st_ino)
         label = read_label(target, self._key)
         now = found(target, st)
         before = self._kept.get(key)

@@ -198,7 +198,7 @@ class FileGuard:
         self._classes = classes.FileClasses()
         self._classed: list[tuple[classes.FileVersion, int]] = []
         self._handed = 0  # entries the guard holds (some may be old versions)
-        self._last_labels: dict[tuple[int, int], Label] = {}  # (dev, ino) -> last seen
+        self._last_labels: dict[int, Label] = {}  # inode_key -> the label last seen
         self._declassified: set[tuple[int, int, str]] = set()
         # Per fold period (cleared by flush(), so a reused pid or a replaced program
         # is looked at again within a period): what a process's command line is, and
@@ -756,7 +756,7 @@ class FileGuard:
         started has nothing to compare with: a label removed from it is not recorded,
         and an invalid one only when its attributes were just changed.
         """
-        key = (dev, ino)
+        key = inodes.inode_key(dev, ino)
         with self._lock:
             before = self._last_labels.get(key)
             if now == before:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.sensors.files.inodes import LabelledInodes
+from agent.sensors.files.inodes import LabelledInodes, inode_key, split_inode_key
 from tests.procs import SQLITE_MEMORY, fresh_python
 
 FILES = 4000
@@ -53,3 +53,17 @@ def test_reading_the_set_back_at_start_does_not_keep_its_pages_cached(tmp_path: 
         pytest.skip("Python's sqlite3 is not linked to a shared libsqlite3 here")
     assert found == FILES
     assert used < 1024 * 1024, f"SQLite holds {used} bytes after the set was read back"
+
+
+@pytest.mark.parametrize(
+    ("dev", "ino"),
+    [(0, 0), (64769, 12), (2**32 - 1, 2**64 - 1), (1, 2**64 - 1), (2**64 - 1, 1)],
+)
+def test_an_inode_key_gives_back_its_device_and_inode(dev: int, ino: int) -> None:
+    assert split_inode_key(inode_key(dev, ino)) == (dev, ino)
+
+
+def test_inode_keys_of_different_inodes_differ() -> None:
+    """No inode of one device takes another's key: the inode number has 64 bits to itself."""
+    keys = {inode_key(dev, ino) for dev in (0, 1, 2**32 - 1) for ino in (0, 1, 2**64 - 1)}
+    assert len(keys) == 9
