@@ -692,8 +692,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def lean_argv() -> list[str]:
+    """How ``run`` restarts itself: ``python -P -OO -m agent`` with this process's
+    arguments, and its interpreter's isolation flags (``-I``, as the Debian package's
+    wrapper gives, ``-E``, ``-s``, ``-B``), which a restart must not drop."""
+    flags = sys.flags
+    carried = (
+        ["-I"]
+        if flags.isolated
+        else [
+            *(["-E"] if flags.ignore_environment else []),
+            *(["-s"] if flags.no_user_site else []),
+        ]
+    )
+    if flags.dont_write_bytecode and (flags.isolated or flags.ignore_environment):
+        carried.append("-B")  # else PYTHONDONTWRITEBYTECODE carries it
+    return [sys.executable, *carried, "-P", "-OO", "-m", "agent", *sys.argv[1:]]
+
+
 def _run_lean() -> None:
-    """Restart this process as ``python -P -OO -m agent`` with the same arguments.
+    """Restart this process as :func:`lean_argv` says.
 
     ``run`` keeps every module it imports for as long as the host is up, and their
     docstrings are ~1 MB of its ~50 MB resident; ``-OO`` leaves them (and asserts,
@@ -706,7 +724,7 @@ def _run_lean() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execv(sys.executable, [sys.executable, "-P", "-OO", "-m", "agent", *sys.argv[1:]])  # noqa: S606 - the interpreter itself, no shell
+        os.execv(sys.executable, lean_argv())  # noqa: S606 - the interpreter itself, no shell
     except OSError as e:  # runs as it is, only larger
         print(f"baomi-agent: cannot restart as {sys.executable} -OO ({e})", file=sys.stderr)
 

@@ -198,6 +198,10 @@ def test_package_installs_upgrades_keeping_state_and_purges(
         assert result.returncode == 0, result.stderr
         assert program in result.stdout and says in result.stdout
     assert (root / "opt/baomi/bin/python3").resolve(strict=False).name == "python3.11"
+    # `baomi-agent run` restarts itself under -OO; /opt is read-only to it: compiled here.
+    packages = next((root / "opt/baomi/lib").glob("python3*/site-packages"))
+    assert list((packages / "agent/__pycache__").glob("cli.*.opt-2.pyc"))
+    assert list((packages / "grpc/__pycache__").glob("__init__.*.opt-2.pyc"))
 
     # The user, the state directories, the conffiles, units and policies.
     lines = (root / "etc/passwd").read_text().splitlines()
