@@ -380,7 +380,8 @@ def destroy_order(
 
 
 def drift(register: Register, host: str, files: Iterable[events_pb2.LabelledFile]) -> list[Drift]:
-    """What differs between ``host``'s inventory and the register."""
+    """What differs between ``host``'s inventory and the register, by home (a host
+    lists its files in the order it walks its trees)."""
     found: list[Drift] = []
     seen: set[str] = set()
     for f in files:
@@ -422,7 +423,7 @@ def drift(register: Register, host: str, files: Iterable[events_pb2.LabelledFile
                     f"register {entry.register_id} ({entry.status}) is not labelled on the host",
                 )
             )
-    return found
+    return sorted(found, key=lambda d: (d.home, d.kind))
 
 
 def _describe(level: int, until: str, scope: tuple[str, ...]) -> str:

@@ -232,6 +232,13 @@ def test_drift_kinds() -> None:
     assert drift(register, "ws-02", []) == []  # the entry is ws-01's
 
 
+def test_drift_is_listed_by_home_whatever_order_the_host_lists_its_files() -> None:
+    register = Register()
+    homes = ["/srv/b/2.txt", "/srv/a.txt", "/srv/b/1.txt", "/srv/a/z.txt"]
+    found = drift(register, "ws-01", [_file(home=h) for h in homes])
+    assert [d.home for d in found] == sorted(homes)
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
