@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import logging
 import os
 import sys
@@ -710,6 +712,16 @@ def lean_argv() -> list[str]:
     return [sys.executable, *carried, "-P", "-OO", "-m", "agent", *sys.argv[1:]]
 
 
+PR_SET_NAME = 15  # prctl(2)
+
+
+def _name_process() -> None:
+    """Call this process, and every thread it starts after, ``baomi-agent`` (ps, top,
+    pgrep), whatever interpreter runs it: the -OO restart runs ``python``."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux's libc: cosmetic only
+        ctypes.CDLL(None).prctl(PR_SET_NAME, b"baomi-agent", 0, 0, 0)
+
+
 def _run_lean() -> None:
     """Restart this process as :func:`lean_argv` says.
 
@@ -740,6 +752,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if argv is None and args.func is _cmd_run:
         _run_lean()
+        _name_process()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -90,5 +90,9 @@ def test_run_restarts_itself_lean_and_never_imports_from_its_working_directory(
     argv = Path(f"/proc/{agent.pid}/cmdline").read_bytes().split(b"\0")
     assert argv[1:5] == [b"-P", b"-OO", b"-m", b"agent"], argv  # the same pid, restarted
     assert argv[5:7] == [b"--state-dir", str(state).encode()]
+    # Still baomi-agent to ps, top and pgrep, and so are its threads.
+    names = {p.read_text() for p in Path(f"/proc/{agent.pid}/task").glob("*/comm")}
+    assert "baomi-agent\n" in names
+    assert Path(f"/proc/{agent.pid}/comm").read_text() == "baomi-agent\n"
     assert agent.popen.poll() is None
     assert not marker.exists(), "the agent imported code from its working directory"
