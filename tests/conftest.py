@@ -7,7 +7,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -18,6 +17,7 @@ import pytest
 
 from collector.store import Store, open_store
 from tests.command_child import children  # noqa: F401 - a fixture for every test
+from tests.procs import free_port
 
 # The CLIs speak Chinese or English by LC_ALL, LC_MESSAGES and LANG (baomi.clitext), and
 # CLIs run in-process or as children inherit this process's environment: tests that read
@@ -47,9 +47,8 @@ def _pg_bin_dir() -> Path | None:
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    # PostgreSQL is restarted on its port by some tests, with many connections open.
+    return free_port()
 
 
 def _as_cluster_owner(

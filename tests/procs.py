@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -87,23 +88,43 @@ def cli(name: str) -> str:
     return found
 
 
-def free_port_pair() -> int:
-    """A loopback port P such that P and P + 1 are both free (agents, then enrolment)."""
+def _ports_the_kernel_never_picks() -> tuple[int, int]:
+    """Loopback ports below the kernel's ephemeral range (``ip_local_port_range``): no
+    outgoing connection and no bind to port 0 is ever given one. A daemon a test
+    restarts binds its ports again while thousands of connections may be open; a port
+    from the ephemeral range could meanwhile be another connection's local port."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return 10_000, max(10_002, low - 2)
+
+
+def _free_ports(count: int) -> int:
+    """The first of ``count`` adjacent free loopback ports outside the kernel's
+    ephemeral range (see _ports_the_kernel_never_picks)."""
+    low, high = _ports_the_kernel_never_picks()
     for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        if port >= 65535:
-            continue
+        port = random.randint(low, high - count + 1)
         with contextlib.ExitStack() as stack:
             try:
-                for p in (port, port + 1):
+                for p in range(port, port + count):
                     s = stack.enter_context(socket.socket())
                     s.bind(("127.0.0.1", p))
             except OSError:
                 continue
             return port
-    raise RuntimeError("no two adjacent free loopback ports found")
+    raise RuntimeError(f"no {count} adjacent free loopback ports found")
+
+
+def free_port_pair() -> int:
+    """A loopback port P such that P and P + 1 are both free (agents, then enrolment)."""
+    return _free_ports(2)
+
+
+def free_port() -> int:
+    """A free loopback port."""
+    return _free_ports(1)
 
 
 class CliError(AssertionError):
