@@ -287,9 +287,8 @@ class Inventory:
         long-running agent (~1 MB for 2,000 files, measured).
         """
         key = self._key()
-        count = 0
         for path in self._files():
-            if count >= MAX_INVENTORY_FILES:
+            if len(inventory.files) >= MAX_INVENTORY_FILES:
                 return True
             try:
                 label = labels.read_label(path, key)
@@ -311,7 +310,6 @@ class Inventory:
                 content_hash=digest.hex(),
                 problem=label.problem or "",
             )
-            count += 1
         return False
 
     def _files(self) -> Iterable[str]:

@@ -4,7 +4,6 @@ the host simulator (``bench.fleet``) and the real CLIs as subprocesses."""
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import time
 import urllib.error
@@ -25,6 +24,7 @@ from tests.procs import (
     Processes,
     cli,
     create_token,
+    free_port,
     free_port_pair,
     init_pki,
     run_cli,
@@ -48,12 +48,6 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
     """Daemons of this test; whatever still runs is SIGKILLed by pid in teardown."""
     with Processes(tmp_path / "logs") as group:
         yield group
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -85,7 +79,7 @@ def start_site(
     """``serve --health-port`` for each name, HAProxy in front, every collector UP."""
     backends, collectors, health = [], {}, {}
     for name in names:
-        port, health_port = free_port_pair(), _free_port()
+        port, health_port = free_port_pair(), free_port()
         collectors[name] = start_collector(
             procs,
             store_url=store_url,

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.integration.console.web import Client
+from tests.procs import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -42,12 +43,6 @@ def _block_after(heading: str) -> str:
     text = (REPO / "README.md").read_text(encoding="utf-8")
     after = text[text.index(heading) :]
     return re.search(r"```sh\n(.*?)```", after, re.DOTALL).group(1)  # type: ignore[union-attr]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _local(block: str, root: Path, ports: dict[str, int]) -> str:
@@ -63,7 +58,7 @@ def _local(block: str, root: Path, ports: dict[str, int]) -> str:
 def test_the_readme_collector_with_console_and_first_accounts_runs_as_written(
     tmp_path: Path,
 ) -> None:
-    ports = {a: _free_port() for a in ("0.0.0.0:7443", "0.0.0.0:7444", "0.0.0.0:8443")}
+    ports = {a: free_port() for a in ("0.0.0.0:7443", "0.0.0.0:7444", "0.0.0.0:8443")}
     (tmp_path / "etc").mkdir()
     (tmp_path / "var").mkdir()
     shutil.copytree(REPO / "policies", tmp_path / "etc" / "policies")

@@ -96,14 +96,12 @@ class FileClasses:
         with self._lock:
             self._numbers = {}
             files = list(self._files.items())
-        return pack(
-            (
-                (*split_inode_key(at), ctime_ns),
-                self.add((*split_inode_key(at), ctime_ns), label, signature(label.home), path),
-            )
-            for at, (ctime_ns, label, _old, path) in files
-            if label.home is not None
-        )
+        entries = []
+        for at, (ctime_ns, label, _old, path) in files:
+            if label.home is not None:
+                version = (*split_inode_key(at), ctime_ns)
+                entries.append((version, self.add(version, label, signature(label.home), path)))
+        return pack(entries)
 
     def revalidate(self, read: Callable[[int], Label | None]) -> bytes:
         """Look again at every known file whose ctime changed since it was classed

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import agent
+from tests.procs import free_port
 
 REPO = Path(agent.__file__).resolve().parent.parent
 SIM = [
@@ -39,13 +40,6 @@ GOOD = {
     "slots_total": 10,
     "slots_occupied": 3,
 }
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on (now)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
