@@ -310,3 +310,31 @@ def test_a_hash_cache_damaged_in_use_is_started_afresh_at_the_next_pass(  # type
     assert len(listed.files) == 3
     assert all(f.content_hash for f in listed.files)
     assert cache.exists()  # made anew
+
+
+def test_an_inventory_past_its_limit_says_so_and_keeps_the_hashes_it_did_not_reach(
+    setup, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The first MAX_INVENTORY_FILES files of the walk (names sorted, directories too),
+    marked truncated; a truncated pass forgets no content hash, since it did not look."""
+    orders, _events, doc, key_file = setup
+    made = _labelled(doc, key_file, 5)
+    sub = doc.parent / "a-dir"  # walked after the files of its parent
+    sub.mkdir()
+    (sub / "inner").write_text("inner\n")
+    labels.set_label(sub / "inner", "秘密", key=labels.load_label_key(key_file))
+    whole = orders.inventory.scan()
+    assert not whole.truncated
+    assert [f.home for f in whole.files] == [*map(str, made), str(sub / "inner")]
+    monkeypatch.setattr(label_orders, "MAX_INVENTORY_FILES", 3)
+    cut = orders.inventory.scan()
+    assert cut.truncated
+    assert [f.home for f in cut.files] == [str(p) for p in made[:3]]
+    monkeypatch.setattr(label_orders, "MAX_INVENTORY_FILES", 1000)
+    read: list[str] = []
+    digest = label_orders.content_digest
+    monkeypatch.setattr(
+        label_orders, "content_digest", lambda path: read.append(str(path)) or digest(path)
+    )
+    assert orders.inventory.scan() == whole
+    assert read == []  # every hash, also of the files the cut pass did not reach, kept
