@@ -157,6 +157,14 @@ struct journal {
 	uint64_t used; /* of the current half */
 };
 
+/* An executable's path as part of a key: its bytes and their hash, taken once when the
+ * path is read, so that a lookup hashes no string. */
+struct exe_key {
+	const char *s;
+	size_t len;
+	uint64_t hash;
+};
+
 /* What an answer is for (part of its key). */
 enum { KIND_OPEN = 0, KIND_EXEC = 1, KIND_ACCESS = 2 };
 
@@ -182,12 +190,16 @@ struct opener {
 	 * or an exec the group or the connector saw gives a new one. */
 	uint64_t gen;
 	/* Its executable's path as last read, while the connector says it ran no other
-	 * program since (owned; NULL: read it again at its next event). */
+	 * program since (owned; NULL: read it again at its next event), and its hash. */
 	char *exe;
 	size_t exe_len;
+	uint64_t exe_hash;
 };
 
-/* One remembered answer. The key is everything the decision depended on. */
+/* One remembered answer. The key is everything the decision depended on. Laid out for
+ * the hit path: the key in the first cache line, what a hit reads and counts in the
+ * second (slots are cache-line aligned, three lines each); the rest is for journaling,
+ * take() and the copies' bookkeeping. */
 struct answer {
 	uint64_t hash; /* 0: free slot */
 	int pid;
@@ -197,29 +209,38 @@ struct answer {
 	uint64_t ino;
 	int64_t ctime_ns;
 	char *exe;
+	/* -- second line */
 	size_t exe_len;
+	uint64_t exe_hash;
+	uint64_t gen; /* of its opener when given; 0 in the shared table */
 	int allow;
 	uint64_t count; /* repeats answered here since the last take() */
 	int64_t first_ns;
 	int64_t last_ns;
 	PyObject *token; /* Python's, handed back by take() */
+	/* -- third line */
 	/* The token is the shared answer's (this answer was made here from it, without
-	 * the GIL, so it holds no reference): the shared table outlives it. */
+	 * the GIL, so it holds no reference): the shared table outlives it. So, when
+	 * exe_borrowed or path_borrowed, is that string: a new process walking a tree
+	 * shares one exe and allocates nothing per file. */
 	int borrowed;
-	uint64_t gen; /* of its opener when given; 0 in the shared table */
+	uint8_t exe_borrowed, path_borrowed;
+	/* The key hash of the shared answer whose token this is (its own, when it owns
+	 * it): where a copy's repeats find the event they are journaled against. */
+	uint64_t holder_hash;
 	/* The token's bytes when it is bytes and a journal is kept (the event recorded
 	 * for its repeats), valid while the token is held; where it was last written. */
 	const char *record;
 	uint32_t record_len;
+	int event; /* its token is a recorded event (bytes) */
 	uint64_t journal_gen;
 	uint64_t journal_at;
-	int event; /* its token is a recorded event (bytes) */
-	/* A copy of a class answer: the path its file was opened by (NUL-terminated, owned);
-	 * NULL for every other answer. */
+	/* A copy of a class answer: the path its file was opened by (NUL-terminated, owned
+	 * unless path_borrowed); NULL for every other answer. */
 	char *path;
 	uint32_t path_len;
 	uint32_t cls; /* of the class answer it is a copy of (0: none) */
-};
+} __attribute__((aligned(64)));
 
 /* The class of one labelled file version; a table like the answers'. */
 struct file_class {
@@ -247,8 +268,10 @@ struct lookup {
 	int uid; /* -1: the process is gone */
 	int err; /* errno of fstat on the event fd, 0 if it worked */
 	struct stat st;
-	size_t exe_len;
-	char exe[EXE_MAX];
+	/* Its s is exe_buf, or (lock held) the kept opener's path: own_exe() copies it to
+	 * exe_buf before the lock is let go. */
+	struct exe_key exe;
+	char exe_buf[EXE_MAX];
 };
 
 typedef struct {
@@ -261,6 +284,7 @@ typedef struct {
 	struct classes classes; /* labelled file version -> class */
 	size_t limit; /* no table holds more than this many answers */
 	struct opener openers[OPENERS];
+	int last_opener; /* the index of the opener found last: looked at first */
 	uint64_t clock; /* LRU clock of openers */
 	struct pending *queue;
 	size_t q_head, q_tail, q_cap;
@@ -281,8 +305,16 @@ static uint64_t mix(uint64_t h, uint64_t v)
 	return h * 0x100000001b3ULL;
 }
 
+static struct exe_key exe_key_of(const char *exe, size_t len)
+{
+	uint64_t h = 0xcbf29ce484222325ULL;
+	for (size_t i = 0; i < len; i++)
+		h = (h ^ (unsigned char)exe[i]) * 0x100000001b3ULL;
+	return (struct exe_key){ .s = exe, .len = len, .hash = h };
+}
+
 static uint64_t key_hash(int pid, int uid, int kind, uint64_t dev, uint64_t ino,
-			 int64_t ctime_ns, const char *exe, size_t exe_len)
+			 int64_t ctime_ns, uint64_t exe_hash)
 {
 	uint64_t h = 0xcbf29ce484222325ULL;
 	h = mix(h, (uint64_t)(uint32_t)pid | ((uint64_t)(uint32_t)uid << 32));
@@ -290,8 +322,7 @@ static uint64_t key_hash(int pid, int uid, int kind, uint64_t dev, uint64_t ino,
 	h = mix(h, dev);
 	h = mix(h, ino);
 	h = mix(h, (uint64_t)ctime_ns);
-	for (size_t i = 0; i < exe_len; i++)
-		h = (h ^ (unsigned char)exe[i]) * 0x100000001b3ULL;
+	h = mix(h, exe_hash);
 	h ^= h >> 33;
 	h *= 0xff51afd7ed558ccdULL;
 	h ^= h >> 33;
@@ -338,9 +369,13 @@ static void close_opener(struct opener *o)
 
 static struct opener *find_opener(Answers *self, int pid)
 {
+	if (self->openers[self->last_opener].pid == pid)
+		return &self->openers[self->last_opener]; /* a process opens files in runs */
 	for (int i = 0; i < OPENERS; i++)
-		if (self->openers[i].pid == pid)
+		if (self->openers[i].pid == pid) {
+			self->last_opener = i;
 			return &self->openers[i];
+		}
 	return NULL;
 }
 
@@ -515,6 +550,7 @@ static void ran_other_code(Answers *self, struct opener *o)
 	free(o->exe);
 	o->exe = NULL;
 	o->exe_len = 0;
+	o->exe_hash = 0;
 }
 
 /* Read the connector dry (lock held): every kept process that exec'd or was attached
@@ -578,22 +614,23 @@ static struct opener *look_up_opener(Answers *self, int pid, struct lookup *lk)
 		 * bound to the process, not the number), else owned by its euid now; a
 		 * root-owned one is alive when its pidfd can be signalled. */
 		o->used = ++self->clock;
-		memcpy(lk->exe, o->exe, o->exe_len);
-		lk->exe_len = o->exe_len;
+		lk->exe = (struct exe_key){ .s = o->exe, .len = o->exe_len, .hash = o->exe_hash };
 		lk->uid = (int)st.st_uid;
 		return o;
 	}
 	if (o) {
 		/* readlink first: it fails once the process is gone, which makes the fstat
 		 * after it (root-owned for a dead process) trustworthy. */
-		n = readlinkat(o->exe_fd, "", lk->exe, EXE_MAX - 1);
+		n = readlinkat(o->exe_fd, "", lk->exe_buf, EXE_MAX - 1);
 		if (n >= 0 && stat_fd(o->dir_fd, &st) == 0) {
 			o->used = ++self->clock;
-			lk->exe_len = (size_t)n;
+			lk->exe = exe_key_of(lk->exe_buf, (size_t)n);
 			lk->uid = (int)st.st_uid;
 			if (self->cn_fd >= 0 && !o->exe && (o->exe = malloc((size_t)n + 1))) {
-				memcpy(o->exe, lk->exe, (size_t)n);
+				memcpy(o->exe, lk->exe_buf, (size_t)n);
+				o->exe[n] = 0;
 				o->exe_len = (size_t)n;
+				o->exe_hash = lk->exe.hash;
 			}
 			return o;
 		}
@@ -605,13 +642,23 @@ static struct opener *look_up_opener(Answers *self, int pid, struct lookup *lk)
 	snprintf(path, sizeof(path), "/proc/%d", pid);
 	lk->uid = stat(path, &st) == 0 ? (int)st.st_uid : -1;
 	snprintf(path, sizeof(path), "/proc/%d/exe", pid);
-	n = readlink(path, lk->exe, EXE_MAX - 1);
-	lk->exe_len = n > 0 ? (size_t)n : 0;
+	n = readlink(path, lk->exe_buf, EXE_MAX - 1);
+	lk->exe = exe_key_of(lk->exe_buf, n > 0 ? (size_t)n : 0);
 	return NULL;
 }
 
+/* Make lk's executable its own (lock held), before the lock is let go: the kept
+ * opener's path it may point to can be freed then. */
+static void own_exe(struct lookup *lk)
+{
+	if (lk->exe.s != lk->exe_buf) {
+		memcpy(lk->exe_buf, lk->exe.s, lk->exe.len);
+		lk->exe.s = lk->exe_buf;
+	}
+}
+
 static struct answer *find_slot(struct table *t, uint64_t hash, int pid, int uid, int kind,
-				const struct stat *st, const char *exe, size_t exe_len)
+				const struct stat *st, const struct exe_key *exe)
 {
 	size_t mask = t->capacity - 1;
 	int64_t ctime_ns = ctime_ns_of(st);
@@ -621,17 +668,27 @@ static struct answer *find_slot(struct table *t, uint64_t hash, int pid, int uid
 			return a;
 		if (a->hash == hash && a->pid == pid && a->uid == uid && a->kind == kind &&
 		    a->dev == (uint64_t)st->st_dev && a->ino == (uint64_t)st->st_ino &&
-		    a->ctime_ns == ctime_ns && a->exe_len == exe_len &&
-		    memcmp(a->exe, exe, exe_len) == 0)
+		    a->ctime_ns == ctime_ns && a->exe_hash == exe->hash && a->exe_len == exe->len &&
+		    (a->exe == exe->s || memcmp(a->exe, exe->s, exe->len) == 0))
 			return a;
 	}
+}
+
+/* n zeroed answer slots, cache-line aligned (struct answer is); NULL when memory is
+ * short. */
+static struct answer *new_slots(size_t n)
+{
+	struct answer *slots = aligned_alloc(_Alignof(struct answer), n * sizeof(*slots));
+	if (slots)
+		memset(slots, 0, n * sizeof(*slots));
+	return slots;
 }
 
 /* Double a table (lock held); 0, or -1 when memory is short (the table stays). */
 static int grow(struct table *t)
 {
 	size_t capacity = t->capacity * 2;
-	struct answer *slots = calloc(capacity, sizeof(struct answer));
+	struct answer *slots = new_slots(capacity);
 	if (!slots)
 		return -1;
 	for (size_t i = 0; i < t->capacity; i++) {
@@ -654,14 +711,22 @@ static int grow(struct table *t)
  * held); NULL when the table is at the limit or memory is short.
  */
 static struct answer *room_for(Answers *self, struct table *t, uint64_t hash, int pid,
-			       int uid, int kind, const struct stat *st, const char *exe,
-			       size_t exe_len)
+			       int uid, int kind, const struct stat *st, const struct exe_key *exe)
 {
 	if (!t->slots || t->used >= self->limit)
 		return NULL;
 	if ((t->used + 1) * 2 > t->capacity && grow(t) < 0)
 		return NULL;
-	return find_slot(t, hash, pid, uid, kind, st, exe, exe_len);
+	return find_slot(t, hash, pid, uid, kind, st, exe);
+}
+
+/* Free what an answer leaving a table owns of its strings (its token is the caller's). */
+static void free_strings(struct answer *a)
+{
+	if (!a->exe_borrowed)
+		free(a->exe);
+	if (!a->path_borrowed)
+		free(a->path);
 }
 
 /* Whether a vouched process still runs the inode it was vouched with (lock held): the
@@ -677,32 +742,31 @@ static int still_vouched(struct opener *o)
 
 /*
  * A copy of the shared answer s in the process's own table for this file (lock held),
- * borrowing its token; path (owned from here on, freed on failure) marks a copy of a
- * class answer. NULL when the table is full or a stale answer holds the key.
+ * borrowing its token and executable; path marks a copy of a class answer: s's own
+ * (path_borrowed), or one the copy owns from here on (freed on failure). NULL when the
+ * table is full or a stale answer holds the key.
  */
 static struct answer *adopt(Answers *self, struct opener *o, int kind, const struct lookup *lk,
 			    uint64_t own_hash, const struct answer *s, char *path,
-			    uint32_t path_len, uint32_t cls)
+			    uint32_t path_len, int path_borrowed, uint32_t cls)
 {
-	char *copy = malloc(lk->exe_len + 1);
-	struct answer *a = copy ? room_for(self, &self->own, own_hash, o->pid, lk->uid, kind,
-					   &lk->st, lk->exe, lk->exe_len)
-				: NULL;
+	struct answer *a =
+		room_for(self, &self->own, own_hash, o->pid, lk->uid, kind, &lk->st, &lk->exe);
 	if (!a || a->hash) {
 		/* Full, or a stale answer of this process holds the key: Python replaces it
 		 * (its token may be owned, and is released only with the GIL). */
-		free(copy);
-		free(path);
+		if (!path_borrowed)
+			free(path);
 		return NULL;
 	}
-	memcpy(copy, lk->exe, lk->exe_len);
-	copy[lk->exe_len] = 0;
 	*a = (struct answer){ .hash = own_hash, .pid = o->pid, .uid = lk->uid, .kind = kind,
 			      .dev = (uint64_t)lk->st.st_dev, .ino = (uint64_t)lk->st.st_ino,
-			      .ctime_ns = ctime_ns_of(&lk->st), .exe = copy,
-			      .exe_len = lk->exe_len, .allow = s->allow, .token = s->token,
-			      .borrowed = 1, .gen = o->gen, .event = s->event, .record = s->record,
-			      .record_len = s->record_len, .path = path, .path_len = path_len,
+			      .ctime_ns = ctime_ns_of(&lk->st), .exe = s->exe,
+			      .exe_len = s->exe_len, .exe_hash = s->exe_hash, .exe_borrowed = 1,
+			      .allow = s->allow, .token = s->token, .borrowed = 1,
+			      .holder_hash = s->holder_hash, .gen = o->gen, .event = s->event,
+			      .record = s->record, .record_len = s->record_len, .path = path,
+			      .path_len = path_len, .path_borrowed = path && path_borrowed,
 			      .cls = cls };
 	self->own.used++;
 	return a;
@@ -719,17 +783,13 @@ static struct answer *from_shared(Answers *self, struct opener *o, int kind,
 	if (!o || !o->plain || !self->shared.slots)
 		return NULL;
 	uint64_t h = key_hash(0, lk->uid, kind, lk->st.st_dev, lk->st.st_ino,
-			      ctime_ns_of(&lk->st), lk->exe, lk->exe_len);
-	struct answer *s = find_slot(&self->shared, h, 0, lk->uid, kind, &lk->st, lk->exe,
-				     lk->exe_len);
+			      ctime_ns_of(&lk->st), lk->exe.hash);
+	struct answer *s = find_slot(&self->shared, h, 0, lk->uid, kind, &lk->st, &lk->exe);
 	if (!s->hash || !still_vouched(o))
 		return NULL;
 	/* A shared copy of a class answer: this copy names the same file, by the path it
 	 * was first opened by (as any shared answer's record does). */
-	char *path = NULL;
-	if (s->path && !(path = strndup(s->path, s->path_len)))
-		return NULL;
-	return adopt(self, o, kind, lk, own_hash, s, path, s->path_len, s->cls);
+	return adopt(self, o, kind, lk, own_hash, s, s->path, s->path_len, 1, s->cls);
 }
 
 static uint64_t class_hash(uint64_t dev, uint64_t ino, int64_t ctime_ns)
@@ -771,25 +831,24 @@ static void share_copy(Answers *self, const struct lookup *lk, const struct answ
 		       const struct answer *a)
 {
 	uint64_t h = key_hash(0, lk->uid, KIND_OPEN, lk->st.st_dev, lk->st.st_ino,
-			      ctime_ns_of(&lk->st), lk->exe, lk->exe_len);
-	char *exe = malloc(lk->exe_len + 1);
+			      ctime_ns_of(&lk->st), lk->exe.hash);
 	char *path = strndup(a->path, a->path_len);
-	struct answer *x = exe && path ? room_for(self, &self->shared, h, 0, lk->uid, KIND_OPEN,
-						  &lk->st, lk->exe, lk->exe_len)
-				       : NULL;
+	struct answer *x = path ? room_for(self, &self->shared, h, 0, lk->uid, KIND_OPEN,
+					   &lk->st, &lk->exe)
+				: NULL;
 	if (!x || x->hash) {
-		free(exe);
 		free(path);
 		return;
 	}
-	memcpy(exe, lk->exe, lk->exe_len);
-	exe[lk->exe_len] = 0;
+	/* Its exe is the class answer's: both live as long as the shared table. */
 	*x = (struct answer){ .hash = h, .uid = lk->uid, .kind = KIND_OPEN,
 			      .dev = (uint64_t)lk->st.st_dev, .ino = (uint64_t)lk->st.st_ino,
-			      .ctime_ns = ctime_ns_of(&lk->st), .exe = exe, .exe_len = lk->exe_len,
-			      .allow = c->allow, .token = c->token, .borrowed = 1, .event = c->event,
-			      .record = c->record, .record_len = c->record_len, .path = path,
-			      .path_len = a->path_len, .cls = a->cls };
+			      .ctime_ns = ctime_ns_of(&lk->st), .exe = c->exe,
+			      .exe_len = c->exe_len, .exe_hash = c->exe_hash, .exe_borrowed = 1,
+			      .allow = c->allow, .token = c->token, .borrowed = 1,
+			      .holder_hash = c->holder_hash, .event = c->event, .record = c->record,
+			      .record_len = c->record_len, .path = path, .path_len = a->path_len,
+			      .cls = a->cls };
 	self->shared.used++;
 }
 
@@ -810,9 +869,8 @@ static struct answer *from_class(Answers *self, struct opener *o, const struct l
 	struct stat key = { 0 };
 	key.st_dev = (dev_t)CLASS_DEV;
 	key.st_ino = (ino_t)cls;
-	uint64_t h = key_hash(0, lk->uid, KIND_OPEN, CLASS_DEV, cls, 0, lk->exe, lk->exe_len);
-	struct answer *s = find_slot(&self->shared, h, 0, lk->uid, KIND_OPEN, &key, lk->exe,
-				     lk->exe_len);
+	uint64_t h = key_hash(0, lk->uid, KIND_OPEN, CLASS_DEV, cls, 0, lk->exe.hash);
+	struct answer *s = find_slot(&self->shared, h, 0, lk->uid, KIND_OPEN, &key, &lk->exe);
 	if (!s->hash || !s->event || !still_vouched(o))
 		return NULL; /* not recorded as an event: Python decides each file */
 	char link[32], opened[PATH_MAX];
@@ -823,7 +881,7 @@ static struct answer *from_class(Answers *self, struct opener *o, const struct l
 	if (!path)
 		return NULL;
 	struct answer class_answer = *s; /* s moves if the shared table grows below */
-	struct answer *a = adopt(self, o, KIND_OPEN, lk, own_hash, s, path, (uint32_t)n, cls);
+	struct answer *a = adopt(self, o, KIND_OPEN, lk, own_hash, s, path, (uint32_t)n, 0, cls);
 	if (a)
 		share_copy(self, lk, &class_answer, a);
 	return a;
@@ -953,19 +1011,18 @@ static struct answer *read_only_access(Answers *self, struct opener *o,
 {
 	if (!holds_for_reading_only(o->dir_fd, (uint64_t)lk->st.st_dev, (uint64_t)lk->st.st_ino))
 		return NULL;
-	char *exe = malloc(lk->exe_len + 1);
+	char *exe = strndup(lk->exe.s, lk->exe.len);
 	struct answer *a = exe ? room_for(self, &self->own, h, o->pid, lk->uid, KIND_ACCESS, key,
-					  lk->exe, lk->exe_len)
+					  &lk->exe)
 			       : NULL;
 	if (!a || a->hash) {
 		free(exe);
 		return NULL;
 	}
-	memcpy(exe, lk->exe, lk->exe_len);
-	exe[lk->exe_len] = 0;
 	*a = (struct answer){ .hash = h, .pid = o->pid, .uid = lk->uid, .kind = KIND_ACCESS,
 			      .dev = (uint64_t)key->st_dev, .ino = (uint64_t)key->st_ino,
-			      .exe = exe, .exe_len = lk->exe_len, .allow = 1, .gen = o->gen };
+			      .exe = exe, .exe_len = lk->exe.len, .exe_hash = lk->exe.hash,
+			      .allow = 1, .holder_hash = h, .gen = o->gen };
 	self->own.used++;
 	self->access_answers = 1;
 	return a;
@@ -1012,9 +1069,8 @@ static struct answer *original_of(Answers *self, const struct answer *a)
 	key.st_ino = (ino_t)ino;
 	key.st_ctim.tv_sec = ctime_ns / 1000000000LL;
 	key.st_ctim.tv_nsec = ctime_ns % 1000000000LL;
-	uint64_t h = key_hash(0, a->uid, a->kind, dev, ino, ctime_ns, a->exe, a->exe_len);
-	struct answer *s = find_slot(&self->shared, h, 0, a->uid, a->kind, &key, a->exe,
-				     a->exe_len);
+	struct exe_key exe = { .s = a->exe, .len = a->exe_len, .hash = a->exe_hash };
+	struct answer *s = find_slot(&self->shared, a->holder_hash, 0, a->uid, a->kind, &key, &exe);
 	return s->hash && s->record == a->record ? s : NULL;
 }
 
@@ -1153,10 +1209,8 @@ static void forget_access(Answers *self, int pid, const struct lookup *lk)
 {
 	struct stat key = lk->st;
 	key.st_ctim = (struct timespec){ 0 };
-	uint64_t h = key_hash(pid, lk->uid, KIND_ACCESS, key.st_dev, key.st_ino, 0, lk->exe,
-			      lk->exe_len);
-	struct answer *a = find_slot(&self->own, h, pid, lk->uid, KIND_ACCESS, &key, lk->exe,
-				     lk->exe_len);
+	uint64_t h = key_hash(pid, lk->uid, KIND_ACCESS, key.st_dev, key.st_ino, 0, lk->exe.hash);
+	struct answer *a = find_slot(&self->own, h, pid, lk->uid, KIND_ACCESS, &key, &lk->exe);
 	if (a->hash)
 		a->gen = 0;
 }
@@ -1185,7 +1239,7 @@ static int serve(Answers *self, struct pending *ev, struct lookup *lk, int may_r
 		*ev = self->queue[self->q_head++];
 		lk->uid = -1;
 		lk->err = 0;
-		lk->exe_len = 0;
+		lk->exe = (struct exe_key){ .s = lk->exe_buf };
 		if (ev->pid == self->own_pid || stat_fd(ev->fd, &lk->st) < 0) {
 			/* The agent's own opens (Python allows them), or a file that cannot be
 			 * looked at (Python denies it). */
@@ -1210,9 +1264,8 @@ static int serve(Answers *self, struct pending *ev, struct lookup *lk, int may_r
 			if (kind == KIND_ACCESS)
 				key.st_ctim = (struct timespec){ 0 }; /* see kind_of() */
 			uint64_t h = key_hash(ev->pid, lk->uid, kind, key.st_dev, key.st_ino,
-					      ctime_ns_of(&key), lk->exe, lk->exe_len);
-			a = find_slot(&self->own, h, ev->pid, lk->uid, kind, &key, lk->exe,
-				      lk->exe_len);
+					      ctime_ns_of(&key), lk->exe.hash);
+			a = find_slot(&self->own, h, ev->pid, lk->uid, kind, &key, &lk->exe);
 			if (!a->hash) {
 				/* What a process may do through its open files depends on which
 				 * it holds: an access answer is never shared. */
@@ -1226,11 +1279,13 @@ static int serve(Answers *self, struct pending *ev, struct lookup *lk, int may_r
 				a = NULL; /* given to another process with the pid, or before an exec */
 		}
 		if (!a) {
+			own_exe(lk);
 			pthread_mutex_unlock(&self->lock);
 			return 0; /* a new question: Python decides */
 		}
 		int64_t t = now_ns();
 		if (!journal_repeat(self, a, ev->pid, t)) {
+			own_exe(lk);
 			pthread_mutex_unlock(&self->lock);
 			return 0; /* the journal's half is full: Python decides and records */
 		}
@@ -1316,8 +1371,8 @@ static int Answers_init(Answers *self, PyObject *args, PyObject *kwds)
 	}
 	if (journal_fd >= 0 && open_journal(&self->journal, journal_fd) < 0)
 		return -1;
-	self->own.slots = calloc(INITIAL_SLOTS, sizeof(struct answer));
-	self->shared.slots = calloc(INITIAL_SLOTS, sizeof(struct answer));
+	self->own.slots = new_slots(INITIAL_SLOTS);
+	self->shared.slots = new_slots(INITIAL_SLOTS);
 	self->queue = calloc(READ_EVENTS, sizeof(struct pending));
 	if (!self->own.slots || !self->shared.slots || !self->queue) {
 		free(self->own.slots);
@@ -1347,8 +1402,7 @@ static void drop_table(struct table *t)
 	for (size_t i = 0; i < t->capacity; i++) {
 		if (!t->slots[i].borrowed)
 			Py_XDECREF(t->slots[i].token);
-		free(t->slots[i].exe);
-		free(t->slots[i].path);
+		free_strings(&t->slots[i]);
 	}
 	free(t->slots);
 	t->slots = NULL;
@@ -1409,7 +1463,7 @@ static PyObject *next_event(Answers *self, int may_read)
 		errno = -rc;
 		return PyErr_SetFromErrno(PyExc_OSError);
 	}
-	PyObject *exe = PyUnicode_DecodeFSDefaultAndSize(lk->exe, (Py_ssize_t)lk->exe_len);
+	PyObject *exe = PyUnicode_DecodeFSDefaultAndSize(lk->exe.s, (Py_ssize_t)lk->exe.len);
 	PyObject *result = NULL;
 	if (exe)
 		result = Py_BuildValue("(iiKiNKKLi)", ev.fd, ev.pid, (unsigned long long)ev.mask,
@@ -1460,10 +1514,10 @@ static void keep_record(Answers *self, struct answer *a)
  * token to release (GIL held, mutex not).
  */
 static int store(Answers *self, struct table *t, uint64_t h, int pid, int uid, int kind,
-		 const struct stat *st, const char *exe, size_t exe_len, int allow,
-		 PyObject *token, uint64_t gen, PyObject **replaced)
+		 const struct stat *st, const struct exe_key *exe, int allow, PyObject *token,
+		 uint64_t gen, PyObject **replaced)
 {
-	struct answer *a = find_slot(t, h, pid, uid, kind, st, exe, exe_len);
+	struct answer *a = find_slot(t, h, pid, uid, kind, st, exe);
 	if (a->hash) {
 		a->gen = gen;
 		/* Decided again (two readers raced, or a shared answer was used and this
@@ -1476,30 +1530,32 @@ static int store(Answers *self, struct table *t, uint64_t h, int pid, int uid, i
 		Py_INCREF(token);
 		a->token = token;
 		a->borrowed = 0;
-		free(a->path); /* Python's own answer for the file: no longer a class copy */
+		a->holder_hash = h;
+		if (!a->path_borrowed) /* Python's own answer for the file: not a class copy */
+			free(a->path);
 		a->path = NULL;
 		a->path_len = 0;
+		a->path_borrowed = 0;
 		a->cls = 0;
 		keep_record(self, a);
 		return 1;
 	}
-	char *copy = malloc(exe_len + 1);
+	char *copy = strndup(exe->s, exe->len);
 	if (!copy)
 		return 0;
-	a = room_for(self, t, h, pid, uid, kind, st, exe, exe_len);
+	a = room_for(self, t, h, pid, uid, kind, st, exe);
 	if (!a) {
 		free(copy);
 		return 0;
 	}
-	memcpy(copy, exe, exe_len);
-	copy[exe_len] = 0;
 	Py_INCREF(token);
 	if (kind == KIND_ACCESS)
 		self->access_answers = 1;
 	*a = (struct answer){ .hash = h, .pid = pid, .uid = uid, .kind = kind,
 			      .dev = (uint64_t)st->st_dev, .ino = (uint64_t)st->st_ino,
-			      .ctime_ns = ctime_ns_of(st), .exe = copy, .exe_len = exe_len,
-			      .allow = allow, .token = token, .gen = gen };
+			      .ctime_ns = ctime_ns_of(st), .exe = copy, .exe_len = exe->len,
+			      .exe_hash = exe->hash, .allow = allow, .token = token,
+			      .holder_hash = h, .gen = gen };
 	keep_record(self, a);
 	t->used++;
 	return 1;
@@ -1544,8 +1600,8 @@ static PyObject *Answers_remember(Answers *self, PyObject *args, PyObject *kwds)
 					 PyUnicode_FSConverter, &exe_obj, &dev, &ino, &ctime_ns,
 					 &kind, &allow, &token, &plain, &cls))
 		return NULL;
-	const char *exe = PyBytes_AS_STRING(exe_obj);
-	size_t exe_len = (size_t)PyBytes_GET_SIZE(exe_obj);
+	struct exe_key exe =
+		exe_key_of(PyBytes_AS_STRING(exe_obj), (size_t)PyBytes_GET_SIZE(exe_obj));
 	if (uid < 0) {
 		Py_DECREF(exe_obj); /* a vanished opener: nothing to repeat */
 		Py_RETURN_FALSE;
@@ -1569,23 +1625,23 @@ static PyObject *Answers_remember(Answers *self, PyObject *args, PyObject *kwds)
 	/* An exec between Python's look at the process and this keep is on the connector
 	 * still (nothing read it since the event): it undoes what is kept here. */
 	if (o) {
-		uint64_t h = key_hash(pid, uid, kind, dev, ino, ctime_ns, exe, exe_len);
-		stored = store(self, &self->own, h, pid, uid, kind, &st, exe, exe_len, allow,
-			       token, o->gen, &replaced);
+		uint64_t h = key_hash(pid, uid, kind, dev, ino, ctime_ns, exe.hash);
+		stored = store(self, &self->own, h, pid, uid, kind, &st, &exe, allow, token,
+			       o->gen, &replaced);
 		if (stored && kind != KIND_ACCESS) /* says nothing of the process's program */
 			vouch(o, plain);
 		if (stored && o->plain && kind != KIND_ACCESS) {
 			PyObject *unused = NULL; /* a shared token is never replaced */
-			uint64_t h0 = key_hash(0, uid, kind, dev, ino, ctime_ns, exe, exe_len);
-			store(self, &self->shared, h0, 0, uid, kind, &st, exe, exe_len, allow,
-			      token, 0, &unused);
+			uint64_t h0 = key_hash(0, uid, kind, dev, ino, ctime_ns, exe.hash);
+			store(self, &self->shared, h0, 0, uid, kind, &st, &exe, allow, token, 0,
+			      &unused);
 			if (cls && kind == KIND_OPEN) {
 				struct stat ck = { 0 };
 				ck.st_dev = (dev_t)CLASS_DEV;
 				ck.st_ino = (ino_t)cls;
-				uint64_t hc = key_hash(0, uid, kind, CLASS_DEV, cls, 0, exe, exe_len);
-				store(self, &self->shared, hc, 0, uid, kind, &ck, exe, exe_len, allow,
-				      token, 0, &unused);
+				uint64_t hc = key_hash(0, uid, kind, CLASS_DEV, cls, 0, exe.hash);
+				store(self, &self->shared, hc, 0, uid, kind, &ck, &exe, allow, token,
+				      0, &unused);
 			}
 		}
 		drain_connector(self);
@@ -1675,8 +1731,7 @@ static int collect(Answers *self, struct table *t, int prune, struct row *rows, 
 		}
 		if (!a->borrowed)
 			dead[(*n_dead)++] = a->token;
-		free(a->exe);
-		free(a->path);
+		free_strings(a);
 		delete_at(t, i); /* slot i now holds the next answer, if any: look again */
 	}
 	return 0;
@@ -1697,8 +1752,8 @@ static PyObject *Answers_take(Answers *self, PyObject *args, PyObject *kwds)
 	if (!ready(self) || !PyArg_ParseTupleAndKeywords(args, kwds, "|p", kwlist, &forget))
 		return NULL;
 	struct table old_own = { 0 }, old_shared = { 0 };
-	struct answer *fresh_own = calloc(INITIAL_SLOTS, sizeof(struct answer));
-	struct answer *fresh_shared = calloc(INITIAL_SLOTS, sizeof(struct answer));
+	struct answer *fresh_own = new_slots(INITIAL_SLOTS);
+	struct answer *fresh_shared = new_slots(INITIAL_SLOTS);
 	pthread_mutex_lock(&self->lock);
 	size_t cap = self->own.used + 1;
 	struct row *rows = malloc(cap * sizeof(*rows));
