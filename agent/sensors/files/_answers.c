@@ -674,14 +674,27 @@ static struct answer *find_slot(struct table *t, uint64_t hash, int pid, int uid
 	}
 }
 
-/* n zeroed answer slots, cache-line aligned (struct answer is); NULL when memory is
- * short. */
+/*
+ * n zeroed answer slots, cache-line aligned (struct answer is); NULL when memory is
+ * short. From calloc, which leaves fresh pages untouched (aligned_alloc and a memset
+ * would make every page of a large, mostly empty table resident); the pointer calloc
+ * gave is kept just before the slots, for free_slots().
+ */
 static struct answer *new_slots(size_t n)
 {
-	struct answer *slots = aligned_alloc(_Alignof(struct answer), n * sizeof(*slots));
+	size_t align = _Alignof(struct answer);
+	char *raw = calloc(1, n * sizeof(struct answer) + align + sizeof(void *));
+	if (!raw)
+		return NULL;
+	uintptr_t at = ((uintptr_t)raw + sizeof(void *) + align - 1) & ~(uintptr_t)(align - 1);
+	((void **)at)[-1] = raw;
+	return (struct answer *)at;
+}
+
+static void free_slots(struct answer *slots)
+{
 	if (slots)
-		memset(slots, 0, n * sizeof(*slots));
-	return slots;
+		free(((void **)slots)[-1]);
 }
 
 /* Double a table (lock held); 0, or -1 when memory is short (the table stays). */
@@ -700,7 +713,7 @@ static int grow(struct table *t)
 			j = (j + 1) & (capacity - 1);
 		slots[j] = *a;
 	}
-	free(t->slots); /* the entries moved, with their exe strings and tokens */
+	free_slots(t->slots); /* the entries moved, with their exe strings and tokens */
 	t->slots = slots;
 	t->capacity = capacity;
 	return 0;
@@ -1375,8 +1388,8 @@ static int Answers_init(Answers *self, PyObject *args, PyObject *kwds)
 	self->shared.slots = new_slots(INITIAL_SLOTS);
 	self->queue = calloc(READ_EVENTS, sizeof(struct pending));
 	if (!self->own.slots || !self->shared.slots || !self->queue) {
-		free(self->own.slots);
-		free(self->shared.slots);
+		free_slots(self->own.slots);
+		free_slots(self->shared.slots);
 		free(self->queue);
 		self->own.slots = self->shared.slots = NULL;
 		self->queue = NULL;
@@ -1404,7 +1417,7 @@ static void drop_table(struct table *t)
 			Py_XDECREF(t->slots[i].token);
 		free_strings(&t->slots[i]);
 	}
-	free(t->slots);
+	free_slots(t->slots);
 	t->slots = NULL;
 }
 
@@ -1783,8 +1796,8 @@ static PyObject *Answers_take(Answers *self, PyObject *args, PyObject *kwds)
 			fresh_own = fresh_shared = NULL;
 	}
 	pthread_mutex_unlock(&self->lock);
-	free(fresh_own);
-	free(fresh_shared);
+	free_slots(fresh_own);
+	free_slots(fresh_shared);
 	PyObject *result = failed ? PyErr_NoMemory() : PyList_New((Py_ssize_t)n);
 	for (size_t i = 0; i < n; i++) {
 		PyObject *file = NULL, *row = NULL;
