@@ -96,3 +96,20 @@ def test_an_idle_writer_keeps_none_of_the_events_it_wrote(tmp_path: Path) -> Non
     finally:
         recorder.stop()
         spool.close()
+
+
+def test_fold_keeps_accesses_counted_already_as_they_are() -> None:
+    counted = _access(10, "/s/a", 5_000)
+    counted.file_access.count = 4
+    counted.file_access.first.FromNanoseconds(2_000)
+    counted.file_access.last.FromNanoseconds(5_000)
+    events = [_access(10, "/s/a", 1_000), counted, _access(10, "/s/a", 6_000)]
+    out = fold(events)
+    # The counted event is neither merged nor merged into: every open is still counted.
+    assert [e.file_access.count for e in out] == [2, 4]
+    assert out[1] is counted
+    assert (out[0].file_access.first.ToNanoseconds(), out[0].file_access.last.ToNanoseconds()) == (
+        1_000,
+        6_000,
+    )
+    assert sum(e.file_access.count for e in out) == 2 + 4
