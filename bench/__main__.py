@@ -415,7 +415,9 @@ def _guard_workloads() -> list[Row]:
     """The guard on the workloads real work takes (bench.guard_workloads)."""
     rows: list[Row] = []
     for name, value, unit in guard_workloads.run():
-        workload = next((w for w in guard_workloads.TARGETS if f"guard {w}: " in name), None)
+        workload = next(
+            (w for w in guard_workloads.TARGETS if f"guard {w}: agent / C" in name), None
+        )
         if workload is not None and name.endswith("same CPU"):
             rows.append(_target_row(name, value, "x", guard_workloads.TARGETS[workload]))
         elif name == "guard workloads: opens not in the record":

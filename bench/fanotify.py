@@ -101,11 +101,11 @@ int main(int argc, char **argv)
 """
 
 
-def _compile(src: Path, out: Path) -> None:
+def _compile(src: Path, out: Path, *flags: str) -> None:
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise BenchError("no C compiler (cc) to build the opener and the responder")
-    subprocess.run([cc, "-O2", "-o", str(out), str(src)], check=True, timeout=CHILD_TIMEOUT)
+    subprocess.run([cc, "-O2", *flags, "-o", str(out), str(src)], check=True, timeout=CHILD_TIMEOUT)
 
 
 def _open_loop(opener: Path, warm: int, n: int, files: list[str], *, reads: bool = False) -> float:

@@ -16,7 +16,11 @@ reading     a new process opens each file, reads it to its end and closes it, as
             only, while the guard is also asked before each read, for writes).
 
 Against: plain opens (nothing listening) and ``fanotify_allow`` (a minimal C
-responder marking the same 20 directories; the kernel round-trip floor). Everything
+responder marking the same 20 directories; the kernel round-trip floor). Also, for
+information, the same responder making the three look-ups the agent's C loop makes
+for an access it answers from its table (fstat of the event fd, fstat of the opener's
+/proc directory, a read of the proc connector after each read of the group; see
+fanotify_allow.c): what part of the agent's cost over the floor those checks are. Everything
 pinned to one CPU and, separately, with the scheduler free; the median of ``ROUNDS``
 interleaved rounds is reported, with the ratio agent / C for each workload: the median
 of each round's ratio (the agent and C measured seconds apart, so a machine that
@@ -36,7 +40,14 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.fanotify import _Agent, _build_tools, _open_loop, _under_c_responder
+from bench.fanotify import (
+    RESPONDER_C,
+    _Agent,
+    _build_tools,
+    _compile,
+    _open_loop,
+    _under_c_responder,
+)
 from bench.proc import BenchError
 
 DIRECTORIES = 20
@@ -63,14 +74,16 @@ def _workloads(opener: Path, files: list[str]) -> Callable[[], Workloads]:
 def _round(
     measure: Callable[[], Workloads],
     *,
-    responder: Path,
+    responders: tuple[Path, Path],
     top: Path,
     dirs: list[Path],
     agent: _Agent,
     into: dict[str, list[Workloads]],
 ) -> None:
+    responder, with_checks = responders
     into["plain"].append(measure())
     into["c"].append(_under_c_responder(responder, dirs, measure))
+    into["checks"].append(_under_c_responder(with_checks, dirs, measure))
     into["agent"].append(agent.measure(top, measure))
 
 
@@ -80,10 +93,13 @@ def run() -> list[tuple[str, float, str]]:
         raise BenchError("fanotify permission events need root (CAP_SYS_ADMIN)")
     work = Path(tempfile.mkdtemp(prefix="baomi-bench-workloads-"))
     affinity = os.sched_getaffinity(0)
-    same: dict[str, list[Workloads]] = {"plain": [], "c": [], "agent": []}
-    free: dict[str, list[Workloads]] = {"plain": [], "c": [], "agent": []}
+    same: dict[str, list[Workloads]] = {"plain": [], "c": [], "checks": [], "agent": []}
+    free: dict[str, list[Workloads]] = {"plain": [], "c": [], "checks": [], "agent": []}
     try:
         opener, responder = _build_tools(work)
+        with_checks = work / "fanotify_allow_checks"
+        _compile(RESPONDER_C, with_checks, "-DAGENT_CHECKS")
+        responders = (responder, with_checks)
         top = work / "files"
         dirs = [top / f"d{d:02d}" for d in range(DIRECTORIES)]
         files: list[str] = []
@@ -98,10 +114,10 @@ def run() -> list[tuple[str, float, str]]:
         for _ in range(ROUNDS):
             os.sched_setaffinity(0, {max(affinity)})
             try:
-                _round(measure, responder=responder, top=top, dirs=dirs, agent=agent, into=same)
+                _round(measure, responders=responders, top=top, dirs=dirs, agent=agent, into=same)
             finally:
                 os.sched_setaffinity(0, affinity)
-            _round(measure, responder=responder, top=top, dirs=dirs, agent=agent, into=free)
+            _round(measure, responders=responders, top=top, dirs=dirs, agent=agent, into=free)
         _, opens_recorded = agent.recorded()
     finally:
         os.sched_setaffinity(0, affinity)
@@ -112,6 +128,7 @@ def run() -> list[tuple[str, float, str]]:
         for workload, target_ratio in {**TARGETS, "reading": None}.items():
             plain = statistics.median(w[workload] for w in got["plain"])
             c = statistics.median(w[workload] for w in got["c"])
+            c_checks = statistics.median(w[workload] for w in got["checks"])
             agent_us = statistics.median(w[workload] for w in got["agent"])
             ratio = statistics.median(
                 a[workload] / cw[workload] for a, cw in zip(got["agent"], got["c"], strict=True)
@@ -120,12 +137,16 @@ def run() -> list[tuple[str, float, str]]:
                 (
                     f"guard {workload}, {label}: plain / C / agent",
                     agent_us,
-                    f"µs/open (plain {plain:.2f}, C {c:.2f})",
+                    f"µs/open (plain {plain:.2f}, C {c:.2f}, C with checks {c_checks:.2f})",
                 )
             )
             targeted = label == "same CPU" and target_ratio is not None
             target = f"x (target <= {target_ratio})" if targeted else "x"
             rows.append((f"guard {workload}: agent / C, {label}", ratio, target))
+            checks = statistics.median(
+                k[workload] / cw[workload] for k, cw in zip(got["checks"], got["c"], strict=True)
+            )
+            rows.append((f"guard {workload}: C with the agent's checks / C, {label}", checks, "x"))
     rows.append(
         (
             "guard workloads: opens not in the record",
