@@ -79,6 +79,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <spawn.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -209,8 +210,8 @@ struct answer {
 	uint64_t ino;
 	int64_t ctime_ns;
 	char *exe;
-	/* -- second line */
 	size_t exe_len;
+	/* -- the second line */
 	uint64_t exe_hash;
 	uint64_t gen; /* of its opener when given; 0 in the shared table */
 	int allow;
@@ -218,13 +219,13 @@ struct answer {
 	int64_t first_ns;
 	int64_t last_ns;
 	PyObject *token; /* Python's, handed back by take() */
-	/* -- third line */
 	/* The token is the shared answer's (this answer was made here from it, without
 	 * the GIL, so it holds no reference): the shared table outlives it. So, when
 	 * exe_borrowed or path_borrowed, is that string: a new process walking a tree
 	 * shares one exe and allocates nothing per file. */
 	int borrowed;
 	uint8_t exe_borrowed, path_borrowed;
+	/* -- the third line */
 	/* The key hash of the shared answer whose token this is (its own, when it owns
 	 * it): where a copy's repeats find the event they are journaled against. */
 	uint64_t holder_hash;
@@ -241,6 +242,10 @@ struct answer {
 	uint32_t path_len;
 	uint32_t cls; /* of the class answer it is a copy of (0: none) */
 } __attribute__((aligned(64)));
+
+_Static_assert(offsetof(struct answer, exe_hash) == 64 &&
+		       offsetof(struct answer, holder_hash) == 128 && sizeof(struct answer) == 192,
+	       "struct answer: the key in one cache line, what a hit reads in the next");
 
 /* The class of one labelled file version; a table like the answers'. */
 struct file_class {
