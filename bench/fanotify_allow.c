@@ -121,10 +121,9 @@ int main(int argc, char **argv)
 			if (m->fd < 0)
 				continue;
 #ifdef AGENT_CHECKS
-			struct stat file, opener;
-			if (syscall(SYS_fstat, m->fd, &file) < 0 ||
-			    syscall(SYS_fstat, proc_dir(m->pid), &opener) < 0)
-				file.st_ino = 0; /* looked at, whatever came of it */
+			struct stat file, opener; /* looked at; the answer is allow whatever they say */
+			(void)syscall(SYS_fstat, m->fd, &file);
+			(void)syscall(SYS_fstat, proc_dir(m->pid), &opener);
 #endif
 			if (m->mask & FAN_OPEN_PERM) {
 				struct fanotify_response r = { .fd = m->fd, .response = FAN_ALLOW };

@@ -46,11 +46,6 @@ def _pg_bin_dir() -> Path | None:
     return max(dirs, key=major) if dirs else None
 
 
-def _free_port() -> int:
-    # PostgreSQL is restarted on its port by some tests, with many connections open.
-    return free_port()
-
-
 def _as_cluster_owner(
     cmd: list[str], cwd: Path, *, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
@@ -97,7 +92,9 @@ def postgres_server() -> Iterator[str]:
             base,
         )
         for _ in range(PG_START_ATTEMPTS):
-            port = _free_port()
+            # Outside the ephemeral range: some tests restart PostgreSQL on its port
+            # with many connections open (tests.procs.free_port).
+            port = free_port()
             options = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=on"
             # -l: the server must not inherit our pipes, or capturing output never ends.
             result = _as_cluster_owner(
