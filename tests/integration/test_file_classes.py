@@ -242,6 +242,38 @@ def test_a_new_process_of_the_program_is_recorded_file_by_file_too(
         assert (mine[str(f)].label_id, mine[str(f)].home) == (f"REG-open-{i}", str(f))
 
 
+def test_processes_after_one_whose_answers_were_forgotten_still_name_every_file(
+    tree: Tree, guarded: tuple[FileGuard, list[events_pb2.Event], Decisions]
+) -> None:
+    """A new process's answers borrow the executable and path of the shared answer they
+    were copied from: forgetting them when the process is gone must leave those for the
+    next process (answered in C, recorded by file)."""
+    guard, events, decisions = guarded
+    opened = tree.files("open")
+    assert tree.grep_all(opened) == ""
+    for _ in range(3):
+        before = len(decisions.paths)
+        reader = subprocess.Popen(
+            [tree.cat, *map(str, opened)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _, stderr = reader.communicate(timeout=CHILD_TIMEOUT)
+        assert stderr == ""
+        assert len(decisions.paths) - before <= 1  # answered in C after its first open
+        guard.flush()  # counts taken; the answers of the process (gone) forgotten
+        mine = {
+            e.file_access.path: e.file_access
+            for e in events
+            if e.HasField("file_access") and e.file_access.pid == reader.pid
+        }
+        assert set(mine) == {str(f) for f in opened}
+        for i, f in enumerate(opened):
+            a = mine[str(f)]
+            assert (a.label_id, a.home, a.executable) == (f"REG-open-{i}", str(f), tree.cat)
+
+
 def test_another_uid_running_the_same_program_gets_none_of_its_answers(
     tree: Tree, guarded: tuple[FileGuard, list[events_pb2.Event], Decisions]
 ) -> None:
